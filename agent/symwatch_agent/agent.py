@@ -1,0 +1,361 @@
+"""The agent: hooks a training run, samples indicators on schedule, and hands messages to the
+publisher. `Agent` is the handle `symwatch.watch()` returns.
+
+The hot path is `_on_step` (an optimizer post-step hook). When it does not sample it does a
+counter increment, one `perf_counter()` and a few comparisons: no allocation, no device sync,
+no lock. Everything that reads values back from tensors happens on the publisher thread.
+Any failure inside the agent is reported once (stderr and the stream) and switches off the
+part that failed; it never propagates into the training loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import sys
+import time
+import uuid
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from symwatch import protocol, runtime
+from symwatch_agent import loss_capture
+from symwatch_agent.gpu import GpuSampler
+from symwatch_agent.indicators import INDICATORS, IndicatorEngine
+from symwatch_agent.layers import discover
+from symwatch_agent.publisher import Publisher, PublisherError
+
+__version__ = "0.1.0"
+
+# Options can come from the environment (the zero-code launcher sets these).
+ENV_NAME, ENV_EVERY, ENV_ENDPOINT = "SYMWATCH_NAME", "SYMWATCH_EVERY", "SYMWATCH_ENDPOINT"
+
+
+class Agent:
+    """A running agent. Also a context manager: leaving the block closes it."""
+
+    def __init__(self, model: nn.Module | Mapping[str, nn.Module] | Iterable[nn.Module],
+                 optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
+                 *, name: str | None = None, every: int | None = None,
+                 endpoint: str | None = None, capture_backward: bool = True,
+                 register: bool = True, insecure: bool = False,
+                 rel_tol: float = 0.3, abs_tol: float = 0.1, dead_eps: float = 1e-2,
+                 max_svd_dim: int = 1024, stats_interval: float = 0.25,
+                 heartbeat_interval: float = 1.0, meta_interval: float = 5.0,
+                 gpu_interval: float = 2.0, nvml: Any = None) -> None:
+        models = _as_model_map(model)
+        every = every if every is not None else int(os.environ.get(ENV_EVERY, "10"))
+        if every < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every}")
+        self.every = every
+        self.name = name or os.environ.get(ENV_NAME) or _default_name()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        self.started = time.time()
+        self.steps = 0
+        self.samples = 0
+        self.error: str | None = None  # why the agent is not publishing, if it is not
+
+        self.layers, self.skipped = discover(models)
+        self.engine = IndicatorEngine(self.layers, rel_tol=rel_tol, abs_tol=abs_tol,
+                                      dead_eps=dead_eps, max_svd_dim=max_svd_dim)
+        self._device = self.layers[0].weight.device if self.layers else torch.device("cpu")
+        self._side_stream = (torch.cuda.Stream(self._device)
+                             if self._device.type == "cuda" else None)
+        self._stats_interval = stats_interval
+        self._reported: set[str] = set()
+        self._loss: torch.Tensor | float | None = None
+        self._loss_from_log = False
+        self._scalars: dict[str, Any] = {}
+        self._last_step_at = time.perf_counter()
+        self._step_time: float | None = None  # EMA of wall time per step
+        self._next_stats_at = 0.0
+        self._cost_s = 0.0  # time the agent spent on the training thread
+        self._failed_layers_reported = 0
+        self._hooks: list[Any] = []
+        self._gpu: GpuSampler | None = None
+        self._nvml = nvml
+        self._closed = False
+        self._register = register
+
+        requested = endpoint or os.environ.get(ENV_ENDPOINT) or runtime.default_ipc_endpoint(
+            self.run_id) or "tcp://127.0.0.1:0"
+        self._publisher = Publisher(requested, run=self.run_id, rank=self.rank,
+                                    restart=self.restart, report=self._report, insecure=insecure)
+        self._publisher.add_periodic(heartbeat_interval, self._heartbeat)
+        self._publisher.add_periodic(meta_interval, self._meta_message)
+        self._publisher.add_periodic(gpu_interval, self._gpu_message)
+        if register:
+            self._publisher.add_periodic(2.0, self._refresh_registry)
+        try:
+            self.endpoint = self._publisher.start()
+        except PublisherError as exc:
+            # Not being able to publish must not stop the training: say so once, do nothing.
+            self.endpoint = ""
+            self.error = str(exc)
+            self._closed = True
+            print(f"symwatch: not watching this run: {exc}", file=sys.stderr)
+            return
+
+        optimizers = _as_list(optimizer)
+        if optimizers:
+            # Steps are counted on the first optimizer; with several (GAN, teacher/student)
+            # they step together, and counting each would double the step number.
+            self._hooks.append(optimizers[0].register_step_post_hook(self._on_step))
+        if capture_backward:
+            loss_capture.add_listener(self._on_backward)
+        atexit.register(self.close)
+        if register:
+            self._refresh_registry()  # now, so `symwatch ls` sees the run at once
+        if not self.layers:
+            self._report("layers", "no Linear or Conv layers found; only the loss is published")
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def log(self, loss: Any = None, **scalars: Any) -> None:
+        """Record the loss (a tensor or a number; no device sync) and other run-level scalars.
+        An explicit loss takes precedence over the one captured from `.backward()`."""
+        if loss is not None:
+            self._loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
+            self._loss_from_log = True
+        for key, value in scalars.items():
+            self._scalars[key] = value.detach() if isinstance(value, torch.Tensor) else value
+
+    def step(self) -> None:
+        """Count one training step; only needed when no optimizer was given to `watch`."""
+        self._on_step()
+
+    @property
+    def dropped(self) -> int:
+        return self._publisher.dropped
+
+    def close(self, reason: str = "closed") -> None:
+        """Stop watching: remove every hook, say goodbye, stop the thread, unregister."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        loss_capture.remove_listener(self._on_backward)
+        atexit.unregister(self.close)
+        self._publisher.close(goodbye={"reason": reason, "exit_code": None}, step=self.steps)
+        if self._gpu is not None:
+            self._gpu.close()
+        if self._register:
+            runtime.remove_entry(self.run_id)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close("exception" if exc_type is not None else "finished")
+
+    # -- the hot path --------------------------------------------------------------------------
+
+    def _on_step(self, *_: Any) -> None:
+        if self._closed:
+            return
+        try:
+            self.steps += 1
+            now = time.perf_counter()
+            if self.steps > 1:  # the first interval includes the set-up before training
+                dt = now - self._last_step_at
+                self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
+            self._last_step_at = now
+            if self.steps % self.every == 0 or self.steps == 1:
+                self._sample()
+                self._cost_s += time.perf_counter() - now
+                self._emit_stats(now)
+            elif now >= self._next_stats_at:
+                self._emit_stats(now)
+        except Exception as exc:
+            self._report("step", exc)
+
+    def _on_backward(self, loss: torch.Tensor) -> None:
+        if not self._loss_from_log:
+            self._loss = loss
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def _sample(self) -> None:
+        if not self.layers:
+            return
+        self.samples += 1
+        if self._side_stream is not None:
+            rows, ready = self._sample_cuda()
+        else:
+            rows, ready = self.engine.compute(), None
+        step, started = self.steps, time.perf_counter()
+
+        def build() -> dict[str, Any]:
+            if ready is not None:
+                ready.synchronize()  # waits on the side stream, on the publisher thread
+            values, nonfinite = self.engine.decode(rows.tolist())
+            self._report_failed_layers()
+            return {"values": values, "nonfinite": nonfinite,
+                    "cost_s": time.perf_counter() - started}
+
+        self._publisher.submit(protocol.METRICS, build, step)
+
+    def _sample_cuda(self) -> tuple[torch.Tensor, Any]:
+        """Measure on a side stream so the training stream is not serialised behind the
+        spectra: the training stream waits only for the weight snapshot (a copy)."""
+        assert self._side_stream is not None
+        current = torch.cuda.current_stream(self._device)
+        side = self._side_stream
+        side.wait_stream(current)  # the snapshot must see this step's weights
+        with torch.cuda.stream(side):
+            groups = self.engine.snapshot()
+            copied = torch.cuda.Event()
+            copied.record(side)
+            rows = self.engine.measure(groups)
+            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+            host.copy_(rows, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(side)
+        current.wait_event(copied)  # the next optimizer step may not overwrite the snapshot
+        return host, ready
+
+    def _emit_stats(self, now: float) -> None:
+        self._next_stats_at = now + self._stats_interval
+        loss = _to_host_async(self._loss)
+        scalars = {k: _to_host_async(v) for k, v in self._scalars.items()}
+        step_time = self._step_time
+        wall = max(time.time() - self.started, 1e-9)
+
+        def build() -> dict[str, Any]:
+            return {"loss": _host_number(loss),
+                    "step_time": step_time,
+                    "steps_per_s": 1.0 / step_time if step_time else None,
+                    "overhead": self._cost_s / wall,
+                    "dropped": self._publisher.dropped,
+                    "scalars": {k: _host_number(v) for k, v in scalars.items()}}
+
+        self._publisher.submit(protocol.STATS, build, self.steps)
+
+    # -- periodic jobs (publisher thread) ------------------------------------------------------
+
+    def _heartbeat(self) -> tuple[str, dict[str, Any], int]:
+        wall = max(time.time() - self.started, 1e-9)
+        return protocol.HEARTBEAT, {"dropped": self._publisher.dropped, "samples": self.samples,
+                                    "overhead": self._cost_s / wall}, self.steps
+
+    def _meta_message(self) -> tuple[str, dict[str, Any], int]:
+        # Re-sent periodically: a viewer that connects late still learns the layer table.
+        return protocol.META, self.meta(), self.steps
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+            "command": list(sys.argv), "started": self.started,
+            "layers": [layer.describe() for layer in self.layers],
+            "indicators": list(INDICATORS), "every": self.every,
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "endpoint": self._publisher.endpoint, "torch": torch.__version__,
+            "device": str(self._device), "agent": __version__,
+            "python": sys.version.split()[0], "skipped": self.skipped,
+        }
+
+    def _gpu_message(self) -> tuple[str, dict[str, Any], int]:
+        if self._gpu is None:  # nvmlInit can take a while: done here, never in watch()
+            self._gpu = GpuSampler(self._nvml)
+        return protocol.GPU, self._gpu.sample(), self.steps
+
+    def _refresh_registry(self) -> None:
+        runtime.write_entry(runtime.RunEntry(
+            run_id=self.run_id, name=self.name, pid=os.getpid(), command=list(sys.argv),
+            endpoint=self._publisher.endpoint, started=self.started, host=socket.gethostname(),
+            steps=self.steps, updated=time.time()))
+        return None
+
+    # -- failures ------------------------------------------------------------------------------
+
+    def _report(self, what: str, problem: BaseException | str) -> None:
+        """Report a failure once (stderr and the stream); later ones of the same kind are
+        silent. Never raises."""
+        key = what.split(":")[0]
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        text = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
+        message = f"symwatch agent: {what}: {text} (training continues; reported once)"
+        try:
+            print(message, file=sys.stderr)
+            self._publisher.submit(protocol.EVENT, {"message": message, "severity": "warning"},
+                                   self.steps)
+        except Exception:
+            pass
+
+    def _report_failed_layers(self) -> None:
+        failed = self.engine.failed
+        if len(failed) > self._failed_layers_reported:
+            for i, error in list(failed.items())[self._failed_layers_reported:]:
+                self._report(f"layer {self.layers[i].name}",
+                             f"cannot measure ({error}); its indicators read N/A")
+            self._failed_layers_reported = len(failed)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def _as_model_map(model: Any) -> dict[str, nn.Module]:
+    if isinstance(model, nn.Module):
+        return {"": model}
+    if isinstance(model, Mapping):
+        return {str(k): v for k, v in model.items()}
+    models = list(model)
+    return {f"model{i}": m for i, m in enumerate(models)}
+
+
+def _as_list(optimizer: Any) -> list[torch.optim.Optimizer]:
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [optimizer]
+    return list(optimizer)
+
+
+def _default_name() -> str:
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return script or "python"
+
+
+def _to_host_async(value: Any) -> Any:
+    """Start copying a scalar tensor to the host without waiting; returns what `_host_number`
+    turns into a float on the publisher thread."""
+    if isinstance(value, torch.Tensor) and value.is_cuda:
+        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+        host.copy_(value, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+    return value
+
+
+def _host_number(value: Any) -> float | None:
+    if isinstance(value, tuple):
+        host, done = value
+        done.synchronize()
+        value = host
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return protocol.clean_number(number)  # type: ignore[return-value]
+
+
+def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
+    """Watch `model` (a module, a dict of named modules, or a list) trained by `optimizer`.
+
+    Returns the running `Agent` (close it, or use it as a context manager). Options: `name`,
+    `every` (sample every N optimizer steps, default 10), `endpoint` (default: a Unix socket in
+    the per-user runtime directory), `capture_backward` (take the loss from `.backward()`).
+    """
+    return Agent(model, optimizer, **options)
+

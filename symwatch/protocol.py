@@ -1,0 +1,215 @@
+"""The wire contract between the agent and every observer (protocol version 1; stdlib only).
+
+docs/protocol.md is the authoritative, human-readable form of this module. Both halves import
+it: the agent (inside somebody else's training process) to encode, observers to decode and
+validate. It must stay importable with nothing but the standard library.
+
+A message is two ZeroMQ frames: a topic frame (the kind, ASCII, so subscribers can filter by
+prefix) and a body frame (one UTF-8 JSON object). JSON was chosen over msgpack/pickle because
+it needs no third-party package on either side, is readable in a packet dump, and the
+measured cost is small next to the sampling interval (see docs/protocol.md, "Encoding").
+Never pickle: a socket is untrusted input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+PROTOCOL_VERSION = 1
+
+# A receiver drops (and counts) any body larger than this. Large enough for the metadata of a
+# 10,000-layer model; ZeroMQ's MAXMSGSIZE is set to the same figure on every receiving socket.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+# Message kinds. The topic frame carries the kind, so `SUB.subscribe(b"metrics")` works.
+META = "meta"  # run metadata and the layer table; sent on start and re-sent periodically
+METRICS = "metrics"  # per-layer indicator values of one sample
+STATS = "stats"  # run-level scalars: loss, step time, steps/s, the agent's own overhead
+GPU = "gpu"  # GPU statistics of the node (or why there are none)
+EVENT = "event"  # a transition-like jump, or a one-time notice from the agent
+HEARTBEAT = "heartbeat"  # "still alive" with counters, once a second
+GOODBYE = "goodbye"  # the run ended (normally or not); no more messages follow
+
+KINDS = (META, METRICS, STATS, GPU, EVENT, HEARTBEAT, GOODBYE)
+
+# Names of the indicators the foundation agent publishes, in display order. Observers must
+# accept indicators they do not know (newer agents add more); this list is a default order.
+INDICATORS = ("weight_norm", "stable_rank", "numerical_rank", "dead_fraction")
+
+HEADER_FIELDS = ("v", "kind", "run", "rank", "restart", "seq", "time", "step")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this contract; receivers count and drop it."""
+
+
+Number = (int, float)
+_OptNumber = (int, float, type(None))
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded, validated message: the common header plus its kind's payload."""
+
+    kind: str
+    run: str
+    rank: int
+    restart: int
+    seq: int
+    time: float
+    step: int
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.payload.get(key, default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas: for each kind, required and optional payload fields with their accepted types.
+# Validation is shallow-but-strict on types; nested structures are checked by small functions.
+
+_PAYLOAD_REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
+    META: {"name": (str,), "pid": (int,), "host": (str,), "command": (list,),
+           "started": Number, "layers": (list,), "indicators": (list,), "every": (int,)},
+    METRICS: {"values": (dict,)},
+    STATS: {},
+    GPU: {"available": (bool,), "devices": (list,)},
+    EVENT: {"message": (str,), "severity": (str,)},
+    HEARTBEAT: {"dropped": (int,), "samples": (int,)},
+    GOODBYE: {"reason": (str,)},
+}
+
+_PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
+    META: {"world_size": (int,), "endpoint": (str,), "torch": (str,), "device": (str,),
+           "agent": (str,), "python": (str,), "skipped": (list,)},
+    METRICS: {"nonfinite": (list,), "cost_s": Number},
+    STATS: {"loss": _OptNumber, "step_time": _OptNumber, "steps_per_s": _OptNumber,
+            "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,)},
+    GPU: {"reason": (str,)},
+    EVENT: {"layer": (str, type(None)), "metric": (str, type(None)), "direction": (str, type(None)),
+            "before": _OptNumber, "after": _OptNumber, "score": _OptNumber},
+    HEARTBEAT: {"overhead": _OptNumber},
+    GOODBYE: {"exit_code": (int, type(None))},
+}
+
+# A layer row in META's layer table.
+_LAYER_REQUIRED: dict[str, tuple[type, ...]] = {"name": (str,), "type": (str,), "shape": (list,),
+                                                 "params": (int,)}
+# One device in a GPU message; every numeric field may be null ("N/A"), never a fake zero.
+_GPU_DEVICE_REQUIRED: dict[str, tuple[type, ...]] = {"index": (int,), "name": (str,)}
+_GPU_DEVICE_NUMERIC = ("util", "mem_used", "mem_total", "temp", "power", "power_limit")
+
+
+def _check_fields(obj: Mapping[str, Any], required: Mapping[str, tuple[type, ...]],
+                  optional: Mapping[str, tuple[type, ...]], where: str) -> None:
+    for name, types in required.items():
+        if name not in obj:
+            raise ProtocolError(f"{where}: missing field {name!r}")
+        _check_type(obj[name], types, f"{where}.{name}")
+    for name, types in optional.items():
+        if name in obj:
+            _check_type(obj[name], types, f"{where}.{name}")
+
+
+def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:
+    # bool is an int subclass in Python; a boolean where a number is expected is a schema error.
+    if isinstance(value, bool) and bool not in types:
+        raise ProtocolError(f"{where}: expected {_type_names(types)}, got bool")
+    if not isinstance(value, types):
+        raise ProtocolError(f"{where}: expected {_type_names(types)}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(f"{where}: non-finite number (encode NaN/inf as null)")
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
+    _check_fields(payload, _PAYLOAD_REQUIRED[kind], _PAYLOAD_OPTIONAL[kind], kind)
+    if kind == META:
+        for i, layer in enumerate(payload["layers"]):
+            if not isinstance(layer, dict):
+                raise ProtocolError(f"meta.layers[{i}]: expected object")
+            _check_fields(layer, _LAYER_REQUIRED, {}, f"meta.layers[{i}]")
+        if not all(isinstance(x, str) for x in payload["indicators"]):
+            raise ProtocolError("meta.indicators: expected a list of strings")
+    elif kind == METRICS:
+        for layer, values in payload["values"].items():
+            if not isinstance(values, dict):
+                raise ProtocolError(f"metrics.values[{layer!r}]: expected object")
+            for name, value in values.items():
+                _check_type(value, _OptNumber, f"metrics.values[{layer!r}][{name!r}]")
+    elif kind == STATS and "scalars" in payload:
+        for name, value in payload["scalars"].items():
+            _check_type(value, _OptNumber, f"stats.scalars[{name!r}]")
+    elif kind == GPU:
+        for i, dev in enumerate(payload["devices"]):
+            if not isinstance(dev, dict):
+                raise ProtocolError(f"gpu.devices[{i}]: expected object")
+            _check_fields(dev, _GPU_DEVICE_REQUIRED,
+                          {k: _OptNumber for k in _GPU_DEVICE_NUMERIC}, f"gpu.devices[{i}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding and decoding.
+
+def clean_number(value: float | int | None) -> float | int | None:
+    """Map a number to its wire form: NaN and ±inf become null (JSON has no NaN)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def encode(kind: str, *, run: str, rank: int, restart: int, seq: int, time: float, step: int,
+           payload: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """Build the two frames (topic, body) of a message. Validates, so a bug in the sender fails
+    loudly at the sender instead of being dropped silently by every receiver."""
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    _validate_payload(kind, payload)
+    body = {"v": PROTOCOL_VERSION, "kind": kind, "run": run, "rank": rank, "restart": restart,
+            "seq": seq, "time": time, "step": step, **payload}
+    data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"{kind} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return kind.encode("ascii"), data
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Parse and validate the frames of one message; raises ProtocolError on anything else."""
+    if len(frames) != 2:
+        raise ProtocolError(f"expected 2 frames (topic, body), got {len(frames)}")
+    topic, data = frames
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"body of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        body = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"body is not UTF-8 JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("body is not a JSON object")
+    version = body.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}; "
+                            "upgrade the older of symwatch and the agent")
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    if topic != kind.encode("ascii"):
+        raise ProtocolError(f"topic {topic[:32]!r} does not match kind {kind!r}")
+    _check_fields(body, {"run": (str,), "rank": (int,), "restart": (int,), "seq": (int,),
+                         "time": Number, "step": (int,)}, {}, "header")
+    payload = {k: v for k, v in body.items() if k not in HEADER_FIELDS}
+    _validate_payload(kind, payload)
+    return Message(kind=kind, run=body["run"], rank=body["rank"], restart=body["restart"],
+                   seq=body["seq"], time=float(body["time"]), step=body["step"], payload=payload)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"non-standard JSON constant {name}")

@@ -1,0 +1,141 @@
+"""The per-user runtime directory and the registry of live runs (stdlib only; both halves use it).
+
+Each agent writes one JSON entry `runs/<run_id>.json` when it starts, rewrites it now and then
+with its step count, and removes it on exit. Observers (`symwatch ls`, `symwatch attach`) read
+the entries and prune any whose process is gone (a run killed with SIGKILL cannot clean up).
+The directory is created 0700 so that only the same user can see the runs or connect to their
+Unix sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_RUNTIME_DIR = "SYMWATCH_RUNTIME_DIR"
+
+# A Unix socket path must fit in sockaddr_un.sun_path (108 bytes on Linux, 104 on macOS).
+MAX_IPC_PATH = 100
+
+
+def runtime_dir(create: bool = True) -> Path:
+    """The runtime directory: $SYMWATCH_RUNTIME_DIR, else $XDG_RUNTIME_DIR/symwatch, else
+    /tmp/symwatch-<uid>. Created with mode 0700; an existing one with looser permissions or
+    another owner is refused, since others could then read or hijack the sockets."""
+    override = os.environ.get(ENV_RUNTIME_DIR)
+    if override:
+        path = Path(override)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "symwatch"
+    else:
+        path = Path(tempfile.gettempdir()) / f"symwatch-{os.getuid()}"
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+        if st.st_uid != os.getuid():
+            raise PermissionError(f"runtime directory {path} belongs to another user; "
+                                  f"set {ENV_RUNTIME_DIR} to a directory of your own")
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+        (path / "runs").mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def default_ipc_endpoint(run_id: str) -> str | None:
+    """`ipc://<runtime>/<run_id>.sock`, or None when that path is too long for a Unix socket
+    (the caller then falls back to loopback TCP)."""
+    path = runtime_dir() / f"{run_id}.sock"
+    if len(str(path)) > MAX_IPC_PATH:
+        return None
+    return f"ipc://{path}"
+
+
+@dataclass
+class RunEntry:
+    """What `symwatch ls` shows about one live run."""
+
+    run_id: str
+    name: str
+    pid: int
+    command: list[str]
+    endpoint: str
+    started: float
+    host: str
+    steps: int = 0
+    updated: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _entry_path(run_id: str) -> Path:
+    return runtime_dir() / "runs" / f"{run_id}.json"
+
+
+def write_entry(entry: RunEntry) -> Path:
+    """Write (or rewrite) a run's entry atomically, so readers never see half a file."""
+    path = _entry_path(entry.run_id)
+    # Unique per writer: the agent's thread and its owner may both write the same entry.
+    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(entry.to_json(), fh)
+    os.replace(tmp, path)
+    return path
+
+
+def remove_entry(run_id: str) -> None:
+    try:
+        _entry_path(run_id).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def live_runs(prune: bool = True) -> list[RunEntry]:
+    """Every registered run whose process is alive, oldest first. Entries of dead processes are
+    deleted when `prune` is true; unreadable entries are skipped (and pruned) rather than
+    failing the listing."""
+    runs: list[RunEntry] = []
+    folder = runtime_dir() / "runs"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            entry = RunEntry(**{k: data[k] for k in RunEntry.__dataclass_fields__ if k in data})
+        except (OSError, ValueError, TypeError):
+            if prune:
+                path.unlink(missing_ok=True)
+            continue
+        if not pid_alive(entry.pid):
+            if prune:
+                path.unlink(missing_ok=True)
+                _remove_stale_socket(entry.endpoint, folder.parent)
+            continue
+        runs.append(entry)
+    runs.sort(key=lambda e: e.started)
+    return runs
+
+
+def _remove_stale_socket(endpoint: str, root: Path) -> None:
+    """A killed run leaves its Unix socket file behind; remove it if it is one of ours."""
+    if not endpoint.startswith("ipc://"):
+        return
+    sock = Path(endpoint[len("ipc://"):])
+    if sock.parent == root:
+        sock.unlink(missing_ok=True)
