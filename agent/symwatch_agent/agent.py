@@ -84,14 +84,15 @@ class Agent:
 
         requested = endpoint or os.environ.get(ENV_ENDPOINT) or runtime.default_ipc_endpoint(
             self.run_id) or "tcp://127.0.0.1:0"
-        self._publisher = Publisher(requested, run=self.run_id, rank=self.rank,
-                                    restart=self.restart, report=self._report, insecure=insecure)
-        self._publisher.add_periodic(heartbeat_interval, self._heartbeat)
-        self._publisher.add_periodic(meta_interval, self._meta_message)
-        self._publisher.add_periodic(gpu_interval, self._gpu_message)
-        if register:
-            self._publisher.add_periodic(2.0, self._refresh_registry)
         try:
+            self._publisher = Publisher(requested, run=self.run_id, rank=self.rank,
+                                        restart=self.restart, report=self._report,
+                                        insecure=insecure)
+            self._publisher.add_periodic(heartbeat_interval, self._heartbeat)
+            self._publisher.add_periodic(meta_interval, self._meta_message)
+            self._publisher.add_periodic(gpu_interval, self._gpu_message)
+            if register:
+                self._publisher.add_periodic(2.0, self._refresh_registry)
             self.endpoint = self._publisher.start()
         except PublisherError as exc:
             # Not being able to publish must not stop the training: say so once, do nothing.

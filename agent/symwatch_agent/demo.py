@@ -3,10 +3,10 @@
 Two small models train side by side on the CPU, in one process, with the agent inside:
 
 - `linear`: the two-layer linear network of Saxe et al. (SCIENCE.md, "stepwise rank growth"):
-  whitened inputs, a rank-5 target with singular values 6, 4.5, 3, 2, 1.2, initial weights
+  whitened inputs, a rank-5 target with singular values 8, 4, 2.5, 1.5, 1, initial weights
   N(0, 1e-3²), plain gradient descent. Each target mode is learned after its own plateau, so
-  the numerical rank of `linear.0` climbs 0 → 1 → 2 → 3 → 4 → 5 near steps 32, 67, 101, 152
-  and 245. Then weight decay is switched on and the smallest modes are restored (rank falls),
+  the numerical rank of `linear.0` climbs 0 → 1 → 2 → 3 → 4 → 5 near steps 25, 72, 125, 214
+  and 327 (seed 0). Then weight decay is switched on and the smallest modes are restored (rank falls),
   then off again and they are relearned: breaking, restoration, breaking, for as long as it runs.
 - `mlp`: a small ReLU MLP regressing a random ReLU teacher with SGD, for a network whose
   indicators drift rather than step.
@@ -18,6 +18,7 @@ import argparse
 import math
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -30,10 +31,10 @@ from symwatch_agent.agent import watch
 @dataclass
 class DemoConfig:
     width: int = 16  # input = hidden = output width of the linear network
-    target_singular_values: tuple[float, ...] = (6.0, 4.5, 3.0, 2.0, 1.2)
+    target_singular_values: tuple[float, ...] = (8.0, 4.0, 2.5, 1.5, 1.0)
     init_std: float = 1e-3  # small: the plateaus (and so the staircase) need it
     linear_lr: float = 0.02
-    grow_steps: int = 300  # weight decay off: modes are learned one by one
+    grow_steps: int = 400  # weight decay off: modes are learned one by one
     decay_steps: int = 200  # weight decay on: the smallest modes are restored
     weight_decay: float = 1.5
     mlp_widths: tuple[int, ...] = (16, 64, 64, 4)
@@ -63,8 +64,11 @@ def _random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def run(*, steps: int, delay: float, every: int, endpoint: str | None, name: str,
-        seed: int = 0, cfg: DemoConfig | None = None) -> int:
+        seed: int = 0, cfg: DemoConfig | None = None,
+        stop: threading.Event | None = None) -> int:
+    """Train until `steps` are done (0: forever) or `stop` is set; returns an exit code."""
     cfg = cfg or DemoConfig()
+    stop = stop or threading.Event()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     d, k = cfg.width, len(cfg.target_singular_values)
@@ -82,19 +86,12 @@ def run(*, steps: int, delay: float, every: int, endpoint: str | None, name: str
         {"params": models.linear.parameters(), "lr": cfg.linear_lr, "weight_decay": 0.0},
         {"params": models.mlp.parameters(), "lr": cfg.mlp_lr, "weight_decay": 1e-4},
     ])
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
     period = cfg.grow_steps + cfg.decay_steps
     with watch({"linear": models.linear, "mlp": models.mlp}, optimizer, every=every,
                endpoint=endpoint, name=name) as agent:
         print(f"symwatch demo: publishing on {agent.endpoint} (run {agent.run_id})", flush=True)
         step = 0
-        while not stop and (steps == 0 or step < steps):
+        while not stop.is_set() and (steps == 0 or step < steps):
             phase_step = step % period
             decaying = phase_step >= cfg.grow_steps
             optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay if decaying else 0.0
@@ -132,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1, help="sample every N steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish the step, then say goodbye
     try:
         return run(steps=args.steps, delay=args.delay, every=args.every,
-                   endpoint=args.endpoint, name=args.name, seed=args.seed)
+                   endpoint=args.endpoint, name=args.name, seed=args.seed, stop=stop)
     except KeyboardInterrupt:
         return 130
 

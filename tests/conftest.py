@@ -1,0 +1,78 @@
+"""Shared fixtures: an isolated runtime directory per test, and a deadline-bound subscriber."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from typing import Callable, Iterator
+
+import pytest
+import zmq
+
+from symwatch import protocol
+
+
+@pytest.fixture(autouse=True)
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test gets its own registry and socket directory (short, so ipc:// paths fit)."""
+    path = tempfile.mkdtemp(prefix="sw-")
+    monkeypatch.setenv("SYMWATCH_RUNTIME_DIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Collector:
+    """A real SUB socket that records every decoded message; every wait has a deadline."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self.messages: list[protocol.Message] = []
+        self.garbage = 0
+
+    def drain(self, timeout: float = 0.05) -> None:
+        while self.sock.poll(int(timeout * 1000)):
+            try:
+                self.messages.append(protocol.decode(self.sock.recv_multipart()))
+            except protocol.ProtocolError:
+                self.garbage += 1
+            timeout = 0.0
+
+    def wait_for(self, predicate: Callable[[protocol.Message], bool],
+                 timeout: float = 10.0) -> protocol.Message:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for message in self.messages[seen:]:
+                if predicate(message):
+                    return message
+            seen = len(self.messages)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                kinds = sorted({m.kind for m in self.messages})
+                raise AssertionError(f"no matching message within {timeout}s "
+                                     f"({len(self.messages)} received, kinds {kinds})")
+            self.drain(min(remaining, 0.1))
+
+    def of_kind(self, kind: str) -> list[protocol.Message]:
+        return [m for m in self.messages if m.kind == kind]
+
+
+@pytest.fixture
+def collector() -> Iterator[Callable[[str], Collector]]:
+    ctx = zmq.Context()
+    made: list[Collector] = []
+
+    def connect(endpoint: str) -> Collector:
+        c = Collector(ctx, endpoint)
+        made.append(c)
+        return c
+
+    yield connect
+    for c in made:
+        c.sock.close(0)
+    ctx.term()
