@@ -34,7 +34,9 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
 
 def _start(model: nn.Module, opt: torch.optim.Optimizer, collector, **options):
     """Watch on loopback and return (agent, collector) once the subscription is live: the
-    fast heartbeat tells us the slow-joiner window is over."""
+    fast heartbeat tells us the slow-joiner window is over. The time budget is lifted unless a
+    test sets it, so that which steps sample does not depend on the machine's speed."""
+    options.setdefault("budget", 1.0)
     agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", heartbeat_interval=0.05,
                            **options)
     sub = collector(agent.endpoint)
@@ -68,7 +70,7 @@ def test_subscriber_sees_every_layer_with_values_matching_the_weights(collector)
         model[0].weight[:3] = 0
         model[0].bias[:3] = 0
         model[2].weight[:, :3] = 0
-    agent, sub = _start(model, opt, collector, every=5)
+    agent, sub = _start(model, opt, collector, every=5, budget=1.0)
     max_seen = {name: 0.0 for name in ("0", "2", "4")}
     for _ in range(10):
         _train_step(model, opt)
@@ -97,7 +99,7 @@ def test_subscriber_sees_every_layer_with_values_matching_the_weights(collector)
 def test_samples_only_every_n_steps_and_stats_carry_the_backward_loss(collector):
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    agent, sub = _start(model, opt, collector, every=4, stats_interval=1e9)
+    agent, sub = _start(model, opt, collector, every=4, stats_interval=1e9, budget=1.0)
     losses = [_train_step(model, opt).item() for _ in range(12)]
     sub.wait_for(lambda m: m.kind == protocol.STATS and m.step == 12)
     assert [m.step for m in sub.of_kind(protocol.METRICS)] == [1, 4, 8, 12]
@@ -105,6 +107,18 @@ def test_samples_only_every_n_steps_and_stats_carry_the_backward_loss(collector)
     assert stats[12]["loss"] == pytest.approx(losses[11], rel=1e-6)
     assert stats[8]["loss"] == pytest.approx(losses[7], rel=1e-6)
     assert stats[12]["steps_per_s"] > 0
+    agent.close()
+
+
+def test_the_time_budget_skips_samples_that_would_exceed_it(collector):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    agent, sub = _start(model, opt, collector, every=1, budget=1e-9, stats_interval=0.0)
+    for _ in range(20):
+        _train_step(model, opt)
+    sub.wait_for(lambda m: m.kind == protocol.STATS and m.step == 20)
+    # the first step always samples; after it the cost is over budget for a long time
+    assert [m.step for m in sub.of_kind(protocol.METRICS)] == [1]
     agent.close()
 
 
@@ -142,7 +156,7 @@ def test_close_says_goodbye_removes_hooks_and_restores_backward(collector):
 def test_nan_weights_publish_null_and_training_continues(collector, capsys):
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    agent, sub = _start(model, opt, collector, every=1)
+    agent, sub = _start(model, opt, collector, every=1, budget=1.0)
     with torch.no_grad():
         model[2].weight[0, 0] = float("nan")
     _train_step(model, opt)

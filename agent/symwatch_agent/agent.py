@@ -39,7 +39,7 @@ class Agent:
 
     def __init__(self, model: nn.Module | Mapping[str, nn.Module] | Iterable[nn.Module],
                  optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
-                 *, name: str | None = None, every: int | None = None,
+                 *, name: str | None = None, every: int | None = None, budget: float = 0.01,
                  endpoint: str | None = None, capture_backward: bool = True,
                  register: bool = True, insecure: bool = False,
                  rel_tol: float = 0.3, abs_tol: float = 0.1, dead_eps: float = 1e-2,
@@ -50,12 +50,18 @@ class Agent:
         every = every if every is not None else int(os.environ.get(ENV_EVERY, "10"))
         if every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every}")
+        if not 0 < budget <= 1:
+            raise ValueError(f"budget is a fraction of wall time in (0, 1], got {budget}")
         self.every = every
+        # At most this fraction of wall time goes to sampling on the training thread: a sample
+        # is skipped while the agent's cumulative cost exceeds budget × time since start.
+        self.budget = budget
         self.name = name or os.environ.get(ENV_NAME) or _default_name()
         self.run_id = uuid.uuid4().hex[:12]
         self.rank = int(os.environ.get("RANK", "0"))
         self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.started = time.time()
+        self._started_perf = time.perf_counter()
         self.steps = 0
         self.samples = 0
         self.error: str | None = None  # why the agent is not publishing, if it is not
@@ -168,7 +174,8 @@ class Agent:
                 dt = now - self._last_step_at
                 self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
             self._last_step_at = now
-            if self.steps % self.every == 0 or self.steps == 1:
+            if (self.steps % self.every == 0 and
+                    self._cost_s <= self.budget * (now - self._started_perf)) or self.steps == 1:
                 self._sample()
                 self._cost_s += time.perf_counter() - now
                 self._emit_stats(now)
@@ -355,8 +362,10 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     """Watch `model` (a module, a dict of named modules, or a list) trained by `optimizer`.
 
     Returns the running `Agent` (close it, or use it as a context manager). Options: `name`,
-    `every` (sample every N optimizer steps, default 10), `endpoint` (default: a Unix socket in
-    the per-user runtime directory), `capture_backward` (take the loss from `.backward()`).
+    `every` (sample at most every N optimizer steps, default 10), `budget` (the largest
+    fraction of wall time sampling may take, default 0.01: samples are skipped to stay under
+    it), `endpoint` (default: a Unix socket in the per-user runtime directory),
+    `capture_backward` (take the loss from `.backward()`).
     """
     return Agent(model, optimizer, **options)
 
