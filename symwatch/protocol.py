@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -48,6 +49,8 @@ class ProtocolError(ValueError):
 
 Number = (int, float)
 _OptNumber = (int, float, type(None))
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {"run": (str,), "rank": (int,), "restart": (int,),
+                                              "seq": (int,), "time": Number, "step": (int,)}
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:
         raise ProtocolError(f"{where}: expected {_type_names(types)}, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ProtocolError(f"{where}: non-finite number (encode NaN/inf as null)")
+    if type(value) is int and float in types and abs(value) > _MAX_FLOAT_INT:
+        raise ProtocolError(f"{where}: number too large for a float")
+
+
+_MAX_FLOAT_INT = int(sys.float_info.max)
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -172,10 +180,18 @@ def encode(kind: str, *, run: str, rank: int, restart: int, seq: int, time: floa
     loudly at the sender instead of being dropped silently by every receiver."""
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind!r}")
+    header = {"run": run, "rank": rank, "restart": restart, "seq": seq, "time": time, "step": step}
+    _check_fields(header, _HEADER_TYPES, {}, "header")
+    clash = sorted(set(payload) & set(HEADER_FIELDS))
+    if clash:
+        raise ProtocolError(f"{kind}: payload fields {clash} are header fields")
     _validate_payload(kind, payload)
     body = {"v": PROTOCOL_VERSION, "kind": kind, "run": run, "rank": rank, "restart": restart,
             "seq": seq, "time": time, "step": step, **payload}
-    data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    try:
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # a non-JSON type or NaN in an unchecked place
+        raise ProtocolError(f"{kind}: cannot encode: {exc}") from None
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"{kind} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return kind.encode("ascii"), data
@@ -190,12 +206,14 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"body of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         body = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except ProtocolError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: >4300 digits
         raise ProtocolError(f"body is not UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError("body is not a JSON object")
     version = body.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}; "
                             "upgrade the older of symwatch and the agent")
     kind = body.get("kind")
@@ -203,8 +221,7 @@ def decode(frames: list[bytes]) -> Message:
         raise ProtocolError(f"unknown message kind {kind!r}")
     if topic != kind.encode("ascii"):
         raise ProtocolError(f"topic {topic[:32]!r} does not match kind {kind!r}")
-    _check_fields(body, {"run": (str,), "rank": (int,), "restart": (int,), "seq": (int,),
-                         "time": Number, "step": (int,)}, {}, "header")
+    _check_fields(body, _HEADER_TYPES, {}, "header")
     payload = {k: v for k, v in body.items() if k not in HEADER_FIELDS}
     _validate_payload(kind, payload)
     return Message(kind=kind, run=body["run"], rank=body["rank"], restart=body["restart"],

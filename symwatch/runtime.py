@@ -25,8 +25,9 @@ MAX_IPC_PATH = 100
 
 def runtime_dir(create: bool = True) -> Path:
     """The runtime directory: $SYMWATCH_RUNTIME_DIR, else $XDG_RUNTIME_DIR/symwatch, else
-    /tmp/symwatch-<uid>. Created with mode 0700; an existing one with looser permissions or
-    another owner is refused, since others could then read or hijack the sockets."""
+    /tmp/symwatch-<uid>. Created with mode 0700; one owned by another user is refused and
+    looser permissions on our own are tightened, since others could read or hijack the
+    sockets."""
     override = os.environ.get(ENV_RUNTIME_DIR)
     if override:
         path = Path(override)
@@ -118,7 +119,10 @@ def live_runs(prune: bool = True) -> list[RunEntry]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             entry = RunEntry(**{k: data[k] for k in RunEntry.__dataclass_fields__ if k in data})
-        except (OSError, ValueError, TypeError):
+            if not (isinstance(entry.pid, int) and isinstance(entry.started, (int, float))
+                    and isinstance(entry.endpoint, str)):
+                raise TypeError("malformed entry")
+        except (OSError, ValueError, TypeError, AttributeError):
             if prune:
                 path.unlink(missing_ok=True)
             continue
