@@ -81,6 +81,7 @@ class Agent:
         self._step_time: float | None = None  # EMA of wall time per step
         self._next_stats_at = 0.0
         self._cost_s = 0.0  # time the agent spent on the training thread
+        self._budgeted_cost_s = 0.0  # the same, less the first sample: what the budget limits
         self._failed_layers_reported = 0
         self._hooks: list[Any] = []
         self._gpu: GpuSampler | None = None
@@ -175,9 +176,13 @@ class Agent:
                 self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
             self._last_step_at = now
             if (self.steps % self.every == 0 and
-                    self._cost_s <= self.budget * (now - self._started_perf)) or self.steps == 1:
+                    self._budgeted_cost_s <= self.budget * (now - self._started_perf)) \
+                    or self.steps == 1:
                 self._sample()
-                self._cost_s += time.perf_counter() - now
+                cost = time.perf_counter() - now
+                self._cost_s += cost
+                if self.steps > 1:  # the first sample pays one-off library warm-up
+                    self._budgeted_cost_s += cost
                 self._emit_stats(now)
             elif now >= self._next_stats_at:
                 self._emit_stats(now)

@@ -64,7 +64,7 @@ def _random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def run(*, steps: int, delay: float, every: int, endpoint: str | None, name: str,
-        seed: int = 0, cfg: DemoConfig | None = None,
+        seed: int = 0, budget: float = 0.01, cfg: DemoConfig | None = None,
         stop: threading.Event | None = None) -> int:
     """Train until `steps` are done (0: forever) or `stop` is set; returns an exit code."""
     cfg = cfg or DemoConfig()
@@ -88,7 +88,7 @@ def run(*, steps: int, delay: float, every: int, endpoint: str | None, name: str
     ])
     period = cfg.grow_steps + cfg.decay_steps
     with watch({"linear": models.linear, "mlp": models.mlp}, optimizer, every=every,
-               endpoint=endpoint, name=name) as agent:
+               budget=budget, endpoint=endpoint, name=name) as agent:
         print(f"symwatch demo: publishing on {agent.endpoint} (run {agent.run_id})", flush=True)
         step = 0
         while not stop.is_set() and (steps == 0 or step < steps):
