@@ -76,3 +76,60 @@ def collector() -> Iterator[Callable[[str], Collector]]:
     for c in made:
         c.sock.close(0)
     ctx.term()
+
+
+# -- observer tests: a real PUB socket that speaks the protocol (no torch needed) --------------
+
+class FakeAgent:
+    """A PUB socket bound to a random loopback port that sends protocol-encoded messages with
+    a correct header and consecutive sequence numbers, like the agent's publisher."""
+
+    LAYERS = (("conv1", "Conv2d", [32, 3, 3, 3]), ("fc1", "Linear", [256, 128]),
+              ("fc2", "Linear", [10, 256]))
+
+    def __init__(self, ctx: zmq.Context, run: str = "run-aaaa") -> None:
+        self.sock = ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.run, self.rank, self.restart = run, 0, 0
+        self.seq = 0
+        self.step = 0
+
+    def send(self, kind: str, step: int | None = None, *, skip_seq: int = 0,
+             **payload: object) -> None:
+        self.seq += skip_seq
+        if step is not None:
+            self.step = step
+        frames = protocol.encode(kind, run=self.run, rank=self.rank, restart=self.restart,
+                                 seq=self.seq, time=time.time(), step=self.step, payload=payload)
+        self.seq += 1
+        self.sock.send_multipart(frames)
+
+    def raw(self, *frames: bytes) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def meta(self, name: str = "fake-run", layers: tuple = LAYERS, **extra: object) -> None:
+        self.send(protocol.META, name=name, pid=4242, host="node-1", command=["train.py"],
+                  started=time.time(), every=1, indicators=list(protocol.INDICATORS),
+                  layers=[{"name": n, "type": t, "shape": s, "params": 1} for n, t, s in layers],
+                  **extra)
+
+    def heartbeat(self, dropped: int = 0) -> None:
+        self.send(protocol.HEARTBEAT, dropped=dropped, samples=0)
+
+
+@pytest.fixture
+def fake_agent() -> Iterator[Callable[..., FakeAgent]]:
+    ctx = zmq.Context()
+    made: list[FakeAgent] = []
+
+    def bind(run: str = "run-aaaa") -> FakeAgent:
+        agent = FakeAgent(ctx, run)
+        made.append(agent)
+        return agent
+
+    yield bind
+    for agent in made:
+        agent.sock.close(0)
+    ctx.term()

@@ -1,0 +1,330 @@
+"""The `symwatch` command line: attach, ls, demo (Textual and torch are imported only when used)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from symwatch import __version__, runtime
+from symwatch.runtime import RunEntry
+
+if TYPE_CHECKING:  # imported for real only by the commands that need them
+    from symwatch.client import BackgroundFeed
+    from symwatch.launcher import DemoProcess
+
+NO_RUNS = ("no live symwatch runs on this machine; start one with `symwatch demo` or "
+           "`symwatch.watch(model, optimizer)` in your script, or pass an endpoint: "
+           "symwatch attach tcp://127.0.0.1:PORT")
+DEMO_HINT = ("hint: the demo trains small PyTorch models in a subprocess "
+             "(python -m symwatch_agent.demo); it needs torch and the symwatch agent importable "
+             "by {python}. Install torch (pip install torch) and try again.")
+DEFAULT_HEADLESS_STEPS = 400
+STARTUP_TIMEOUT_S = 60.0  # importing torch on a cold cache can take tens of seconds
+
+
+class UserError(Exception):
+    """A mistake on the command line: printed as one line, no traceback."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- argument parsing --------------------------------------------------------------------------
+
+def _subparser(subs: Any, name: str, help_: str, description: str, epilog: str) -> Any:
+    return subs.add_parser(name, help=help_, description=description, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symwatch", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Watch per-layer parameter-symmetry indicators (weight norm, stable rank, "
+                    "numerical rank, dead units) of a live PyTorch training run.",
+        epilog="examples:\n"
+               "  symwatch demo                      train a small model and watch it\n"
+               "  symwatch ls                        list live runs on this machine\n"
+               "  symwatch attach                    watch the only live run (or pick one)\n"
+               "  symwatch attach tcp://127.0.0.1:5555\n\n"
+               "In your script:  import symwatch; symwatch.watch(model, optimizer)")
+    parser.add_argument("--version", action="version", version=f"symwatch {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    attach = _subparser(
+        subs, "attach", "watch a live run in the terminal UI",
+        "Attach the terminal UI to a run. With no argument: the only live run on this machine, "
+        "or a picker when there are several.",
+        "examples:\n"
+        "  symwatch attach                        the only live run, or choose from a list\n"
+        "  symwatch attach 3f9c                   a run id, or a unique prefix of one\n"
+        "  symwatch attach my-experiment          a run name from `symwatch ls`\n"
+        "  symwatch attach tcp://127.0.0.1:5555   an endpoint\n"
+        "  symwatch attach ipc:///run/user/1000/symwatch/3f9c.sock\n"
+        "  symwatch attach --headless             print a text summary once a second instead\n\n"
+        "keys in the UI: q quit, ? help, p pause/resume")
+    attach.add_argument("target", nargs="?", metavar="ENDPOINT",
+                        help="tcp://HOST:PORT, ipc://PATH, or a run id / run name")
+    attach.add_argument("--headless", action="store_true",
+                        help="no UI: print a compact summary about once a second")
+    attach.set_defaults(func=cmd_attach)
+
+    ls = _subparser(
+        subs, "ls", "list live runs on this machine",
+        "List the live runs registered in the runtime directory "
+        f"(${runtime.ENV_RUNTIME_DIR} overrides where that is).",
+        "examples:\n"
+        "  symwatch ls\n"
+        "  symwatch ls --json | jq '.[0].endpoint'")
+    ls.add_argument("--json", action="store_true", help="print the entries as a JSON list")
+    ls.set_defaults(func=cmd_ls)
+
+    demo = _subparser(
+        subs, "demo", "train a small demo model and watch it (needs torch)",
+        "Start a small PyTorch training run in a subprocess with the agent attached, and watch "
+        "it in the terminal UI. Quitting the UI (or Ctrl-C) stops the run.",
+        "examples:\n"
+        "  symwatch demo                          runs until you quit (q)\n"
+        "  symwatch demo --steps 2000 --delay 0.01\n"
+        "  symwatch demo --headless --steps 200   text summary, exits when the run ends")
+    demo.add_argument("--headless", action="store_true",
+                      help="no UI: print a summary about once a second, exit when the run ends")
+    demo.add_argument("--steps", type=_non_negative_int, default=None, metavar="N",
+                      help="training steps; 0 = until stopped (default: 0, or "
+                           f"{DEFAULT_HEADLESS_STEPS} with --headless)")
+    demo.add_argument("--delay", type=_non_negative_float, default=0.05, metavar="S",
+                      help="seconds to sleep after each step, to make it watchable (default 0.05)")
+    demo.add_argument("--every", type=_positive_int, default=1, metavar="K",
+                      help="sample the indicators every K steps (default 1)")
+    demo.add_argument("--name", default="demo", help="run name shown in the UI and `ls`")
+    demo.add_argument("--endpoint", default=None,
+                      help="where the demo publishes (default: a private Unix socket, else a "
+                           "free loopback TCP port)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+_non_negative_float = _number(float, lambda v: v >= 0 and v < float("inf"), "seconds >= 0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        _err(f"symwatch {args.command}: {exc}")
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `symwatch ls --json | head`: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        return 1
+    except PermissionError as exc:  # e.g. a runtime directory owned by someone else
+        _err(f"symwatch {args.command}: {exc}")
+        return 1
+
+
+# -- attach ------------------------------------------------------------------------------------
+
+def resolve_target(target: str, runs: Sequence[RunEntry]) -> tuple[str, str | None]:
+    """(endpoint, run name) for an endpoint, a run id, a unique run id prefix or a run name."""
+    from symwatch.client import EndpointError, validate_endpoint
+
+    if "://" in target:
+        try:
+            return validate_endpoint(target), None
+        except EndpointError as exc:
+            raise UserError(str(exc)) from None
+    for matches in ([r for r in runs if r.run_id == target],
+                    [r for r in runs if r.name == target],
+                    [r for r in runs if r.run_id.startswith(target)]):
+        if len(matches) == 1:
+            return matches[0].endpoint, matches[0].name
+        if len(matches) > 1:
+            ids = ", ".join(f"{r.run_id} ({r.name})" for r in matches)
+            raise UserError(f"{target!r} matches several live runs: {ids}; pass a run id")
+    try:
+        validate_endpoint(target)
+    except EndpointError as exc:
+        raise UserError(f"{target!r} is not the id or name of a live run (see `symwatch ls`), "
+                        f"nor an endpoint: {exc}") from None
+    raise AssertionError("unreachable: an endpoint always contains ://")
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    runs = runtime.live_runs()
+    if args.target is not None:
+        endpoint, name = resolve_target(args.target, runs)
+    elif not runs:
+        raise UserError(NO_RUNS, code=1)
+    elif len(runs) == 1:
+        endpoint, name = runs[0].endpoint, runs[0].name
+    elif args.headless or not sys.stdout.isatty():
+        listing = "\n".join(f"  {r.run_id}  {r.name}  {r.endpoint}" for r in runs)
+        raise UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
+    else:
+        from symwatch.tui.picker import PickerApp
+
+        chosen = PickerApp(runs).run()
+        if chosen is None:
+            _err("symwatch attach: no run chosen")
+            return 1
+        endpoint, name = chosen.endpoint, chosen.name
+    if args.headless:
+        from symwatch.client import BackgroundFeed
+        from symwatch.summary import follow
+
+        with BackgroundFeed(endpoint) as feed:
+            follow(feed, sys.stdout, name=name)
+        return 0
+    from symwatch.tui.app import make_app
+
+    app = make_app(endpoint, title=f"symwatch — {name or endpoint}")
+    app.run()
+    return 0
+
+
+# -- ls ----------------------------------------------------------------------------------------
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    runs = runtime.live_runs()
+    if args.json:
+        print(json.dumps([r.to_json() for r in runs], indent=2))
+        return 0
+    if not runs:
+        print("no live runs")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from symwatch.tui.picker import command_text, started_text
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("run id", "name", "pid", "command", "endpoint", "started", "steps"):
+        table.add_column(col, overflow="fold",
+                         justify="right" if col in ("pid", "steps") else "left")
+    for r in runs:
+        table.add_row(r.run_id, r.name, str(r.pid), command_text(r.command), r.endpoint,
+                      started_text(r.started), f"{r.steps:,}")
+    console = Console()
+    if not console.is_terminal:  # piped: never fold the endpoint or command over two lines
+        console = Console(width=1000)
+    console.print(table)
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from symwatch.client import BackgroundFeed, EndpointError
+    from symwatch.launcher import DemoProcess, free_endpoint
+
+    endpoint = args.endpoint or free_endpoint()
+    steps = args.steps if args.steps is not None else (
+        DEFAULT_HEADLESS_STEPS if args.headless else 0)
+    demo = DemoProcess(endpoint, name=args.name, steps=steps, delay=args.delay, every=args.every)
+    try:
+        # Subscribe before the run starts, so its first messages are not lost to a slow join.
+        feed = BackgroundFeed(endpoint)
+    except EndpointError as exc:
+        raise UserError(str(exc)) from None
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        try:
+            demo.start()
+        except OSError as exc:
+            return _demo_failed(demo, f"could not start {demo.argv[0]}: {exc}")
+        _err(f"symwatch demo: started `{' '.join(demo.argv[1:])}`; waiting for its first "
+             "message (importing torch can take a while)…")
+        if not _wait_first_message(feed, demo, STARTUP_TIMEOUT_S):
+            rc = demo.poll()
+            if rc == 0:  # it ran and ended before our subscription reached it
+                _err("symwatch demo: the demo run finished before symwatch could connect; "
+                     "give it more --steps or a longer --delay")
+                return 0
+            return _demo_failed(demo, "the demo run did not start" if rc is not None else
+                                f"the demo run sent nothing within {STARTUP_TIMEOUT_S:.0f} s")
+        if args.headless:
+            return _demo_headless(feed, demo, args.name)
+        from symwatch.tui.app import SymwatchApp
+
+        SymwatchApp(feed, title=f"symwatch — demo ({endpoint})").run()
+        rc = demo.poll()
+        if rc not in (None, 0):
+            return _demo_failed(demo, f"the demo run exited with status {rc}")
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        feed.close()
+        demo.stop()
+        demo.cleanup()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_first_message(feed: BackgroundFeed, demo: DemoProcess, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if feed.wait_for_message(0.2):
+            return True
+        if demo.poll() is not None:
+            return bool(feed.wait_for_message(0.5))  # it may have published and exited at once
+    return False
+
+
+def _demo_headless(feed: BackgroundFeed, demo: DemoProcess, name: str) -> int:
+    from symwatch.summary import follow
+
+    state = follow(feed, sys.stdout, should_stop=lambda: demo.poll() is not None, name=name)
+    rc = demo.wait(10.0)
+    if rc is None:
+        return _demo_failed(demo, "the demo run said goodbye but did not exit within 10 s")
+    if rc != 0:
+        return _demo_failed(demo, f"the demo run exited with status {rc}")
+    if not state.finished:
+        _err("symwatch demo: warning: the run exited without a goodbye message")
+    return 0
+
+
+def _demo_failed(demo: DemoProcess, what: str) -> int:
+    _err(f"symwatch demo: {what}.")
+    tail = demo.output_tail()
+    if tail:
+        _err("--- demo output (last lines) ---\n" + tail + "\n---")
+    _err(DEMO_HINT.format(python=sys.executable))
+    return 1

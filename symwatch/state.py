@@ -1,0 +1,319 @@
+"""RunState: the observer's plain-Python model of one watched run, folded from protocol Messages."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from symwatch import protocol
+from symwatch.protocol import Message
+
+WAITING, LIVE, STALE, FINISHED = "waiting", "live", "stale", "finished"
+CONNECTION_STATES = (WAITING, LIVE, STALE, FINISHED)
+
+DEFAULT_HISTORY = 300  # points per series; enough for a sparkline, bounded for week-long runs
+DEFAULT_MAX_EVENTS = 200
+# Agents send a heartbeat once a second, so three silent seconds means something is wrong.
+DEFAULT_STALE_AFTER = 3.0
+
+Value = float | None  # None is "N/A": never drawn or counted as 0
+
+
+def _finite(value: Any) -> Value:
+    """A number as float, or None for null/NaN/inf/non-numbers (belt and braces: decode already
+    rejects non-finite values, but RunState may be fed from other places, e.g. recordings)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class Series:
+    """One indicator of one layer (or the loss): its latest value and a bounded history."""
+
+    maxlen: int = DEFAULT_HISTORY
+    current: Value = None
+    step: int | None = None
+    history: deque[tuple[int, Value]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.history = deque(self.history, maxlen=self.maxlen)
+
+    def add(self, step: int, value: Any) -> None:
+        v = _finite(value)
+        self.current, self.step = v, step
+        self.history.append((step, v))
+
+    def values(self) -> list[Value]:
+        return [v for _, v in self.history]
+
+
+@dataclass
+class LayerState:
+    """A layer's row: what META said about it (if anything) and its indicator series."""
+
+    name: str
+    type: str = "?"
+    shape: tuple[int, ...] | None = None
+    params: int | None = None
+    announced: bool = False  # listed in META; False for layers only seen in METRICS
+    nonfinite: bool = False  # the agent reported NaN/inf in this layer's latest sample
+    step: int | None = None
+    updates: int = 0  # METRICS samples folded, so views can tell a row changed
+    indicators: dict[str, Series] = field(default_factory=dict)
+
+    def value(self, indicator: str) -> Value:
+        series = self.indicators.get(indicator)
+        return series.current if series else None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One EVENT message (or a notice symwatch itself adds, e.g. an agent restart)."""
+
+    step: int
+    time: float
+    message: str
+    severity: str = "info"
+    layer: str | None = None
+    metric: str | None = None
+    before: Value = None
+    after: Value = None
+
+
+class RunState:
+    """Everything the views show about the run on one endpoint. Feed it with `fold`; read the
+    attributes; ask `connection(now)` for waiting/live/stale/finished. No UI code here."""
+
+    def __init__(self, *, history: int = DEFAULT_HISTORY, max_events: int = DEFAULT_MAX_EVENTS,
+                 stale_after: float = DEFAULT_STALE_AFTER) -> None:
+        self.history = history
+        self.stale_after = stale_after
+        self.events: deque[EventRecord] = deque(maxlen=max_events)
+        self.events_total = 0  # events ever added; `events` keeps only the latest max_events
+        self.messages = 0  # valid messages folded, all runs
+        self.restarts = 0  # times a new run id replaced the one shown
+        self.ignored = 0  # messages of runs already replaced by a newer one
+        self.last_rx: float | None = None  # local monotonic time of the latest message
+        self.revision = 0  # bumped on every fold, so views can skip redrawing unchanged state
+        # Filled from the source by the view (state never touches sockets).
+        self.garbage = 0
+        self.last_error: str | None = None
+        self._extra_indicators: list[str] = []
+        self._retired: set[str] = set()
+        self._reset_run(None)
+
+    # -- per-run data --------------------------------------------------------------------------
+
+    def _reset_run(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.name: str | None = None
+        self.host: str | None = None
+        self.pid: int | None = None
+        self.command: list[str] = []
+        self.started: float | None = None
+        self.every: int | None = None
+        self.world_size: int | None = None
+        self.device: str | None = None
+        self.meta: dict[str, Any] = {}
+        self.layers: dict[str, LayerState] = {}
+        self.step: int | None = None
+        self.loss = Series(self.history)
+        self.steps_per_s: Value = None
+        self.step_time: Value = None
+        self.overhead: Value = None  # fraction of wall time spent in the agent (0.01 = 1 %)
+        self.scalars: dict[str, Value] = {}
+        self.samples: int | None = None
+        self.gpu: dict[str, Any] | None = None
+        self.goodbye_reason: str | None = None
+        self.exit_code: int | None = None
+        self.agent_dropped_by: dict[tuple[int, int], int] = {}  # (rank, restart) -> counter
+        self.gap_dropped = 0
+        self._last_seq: dict[tuple[int, int], int] = {}
+        self._ranks: set[int] = set()
+        self._ranks_done: set[int] = set()
+        self._stats_rate_seen = False
+        self._rate_anchor: tuple[float, int] | None = None
+
+    @property
+    def agent_dropped(self) -> int:
+        return sum(self.agent_dropped_by.values())
+
+    @property
+    def dropped(self) -> int:
+        """Messages lost: what the agent could not send plus gaps in the sequence numbers."""
+        return self.agent_dropped + self.gap_dropped
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._ranks) and self._ranks_done >= self._ranks
+
+    def connection(self, now: float | None = None) -> str:
+        """waiting (nothing yet), live, stale (silent > stale_after s) or finished (GOODBYE)."""
+        if self.last_rx is None:
+            return WAITING
+        if self.finished:
+            return FINISHED
+        now = time.monotonic() if now is None else now
+        return STALE if now - self.last_rx > self.stale_after else LIVE
+
+    def silent_for(self, now: float | None = None) -> float | None:
+        if self.last_rx is None:
+            return None
+        return max(0.0, (time.monotonic() if now is None else now) - self.last_rx)
+
+    def indicator_names(self) -> list[str]:
+        """Display order: the standard indicators, then any others in the order first seen."""
+        return list(protocol.INDICATORS) + self._extra_indicators
+
+    def _note_indicator(self, name: str) -> None:
+        if name not in protocol.INDICATORS and name not in self._extra_indicators:
+            self._extra_indicators.append(name)
+
+    def _layer(self, name: str) -> LayerState:
+        layer = self.layers.get(name)
+        if layer is None:
+            layer = self.layers[name] = LayerState(name)
+        return layer
+
+    # -- folding -------------------------------------------------------------------------------
+
+    def fold_all(self, messages: list[Message], now: float | None = None) -> None:
+        for msg in messages:
+            self.fold(msg, now)
+
+    def fold(self, msg: Message, now: float | None = None) -> None:
+        """Apply one message. Never raises on a validated message; anything odd is skipped."""
+        if msg.run in self._retired:
+            self.ignored += 1
+            return
+        if self.run_id is None:
+            self.run_id = msg.run
+        elif msg.run != self.run_id:
+            # The agent restarted (new run id): start afresh in the same view, and say so.
+            self._retired.add(self.run_id)
+            old = self.name or self.run_id
+            self._reset_run(msg.run)
+            self.restarts += 1
+            self._add_event(EventRecord(msg.step, msg.time, f"new run {msg.run} replaces "
+                                        f"{old} (agent restarted)", "notice"))
+        now = time.monotonic() if now is None else now
+        self.last_rx = now
+        self.messages += 1
+        self.revision += 1
+        self._ranks.add(msg.rank)
+        self._count_gap(msg)
+        if self.step is None or msg.step > self.step:
+            self.step = msg.step
+        handler = getattr(self, f"_fold_{msg.kind}", None)
+        if handler is not None:
+            try:
+                handler(msg)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                pass  # validated upstream; a surprise here must cost one message, not the view
+        if not self._stats_rate_seen and msg.kind != protocol.GOODBYE:
+            self._estimate_rate(now, msg.step)
+
+    def _count_gap(self, msg: Message) -> None:
+        key = (msg.rank, msg.restart)
+        last = self._last_seq.get(key)
+        if last is not None and msg.seq > last + 1:
+            self.gap_dropped += msg.seq - last - 1
+        if last is None or msg.seq > last:
+            self._last_seq[key] = msg.seq
+
+    def _estimate_rate(self, now: float, step: int) -> None:
+        # Only when the agent sends no steps_per_s: local receive times over >= 2 s windows.
+        if self._rate_anchor is None:
+            self._rate_anchor = (now, step)
+            return
+        t0, s0 = self._rate_anchor
+        if now - t0 >= 2.0:
+            self.steps_per_s = max(0.0, (step - s0) / (now - t0))
+            self._rate_anchor = (now, step)
+
+    def _fold_meta(self, msg: Message) -> None:
+        p = msg.payload
+        self.meta = dict(p)
+        self.name, self.host, self.pid = p["name"], p["host"], p["pid"]
+        self.command, self.started, self.every = list(p["command"]), p["started"], p["every"]
+        self.world_size = p.get("world_size")
+        self.device = p.get("device")
+        ordered: dict[str, LayerState] = {}
+        for row in p["layers"]:
+            layer = self.layers.get(row["name"]) or LayerState(row["name"])
+            layer.type = row["type"]
+            layer.shape = tuple(int(d) for d in row["shape"] if isinstance(d, int))
+            layer.params = row["params"]
+            layer.announced = True
+            ordered[layer.name] = layer
+        # META's order first; layers only ever seen in METRICS keep their place after.
+        for name, layer in self.layers.items():
+            ordered.setdefault(name, layer)
+        self.layers = ordered
+        for name in p["indicators"]:
+            self._note_indicator(name)
+
+    def _fold_metrics(self, msg: Message) -> None:
+        nonfinite = {str(x) for x in msg.get("nonfinite", []) or []}
+        for layer_name, values in msg.payload["values"].items():
+            layer = self._layer(layer_name)
+            layer.step = msg.step
+            layer.updates += 1
+            layer.nonfinite = layer_name in nonfinite
+            for name, value in values.items():
+                self._note_indicator(name)
+                series = layer.indicators.get(name)
+                if series is None:
+                    series = layer.indicators[name] = Series(self.history)
+                series.add(msg.step, value)
+
+    def _fold_stats(self, msg: Message) -> None:
+        p = msg.payload
+        if "loss" in p:
+            self.loss.add(msg.step, p["loss"])
+        if "steps_per_s" in p:
+            self._stats_rate_seen = True
+            self.steps_per_s = _finite(p["steps_per_s"])
+        if "step_time" in p:
+            self.step_time = _finite(p["step_time"])
+        if "overhead" in p:
+            self.overhead = _finite(p["overhead"])
+        if "dropped" in p:
+            self._agent_dropped(msg, p["dropped"])
+        for name, value in (p.get("scalars") or {}).items():
+            self.scalars[str(name)] = _finite(value)
+
+    def _fold_heartbeat(self, msg: Message) -> None:
+        self._agent_dropped(msg, msg.payload["dropped"])
+        self.samples = msg.payload["samples"]
+        if "overhead" in msg.payload:
+            self.overhead = _finite(msg.payload["overhead"])
+
+    def _agent_dropped(self, msg: Message, count: int) -> None:
+        # A cumulative counter per publisher: keep the largest seen, messages may reorder.
+        key = (msg.rank, msg.restart)
+        self.agent_dropped_by[key] = max(self.agent_dropped_by.get(key, 0), count)
+
+    def _fold_gpu(self, msg: Message) -> None:
+        self.gpu = dict(msg.payload)
+
+    def _fold_event(self, msg: Message) -> None:
+        p = msg.payload
+        self._add_event(EventRecord(
+            step=msg.step, time=msg.time, message=p["message"], severity=p["severity"],
+            layer=p.get("layer"), metric=p.get("metric"),
+            before=_finite(p.get("before")), after=_finite(p.get("after"))))
+
+    def _add_event(self, event: EventRecord) -> None:
+        self.events.append(event)
+        self.events_total += 1
+
+    def _fold_goodbye(self, msg: Message) -> None:
+        self._ranks_done.add(msg.rank)
+        self.goodbye_reason = msg.payload["reason"]
+        self.exit_code = msg.get("exit_code")

@@ -1,0 +1,1 @@
+"""The Textual terminal UI; `symwatch.tui.app.make_app(endpoint)` builds the live view."""

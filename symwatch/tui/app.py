@@ -1,0 +1,162 @@
+"""SymwatchApp: the live Textual view of one run, fed by any MessageSource (never a socket)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import Footer
+
+from symwatch.client import BackgroundFeed, MessageSource
+from symwatch.protocol import Message
+from symwatch.state import DEFAULT_STALE_AFTER, FINISHED, STALE, WAITING, RunState
+from symwatch.tui.banner import ConnectionBanner
+from symwatch.tui.header import RunHeader
+from symwatch.tui.help import HelpScreen
+from symwatch.tui.layer_table import LayerTable
+from symwatch.tui.panels import EventsLog, GpuLine, LossPanel
+
+# The view redraws on this clock, however fast messages arrive, so a flood cannot starve input.
+TICK_S = 0.2
+# Time one tick may spend folding; the rest waits (in the app's backlog, then in the source,
+# then ZeroMQ drops at its high-water mark and the gap shows as "dropped") for later ticks.
+FOLD_BUDGET_S = 0.05
+NOTIFY_SEVERITIES = ("warning", "error", "transition")
+
+
+class SymwatchApp(App[None]):
+    """Drains `source.poll(0)` every TICK_S into a RunState and redraws the widgets from it."""
+
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("p", "pause", "Pause/resume"),
+    ]
+
+    def __init__(self, source: MessageSource, *, title: str | None = None,
+                 stale_after: float = DEFAULT_STALE_AFTER, owns_source: bool = False,
+                 tick_s: float = TICK_S) -> None:
+        super().__init__()
+        self.source = source
+        self.endpoint: str = getattr(source, "endpoint", "?")
+        self.state = RunState(stale_after=stale_after)
+        self.paused = False
+        self.owns_source = owns_source
+        self.tick_s = tick_s
+        self.tick_errors = 0  # internal failures while drawing; counted, shown, never fatal
+        self.last_tick_error: str | None = None
+        self._drawn_key: tuple[Any, ...] | None = None
+        self._backlog: deque[Message] = deque()
+        self._events_seen = 0
+        self.title = title or f"symwatch — {self.endpoint}"
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="main"):
+            yield RunHeader(id="header")
+            yield ConnectionBanner(id="banner")
+            yield LayerTable(id="layers")
+            yield LossPanel(id="loss")
+            yield GpuLine(id="gpu")
+            yield EventsLog(id="events")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(LayerTable).focus()
+        self.tick()
+        self.set_interval(self.tick_s, self.tick)
+
+    def on_unmount(self) -> None:
+        if self.owns_source:
+            self.source.close()
+
+    # -- the clock -----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Drain the source, fold, redraw. Anything unexpected is counted, not raised."""
+        now = time.monotonic()
+        try:
+            self._drain(now)
+            if not self.paused:
+                self._draw(now)
+        except Exception as exc:  # noqa: BLE001 - the view must outlive any bad input
+            self.tick_errors += 1
+            self.last_tick_error = f"{type(exc).__name__}: {exc}"
+
+    def _drain(self, now: float) -> None:
+        deadline = time.monotonic() + FOLD_BUDGET_S
+        while time.monotonic() < deadline:
+            if not self._backlog:
+                batch = self.source.poll(0)
+                if not batch:
+                    break
+                self._backlog.extend(batch)
+            while self._backlog and time.monotonic() < deadline:
+                msg = self._backlog.popleft()
+                try:
+                    self.state.fold(msg, now)
+                except Exception as exc:  # noqa: BLE001 - one bad message costs one message
+                    self.tick_errors += 1
+                    self.last_tick_error = f"{type(exc).__name__}: {exc}"
+        self.state.garbage = int(getattr(self.source, "garbage", 0))
+        self.state.last_error = getattr(self.source, "last_error", None)
+
+    def _draw(self, now: float) -> None:
+        state = self.state
+        connection = state.connection(now)
+        silent = state.silent_for(now)
+        key = (state.revision, connection, state.garbage, self.size,
+               int(silent) if connection == STALE and silent is not None else None)
+        if key == self._drawn_key:
+            return
+        self._drawn_key = key
+        main = self.query_one("#main")
+        for name in (WAITING, STALE, FINISHED):
+            main.set_class(connection == name, f"-{name}")
+        self.query_one(RunHeader).show(state, connection, endpoint=self.endpoint, paused=False)
+        self.query_one(ConnectionBanner).show(state, connection, endpoint=self.endpoint,
+                                              silent_for=silent)
+        if connection != WAITING:
+            self.query_one(LayerTable).sync(state)
+            self.query_one(LossPanel).show(state)
+            self.query_one(GpuLine).show(state)
+            self.query_one(EventsLog).show(state)
+        self._notify_events()
+
+    def _notify_events(self) -> None:
+        fresh = min(self.state.events_total - self._events_seen, len(self.state.events), 5)
+        self._events_seen = self.state.events_total
+        if fresh <= 0:
+            return
+        for ev in list(self.state.events)[-fresh:]:
+            if ev.severity in NOTIFY_SEVERITIES:
+                self.notify(ev.message, title=f"step {ev.step:,}",
+                            severity="error" if ev.severity == "error" else "warning")
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss(None)
+        else:
+            self.push_screen(HelpScreen())
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self._drawn_key = None
+        self.query_one(RunHeader).show(self.state, self.state.connection(), endpoint=self.endpoint,
+                                       paused=self.paused)
+        if not self.paused:
+            self.tick()
+
+
+def make_app(endpoint: str, *, title: str | None = None,
+             stale_after: float = DEFAULT_STALE_AFTER) -> SymwatchApp:
+    """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source."""
+    feed = BackgroundFeed(endpoint)
+    return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True)

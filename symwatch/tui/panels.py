@@ -1,0 +1,111 @@
+"""The panels under the layer table: loss sparkline, GPU summary line, recent events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from symwatch import numbers
+from symwatch.state import RunState
+from symwatch.tui.sparkline import sparkline_rows
+
+SEVERITY_STYLES = {"info": "cyan", "notice": "yellow", "warning": "bold yellow",
+                   "error": "bold red", "transition": "bold magenta"}
+
+
+def loss_text(state: RunState, width: int, rows: int = 1) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")  # a wrapped first line would push the chart
+    text.append(" loss ", "dim")
+    text.append(numbers.compact(state.loss.current), "bold")
+    known = [v for v in state.loss.values() if v is not None]
+    if known:
+        text.append(f"  min {numbers.compact(min(known))}  max {numbers.compact(max(known))}",
+                    "dim")
+    for name, value in list(state.scalars.items())[:3]:
+        text.append(f"  {name} ", "dim")
+        text.append(numbers.compact(value))
+    for line in sparkline_rows(state.loss.values(), max(0, width - 2), rows):
+        text.append("\n ")
+        text.append(line, "bright_cyan")
+    return text
+
+
+def gpu_text(gpu: dict[str, Any] | None) -> Text:
+    """One line. Memory is in bytes, power in watts, as the agent's NVML sampler reports."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(" GPU ", "dim")
+    if gpu is None:
+        text.append("no GPU report yet", "dim")
+        return text
+    if not gpu.get("available"):
+        text.append("no NVIDIA GPU visible", "yellow")
+        reason = str(gpu.get("reason") or "")
+        if reason.startswith("no NVIDIA GPU visible"):  # the agent's reasons often say it too
+            reason = reason[len("no NVIDIA GPU visible"):].strip(" ()")
+        if reason:
+            text.append(f" ({reason})", "dim")
+        return text
+    devices = gpu.get("devices") or []
+    if not devices:
+        text.append("no devices reported", "dim")
+    for i, dev in enumerate(devices[:4]):
+        if i:
+            text.append("  │  ", "dim")
+        if len(devices) == 1:
+            text.append(f"{dev.get('index', '?')}: {dev.get('name', '?')}  ", "bold")
+        else:
+            text.append(f"{dev.get('index', '?')} ", "bold")
+        text.append(f"util {_num(dev.get('util'), '%')}  ")
+        used, total = numbers.gib(dev.get("mem_used")), numbers.gib(dev.get("mem_total"))
+        text.append(f"mem {used}/{total} GiB")
+        if len(devices) == 1:
+            text.append(f"  {_num(dev.get('temp'), '°C')}  "
+                        f"{_num(dev.get('power'), '')}/{_num(dev.get('power_limit'), ' W')}")
+    if len(devices) > 4:
+        text.append(f"  … +{len(devices) - 4} more", "dim")
+    return text
+
+
+def _num(value: Any, unit: str) -> str:
+    s = numbers.compact(value, 3)
+    return s if s == numbers.NA else f"{s}{unit}"
+
+
+def events_text(state: RunState, lines: int) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    recent = list(state.events)[-lines:] if lines > 0 else []
+    if not recent:
+        text.append(" no events yet", "dim")
+        return text
+    for i, ev in enumerate(recent):
+        if i:
+            text.append("\n")
+        text.append(f" step {ev.step:>7,}  ", "dim")
+        text.append(f"{ev.severity:<10.10}", SEVERITY_STYLES.get(ev.severity, "white"))
+        text.append(" ")
+        text.append(ev.message.replace("\n", " "))
+    return text
+
+
+class LossPanel(Static):
+    """The loss line and chart; the chart grows on tall terminals (1 row at 24, 6 at 40+)."""
+
+    def chart_rows(self) -> int:
+        return max(1, min(6, (self.app.size.height - 24) // 3 + 1))
+
+    def show(self, state: RunState) -> None:
+        rows = self.chart_rows()
+        self.styles.height = rows + 1
+        self.update(loss_text(state, self.size.width or self.app.size.width, rows))
+
+
+class GpuLine(Static):
+    def show(self, state: RunState) -> None:
+        self.update(gpu_text(state.gpu))
+
+
+class EventsLog(Static):
+    def show(self, state: RunState) -> None:
+        self.update(events_text(state, max(1, self.size.height or 3)))
