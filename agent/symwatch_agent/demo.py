@@ -64,7 +64,7 @@ def _random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def run(*, steps: int, delay: float, every: int, endpoint: str | None, name: str,
-        seed: int = 0, budget: float = 0.01, cfg: DemoConfig | None = None,
+        seed: int = 0, budget: float = 1.0, cfg: DemoConfig | None = None,
         stop: threading.Event | None = None) -> int:
     """Train until `steps` are done (0: forever) or `stop` is set; returns an exit code."""
     cfg = cfg or DemoConfig()
@@ -128,12 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to sleep per step, so the staircase can be watched")
     parser.add_argument("--every", type=int, default=1, help="sample every N steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", type=float, default=1.0,
+                        help="largest fraction of wall time sampling may take (default 1.0: "
+                             "no limit, so the tiny demo models are sampled every step)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish the step, then say goodbye
     try:
         return run(steps=args.steps, delay=args.delay, every=args.every,
-                   endpoint=args.endpoint, name=args.name, seed=args.seed, stop=stop)
+                   endpoint=args.endpoint, name=args.name, seed=args.seed,
+                   budget=args.budget, stop=stop)
     except KeyboardInterrupt:
         return 130
 
