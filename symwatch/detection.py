@@ -290,27 +290,23 @@ def _wire_number(value: float | None) -> float | int | None:
     return float(value)
 
 
-def to_event_payload(transition: Transition, *, proposed: bool = False) -> dict[str, Any]:
-    """The payload of a protocol v1 EVENT message (severity "transition") for a transition,
-    describing its top jump. Send it with the header step = `transition.step`.
-
-    proposed=True adds fields that protocol v1 does not define yet (receivers keep unknown
-    fields): "exogenous" (string or null), "onset" (integer), "jumps" (list of objects with
-    layer, metric, direction, before, after, score, step, onset)."""
+def to_event_payload(transition: Transition) -> dict[str, Any]:
+    """The payload of a protocol v1 EVENT message (severity "transition") for a transition:
+    its top jump in the flat fields, every grouped jump in "jumps", the exogenous label (or
+    null). Send it with the header step = `transition.step`."""
     top = transition.top
     layer, metric = _name(top.key)
     payload: dict[str, Any] = {
         "message": transition.message, "severity": "transition", "layer": layer,
         "metric": metric, "direction": top.direction, "before": _wire_number(top.before),
         "after": _wire_number(top.after), "score": _wire_number(round(top.score, 3))}
-    if proposed:
-        payload["exogenous"] = transition.exogenous
-        payload["onset"] = top.onset
-        payload["jumps"] = [
-            {"layer": _name(j.key)[0], "metric": _name(j.key)[1], "direction": j.direction,
-             "before": _wire_number(j.before), "after": _wire_number(j.after),
-             "score": _wire_number(round(j.score, 3)), "step": j.step, "onset": j.onset}
-            for j in transition.jumps]
+    payload["exogenous"] = transition.exogenous
+    payload["onset"] = top.onset
+    payload["jumps"] = [
+        {"layer": _name(j.key)[0], "metric": _name(j.key)[1], "direction": j.direction,
+         "before": _wire_number(j.before), "after": _wire_number(j.after),
+         "score": _wire_number(round(j.score, 3)), "step": j.step, "onset": j.onset}
+        for j in transition.jumps]
     return payload
 
 

@@ -93,7 +93,8 @@ _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
             "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,)},
     GPU: {"reason": (str,)},
     EVENT: {"layer": (str, type(None)), "metric": (str, type(None)), "direction": (str, type(None)),
-            "before": _OptNumber, "after": _OptNumber, "score": _OptNumber},
+            "before": _OptNumber, "after": _OptNumber, "score": _OptNumber,
+            "exogenous": (str, type(None)), "onset": (int,), "jumps": (list,)},
     HEARTBEAT: {"overhead": _OptNumber},
     GOODBYE: {"exit_code": (int, type(None))},
 }
@@ -101,6 +102,12 @@ _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
 # A layer row in META's layer table.
 _LAYER_REQUIRED: dict[str, tuple[type, ...]] = {"name": (str,), "type": (str,), "shape": (list,),
                                                  "params": (int,)}
+# One series' jump inside a grouped transition EVENT.
+_JUMP_REQUIRED: dict[str, tuple[type, ...]] = {"metric": (str,), "direction": (str,),
+                                               "step": (int,)}
+_JUMP_OPTIONAL: dict[str, tuple[type, ...]] = {"layer": (str, type(None)), "before": _OptNumber,
+                                               "after": _OptNumber, "score": _OptNumber,
+                                               "onset": (int,)}
 # One device in a GPU message; every numeric field may be null ("N/A"), never a fake zero.
 _GPU_DEVICE_REQUIRED: dict[str, tuple[type, ...]] = {"index": (int,), "name": (str,)}
 _GPU_DEVICE_NUMERIC = ("util", "mem_used", "mem_total", "temp", "power", "power_limit")
@@ -154,6 +161,11 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
     elif kind == STATS and "scalars" in payload:
         for name, value in payload["scalars"].items():
             _check_type(value, _OptNumber, f"stats.scalars[{name!r}]")
+    elif kind == EVENT and "jumps" in payload:
+        for i, jump in enumerate(payload["jumps"]):
+            if not isinstance(jump, dict):
+                raise ProtocolError(f"event.jumps[{i}]: expected object")
+            _check_fields(jump, _JUMP_REQUIRED, _JUMP_OPTIONAL, f"event.jumps[{i}]")
     elif kind == GPU:
         for i, dev in enumerate(payload["devices"]):
             if not isinstance(dev, dict):

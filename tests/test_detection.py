@@ -267,17 +267,17 @@ def test_event_payload_follows_the_protocol() -> None:
 
     (t,) = run_detector(TransitionDetector(), 200, sample)
     payload = to_event_payload(t)
-    assert payload == {"message": t.message, "severity": "transition", "layer": "fc1",
-                       "metric": "numerical_rank", "direction": "up", "before": 2, "after": 3,
-                       "score": round(t.top.score, 3)}
-    for p in (payload, to_event_payload(t, proposed=True)):
-        frames = protocol.encode(protocol.EVENT, run="r", rank=0, restart=0, seq=0, time=1.0,
-                                 step=t.step, payload=p)
-        message = protocol.decode(list(frames))
-        assert message.payload["message"] == t.message
-    extended = to_event_payload(t, proposed=True)
-    assert extended["exogenous"] is None and extended["onset"] == t.step
-    assert json.dumps(extended, allow_nan=False)
+    assert {k: payload[k] for k in ("message", "severity", "layer", "metric", "direction",
+                                    "before", "after", "score", "exogenous", "onset")} == {
+        "message": t.message, "severity": "transition", "layer": "fc1",
+        "metric": "numerical_rank", "direction": "up", "before": 2, "after": 3,
+        "score": round(t.top.score, 3), "exogenous": None, "onset": t.step}
+    assert [(j["layer"], j["metric"]) for j in payload["jumps"]] == [("fc1", "numerical_rank")]
+    frames = protocol.encode(protocol.EVENT, run="r", rank=0, restart=0, seq=0, time=1.0,
+                             step=t.step, payload=payload)
+    message = protocol.decode(list(frames))
+    assert message.payload == payload
+    assert json.dumps(payload, allow_nan=False)
 
 
 def test_number_formatting() -> None:
