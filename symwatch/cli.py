@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  symwatch demo                      train a small model and watch it\n"
                "  symwatch ls                        list live runs on this machine\n"
                "  symwatch attach                    watch the only live run (or pick one)\n"
-               "  symwatch attach tcp://127.0.0.1:5555\n\n"
+               "  symwatch attach tcp://127.0.0.1:5555\n"
+               "  symwatch alert --exec 'notify-send \"$SYMWATCH_TEXT\"'   act on transitions\n\n"
                "In your script:  import symwatch; symwatch.watch(model, optimizer)")
     parser.add_argument("--version", action="version", version=f"symwatch {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -110,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the demo publishes (default: a private Unix socket, else a "
                            "free loopback TCP port)")
     demo.set_defaults(func=cmd_demo)
+
+    inspect = _subparser(
+        subs, "inspect", "every weight-based indicator of a saved model, once (needs torch)",
+        "Compute every weight-based indicator once for a saved model: a torch.save'd "
+        "state_dict or module, or a .safetensors file. Runs `python -m symwatch_agent.inspect` "
+        "in a subprocess (this command never imports torch itself).",
+        "examples:\n"
+        "  symwatch inspect model.pt\n"
+        "  symwatch inspect model.safetensors --json | jq '.layers[0].values'\n"
+        "  symwatch inspect whole_module.pt --trust   a pickled nn.Module (runs its code)")
+    inspect.add_argument("path", help="the saved model")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--trust", action="store_true",
+                         help="allow unpickling a whole module (runs code from the file)")
+    inspect.set_defaults(func=cmd_inspect)
+
+    from symwatch.alert_cli import add_alert_parser  # imported here: alert_cli imports cli
+
+    add_alert_parser(subs, _subparser)
     return parser
 
 
@@ -328,3 +348,19 @@ def _demo_failed(demo: DemoProcess, what: str) -> int:
         _err("--- demo output (last lines) ---\n" + tail + "\n---")
     _err(DEMO_HINT.format(python=sys.executable))
     return 1
+
+
+INSPECT_MODULE = "symwatch_agent.inspect"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Run the agent-side inspector (it imports torch; this process must not)."""
+    import subprocess
+
+    argv = [sys.executable, "-m", INSPECT_MODULE, args.path]
+    argv += ["--json"] if args.json else []
+    argv += ["--trust"] if args.trust else []
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
+    except OSError as exc:
+        raise UserError(f"cannot run {sys.executable} -m {INSPECT_MODULE}: {exc}", 1) from None

@@ -100,9 +100,11 @@ TRANSFORMS: dict[str, tuple[Callable[[float], float | None], Callable[[float], f
 
 
 def default_transform(metric: str) -> str:
-    """log for the loss and norms (positive, relative changes), identity otherwise."""
+    """log for the loss and norms (positive, relative changes), identity otherwise.
+    `balance_norm` is a normalised balance in [-1, 1], not a norm: identity."""
     name = metric.lower()
-    return "log" if name.endswith("loss") or name.endswith("norm") else "identity"
+    positive = name.endswith("loss") or (name.endswith("norm") and not name.startswith("balance"))
+    return "log" if positive or name == "effective_lr" else "identity"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +263,16 @@ class JumpDetector:
             m: deque(maxlen=max(h for h, mm in scales if mm == m) + 1)
             for m in sorted({m for _, m in scales})}
         self._quantum = math.inf  # smallest nonzero |y_t - y_{t-1}| seen (quantised series)
+        # True while every value is an integer (ranks, counts of units). Such a series moves
+        # only when something happened: its spread comes from the MAD alone, so that earlier
+        # steps in the history do not mask the next one. Fractions measured on sampled batches
+        # (k/n, e.g. units inactive on a batch) flicker, and keep the tail-robust spread.
+        self._lattice = self.transform == "identity"
+        # A noiseless lattice series needs no long warm-up: two of the long median windows.
+        self._lattice_warmup = min(self.warmup, 2 * self.quantum_min_m + 2)
         self._still = 0  # length of the initial run of identical values
+        self._run = 0  # length of the current run of identical values
+        self._settled = 0  # length of the run before the latest change
         self._i = -1  # index of the latest accepted sample
         self._last_alarm = -(10**9)
         self.skipped = 0
@@ -286,6 +297,10 @@ class JumpDetector:
             return None
         if self._y and y != self._y[-1]:
             self._quantum = min(self._quantum, abs(y - self._y[-1]))
+            self._settled, self._run = self._run, 0
+        self._run += 1
+        if self._lattice:
+            self._lattice = abs(y - round(y)) <= 1e-9 * max(1.0, abs(y))
         self._i += 1
         i = self._i
         if self._quantum == math.inf:
@@ -313,10 +328,13 @@ class JumpDetector:
             floor = floor_long if sc.m >= self.quantum_min_m else floor_short
             if len(hist) >= self.min_history:
                 z: float | None = self._z(sc, s, floor)
-            elif self._still >= self.warmup and (not hist or hist[0] == 0.0 == hist[-1]):
+            elif ((self._still >= self.warmup and (not hist or hist[0] == 0.0 == hist[-1]))
+                  or (self._lattice and self._settled >= self._lattice_warmup)):
                 # A series that sat exactly still for its first `warmup` samples (a rank, a
                 # frozen layer) has only ever produced s = 0: score it against center 0 and the
                 # floor at once, so its first step is not lost to the ~100-sample warm-up.
+                # Likewise a lattice series (a rank staircase) whose previous level held still
+                # long enough: each step of an early staircase is found, not just the later.
                 z = s / floor
             else:
                 z = None
@@ -334,7 +352,8 @@ class JumpDetector:
                 if sc.armed and abs(sc.streak) >= self.confirm and abs(z) > best_abs:
                     best, best_abs = sc, abs(z)
             self._learn(sc, s, i)
-        if best is None or i < self.warmup or i - self._last_alarm < self.min_gap:
+        warmup = self._lattice_warmup if self._lattice else self.warmup
+        if best is None or i < warmup or i - self._last_alarm < self.min_gap:
             return None
         return self._alarm(best, step, i)
 
@@ -349,7 +368,7 @@ class JumpDetector:
                    0.5 * (kth_deviation(a, center, n // 2 - 1, split)
                           + kth_deviation(a, center, n // 2, split)))
             spread = MAD_TO_SIGMA * mad
-            if self.tail_q > 0:
+            if self.tail_q > 0 and not self._lattice:
                 k = min(n - 1, max(0, math.ceil(self.tail_q * n) - 1))
                 spread = max(spread, kth_deviation(a, center, k, split) / self._tail_z)
             sc.stats = (center, spread)

@@ -193,19 +193,21 @@ def test_unknown_layer_types_are_listed_as_skipped_not_fatal(collector):
         loss.backward()
         opt.step()
     meta = sub.wait_for(lambda m: m.kind == protocol.META)
-    assert meta.payload["skipped"] == ["1 (LayerNorm)", "2 (Odd)"]
+    assert meta.payload["skipped"] == ["2 (Odd)"]  # LayerNorm's gain is measured
     metrics = sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 2)
-    assert set(metrics.payload["values"]) == {"0", "3"}  # the Conv1d is read as (3, 1·2)
+    assert set(metrics.payload["values"]) == {"0", "1", "3"}  # the Conv1d is read as (3, 1·2)
+    assert metrics.payload["values"]["1"]["weight_norm"] == pytest.approx(
+        model[1].weight.norm().item(), rel=1e-5)  # ‖γ‖
     assert metrics.payload["values"]["3"]["weight_norm"] == pytest.approx(
         model[3].weight.norm().item(), rel=1e-5)
     agent.close()
 
 
 def test_model_without_measurable_layers_still_publishes_the_loss(collector, capsys):
-    model = nn.Sequential(nn.LayerNorm(8))
+    model = nn.Sequential(Odd())
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     agent, sub = _start(model, opt, collector, every=1)
-    loss = model(torch.randn(4, 8)).square().mean()
+    loss = model(torch.randn(4, 4)).square().mean()
     opt.zero_grad()
     loss.backward()
     opt.step()

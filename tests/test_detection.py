@@ -149,7 +149,11 @@ def test_a_step_held_for_a_long_time_fires_once() -> None:
 
 
 def test_warmup_suppresses_early_alarms() -> None:
-    assert feed(JumpDetector(), [0.0] * 20 + [5.0] * 40) == []
+    assert feed(JumpDetector(), [0.0] * 10 + [5.0] * 40) == []
+    # a continuous (noisy) series gets the full warm-up: a change at sample 20 is too early
+    rng = random.Random(3)
+    values = [x + (5.0 if i >= 20 else 0.0) for i, x in enumerate(noisy(60, rng, 0.1))]
+    assert feed(JumpDetector(), values) == []
 
 
 def test_ramp_spread_over_samples_fires_once() -> None:
@@ -320,7 +324,17 @@ def test_a_still_series_is_watched_from_the_end_of_warmup() -> None:
     """A rank that sat still needs no long history: its first steps are found early."""
     jumps = feed(JumpDetector(), [2] * 40 + [3] * 25 + [4] * 100)
     assert [(j.before, j.after, j.onset) for j in jumps] == [(2, 3, 40), (3, 4, 65)]
-    assert feed(JumpDetector(), [2] * 20 + [3] * 100) == []  # inside the warm-up: too early
+    assert feed(JumpDetector(), [2] * 10 + [3] * 100) == []  # inside the warm-up: too early
+
+
+def test_an_early_rank_staircase_is_found_step_by_step() -> None:
+    """The demo's staircase: steps soon after the start and close together, each one found
+    (earlier steps in the history must not mask the next; SCIENCE.md's rank growth)."""
+    steps = [25, 72, 125, 214, 327]
+    values = [sum(1 for s in steps if i >= s) for i in range(450)]
+    jumps = feed(JumpDetector(), values)
+    assert [(j.before, j.after, j.onset) for j in jumps] == [
+        (k, k + 1, s) for k, s in enumerate(steps)]
 
 
 def test_numpy_like_scalars_are_accepted() -> None:

@@ -27,6 +27,7 @@ from symwatch_agent.gpu import GpuSampler
 from symwatch_agent.indicators import INDICATORS, IndicatorEngine
 from symwatch_agent.layers import discover
 from symwatch_agent.publisher import Publisher, PublisherError
+from symwatch_agent.transitions import TransitionWatch, read_hyperparameters
 
 __version__ = "0.1.0"
 
@@ -43,9 +44,13 @@ class Agent:
                  endpoint: str | None = None, capture_backward: bool = True,
                  register: bool = True, insecure: bool = False,
                  rel_tol: float = 0.3, abs_tol: float = 0.1, dead_eps: float = 1e-2,
-                 max_svd_dim: int = 1024, stats_interval: float = 0.25,
+                 max_svd_dim: int = 1024, dup_eps: float = 1e-3,
+                 pairs: Mapping[str, Any] | None = None,
+                 classifier: bool | str | list[str] | None = True,
+                 stats_interval: float = 0.25,
                  heartbeat_interval: float = 1.0, meta_interval: float = 5.0,
-                 gpu_interval: float = 2.0, nvml: Any = None) -> None:
+                 gpu_interval: float = 2.0, nvml: Any = None,
+                 detect: bool = True, threshold: float | None = None) -> None:
         models = _as_model_map(model)
         every = every if every is not None else int(os.environ.get(ENV_EVERY, "10"))
         if every < 1:
@@ -68,7 +73,12 @@ class Agent:
 
         self.layers, self.skipped = discover(models)
         self.engine = IndicatorEngine(self.layers, rel_tol=rel_tol, abs_tol=abs_tol,
-                                      dead_eps=dead_eps, max_svd_dim=max_svd_dim)
+                                      dead_eps=dead_eps, dup_eps=dup_eps,
+                                      max_svd_dim=max_svd_dim, budget=budget,
+                                      optimizers=_as_list(optimizer))
+        # Static pairing now; the first forward pass refines it (its hooks then remove
+        # themselves). Bad `pairs`/`classifier` names raise here, before training starts.
+        self.engine.attach(models, pairs=pairs, classifier=classifier)
         self._device = self.layers[0].weight.device if self.layers else torch.device("cpu")
         self._side_stream = (torch.cuda.Stream(self._device)
                              if self._device.type == "cuda" else None)
@@ -88,6 +98,10 @@ class Agent:
         self._nvml = nvml
         self._closed = False
         self._register = register
+        self._optimizers: list[torch.optim.Optimizer] = []
+        # Transition detection runs on the publisher thread over every sample (on by default,
+        # so alerts fire and recordings hold transitions with nobody watching).
+        self._transitions = TransitionWatch(threshold) if detect else None
 
         requested = endpoint or os.environ.get(ENV_ENDPOINT) or runtime.default_ipc_endpoint(
             self.run_id) or "tcp://127.0.0.1:0"
@@ -106,10 +120,12 @@ class Agent:
             self.endpoint = ""
             self.error = str(exc)
             self._closed = True
+            self.engine.close()
             print(f"symwatch: not watching this run: {exc}", file=sys.stderr)
             return
 
         optimizers = _as_list(optimizer)
+        self._optimizers = optimizers
         if optimizers:
             # Steps are counted on the first optimizer; with several (GAN, teacher/student)
             # they step together, and counting each would double the step number.
@@ -149,6 +165,7 @@ class Agent:
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        self.engine.close()  # pairing-pass and dead-ReLU hooks, if still registered
         loss_capture.remove_listener(self._on_backward)
         atexit.unregister(self.close)
         self._publisher.close(goodbye={"reason": reason, "exit_code": None}, step=self.steps)
@@ -204,16 +221,33 @@ class Agent:
         else:
             rows, ready = self.engine.compute(), None
         step, started = self.steps, time.perf_counter()
+        loss = _to_host_async(self._loss) if self._transitions is not None else None
+        hyperparameters = (read_hyperparameters(self._optimizers)
+                           if self._transitions is not None else ())
 
         def build() -> dict[str, Any]:
             if ready is not None:
                 ready.synchronize()  # waits on the side stream, on the publisher thread
             values, nonfinite = self.engine.decode(rows.tolist())
             self._report_failed_layers()
+            self._detect_transitions(step, values, _host_number(loss), hyperparameters)
             return {"values": values, "nonfinite": nonfinite,
                     "cost_s": time.perf_counter() - started}
 
         self._publisher.submit(protocol.METRICS, build, step)
+
+    def _detect_transitions(self, step: int, values: dict[str, dict[str, Any]],
+                            loss: float | None, hyperparameters: Any) -> None:
+        """Publisher thread: feed the sample to the detector, publish what it finds."""
+        if self._transitions is None:
+            return
+        try:
+            for event_step, payload in self._transitions.update(step, values, loss,
+                                                                hyperparameters):
+                self._publisher.submit(protocol.EVENT, payload, event_step)
+        except Exception as exc:
+            self._transitions = None  # a broken detector must not cost every later sample
+            self._report("transition detection", exc)
 
     def _sample_cuda(self) -> tuple[torch.Tensor, Any]:
         """Measure on a side stream so the training stream is not serialised behind the
@@ -370,7 +404,13 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     `every` (sample at most every N optimizer steps, default 10), `budget` (the largest
     fraction of wall time sampling may take, default 0.01: samples are skipped to stay under
     it), `endpoint` (default: a Unix socket in the per-user runtime directory),
-    `capture_backward` (take the loss from `.backward()`).
+    `capture_backward` (take the loss from `.backward()`), `pairs` (override the automatic
+    pairing of consecutive layers: `{"fc1": "fc2"}`, a list of consumers, or None to unpair),
+    `detect` (run the transition detector on every sample; default True), `threshold` (its
+    per-series |z| threshold; default: calibrated to the run's number of series),
+    `classifier` (the Linear(s) before the loss for softmax_translation; default: the last
+    Linear of each model; None: none), thresholds `rel_tol`, `abs_tol`, `dead_eps`, `dup_eps`
+    (see docs/metrics.md).
     """
     return Agent(model, optimizer, **options)
 

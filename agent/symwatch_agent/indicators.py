@@ -1,37 +1,65 @@
 """Per-layer symmetry indicators, computed for all layers at once without per-layer host syncs.
 
-`IndicatorEngine.compute()` returns one (layers × columns) tensor on the weights' device; the
-caller moves it to the host in a single transfer (on CUDA, asynchronously from a side stream)
-and `IndicatorEngine.decode()` turns the host rows into wire values. Formulas, per layer with
-weight matrix W (m units × n inputs, a Conv's kernel flattened), singular values σ₁ ≥ σ₂ ≥ …:
+`IndicatorEngine.compute()` (= `measure(snapshot())`) returns one (layers × columns) float32
+tensor on the weights' device; the caller moves it to the host in a single transfer (on CUDA,
+asynchronously from a side stream) and `decode()` turns the host rows into wire values.
 
-- weight_norm     ‖W‖_F
-- stable_rank     ‖W‖_F² / σ₁²                          (scale-free; 1 ≤ · ≤ min(m, n))
-- numerical_rank  #{σ_k > τ},  τ = max(rel_tol · max σ₁ seen so far in this layer, abs_tol)
-                  Relative to the largest σ₁ *seen*, not the current one, so that a rank drop
-                  under weight decay reads as a drop; the absolute floor keeps the directions of
-                  a tiny initialisation from counting, so the staircase of a small-init network
-                  climbs from 0 instead of reading backwards (see SCIENCE.md's caveat).
-- dead_fraction   fraction of units i with ‖u_i‖ ≤ dead_eps · rms_j ‖u_j‖, where
-                  ‖u_i‖² = ‖W_i,:‖² + b_i² + ‖W_next[:, i]‖² (incoming, bias, outgoing weights).
-                  The RMS rather than the median is the reference so a layer that is mostly dead
-                  still has a non-zero scale to compare against.
+Formulas live with the code that computes them: spectra.py (rank family, mirror spectrum),
+units.py (dead, balance, duplicates, softmax translation, scale invariance), activity.py (dead
+ReLU units); pairing.py says which layers read whose units; schedule.py which tier a sample
+computes. docs/metrics.md has them all in one table. This module orchestrates: it snapshots
+the weights grouped by shape, runs each group's batched computations, and keeps the state
+indicators need between samples (largest σ₁ seen, warm power-iteration vectors, the previous
+weights of norm-fed layers, the last Δ_G of each family).
+
+Thresholds: numerical_rank counts σ_k > τ, τ = max(rel_tol · largest σ₁ seen so far in this
+layer, abs_tol) — relative to the largest σ₁ *seen*, not the current one, so a rank drop under
+weight decay reads as a drop; the absolute floor keeps a tiny initialisation's directions from
+counting, so a small-init network's staircase climbs from 0. mirror_rank is the same count on
+√(λ_k/2), λ_k the mirror eigenvalues (for a balanced pair √(λ_k/2) is each factor's σ_k).
+
+Wire encoding of the columns: NaN means "not computed this sample" (the key is left out of the
+METRICS message, so the observer keeps the last value); ±inf means "computed but undefined"
+(published as null, N/A). Never a fake 0.
+
+Δ_G (distance from each symmetry's fixed set, normalised to [0, 1]; 0 = symmetric state):
+  delta_perm     = 1 − duplicate_fraction          (all live units distinct → 1)
+  delta_sign     = 1 − dead_fraction               (no dead unit → 1)
+  delta_rank     = numerical_rank / min(m, n)      (full rank → 1; rank 0 → 0)
+  delta_rotation = mirror_rank / h                 (every hidden direction of a factor pair used)
+  delta_rescale  = 1 − |balance_norm|              (|balance_norm| = 1: one side of the units is
+                                                    zero, the rescaling orbit's limit point)
+  delta_softmax  = softmax_translation             (rows sum to zero → 0)
+  broken         = mean of the layer's latest Δ of each family that applies to it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import torch
+from torch import nn
 
-from symwatch_agent.layers import Layer
+from symwatch_agent import pairing, spectra, units
+from symwatch_agent.activity import ActivityProbe
+from symwatch_agent.layers import EMBEDDING, NORM, Layer
+from symwatch_agent.schedule import CHEAP, FULL, TierScheduler
 
-INDICATORS = ("weight_norm", "stable_rank", "numerical_rank", "dead_fraction")
-# Column order of the tensor compute() returns; the last column flags finite weights.
+INDICATORS = (
+    "weight_norm", "stable_rank", "effective_rank", "participation_ratio", "numerical_rank",
+    "dead_fraction", "relu_dead", "balance", "balance_norm", "duplicate_fraction",
+    "distinct_units", "mirror_rank", "softmax_translation", "angular_update", "effective_lr",
+    "delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
+    "delta_softmax", "broken")
+COL = {name: k for k, name in enumerate(INDICATORS)}
+INTEGER_INDICATORS = frozenset({"numerical_rank", "distinct_units", "mirror_rank"})
+DELTAS = ("delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
+          "delta_softmax")
 _COLUMNS = len(INDICATORS) + 1
-_FINITE = len(INDICATORS)
+_FINITE = len(INDICATORS)  # last column: 1 when the layer's weights are finite
 
 
 @dataclass
@@ -40,154 +68,368 @@ class Group:
 
     idxs: list[int]
     weights: torch.Tensor  # (B, m, n) float32 copy
-    unit_extra: torch.Tensor  # (B, m): bias² + Σ outgoing weight² per unit
+    bias: torch.Tensor  # (B, m), zeros where a layer has no bias
+    out2: torch.Tensor  # (B, m): Σ outgoing weight² per unit (0 without consumers)
+    finite: torch.Tensor  # (B,) bool: bias and outgoing weights finite (weights: see measure)
+
+
+@dataclass
+class Snapshot:
+    """Everything one sample measures, copied at one instant."""
+
+    tier: str
+    started: float
+    groups: list[Group] = field(default_factory=list)
+    where: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (group, row)
+    outgoing: dict[int, torch.Tensor] = field(default_factory=dict)  # full tier: (m, k)
+    second: dict[int, torch.Tensor] = field(default_factory=dict)  # mirror pairs: W₂ (o, h)
+    activity: dict[int, torch.Tensor] = field(default_factory=dict)  # relu: (m,) ever active
+    lrs: dict[int, Any] = field(default_factory=dict)  # norm-fed layers: η
+    event: Any = None  # CUDA event recorded before the snapshot (for the scheduler)
 
 
 class IndicatorEngine:
-    """Holds the per-layer state the indicators need between samples (largest σ₁ seen, warm
-    power-iteration vectors) and computes one sample for every layer."""
+    """Holds the per-layer state between samples and computes one sample for every layer."""
 
     def __init__(self, layers: Sequence[Layer], *, rel_tol: float = 0.3, abs_tol: float = 0.1,
-                 dead_eps: float = 1e-2, max_svd_dim: int = 1024, power_iters: int = 4) -> None:
+                 dead_eps: float = 1e-2, dup_eps: float = 1e-3, max_svd_dim: int = 1024,
+                 power_iters: int = 2, cold_power_iters: int = 30, budget: float = 1.0,
+                 full_share: float = 0.5,
+                 optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
         self.layers = list(layers)
-        self.rel_tol = rel_tol
-        self.abs_tol = abs_tol
-        self.dead_eps = dead_eps
-        # Above this min(m, n) a full spectrum costs too much for every sample: stable rank then
-        # comes from warm-started power iteration and numerical_rank is not computed (N/A).
+        self.rel_tol, self.abs_tol = rel_tol, abs_tol
+        self.dead_eps, self.dup_eps = dead_eps, dup_eps
+        # Above this min(m, n) a full spectrum costs too much even for the full tier: σ₁ comes
+        # from power iteration and the spectrum-based indicators are not computed (absent).
         self.max_svd_dim = max_svd_dim
-        self.power_iters = power_iters
-        self._max_seen: dict[int, torch.Tensor] = {}
-        self._power_vec: dict[int, torch.Tensor] = {}
+        self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
+        self.scheduler = TierScheduler(budget, full_share=full_share)
+        self.probe = ActivityProbe(self.layers)
         self.failed: dict[int, str] = {}  # layer index -> first error; such layers publish N/A
+        self._optimizers = list(optimizers)
+        self._observer: pairing.ForwardObserver | None = None
+        self._sources: list[pairing.Observed] = []
+        self._pair_options: dict[str, Any] = {}
+        device = self.layers[0].weight.device if self.layers else torch.device("cpu")
+        self._device = device
+        n = len(self.layers)
+        self._max_s1 = torch.zeros(n, device=device)  # largest σ₁ seen, per layer
+        self._max_mirror = torch.zeros(n, device=device)  # largest √(λ₁/2) seen
+        self._delta = torch.full((n, len(DELTAS)), float("nan"), device=device)
+        self._power_vec: dict[int, torch.Tensor] = {}
+        self._prev: dict[int, torch.Tensor] = {}  # norm-fed layers: previous [W | b]
+        self.last_tier: str | None = None
+
+    # -- pairing -------------------------------------------------------------------------------
+
+    def attach(self, models: Mapping[str, nn.Module], *,
+               pairs: Mapping[str, Any] | None = None,
+               classifier: bool | str | list[str] | None = True, observe: bool = True) -> None:
+        """Pair the layers: statically now, then from the models' first forward pass (hooks
+        removed right after it), with the user's `pairs` and `classifier` on top."""
+        self._pair_options = {"overrides": pairs, "classifier": classifier,
+                              "models": list(models)}
+        self._sources = [pairing.static_edges(models, self.layers)]
+        pairing.apply(self.layers, self._sources, **self._pair_options)
+        if observe and self.layers:
+            self._observer = pairing.ForwardObserver(models, self.layers, self._observed)
+
+    def _observed(self, found: pairing.Observed) -> None:
+        self._sources.append(found)
+        pairing.apply(self.layers, self._sources, **self._pair_options)
+
+    def close(self) -> None:
+        """Remove every hook the engine registered (pairing pass, activity probe)."""
+        if self._observer is not None:
+            self._observer.close()
+        self.probe.close()
+
+    # -- one sample ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def compute(self) -> torch.Tensor:
-        """One sample: a (len(layers), 5) float32 tensor. Nothing here reads a value back to
-        the host. Equivalent to `measure(snapshot())`."""
-        return self.measure(self.snapshot())
+    def compute(self, tier: str | None = None) -> torch.Tensor:
+        """One sample: a (len(layers), columns) float32 tensor. Nothing here reads a value
+        back to the host."""
+        return self.measure(self.snapshot(tier))
 
     @torch.no_grad()
-    def snapshot(self) -> list[Group]:
-        """Copy every layer's weights (as float32, grouped by matrix shape and device) plus
-        each unit's bias² and outgoing-weight² sums. Once the copy is queued, the optimizer
-        may update the live parameters: on CUDA the training stream waits for this part only,
-        not for the spectra computed from it."""
+    def snapshot(self, tier: str | None = None) -> Snapshot:
+        """Copy what this sample measures (float32, grouped by matrix shape and device). Once
+        the copy is queued the optimizer may update the live parameters: on CUDA the training
+        stream waits for this part only, not for the spectra computed from it."""
+        tier = tier or self.scheduler.choose()
+        snap = Snapshot(tier, time.perf_counter())
+        if self._device.type == "cuda":
+            snap.event = torch.cuda.Event(enable_timing=True)
+            snap.event.record()
+        snap.activity = self.probe.take()
         by_key: dict[tuple, list[int]] = defaultdict(list)
         for i, layer in enumerate(self.layers):
             if i not in self.failed:
                 by_key[(layer.matrix_shape, layer.weight.device)].append(i)
-        groups = []
         for ((m, n), _device), idxs in by_key.items():
             try:
-                w = torch.stack([self.layers[i].weight.detach().reshape(m, n)
-                                 for i in idxs]).float()  # (B, m, n)
-                extra = torch.stack([self._bias_and_outgoing2(i, m, w.device) for i in idxs])
+                w = torch.stack([self.layers[i].matrix().reshape(m, n) for i in idxs]).float()
+                bias = torch.stack([self._bias(i, m, w.device) for i in idxs])
+                out2 = torch.stack([self._out2(i, m, w.device) for i in idxs])
+                # Any NaN/inf weight makes its row norm non-finite: measure() reads the flag
+                # from the norms it computes anyway, rather than another pass here.
+                finite = torch.isfinite(bias).all(1) & torch.isfinite(out2).all(1)
+                for j, i in enumerate(idxs):
+                    layer = self.layers[i]
+                    if tier == FULL and layer.consumers and layer.kind != NORM:
+                        snap.outgoing[i] = layer.outgoing().float()  # type: ignore[union-attr]
+                    if tier == FULL and layer.mirror:
+                        snap.second[i] = layer.consumers[0].matrix().float()
+                    if layer.normed_by:
+                        snap.lrs[i] = self._lr(layer)
             except Exception as exc:  # weights we cannot read (e.g. sharded): switch them off
                 self._fail(idxs, exc)
                 continue
-            groups.append(Group(idxs, w, extra))
-        return groups
+            for j, i in enumerate(idxs):
+                snap.where[i] = (len(snap.groups), j)
+            snap.groups.append(Group(idxs, w, bias, out2, finite))
+        return snap
 
     @torch.no_grad()
-    def measure(self, groups: list[Group]) -> torch.Tensor:
-        device = self.layers[0].weight.device if self.layers else torch.device("cpu")
-        out = torch.full((len(self.layers), _COLUMNS), float("nan"), device=device)
-        for group in groups:
+    def measure(self, snap: Snapshot) -> torch.Tensor:
+        out = torch.full((len(self.layers), _COLUMNS), float("nan"), device=self._device)
+        for group in snap.groups:
             try:
-                rows = self._measure_group(group)
+                self._measure_group(group, snap, out)
             except Exception as exc:
                 self._fail(group.idxs, exc)
-                continue
-            out[group.idxs] = rows.to(device)
+                out[group.idxs] = float("nan")
+        if snap.tier == FULL:
+            self._guarded(self._duplicates, snap, out)
+            self._guarded(self._mirrors, snap, out)
+        for i, active in snap.activity.items():
+            if i not in self.failed:
+                self._put(out, [i], "relu_dead", 1 - active.float().mean().reshape(1))
+        self._deltas(out)
+        # Layers whose weights hold NaN/inf: every computed value becomes null (N/A).
+        bad = out[:, _FINITE] == 0
+        computed = ~torch.isnan(out[:, :_FINITE])
+        out[:, :_FINITE] = torch.where(bad[:, None] & computed, float("-inf"), out[:, :_FINITE])
+        self.probe.arm()  # dead-ReLU hooks for the next forward pass
+        self.last_tier = snap.tier
+        end = None
+        if snap.event is not None:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        self.scheduler.record(snap.tier, time.perf_counter() - snap.started,
+                              (snap.event, end) if end is not None else None)
         return out
+
+    def _guarded(self, job: Any, snap: Snapshot, out: torch.Tensor) -> None:
+        try:
+            job(snap, out)
+        except Exception as exc:  # one indicator failing must not take the others down
+            self._fail([i for g in snap.groups for i in g.idxs if i in snap.outgoing
+                        or i in snap.second], exc)
 
     def _fail(self, idxs: list[int], exc: BaseException) -> None:
         for i in idxs:
-            self.failed[i] = f"{type(exc).__name__}: {exc}"
+            self.failed.setdefault(i, f"{type(exc).__name__}: {exc}")
 
-    def _measure_group(self, group: Group) -> torch.Tensor:
-        idxs, w = group.idxs, group.weights
-        finite = torch.isfinite(w).flatten(1).all(1) & torch.isfinite(group.unit_extra).all(1)
-        w = torch.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0)
-        fro2 = w.square().sum((1, 2))
+    @staticmethod
+    def _put(out: torch.Tensor, idxs: list[int] | torch.Tensor, name: str,
+             values: torch.Tensor) -> None:
+        """Store computed values; an undefined one (NaN/inf) is stored as −inf → null."""
+        inf = float("-inf")
+        out[idxs, COL[name]] = torch.nan_to_num(values.float(), nan=inf, posinf=inf, neginf=inf)
+
+    # -- the cheap tier (and the spectra of the full one), per shape group ---------------------
+
+    def _measure_group(self, g: Group, snap: Snapshot, out: torch.Tensor) -> None:
+        idxs, layers = g.idxs, [self.layers[i] for i in g.idxs]
+        row2 = torch.linalg.vector_norm(g.weights, dim=2).square()  # (B, m), no temporary
+        g.finite = g.finite & torch.isfinite(row2).all(1)  # NaN/inf anywhere → non-finite norm
+        # In place: the snapshot is our own copy, and a second copy of every weight would
+        # double this pass's memory traffic. Non-finite entries read as 0; such layers publish
+        # null for everything anyway.
+        w = torch.nan_to_num_(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
+        row2 = torch.nan_to_num(row2, nan=0.0, posinf=0.0, neginf=0.0)
+        bias = torch.nan_to_num(g.bias, nan=0.0, posinf=0.0, neginf=0.0)
+        out2 = torch.nan_to_num(g.out2, nan=0.0, posinf=0.0, neginf=0.0)
         m, n = w.shape[1:]
+        out[idxs, _FINITE] = g.finite.float().to(out.device)
+        fro2 = row2.sum(1)
+        self._put(out, idxs, "weight_norm", fro2.sqrt())
 
-        if min(m, n) <= self.max_svd_dim:
-            sv = _singular_values(w)  # (B, min(m, n)), descending
-            s1 = sv[:, 0]
-        else:
-            sv = None
-            s1 = self._power_sigma1(w, idxs)
+        if layers[0].has_rank:
+            if snap.tier == FULL and min(m, n) <= self.max_svd_dim:
+                sv = spectra.singular_values(w)
+                s1 = sv[:, 0]
+                for name, values in spectra.rank_family(sv).items():
+                    self._put(out, idxs, name, values)
+            else:
+                sv = None
+                s1 = self._power_sigma1(w, idxs)
+                self._put(out, idxs, "stable_rank", fro2 / s1.square())
+            idx = torch.tensor(idxs, device=self._max_s1.device)
+            seen = torch.maximum(self._max_s1[idx], torch.where(g.finite, s1, 0.0))
+            self._max_s1[idx] = seen
+            if sv is not None:
+                tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+                self._put(out, idxs, "numerical_rank", spectra.count_above(sv, tau))
 
-        max_seen = torch.stack([self._max_seen.get(i, torch.zeros((), device=w.device))
-                                for i in idxs])
-        max_seen = torch.where(finite, torch.maximum(max_seen, s1), max_seen)
-        for j, i in enumerate(idxs):
-            self._max_seen[i] = max_seen[j]
-        if sv is not None:
-            tau = torch.clamp(self.rel_tol * max_seen, min=self.abs_tol)
-            nrank = (sv > tau[:, None]).sum(1).float()
-        else:
-            nrank = torch.full_like(s1, float("nan"))
+        in2 = row2 + bias.square()
+        self._put(out, idxs, "dead_fraction", units.dead_fraction(in2 + out2, self.dead_eps))
 
-        # ‖u_i‖²: incoming weights + bias² + outgoing weights, per unit. (B, m)
-        unit2 = w.square().sum(2) + torch.nan_to_num(group.unit_extra)
-        unit = unit2.sqrt()
-        rms = unit2.mean(1).sqrt()
-        dead = (unit <= self.dead_eps * rms[:, None]).float().mean(1)
-
-        cols = [fro2.sqrt(), fro2 / s1.square(), nrank, dead, finite.float()]
-        return torch.stack(cols, dim=1)
-
-    def _bias_and_outgoing2(self, i: int, m: int, device: torch.device) -> torch.Tensor:
-        layer = self.layers[i]
-        extra = torch.zeros(m, device=device)
-        if layer.bias is not None:
-            extra = extra + layer.bias.detach().float().square()
-        if layer.next_weight is not None:
-            nxt = layer.next_weight.detach().float()  # (out', m, *k)
-            extra = extra + nxt.square().transpose(0, 1).reshape(m, -1).sum(1)
-        return extra
+        sel = [j for j, layer in enumerate(layers) if layer.rescale and layer.consumers]
+        if sel:
+            total, norm = units.balance(in2[sel], out2[sel])
+            self._put(out, [idxs[j] for j in sel], "balance", total)
+            self._put(out, [idxs[j] for j in sel], "balance_norm", norm)
+        sel = [j for j, layer in enumerate(layers) if layer.classifier]
+        if sel:
+            self._put(out, [idxs[j] for j in sel], "softmax_translation",
+                      units.softmax_translation(w[sel]))
+        for j, layer in enumerate(layers):
+            if layer.normed_by:
+                self._scale_invariance(idxs[j], layer, w[j], bias[j], snap, out)
 
     def _power_sigma1(self, w: torch.Tensor, idxs: list[int]) -> torch.Tensor:
-        """σ₁ by power iteration on WᵀW, warm-started from the previous sample's vector, so a
-        few iterations suffice once the top direction has settled."""
-        b, _, n = w.shape
-        v = torch.stack([self._power_vec.get(i, torch.ones(n, device=w.device)) for i in idxs])
-        for _ in range(self.power_iters):
-            v = torch.bmm(w.transpose(1, 2), torch.bmm(w, v.unsqueeze(2))).squeeze(2)
-            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        """σ₁ by power iteration, warm-started from the previous sample's vector (a fixed random
+        start and more iterations the first time)."""
+        n = w.shape[2]
+        cold = any(i not in self._power_vec for i in idxs)
+        if cold:
+            gen = torch.Generator().manual_seed(n)
+            start = torch.randn(n, generator=gen).to(w.device)
+        v = torch.stack([self._power_vec[i] if i in self._power_vec else start for i in idxs])
+        s1, v = spectra.power_sigma1(w, v, self.cold_power_iters if cold else self.power_iters)
         for j, i in enumerate(idxs):
             self._power_vec[i] = v[j]
-        return torch.bmm(w, v.unsqueeze(2)).squeeze(2).norm(dim=1)
+        return s1
+
+    def _scale_invariance(self, i: int, layer: Layer, w: torch.Tensor, b: torch.Tensor,
+                          snap: Snapshot, out: torch.Tensor) -> None:
+        per_channel = layer.normed_by == "channel"
+        # Per-channel norms (BatchNorm) cancel the bias and each channel's scale; per-layer
+        # norms (LayerNorm, RMSNorm, GroupNorm) the scale of W and b together.
+        now = w if per_channel else torch.cat([w.flatten(), b]).unsqueeze(0)
+        prev = self._prev.get(i)
+        if prev is not None and prev.shape == now.shape:
+            self._put(out, [i], "angular_update", units.angle(prev, now, dim=1).mean().reshape(1))
+        self._prev[i] = now
+        lr = snap.lrs.get(i)
+        if lr is not None:
+            norm2 = now.square().sum(1)
+            eff = torch.where(norm2 > 0, lr / norm2.clamp_min(1e-38), float("nan"))
+            self._put(out, [i], "effective_lr", eff.mean().reshape(1))
+
+    # -- the full tier across groups ----------------------------------------------------------
+
+    def _duplicates(self, snap: Snapshot, out: torch.Tensor) -> None:
+        by_shape: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+        for i, (gi, j) in snap.where.items():
+            layer = self.layers[i]
+            if layer.kind == NORM or (not layer.has_rank and layer.kind != EMBEDDING):
+                continue
+            g = snap.groups[gi]
+            parts = [g.weights[j], g.bias[j].unsqueeze(1)]
+            if i in snap.outgoing:
+                parts.append(snap.outgoing[i])
+            u = torch.nan_to_num(torch.cat(parts, dim=1))
+            by_shape[tuple(u.shape)].append((i, u))
+        for rows in by_shape.values():
+            idxs = [i for i, _ in rows]
+            u = torch.stack([t for _, t in rows])
+            unit2 = u.square().sum(2)
+            live = unit2.sqrt() > self.dead_eps * unit2.mean(1, keepdim=True).sqrt()
+            fraction, distinct = units.duplicates(u, self.dup_eps, live)
+            self._put(out, idxs, "duplicate_fraction", fraction)
+            self._put(out, idxs, "distinct_units", distinct)
+
+    def _mirrors(self, snap: Snapshot, out: torch.Tensor) -> None:
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i in snap.second:
+            if i in snap.where:
+                gi, j = snap.where[i]
+                by_shape[(tuple(snap.groups[gi].weights.shape[1:]),
+                          tuple(snap.second[i].shape))].append(i)
+        for idxs in by_shape.values():
+            w1 = torch.stack([snap.groups[snap.where[i][0]].weights[snap.where[i][1]]
+                              for i in idxs])
+            w2 = torch.nan_to_num(torch.stack([snap.second[i] for i in idxs]))
+            root = (spectra.mirror_eigvals(torch.nan_to_num(w1), w2) / 2).sqrt()
+            idx = torch.tensor(idxs, device=self._max_mirror.device)
+            seen = torch.maximum(self._max_mirror[idx], root[:, 0])
+            self._max_mirror[idx] = seen
+            tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+            self._put(out, idxs, "mirror_rank", spectra.count_above(root, tau))
+
+    def _deltas(self, out: torch.Tensor) -> None:
+        """Δ_G per family from this sample's columns, and `broken` from each family's latest."""
+        c = {name: out[:, COL[name]] for name in INDICATORS}
+        dims = torch.tensor([min(layer.matrix_shape) for layer in self.layers],
+                            device=out.device, dtype=out.dtype)
+        fresh = {
+            "delta_perm": 1 - c["duplicate_fraction"],
+            "delta_sign": 1 - c["dead_fraction"],
+            "delta_rank": c["numerical_rank"] / dims,
+            "delta_rotation": c["mirror_rank"] / torch.tensor(
+                [layer.units for layer in self.layers], device=out.device, dtype=out.dtype),
+            "delta_rescale": 1 - c["balance_norm"].abs(),
+            "delta_softmax": c["softmax_translation"],
+        }
+        good = out[:, _FINITE] == 1
+        for k, name in enumerate(DELTAS):
+            value = fresh[name]
+            ok = torch.isfinite(value) & good
+            out[:, COL[name]] = torch.where(ok, value, out[:, COL[name]])
+            self._delta[:, k] = torch.where(ok, value, self._delta[:, k])
+        known = ~torch.isnan(self._delta)
+        broken = self._delta.nan_to_num(0).sum(1) / known.sum(1).clamp_min(1)
+        out[:, COL["broken"]] = torch.where(known.any(1) & good, broken, out[:, COL["broken"]])
+
+    # -- snapshot helpers ----------------------------------------------------------------------
+
+    def _bias(self, i: int, m: int, device: torch.device) -> torch.Tensor:
+        bias = self.layers[i].bias
+        if bias is None:
+            return torch.zeros(m, device=device)
+        return bias.detach().float().reshape(m).to(device)
+
+    def _out2(self, i: int, m: int, device: torch.device) -> torch.Tensor:
+        """Σ over consumers of each unit's outgoing weight², accumulated in float32."""
+        total = torch.zeros(m, device=device)
+        for consumer in self.layers[i].consumers:
+            w = consumer.input_weight.detach()  # type: ignore[union-attr]  # (o, m, *k)
+            dims = [0] + list(range(2, w.dim()))
+            total = total + torch.linalg.vector_norm(w, dim=dims, dtype=torch.float32).square()
+        return total
+
+    def _lr(self, layer: Layer) -> Any:
+        for opt in self._optimizers:
+            for group in opt.param_groups:
+                if any(p is layer.weight for p in group["params"]):
+                    return group.get("lr")
+        return None
+
+    # -- decoding (publisher thread) -----------------------------------------------------------
 
     def decode(self, rows: list[list[float]]) -> tuple[dict[str, dict[str, float | None]], list[str]]:
         """Host rows from compute() → (`values` for a METRICS message, names of layers whose
-        weights hold NaN/inf). Non-finite numbers and failed layers become None (N/A)."""
+        weights hold NaN/inf). Not computed (NaN) → left out; undefined (±inf) → None."""
         values: dict[str, dict[str, float | None]] = {}
         nonfinite: list[str] = []
-        for layer, row in zip(self.layers, rows):
-            finite = row[_FINITE] == 1.0
+        for i, (layer, row) in enumerate(zip(self.layers, rows)):
+            if i in self.failed:
+                values[layer.name] = {"weight_norm": None}
+                continue
             if row[_FINITE] == 0.0:
                 nonfinite.append(layer.name)
-            layer_values = {name: (_finite_or_none(row[k]) if finite else None)
-                            for k, name in enumerate(INDICATORS)}
-            if layer_values["numerical_rank"] is not None:  # a count: publish it as one
-                layer_values["numerical_rank"] = int(layer_values["numerical_rank"])
+            layer_values: dict[str, float | None] = {}
+            for k, name in enumerate(INDICATORS):
+                x = row[k]
+                if x != x:
+                    continue
+                if x in (float("inf"), float("-inf")):
+                    layer_values[name] = None
+                else:
+                    layer_values[name] = int(round(x)) if name in INTEGER_INDICATORS else x
             values[layer.name] = layer_values
         return values, nonfinite
-
-
-def _singular_values(w: torch.Tensor) -> torch.Tensor:
-    """Singular values of a batch of matrices, descending, from the eigenvalues of the smaller
-    Gram matrix: about half the cost of an SVD. Values below ~√eps·σ₁ lose relative precision,
-    far below any threshold used here."""
-    m, n = w.shape[1:]
-    gram = w @ w.transpose(1, 2) if m <= n else w.transpose(1, 2) @ w  # (B, k, k), k = min
-    eig = torch.linalg.eigvalsh(gram)  # ascending
-    return eig.flip(1).clamp_min(0).sqrt()
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if x == x and abs(x) != float("inf") else None
