@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import signal
 import sys
@@ -244,10 +245,30 @@ def build_dispatcher(args: argparse.Namespace, log: Callable[[str], None]) -> Di
     rule = AlertRule(layers=args.layer, metrics=args.metric, min_score=args.min_score,
                      include_exogenous=args.include_exogenous, severities=severities)
     steps, seconds = args.dedup
-    quiet = args.quiet
     return Dispatcher(sinks, rule, dedup=Deduplicator(steps=steps, seconds=seconds),
                       limiter=RateLimiter(args.max_per_minute or None),
-                      on_alert=None if quiet else (lambda a: _write(sys.stdout, _alert_line(a))))
+                      on_alert=None if args.quiet else _AlertPrinter())
+
+
+class _AlertPrinter:
+    """One line per alert on stdout. If stdout goes away (`symwatch alert | head -1`), printing
+    stops but alerting does not: the sinks are the point, our stdout is a courtesy."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    def __call__(self, alert: Alert) -> None:
+        if not self.enabled:
+            return
+        try:
+            _write(sys.stdout, _alert_line(alert))
+        except (BrokenPipeError, ValueError, OSError):  # ValueError: stdout already closed
+            self.enabled = False
+            try:  # so the interpreter's final flush of stdout cannot fail either
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
 
 
 def cmd_alert(args: argparse.Namespace) -> int:

@@ -92,7 +92,7 @@ class RunFollower:
                     f"no message for {now - self._since:.0f} s")
             then = ("; looking for a restarted run of that name" if self.follows_name
                     else "; ZeroMQ keeps reconnecting")
-            self._set_state(STALE, f"{self._label()}: {what}{then}")
+            self._set_state(STALE, f"{self._prefix()}{what} from {self.endpoint}{then}")
         if self.follows_name and self.state in (STALE, ENDED):
             self._maybe_resolve()
         return messages
@@ -106,10 +106,10 @@ class RunFollower:
                 self.name = str(message.payload.get("name") or "") or None
             if message.kind == protocol.GOODBYE:
                 reason = message.payload.get("reason")
-                self._set_state(ENDED, f"{self._label()}: the run ended ({reason})"
+                self._set_state(ENDED, f"{self._prefix()}run {message.run} ended ({reason})"
                                 + ("; waiting for a restart" if self.follows_name else ""))
             elif self.state != LIVE:
-                self._set_state(LIVE, f"{self._label()}: receiving from run {message.run} at "
+                self._set_state(LIVE, f"{self._prefix()}receiving from run {message.run} at "
                                       f"{self.endpoint}")
 
     def _maybe_resolve(self) -> None:
@@ -134,12 +134,12 @@ class RunFollower:
         try:
             self._connect(newest.endpoint)
         except EndpointError as exc:
-            self._status(f"{self._label()}: cannot follow run {newest.run_id}: {exc}")
+            self._status(f"{self._prefix()}cannot follow run {newest.run_id}: {exc}")
             return
-        self._status(f"{self._label()}: following run {newest.run_id} at {newest.endpoint}")
+        self._status(f"{self._prefix()}following run {newest.run_id} at {newest.endpoint}")
 
-    def _label(self) -> str:
-        return self.name or self.endpoint or "(no run yet)"
+    def _prefix(self) -> str:
+        return f"{self.name}: " if self.name else ""
 
     def close(self) -> None:
         if self._sub is not None:
@@ -163,7 +163,8 @@ def run_alerts(follower: RunFollower, dispatcher: Dispatcher, *, max_alerts: int
             wait = max(0, min(poll_ms, int((deadline - clock()) * 1000)))
         messages = follower.poll(wait)
         dispatcher.name_hint = follower.name
-        dispatcher.feed(messages)
+        left = None if max_alerts is None else max(0, max_alerts - dispatcher.counts.dispatched)
+        dispatcher.feed(messages, limit=left)
         dispatcher.tick()
         if max_alerts is not None and dispatcher.counts.dispatched >= max_alerts:
             return "max-alerts"

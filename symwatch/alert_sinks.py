@@ -132,11 +132,14 @@ class WorkerSink:
                 self.log(f"{self.name}: delivery failed: {type(exc).__name__}: {exc}")
                 ok = False
             with self._cond:
+                if self._busy:  # else close() gave up on this delivery and counted it already
+                    if ok:
+                        self.delivered += 1
+                    elif self._abort.is_set():
+                        self.abandoned += 1  # cut short by the close deadline
+                    else:
+                        self.failed += 1
                 self._busy = False
-                if ok:
-                    self.delivered += 1
-                else:
-                    self.failed += 1
                 self._cond.notify_all()
 
     def pending(self) -> int:
@@ -169,6 +172,7 @@ class WorkerSink:
                 with self._cond:
                     self.abandoned += len(self._queue) + int(self._busy)
                     self._queue.clear()
+                    self._busy = False
         return self.abandoned
 
     def _stop_delivery(self) -> None:
@@ -235,6 +239,8 @@ class ExecSink(WorkerSink):
             self._proc = None
             if proc.poll() is None:  # communicate was interrupted by an abort
                 _kill_group(proc)
+        if self._abort.is_set():
+            return False  # killed by close(): counted as abandoned, not as the command's fault
         if proc.returncode != 0:
             hint = " (command not found)" if proc.returncode == 127 and self.shell else ""
             self.log(f"{self.name}: exited with status {proc.returncode}{hint}")

@@ -290,10 +290,13 @@ class Dispatcher:
     def run_name(self, run: str) -> str:
         return self._names.get(run) or self.name_hint or run
 
-    def feed(self, messages: Iterable[Message]) -> list[Alert]:
-        """Process messages in order; returns the alerts dispatched (summaries included)."""
+    def feed(self, messages: Iterable[Message], limit: int | None = None) -> list[Alert]:
+        """Process messages in order; returns the alerts dispatched. With `limit`, stop after
+        that many (the rest of the batch is ignored: `--max-alerts` means exactly N)."""
         out: list[Alert] = []
         for message in messages:
+            if limit is not None and len(out) >= limit:
+                break
             if message.kind == protocol.META:
                 self._names[message.run] = str(message.payload.get("name") or message.run)
             elif message.kind == protocol.EVENT:

@@ -71,12 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         "  symwatch attach my-experiment          a run name from `symwatch ls`\n"
         "  symwatch attach tcp://127.0.0.1:5555   an endpoint\n"
         "  symwatch attach ipc:///run/user/1000/symwatch/3f9c.sock\n"
-        "  symwatch attach --headless             print a text summary once a second instead\n\n"
+        "  symwatch attach --headless             print a text summary once a second instead\n"
+        "  symwatch attach --bell                 ring the terminal bell on each transition\n\n"
         "keys in the UI: q quit, ? help, p pause/resume")
     attach.add_argument("target", nargs="?", metavar="ENDPOINT",
                         help="tcp://HOST:PORT, ipc://PATH, or a run id / run name")
     attach.add_argument("--headless", action="store_true",
                         help="no UI: print a compact summary about once a second")
+    attach.add_argument("--bell", action="store_true",
+                        help="ring the terminal bell on each detected transition")
     attach.set_defaults(func=cmd_attach)
 
     ls = _subparser(
@@ -230,7 +233,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return 0
     from symwatch.tui.app import make_app
 
-    app = make_app(endpoint, title=f"symwatch — {name or endpoint}")
+    app = make_app(endpoint, title=f"symwatch — {name or endpoint}", bell=args.bell)
     app.run()
     return 0
 

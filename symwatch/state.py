@@ -65,10 +65,29 @@ class LayerState:
     step: int | None = None
     updates: int = 0  # METRICS samples folded, so views can tell a row changed
     indicators: dict[str, Series] = field(default_factory=dict)
+    flag: Flag | None = None  # the latest transition this layer took part in
 
     def value(self, indicator: str) -> Value:
         series = self.indicators.get(indicator)
         return series.current if series else None
+
+
+# A layer's row stays flagged for this many of its samples after a transition: counted in
+# samples rather than seconds so that a replay and a live view flag the same rows.
+FLAG_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A transition seen in a layer: which way, in which indicator, when."""
+
+    direction: str  # "up" or "down"
+    metric: str
+    step: int
+    at_update: int  # the layer's `updates` count when the transition arrived
+
+    def active(self, layer: LayerState) -> bool:
+        return layer.updates - self.at_update <= FLAG_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -308,6 +327,18 @@ class RunState:
             step=msg.step, time=msg.time, message=p["message"], severity=p["severity"],
             layer=p.get("layer"), metric=p.get("metric"),
             before=_finite(p.get("before")), after=_finite(p.get("after"))))
+        if p["severity"] == "transition":
+            self._flag_layers(msg)
+
+    def _flag_layers(self, msg: Message) -> None:
+        p = msg.payload
+        jumps = p.get("jumps") or [{"layer": p.get("layer"), "metric": p.get("metric"),
+                                    "direction": p.get("direction")}]
+        for jump in reversed(jumps):  # the top jump (first) wins where a layer has several
+            layer = self.layers.get(jump.get("layer") or "")
+            if layer is not None and isinstance(jump.get("metric"), str):
+                layer.flag = Flag(str(jump.get("direction") or "up"), jump["metric"],
+                                  msg.step, layer.updates)
 
     def _add_event(self, event: EventRecord) -> None:
         self.events.append(event)

@@ -111,14 +111,39 @@ async def test_table_shows_every_layer_with_published_values(fake_agent):
         assert cell(app, "fc1", column_key("dead_fraction")).endswith("3.9%")
         for ind in protocol.INDICATORS:  # null is N/A, never 0
             assert cell(app, "fc2", column_key(ind)).endswith("N/A")
-        # An unknown indicator gets its own column; a layer not in META still shows.
-        assert cell(app, "extra.layer", column_key("balance")).endswith("0.75")
+        # A layer not in META still shows.
         assert cell(app, "extra.layer", "type") == "?"
         header = text_of(app.query_one(RunHeader))
         assert "fake-run" in header and "node-1" in header and "pid 4242" in header
         assert "step 1,240" in header and "loss 0.5" in header and "steps/s 8" in header
         assert "overhead 0.40%" in header and "dropped 0" in header
         assert "loss 0.5" in text_of(app.query_one(LossPanel))
+
+
+async def test_v_cycles_column_views_and_unknown_indicators_show_in_all(fake_agent):
+    agent = fake_agent()
+    app = app_on(agent)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await join(pilot, agent, app)
+        publish_sample(agent, step=10)
+        agent.send(protocol.METRICS, 11, values={
+            "fc1": {"balance": 0.75, "curvature": 2.5, "effective_rank": 3.5}})
+        await until(pilot, lambda: "curvature" in app.state.indicator_names())
+        table = app.query_one(LayerTable)
+        assert table.view == "overview"
+        columns = lambda: [c.value for c in table.columns]  # noqa: E731
+        assert column_key("effective_rank") in columns()
+        assert column_key("balance") not in columns()
+        seen = []
+        for _ in range(4):
+            await pilot.press("v")
+            await pilot.pause(0.1)
+            seen.append(table.view)
+            if table.view == "scale":
+                assert cell(app, "fc1", column_key("balance")).endswith("0.75")
+        # views with no column for this run are skipped; "all" has everything, unknown too
+        assert seen == ["rank", "units", "scale", "all"]
+        assert cell(app, "fc1", column_key("curvature")).endswith("2.5")
 
 
 async def test_values_update_in_place(fake_agent):

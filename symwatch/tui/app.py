@@ -15,6 +15,7 @@ from symwatch.client import BackgroundFeed, MessageSource
 from symwatch.protocol import Message
 from symwatch.state import DEFAULT_STALE_AFTER, FINISHED, STALE, WAITING, RunState
 from symwatch.tui.banner import ConnectionBanner
+from symwatch.tui.columns import next_view
 from symwatch.tui.header import RunHeader
 from symwatch.tui.help import HelpScreen
 from symwatch.tui.layer_table import LayerTable
@@ -37,12 +38,14 @@ class SymwatchApp(App[None]):
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("p", "pause", "Pause/resume"),
+        Binding("v", "next_view", "Columns"),
     ]
 
     def __init__(self, source: MessageSource, *, title: str | None = None,
                  stale_after: float = DEFAULT_STALE_AFTER, owns_source: bool = False,
-                 tick_s: float = TICK_S) -> None:
+                 tick_s: float = TICK_S, bell: bool = False) -> None:
         super().__init__()
+        self.ring_bell = bell  # the terminal bell on each transition, for who looks away
         self.source = source
         self.endpoint: str = getattr(source, "endpoint", "?")
         self.state = RunState(stale_after=stale_after)
@@ -137,6 +140,8 @@ class SymwatchApp(App[None]):
             if ev.severity in NOTIFY_SEVERITIES:
                 self.notify(ev.message, title=f"step {ev.step:,}",
                             severity="error" if ev.severity == "error" else "warning")
+                if self.ring_bell and ev.severity == "transition":
+                    self.bell()
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -145,6 +150,14 @@ class SymwatchApp(App[None]):
             self.screen.dismiss(None)
         else:
             self.push_screen(HelpScreen())
+
+    def action_next_view(self) -> None:
+        """Show the next family of indicator columns (overview, rank, units, scale, all)."""
+        table = self.query_one(LayerTable)
+        table.view = next_view(table.view, self.state.indicator_names())
+        self.notify(f"columns: {table.view}", timeout=1.5)
+        self._drawn_key = None
+        self.tick()
 
     def action_pause(self) -> None:
         self.paused = not self.paused
@@ -156,7 +169,7 @@ class SymwatchApp(App[None]):
 
 
 def make_app(endpoint: str, *, title: str | None = None,
-             stale_after: float = DEFAULT_STALE_AFTER) -> SymwatchApp:
+             stale_after: float = DEFAULT_STALE_AFTER, bell: bool = False) -> SymwatchApp:
     """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source."""
     feed = BackgroundFeed(endpoint)
-    return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True)
+    return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True, bell=bell)

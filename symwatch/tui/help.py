@@ -14,6 +14,7 @@ KEYS = (
     ("q / Ctrl+C", "quit"),
     ("?", "show or hide this help"),
     ("p", "pause / resume the live view (data keeps arriving)"),
+    ("v", "next column view: overview, rank, units, scale, all"),
     ("↑ ↓ PgUp PgDn", "move through the layer table"),
     ("Esc", "close this help"),
 )
@@ -30,6 +31,8 @@ INDICATORS = (
     ("stable rank", "‖W‖_F² / σ₁²: how many directions carry the weight's energy"),
     ("numerical rank", "singular values above a threshold (relative to the largest σ₁ seen)"),
     ("dead fraction", "share of units whose in+bias+out weight norm is ≤ 1 % of the layer's RMS"),
+    ("broken Δ", "how far the layer is from its symmetric states, 0..1 (docs/metrics.md)"),
+    ("▲ / ▼ name", "a transition just happened in this layer (up / down)"),
     ("N/A", "not measured (yet), or not finite; never shown as 0"),
 )
 

@@ -9,15 +9,9 @@ from textual.widgets import DataTable
 
 from symwatch import numbers
 from symwatch.state import LayerState, RunState
+from symwatch.tui.columns import label, view_indicators
 from symwatch.tui.sparkline import sparkline
 
-# (long, short) column labels; the short ones are used when even two lines do not fit.
-LABELS = {
-    "weight_norm": ("weight norm", "norm"),
-    "stable_rank": ("stable rank", "srank"),
-    "numerical_rank": ("numerical rank", "rank"),
-    "dead_fraction": ("dead fraction", "dead"),
-}
 VALUE_WIDTH = 7  # '12.35k', '100.0%', '1.2e-04'
 MAX_SPARK = 24
 MIN_SPARK = 4  # a shorter sparkline says nothing; drop it and keep the values readable
@@ -26,11 +20,6 @@ CELL_PADDING = 1  # DataTable's default, on each side of every column
 
 def column_key(indicator: str) -> str:
     return f"ind:{indicator}"
-
-
-def label(indicator: str, short: bool = False) -> str:
-    long_, short_ = LABELS.get(indicator, (indicator.replace("_", " "),) * 2)
-    return short_ if short else long_
 
 
 @dataclass(frozen=True)
@@ -53,10 +42,11 @@ class Layout:
         return VALUE_WIDTH + (1 + self.spark_w if self.spark_w else 0)
 
 
-def compute_layout(state: RunState, width: int) -> Layout:
-    """Widths that fit `width`: full layer names and sparklines if possible, else shorter names
-    (down to 16) to keep sparklines of MIN_SPARK, else values only."""
-    names = tuple(state.indicator_names())
+def compute_layout(state: RunState, width: int, view: str = "overview") -> Layout:
+    """Widths that fit `width` for the indicators of `view`: full layer names and sparklines if
+    possible, else shorter names (down to 16) to keep sparklines of MIN_SPARK, else values
+    only."""
+    names = view_indicators(view, state.indicator_names())
     n = max(1, len(names))
     layers = list(state.layers.values())
     name_need = _clamp(max([len(x.name) + 2 for x in layers] + [5]), 8, 40)
@@ -94,7 +84,8 @@ def _fit(text: str, width: int) -> str:
 
 
 def _signature(layer: LayerState) -> tuple[object, ...]:
-    return (layer.updates, layer.nonfinite, layer.type, layer.shape, layer.announced)
+    return (layer.updates, layer.nonfinite, layer.type, layer.shape, layer.announced,
+            layer.flag)
 
 
 def _header_label(indicator: str, layout: Layout) -> Text:
@@ -113,10 +104,11 @@ class LayerTable(DataTable[Text]):
         self._shown: dict[tuple[str, str], str] = {}
         self._signature: dict[str, tuple[object, ...]] = {}
         self._restarts = -1
+        self.view = "overview"  # which column family shows; see symwatch.tui.columns
 
     def sync(self, state: RunState) -> None:
         width = self.size.width or self.app.size.width
-        layout = compute_layout(state, width)
+        layout = compute_layout(state, width, self.view)
         vanished = any(row.value not in state.layers for row in self.rows if row.value)
         if layout != self._layout or state.restarts != self._restarts or vanished:
             self._rebuild(state, layout)
@@ -148,9 +140,15 @@ class LayerTable(DataTable[Text]):
 
     def _cells(self, layer: LayerState, layout: Layout) -> dict[str, Text]:
         name = Text(no_wrap=True)
+        marks = 0
         if layer.nonfinite:
             name.append("⚠ ", "bold red")
-        name.append(_fit(layer.name, layout.layer_w - (2 if layer.nonfinite else 0)),
+            marks += 2
+        if layer.flag is not None and layer.flag.active(layer):
+            # a transition in this layer, lately: which way it went
+            name.append("▲ " if layer.flag.direction == "up" else "▼ ", "bold yellow")
+            marks += 2
+        name.append(_fit(layer.name, layout.layer_w - marks),
                     "" if layer.announced else "italic")
         cells = {
             "layer": name,

@@ -1,0 +1,43 @@
+"""Transitions in the TUI: a notification, the layer's row flagged for a while, the bell."""
+
+from __future__ import annotations
+
+from symwatch import protocol
+from symwatch.state import FLAG_SAMPLES
+from symwatch.tui.layer_table import LayerTable
+from tests.test_tui_app import app_on, cell, join, publish_sample, until
+
+
+def _has_row(app, layer: str) -> bool:
+    return layer in app.query_one(LayerTable).rows
+
+
+def _transition(agent, step: int = 12) -> None:
+    agent.send(protocol.EVENT, step, message="fc1: numerical_rank 3 → 4 at step 12",
+               severity="transition", layer="fc1", metric="numerical_rank", direction="up",
+               before=3, after=4, score=9.0, exogenous=None, onset=step,
+               jumps=[{"layer": "fc1", "metric": "numerical_rank", "direction": "up",
+                       "before": 3, "after": 4, "score": 9.0, "step": step, "onset": step},
+                      {"layer": "conv1", "metric": "dead_fraction", "direction": "down",
+                       "before": 0.1, "after": 0.0, "score": 7.5, "step": step,
+                       "onset": step}])
+
+
+async def test_a_transition_flags_its_layers_rows_then_the_flag_fades(fake_agent):
+    agent = fake_agent()
+    app = app_on(agent, bell=True)
+    bells = []
+    app.bell = lambda: bells.append(1)  # the terminal bell itself is not observable here
+    async with app.run_test(size=(120, 40)) as pilot:
+        await join(pilot, agent, app)
+        publish_sample(agent, step=10)
+        await until(pilot, lambda: _has_row(app, "fc1"), what="row")
+        _transition(agent)
+        await until(pilot, lambda: cell(app, "fc1", "layer").startswith("▲ fc1"), what="flag")
+        assert cell(app, "conv1", "layer").startswith("▼ conv1")
+        assert cell(app, "fc2", "layer").strip() == "fc2"
+        assert any("numerical_rank 3 → 4" in n.message for n in app._notifications)
+        assert bells == [1]
+        for step in range(11, 12 + FLAG_SAMPLES + 1):
+            publish_sample(agent, step=step)
+        await until(pilot, lambda: cell(app, "fc1", "layer").strip() == "fc1", what="fade")
