@@ -77,7 +77,7 @@ def test_the_demo_publishes_balance_mirror_and_softmax_columns(collector):
     sub = collector(endpoint)
     stop = threading.Event()
     thread = threading.Thread(target=demo.run, kwargs=dict(
-        steps=30, delay=0.0, every=1, budget=1.0, endpoint=endpoint, name="t", stop=stop),
+        steps=60, delay=0.01, every=1, budget=1.0, endpoint=endpoint, name="t", stop=stop),
         daemon=True)
     thread.start()
     thread.join(120)

@@ -8,8 +8,9 @@ Two small models train side by side on the CPU, in one process, with the agent i
   the numerical rank of `linear.0` climbs 0 → 1 → 2 → 3 → 4 → 5 near steps 25, 72, 125, 214
   and 327 (seed 0). Then weight decay is switched on and the smallest modes are restored (rank falls),
   then off again and they are relearned: breaking, restoration, breaking, for as long as it runs.
-- `mlp`: a small ReLU MLP regressing a random ReLU teacher with SGD, for a network whose
-  indicators drift rather than step.
+- `mlp`: a small ReLU MLP classifying inputs by the arg-max of a random ReLU teacher
+  (cross-entropy, SGD), for a network whose indicators drift rather than step; its last
+  layer is the classifier whose softmax-translation order parameter is watched.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def run(*, steps: int, delay: float, every: int, endpoint: str | None, name: str
     ])
     period = cfg.grow_steps + cfg.decay_steps
     with watch({"linear": models.linear, "mlp": models.mlp}, optimizer, every=every,
-               budget=budget, endpoint=endpoint, name=name) as agent:
+               budget=budget, endpoint=endpoint, name=name,
+               classifier="mlp.4") as agent:  # the linear network has no softmax
         print(f"symwatch demo: publishing on {agent.endpoint} (run {agent.run_id})", flush=True)
         step = 0
         while not stop.is_set() and (steps == 0 or step < steps):
@@ -100,7 +102,8 @@ def run(*, steps: int, delay: float, every: int, endpoint: str | None, name: str
             out = models.linear(inputs).T  # (d_out, d_in) = W₂W₁
             linear_loss = 0.5 * (out - target).square().sum()
             x = torch.randn(cfg.mlp_batch, cfg.mlp_widths[0])
-            mlp_loss = (models.mlp(x) - teacher(x)).square().mean()
+            labels = teacher(x).argmax(dim=1)
+            mlp_loss = nn.functional.cross_entropy(models.mlp(x), labels)
             loss = linear_loss + mlp_loss
 
             optimizer.zero_grad(set_to_none=True)
