@@ -41,13 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from doc_sections import write_section  # noqa: E402
 from detection_data import (NOISES, Curve, EventScore, make_curve, match_events,  # noqa: E402
                             quantile, synthetic_set, tcpd_cover, tcpd_f1)
 from symwatch import jumps as jumps_mod  # noqa: E402
 from symwatch.detection import JumpDetector, TransitionDetector, calibrated_threshold  # noqa: E402
 
-MARK_BEGIN = "<!-- detection:begin -->"
-MARK_END = "<!-- detection:end -->"
 WINDOW = 25  # causal window (samples after a jump's start) within which an alarm detects it
 LITERAL = {"scales": ((3, 3), (5, 5), (20, 9)), "decorrelate": 0, "confirm": 1, "tail_q": 0.0,
            "min_history": 24, "quantum_min_m": 1}  # DETECTION.md as written
@@ -422,17 +421,6 @@ def plot(curves: list[Curve], threshold: float, path: Path) -> None:
     plt.close(fig)
 
 
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text() if path.exists() else ""
-    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-    if MARK_BEGIN in doc and MARK_END in doc:
-        head, rest = doc.split(MARK_BEGIN, 1)
-        doc = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        doc = (doc.rstrip("\n") + "\n\n" if doc.strip() else "") + block + "\n"
-    path.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -496,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"calibration fit: C={cal['C']:.4g} K={cal['K']:.4g} "
                   f"(in use: C={jumps_mod.CAL_C:g} K={jumps_mod.CAL_K:g})")
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, "detection", text)
         console.print(f"wrote {args.write} and {args.plot}")
     return 0
 

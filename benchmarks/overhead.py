@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from doc_sections import write_section
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -26,8 +27,6 @@ from torch import nn
 
 from symwatch_agent import watch
 
-MARK_BEGIN = "<!-- overhead:begin -->"
-MARK_END = "<!-- overhead:end -->"
 
 
 def make_model(width: int, depth: int) -> nn.Module:
@@ -143,14 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     console.print(f"hot path {result['hot_us']:.2f} µs/step; one sample {result['sample_ms']:.2f} ms")
     if args.write:
-        doc = args.write.read_text() if args.write.exists() else ""
-        block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-        if MARK_BEGIN in doc and MARK_END in doc:
-            head, rest = doc.split(MARK_BEGIN, 1)
-            doc = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            doc += "\n" + block + "\n"
-        args.write.write_text(doc)
+        write_section(args.write, "overhead", text)
     return 0
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from doc_sections import write_section
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -35,8 +36,6 @@ from symwatch_agent.indicators import IndicatorEngine
 from symwatch_agent.layers import discover
 from symwatch_agent.schedule import CHEAP, FULL
 
-MARK_BEGIN = "<!-- sweep:begin -->"
-MARK_END = "<!-- sweep:end -->"
 SHAPES = {"attn_qkv": (2304, 768), "attn_out": (768, 768), "mlp_up": (3072, 768),
           "mlp_down": (768, 3072)}
 
@@ -213,14 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(key, "–" if value is None else f"{value:.4g}")
     console.print(table)
     if args.write:
-        doc = args.write.read_text() if args.write.exists() else ""
-        block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-        if MARK_BEGIN in doc and MARK_END in doc:
-            head, rest = doc.split(MARK_BEGIN, 1)
-            doc = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            doc += "\n" + block + "\n"
-        args.write.write_text(doc)
+        write_section(args.write, "sweep", text)
     return 0
 
 

@@ -20,7 +20,6 @@ from symwatch import cli, runtime
 from symwatch.cli import UserError
 
 if TYPE_CHECKING:
-    from symwatch.alert_follow import RunFollower
     from symwatch.alerting import Alert, Dispatcher
 
 DEFAULT_DEDUP = "60s"
@@ -302,6 +301,7 @@ def cmd_alert(args: argparse.Namespace) -> int:
         try:
             abandoned = dispatcher.close(args.drain)
         except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: leave now
+            dispatcher.abort()
             abandoned = -1
         stop.restore()
     _report(dispatcher, reason, stop.signal, abandoned, say)
@@ -320,8 +320,10 @@ def _report(dispatcher: Dispatcher, reason: str, signum: int | None, abandoned: 
     parts = [f"{c.dispatched} alert{'s' if c.dispatched != 1 else ''} dispatched",
              f"{c.filtered} filtered out", f"{c.deduplicated} duplicates",
              f"{dispatcher.limiter.total_suppressed} rate-limited"]
+    from symwatch.alert_sinks import WorkerSink
+
     for sink in dispatcher.sinks:
-        if hasattr(sink, "delivered"):
+        if isinstance(sink, WorkerSink):  # not a dry run
             extra = "".join(f", {n} {what}" for n, what in ((sink.failed, "failed"),
                                                             (sink.dropped, "dropped")) if n)
             parts.append(f"{sink.name}: {sink.delivered} delivered{extra}")

@@ -175,6 +175,15 @@ class WorkerSink:
                     self._busy = False
         return self.abandoned
 
+    def abort(self) -> None:
+        """Give up at once (a second Ctrl-C): stop retrying, kill a running command."""
+        with self._cond:
+            self._closing.set()
+            self._deadline = time.monotonic()
+            self._cond.notify_all()
+        self._abort.set()
+        self._stop_delivery()
+
     def _stop_delivery(self) -> None:
         """Cut short a delivery in progress (the deadline has passed)."""
 
@@ -219,7 +228,7 @@ class ExecSink(WorkerSink):
         return f"would run `{self.display}` with {env} and stdin {event_json(alert)}"
 
     def deliver(self, alert: Alert) -> bool:
-        data = event_json(alert).encode("ascii")
+        data = (event_json(alert) + "\n").encode("ascii")  # a line: `read`, `cat >> x.jsonl`
         env = dict(os.environ)
         env.update(alert_env(alert))
         try:
@@ -229,6 +238,8 @@ class ExecSink(WorkerSink):
             self.log(f"{self.name}: cannot run it: {exc}")
             return False
         self._proc = proc
+        if self._abort.is_set():  # abort() ran between Popen and the line above
+            _kill_group(proc)
         try:
             proc.communicate(data, timeout=self.timeout)
         except subprocess.TimeoutExpired:

@@ -358,3 +358,10 @@ class Dispatcher:
             if begin is not None:
                 begin(deadline)  # all sinks drain in parallel, not one after another
         return sum(sink.close(deadline) for sink in self.sinks)
+
+    def abort(self) -> None:
+        """Stop every sink now (a second Ctrl-C during `close`)."""
+        for sink in self.sinks:
+            stop = getattr(sink, "abort", None)
+            if stop is not None:
+                stop()

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  symwatch ls                        list live runs on this machine\n"
                "  symwatch attach                    watch the only live run (or pick one)\n"
                "  symwatch attach tcp://127.0.0.1:5555\n"
-               "  symwatch alert --exec 'notify-send \"$SYMWATCH_TEXT\"'   act on transitions\n\n"
+               "  symwatch alert --exec 'notify-send \"$SYMWATCH_TEXT\"'   act on transitions\n"
+               "  symwatch record -o run.db          record the live run (replay, export it)\n\n"
                "In your script:  import symwatch; symwatch.watch(model, optimizer)")
     parser.add_argument("--version", action="version", version=f"symwatch {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     from symwatch.alert_cli import add_alert_parser  # imported here: alert_cli imports cli
 
     add_alert_parser(subs, _subparser)
+    from symwatch.record_cli import add_recording_parsers
+
+    add_recording_parsers(subs, _subparser)
     return parser
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from symwatch import protocol, runtime
+from symwatch import protocol, recording, runtime
 from symwatch_agent import loss_capture
 from symwatch_agent.gpu import GpuSampler
 from symwatch_agent.indicators import INDICATORS, IndicatorEngine
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 
 # Options can come from the environment (the zero-code launcher sets these).
 ENV_NAME, ENV_EVERY, ENV_ENDPOINT = "SYMWATCH_NAME", "SYMWATCH_EVERY", "SYMWATCH_ENDPOINT"
+ENV_RECORD = "SYMWATCH_RECORD"  # record every message to this SQLite file ({run}, {rank} expand)
 
 
 class Agent:
@@ -50,7 +51,8 @@ class Agent:
                  stats_interval: float = 0.25,
                  heartbeat_interval: float = 1.0, meta_interval: float = 5.0,
                  gpu_interval: float = 2.0, nvml: Any = None,
-                 detect: bool = True, threshold: float | None = None) -> None:
+                 detect: bool = True, threshold: float | None = None,
+                 record: str | os.PathLike[str] | None = None) -> None:
         models = _as_model_map(model)
         every = every if every is not None else int(os.environ.get(ENV_EVERY, "10"))
         if every < 1:
@@ -105,16 +107,24 @@ class Agent:
 
         requested = endpoint or os.environ.get(ENV_ENDPOINT) or runtime.default_ipc_endpoint(
             self.run_id) or "tcp://127.0.0.1:0"
+        # Recording: the publisher thread hands each encoded message to the recorder, whose own
+        # thread writes the file; the training thread never touches SQLite.
+        self.recording = _record_path(record, self.run_id, self.rank)
+        self.recorder = (recording.Recorder(self.recording,
+                                            warn=lambda text: self._report("recording", text))
+                         if self.recording else None)
         try:
             self._publisher = Publisher(requested, run=self.run_id, rank=self.rank,
                                         restart=self.restart, report=self._report,
-                                        insecure=insecure)
+                                        insecure=insecure, recorder=self.recorder)
             self._publisher.add_periodic(heartbeat_interval, self._heartbeat)
             self._publisher.add_periodic(meta_interval, self._meta_message)
             self._publisher.add_periodic(gpu_interval, self._gpu_message)
             if register:
                 self._publisher.add_periodic(2.0, self._refresh_registry)
             self.endpoint = self._publisher.start()
+            if self.recorder is not None:
+                self.recorder.start()
         except PublisherError as exc:
             # Not being able to publish must not stop the training: say so once, do nothing.
             self.endpoint = ""
@@ -169,6 +179,8 @@ class Agent:
         loss_capture.remove_listener(self._on_backward)
         atexit.unregister(self.close)
         self._publisher.close(goodbye={"reason": reason, "exit_code": None}, step=self.steps)
+        if self.recorder is not None:
+            self.recorder.close()  # writes what is queued (the goodbye too), at most ~2 s
         if self._gpu is not None:
             self._gpu.close()
         if self._register:
@@ -366,6 +378,13 @@ def _as_list(optimizer: Any) -> list[torch.optim.Optimizer]:
     return list(optimizer)
 
 
+def _record_path(record: Any, run_id: str, rank: int) -> str | None:
+    path = os.fspath(record) if record is not None else os.environ.get(ENV_RECORD) or None
+    if not path:
+        return None
+    return path.replace("{run}", run_id).replace("{rank}", str(rank))
+
+
 def _default_name() -> str:
     script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     return script or "python"
@@ -410,7 +429,8 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     per-series |z| threshold; default: calibrated to the run's number of series),
     `classifier` (the Linear(s) before the loss for softmax_translation; default: the last
     Linear of each model; None: none), thresholds `rel_tol`, `abs_tol`, `dead_eps`, `dup_eps`
-    (see docs/metrics.md).
+    (see docs/metrics.md), `record` (also `$SYMWATCH_RECORD`: record every message to this
+    SQLite file, `{run}` and `{rank}` expanded; see docs/recording.md).
     """
     return Agent(model, optimizer, **options)
 

@@ -80,7 +80,7 @@ class Publisher:
 
     def __init__(self, endpoint: str, *, run: str, rank: int = 0, restart: int = 0,
                  queue_size: int = 256, idle_wait: float = 0.25, report: Reporter,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False, recorder: Any = None) -> None:
         self._bind_address = resolve_bind_address(endpoint, insecure)
         self._header = {"run": run, "rank": rank, "restart": restart}
         self._queue: queue.Queue[tuple[str, PayloadSource, int] | None] = queue.Queue(queue_size)
@@ -91,6 +91,9 @@ class Publisher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
+        # A symwatch.recording.Recorder (or None): each encoded message is handed to it here,
+        # on this thread, with a non-blocking put; its own thread writes the file.
+        self._recorder = recorder
         self._seq = 0
         self.endpoint = ""
         self.dropped = 0  # items refused because the queue was full
@@ -202,12 +205,17 @@ class Publisher:
                 return
 
     def _send(self, sock: zmq.Socket, kind: str, payload: Payload, step: int) -> None:
+        now = time.time()
         try:
-            frames = protocol.encode(kind, seq=self._seq, time=time.time(), step=step,
+            frames = protocol.encode(kind, seq=self._seq, time=now, step=step,
                                      payload=payload, **self._header)
         except protocol.ProtocolError as exc:
             self._report(f"encode:{kind}", exc)
             return
+        if self._recorder is not None:
+            h = self._header
+            self._recorder.submit(kind, h["run"], h["rank"], h["restart"], self._seq, now, step,
+                                  frames[1])
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
             self._seq += 1

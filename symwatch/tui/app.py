@@ -39,6 +39,13 @@ class SymwatchApp(App[None]):
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("p", "pause", "Pause/resume"),
         Binding("v", "next_view", "Columns"),
+        # Replay controls: live only when the source has them (see check_action).
+        Binding("space", "replay('toggle_play')", "Play/pause", priority=True),
+        Binding("plus,equals_sign", "replay('faster')", "Faster", key_display="+",
+                priority=True),
+        Binding("minus", "replay('slower')", "Slower", key_display="-", priority=True),
+        Binding("home", "replay('seek_start')", "Start", priority=True),
+        Binding("end", "replay('seek_end')", "End", priority=True),
     ]
 
     def __init__(self, source: MessageSource, *, title: str | None = None,
@@ -58,6 +65,10 @@ class SymwatchApp(App[None]):
         self._backlog: deque[Message] = deque()
         self._events_seen = 0
         self.title = title or f"symwatch — {self.endpoint}"
+        # A replay source ages the state on its own clock (recording time), so a paused replay
+        # is not "stale"; `generation` changes when it seeks back and the state must restart.
+        self._clock = getattr(source, "now", None) or time.monotonic
+        self._generation = getattr(source, "generation", 0)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="main"):
@@ -82,8 +93,10 @@ class SymwatchApp(App[None]):
 
     def tick(self) -> None:
         """Drain the source, fold, redraw. Anything unexpected is counted, not raised."""
-        now = time.monotonic()
+        now = self._clock()
         try:
+            if getattr(self.source, "generation", 0) != self._generation:
+                self._restart_state()
             self._drain(now)
             if not self.paused:
                 self._draw(now)
@@ -108,6 +121,14 @@ class SymwatchApp(App[None]):
                     self.last_tick_error = f"{type(exc).__name__}: {exc}"
         self.state.garbage = int(getattr(self.source, "garbage", 0))
         self.state.last_error = getattr(self.source, "last_error", None)
+
+    def _restart_state(self) -> None:
+        self._generation = getattr(self.source, "generation", 0)
+        self.state = RunState(stale_after=self.state.stale_after)
+        self._backlog.clear()
+        self._events_seen = 0
+        self._drawn_key = None
+        self.query_one(LayerTable).clear()
 
     def _draw(self, now: float) -> None:
         state = self.state
@@ -159,11 +180,23 @@ class SymwatchApp(App[None]):
         self._drawn_key = None
         self.tick()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "replay":  # bound (and shown) only for a source with that control
+            return bool(parameters) and callable(getattr(self.source, str(parameters[0]), None))
+        return True
+
+    def action_replay(self, control: str) -> None:
+        getattr(self.source, control)()
+        status = getattr(self.source, "status", None)
+        if callable(status):
+            self.notify(str(status()), timeout=2.0)
+        self.tick()
+
     def action_pause(self) -> None:
         self.paused = not self.paused
         self._drawn_key = None
-        self.query_one(RunHeader).show(self.state, self.state.connection(), endpoint=self.endpoint,
-                                       paused=self.paused)
+        self.query_one(RunHeader).show(self.state, self.state.connection(self._clock()),
+                                       endpoint=self.endpoint, paused=self.paused)
         if not self.paused:
             self.tick()
 
