@@ -49,8 +49,9 @@ def _subparser(subs: Any, name: str, help_: str, description: str, epilog: str) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="symwatch", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Watch per-layer parameter-symmetry indicators (weight norm, stable rank, "
-                    "numerical rank, dead units) of a live PyTorch training run.",
+        description="Watch a live PyTorch training run layer by layer: parameter-symmetry "
+                    "indicators (rank, dead and duplicate units, balance, ...) and the "
+                    "transitions between its learning phases, as they happen.",
         epilog="examples:\n"
                "  symwatch demo                      train a small model and watch it\n"
                "  symwatch ls                        list live runs on this machine\n"
