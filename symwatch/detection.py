@@ -199,10 +199,9 @@ class TransitionDetector:
             if steps[k] <= first:
                 lo = steps[max(0, k - self.exogenous_slack)]
                 break
-        for mark, reason in reversed(self._marks):
-            if lo <= mark <= last:
-                return reason
-        return None
+        reasons = [reason for mark, reason in self._marks if lo <= mark <= last]
+        # every external change in the window, once each, in the order they were registered
+        return "; ".join(dict.fromkeys(reasons)) or None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,3 +70,25 @@ def test_detection_can_be_switched_off(collector):
     agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", detect=False)
     assert agent._transitions is None
     agent.close()
+
+
+def test_a_mark_and_a_resume_label_what_they_explain(collector):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", register=False,
+                           heartbeat_interval=0.05)
+    sub = collector(agent.endpoint)
+    sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
+    agent.steps = 150
+    agent.mark("data switched to the hard split")
+    opt.load_state_dict(opt.state_dict())  # what resuming from a checkpoint does
+    assert [r for _, r in agent._marks] == [
+        "data switched to the hard split", "resumed from a checkpoint (optimizer state loaded)"]
+    for step in range(1, 200):  # the publisher thread's work, done here deterministically
+        level = 1.0 if step < 150 else 5.0
+        agent._detect_transitions(step, {"fc": {"numerical_rank": level}}, None, ())
+    assert not agent._marks  # consumed by the detector
+    event = sub.wait_for(lambda m: m.kind == protocol.EVENT)
+    assert event.step == 150 and "data switched to the hard split" in event.payload["exogenous"]
+    agent.close()

@@ -104,6 +104,7 @@ class Agent:
         # Transition detection runs on the publisher thread over every sample (on by default,
         # so alerts fire and recordings hold transitions with nobody watching).
         self._transitions = TransitionWatch(threshold) if detect else None
+        self._marks: list[tuple[int, str]] = []  # from mark(); consumed on the publisher thread
 
         requested = endpoint or os.environ.get(ENV_ENDPOINT) or runtime.default_ipc_endpoint(
             self.run_id) or "tcp://127.0.0.1:0"
@@ -140,6 +141,9 @@ class Agent:
             # Steps are counted on the first optimizer; with several (GAN, teacher/student)
             # they step together, and counting each would double the step number.
             self._hooks.append(optimizers[0].register_step_post_hook(self._on_step))
+            for opt in optimizers:  # a resume from a checkpoint explains what follows it
+                self._hooks.append(opt.register_load_state_dict_post_hook(
+                    lambda *_: self.mark("resumed from a checkpoint (optimizer state loaded)")))
         if capture_backward:
             loss_capture.add_listener(self._on_backward)
         atexit.register(self.close)
@@ -158,6 +162,12 @@ class Agent:
             self._loss_from_log = True
         for key, value in scalars.items():
             self._scalars[key] = value.detach() if isinstance(value, torch.Tensor) else value
+
+    def mark(self, reason: str) -> None:
+        """Declare a known external change at the current step (a schedule boundary, a data
+        switch, a resume): transitions it explains are labelled with `reason`, not reported
+        as discoveries. Cheap; safe from the training thread."""
+        self._marks.append((self.steps, str(reason)))  # list.append is atomic under the GIL
 
     def step(self) -> None:
         """Count one training step; only needed when no optimizer was given to `watch`."""
@@ -254,6 +264,9 @@ class Agent:
         if self._transitions is None:
             return
         try:
+            while self._marks:
+                mark_step, reason = self._marks.pop(0)
+                self._transitions.detector.mark_exogenous(mark_step, reason)
             for event_step, payload in self._transitions.update(step, values, loss,
                                                                 hyperparameters):
                 self._publisher.submit(protocol.EVENT, payload, event_step)
