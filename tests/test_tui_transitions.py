@@ -41,3 +41,26 @@ async def test_a_transition_flags_its_layers_rows_then_the_flag_fades(fake_agent
         for step in range(11, 12 + FLAG_SAMPLES + 1):
             publish_sample(agent, step=step)
         await until(pilot, lambda: cell(app, "fc1", "layer").strip() == "fc1", what="fade")
+
+
+async def test_e_opens_the_timeline_of_every_event(fake_agent):
+    from textual.widgets import DataTable
+
+    from symwatch.tui.events_screen import EventsScreen
+
+    agent = fake_agent()
+    app = app_on(agent)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await join(pilot, agent, app)
+        publish_sample(agent, step=10)
+        for step in (12, 40, 77):
+            _transition(agent, step=step)
+        await until(pilot, lambda: app.state.events_total == 3, what="3 events")
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, EventsScreen), what="events screen")
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 3
+        assert [table.get_cell(str(i), "step").plain for i in range(3)] == ["12", "40", "77"]
+        assert "numerical_rank 3 → 4" in table.get_cell("2", "message").plain
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, EventsScreen), what="closed")

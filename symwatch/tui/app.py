@@ -16,6 +16,7 @@ from symwatch.protocol import Message
 from symwatch.state import DEFAULT_STALE_AFTER, FINISHED, STALE, WAITING, RunState
 from symwatch.tui.banner import ConnectionBanner
 from symwatch.tui.columns import next_view
+from symwatch.tui.events_screen import EventsScreen
 from symwatch.tui.header import RunHeader
 from symwatch.tui.help import HelpScreen
 from symwatch.tui.layer_table import LayerTable
@@ -39,6 +40,7 @@ class SymwatchApp(App[None]):
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("p", "pause", "Pause/resume"),
         Binding("v", "next_view", "Columns"),
+        Binding("e", "events", "Events"),
         # Replay controls: live only when the source has them (see check_action).
         Binding("space", "replay('toggle_play')", "Play/pause", priority=True),
         Binding("plus,equals_sign", "replay('faster')", "Faster", key_display="+",
@@ -171,6 +173,13 @@ class SymwatchApp(App[None]):
             self.screen.dismiss(None)
         else:
             self.push_screen(HelpScreen())
+
+    def action_events(self) -> None:
+        """Every transition and notice so far, in a scrollable timeline."""
+        if isinstance(self.screen, EventsScreen):
+            self.screen.dismiss(None)
+        else:
+            self.push_screen(EventsScreen(self.state))
 
     def action_next_view(self) -> None:
         """Show the next family of indicator columns (overview, rank, units, scale, all)."""

@@ -15,6 +15,7 @@ KEYS = (
     ("?", "show or hide this help"),
     ("p", "pause / resume the live view (data keeps arriving)"),
     ("v", "next column view: overview, rank, units, scale, all"),
+    ("e", "the events timeline: every transition and notice so far"),
     ("↑ ↓ PgUp PgDn", "move through the layer table"),
     ("Esc", "close this help"),
 )
