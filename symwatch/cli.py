@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     from symwatch.record_cli import add_recording_parsers
 
     add_recording_parsers(subs, _subparser)
+    from symwatch.detect_cli import add_detect_parser
+
+    add_detect_parser(subs, _subparser)
     return parser
 
 
