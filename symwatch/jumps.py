@@ -275,6 +275,7 @@ class JumpDetector:
         self._settled = 0  # length of the run before the latest change
         self._i = -1  # index of the latest accepted sample
         self._last_alarm = -(10**9)
+        self._last_after: float | None = None  # the level (transformed) the last alarm reported
         self.skipped = 0
         self.alarms = 0
         self.last_z: float | None = None  # signed z of the scale with the largest |z|
@@ -342,7 +343,11 @@ class JumpDetector:
                 sc.z = z
                 if self.last_z is None or abs(z) > abs(self.last_z):
                     self.last_z = z
-                if not sc.armed and i >= sc.blocked_until and abs(z) < self.rearm * threshold:
+                if not sc.armed and i >= sc.blocked_until and (
+                        abs(z) < self.rearm * threshold
+                        # an integer series that left the level its last alarm reported for a
+                        # new one: a second step soon after the first, not the first again
+                        or (self._lattice and meds[-1 - sc.h] == self._last_after != meds[-1])):
                     sc.armed = True
                 if abs(z) >= threshold:
                     sign = 1 if z > 0 else -1
@@ -421,6 +426,8 @@ class JumpDetector:
     def _alarm(self, sc: _Scale, step: int, i: int) -> Jump:
         self._last_alarm = i
         self.alarms += 1
+        self._last_after = sorted([self._y[k] for k in range(len(self._y) - sc.m,
+                                                             len(self._y))])[sc.m // 2]
         for other in self._scales:
             other.armed = False
             other.blocked_until = i + other.h + other.m

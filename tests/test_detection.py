@@ -342,3 +342,14 @@ def test_numpy_like_scalars_are_accepted() -> None:
 
     det = JumpDetector()
     assert det.update(0, Fraction(1, 2)) is None and det.samples == 1
+
+
+def test_a_rank_fall_soon_after_another_is_its_own_jump() -> None:
+    """Weight decay restores two modes 12 samples apart (the demo at steps 406 and 418): the
+    second step must not be swallowed by the first one's blocking window."""
+    moves = [(25, 1), (72, 1), (125, 1), (214, 1), (327, 1), (406, -1), (418, -1), (641, 1)]
+    values = [sum(d for s, d in moves if i >= s) for i in range(800)]
+    jumps = feed(JumpDetector(), values)
+    assert [(j.onset, j.before, j.after) for j in jumps] == [
+        (25, 0, 1), (72, 1, 2), (125, 2, 3), (214, 3, 4), (327, 4, 5), (406, 5, 4),
+        (418, 4, 3), (641, 3, 4)]
