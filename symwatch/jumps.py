@@ -99,6 +99,12 @@ TRANSFORMS: dict[str, tuple[Callable[[float], float | None], Callable[[float], f
 }
 
 
+# An integer series counts as a staircase while its last STEPWISE_CHANGES lasting level
+# changes span at least STEPWISE_CHANGES × STEPWISE_SPACING samples (one per 30 on average).
+STEPWISE_CHANGES = 4
+STEPWISE_SPACING = 30
+
+
 def default_transform(metric: str) -> str:
     """log for the loss and norms (positive, relative changes), identity otherwise.
     `balance_norm` is a normalised balance in [-1, 1], not a norm: identity."""
@@ -273,6 +279,10 @@ class JumpDetector:
         self._still = 0  # length of the initial run of identical values
         self._run = 0  # length of the current run of identical values
         self._settled = 0  # length of the run before the latest change
+        # Where the last few lasting level changes happened (flickers not counted): an integer
+        # series that changes level rarely is a staircase; one that changes often (a rank
+        # drifting in a wide layer) is a trend, and keeps the tail-robust spread.
+        self._level_changes: deque[int] = deque(maxlen=STEPWISE_CHANGES)
         self._i = -1  # index of the latest accepted sample
         self._last_alarm = -(10**9)
         self._last_after: float | None = None  # the level (transformed) the last alarm reported
@@ -299,6 +309,8 @@ class JumpDetector:
         if self._y and y != self._y[-1]:
             self._quantum = min(self._quantum, abs(y - self._y[-1]))
             self._settled, self._run = self._run, 0
+            if self._settled >= self.quantum_min_m:
+                self._level_changes.append(self._i + 1)
         self._run += 1
         if self._lattice:
             self._lattice = abs(y - round(y)) <= 1e-9 * max(1.0, abs(y))
@@ -317,6 +329,7 @@ class JumpDetector:
         best: _Scale | None = None
         best_abs = -1.0
         self.last_z = None
+        stepwise = self._stepwise()
         floor_long, floor_short = self._floor()
         threshold = self.threshold
         for sc in self._scales:
@@ -330,7 +343,7 @@ class JumpDetector:
             if len(hist) >= self.min_history:
                 z: float | None = self._z(sc, s, floor)
             elif ((self._still >= self.warmup and (not hist or hist[0] == 0.0 == hist[-1]))
-                  or (self._lattice and self._settled >= self._lattice_warmup)):
+                  or (stepwise and self._settled >= self._lattice_warmup)):
                 # A series that sat exactly still for its first `warmup` samples (a rank, a
                 # frozen layer) has only ever produced s = 0: score it against center 0 and the
                 # floor at once, so its first step is not lost to the ~100-sample warm-up.
@@ -347,7 +360,7 @@ class JumpDetector:
                         abs(z) < self.rearm * threshold
                         # an integer series that left the level its last alarm reported for a
                         # new one: a second step soon after the first, not the first again
-                        or (self._lattice and meds[-1 - sc.h] == self._last_after != meds[-1])):
+                        or (stepwise and meds[-1 - sc.h] == self._last_after != meds[-1])):
                     sc.armed = True
                 if abs(z) >= threshold:
                     sign = 1 if z > 0 else -1
@@ -357,7 +370,7 @@ class JumpDetector:
                 if sc.armed and abs(sc.streak) >= self.confirm and abs(z) > best_abs:
                     best, best_abs = sc, abs(z)
             self._learn(sc, s, i)
-        warmup = self._lattice_warmup if self._lattice else self.warmup
+        warmup = self._lattice_warmup if stepwise else self.warmup
         if best is None or i < warmup or i - self._last_alarm < self.min_gap:
             return None
         return self._alarm(best, step, i)
@@ -373,7 +386,7 @@ class JumpDetector:
                    0.5 * (kth_deviation(a, center, n // 2 - 1, split)
                           + kth_deviation(a, center, n // 2, split)))
             spread = MAD_TO_SIGMA * mad
-            if self.tail_q > 0 and not self._lattice:
+            if self.tail_q > 0 and not self._stepwise():
                 k = min(n - 1, max(0, math.ceil(self.tail_q * n) - 1))
                 spread = max(spread, kth_deviation(a, center, k, split) / self._tail_z)
             sc.stats = (center, spread)
@@ -422,6 +435,13 @@ class JumpDetector:
         if q == math.inf:
             return base, base
         return max(q / (self.quantum_margin * self.threshold), base), max(q, base)
+
+    def _stepwise(self) -> bool:
+        """An integer series whose level changes rarely (at most STEPWISE_CHANGES lasting
+        changes per STEPWISE_CHANGES × STEPWISE_SPACING samples): each change is an event."""
+        changes = self._level_changes
+        return self._lattice and (len(changes) < STEPWISE_CHANGES
+                                  or self._i - changes[0] >= STEPWISE_CHANGES * STEPWISE_SPACING)
 
     def _alarm(self, sc: _Scale, step: int, i: int) -> Jump:
         self._last_alarm = i

@@ -353,3 +353,18 @@ def test_a_rank_fall_soon_after_another_is_its_own_jump() -> None:
     assert [(j.onset, j.before, j.after) for j in jumps] == [
         (25, 0, 1), (72, 1, 2), (125, 2, 3), (214, 3, 4), (327, 4, 5), (406, 5, 4),
         (418, 4, 3), (641, 3, 4)]
+
+
+def test_an_integer_series_drifting_one_unit_at_a_time_goes_quiet() -> None:
+    """A wide layer's rank drifting down by one every 12-40 samples is a trend: after a few
+    changes it is no longer reported change by change (unlike a staircase)."""
+    rng = random.Random(1)
+    values, level, next_change = [], 41, 20
+    for i in range(1200):
+        if i == next_change:
+            level -= 1
+            next_change = i + rng.randint(12, 40)
+        values.append(level)
+    jumps = feed(JumpDetector(), values)
+    assert 0 < len(jumps) <= 6
+    assert all(j.onset < 200 for j in jumps)  # only while the drift is not yet recognised
