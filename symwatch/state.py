@@ -102,6 +102,8 @@ class EventRecord:
     metric: str | None = None
     before: Value = None
     after: Value = None
+    history: bool = False  # from the agent's history (a late join), not live: never notified
+    layers: tuple[str, ...] = ()  # every layer the transition's grouped jumps name
 
 
 class RunState:
@@ -234,12 +236,17 @@ class RunState:
                 handler(msg)
             except (TypeError, ValueError, KeyError, AttributeError):
                 pass  # validated upstream; a surprise here must cost one message, not the view
-        if not self._stats_rate_seen and msg.kind != protocol.GOODBYE:
+        if not self._stats_rate_seen and msg.kind != protocol.GOODBYE and not msg.from_history:
             self._estimate_rate(now, msg.step)
 
     def _count_gap(self, msg: Message) -> None:
         key = (msg.rank, msg.restart)
         last = self._last_seq.get(key)
+        if msg.snapshot_seq is not None:
+            # A history snapshot is a thinned selection: its own gaps are not losses. What
+            # counts is whether live messages follow on from the snapshot's end.
+            self._last_seq[key] = max(msg.snapshot_seq, last if last is not None else -1)
+            return
         if last is not None and msg.seq > last + 1:
             self.gap_dropped += msg.seq - last - 1
         if last is None or msg.seq > last:
@@ -326,7 +333,10 @@ class RunState:
         self._add_event(EventRecord(
             step=msg.step, time=msg.time, message=p["message"], severity=p["severity"],
             layer=p.get("layer"), metric=p.get("metric"),
-            before=_finite(p.get("before")), after=_finite(p.get("after"))))
+            before=_finite(p.get("before")), after=_finite(p.get("after")),
+            history=msg.from_history,
+            layers=tuple(dict.fromkeys(j["layer"] for j in p.get("jumps") or ()
+                                       if isinstance(j.get("layer"), str)))))
         if p["severity"] == "transition":
             self._flag_layers(msg)
 

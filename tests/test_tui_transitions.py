@@ -64,3 +64,34 @@ async def test_e_opens_the_timeline_of_every_event(fake_agent):
         assert "numerical_rank 3 → 4" in table.get_cell("2", "message").plain
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, EventsScreen), what="closed")
+
+
+async def test_enter_opens_the_layer_detail_with_history_and_transitions(fake_agent):
+    from textual.widgets import Static
+
+    from symwatch.tui.layer_detail import LayerDetailScreen, marker_line
+
+    agent = fake_agent()
+    app = app_on(agent)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await join(pilot, agent, app)
+        for step in range(1, 30):
+            publish_sample(agent, step=step)
+        _transition(agent, step=20)
+        await until(pilot, lambda: app.state.events_total == 1, what="the transition")
+        table = app.query_one(LayerTable)
+        table.move_cursor(row=list(table.rows).index("fc1"))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, LayerDetailScreen), what="detail")
+        body = str(app.screen.query_one("#detail-body", Static).content)
+        assert body.startswith("fc1") and "Linear" in body
+        for title in ("weight norm", "stable rank", "numerical rank", "dead fraction"):
+            assert title in body
+        assert "▲" in body  # the transition at step 20, under the charts
+        assert "numerical_rank 3 → 4" in body
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, LayerDetailScreen), what="closed")
+    series = app.state.layers["fc1"].indicators["weight_norm"]
+    line = marker_line(series, [20], 40)
+    assert line.count("▲") == 1  # 29 samples right-aligned in 40 columns: step 20 at col 30
+    assert line.index("▲") == 40 - 29 + 19

@@ -9,7 +9,7 @@ from typing import Any
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Footer
+from textual.widgets import DataTable, Footer
 
 from symwatch.client import BackgroundFeed, MessageSource
 from symwatch.protocol import Message
@@ -17,6 +17,7 @@ from symwatch.state import DEFAULT_STALE_AFTER, FINISHED, STALE, WAITING, RunSta
 from symwatch.tui.banner import ConnectionBanner
 from symwatch.tui.columns import next_view
 from symwatch.tui.events_screen import EventsScreen
+from symwatch.tui.layer_detail import LayerDetailScreen
 from symwatch.tui.header import RunHeader
 from symwatch.tui.help import HelpScreen
 from symwatch.tui.layer_table import LayerTable
@@ -160,7 +161,7 @@ class SymwatchApp(App[None]):
         if fresh <= 0:
             return
         for ev in list(self.state.events)[-fresh:]:
-            if ev.severity in NOTIFY_SEVERITIES:
+            if ev.severity in NOTIFY_SEVERITIES and not ev.history:
                 self.notify(ev.message, title=f"step {ev.step:,}",
                             severity="error" if ev.severity == "error" else "warning")
                 if self.ring_bell and ev.severity == "transition":
@@ -173,6 +174,11 @@ class SymwatchApp(App[None]):
             self.screen.dismiss(None)
         else:
             self.push_screen(HelpScreen())
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a layer row: that layer's detail screen."""
+        if isinstance(event.data_table, LayerTable) and event.row_key.value:
+            self.push_screen(LayerDetailScreen(self.state, str(event.row_key.value)))
 
     def action_events(self) -> None:
         """Every transition and notice so far, in a scrollable timeline."""

@@ -16,6 +16,7 @@ KEYS = (
     ("p", "pause / resume the live view (data keeps arriving)"),
     ("v", "next column view: overview, rank, units, scale, all"),
     ("e", "the events timeline: every transition and notice so far"),
+    ("Enter", "the selected layer in detail: every indicator's history, its transitions"),
     ("↑ ↓ PgUp PgDn", "move through the layer table"),
     ("Esc", "close this help"),
 )
