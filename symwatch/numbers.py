@@ -26,8 +26,9 @@ def compact(value: Any, digits: int = 4) -> str:
             return f"{v / scale:.{max(1, digits - 1)}g}{suffix}"
     if a >= 1000:
         return f"{v:.0f}"
-    if a < 1e-3:
-        return f"{v:.{max(0, digits - 3)}e}"
+    if a < 1e-3:  # '3.3e-6', not '3.3e-06': the cell has room for 7 characters
+        mantissa, exponent = f"{v:.{max(0, digits - 3)}e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
     return f"{v:.{digits}g}"
 
 

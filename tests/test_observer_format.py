@@ -16,7 +16,7 @@ from symwatch.summary import follow, summary_lines
 @pytest.mark.parametrize("value, text", [
     (None, "N/A"), (math.nan, "N/A"), (math.inf, "N/A"), (True, "N/A"), ("3", "N/A"),
     (0, "0"), (0.0, "0"), (3, "3"), (3.14159, "3.142"), (123.456, "123.5"), (9999.9, "10000"),
-    (12345.6, "12.3k"), (1.5e6, "1.5M"), (2e9, "2G"), (0.000123, "1.2e-04"), (-2.5, "-2.5"),
+    (12345.6, "12.3k"), (1.5e6, "1.5M"), (2e9, "2G"), (0.000123, "1.2e-4"), (-2.5, "-2.5"),
 ])
 def test_compact(value, text):
     assert numbers.compact(value) == text

@@ -8,8 +8,9 @@ Indicators no view names (a newer agent's) appear in the "all" view, never dropp
 from __future__ import annotations
 
 VIEWS: dict[str, tuple[str, ...]] = {
+    # few enough columns that each keeps a sparkline at 120 columns
     "overview": ("broken", "numerical_rank", "stable_rank", "effective_rank", "dead_fraction",
-                 "duplicate_fraction", "balance_norm", "weight_norm"),
+                 "duplicate_fraction"),
     "rank": ("numerical_rank", "stable_rank", "effective_rank", "participation_ratio",
              "mirror_rank", "delta_rank", "delta_rotation"),
     "units": ("dead_fraction", "relu_dead", "duplicate_fraction", "distinct_units",
@@ -55,6 +56,8 @@ def view_indicators(view: str, available: list[str]) -> tuple[str, ...]:
     """The view's indicators that this run publishes, in the view's order."""
     if view == "all" or view not in VIEWS:
         return tuple(available)
+    if view == "overview" and len(available) <= len(VIEWS["overview"]):
+        return tuple(available)  # a run with few indicators (an older agent): they all fit
     have = set(available)
     return tuple(name for name in VIEWS[view] if name in have)
 
