@@ -88,7 +88,7 @@ def _severities(text: str) -> list[str]:
 
 _finite_float = cli._number(float, math.isfinite, "a number")
 _non_negative_float = cli._number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
-_positive_float = cli._number(float, lambda v: 0 < v < math.inf, "a number > 0")
+_positive_float = cli._positive_float
 
 
 def add_alert_parser(subs: Any, make: Callable[..., Any]) -> Any:

@@ -17,8 +17,9 @@ if TYPE_CHECKING:  # imported for real only by the commands that need them
     from symwatch.client import BackgroundFeed
     from symwatch.launcher import DemoProcess
 
-NO_RUNS = ("no live symwatch runs on this machine; start one with `symwatch demo` or "
-           "`symwatch.watch(model, optimizer)` in your script, or pass an endpoint: "
+NO_RUNS = ("no live symwatch runs on this machine; start one with `symwatch demo`, "
+           "`symwatch run -- python train.py` or `symwatch.watch(model, optimizer)` in your "
+           "script, or pass an endpoint: "
            "symwatch attach tcp://127.0.0.1:PORT")
 DEMO_HINT = ("hint: the demo trains small PyTorch models in a subprocess "
              "(python -m symwatch_agent.demo); it needs torch and the symwatch agent importable "
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  symwatch attach                    watch the only live run (or pick one)\n"
                "  symwatch attach tcp://127.0.0.1:5555\n"
                "  symwatch alert --exec 'notify-send \"$SYMWATCH_TEXT\"'   act on transitions\n"
-               "  symwatch record -o run.db          record the live run (replay, export it)\n\n"
+               "  symwatch record -o run.db          record the live run (replay, export it)\n"
+               "  symwatch run -- python train.py    watch a script without changing it\n\n"
                "In your script:  import symwatch; symwatch.watch(model, optimizer)")
     parser.add_argument("--version", action="version", version=f"symwatch {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -82,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no UI: print a compact summary about once a second")
     attach.add_argument("--bell", action="store_true",
                         help="ring the terminal bell on each detected transition")
+    attach.add_argument("--server-key", metavar="FILE", default=None,
+                        help="CurveZMQ: the agent's public key file (from `symwatch keygen`); "
+                             "needed for an agent that publishes with keys (docs/security.md)")
+    attach.add_argument("--client-key", metavar="FILE", default=None,
+                        help="CurveZMQ: your secret key file (*.key_secret), whose public key "
+                             "the agent authorises")
     attach.set_defaults(func=cmd_attach)
 
     ls = _subparser(
@@ -141,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     from symwatch.detect_cli import add_detect_parser
 
     add_detect_parser(subs, _subparser)
+    from symwatch.keys import add_keygen_parser
+
+    add_keygen_parser(subs, _subparser)
+    from symwatch.launch import add_run_parser
+
+    add_run_parser(subs, _subparser)
     return parser
 
 
@@ -159,6 +173,7 @@ def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str)
 _non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 _non_negative_float = _number(float, lambda v: v >= 0 and v < float("inf"), "seconds >= 0")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a number > 0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,6 +228,23 @@ def resolve_target(target: str, runs: Sequence[RunEntry]) -> tuple[str, str | No
     raise AssertionError("unreachable: an endpoint always contains ://")
 
 
+def _curve_client(args: argparse.Namespace) -> Any:
+    """The CurveZMQ client settings from --server-key/--client-key, or None."""
+    server_key = getattr(args, "server_key", None)
+    client_key = getattr(args, "client_key", None)
+    if server_key is None and client_key is None:
+        return None
+    if server_key is None or client_key is None:
+        raise UserError("CurveZMQ needs both --server-key (the agent's public key) and "
+                        "--client-key (your secret key); see `symwatch keygen`")
+    from symwatch.keys import KeyFileError, load_client
+
+    try:
+        return load_client(server_key, client_key)
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     runs = runtime.live_runs()
     if args.target is not None:
@@ -232,16 +264,18 @@ def cmd_attach(args: argparse.Namespace) -> int:
             _err("symwatch attach: no run chosen")
             return 1
         endpoint, name = chosen.endpoint, chosen.name
+    curve = _curve_client(args)
     if args.headless:
         from symwatch.client import BackgroundFeed
         from symwatch.summary import follow
 
-        with BackgroundFeed(endpoint) as feed:
+        with BackgroundFeed(endpoint, curve=curve) as feed:
             follow(feed, sys.stdout, name=name)
         return 0
     from symwatch.tui.app import make_app
 
-    app = make_app(endpoint, title=f"symwatch — {name or endpoint}", bell=args.bell)
+    app = make_app(endpoint, title=f"symwatch — {name or endpoint}", bell=args.bell,
+                   curve=curve)
     app.run()
     return 0
 

@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, Iterable
 
 from symwatch import protocol
+from symwatch.cli import _positive_float
 from symwatch.detection import Transition, TransitionDetector, to_event_payload
 
 EPILOG = (
@@ -32,7 +33,7 @@ def add_detect_parser(subs: Any, subparser: Callable[..., Any]) -> None:
         "Run the transition detector over a recording's samples with other settings than "
         "the live run used, and print the transitions it finds.", EPILOG)
     detect.add_argument("path", help="a recording (symwatch record / watch(record=...))")
-    detect.add_argument("--threshold", type=_positive, default=None,
+    detect.add_argument("--threshold", type=_positive_float, default=None,
                         help="per-series |z| threshold (default: calibrated to the number of "
                              "series, one false transition per 10,000 samples per run)")
     detect.add_argument("--layer", action="append", metavar="GLOB",
@@ -42,16 +43,6 @@ def add_detect_parser(subs: Any, subparser: Callable[..., Any]) -> None:
     detect.add_argument("--json", action="store_true",
                         help="one JSON event payload per line (the protocol's EVENT fields)")
     detect.set_defaults(func=cmd_detect)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector, *,
