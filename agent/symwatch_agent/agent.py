@@ -23,7 +23,10 @@ from torch import nn
 
 from symwatch import protocol, recording, runtime
 from symwatch_agent import loss_capture
+from symwatch_agent.curve import CurveError
+from symwatch_agent.curve import load_server as load_curve
 from symwatch_agent.gpu import GpuSampler
+from symwatch_agent.history import History
 from symwatch_agent.indicators import INDICATORS, IndicatorEngine
 from symwatch_agent.layers import discover
 from symwatch_agent.publisher import Publisher, PublisherError
@@ -52,7 +55,11 @@ class Agent:
                  heartbeat_interval: float = 1.0, meta_interval: float = 5.0,
                  gpu_interval: float = 2.0, nvml: Any = None,
                  detect: bool = True, threshold: float | None = None,
-                 record: str | os.PathLike[str] | None = None) -> None:
+                 record: str | os.PathLike[str] | None = None,
+                 history: bool = True, history_samples: int = 256,
+                 history_events: int = 1000, history_bytes: int = 16 * 1024 * 1024,
+                 curve_server_key: str | os.PathLike[str] | None = None,
+                 curve_authorized: str | os.PathLike[str] | None = None) -> None:
         models = _as_model_map(model)
         every = every if every is not None else int(os.environ.get(ENV_EVERY, "10"))
         if every < 1:
@@ -74,6 +81,13 @@ class Agent:
         self.error: str | None = None  # why the agent is not publishing, if it is not
 
         self.layers, self.skipped = discover(models)
+        self.replica = _replica_measured_on_rank_zero(models, self.rank)
+        if self.replica:
+            # DDP keeps identical weights on every rank: rank 0 measures them; the others
+            # publish only what differs per rank (loss, step time, GPU), never a collective.
+            self.skipped = [f"{layer.name} (DDP replica: measured on rank 0)"
+                            for layer in self.layers]
+            self.layers = []
         self.engine = IndicatorEngine(self.layers, rel_tol=rel_tol, abs_tol=abs_tol,
                                       dead_eps=dead_eps, dup_eps=dup_eps,
                                       max_svd_dim=max_svd_dim, budget=budget,
@@ -95,6 +109,7 @@ class Agent:
         self._cost_s = 0.0  # time the agent spent on the training thread
         self._budgeted_cost_s = 0.0  # the same, less the first sample: what the budget limits
         self._failed_layers_reported = 0
+        self._switched_off_reported = 0
         self._hooks: list[Any] = []
         self._gpu: GpuSampler | None = None
         self._nvml = nvml
@@ -114,16 +129,33 @@ class Agent:
         self.recorder = (recording.Recorder(self.recording,
                                             warn=lambda text: self._report("recording", text))
                          if self.recording else None)
+        # Late join: a bounded history of what was published, served to viewers that attach
+        # later (docs/protocol.md, "Late join").
+        self.history = (History(samples=history_samples, events=history_events,
+                                max_bytes=history_bytes) if history else None)
         try:
+            try:  # CurveZMQ keys (docs/security.md): needed for any non-loopback interface
+                curve = load_curve(curve_server_key, curve_authorized)
+            except CurveError as exc:
+                raise PublisherError(str(exc)) from None
             self._publisher = Publisher(requested, run=self.run_id, rank=self.rank,
                                         restart=self.restart, report=self._report,
-                                        insecure=insecure, recorder=self.recorder)
+                                        insecure=insecure, recorder=self.recorder,
+                                        history=self.history, curve=curve)
             self._publisher.add_periodic(heartbeat_interval, self._heartbeat)
             self._publisher.add_periodic(meta_interval, self._meta_message)
             self._publisher.add_periodic(gpu_interval, self._gpu_message)
             if register:
                 self._publisher.add_periodic(2.0, self._refresh_registry)
             self.endpoint = self._publisher.start()
+            if self._publisher.exposed:  # insecure=True on a network interface: every start
+                warning = (f"symwatch: WARNING: publishing on {self.endpoint} WITHOUT "
+                           "encryption or authentication (insecure=True): anyone who can reach "
+                           "this port can read the stream; use CurveZMQ keys (`symwatch "
+                           "keygen`) or SSH instead (docs/security.md)")
+                print(warning, file=sys.stderr)
+                self._publisher.submit(protocol.EVENT, {"message": warning,
+                                                        "severity": "warning"}, 0)
             if self.recorder is not None:
                 self.recorder.start()
         except PublisherError as exc:
@@ -149,7 +181,7 @@ class Agent:
         atexit.register(self.close)
         if register:
             self._refresh_registry()  # now, so `symwatch ls` sees the run at once
-        if not self.layers:
+        if not self.layers and not self.replica:
             self._report("layers", "no Linear or Conv layers found; only the loss is published")
 
     # -- public API ----------------------------------------------------------------------------
@@ -252,6 +284,7 @@ class Agent:
                 ready.synchronize()  # waits on the side stream, on the publisher thread
             values, nonfinite = self.engine.decode(rows.tolist())
             self._report_failed_layers()
+            self._report_switched_off()
             self._detect_transitions(step, values, _host_number(loss), hyperparameters)
             return {"values": values, "nonfinite": nonfinite,
                     "cost_s": time.perf_counter() - started}
@@ -314,15 +347,20 @@ class Agent:
 
     def _heartbeat(self) -> tuple[str, dict[str, Any], int]:
         wall = max(time.time() - self.started, 1e-9)
-        return protocol.HEARTBEAT, {"dropped": self._publisher.dropped, "samples": self.samples,
-                                    "overhead": self._cost_s / wall}, self.steps
+        payload = {"dropped": self._publisher.dropped, "samples": self.samples,
+                   "overhead": self._cost_s / wall}
+        if self._publisher.history_endpoint:  # so a late viewer learns it within a second
+            payload["history_endpoint"] = self._publisher.history_endpoint
+        return protocol.HEARTBEAT, payload, self.steps
 
     def _meta_message(self) -> tuple[str, dict[str, Any], int]:
         # Re-sent periodically: a viewer that connects late still learns the layer table.
         return protocol.META, self.meta(), self.steps
 
     def meta(self) -> dict[str, Any]:
-        return {
+        extra = ({"history_endpoint": self._publisher.history_endpoint}
+                 if self._publisher.history_endpoint else {})
+        return {**extra,
             "name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
             "command": list(sys.argv), "started": self.started,
             "layers": [layer.describe() for layer in self.layers],
@@ -342,7 +380,9 @@ class Agent:
         runtime.write_entry(runtime.RunEntry(
             run_id=self.run_id, name=self.name, pid=os.getpid(), command=list(sys.argv),
             endpoint=self._publisher.endpoint, started=self.started, host=socket.gethostname(),
-            steps=self.steps, updated=time.time()))
+            steps=self.steps, updated=time.time(),
+            extra=({"history_endpoint": self._publisher.history_endpoint}
+                   if self._publisher.history_endpoint else {})))
         return None
 
     # -- failures ------------------------------------------------------------------------------
@@ -363,6 +403,14 @@ class Agent:
         except Exception:
             pass
 
+    def _report_switched_off(self) -> None:
+        off = getattr(self.engine, "switched_off", {})
+        if len(off) > self._switched_off_reported:
+            for name, error in list(off.items())[self._switched_off_reported:]:
+                self._report(f"indicator {name}",
+                             f"{error}; switched off, its values read N/A")
+            self._switched_off_reported = len(off)
+
     def _report_failed_layers(self) -> None:
         failed = self.engine.failed
         if len(failed) > self._failed_layers_reported:
@@ -373,6 +421,16 @@ class Agent:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+def _replica_measured_on_rank_zero(models: Mapping[str, nn.Module], rank: int) -> bool:
+    """True on ranks other than 0 of a DistributedDataParallel run: their weights are
+    replicas of rank 0's (FSDP shards are not replicas, and are measured per rank)."""
+    if rank == 0 or not torch.distributed.is_available():
+        return False
+    from torch.nn.parallel import DistributedDataParallel
+
+    return any(isinstance(m, DistributedDataParallel) for m in models.values())
+
 
 def _as_model_map(model: Any) -> dict[str, nn.Module]:
     if isinstance(model, nn.Module):
@@ -443,7 +501,12 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     `classifier` (the Linear(s) before the loss for softmax_translation; default: the last
     Linear of each model; None: none), thresholds `rel_tol`, `abs_tol`, `dead_eps`, `dup_eps`
     (see docs/metrics.md), `record` (also `$SYMWATCH_RECORD`: record every message to this
-    SQLite file, `{run}` and `{rank}` expanded; see docs/recording.md).
+    SQLite file, `{run}` and `{rank}` expanded; see docs/recording.md), `history` (keep a
+    bounded history for viewers that attach late; default True; `history_samples`,
+    `history_events`, `history_bytes` bound it), `curve_server_key` and `curve_authorized`
+    (also `$SYMWATCH_CURVE_SERVER_KEY`/`$SYMWATCH_CURVE_AUTHORIZED`: CurveZMQ, required to
+    publish on a network interface; see docs/security.md), `insecure` (publish on a network
+    interface without keys: anyone who can reach it reads the stream; warned on every start).
     """
     return Agent(model, optimizer, **options)
 
