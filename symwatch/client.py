@@ -70,7 +70,7 @@ class Subscriber:
     are not thread-safe); `BackgroundFeed` wraps it in a thread of its own."""
 
     def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH, curve: Any = None) -> None:
         self.endpoint = validate_endpoint(endpoint)
         self.garbage = 0  # frames that were not a valid message, plus connections ZeroMQ cut
         self.last_error: str | None = None
@@ -88,6 +88,8 @@ class Subscriber:
         self._sock.setsockopt(zmq.RECONNECT_IVL, 20)
         if self.endpoint.startswith("tcp://["):
             self._sock.setsockopt(zmq.IPV6, 1)  # ZeroMQ refuses IPv6 literals without it
+        if curve is not None:  # a symwatch.keys.CurveClient: encrypted, the server key pinned
+            curve.apply(self._sock)
         try:
             self._monitor: zmq.Socket[bytes] | None = self._sock.get_monitor_socket(
                 _MONITOR_EVENTS)
@@ -185,12 +187,20 @@ class Subscriber:
 
 class BackgroundFeed:
     """A daemon thread that owns a Subscriber and hands decoded messages over through a bounded
-    thread-safe queue (`poll`) or a callback run in the feed thread (`on_messages`)."""
+    thread-safe queue (`poll`) or a callback run in the feed thread (`on_messages`).
+
+    With `history` (the default) a viewer that attaches late first gets the agent's history
+    (symwatch.late_join): those messages come first, marked `snapshot_seq`, then live ones."""
 
     def __init__(self, endpoint: str, *, on_messages: Callable[[list[Message]], None] | None = None,
                  max_queue: int = 100_000, poll_ms: int = 100,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, history: bool = True,
+                 history_endpoint: str | None = None, curve: Any = None) -> None:
         self.endpoint = validate_endpoint(endpoint)
+        self._curve = curve
+        self._history = history
+        self._history_endpoint = history_endpoint
+        self.late_join: Any = None  # the LateJoin, once the thread made it
         self.overflow = 0  # messages discarded because the reader fell behind by max_queue
         self._on_messages = on_messages
         self._queue: deque[Message] = deque()
@@ -212,7 +222,8 @@ class BackgroundFeed:
 
     @property
     def garbage(self) -> int:
-        return self._sub.garbage if self._sub else 0
+        return ((self._sub.garbage if self._sub else 0)
+                + (self.late_join.garbage if self.late_join is not None else 0))
 
     @property
     def last_error(self) -> str | None:
@@ -229,15 +240,25 @@ class BackgroundFeed:
     def _run(self) -> None:
         # The socket is created, used and closed in this thread only.
         try:
-            self._sub = Subscriber(self.endpoint, context=self._context)
+            self._sub = Subscriber(self.endpoint, context=self._context, curve=self._curve)
         except Exception as exc:  # noqa: BLE001 - reported through last_error
             self._error = str(exc)
             self._started.set()
             return
+        join = None
+        if self._history:
+            from symwatch.late_join import LateJoin
+
+            join = self.late_join = LateJoin(self.endpoint, context=self._context,
+                                             history_endpoint=self._history_endpoint,
+                                             curve=self._curve)
         self._started.set()
         try:
             while not self._stop.is_set():
-                batch = self._sub.poll(self._poll_ms)
+                waiting = join is not None and join.waiting
+                batch = self._sub.poll(min(self._poll_ms, 20) if waiting else self._poll_ms)
+                if join is not None and not (join.done and not batch):
+                    batch = join.process(batch)
                 if not batch:
                     continue
                 if self._on_messages is not None:

@@ -65,6 +65,13 @@ class Message:
     time: float
     step: int
     payload: dict[str, Any] = field(default_factory=dict)
+    # Set by the observer (never on the wire) on messages that came from a history snapshot
+    # rather than live: the `seq` up to which that snapshot was complete. See "Late join".
+    snapshot_seq: int | None = None
+
+    @property
+    def from_history(self) -> bool:
+        return self.snapshot_seq is not None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.payload.get(key, default)
@@ -87,7 +94,7 @@ _PAYLOAD_REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
 
 _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     META: {"world_size": (int,), "endpoint": (str,), "torch": (str,), "device": (str,),
-           "agent": (str,), "python": (str,), "skipped": (list,)},
+           "agent": (str,), "python": (str,), "skipped": (list,), "history_endpoint": (str,)},
     METRICS: {"nonfinite": (list,), "cost_s": Number},
     STATS: {"loss": _OptNumber, "step_time": _OptNumber, "steps_per_s": _OptNumber,
             "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,)},
@@ -95,7 +102,7 @@ _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     EVENT: {"layer": (str, type(None)), "metric": (str, type(None)), "direction": (str, type(None)),
             "before": _OptNumber, "after": _OptNumber, "score": _OptNumber,
             "exogenous": (str, type(None)), "onset": (int,), "jumps": (list,)},
-    HEARTBEAT: {"overhead": _OptNumber},
+    HEARTBEAT: {"overhead": _OptNumber, "history_endpoint": (str,)},
     GOODBYE: {"exit_code": (int, type(None))},
 }
 
@@ -242,3 +249,86 @@ def decode(frames: list[bytes]) -> Message:
 
 def _reject_constant(name: str) -> Any:
     raise ProtocolError(f"non-standard JSON constant {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Late join: the history service (a ROUTER socket next to the PUB one; ZeroMQ's Clone pattern).
+# Not message kinds (they never travel on the PUB socket), so v1 is unchanged for subscribers.
+#
+# request (DEALER -> ROUTER): [b"snapshot", {"v": 1, "max_bytes": N}]
+# reply   (ROUTER -> DEALER): the stored messages, each the same two frames it had on the PUB
+#                             socket, then [b"snapshot_end", {"v": 1, "run", "rank", "restart",
+#                             "seq", "count", "complete"}]
+
+SNAPSHOT = "snapshot"
+SNAPSHOT_END = "snapshot_end"
+MAX_REQUEST_BYTES = 4096  # a request is tiny; the agent's ROUTER refuses anything larger
+DEFAULT_SNAPSHOT_BYTES = 32 * 1024 * 1024  # what an observer asks for at most
+
+
+@dataclass(frozen=True)
+class SnapshotEnd:
+    """The end marker of a snapshot: every message of (run, rank, restart) with a sequence
+    number up to `seq` was published before the snapshot was taken; `count` messages came
+    before this marker; `complete` is False when `max_bytes` (or the agent) cut it short."""
+
+    run: str
+    rank: int
+    restart: int
+    seq: int
+    count: int
+    complete: bool
+
+
+def _small_json_object(frames: list[bytes], topic: str, limit: int) -> dict[str, Any]:
+    if len(frames) != 2:
+        raise ProtocolError(f"{topic}: expected 2 frames, got {len(frames)}")
+    if frames[0] != topic.encode("ascii"):
+        raise ProtocolError(f"expected topic {topic!r}, got {frames[0][:32]!r}")
+    if len(frames[1]) > limit:
+        raise ProtocolError(f"{topic}: body of {len(frames[1])} bytes exceeds {limit}")
+    try:
+        body = json.loads(frames[1].decode("utf-8"), parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"{topic}: body is not UTF-8 JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{topic}: body is not a JSON object")
+    if type(body.get("v")) is not int or body["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"{topic}: protocol version {body.get('v')!r} is not "
+                            f"{PROTOCOL_VERSION}")
+    return body
+
+
+def encode_snapshot_request(max_bytes: int = DEFAULT_SNAPSHOT_BYTES) -> list[bytes]:
+    if type(max_bytes) is not int or max_bytes <= 0:
+        raise ProtocolError(f"snapshot: max_bytes must be a positive integer, got {max_bytes!r}")
+    body = {"v": PROTOCOL_VERSION, "max_bytes": max_bytes}
+    return [SNAPSHOT.encode("ascii"), json.dumps(body, separators=(",", ":")).encode("ascii")]
+
+
+def decode_snapshot_request(frames: list[bytes]) -> int:
+    """The `max_bytes` of a valid snapshot request; ProtocolError for anything else."""
+    body = _small_json_object(frames, SNAPSHOT, MAX_REQUEST_BYTES)
+    max_bytes = body.get("max_bytes")
+    if type(max_bytes) is not int or max_bytes <= 0:
+        raise ProtocolError(f"snapshot: max_bytes must be a positive integer, got "
+                            f"{type(max_bytes).__name__}")
+    return max_bytes
+
+
+def encode_snapshot_end(end: SnapshotEnd) -> list[bytes]:
+    body = {"v": PROTOCOL_VERSION, "run": end.run, "rank": end.rank, "restart": end.restart,
+            "seq": end.seq, "count": end.count, "complete": end.complete}
+    return [SNAPSHOT_END.encode("ascii"), json.dumps(body, separators=(",", ":")).encode("ascii")]
+
+
+def decode_snapshot_end(frames: list[bytes]) -> SnapshotEnd:
+    body = _small_json_object(frames, SNAPSHOT_END, MAX_REQUEST_BYTES)
+    _check_fields(body, {"run": (str,), "rank": (int,), "restart": (int,), "seq": (int,),
+                         "count": (int,), "complete": (bool,)}, {}, SNAPSHOT_END)
+    if body["count"] < 0 or body["seq"] < -1:
+        raise ProtocolError(f"{SNAPSHOT_END}: negative count or seq")
+    return SnapshotEnd(run=body["run"], rank=body["rank"], restart=body["restart"],
+                       seq=body["seq"], count=body["count"], complete=body["complete"])

@@ -276,9 +276,15 @@ class Recorder:
         pub = (run, rank, restart)
         # Gaps are counted over all kinds of a publisher, as on the wire.
         last = self._last_seq.get(pub)
-        lost = seq - last - 1 if last is not None and seq > last + 1 else 0
-        if last is None or seq > last:
-            self._last_seq[pub] = seq
+        if isinstance(item, Message) and item.snapshot_seq is not None:
+            # From a late viewer's history snapshot (a thinned selection): its gaps are not
+            # losses; live messages continue from the snapshot's end.
+            lost = 0
+            self._last_seq[pub] = max(item.snapshot_seq, last if last is not None else -1)
+        else:
+            lost = seq - last - 1 if last is not None and seq > last + 1 else 0
+            if last is None or seq > last:
+                self._last_seq[pub] = seq
         text = body.decode("utf-8", errors="replace")
         if kind == protocol.META:
             # The periodic re-send for late viewers is stored only when something changed.

@@ -130,6 +130,10 @@ def live_runs(prune: bool = True) -> list[RunEntry]:
             if prune:
                 path.unlink(missing_ok=True)
                 _remove_stale_socket(entry.endpoint, folder.parent)
+                history = entry.extra.get("history_endpoint") if isinstance(
+                    entry.extra, dict) else None
+                if isinstance(history, str):  # the late-join socket beside it
+                    _remove_stale_socket(history, folder.parent)
             continue
         runs.append(entry)
     runs.sort(key=lambda e: e.started)

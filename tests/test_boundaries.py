@@ -48,7 +48,8 @@ def test_observer_imports_and_helps_with_torch_blocked():
         for mod in pkgutil.walk_packages(symwatch.__path__, 'symwatch.'):
             importlib.import_module(mod.name)
         from symwatch.cli import main
-        for argv in (['--help'], ['attach', '--help'], ['ls', '--help'], ['demo', '--help']):
+        for argv in (['--help'], ['attach', '--help'], ['ls', '--help'], ['demo', '--help'],
+                     ['run', '--help']):
             try:
                 main(argv)
             except SystemExit as exc:

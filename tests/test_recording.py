@@ -142,7 +142,9 @@ def test_downsampling_is_sublinear_and_keeps_events_goodbye_and_changed_meta(tmp
     sizes = {}
     for n in (4000, 16000):
         path = tmp_path / f"long{n}.db"
-        with Recorder(path, downsample=Downsample(recent=100)) as rec:
+        # a queue deep enough for the whole burst: this test is about thinning, not about
+        # what a full queue drops (a loaded machine may not drain 16,000 rows in time)
+        with Recorder(path, downsample=Downsample(recent=100), queue_size=100_000) as rec:
             s = Stream(rec)
             layers = ("fc1", "fc2")
             s.meta(layers=layers)
@@ -155,6 +157,7 @@ def test_downsampling_is_sublinear_and_keeps_events_goodbye_and_changed_meta(tmp
                     layers = ("fc1", "fc2", "fc3")
                     s.meta(step, layers=layers)  # changed: stored
             s.send(protocol.GOODBYE, n, reason="finished")
+        assert rec.dropped == 0
         with RecordingReader(path) as reader:
             msgs = list(reader)
         kinds = [m.kind for m in msgs]

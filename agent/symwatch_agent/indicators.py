@@ -106,6 +106,9 @@ class IndicatorEngine:
         self.scheduler = TierScheduler(budget, full_share=full_share)
         self.probe = ActivityProbe(self.layers)
         self.failed: dict[int, str] = {}  # layer index -> first error; such layers publish N/A
+        # Indicator jobs that raised (name -> first error): switched off for the rest of the
+        # run, their columns read N/A, every other indicator carries on; the agent reports once.
+        self.switched_off: dict[str, str] = {}
         self._optimizers = list(optimizers)
         self._observer: pairing.ForwardObserver | None = None
         self._sources: list[pairing.Observed] = []
@@ -201,12 +204,12 @@ class IndicatorEngine:
                 self._fail(group.idxs, exc)
                 out[group.idxs] = float("nan")
         if snap.tier == FULL:
-            self._guarded(self._duplicates, snap, out)
-            self._guarded(self._mirrors, snap, out)
+            self._guarded("duplicates", self._duplicates, snap, out)
+            self._guarded("mirrors", self._mirrors, snap, out)
         for i, active in snap.activity.items():
             if i not in self.failed:
                 self._put(out, [i], "relu_dead", 1 - active.float().mean().reshape(1))
-        self._deltas(out)
+        self._guarded("deltas", self._deltas, out)
         # Layers whose weights hold NaN/inf: every computed value becomes null (N/A).
         bad = out[:, _FINITE] == 0
         computed = ~torch.isnan(out[:, :_FINITE])
@@ -221,12 +224,13 @@ class IndicatorEngine:
                               (snap.event, end) if end is not None else None)
         return out
 
-    def _guarded(self, job: Any, snap: Snapshot, out: torch.Tensor) -> None:
+    def _guarded(self, name: str, job: Any, *args: Any) -> None:
+        if name in self.switched_off:
+            return
         try:
-            job(snap, out)
-        except Exception as exc:  # one indicator failing must not take the others down
-            self._fail([i for g in snap.groups for i in g.idxs if i in snap.outgoing
-                        or i in snap.second], exc)
+            job(*args)
+        except Exception as exc:  # one indicator failing must not take the others down:
+            self.switched_off[name] = f"{type(exc).__name__}: {exc}"
 
     def _fail(self, idxs: list[int], exc: BaseException) -> None:
         for i in idxs:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import zmq
 
-from symwatch import protocol
+from symwatch import protocol, runtime
 
 Payload = dict[str, Any]
 # A payload, or a function the publisher thread calls to build it (used to read back tensors
@@ -43,11 +43,12 @@ class Periodic:
     next_due: float = 0.0
 
 
-def resolve_bind_address(endpoint: str, insecure: bool = False) -> str:
+def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = False) -> str:
     """Check an endpoint the agent will bind and return the address to pass to zmq.bind.
 
     Port 0 or * means "any free port". Only loopback and Unix sockets are allowed without
-    `insecure`: anything else would let any host on the network read the stream.
+    CurveZMQ keys (`curve`) or `insecure`: anything else would let any host on the network
+    read the stream (docs/security.md).
     """
     if endpoint.startswith("ipc://"):
         return endpoint
@@ -59,11 +60,20 @@ def resolve_bind_address(endpoint: str, insecure: bool = False) -> str:
         port = "*"
     elif not port.isdigit():
         raise PublisherError(f"cannot publish on {endpoint!r}: port {port!r} is not a number")
-    if not insecure and not _is_loopback(host):
+    if not insecure and not curve and not _is_loopback(host):
         raise PublisherError(f"refusing to publish on {host!r}: only loopback (127.0.0.1) and "
-                             "ipc:// endpoints are private; view remote runs through SSH, or "
-                             "pass insecure=True if you accept that anyone can read the stream")
+                             "ipc:// endpoints are private; view remote runs through SSH, give "
+                             "CurveZMQ keys (`symwatch keygen`; curve_server_key= and "
+                             "curve_authorized=), or pass insecure=True if you accept that "
+                             "anyone who can reach the port can read the stream")
     return f"tcp://{host}:{port}"
+
+
+def exposed_without_curve(bind_address: str, curve: bool) -> bool:
+    """True when the stream is reachable from other hosts in clear text (insecure=True)."""
+    if curve or bind_address.startswith("ipc://"):
+        return False
+    return not _is_loopback(bind_address[len("tcp://"):].rpartition(":")[0])
 
 
 def _is_loopback(host: str) -> bool:
@@ -80,8 +90,13 @@ class Publisher:
 
     def __init__(self, endpoint: str, *, run: str, rank: int = 0, restart: int = 0,
                  queue_size: int = 256, idle_wait: float = 0.25, report: Reporter,
-                 insecure: bool = False, recorder: Any = None) -> None:
-        self._bind_address = resolve_bind_address(endpoint, insecure)
+                 insecure: bool = False, recorder: Any = None, history: Any = None,
+                 curve: Any = None) -> None:
+        self._bind_address = resolve_bind_address(endpoint, insecure, curve is not None)
+        # A symwatch_agent.curve.CurveServer (or None): both sockets become CURVE servers and a
+        # ZAP authenticator thread admits only the authorised client keys.
+        self._curve = curve
+        self.exposed = exposed_without_curve(self._bind_address, curve is not None)
         self._header = {"run": run, "rank": rank, "restart": restart}
         self._queue: queue.Queue[tuple[str, PayloadSource, int] | None] = queue.Queue(queue_size)
         self._periodic: list[Periodic] = []
@@ -94,6 +109,13 @@ class Publisher:
         # A symwatch.recording.Recorder (or None): each encoded message is handed to it here,
         # on this thread, with a non-blocking put; its own thread writes the file.
         self._recorder = recorder
+        # A symwatch_agent.history.History (or None): every encoded message is kept there, and
+        # a ROUTER socket next to the PUB one serves it to late viewers (docs/protocol.md,
+        # "Late join"). Both sockets belong to this thread.
+        self._history = history
+        self.history_endpoint = ""
+        self.history_garbage = 0  # requests on the history socket that were not valid
+        self.snapshots_served = 0
         self._seq = 0
         self.endpoint = ""
         self.dropped = 0  # items refused because the queue was full
@@ -147,33 +169,71 @@ class Publisher:
 
     def _run(self) -> None:
         ctx = zmq.Context()  # our own context: never share the user's
+        auth = None
         sock = ctx.socket(zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
         try:
+            if self._curve is not None:
+                auth = self._curve.authenticator(ctx)  # before bind: no unchecked handshake
+                self._curve.apply(sock)
             sock.bind(self._bind_address)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, OSError) as exc:
             self._start_error = exc
             sock.close(0)
+            if auth is not None:
+                auth.stop()
             ctx.term()
             self._ready.set()
             return
+        router = self._bind_history(ctx) if self._history is not None else None
         self._ready.set()
         try:
-            self._loop(sock)
+            self._loop(sock, router)
         finally:
             # A short linger gives the goodbye a chance to leave without ever hanging exit.
             sock.close(linger=200)
+            if router is not None:
+                router.close(linger=0)
+            if auth is not None:
+                auth.stop()
             ctx.term()
-            if self.endpoint.startswith("ipc://"):
-                try:
-                    os.unlink(self.endpoint[len("ipc://"):])
-                except OSError:
-                    pass
+            for endpoint in (self.endpoint, self.history_endpoint):
+                if endpoint.startswith("ipc://"):
+                    try:
+                        os.unlink(endpoint[len("ipc://"):])
+                    except OSError:
+                        pass
 
-    def _loop(self, sock: zmq.Socket) -> None:
+    def _bind_history(self, ctx: zmq.Context) -> zmq.Socket | None:
+        """The ROUTER socket late viewers ask for a snapshot; next to the PUB endpoint (same
+        directory or interface). Failing to bind it costs the late-join history, nothing else."""
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES)
+        # A reply is at most a few thousand messages; a peer that stops reading is cut off
+        # (ROUTER_MANDATORY makes a full pipe an error instead of a silent drop).
+        router.setsockopt(zmq.SNDHWM, 10_000)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if self._curve is not None:
+            self._curve.apply(router)
+        try:
+            router.bind(history_bind_address(self.endpoint))
+            self.history_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            return router
+        except zmq.ZMQError as exc:
+            router.close(0)
+            self._report("history", f"cannot serve late viewers a history: {exc}")
+            return None
+
+    def _loop(self, sock: zmq.Socket, router: zmq.Socket | None = None) -> None:
+        # The queue is a Python queue, not a socket, so the two cannot be polled together:
+        # with a history socket the thread wakes at least every 50 ms to answer requests.
+        idle_wait = self._idle_wait if router is None else min(self._idle_wait, 0.05)
         while True:
+            if router is not None:
+                self._serve_history(router)
             now = time.monotonic()
             for job in self._periodic:
                 if now >= job.next_due:
@@ -185,9 +245,9 @@ class Publisher:
                         continue
                     if message is not None:
                         self._send(sock, *message)
-            wait = min([j.next_due for j in self._periodic], default=now + self._idle_wait) - now
+            wait = min([j.next_due for j in self._periodic], default=now + idle_wait) - now
             try:
-                item = self._queue.get(timeout=max(0.0, min(wait, self._idle_wait)))
+                item = self._queue.get(timeout=max(0.0, min(wait, idle_wait)))
             except queue.Empty:
                 item = None
             if item is not None:
@@ -216,6 +276,8 @@ class Publisher:
             h = self._header
             self._recorder.submit(kind, h["run"], h["rank"], h["restart"], self._seq, now, step,
                                   frames[1])
+        if self._history is not None:
+            self._history.add(kind, self._seq, frames[0], frames[1])
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
             self._seq += 1
@@ -224,3 +286,55 @@ class Publisher:
             self._seq += 1  # a gap the receivers will see and count
         except zmq.ZMQError as exc:
             self._report("send", exc)
+
+    # -- late join -----------------------------------------------------------------------------
+
+    def _serve_history(self, router: zmq.Socket) -> None:
+        for _ in range(16):  # a few requests per turn; the rest wait for the next one
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:  # Again (nothing waiting) or a socket problem
+                return
+            try:
+                if len(frames) != 3:
+                    raise protocol.ProtocolError(f"expected 3 frames, got {len(frames)}")
+                max_bytes = protocol.decode_snapshot_request(frames[1:])
+            except protocol.ProtocolError:
+                self.history_garbage += 1  # counted and ignored: the socket does nothing else
+                continue
+            self._send_snapshot(router, frames[0], max_bytes)
+
+    def _send_snapshot(self, router: zmq.Socket, peer: bytes, max_bytes: int) -> None:
+        assert self._history is not None
+        entries, complete = self._history.snapshot(min(max_bytes, self._history.max_bytes))
+        count = 0
+        try:
+            for topic, body in entries:
+                router.send_multipart([peer, topic, body], flags=zmq.NOBLOCK, copy=False)
+                count += 1
+        except zmq.Again:
+            complete = False  # the viewer stopped reading; it sees count < what it expected
+        except zmq.ZMQError:
+            return  # the viewer went away
+        # Every message with a seq up to this one was handed to the PUB socket already.
+        end = protocol.SnapshotEnd(run=self._header["run"], rank=self._header["rank"],
+                                   restart=self._header["restart"], seq=self._seq - 1,
+                                   count=count, complete=complete)
+        try:
+            router.send_multipart([peer, *protocol.encode_snapshot_end(end)], flags=zmq.NOBLOCK)
+            self.snapshots_served += 1
+        except zmq.ZMQError:
+            pass
+
+
+def history_bind_address(endpoint: str) -> str:
+    """Where the history ROUTER binds, next to the bound PUB endpoint: `X.history.sock` beside
+    an ipc socket (loopback TCP when that path is too long), the same interface for TCP."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        base = path[:-len(".sock")] if path.endswith(".sock") else path
+        candidate = f"{base}.history.sock"
+        return (f"ipc://{candidate}" if len(candidate) <= runtime.MAX_IPC_PATH
+                else "tcp://127.0.0.1:*")
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    return f"tcp://{host}:*"

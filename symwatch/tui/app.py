@@ -217,7 +217,9 @@ class SymwatchApp(App[None]):
 
 
 def make_app(endpoint: str, *, title: str | None = None,
-             stale_after: float = DEFAULT_STALE_AFTER, bell: bool = False) -> SymwatchApp:
-    """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source."""
-    feed = BackgroundFeed(endpoint)
+             stale_after: float = DEFAULT_STALE_AFTER, bell: bool = False,
+             curve: Any = None) -> SymwatchApp:
+    """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source;
+    `curve` (symwatch.keys.CurveClient) for an agent that requires CurveZMQ."""
+    feed = BackgroundFeed(endpoint, curve=curve)
     return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True, bell=bell)

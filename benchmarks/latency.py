@@ -1,0 +1,520 @@
+"""Step-to-viewer latency, throughput, and a 1,000-layer stream at 10 Hz through the real client.
+
+    .venv/bin/python benchmarks/latency.py [--latency-seconds 20] [--flood-seconds 4]
+        [--scale-seconds 120] [--write docs/benchmarks.md] [--plot docs/img/scale.png]
+
+Every viewer here is a separate process built like the TUI: a `symwatch.client.BackgroundFeed`
+(its own thread and SUB socket, decoding with `symwatch.protocol`) and a main loop that folds
+what arrived into a `symwatch.state.RunState` every 0.2 s (the TUI's tick), without drawing.
+
+1. Latency. A small GPT-2-style model (benchmarks/peers.py) trains on the CPU with the real
+   agent (`watch(model, opt, every=10, budget=1.0, endpoint=…)`: every 10th step sampled, the
+   budget lifted only so that there are enough samples for a p99) on loopback TCP and on a Unix
+   socket. An optimizer post-step hook registered before the agent's stamps each step's wall
+   time (`time.time()`, the same clock in both processes); the viewer stamps each message when
+   the feed thread has decoded it and again when the tick has folded it. Latency = stamp − the
+   wall time of the step named in the message header. For METRICS it includes the sample itself
+   (spectra on the training thread), the publisher thread's build (decode, transition
+   detection), encoding, the socket, and decoding; STATS (loss, steps/s: sent from the step hook
+   every 0.25 s) show the transport alone. The header's `time` (when the publisher encoded the
+   message) splits agent-side from wire-and-decode time.
+2. Throughput. The real `Publisher` is flooded with `submit` (refused items are retried after
+   0.5 ms) for a few seconds with METRICS of 12 and of 1,000 layers × 15 indicators; the viewer
+   decodes and folds at once. Reported: messages/s the publisher sent, messages/s the viewer
+   decoded, and the viewer's CPU time per message (its capacity per core).
+3. Scale. The real `Publisher` sends a META of 1,000 layers and then METRICS of 1,000 layers ×
+   15 indicators (the set a Linear layer gets) at 10 Hz for `--scale-seconds`; the viewer
+   samples its own CPU time and RSS every second. Plot: docs/img/scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from doc_sections import write_section  # noqa: E402
+from machine import describe  # noqa: E402
+from symwatch import protocol  # noqa: E402
+
+TICK_S = 0.2  # symwatch.tui.app.TICK_S: how often the TUI folds what the feed received
+INDICATORS = ("weight_norm", "stable_rank", "effective_rank", "participation_ratio",
+              "numerical_rank", "dead_fraction", "balance", "balance_norm", "duplicate_fraction",
+              "distinct_units", "delta_perm", "delta_sign", "delta_rank", "delta_rescale",
+              "broken")
+
+
+# -- the viewer process ------------------------------------------------------------------------
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def viewer(endpoint: str, conn: Any, duration: float, mode: str) -> None:
+    """Runs in its own process. mode: 'latency' (record every message), 'flood' (fold in the
+    feed thread at once, count only) or 'scale' (tick like the TUI, sample CPU and RSS)."""
+    from symwatch.client import BackgroundFeed
+    from symwatch.state import RunState
+
+    state = RunState()
+    arrived: deque[tuple[Any, float]] = deque()
+    records: list[tuple[str, int, int, float, float, float]] = []
+    counts = {"decoded": 0, "first": None, "last": None}
+    done = threading.Event()
+
+    def on_messages(batch: list[Any]) -> None:
+        now = time.time()
+        if counts["first"] is None:
+            counts["first"] = now
+        counts["last"] = now
+        counts["decoded"] += len(batch)
+        if mode == "flood":
+            for msg in batch:
+                state.fold(msg)
+                if msg.kind == protocol.GOODBYE:
+                    done.set()
+        else:
+            arrived.extend((msg, now) for msg in batch)
+
+    feed = BackgroundFeed(endpoint, on_messages=on_messages, history=False)
+    # Ready once the subscription is live: the sender waits for this before it starts.
+    conn.send("ready")
+    samples: list[tuple[float, float, int]] = []
+    t0 = time.time()
+    cpu0 = time.process_time()
+    next_sample = t0
+    deadline = t0 + duration
+    while time.time() < deadline and not done.is_set():
+        time.sleep(TICK_S)
+        while arrived:
+            msg, t_decoded = arrived.popleft()
+            state.fold(msg)
+            if mode == "latency":
+                records.append((msg.kind, msg.step, msg.seq, msg.time, t_decoded, time.time()))
+            if msg.kind == protocol.GOODBYE:
+                done.set()
+        now = time.time()
+        if mode == "scale" and now >= next_sample:
+            samples.append((now - t0, time.process_time() - cpu0, _rss_bytes()))
+            next_sample += 1.0
+        if conn.poll():
+            if conn.recv() == "stop":
+                break
+    cpu = time.process_time() - cpu0
+    wall = time.time() - t0
+    feed.close()
+    conn.send({"records": records, "samples": samples, "decoded": counts["decoded"],
+               "first": counts["first"], "last": counts["last"], "cpu_s": cpu, "wall_s": wall,
+               "gap_dropped": state.gap_dropped, "garbage": feed.garbage,
+               "overflow": feed.overflow, "layers": len(state.layers)})
+
+
+class Viewer:
+    def __init__(self, endpoint: str, duration: float, mode: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=viewer, args=(endpoint, child, duration, mode),
+                                daemon=True)
+        self.proc.start()
+        if not self.conn.poll(60) or self.conn.recv() != "ready":
+            raise RuntimeError("the viewer process did not start")
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        if not self.conn.poll(timeout):
+            self.conn.send("stop")
+            if not self.conn.poll(10):
+                self.proc.kill()
+                raise RuntimeError("the viewer process did not answer")
+        out = self.conn.recv()
+        self.proc.join(5)
+        return out
+
+
+# -- 1. step → viewer latency ------------------------------------------------------------------
+
+def pctl(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    k = (len(xs) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def step_latency(transport: str, seconds: float) -> dict[str, Any]:
+    import torch  # noqa: F401 - the training side only
+    from peers import Setup, Trainer
+
+    from symwatch_agent import watch
+
+    trainer = Trainer(Setup())
+    step_wall: dict[int, float] = {}
+    counter = [0]
+
+    def stamp(*_: Any) -> None:
+        counter[0] += 1
+        step_wall[counter[0]] = time.time()
+
+    trainer.opt.register_step_post_hook(stamp)  # before the agent's: runs first
+    endpoint = "tcp://127.0.0.1:0" if transport == "tcp" else None
+    agent = watch(trainer.model, trainer.opt, every=10, budget=1.0, register=False,
+                  endpoint=endpoint)
+    view = Viewer(agent.endpoint, seconds + 30, "latency")
+    time.sleep(0.6)  # the subscription reaches the publisher
+    start = time.perf_counter()
+    steps = 0
+    while time.perf_counter() - start < seconds:
+        trainer.step()
+        steps += 1
+    train_s = time.perf_counter() - start
+    samples, dropped = agent.samples, agent.dropped
+    agent.close()
+    out = view.result(30)
+    lat: dict[str, dict[str, list[float]]] = {}
+    for kind, step, _seq, sent, decoded, folded in out["records"]:
+        if kind not in (protocol.METRICS, protocol.STATS) or step not in step_wall:
+            continue
+        t = step_wall[step]
+        d = lat.setdefault(kind, {"decoded": [], "folded": [], "agent": [], "wire": []})
+        d["decoded"].append(1000 * (decoded - t))
+        d["folded"].append(1000 * (folded - t))
+        d["agent"].append(1000 * (sent - t))
+        d["wire"].append(1000 * (decoded - sent))
+    return {"transport": transport, "endpoint": agent.endpoint, "lat": lat, "steps": steps,
+            "step_ms": 1000 * train_s / max(steps, 1), "samples": samples, "dropped": dropped,
+            "gap_dropped": out["gap_dropped"]}
+
+
+# -- 2. throughput -----------------------------------------------------------------------------
+
+def layer_names(n: int) -> list[str]:
+    parts = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.up", "mlp.down")
+    return [f"model.layers.{i // len(parts)}.{parts[i % len(parts)]}" for i in range(n)]
+
+
+def metrics_payload(names: list[str], rng: random.Random) -> dict[str, Any]:
+    values = {}
+    for name in names:
+        row: dict[str, float | int] = {k: rng.uniform(0.0, 60.0) for k in INDICATORS}
+        row["numerical_rank"] = rng.randint(1, 4096)
+        values[name] = row
+    return {"values": values, "nonfinite": [], "cost_s": 0.00123}
+
+
+def meta_payload(names: list[str]) -> dict[str, Any]:
+    return {"name": "bench-1000-layers", "pid": os.getpid(), "host": "localhost",
+            "command": ["bench"], "started": time.time(), "every": 1,
+            "layers": [{"name": n, "type": "Linear", "shape": [4096, 4096], "params": 4096 * 4096}
+                       for n in names],
+            "indicators": list(INDICATORS)}
+
+
+def make_publisher() -> Any:
+    from symwatch_agent.publisher import Publisher
+
+    errors: list[str] = []
+    pub = Publisher("tcp://127.0.0.1:0", run=f"bench{os.getpid():06d}"[:12],
+                    report=lambda what, exc: errors.append(f"{what}: {exc}"))
+    pub.start()
+    return pub
+
+
+def flood(n_layers: int, seconds: float) -> dict[str, Any]:
+    rng = random.Random(n_layers)
+    payload = metrics_payload(layer_names(n_layers), rng)
+    size = len(protocol.encode(protocol.METRICS, run="r", rank=0, restart=0, seq=0,
+                               time=0.0, step=0, payload=payload)[1])
+    pub = make_publisher()
+    view = Viewer(pub.endpoint, seconds + 30, "flood")
+    time.sleep(0.6)
+    start = time.perf_counter()
+    step = 0
+    sent0 = pub.sent
+    while time.perf_counter() - start < seconds:
+        step += 1
+        if not pub.submit(protocol.METRICS, payload, step):
+            time.sleep(0.0005)
+    elapsed = time.perf_counter() - start
+    sent = pub.sent - sent0
+    pub.close(goodbye={"reason": "finished", "exit_code": 0}, step=step)
+    out = view.result(3)  # the goodbye may be dropped at the high-water mark: then stop it
+    decoded = out["decoded"]
+    span = (out["last"] - out["first"]) if out["first"] and out["last"] else elapsed
+    return {"layers": n_layers, "bytes": size, "sent_per_s": sent / elapsed,
+            "decoded_per_s": decoded / max(span, 1e-9), "decoded": decoded, "sent": sent,
+            "cpu_ms_per_msg": 1000 * out["cpu_s"] / max(decoded, 1),
+            "lost": out["gap_dropped"]}
+
+
+# -- 3. 1,000 layers at 10 Hz ------------------------------------------------------------------
+
+def scale(n_layers: int, hz: float, seconds: float, progress: Any = None) -> dict[str, Any]:
+    names = layer_names(n_layers)
+    rng = random.Random(0)
+    pub = make_publisher()
+    view = Viewer(pub.endpoint, seconds + 60, "scale")
+    time.sleep(0.6)
+    pub.submit(protocol.META, meta_payload(names), 0)
+    base = {n: {k: rng.uniform(1.0, 60.0) for k in INDICATORS} for n in names}
+    start = time.perf_counter()
+    sent = 0
+    late = 0
+    step = 0
+    task = progress.add_task(f"{n_layers} layers at {hz:g} Hz", total=seconds) if progress else None
+    while True:
+        now = time.perf_counter() - start
+        if now >= seconds:
+            break
+        step += 1
+        values = {}
+        for n, row in base.items():  # a random walk, so every value changes every message
+            for k in row:
+                row[k] *= 1.0 + 0.01 * (rng.random() - 0.5)
+            values[n] = dict(row)
+        if pub.submit(protocol.METRICS, {"values": values, "nonfinite": [], "cost_s": 0.01},
+                      step):
+            sent += 1
+        if progress:
+            progress.update(task, completed=min(now, seconds))
+        wait = step / hz - (time.perf_counter() - start)
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            late += 1
+    elapsed = time.perf_counter() - start
+    pub.close(goodbye={"reason": "finished", "exit_code": 0}, step=step)
+    out = view.result(60)
+    if progress:
+        progress.remove_task(task)
+    samples = out["samples"]
+    return {"layers": n_layers, "hz": hz, "seconds": elapsed, "sent": sent,
+            "publisher_sent": pub.sent, "received_metrics": max(0, out["decoded"] - 2),
+            "late_ticks": late, "samples": samples, "cpu_s": out["cpu_s"], "wall_s": out["wall_s"],
+            "gap_dropped": out["gap_dropped"], "overflow": out["overflow"],
+            "garbage": out["garbage"], "layers_seen": out["layers"]}
+
+
+def scale_summary(res: dict[str, Any]) -> dict[str, float]:
+    s = res["samples"]
+    cpu = []
+    for (t0, c0, _), (t1, c1, _) in zip(s, s[1:]):
+        if t1 > t0:
+            cpu.append((c1 - c0) / (t1 - t0))
+    rss = [(t, r / 2**20) for t, _, r in s]
+    half = [x for x in rss if x[0] >= rss[-1][0] / 2] if rss else []
+    slope = 0.0
+    if len(half) >= 3:
+        mt = statistics.mean(t for t, _ in half)
+        mr = statistics.mean(r for _, r in half)
+        var = sum((t - mt) ** 2 for t, _ in half)
+        slope = 60 * sum((t - mt) * (r - mr) for t, r in half) / var if var else 0.0
+    return {"cpu_mean": res["cpu_s"] / max(res["wall_s"], 1e-9),
+            "cpu_p95": pctl(cpu, 0.95) if cpu else math.nan,
+            "cpu_max": max(cpu) if cpu else math.nan,
+            "rss_start": _rss_at(rss, 0.25),
+            "rss_half": _rss_at(rss, 0.5),
+            "rss_end": rss[-1][1] if rss else math.nan,
+            "rss_max": max(r for _, r in rss) if rss else math.nan,
+            "rss_slope_mb_per_min": slope}
+
+
+def _rss_at(rss: list[tuple[float, float]], fraction: float) -> float:
+    if not rss:
+        return math.nan
+    t = rss[-1][0] * fraction
+    return next(r for s, r in rss if s >= t)
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = res["samples"]
+    t = [x[0] for x in s]
+    cpu = [0.0] + [100 * (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+                   for (t0, c0, _), (t1, c1, _) in zip(s, s[1:])]
+    rss = [x[2] / 2**20 for x in s]
+    fig, ax1 = plt.subplots(figsize=(8, 3.2), dpi=110)
+    ax1.plot(t, cpu, color="tab:blue", lw=1, label="viewer CPU (% of one core)")
+    ax1.axhline(100, color="tab:blue", ls=":", lw=0.8)
+    ax1.set_xlabel("time (s)")
+    ax1.set_ylabel("CPU, % of one core", color="tab:blue")
+    ax1.set_ylim(0, max(110, max(cpu) * 1.1))
+    ax2 = ax1.twinx()
+    ax2.plot(t, rss, color="tab:red", lw=1.5, label="viewer RSS (MiB)")
+    ax2.set_ylabel("RSS (MiB)", color="tab:red")
+    ax2.set_ylim(0, max(rss) * 1.3 if rss else 1)
+    ax1.set_title(f"Viewer (client + RunState) on {res['layers']:,} layers × {len(INDICATORS)} "
+                  f"indicators at {res['hz']:g} Hz")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def render(lat: list[dict[str, Any]], fl: list[dict[str, Any]], sc: dict[str, Any],
+           args: argparse.Namespace, plot_rel: str | None) -> tuple[str, list[str]]:
+    cmd = (f".venv/bin/python benchmarks/latency.py --latency-seconds {args.latency_seconds:g} "
+           f"--flood-seconds {args.flood_seconds:g} --scale-seconds {args.scale_seconds:g} "
+           "--write docs/benchmarks.md")
+    lines = ["## Latency, throughput and a 1,000-layer stream", "", "```bash", cmd, "```", "",
+             f"Machine: {describe()}. Viewers are separate processes built like the TUI "
+             "(a `BackgroundFeed` thread decoding, a 0.2 s tick folding into a `RunState`), "
+             "without drawing.", "",
+             "### Step to viewer", "",
+             f"A GPT-2-style model (benchmarks/peers.py) training for {args.latency_seconds:g} s "
+             "per transport with `watch(model, opt, every=10, budget=1.0)` (the budget lifted only "
+             "for enough samples). Milliseconds from the end of the optimizer step named in the "
+             "message to the viewer: *decoded* (the client has the message), *folded* (the "
+             "next 0.2 s tick put it into the state the TUI draws from). "
+             "*agent* is the share before the publisher encoded it (the sample itself, then "
+             "build and queueing on the publisher thread).", "",
+             "| transport | message | n | decoded p50 | p95 | p99 | folded p50 | p95 | p99 | "
+             "agent p50 | wire+decode p50 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in lat:
+        for kind in (protocol.METRICS, protocol.STATS):
+            d = r["lat"].get(kind)
+            if not d:
+                lines.append(f"| {r['transport']} | {kind} | 0 | – | – | – | – | – | – | – | – |")
+                continue
+            lines.append(
+                f"| {r['transport']} | {kind} | {len(d['decoded'])} | "
+                f"{pctl(d['decoded'], .5):.1f} | {pctl(d['decoded'], .95):.1f} | "
+                f"{pctl(d['decoded'], .99):.1f} | {pctl(d['folded'], .5):.1f} | "
+                f"{pctl(d['folded'], .95):.1f} | {pctl(d['folded'], .99):.1f} | "
+                f"{pctl(d['agent'], .5):.1f} | {pctl(d['wire'], .5):.2f} |")
+    lines.append("")
+    lines.append("Training: " + "; ".join(
+        f"{r['transport']} {r['steps']} steps at {r['step_ms']:.1f} ms/step, {r['samples']} "
+        f"samples, {r['dropped']} dropped by the agent, {r['gap_dropped']} lost on the way"
+        for r in lat) + ".")
+    lines += ["", "### Throughput", "",
+              f"The real `Publisher` flooded for {args.flood_seconds:g} s per size (loopback TCP); "
+              "the viewer decodes and folds each message as it arrives.", "",
+              "| message | bytes | publisher sent/s | viewer decoded/s | viewer CPU per message | "
+              "viewer capacity (1 core) | lost (sent, not received) |",
+              "|---|---|---|---|---|---|---|"]
+    for f in fl:
+        lines.append(f"| METRICS, {f['layers']:,} layers × {len(INDICATORS)} | {f['bytes']:,} | "
+                     f"{f['sent_per_s']:,.0f} | {f['decoded_per_s']:,.0f} | "
+                     f"{f['cpu_ms_per_msg']:.2f} ms | {1000 / f['cpu_ms_per_msg']:,.0f}/s | "
+                     f"{f['lost']:,} |")
+    lines += ["", "Under a flood ZeroMQ drops what a slow subscriber cannot take (its high-water "
+              "mark); the viewer counts those as lost from the sequence gaps, as the TUI shows "
+              "them."]
+    ss = scale_summary(sc)
+    lines += ["", f"### {sc['layers']:,} layers at {sc['hz']:g} Hz", "",
+              f"METRICS of {sc['layers']:,} layers × {len(INDICATORS)} indicators (about "
+              f"{fl[-1]['bytes'] // 1024 if fl else 0:,} KiB each) at {sc['hz']:g} Hz for "
+              f"{sc['seconds']:.0f} s through the real publisher and client.", ""]
+    if plot_rel:
+        lines += [f"![Viewer CPU and memory over the run]({plot_rel})", ""]
+    lines += ["| figure | value |", "|---|---|",
+              f"| messages sent / received | {sc['sent']:,} / {sc['received_metrics']:,} |",
+              f"| lost (sequence gaps) / viewer queue overflow / garbage | "
+              f"{sc['gap_dropped']} / {sc['overflow']} / {sc['garbage']} |",
+              f"| viewer CPU, mean (of one core) | {100 * ss['cpu_mean']:.1f} % |",
+              f"| viewer CPU, p95 / max of 1 s windows | {100 * ss['cpu_p95']:.1f} % / "
+              f"{100 * ss['cpu_max']:.1f} % |",
+              f"| viewer RSS at ¼ / ½ / end of the run, max | {ss['rss_start']:.1f} / "
+              f"{ss['rss_half']:.1f} / {ss['rss_end']:.1f} MiB, {ss['rss_max']:.1f} MiB |",
+              f"| RSS trend over the second half | {ss['rss_slope_mb_per_min']:+.2f} MiB/min |",
+              f"| sender ticks late (could not keep 10 Hz) | {sc['late_ticks']} |",
+              "", "RSS rises until the state's history is full (`RunState` keeps the last "
+              "300 points of each of the 15,000 series, as (step, value) tuples) and is flat "
+              "after that."]
+    # Targets
+    tgt = []
+    tcp = next((r for r in lat if r["transport"] == "tcp"), None)
+    if tcp and tcp["lat"].get(protocol.METRICS):
+        d = tcp["lat"][protocol.METRICS]
+        p95 = pctl(d["decoded"], .95)
+        p95f = pctl(d["folded"], .95)
+        tgt.append(f"- p95 step-to-viewer latency ≤ 100 ms on loopback (METRICS, decoded): "
+                   f"{p95:.1f} ms — **{'met' if p95 <= 100 else 'NOT met'}**. Folded by the "
+                   f"TUI's 0.2 s tick: p95 {p95f:.1f} ms — "
+                   f"**{'met' if p95f <= 100 else 'NOT met'}** (the tick alone adds up to 200 ms).")
+    kept = sc["received_metrics"] >= sc["sent"] and sc["gap_dropped"] == 0 and sc["overflow"] == 0
+    tgt.append(f"- 1,000 layers at 10 Hz kept up with: {sc['received_metrics']:,} of "
+               f"{sc['sent']:,} received, {sc['gap_dropped']} lost — "
+               f"**{'met' if kept else 'NOT met'}**.")
+    tgt.append(f"- … using less than one core: mean {100 * ss['cpu_mean']:.1f} %, p95 "
+               f"{100 * ss['cpu_p95']:.1f} % of a core — "
+               f"**{'met' if ss['cpu_mean'] < 1.0 and ss['cpu_p95'] < 1.0 else 'NOT met'}**.")
+    flat = abs(ss["rss_slope_mb_per_min"]) < 1.0
+    tgt.append(f"- … memory flat (|RSS trend| < 1 MiB/min over the second half): "
+               f"{ss['rss_slope_mb_per_min']:+.2f} MiB/min, {ss['rss_start']:.1f} → "
+               f"{ss['rss_end']:.1f} MiB — **{'met' if flat else 'NOT met'}**.")
+    lines += ["", "Targets:", *tgt]
+    return "\n".join(lines), tgt
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency-seconds", type=float, default=20.0,
+                        help="training time per transport")
+    parser.add_argument("--flood-seconds", type=float, default=4.0)
+    parser.add_argument("--scale-seconds", type=float, default=120.0)
+    parser.add_argument("--scale-layers", type=int, default=1000)
+    parser.add_argument("--scale-hz", type=float, default=10.0)
+    parser.add_argument("--write", type=Path, default=None,
+                        help="replace the latency section of this Markdown file")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "scale.png")
+    args = parser.parse_args(argv)
+    console = Console()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("latency: tcp", total=4)
+        lat = []
+        for transport in ("tcp", "ipc"):
+            progress.update(task, description=f"step → viewer latency over {transport}")
+            lat.append(step_latency(transport, args.latency_seconds))
+            progress.advance(task)
+        fl = []
+        for n in (12, 1000):
+            progress.update(task, description=f"publisher flood, {n} layers")
+            fl.append(flood(n, args.flood_seconds))
+        progress.advance(task)
+        progress.update(task, description="scale")
+        sc = scale(args.scale_layers, args.scale_hz, args.scale_seconds, progress)
+        progress.advance(task)
+    plot_rel = None
+    if args.plot:
+        plot(sc, args.plot)
+        try:
+            plot_rel = os.path.relpath(args.plot, (args.write or ROOT / "docs" / "x").parent)
+        except ValueError:
+            plot_rel = str(args.plot)
+    text, tgt = render(lat, fl, sc, args, plot_rel)
+    console.print(text)
+    if args.write:
+        write_section(args.write, "latency", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
