@@ -14,7 +14,8 @@ import pytest
 
 from symwatch import runtime
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+              pytest.mark.timeout(400)]  # a loaded 2-core box: torch start-up and the UI
 
 NUMBER = re.compile(r"^-?\d+(\.\d+)?%?$")
 

@@ -233,7 +233,11 @@ class Publisher:
         idle_wait = self._idle_wait if router is None else min(self._idle_wait, 0.05)
         while True:
             if router is not None:
-                self._serve_history(router)
+                try:
+                    self._serve_history(router)
+                except Exception as exc:  # late join must never take the stream down
+                    self._report("history", exc)
+                    router = None  # closed by _run; no more snapshots this run
             now = time.monotonic()
             for job in self._periodic:
                 if now >= job.next_due:
