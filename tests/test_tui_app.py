@@ -64,7 +64,7 @@ def app_on(agent, **kw) -> SymwatchApp:
 
 async def test_states_waiting_live_stale_finished(fake_agent):
     agent = fake_agent()
-    app = app_on(agent, stale_after=0.6)
+    app = app_on(agent, stale_after=1.5)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause(0.1)
         assert app.state.connection() == WAITING
@@ -80,7 +80,7 @@ async def test_states_waiting_live_stale_finished(fake_agent):
         await until(pilot, lambda: "LIVE" in text_of(app.query_one(RunHeader)))
         assert not banner.display and not app.query_one("#main").has_class("-waiting")
 
-        # Silence: stale after 0.6 s, with a "Disconnected" banner over the last values.
+        # Silence: stale after 1.5 s, with a "Disconnected" banner over the last values.
         await until(pilot, lambda: app.state.connection() == STALE, what="stale")
         await until(pilot, lambda: "Disconnected" in text_of(banner))
         assert banner.display and "STALE" in text_of(app.query_one(RunHeader))
