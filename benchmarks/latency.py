@@ -15,8 +15,8 @@ what arrived into a `symwatch.state.RunState` every 0.2 s (the TUI's tick), with
    the feed thread has decoded it and again when the tick has folded it. Latency = stamp − the
    wall time of the step named in the message header. For METRICS it includes the sample itself
    (spectra on the training thread), the publisher thread's build (decode, transition
-   detection), encoding, the socket, and decoding; STATS (loss, steps/s: sent from the step hook
-   every 0.25 s) show the transport alone. The header's `time` (when the publisher encoded the
+   detection), encoding, the socket, and decoding. STATS (loss, steps/s) are sent from the
+   step hook every 0.25 s and right after each sample, so most of them here wait for a sample. The header's `time` (when the publisher encoded the
    message) splits agent-side from wire-and-decode time.
 2. Throughput. The real `Publisher` is flooded with `submit` (refused items are retried after
    0.5 ms) for a few seconds with METRICS of 12 and of 1,000 layers × 15 indicators; the viewer
@@ -388,7 +388,8 @@ def render(lat: list[dict[str, Any]], fl: list[dict[str, Any]], sc: dict[str, An
              "message to the viewer: *decoded* (the client has the message), *folded* (the "
              "next 0.2 s tick put it into the state the TUI draws from). "
              "*agent* is the share before the publisher encoded it (the sample itself, then "
-             "build and queueing on the publisher thread).", "",
+             "build and queueing on the publisher thread). STATS go out from the step hook "
+             "every 0.25 s and right after each sample, so most of them here wait for one.", "",
              "| transport | message | n | decoded p50 | p95 | p99 | folded p50 | p95 | p99 | "
              "agent p50 | wire+decode p50 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
