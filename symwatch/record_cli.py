@@ -33,6 +33,12 @@ REPLAY_EPILOG = (
     "keys in the UI: space play/pause, + faster, - slower, Home start, End end, q quit")
 
 
+REPORT_EPILOG = (
+    "examples:\n"
+    "  symwatch report run.db -o report.html\n"
+    "  symwatch record my-run -o run.db && symwatch report run.db -o run.html")
+
+
 def _speed(text: str) -> float:
     if text.lower() in ("max", "inf"):
         return math.inf
@@ -80,6 +86,16 @@ def add_recording_parsers(subs: Any, subparser: Callable[..., Any]) -> None:
     replay.add_argument("--headless", action="store_true",
                         help="no UI: print the summary (about once a second) until the end")
     replay.set_defaults(func=cmd_replay)
+
+    report = subparser(
+        subs, "report", "write a recording as a self-contained HTML report with plots",
+        "Write one HTML file (inline SVG plots, no external files) with the loss, every "
+        "layer's indicators over steps with the transitions marked, the events, and the GPUs "
+        "over time: for sharing and papers.", REPORT_EPILOG)
+    report.add_argument("path", help="the recording")
+    report.add_argument("-o", "--output", required=True, metavar="HTML",
+                        help="where to write the report")
+    report.set_defaults(func=cmd_report)
 
 
 # -- record ------------------------------------------------------------------------------------
@@ -229,4 +245,22 @@ def _replay_headless(source: Any, interval: float = 1.0) -> int:
     if not state.finished:
         end += DEFAULT_STALE_AFTER + 1.0  # the recording stops here; the run went silent
     print("\n".join(summary_lines(state, end)), flush=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from symwatch.cli import UserError
+    from symwatch.report import build_report
+
+    reader = _reader(args.path)
+    try:
+        page = build_report(reader, source=args.path)
+    finally:
+        reader.close()
+    try:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(page)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.output}: {exc}", code=1) from None
+    print(f"wrote {args.output} ({len(page) // 1024:,} KiB)", file=sys.stderr)
     return 0
