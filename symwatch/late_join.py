@@ -158,7 +158,15 @@ class LateJoin:
             del self._held[:len(self._held) - MAX_HELD]
         if self._first_at is None:
             return []  # nothing live yet: the subscription may not be in place; ask later
+        if any(msg.kind == protocol.GOODBYE for msg in batch):
+            # the run has ended: its history socket is gone; deliver what arrived, at once
+            self.error = "the run ended before its history was fetched"
+            return self._finish([])
         target = self._history_endpoint
+        if target is None:
+            # the agent may have registered since we started (it imports torch first)
+            known = registry_history_endpoint(self.endpoint)
+            target = usable_history_endpoint(self.endpoint, known) if known else None
         if target is None:
             for msg in batch:
                 if msg.kind in (protocol.META, protocol.HEARTBEAT):
