@@ -108,6 +108,7 @@ class Agent:
         self._next_stats_at = 0.0
         self._cost_s = 0.0  # time the agent spent on the training thread
         self._budgeted_cost_s = 0.0  # the same, less the first sample: what the budget limits
+        self._publisher_cost_s = 0.0  # the publisher thread's share of sampling (decode, detect)
         self._failed_layers_reported = 0
         self._switched_off_reported = 0
         self._hooks: list[Any] = []
@@ -247,7 +248,8 @@ class Agent:
                 self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
             self._last_step_at = now
             if (self.steps % self.every == 0 and
-                    self._budgeted_cost_s <= self.budget * (now - self._started_perf)) \
+                    self._budgeted_cost_s + self._publisher_cost_s
+                    <= self.budget * (now - self._started_perf)) \
                     or self.steps == 1:
                 self._sample()
                 cost = time.perf_counter() - now
@@ -282,10 +284,14 @@ class Agent:
         def build() -> dict[str, Any]:
             if ready is not None:
                 ready.synchronize()  # waits on the side stream, on the publisher thread
+            work_started = time.perf_counter()
             values, nonfinite = self.engine.decode(rows.tolist())
             self._report_failed_layers()
             self._report_switched_off()
             self._detect_transitions(step, values, _host_number(loss), hyperparameters)
+            # This thread's work competes with training for the CPU and the GIL: charge it to
+            # the budget too. (Only this thread writes the counter.)
+            self._publisher_cost_s += time.perf_counter() - work_started
             return {"values": values, "nonfinite": nonfinite,
                     "cost_s": time.perf_counter() - started}
 
@@ -337,7 +343,7 @@ class Agent:
             return {"loss": _host_number(loss),
                     "step_time": step_time,
                     "steps_per_s": 1.0 / step_time if step_time else None,
-                    "overhead": self._cost_s / wall,
+                    "overhead": (self._cost_s + self._publisher_cost_s) / wall,
                     "dropped": self._publisher.dropped,
                     "scalars": {k: _host_number(v) for k, v in scalars.items()}}
 
@@ -348,7 +354,7 @@ class Agent:
     def _heartbeat(self) -> tuple[str, dict[str, Any], int]:
         wall = max(time.time() - self.started, 1e-9)
         payload = {"dropped": self._publisher.dropped, "samples": self.samples,
-                   "overhead": self._cost_s / wall}
+                   "overhead": (self._cost_s + self._publisher_cost_s) / wall}
         if self._publisher.history_endpoint:  # so a late viewer learns it within a second
             payload["history_endpoint"] = self._publisher.history_endpoint
         return protocol.HEARTBEAT, payload, self.steps
