@@ -12,13 +12,13 @@ not sample) and one full indicator sample of the model.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import machine
 from doc_sections import write_section
 from rich.console import Console
 from rich.progress import Progress
@@ -99,9 +99,7 @@ def render(result: dict[str, object], args: argparse.Namespace) -> str:
     lines = [
         f"Model: MLP, {result['layers']} Linear layers of width {args.width} "
         f"({result['params']:,} parameters), AdamW, batch 64, CPU; {args.trials} interleaved "
-        f"trials of {args.steps} steps. Machine: {platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
-        f"torch {torch.__version__}.",
+        f"trials of {args.steps} steps. Machine: {machine.describe()}.",
         "",
         "| condition | median step (ms) | median time vs. none | spread (min–max ratio) |",
         "|---|---|---|---|",

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import machine
 from doc_sections import write_section
 from rich.console import Console
 from rich.progress import Progress
@@ -158,14 +158,13 @@ def weightwatcher_seconds(model: nn.Module) -> float | None:
 
 def render(r: dict[str, object], args: argparse.Namespace) -> str:
     device = args.device
-    dev_name = (torch.cuda.get_device_name(0) if device.startswith("cuda")
-                else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
+    dev_name = (f"{torch.cuda.get_device_name(0)} on {machine.describe()}"
+                if device.startswith("cuda") else machine.describe())
     ww = r["ww_s"]
     lines = [
         f"GPT-2-small-shaped stack: {r['layers']} Linear layers (12 × 2304×768, 768×768, "
         f"3072×768, 768×3072; {r['params']:,} parameters), GPT-2-like weights "
-        f"(N(0, 0.02²) + 32 power-law rank-one modes). Device: {dev_name}; torch "
-        f"{torch.__version__}, Python {platform.python_version()}. Median of {args.repeats} "
+        f"(N(0, 0.02²) + 32 power-law rank-one modes). Device: {dev_name}. Median of {args.repeats} "
         "runs after a warm-up.",
         "",
         "| sweep | time (s) | vs. weightwatcher `analyze()` |",

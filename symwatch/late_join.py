@@ -12,7 +12,6 @@ short wait: live messages then flow as before.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -62,18 +61,9 @@ def usable_history_endpoint(pub_endpoint: str, advertised: Any) -> str | None:
     if not port.isdigit() or not 0 < int(port) < 65536:
         return None
     if pub_endpoint.startswith("ipc://"):
-        return advertised if _is_loopback(host) else None
+        return advertised if runtime.is_loopback_host(host) else None
     pub_host = pub_endpoint[len("tcp://"):].rpartition(":")[0]
     return f"tcp://{pub_host}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def fetch_snapshot(endpoint: str, *, context: zmq.Context[Any] | None = None,

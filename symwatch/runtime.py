@@ -9,6 +9,7 @@ Unix sockets.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tempfile
@@ -45,6 +46,17 @@ def runtime_dir(create: bool = True) -> Path:
             os.chmod(path, 0o700)
         (path / "runs").mkdir(mode=0o700, exist_ok=True)
     return path
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback addresses (IPv6 may come in brackets): the hosts an
+    endpoint may name and still be reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def default_ipc_endpoint(run_id: str) -> str | None:

@@ -147,9 +147,9 @@ def test_bad_or_half_given_keys_mean_not_watching_not_a_crash(keys, capsys):
 @needs_torch
 def test_insecure_on_a_network_interface_warns_on_every_start(monkeypatch, capsys):
     # Pretend 127.0.0.1 is a network interface, so nothing is really exposed by this test.
-    import symwatch_agent.publisher as publisher
+    from symwatch import runtime
 
-    monkeypatch.setattr(publisher, "_is_loopback", lambda host: False)
+    monkeypatch.setattr(runtime, "is_loopback_host", lambda host: False)
     for _ in range(2):
         agent = _agent(endpoint="tcp://127.0.0.1:0", insecure=True)
         try:

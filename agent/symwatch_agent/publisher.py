@@ -10,7 +10,6 @@ registry refresh) so the training thread never does.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import queue
 import threading
@@ -60,7 +59,7 @@ def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = Fa
         port = "*"
     elif not port.isdigit():
         raise PublisherError(f"cannot publish on {endpoint!r}: port {port!r} is not a number")
-    if not insecure and not curve and not _is_loopback(host):
+    if not insecure and not curve and not runtime.is_loopback_host(host):
         raise PublisherError(f"refusing to publish on {host!r}: only loopback (127.0.0.1) and "
                              "ipc:// endpoints are private; view remote runs through SSH, give "
                              "CurveZMQ keys (`symwatch keygen`; curve_server_key= and "
@@ -73,16 +72,7 @@ def exposed_without_curve(bind_address: str, curve: bool) -> bool:
     """True when the stream is reachable from other hosts in clear text (insecure=True)."""
     if curve or bind_address.startswith("ipc://"):
         return False
-    return not _is_loopback(bind_address[len("tcp://"):].rpartition(":")[0])
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    return not runtime.is_loopback_host(bind_address[len("tcp://"):].rpartition(":")[0])
 
 
 class Publisher:
