@@ -87,13 +87,15 @@ class RunEntry:
         return asdict(self)
 
 
-def _entry_path(run_id: str) -> Path:
-    return runtime_dir() / "runs" / f"{run_id}.json"
+def _entry_path(run_id: str, root: Path | None = None) -> Path:
+    return (root if root is not None else runtime_dir()) / "runs" / f"{run_id}.json"
 
 
-def write_entry(entry: RunEntry) -> Path:
-    """Write (or rewrite) a run's entry atomically, so readers never see half a file."""
-    path = _entry_path(entry.run_id)
+def write_entry(entry: RunEntry, root: Path | None = None) -> Path:
+    """Write (or rewrite) a run's entry atomically, so readers never see half a file. A long-
+    lived writer passes the `root` it registered under, so that a later change of
+    SYMWATCH_RUNTIME_DIR in its process cannot scatter its entries over two registries."""
+    path = _entry_path(entry.run_id, root)
     # Unique per writer: the agent's thread and its owner may both write the same entry.
     tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -102,9 +104,9 @@ def write_entry(entry: RunEntry) -> Path:
     return path
 
 
-def remove_entry(run_id: str) -> None:
+def remove_entry(run_id: str, root: Path | None = None) -> None:
     try:
-        _entry_path(run_id).unlink()
+        _entry_path(run_id, root).unlink()
     except FileNotFoundError:
         pass
 

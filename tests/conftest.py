@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from typing import Callable, Iterator
@@ -19,7 +20,17 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     path = tempfile.mkdtemp(prefix="sw-")
     monkeypatch.setenv("SYMWATCH_RUNTIME_DIR", path)
     yield path
+    _close_agents_left_open()
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _close_agents_left_open() -> None:
+    """A test that fails before its `agent.close()` must not leave hooks on torch (the patched
+    `Tensor.backward`) or a registered run behind to break the tests after it."""
+    agent_module = sys.modules.get("symwatch_agent.agent")
+    if agent_module is not None:
+        for agent in agent_module.open_agents():
+            agent.close()
 
 
 class Collector:

@@ -117,9 +117,10 @@ def test_the_time_budget_skips_samples_that_would_exceed_it(collector):
     for _ in range(20):
         _train_step(model, opt)
     sub.wait_for(lambda m: m.kind == protocol.STATS and m.step == 20)
-    # step 1 always samples and its one-off warm-up is not charged; step 2's cost then puts
-    # the agent over budget for the rest of the run
-    assert [m.step for m in sub.of_kind(protocol.METRICS)] == [1, 2]
+    # step 1 always samples and its one-off warm-up is not charged to the training thread; the
+    # publisher thread's share of step 1 is, as soon as that thread has finished it, which may
+    # be before or after step 2 decides. Either way the agent is over budget from then on.
+    assert [m.step for m in sub.of_kind(protocol.METRICS)] in ([1], [1, 2])
     agent.close()
 
 

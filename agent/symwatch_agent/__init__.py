@@ -4,6 +4,6 @@ the observer side (textual, rich)."""
 
 from __future__ import annotations
 
-from symwatch_agent.agent import Agent, __version__, watch
+from symwatch_agent.agent import Agent, __version__, open_agents, watch
 
-__all__ = ["Agent", "watch", "__version__"]
+__all__ = ["Agent", "watch", "open_agents", "__version__"]

@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import uuid
+import weakref
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -37,6 +38,15 @@ __version__ = "0.1.0"
 # Options can come from the environment (the zero-code launcher sets these).
 ENV_NAME, ENV_EVERY, ENV_ENDPOINT = "SYMWATCH_NAME", "SYMWATCH_EVERY", "SYMWATCH_ENDPOINT"
 ENV_RECORD = "SYMWATCH_RECORD"  # record every message to this SQLite file ({run}, {rank} expand)
+
+# Agents not yet closed in this process: an injector asks before adding a second one, and a
+# test harness closes what a failed test left behind.
+_open_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
+
+
+def open_agents() -> list[Agent]:
+    """The agents in this process that are watching (started and not closed)."""
+    return [agent for agent in list(_open_agents) if not agent._closed]
 
 
 class Agent:
@@ -115,6 +125,15 @@ class Agent:
         self._gpu: GpuSampler | None = None
         self._nvml = nvml
         self._closed = False
+        # Fixed for the run's lifetime: entries always go to the registry the run started in.
+        self._registry_root = None
+        if register:
+            try:
+                self._registry_root = runtime.runtime_dir()
+            except OSError as exc:  # `symwatch ls` will not list it; the stream still works
+                register = False
+                print(f"symwatch: this run will not be listed by `symwatch ls`: {exc}",
+                      file=sys.stderr)
         self._register = register
         self._optimizers: list[torch.optim.Optimizer] = []
         # Transition detection runs on the publisher thread over every sample (on by default,
@@ -180,6 +199,7 @@ class Agent:
         if capture_backward:
             loss_capture.add_listener(self._on_backward)
         atexit.register(self.close)
+        _open_agents.add(self)
         if register:
             self._refresh_registry()  # now, so `symwatch ls` sees the run at once
         if not self.layers and not self.replica:
@@ -227,7 +247,7 @@ class Agent:
         if self._gpu is not None:
             self._gpu.close()
         if self._register:
-            runtime.remove_entry(self.run_id)
+            runtime.remove_entry(self.run_id, self._registry_root)
 
     def __enter__(self) -> Agent:
         return self
@@ -388,7 +408,7 @@ class Agent:
             endpoint=self._publisher.endpoint, started=self.started, host=socket.gethostname(),
             steps=self.steps, updated=time.time(),
             extra=({"history_endpoint": self._publisher.history_endpoint}
-                   if self._publisher.history_endpoint else {})))
+                   if self._publisher.history_endpoint else {})), self._registry_root)
         return None
 
     # -- failures ------------------------------------------------------------------------------
