@@ -39,6 +39,12 @@ FORMAT = "symwatch-recording"
 FORMAT_VERSION = 1
 
 THINNED_KINDS = (protocol.METRICS, protocol.STATS, protocol.GPU, protocol.HEARTBEAT)
+# Rare, small and irreplaceable: when the queue is full of samples these still get in, into a
+# reserve that samples cannot use (a lost transition or goodbye cannot be recomputed; a lost
+# sample is one point of a series that has thousands).
+PRIORITY_KINDS = (protocol.EVENT, protocol.GOODBYE, protocol.META)
+PRIORITY_RESERVE_ITEMS = 1_000
+PRIORITY_RESERVE_BYTES = 4 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,7 +121,8 @@ class Recorder:
         self.thinned = 0  # rows deleted by downsampling
         self.failed: str | None = None  # why recording stopped, if it did
         self._warn = warn or _default_warn
-        self._queue: queue.Queue[_Item | None] = queue.Queue(queue_size)
+        self._queue_size = queue_size  # for ordinary messages; priority ones may go beyond
+        self._queue: queue.Queue[_Item | None] = queue.Queue(queue_size + PRIORITY_RESERVE_ITEMS)
         # Encoded bodies waiting in the queue, bounded too: 10,000 samples of a large model
         # would otherwise be gigabytes.
         self._max_queue_bytes = max_queue_bytes
@@ -149,12 +156,14 @@ class Recorder:
                step: int, body: bytes) -> bool:
         """Queue one encoded message; never blocks, never raises. False if not queued."""
         size = len(body)
+        priority = kind in PRIORITY_KINDS
+        limit = self._max_queue_bytes + (PRIORITY_RESERVE_BYTES if priority else 0)
         with self._bytes_lock:
-            if self._queued_bytes + size > self._max_queue_bytes:
+            if self._queued_bytes + size > limit:
                 self.dropped += 1
                 return False
             self._queued_bytes += size
-        if self._put((kind, run, rank, restart, seq, time_, step, body)):
+        if self._put((kind, run, rank, restart, seq, time_, step, body), priority):
             return True
         self._unqueue(size)
         return False
@@ -165,11 +174,14 @@ class Recorder:
 
     def submit_message(self, msg: Message) -> bool:
         """Queue a decoded message (the writer thread encodes its body)."""
-        return self._put(msg)
+        return self._put(msg, msg.kind in PRIORITY_KINDS)
 
-    def _put(self, item: _Item) -> bool:
+    def _put(self, item: _Item, priority: bool = False) -> bool:
         if self.failed is not None or self._stop.is_set():
             self.dropped += 1
+            return False
+        if not priority and self._queue.qsize() >= self._queue_size:
+            self.dropped += 1  # the rest of the queue is the priority kinds' reserve
             return False
         try:
             self._queue.put_nowait(item)

@@ -409,3 +409,15 @@ def test_replay_headless_of_a_run_without_goodbye_ends_stale(tmp_path):
     result = symwatch("replay", str(path), "--headless", "--speed", "1000")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-3].startswith("[stale] rec-run step 10")
+
+
+def test_a_full_queue_still_takes_transitions_and_the_goodbye(tmp_path):
+    """Under pressure samples are dropped (and counted), but the rare irreplaceable messages
+    (events, goodbye) use a reserve that samples cannot fill."""
+    rec = Recorder(tmp_path / "r.db", queue_size=10)  # not started: nothing drains the queue
+    body = b"{}"
+    accepted = [rec.submit(protocol.METRICS, "run", 0, 0, seq, 0.0, seq, body) for seq in range(15)]
+    assert accepted == [True] * 10 + [False] * 5 and rec.dropped == 5
+    assert rec.submit(protocol.EVENT, "run", 0, 0, 15, 0.0, 15, body)
+    assert rec.submit(protocol.GOODBYE, "run", 0, 0, 16, 0.0, 16, body)
+    assert rec.dropped == 5
