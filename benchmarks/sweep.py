@@ -9,16 +9,23 @@ power-law strengths, so the spectra have a bulk and a tail as trained weights do
 
 Measured, each the median of `--repeats` runs after one warm-up:
 - the cheap tier (norms, dead units, balance, softmax, stable rank by warm-started power
-  iteration) and the full tier (every indicator: exact spectra, duplicates, mirror);
-- accuracy of effective rank and stable rank against float64 SVD (worst layer);
+  iteration) and the full tier (every indicator: exact spectra, duplicates, mirror), and the
+  exact spectra alone (Gram matrices + eigvalsh: the floor under the full tier);
 - weightwatcher's `analyze()` on the same model, timed once (skipped if not installed:
-  `pip install -e .[bench]`).
+  `pip install -e .[bench]`);
+- accuracy against float64 SVD, worst layer, for three kinds of spectra with the same shapes:
+  the GPT-2-like weights above, PyTorch's default (random) initialisation, and a trained-like
+  heavy-tailed spectrum (σ_k ∝ k^-0.6 over the whole spectrum): effective rank, stable rank,
+  participation ratio (relative error) and numerical rank (count difference), full tier;
+  stable rank of the cheap tier.
+The machine's load average is printed with the figures: on a shared machine it moves them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -32,9 +39,12 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
+from symwatch_agent import spectra
 from symwatch_agent.indicators import IndicatorEngine
 from symwatch_agent.layers import discover
 from symwatch_agent.schedule import CHEAP, FULL
+
+KINDS = ("GPT-2-like", "random init", "heavy-tailed")
 
 SHAPES = {"attn_qkv": (2304, 768), "attn_out": (768, 768), "mlp_up": (3072, 768),
           "mlp_down": (768, 3072)}
@@ -48,9 +58,23 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(768, 3072), nn.GELU(), nn.Linear(3072, 768))
 
 
-def make_model(seed: int = 0) -> nn.Module:
+def make_model(seed: int = 0, kind: str = "GPT-2-like") -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     model = nn.Sequential(*[Block() for _ in range(12)])
+    if kind == "random init":
+        return model  # nn.Linear's default (Kaiming-uniform) initialisation
+    if kind == "heavy-tailed":
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, nn.Linear):
+                    m, n = layer.weight.shape
+                    k = min(m, n)
+                    u, _ = torch.linalg.qr(torch.randn(m, k, generator=gen))
+                    v, _ = torch.linalg.qr(torch.randn(n, k, generator=gen))
+                    s = 2.0 * torch.arange(1, k + 1, dtype=torch.float32) ** -0.6
+                    layer.weight.copy_((u * s) @ v.T)
+        return model
     with torch.no_grad():
         for layer in model.modules():
             if isinstance(layer, nn.Linear):
@@ -81,16 +105,51 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def exact(model: nn.Module) -> dict[str, tuple[float, float]]:
-    """(effective rank, stable rank) per layer from a float64 SVD."""
+def exact(model: nn.Module) -> dict[str, dict[str, float]]:
+    """The rank family per layer from a float64 SVD (numerical rank at the first sample's
+    threshold, max(0.3·σ₁, 0.1))."""
     out = {}
     for name, layer in model.named_modules():
         if isinstance(layer, nn.Linear):
             s = torch.linalg.svdvals(layer.weight.detach().double().cpu())
             p = s / s.sum()
-            out[name] = (math.exp(-(p * p.log()).sum().item()),
-                         (s.square().sum() / s[0] ** 2).item())
+            s2 = s.square()
+            out[name] = {"effective_rank": math.exp(-(p * p.log()).sum().item()),
+                         "stable_rank": (s2.sum() / s2[0]).item(),
+                         "participation_ratio": (s2.sum() ** 2 / s2.square().sum()).item(),
+                         "numerical_rank": int((s > max(0.3 * s[0].item(), 0.1)).sum())}
     return out
+
+
+def worst(values: dict, truth: dict, key: str) -> float:
+    """Worst layer's relative error (numerical rank: largest count difference)."""
+    if key == "numerical_rank":
+        return max(abs(values[n][key] - t[key]) for n, t in truth.items())
+    return max(abs(values[n][key] - t[key]) / t[key] for n, t in truth.items())
+
+
+def accuracy(kind: str) -> dict[str, float]:
+    """One cold cheap sample, one warm cheap and one full, against float64 SVD."""
+    model = make_model(kind=kind)
+    truth = exact(model)
+    layers, _ = discover({"": model})
+    engine = IndicatorEngine(layers)
+    engine.attach({"": model}, observe=False)
+    cold, _ = engine.decode(engine.compute(CHEAP).tolist())
+    cheap, _ = engine.decode(engine.compute(CHEAP).tolist())
+    full, _ = engine.decode(engine.compute(FULL).tolist())
+    out = {f"full {key}": worst(full, truth, key) for key in
+           ("effective_rank", "stable_rank", "participation_ratio", "numerical_rank")}
+    out["cheap stable_rank"] = worst(cheap, truth, "stable_rank")
+    out["cold stable_rank"] = worst(cold, truth, "stable_rank")
+    return out
+
+
+def spectra_only(model: nn.Module) -> None:
+    """Exact spectra of every layer (the Gram matrix + eigvalsh the full tier computes)."""
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            spectra.singular_values(layer.weight.detach().unsqueeze(0))
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -99,42 +158,38 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     layers, _ = discover({"": model})
     result: dict[str, object] = {"layers": len(layers),
                                  "params": sum(p.numel() for p in model.parameters())}
+    result["load"] = os.getloadavg()[0]
     with Progress(transient=True) as progress:
-        task = progress.add_task("sweep", total=5)
-        progress.update(task, description="exact float64 SVD")
-        truth = exact(model)
-        progress.advance(task)
+        task = progress.add_task("sweep", total=5 + len(KINDS))
+        for kind in KINDS:
+            progress.update(task, description=f"accuracy: {kind} (float64 SVD)")
+            result[f"accuracy {kind}"] = accuracy(kind)
+            progress.advance(task)
 
         progress.update(task, description="cold cheap tier")
         engine = IndicatorEngine(layers)
         engine.attach({"": model}, observe=False)
         start = time.perf_counter()
-        cold, _ = engine.decode(engine.compute(CHEAP).tolist())
+        engine.compute(CHEAP)
         result["cheap_cold_s"] = time.perf_counter() - start
         progress.advance(task)
 
         progress.update(task, description="cheap tier")
-        result["cheap_s"], rows = timed(lambda: engine.compute(CHEAP), device, args.repeats)
-        cheap, _ = engine.decode(rows.tolist())
+        result["cheap_s"], _ = timed(lambda: engine.compute(CHEAP), device, args.repeats)
         progress.advance(task)
 
         progress.update(task, description="full tier")
         result["full_s"], rows = timed(lambda: engine.compute(FULL), device, args.repeats)
-        full, _ = engine.decode(rows.tolist())
+        progress.advance(task)
+
+        progress.update(task, description="exact spectra alone")
+        result["spectra_s"], _ = timed(lambda: spectra_only(model), device, args.repeats)
         progress.advance(task)
 
         progress.update(task, description="weightwatcher analyze()")
         result["ww_s"] = weightwatcher_seconds(model) if not args.no_ww else None
         progress.advance(task)
-
-    def worst(values, k):
-        return max(abs(values[name][key] - truth[name][k]) / truth[name][k]
-                   for name, key in ((n, ("effective_rank", "stable_rank")[k]) for n in truth))
-
-    result["err_eff_full"] = worst(full, 0)
-    result["err_stable_full"] = worst(full, 1)
-    result["err_stable_cheap"] = worst(cheap, 1)
-    result["err_stable_cold"] = worst(cold, 1)
+    result["load_after"] = os.getloadavg()[0]
     return result
 
 
@@ -161,28 +216,48 @@ def render(r: dict[str, object], args: argparse.Namespace) -> str:
     dev_name = (f"{torch.cuda.get_device_name(0)} on {machine.describe()}"
                 if device.startswith("cuda") else machine.describe())
     ww = r["ww_s"]
+
+    def vs(seconds: float) -> str:
+        return f"{ww / seconds:.1f}× faster |" if ww else "– |"
+
     lines = [
         f"GPT-2-small-shaped stack: {r['layers']} Linear layers (12 × 2304×768, 768×768, "
         f"3072×768, 768×3072; {r['params']:,} parameters), GPT-2-like weights "
-        f"(N(0, 0.02²) + 32 power-law rank-one modes). Device: {dev_name}. Median of {args.repeats} "
-        "runs after a warm-up.",
+        f"(N(0, 0.02²) + 32 power-law rank-one modes). Device: {dev_name}; load average "
+        f"{r['load']:.1f} before, {r['load_after']:.1f} after (a shared machine: other work "
+        f"slows every row). Median of {args.repeats} runs after a warm-up.",
         "",
         "| sweep | time (s) | vs. weightwatcher `analyze()` |",
         "|---|---|---|",
-        f"| symwatch cheap tier (warm power iteration) | {r['cheap_s']:.3f} | "
-        + (f"{ww / r['cheap_s']:.0f}× faster |" if ww else "– |"),
+        f"| symwatch cheap tier (warm power iteration) | {r['cheap_s']:.3f} | {vs(r['cheap_s'])}",
         f"| symwatch cheap tier, first sample (cold, 30 iterations) | {r['cheap_cold_s']:.3f} | – |",
         f"| symwatch full tier (every indicator, exact spectra) | {r['full_s']:.3f} | "
-        + (f"{ww / r['full_s']:.0f}× faster |" if ww else "– |"),
+        f"{vs(r['full_s'])}",
+        f"| of which: exact spectra alone (48 Gram products + eigvalsh) | {r['spectra_s']:.3f} | "
+        f"{vs(r['spectra_s'])}",
         (f"| weightwatcher 0.7 `analyze()` (CPU, defaults) | {ww:.2f} | 1× |" if ww else
          "| weightwatcher `analyze()` | not installed (`pip install -e .[bench]`) | – |"),
         "",
-        "| accuracy against float64 SVD (worst layer, relative) | error |",
-        "|---|---|",
-        f"| effective rank, full tier | {100 * r['err_eff_full']:.3f} % |",
-        f"| stable rank, full tier | {100 * r['err_stable_full']:.3f} % |",
-        f"| stable rank, cheap tier (warm) | {100 * r['err_stable_cheap']:.3f} % |",
-        f"| stable rank, cheap tier (first sample, cold) | {100 * r['err_stable_cold']:.3f} % |",
+        "Accuracy against float64 SVD, worst of the 48 layers (relative error; numerical rank: "
+        "count difference):",
+        "",
+        "| indicator | " + " | ".join(KINDS) + " |",
+        "|---|" + "---|" * len(KINDS),
+    ]
+    rows = (("full effective_rank", "effective rank, full tier"),
+            ("full stable_rank", "stable rank, full tier"),
+            ("full participation_ratio", "participation ratio, full tier"),
+            ("full numerical_rank", "numerical rank, full tier"),
+            ("cheap stable_rank", "stable rank, cheap tier (warm)"),
+            ("cold stable_rank", "stable rank, cheap tier (first sample, cold)"))
+    for key, label in rows:
+        cells = []
+        for kind in KINDS:
+            value = r[f"accuracy {kind}"][key]  # type: ignore[index]
+            cells.append(f"{value:.0f}" if key.endswith("numerical_rank") else
+                         f"{100 * value:.3f} %")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
         "",
         "Targets: full sweep ≥ 20× faster than `analyze()`; effective and stable rank within 1 %.",
         "weightwatcher computes more per layer (power-law fits of each spectrum), so the ratio "
@@ -208,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("what")
     table.add_column("value")
     for key, value in result.items():
-        table.add_row(key, "–" if value is None else f"{value:.4g}")
+        if isinstance(value, dict):
+            for sub, x in value.items():
+                table.add_row(f"{key}: {sub}", f"{x:.4g}")
+        else:
+            table.add_row(key, "–" if value is None else f"{value:.4g}")
     console.print(table)
     if args.write:
         write_section(args.write, "sweep", text)

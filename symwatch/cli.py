@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from symwatch import __version__, runtime
 from symwatch.runtime import RunEntry
+from symwatch.ssh import add_ssh_arguments, is_ssh_target, relay_main
 
 if TYPE_CHECKING:  # imported for real only by the commands that need them
     from symwatch.client import BackgroundFeed
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  symwatch attach tcp://127.0.0.1:5555\n"
                "  symwatch alert --exec 'notify-send \"$SYMWATCH_TEXT\"'   act on transitions\n"
                "  symwatch record -o run.db          record the live run (replay, export it)\n"
-               "  symwatch run -- python train.py    watch a script without changing it\n\n"
+               "  symwatch run -- python train.py    watch a script without changing it\n"
+               "  symwatch inject 12345              the agent into a run already going\n"
+               "  symwatch relay                     one view of a many-node job\n\n"
                "In your script:  import symwatch; symwatch.watch(model, optimizer)")
     parser.add_argument("--version", action="version", version=f"symwatch {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -76,12 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
         "  symwatch attach tcp://127.0.0.1:5555   an endpoint\n"
         "  symwatch attach ipc:///run/user/1000/symwatch/3f9c.sock\n"
         "  symwatch attach --headless             print a text summary once a second instead\n"
-        "  symwatch attach --bell                 ring the terminal bell on each transition\n\n"
-        "keys in the UI: q quit, ? help, p pause/resume")
+        "  symwatch attach --bell                 ring the terminal bell on each transition\n"
+        "  symwatch attach --pid 12345            a training process started without symwatch\n"
+        "  symwatch attach --theme light          the light theme (default: follow the terminal)\n"
+        "  symwatch attach --web                  serve the same view to a browser on localhost\n"
+        "  symwatch attach 3f9c --web --port 8000\n"
+        "  symwatch attach ssh://gpu-box          the run on another machine, over ssh\n"
+        "  symwatch attach ssh://me@gpu-box:2222/my-experiment -o IdentityFile=~/.ssh/k\n"
+        "  symwatch attach --ssh-host ssh://gpu-box   the Runs screen: runs here and there\n\n"
+        "keys in the UI: q quit, ? help, / filter, s sort, Ctrl+P every command (docs/tui.md)")
     attach.add_argument("target", nargs="?", metavar="ENDPOINT",
-                        help="tcp://HOST:PORT, ipc://PATH, or a run id / run name")
+                        help="tcp://HOST:PORT, ipc://PATH, ssh://[USER@]HOST[:PORT][/RUN] "
+                             "(docs/remote.md), or a run id / run name")
     attach.add_argument("--headless", action="store_true",
                         help="no UI: print a compact summary about once a second")
+    attach.add_argument("--ssh-host", action="append", default=[], metavar="ssh://HOST",
+                        help="also list this host's runs in the Runs screen (repeatable; "
+                             "hosts added in the screen are remembered)")
     attach.add_argument("--bell", action="store_true",
                         help="ring the terminal bell on each detected transition")
     attach.add_argument("--server-key", metavar="FILE", default=None,
@@ -90,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--client-key", metavar="FILE", default=None,
                         help="CurveZMQ: your secret key file (*.key_secret), whose public key "
                              "the agent authorises")
+    _add_view_options(attach)
+    add_ssh_arguments(attach)
+    from symwatch.inject import add_inject_parser, add_target_options  # symwatch/inject.py
+
+    attach.add_argument("--pid", type=_positive_int, default=None, metavar="PID",
+                        help="a running training process, without symwatch: inject the agent "
+                             "(like `symwatch inject PID`) unless it already publishes")
+    add_target_options(attach, _positive_float)
     attach.set_defaults(func=cmd_attach)
 
     ls = _subparser(
@@ -98,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(${runtime.ENV_RUNTIME_DIR} overrides where that is).",
         "examples:\n"
         "  symwatch ls\n"
-        "  symwatch ls --json | jq '.[0].endpoint'")
+        "  symwatch ls --json | jq '.[0].endpoint'\n"
+        "  symwatch ls ssh://gpu-box              the runs on another machine (docs/remote.md)")
+    ls.add_argument("target", nargs="?", metavar="ssh://HOST",
+                    help="list the runs on this host over ssh instead")
     ls.add_argument("--json", action="store_true", help="print the entries as a JSON list")
+    add_ssh_arguments(ls)
     ls.set_defaults(func=cmd_ls)
 
     demo = _subparser(
@@ -123,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint", default=None,
                       help="where the demo publishes (default: a private Unix socket, else a "
                            "free loopback TCP port)")
+    demo.add_argument("--theme", choices=("auto", "dark", "light", "terminal"), default=None,
+                      help="colours, as for attach (default: $SYMWATCH_THEME, else auto)")
     demo.set_defaults(func=cmd_demo)
 
     inspect = _subparser(
@@ -133,11 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         "examples:\n"
         "  symwatch inspect model.pt\n"
         "  symwatch inspect model.safetensors --json | jq '.layers[0].values'\n"
-        "  symwatch inspect whole_module.pt --trust   a pickled nn.Module (runs its code)")
+        "  symwatch inspect whole_module.pt --trust   a pickled nn.Module (runs its code)\n"
+        "  symwatch inspect gpt2_state_dict.pt --heads 12   attention heads of a state_dict")
     inspect.add_argument("path", help="the saved model")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.add_argument("--trust", action="store_true",
                          help="allow unpickling a whole module (runs code from the file)")
+    inspect.add_argument("--heads", metavar="N[:KV]", default=None,
+                         help="attention heads per module where the file does not say (a "
+                              "state_dict never does; default: a config.json next to it)")
     inspect.set_defaults(func=cmd_inspect)
 
     from symwatch.alert_cli import add_alert_parser  # imported here: alert_cli imports cli
@@ -155,7 +187,63 @@ def build_parser() -> argparse.ArgumentParser:
     from symwatch.launch import add_run_parser
 
     add_run_parser(subs, _subparser)
+    add_inject_parser(subs, _subparser)
+    from symwatch.relay_cli import add_relay_parser  # symwatch/relay_cli.py
+
+    add_relay_parser(subs, _subparser)
+    # No help: run on a host by `symwatch attach ssh://…` when it forbids Unix-socket forwarding.
+    relay = subs.add_parser("ssh-relay")
+    relay.add_argument("paths", nargs="+")
+    relay.set_defaults(func=lambda args: relay_main(args.paths))
     return parser
+
+
+def _add_view_options(parser: argparse.ArgumentParser) -> None:
+    """--theme, --title and --web/--host/--port/--allow-remote (docs/tui.md)."""
+    from symwatch.tui.themes import CHOICES, ENV_THEME
+
+    parser.add_argument("--theme", choices=CHOICES, default=None,
+                        help=f"colours: auto follows the terminal's background (COLORFGBG), "
+                             f"else dark; terminal uses its own palette (default: "
+                             f"${ENV_THEME}, else auto)")
+    parser.add_argument("--title", default=None, help="the view's title (default: the run)")
+    parser.add_argument("--web", action="store_true",
+                        help="serve the view to a browser (textual-serve) instead of this "
+                             "terminal; prints the URL")
+    parser.add_argument("--host", default=None, metavar="HOST",
+                        help="with --web: the address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=_non_negative_int, default=0, metavar="N",
+                        help="with --web: the port (default 0: a free one)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="with --web: allow a --host that is not loopback")
+
+
+def _theme(args: argparse.Namespace) -> str:
+    """The Textual theme for --theme / $SYMWATCH_THEME; a bad $SYMWATCH_THEME is a UserError."""
+    from symwatch.tui.themes import ThemeError, resolve_theme
+
+    try:
+        return resolve_theme(getattr(args, "theme", None))
+    except ThemeError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _serve_web(args: argparse.Namespace, endpoint: str, title: str) -> int:
+    from symwatch.web import DEFAULT_HOST, WebError, attach_command, check_host, serve
+
+    host = args.host or DEFAULT_HOST
+    try:
+        check_host(host, args.allow_remote)
+        command = attach_command(endpoint, title=title, theme=args.theme, bell=args.bell,
+                                 server_key=_absolute(args.server_key),
+                                 client_key=_absolute(args.client_key))
+        return serve(command, host=host, port=args.port, title=title)
+    except WebError as exc:
+        raise UserError(str(exc), code=1) from None
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
 
 
 def _number(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Any:
@@ -246,6 +334,21 @@ def _curve_client(args: argparse.Namespace) -> Any:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    if (args.host is not None or args.port or args.allow_remote) and not args.web:
+        raise UserError("--host, --port and --allow-remote go with --web")
+    if args.web and args.headless:
+        raise UserError("--web and --headless exclude each other: choose one")
+    theme = _theme(args)
+    if is_ssh_target(args.target) or args.ssh_host:  # symwatch/remote_cli.py, symwatch/ssh.py
+        from symwatch.remote_cli import attach_remote, attach_runs_screen
+
+        if args.target is None:
+            return attach_runs_screen(args, theme, _curve_client(args))
+        return attach_remote(args, theme, _curve_client(args))
+    if args.pid is not None:  # symwatch/inject.py: the agent injected unless already there
+        from symwatch.inject import attach_pid_target
+
+        args.target = attach_pid_target(args)
     runs = runtime.live_runs()
     if args.target is not None:
         endpoint, name = resolve_target(args.target, runs)
@@ -253,17 +356,13 @@ def cmd_attach(args: argparse.Namespace) -> int:
         raise UserError(NO_RUNS, code=1)
     elif len(runs) == 1:
         endpoint, name = runs[0].endpoint, runs[0].name
-    elif args.headless or not sys.stdout.isatty():
+    elif args.headless or args.web or not sys.stdout.isatty():
         listing = "\n".join(f"  {r.run_id}  {r.name}  {r.endpoint}" for r in runs)
         raise UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
     else:
-        from symwatch.tui.picker import PickerApp
+        from symwatch.remote_cli import attach_runs_screen
 
-        chosen = PickerApp(runs).run()
-        if chosen is None:
-            _err("symwatch attach: no run chosen")
-            return 1
-        endpoint, name = chosen.endpoint, chosen.name
+        return attach_runs_screen(args, theme, _curve_client(args))
     curve = _curve_client(args)
     if args.headless:
         from symwatch.client import BackgroundFeed
@@ -272,10 +371,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
         with BackgroundFeed(endpoint, curve=curve) as feed:
             follow(feed, sys.stdout, name=name)
         return 0
+    title = args.title or f"symwatch — {name or endpoint}"
+    if args.web:
+        return _serve_web(args, endpoint, title)
     from symwatch.tui.app import make_app
 
-    app = make_app(endpoint, title=f"symwatch — {name or endpoint}", bell=args.bell,
-                   curve=curve)
+    app = make_app(endpoint, title=title, bell=args.bell, curve=curve, theme=theme)
     app.run()
     return 0
 
@@ -283,7 +384,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
 # -- ls ----------------------------------------------------------------------------------------
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    runs = runtime.live_runs()
+    if args.target is not None and not is_ssh_target(args.target):
+        raise UserError(f"{args.target!r}: `symwatch ls` takes no argument, or ssh://HOST")
+    if args.target is not None:
+        from symwatch.remote_cli import remote_runs
+
+        runs = remote_runs(args)
+    else:
+        runs = runtime.live_runs()
     if args.json:
         print(json.dumps([r.to_json() for r in runs], indent=2))
         return 0
@@ -315,6 +423,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from symwatch.client import BackgroundFeed, EndpointError
     from symwatch.launcher import DemoProcess, free_endpoint
 
+    theme = _theme(args)
     endpoint = args.endpoint or free_endpoint()
     steps = args.steps if args.steps is not None else (
         DEFAULT_HEADLESS_STEPS if args.headless else 0)
@@ -344,7 +453,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return _demo_headless(feed, demo, args.name)
         from symwatch.tui.app import SymwatchApp
 
-        SymwatchApp(feed, title=f"symwatch — demo ({endpoint})").run()
+        SymwatchApp(feed, title=f"symwatch — demo ({endpoint})", theme=theme).run()
         rc = demo.poll()
         if rc not in (None, 0):
             return _demo_failed(demo, f"the demo run exited with status {rc}")
@@ -405,6 +514,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", INSPECT_MODULE, args.path]
     argv += ["--json"] if args.json else []
     argv += ["--trust"] if args.trust else []
+    argv += ["--heads", args.heads] if getattr(args, "heads", None) else []
     try:
         return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
     except OSError as exc:

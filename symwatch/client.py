@@ -76,6 +76,9 @@ class Subscriber:
         self.last_error: str | None = None
         self.received = 0  # valid messages
         self.resets = 0  # connections we re-opened after ZeroMQ gave up on them
+        # None until the first connection; then False while it is down (ZeroMQ retrying),
+        # True while up. From the socket monitor, read in `poll`.
+        self.connected: bool | None = None
         self.max_batch = max_batch
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
@@ -145,8 +148,11 @@ class Subscriber:
                 event = recv_monitor_message(self._monitor)["event"]
                 if event == zmq.EVENT_DISCONNECTED:
                     self._lost_at = time.monotonic()
+                    self.connected = False
                 elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
                     self._lost_at = None
+                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        self.connected = True
         except zmq.ZMQError:
             return
         if self._lost_at is not None and time.monotonic() - self._lost_at > _RETRY_GRACE_S:
@@ -202,6 +208,9 @@ class BackgroundFeed:
         self._history_endpoint = history_endpoint
         self.late_join: Any = None  # the LateJoin, once the thread made it
         self.overflow = 0  # messages discarded because the reader fell behind by max_queue
+        # Called in the feed thread after each batch is queued (no arguments; it must not
+        # block): the TUI's wake-up, so it redraws when data arrives rather than on a clock.
+        self.on_arrival: Callable[[], None] | None = None
         self._on_messages = on_messages
         self._queue: deque[Message] = deque()
         self._max_queue = max_queue
@@ -232,6 +241,11 @@ class BackgroundFeed:
     @property
     def resets(self) -> int:
         return self._sub.resets if self._sub else 0
+
+    @property
+    def connected(self) -> bool | None:
+        """The subscriber's: None before the first connection, False while it is down."""
+        return self._sub.connected if self._sub else None
 
     @property
     def alive(self) -> bool:
@@ -276,6 +290,12 @@ class BackgroundFeed:
                             self._queue.popleft()
                         self.overflow += excess
                     self._ready.notify_all()
+                wake = self.on_arrival
+                if wake is not None:
+                    try:
+                        wake()
+                    except Exception as exc:  # noqa: BLE001 - e.g. the app's loop has closed
+                        self._error = f"arrival callback failed: {type(exc).__name__}: {exc}"
         finally:
             self._sub.close()
 

@@ -13,7 +13,7 @@ short wait: live messages then flow as before.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
@@ -33,6 +33,9 @@ class Snapshot:
     messages: list[Message]  # decoded, in the order the agent sent them
     end: protocol.SnapshotEnd
     garbage: int  # frames in the reply that were not valid messages
+    # Every end marker: one from an agent; one per publisher from `symwatch relay`, each but
+    # the last with `more` set (its messages come before it).
+    ends: list[protocol.SnapshotEnd] = field(default_factory=list)
 
 
 def registry_history_endpoint(endpoint: str) -> str | None:
@@ -83,6 +86,7 @@ def fetch_snapshot(endpoint: str, *, context: zmq.Context[Any] | None = None,
         sock.setsockopt(zmq.IPV6, 1)
     deadline = time.monotonic() + timeout_s
     messages: list[Message] = []
+    ends: list[protocol.SnapshotEnd] = []
     garbage = 0
     received = 0
     try:
@@ -99,7 +103,10 @@ def fetch_snapshot(endpoint: str, *, context: zmq.Context[Any] | None = None,
                     end = protocol.decode_snapshot_end(frames)
                 except ProtocolError as exc:
                     return f"bad end of history from {endpoint}: {exc}"
-                return Snapshot(messages, end, garbage)
+                ends.append(end)
+                if end.more:  # a relay: the next publisher's snapshot follows
+                    continue
+                return Snapshot(messages, ends[0], garbage, ends)
             if received > max_bytes + protocol.MAX_MESSAGE_BYTES:
                 return f"history from {endpoint} exceeds the {max_bytes} bytes asked for"
             try:
@@ -178,11 +185,11 @@ class LateJoin:
             self.error = result
             return self._finish([])
         self.garbage += result.garbage
-        end = result.end
-        self._cutoff[(end.run, end.rank, end.restart)] = end.seq
-        history = [replace(m, snapshot_seq=end.seq) for m in result.messages
-                   if (m.run, m.rank, m.restart) == (end.run, end.rank, end.restart)
-                   and m.seq <= end.seq]
+        for end in result.ends or [result.end]:
+            self._cutoff[(end.run, end.rank, end.restart)] = end.seq
+        history = [replace(m, snapshot_seq=self._cutoff[(m.run, m.rank, m.restart)])
+                   for m in result.messages
+                   if m.seq <= self._cutoff.get((m.run, m.rank, m.restart), -1)]
         self.garbage += len(result.messages) - len(history)
         self.snapshot_messages = len(history)
         return self._finish(history)

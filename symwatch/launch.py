@@ -25,7 +25,8 @@ ENV_AGENT_PATH = "SYMWATCH_AGENT_PATH"
 ENV_BUDGET = "SYMWATCH_BUDGET"
 ENV_QUIET = "SYMWATCH_QUIET"
 OPTION_ENV = {"name": "SYMWATCH_NAME", "every": "SYMWATCH_EVERY", "budget": ENV_BUDGET,
-              "endpoint": "SYMWATCH_ENDPOINT", "record": "SYMWATCH_RECORD"}
+              "endpoint": "SYMWATCH_ENDPOINT", "record": "SYMWATCH_RECORD",
+              "connect": "SYMWATCH_CONNECT"}
 
 _PYTHON_RE = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?[a-z]?$")
 # Interpreter options that take a value (the value is the next argument unless attached).
@@ -204,7 +205,9 @@ RUN_EPILOG = (
     "  symwatch run -- python train.py --lr 3e-4\n"
     "  symwatch run --every 5 --name gan -- python -m mypkg.train\n"
     "  symwatch run --endpoint tcp://127.0.0.1:5555 -- torchrun --nproc-per-node 4 train.py\n"
-    "  symwatch run --record run.db -- ./train.py        an entry-point or #!python script\n\n"
+    "  symwatch run --record run.db -- ./train.py        an entry-point or #!python script\n"
+    "  symwatch run --connect tcp://127.0.0.1:5557 -- torchrun --nproc-per-node 4 train.py\n"
+    "                                every rank publishes to a `symwatch relay`\n\n"
     "Then, in another terminal: symwatch attach\n\n"
     "The command runs exactly as without symwatch: same exit status, signals, stdin and\n"
     "stdout (symwatch writes only to stderr). The agent starts on the first optimizer.step()\n"
@@ -232,6 +235,9 @@ def add_run_parser(subs: Any, subparser: Callable[..., Any]) -> None:
     run.add_argument("--endpoint", default=None,
                      help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: a "
                           "private Unix socket per process, listed by `symwatch ls`)")
+    run.add_argument("--connect", default=None, metavar="ENDPOINT",
+                     help="publish to a `symwatch relay` at ENDPOINT (its --bind address) "
+                          "instead of a socket of each process's own; for multi-node jobs")
     run.add_argument("--record", default=None, metavar="PATH",
                      help="also record every message to this SQLite file ({run}, {rank} expand)")
     run.add_argument("--quiet", action="store_true",
@@ -255,13 +261,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from symwatch.cli import UserError
     from symwatch.client import EndpointError, validate_endpoint
 
-    if args.endpoint is not None:
-        try:
-            args.endpoint = validate_endpoint(args.endpoint)
-        except EndpointError as exc:
-            raise UserError(str(exc)) from None
+    for option in ("endpoint", "connect"):
+        if getattr(args, option, None) is not None:
+            try:
+                setattr(args, option, validate_endpoint(getattr(args, option)))
+            except EndpointError as exc:
+                raise UserError(f"--{option}: {exc}") from None
     options = {"name": args.name, "every": args.every, "budget": args.budget,
-               "endpoint": args.endpoint, "record": args.record, "quiet": args.quiet}
+               "endpoint": args.endpoint, "record": args.record, "quiet": args.quiet,
+               "connect": getattr(args, "connect", None)}
     try:
         p = plan(args.command, options)
     except LaunchError as exc:

@@ -50,6 +50,18 @@ def _die_with_parent() -> Callable[[], None] | None:
     return hook
 
 
+def end_process(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; its exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
+
+
 class DemoProcess:
     """`python -m symwatch_agent.demo ...` with its output in a log file (so it cannot draw over
     the TUI) and stdin closed (so it cannot steal the TUI's keys)."""
@@ -92,13 +104,7 @@ class DemoProcess:
         """Terminate, then kill after `timeout` seconds; returns the exit status."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        end_process(self.proc, timeout)
         self._remove_socket()
         return self.proc.returncode
 

@@ -94,10 +94,12 @@ _PAYLOAD_REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
 
 _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     META: {"world_size": (int,), "endpoint": (str,), "torch": (str,), "device": (str,),
-           "agent": (str,), "python": (str,), "skipped": (list,), "history_endpoint": (str,)},
-    METRICS: {"nonfinite": (list,), "cost_s": Number},
+           "agent": (str,), "python": (str,), "skipped": (list,), "history_endpoint": (str,),
+           "local_rank": (int,), "node_rank": (int,), "job": (str,), "gpu_poller": (bool,)},
+    METRICS: {"nonfinite": (list,), "cost_s": Number, "sharded": (dict,)},
     STATS: {"loss": _OptNumber, "step_time": _OptNumber, "steps_per_s": _OptNumber,
-            "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,)},
+            "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,),
+            "memory": (dict, type(None))},
     GPU: {"reason": (str,)},
     EVENT: {"layer": (str, type(None)), "metric": (str, type(None)), "direction": (str, type(None)),
             "before": _OptNumber, "after": _OptNumber, "score": _OptNumber,
@@ -117,7 +119,17 @@ _JUMP_OPTIONAL: dict[str, tuple[type, ...]] = {"layer": (str, type(None)), "befo
                                                "onset": (int,)}
 # One device in a GPU message; every numeric field may be null ("N/A"), never a fake zero.
 _GPU_DEVICE_REQUIRED: dict[str, tuple[type, ...]] = {"index": (int,), "name": (str,)}
-_GPU_DEVICE_NUMERIC = ("util", "mem_used", "mem_total", "temp", "power", "power_limit")
+_GPU_DEVICE_NUMERIC = ("util", "mem_used", "mem_total", "temp", "power", "power_limit",
+                       "job_mem_used")
+_GPU_DEVICE_OTHER: dict[str, tuple[type, ...]] = {"uuid": (str,), "processes": (list,)}
+# A process on a device (the job's own, from NVML's process list).
+_GPU_PROCESS_REQUIRED: dict[str, tuple[type, ...]] = {"pid": (int,), "mem_used": _OptNumber}
+# The rank's allocator figures in `stats.memory` (bytes; the CUDA device index, its NVML UUID).
+_MEMORY_OPTIONAL: dict[str, tuple[type, ...]] = {"allocated": _OptNumber, "reserved": _OptNumber,
+                                                 "peak": _OptNumber, "device": (int,),
+                                                 "uuid": (str,)}
+# METRICS of a sharded (FSDP) layer set: this rank holds shard `index` of `shards`.
+_SHARDED_REQUIRED: dict[str, tuple[type, ...]] = {"shards": (int,), "index": (int,)}
 
 
 def _check_fields(obj: Mapping[str, Any], required: Mapping[str, tuple[type, ...]],
@@ -165,9 +177,15 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
                 raise ProtocolError(f"metrics.values[{layer!r}]: expected object")
             for name, value in values.items():
                 _check_type(value, _OptNumber, f"metrics.values[{layer!r}][{name!r}]")
-    elif kind == STATS and "scalars" in payload:
-        for name, value in payload["scalars"].items():
+        if "sharded" in payload:
+            _check_fields(payload["sharded"], _SHARDED_REQUIRED, {}, "metrics.sharded")
+            if not 0 <= payload["sharded"]["index"] < payload["sharded"]["shards"]:
+                raise ProtocolError("metrics.sharded: index must be in [0, shards)")
+    elif kind == STATS and ("scalars" in payload or payload.get("memory") is not None):
+        for name, value in (payload.get("scalars") or {}).items():
             _check_type(value, _OptNumber, f"stats.scalars[{name!r}]")
+        if payload.get("memory") is not None:
+            _check_fields(payload["memory"], {}, _MEMORY_OPTIONAL, "stats.memory")
     elif kind == EVENT and "jumps" in payload:
         for i, jump in enumerate(payload["jumps"]):
             if not isinstance(jump, dict):
@@ -178,7 +196,13 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
             if not isinstance(dev, dict):
                 raise ProtocolError(f"gpu.devices[{i}]: expected object")
             _check_fields(dev, _GPU_DEVICE_REQUIRED,
-                          {k: _OptNumber for k in _GPU_DEVICE_NUMERIC}, f"gpu.devices[{i}]")
+                          {**{k: _OptNumber for k in _GPU_DEVICE_NUMERIC}, **_GPU_DEVICE_OTHER},
+                          f"gpu.devices[{i}]")
+            for j, proc in enumerate(dev.get("processes") or ()):
+                if not isinstance(proc, dict):
+                    raise ProtocolError(f"gpu.devices[{i}].processes[{j}]: expected object")
+                _check_fields(proc, _GPU_PROCESS_REQUIRED, {},
+                              f"gpu.devices[{i}].processes[{j}]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +294,9 @@ DEFAULT_SNAPSHOT_BYTES = 32 * 1024 * 1024  # what an observer asks for at most
 class SnapshotEnd:
     """The end marker of a snapshot: every message of (run, rank, restart) with a sequence
     number up to `seq` was published before the snapshot was taken; `count` messages came
-    before this marker; `complete` is False when `max_bytes` (or the agent) cut it short."""
+    before this marker; `complete` is False when `max_bytes` (or the agent) cut it short.
+    `more` (a relay's reply, which holds one snapshot per publisher): another publisher's
+    messages and end marker follow this one."""
 
     run: str
     rank: int
@@ -278,6 +304,7 @@ class SnapshotEnd:
     seq: int
     count: int
     complete: bool
+    more: bool = False
 
 
 def _small_json_object(frames: list[bytes], topic: str, limit: int) -> dict[str, Any]:
@@ -321,14 +348,18 @@ def decode_snapshot_request(frames: list[bytes]) -> int:
 def encode_snapshot_end(end: SnapshotEnd) -> list[bytes]:
     body = {"v": PROTOCOL_VERSION, "run": end.run, "rank": end.rank, "restart": end.restart,
             "seq": end.seq, "count": end.count, "complete": end.complete}
+    if end.more:  # only a relay sends it; absent means false (an agent's single snapshot)
+        body["more"] = True
     return [SNAPSHOT_END.encode("ascii"), json.dumps(body, separators=(",", ":")).encode("ascii")]
 
 
 def decode_snapshot_end(frames: list[bytes]) -> SnapshotEnd:
     body = _small_json_object(frames, SNAPSHOT_END, MAX_REQUEST_BYTES)
     _check_fields(body, {"run": (str,), "rank": (int,), "restart": (int,), "seq": (int,),
-                         "count": (int,), "complete": (bool,)}, {}, SNAPSHOT_END)
+                         "count": (int,), "complete": (bool,)}, {"more": (bool,)},
+                  SNAPSHOT_END)
     if body["count"] < 0 or body["seq"] < -1:
         raise ProtocolError(f"{SNAPSHOT_END}: negative count or seq")
     return SnapshotEnd(run=body["run"], rank=body["rank"], restart=body["restart"],
-                       seq=body["seq"], count=body["count"], complete=body["complete"])
+                       seq=body["seq"], count=body["count"], complete=body["complete"],
+                       more=body.get("more", False))

@@ -10,12 +10,14 @@ import time
 from typing import Any, Callable
 
 from symwatch import runtime
+from symwatch.ssh import TunnelFeed, is_ssh_target
 
 RECORD_EPILOG = (
     "examples:\n"
     "  symwatch record -o run.db                 the only live run, until it ends or Ctrl-C\n"
     "  symwatch record my-experiment -o run.db   a run name or id from `symwatch ls`\n"
-    "  symwatch record tcp://127.0.0.1:5555 -o run.db\n\n"
+    "  symwatch record tcp://127.0.0.1:5555 -o run.db\n"
+    "  symwatch record ssh://gpu-box/my-run -o run.db   a run on another machine, over ssh\n\n"
     "In a script, the agent can record by itself (nothing to keep running):\n"
     "  symwatch.watch(model, optimizer, record='run.db')   or  SYMWATCH_RECORD=run.db\n"
     "An existing recording is appended to. See docs/recording.md.")
@@ -58,9 +60,13 @@ def add_recording_parsers(subs: Any, subparser: Callable[..., Any]) -> None:
         "ends (goodbye) or Ctrl-C. With no target: the only live run on this machine.",
         RECORD_EPILOG)
     record.add_argument("target", nargs="?", metavar="ENDPOINT",
-                        help="tcp://HOST:PORT, ipc://PATH, or a run id / run name")
+                        help="tcp://HOST:PORT, ipc://PATH, ssh://HOST[/RUN], or a run id / "
+                             "run name")
     record.add_argument("-o", "--output", required=True, metavar="PATH",
                         help="the recording (SQLite; appended to if it exists)")
+    from symwatch.ssh import add_ssh_arguments
+
+    add_ssh_arguments(record, short=False)
     record.set_defaults(func=cmd_record)
 
     export = subparser(
@@ -124,11 +130,20 @@ def cmd_record(args: argparse.Namespace) -> int:
     from symwatch.recording import Recorder
     from symwatch.state import RunState
 
-    endpoint, name = _pick_run(args.target)
+    tunnel = None
+    if is_ssh_target(args.target):  # the run's sockets forwarded over ssh (symwatch/ssh.py)
+        from symwatch.remote_cli import open_remote
+
+        entry, tunnel = open_remote(args, "record")
+        endpoint, name = tunnel.endpoint, f"{entry.name} on {tunnel.target.label}"
+    else:
+        endpoint, name = _pick_run(args.target)
     warnings: list[str] = []
     recorder = Recorder(args.output, warn=warnings.append).start()
     if not recorder.wait_open(10.0):
         recorder.close()
+        if tunnel is not None:
+            tunnel.close()
         raise UserError(warnings[0] if warnings else f"cannot open {args.output}", code=1)
     state = RunState()
 
@@ -141,8 +156,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         try:
-            feed = BackgroundFeed(endpoint, on_messages=on_messages)
+            feed = (TunnelFeed(tunnel, on_messages=on_messages) if tunnel is not None
+                    else BackgroundFeed(endpoint, on_messages=on_messages))
         except EndpointError as exc:
+            if tunnel is not None:
+                tunnel.close()
             raise UserError(str(exc)) from None
         _err(f"symwatch record: recording {name or endpoint} to {args.output} "
              "(until the run ends; Ctrl-C to stop)")

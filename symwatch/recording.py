@@ -11,7 +11,8 @@ Size: the periodic kinds (metrics, stats, gpu, heartbeat) are thinned as they ag
 stream (kind, run, rank, restart): the newest `recent` rows are all kept; older rows are kept
 at a stride that doubles with age (every 2nd, then every 4th, every 8th, …), each tier
 holding about `recent` rows, so a stream of T rows keeps about recent × (1 + log2(T / recent))
-rows. `event` and `goodbye` rows are never thinned; a `meta` is stored when it first arrives
+rows (the scheme is `symwatch.downsample`'s, which the viewer's in-memory history shares).
+`event` and `goodbye` rows are never thinned; a `meta` is stored when it first arrives
 and whenever it differs from the last one of its stream (the identical periodic re-sends for
 late viewers are not stored again). See docs/recording.md.
 
@@ -29,10 +30,11 @@ import sqlite3
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from symwatch import protocol
+from symwatch.downsample import Downsample
 from symwatch.protocol import Message
 
 FORMAT = "symwatch-recording"
@@ -64,31 +66,6 @@ Warn = Callable[[str], None]
 
 class RecordingError(ValueError):
     """A file that cannot be read as a symwatch recording."""
-
-
-@dataclass(frozen=True)
-class Downsample:
-    """The thinning policy (see the module docstring). `recent` rows per stream are kept
-    whole; tier j >= 1 (the next recent × 2^j rows by age) keeps every 2^j-th row."""
-
-    recent: int = 1000
-    every_rows: int = 0  # run a thinning pass after this many new rows per stream (0: recent/2)
-
-    def __post_init__(self) -> None:
-        if self.recent < 1:
-            raise ValueError("Downsample.recent must be >= 1")
-
-    def ranges(self, newest: int) -> Iterator[tuple[int, int, int]]:
-        """(low, high, stride) of kidx: rows with low < kidx <= high keep only kidx % stride
-        == 0. Strides are powers of two, so a row dropped at one age is never wanted later."""
-        j = 1
-        while True:
-            high = newest - self.recent * (2 ** j - 1)
-            if high < 0:
-                return
-            low = newest - self.recent * (2 ** (j + 1) - 1)
-            yield low, high, 2 ** j
-            j += 1
 
 
 def _default_warn(text: str) -> None:

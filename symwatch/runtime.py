@@ -68,6 +68,19 @@ def default_ipc_endpoint(run_id: str) -> str | None:
     return f"ipc://{path}"
 
 
+def history_address(endpoint: str) -> str:
+    """Where a history ROUTER binds next to a bound publishing endpoint (the agent's PUB, a
+    relay's XPUB): `X.history.sock` beside an ipc socket (loopback TCP when that path is too
+    long), the same interface with any free port for TCP."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        base = path[:-len(".sock")] if path.endswith(".sock") else path
+        candidate = f"{base}.history.sock"
+        return f"ipc://{candidate}" if len(candidate) <= MAX_IPC_PATH else "tcp://127.0.0.1:*"
+    host = endpoint[len("tcp://"):].rpartition(":")[0]
+    return f"tcp://{host}:*"
+
+
 @dataclass
 class RunEntry:
     """What `symwatch ls` shows about one live run."""
@@ -85,6 +98,16 @@ class RunEntry:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunEntry:
+        """An entry from `to_json`'s dict (a registry file, `symwatch ls --json`); unknown keys
+        are ignored; TypeError when the required ones are missing or of the wrong type."""
+        entry = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        if not (isinstance(entry.pid, int) and isinstance(entry.started, (int, float))
+                and isinstance(entry.endpoint, str)):
+            raise TypeError("malformed run entry")
+        return entry
 
 
 def _entry_path(run_id: str, root: Path | None = None) -> Path:
@@ -132,10 +155,7 @@ def live_runs(prune: bool = True) -> list[RunEntry]:
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            entry = RunEntry(**{k: data[k] for k in RunEntry.__dataclass_fields__ if k in data})
-            if not (isinstance(entry.pid, int) and isinstance(entry.started, (int, float))
-                    and isinstance(entry.endpoint, str)):
-                raise TypeError("malformed entry")
+            entry = RunEntry.from_json(data)
         except (OSError, ValueError, TypeError, AttributeError):
             if prune:
                 path.unlink(missing_ok=True)
@@ -150,6 +170,19 @@ def live_runs(prune: bool = True) -> list[RunEntry]:
                     _remove_stale_socket(history, folder.parent)
             continue
         runs.append(entry)
+    runs.sort(key=lambda e: e.started)
+    return runs
+
+
+def registered_runs() -> list[RunEntry]:
+    """Every readable registry entry, alive or not, oldest first; nothing is pruned (the Runs
+    screen shows a run whose process died without unregistering as lost)."""
+    runs: list[RunEntry] = []
+    for path in sorted((runtime_dir() / "runs").glob("*.json")):
+        try:
+            runs.append(RunEntry.from_json(json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
     runs.sort(key=lambda e: e.started)
     return runs
 

@@ -5,21 +5,39 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from symwatch import protocol
+from symwatch.downsample import NAN, VIEWER, Downsample, TieredSeries
 from symwatch.protocol import Message
+from symwatch.ranks import RankTable
+from symwatch.shards import ShardCombiner, is_sharded
 
 WAITING, LIVE, STALE, FINISHED = "waiting", "live", "stale", "finished"
 CONNECTION_STATES = (WAITING, LIVE, STALE, FINISHED)
+# Not RunState's (it never sees sockets): the view's, when its source says the connection to
+# the agent dropped and is being retried (symwatch.client.Subscriber.connected is False).
+RECONNECTING = "reconnecting"
 
-DEFAULT_HISTORY = 300  # points per series; enough for a sparkline, bounded for week-long runs
+# Per series: the newest samples kept whole, the rest of the run downsampled (bounded).
+DEFAULT_HISTORY = VIEWER
 DEFAULT_MAX_EVENTS = 200
+# Transitions of the current run, kept exactly (not downsampled) for the history charts'
+# markers: bounded too, for a run that flaps for a week.
+MAX_TRANSITIONS = 20_000
 # Agents send a heartbeat once a second, so three silent seconds means something is wrong.
 DEFAULT_STALE_AFTER = 3.0
 
 Value = float | None  # None is "N/A": never drawn or counted as 0
+_INF = math.inf
+
+
+def history_policy(history: Downsample | int) -> Downsample:
+    """A Downsample as is; an int: that many recent samples whole, the viewer's tiers after."""
+    if isinstance(history, Downsample):
+        return history
+    return replace(VIEWER, recent=int(history))
 
 
 def _finite(value: Any) -> Value:
@@ -31,25 +49,36 @@ def _finite(value: Any) -> Value:
     return value if math.isfinite(value) else None
 
 
-@dataclass
 class Series:
-    """One indicator of one layer (or the loss): its latest value and a bounded history."""
+    """One indicator of one layer (or the loss): its latest value, and the whole run's history
+    in bounded memory (symwatch.downsample: the recent samples whole, older ones merged in
+    tiers keeping min/max/last)."""
 
-    maxlen: int = DEFAULT_HISTORY
-    current: Value = None
-    step: int | None = None
-    history: deque[tuple[int, Value]] = field(default_factory=deque)
+    __slots__ = ("current", "step", "store")
 
-    def __post_init__(self) -> None:
-        self.history = deque(self.history, maxlen=self.maxlen)
+    def __init__(self, history: Downsample | int = DEFAULT_HISTORY) -> None:
+        self.current: Value = None
+        self.step: int | None = None
+        self.store = TieredSeries(history_policy(history))
 
     def add(self, step: int, value: Any) -> None:
-        v = _finite(value)
-        self.current, self.step = v, step
-        self.history.append((step, v))
+        if type(value) is float and -_INF < value < _INF:  # the common case, cheaply
+            self.current = value
+        else:
+            value = self.current = _finite(value)
+            if value is None:
+                value = NAN
+        self.step = step
+        self.store.append(step, value)
+
+    @property
+    def history(self) -> list[tuple[int, Value]]:
+        """The recent samples, whole, as (step, value), oldest first."""
+        return self.store.recent()
 
     def values(self) -> list[Value]:
-        return [v for _, v in self.history]
+        """The recent samples' values, oldest first (what the sparklines draw)."""
+        return self.store.recent_values()
 
 
 @dataclass
@@ -110,9 +139,10 @@ class RunState:
     """Everything the views show about the run on one endpoint. Feed it with `fold`; read the
     attributes; ask `connection(now)` for waiting/live/stale/finished. No UI code here."""
 
-    def __init__(self, *, history: int = DEFAULT_HISTORY, max_events: int = DEFAULT_MAX_EVENTS,
+    def __init__(self, *, history: Downsample | int = DEFAULT_HISTORY,
+                 max_events: int = DEFAULT_MAX_EVENTS,
                  stale_after: float = DEFAULT_STALE_AFTER) -> None:
-        self.history = history
+        self.history = history_policy(history)
         self.stale_after = stale_after
         self.events: deque[EventRecord] = deque(maxlen=max_events)
         self.events_total = 0  # events ever added; `events` keeps only the latest max_events
@@ -143,6 +173,7 @@ class RunState:
         self.meta: dict[str, Any] = {}
         self.layers: dict[str, LayerState] = {}
         self.step: int | None = None
+        self.transitions: deque[EventRecord] = deque(maxlen=MAX_TRANSITIONS)
         self.loss = Series(self.history)
         self.steps_per_s: Value = None
         self.step_time: Value = None
@@ -157,6 +188,10 @@ class RunState:
         self._last_seq: dict[tuple[int, int], int] = {}
         self._ranks: set[int] = set()
         self._ranks_done: set[int] = set()
+        # Every rank's own figures (symwatch/ranks.py); the run-level ones above are the
+        # primary rank's. FSDP shards are combined into whole-layer metrics (shards.py).
+        self.ranks = RankTable()
+        self.shards = ShardCombiner()
         self._stats_rate_seen = False
         self._rate_anchor: tuple[float, int] | None = None
 
@@ -230,6 +265,14 @@ class RunState:
         self._count_gap(msg)
         if self.step is None or msg.step > self.step:
             self.step = msg.step
+        if msg.kind != protocol.GOODBYE and self.ranks.restarted_after_goodbye(msg):
+            self._ranks_done.discard(msg.rank)  # torchrun restarted this rank: live again
+        self.ranks.fold(msg, now)
+        if is_sharded(msg):  # one shard of FSDP layers: folded once every shard has come
+            combined = self.shards.add(msg)
+            if combined is None:
+                return
+            msg = combined
         handler = getattr(self, f"_fold_{msg.kind}", None)
         if handler is not None:
             try:
@@ -263,6 +306,8 @@ class RunState:
             self._rate_anchor = (now, step)
 
     def _fold_meta(self, msg: Message) -> None:
+        if not self.ranks.is_primary(msg.rank):
+            return  # another rank's host, pid, layers: in self.ranks
         p = msg.payload
         self.meta = dict(p)
         self.name, self.host, self.pid = p["name"], p["host"], p["pid"]
@@ -291,15 +336,21 @@ class RunState:
             layer.step = msg.step
             layer.updates += 1
             layer.nonfinite = layer_name in nonfinite
-            for name, value in values.items():
-                self._note_indicator(name)
-                series = layer.indicators.get(name)
+            series_of = layer.indicators
+            step = msg.step
+            for name, value in values.items():  # 15,000 a message for 1,000 layers: kept lean
+                series = series_of.get(name)
                 if series is None:
-                    series = layer.indicators[name] = Series(self.history)
-                series.add(msg.step, value)
+                    self._note_indicator(name)
+                    series = series_of[name] = Series(self.history)
+                series.add(step, value)
 
     def _fold_stats(self, msg: Message) -> None:
         p = msg.payload
+        if not self.ranks.is_primary(msg.rank):  # its loss, speed, memory: in self.ranks
+            if "dropped" in p:
+                self._agent_dropped(msg, p["dropped"])
+            return
         if "loss" in p:
             self.loss.add(msg.step, p["loss"])
         if "steps_per_s" in p:
@@ -316,6 +367,8 @@ class RunState:
 
     def _fold_heartbeat(self, msg: Message) -> None:
         self._agent_dropped(msg, msg.payload["dropped"])
+        if not self.ranks.is_primary(msg.rank):
+            return
         self.samples = msg.payload["samples"]
         if "overhead" in msg.payload:
             self.overhead = _finite(msg.payload["overhead"])
@@ -326,7 +379,8 @@ class RunState:
         self.agent_dropped_by[key] = max(self.agent_dropped_by.get(key, 0), count)
 
     def _fold_gpu(self, msg: Message) -> None:
-        self.gpu = dict(msg.payload)
+        if self.ranks.is_primary(msg.rank):  # every node's report: self.ranks.gpu_reports()
+            self.gpu = dict(msg.payload)
 
     def _fold_event(self, msg: Message) -> None:
         p = msg.payload
@@ -353,6 +407,8 @@ class RunState:
     def _add_event(self, event: EventRecord) -> None:
         self.events.append(event)
         self.events_total += 1
+        if event.severity == "transition":
+            self.transitions.append(event)
 
     def _fold_goodbye(self, msg: Message) -> None:
         self._ranks_done.add(msg.rank)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -121,6 +122,22 @@ def test_the_time_budget_skips_samples_that_would_exceed_it(collector):
     # publisher thread's share of step 1 is, as soon as that thread has finished it, which may
     # be before or after step 2 decides. Either way the agent is over budget from then on.
     assert [m.step for m in sub.of_kind(protocol.METRICS)] in ([1], [1, 2])
+    agent.close()
+
+
+def test_a_pause_in_training_earns_no_budget_to_spend_in_a_burst_afterwards(collector):
+    """Budget is earned by training time: an evaluation or checkpoint pause between steps
+    counts only as a few steps, so the agent cannot bank it and then sample every step."""
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    agent, sub = _start(model, opt, collector, every=1, budget=0.01)
+    for _ in range(20):
+        _train_step(model, opt)
+    before = agent._training_s
+    time.sleep(0.6)  # the pause: hundreds of step times
+    _train_step(model, opt)
+    earned = agent._training_s - before
+    assert 0 < earned < 0.3, earned
     agent.close()
 
 

@@ -19,9 +19,10 @@ def test_a_watched_run_publishes_the_whole_engine_and_the_budgeted_run_mixes_tie
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.Linear(16, 16), nn.ReLU(),
                           nn.Linear(16, 8), nn.Linear(8, 4))
+    attn = nn.MultiheadAttention(8, 2)  # the attention-head family: a row of its own
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", heartbeat_interval=0.05,
-                           every=1, budget=1.0, meta_interval=0.05)
+    agent = symwatch.watch({"mlp": model, "attn": attn}, opt, endpoint="tcp://127.0.0.1:0",
+                           heartbeat_interval=0.05, every=1, budget=1.0, meta_interval=0.05)
     sub = collector(agent.endpoint)
     sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
     assert model._forward_pre_hooks  # the pairing pass waits for the first forward
@@ -33,10 +34,14 @@ def test_a_watched_run_publishes_the_whole_engine_and_the_budgeted_run_mixes_tie
     assert not model._forward_pre_hooks and not model._forward_hooks
     metrics = sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 3)
     seen = {name for layer in metrics.payload["values"].values() for name in layer}
-    assert seen == set(INDICATORS)
-    assert metrics.payload["values"]["2"]["relu_dead"] is not None
+    per_head = {f"{pair}_rank.h{h}" for pair in ("qk", "vo") for h in range(2)}
+    assert seen == set(INDICATORS) | per_head
+    assert metrics.payload["values"]["mlp.2"]["relu_dead"] is not None
+    assert set(metrics.payload["values"]["attn"]) >= per_head | {"qk_rank", "dead_heads"}
     meta = sub.wait_for(lambda m: m.kind == protocol.META)
     assert meta.payload["indicators"] == list(INDICATORS)
+    rows = {row["name"]: row for row in meta.payload["layers"]}
+    assert rows["attn"]["type"] == "MultiheadAttention heads" and rows["attn"]["heads"] == 2
     state = RunState()
     state.fold_all(sub.messages)
     assert set(INDICATORS) <= set(state.indicator_names())  # every one becomes a TUI column

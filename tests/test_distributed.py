@@ -5,6 +5,7 @@ only, every rank reports its own loss. No collective is ever issued by the agent
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import socket
 import time
 
@@ -67,3 +68,36 @@ def test_ddp_ranks_publish_tagged_and_replicas_are_measured_once(collector, runt
     if meta1:  # re-sent every 5 s; the run may be shorter than that
         assert meta1[-1].payload["world_size"] == 2
         assert all("measured on rank 0" in s for s in meta1[-1].payload["skipped"])
+
+
+def test_the_ranks_of_a_job_share_a_run_id_and_keep_their_own_files(monkeypatch, tmp_path,
+                                                                     runtime_dir):
+    from symwatch import runtime
+    from symwatch_agent.distributed import job_id, node_leader
+
+    env = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "8"}
+    assert job_id(env) == job_id(dict(env)) and len(job_id(env)) == 12
+    assert job_id({**env, "TORCHELASTIC_RUN_ID": "other"}) != job_id(env)
+    assert job_id({**env, "SYMWATCH_JOB_ID": "mine"}) == job_id({"SYMWATCH_JOB_ID": "mine"})
+    assert job_id({"WORLD_SIZE": "8"}) is None  # nothing the ranks share: one id per rank
+    assert node_leader(8, 0) and not node_leader(9, 1) and node_leader(0, None)
+    assert not node_leader(3, None)
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    agents = [symwatch.watch(nn.Linear(2, 2), rank=r, world_size=2, local_rank=r,
+                             record=str(tmp_path / "run.db")) for r in (0, 1)]
+    try:
+        assert agents[0].run_id == agents[1].run_id == agents[0].job
+        entries = sorted(e.run_id for e in runtime.live_runs())
+        assert entries == [f"{agents[0].run_id}-r0", f"{agents[0].run_id}-r1"]
+        assert agents[0].endpoint != agents[1].endpoint  # a socket per process
+        assert [Path(a.recording).name for a in agents] == ["run.rank0.db", "run.rank1.db"]
+        meta = agents[1].meta()
+        assert (meta["job"], meta["world_size"], meta["local_rank"], meta["gpu_poller"]) == (
+            agents[0].run_id, 2, 1, False)
+        assert agents[0].meta()["gpu_poller"] is True
+    finally:
+        for agent in agents:
+            agent.close()
+    assert runtime.live_runs() == []

@@ -59,11 +59,16 @@ class FakeNVML:
     def nvmlDeviceGetTemperature(self, h, sensor): return self._get(h, "temp")
     def nvmlDeviceGetPowerUsage(self, h): return self._get(h, "power_mw")
     def nvmlDeviceGetEnforcedPowerLimit(self, h): return self._get(h, "limit_mw")
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        self.process_calls = getattr(self, "process_calls", 0) + 1
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used)
+                for pid, used in self._get(h, "processes")]
 
 
 def _device(i: int, **over) -> dict:
     return {"name": b"NVIDIA H200", "uuid": f"GPU-{i}aaa", "util": 87, "used": 40 * 2**30,
-            "total": 141 * 2**30, "temp": 61, "power_mw": 450_000, "limit_mw": 700_000, **over}
+            "total": 141 * 2**30, "temp": 61, "power_mw": 450_000, "limit_mw": 700_000,
+            "processes": [], **over}
 
 
 def _valid(payload: dict) -> dict:
@@ -140,3 +145,105 @@ def test_close_shuts_nvml_down_once(monkeypatch):
     sampler.close()
     sampler.close()
     assert nvml.shutdowns == 1 and not sampler.available
+
+
+# -- the process list: the job's own GPU memory, polled rarely ---------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_process_list_keeps_the_jobs_pids_and_is_read_rarely(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    clock = Clock()
+    nvml = FakeNVML([_device(0, processes=[(11, 5 * 2**30), (99, 7 * 2**30), (12, 2**30)]),
+                     _device(1, processes=[(99, 3 * 2**30)])])
+    sampler = GpuSampler(nvml, process_interval=30.0, job_pids=lambda: {11, 12}, clock=clock)
+    first = _valid(sampler.sample())["devices"]
+    assert first[0]["processes"] == [{"pid": 11, "mem_used": 5 * 2**30},
+                                     {"pid": 12, "mem_used": 2**30}]  # pid 99: not this job
+    assert first[0]["job_mem_used"] == 6 * 2**30
+    assert first[1]["processes"] == [] and first[1]["job_mem_used"] is None  # N/A, not 0
+    assert sampler.process_reads == 1 and nvml.process_calls == 2  # one call per device
+    for _ in range(10):  # the cheap fields every sample; the costly list every 30 s only
+        clock.now += 2.0
+        nvml.devices[0]["util"] += 1
+        payload = _valid(sampler.sample())
+    assert payload["devices"][0]["util"] == 97
+    assert sampler.process_reads == 1 and payload["devices"][0]["job_mem_used"] == 6 * 2**30
+    clock.now += 10.0
+    nvml.devices[0]["processes"] = [(11, 8 * 2**30)]
+    assert _valid(sampler.sample())["devices"][0]["job_mem_used"] == 8 * 2**30
+    assert sampler.process_reads == 2
+
+
+def test_a_process_list_the_driver_cannot_give_is_absent_and_unknown_memory_is_null(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML([_device(0, processes=NotSupported),
+                     _device(1, processes=[(11, None), (12, 2**64 - 1)])])
+    devices = _valid(GpuSampler(nvml, job_pids=lambda: {11, 12}).sample())["devices"]
+    assert "processes" not in devices[0] and "job_mem_used" not in devices[0]
+    assert devices[1]["processes"] == [{"pid": 11, "mem_used": None},
+                                       {"pid": 12, "mem_used": None}]  # NVML's "N/A" value
+    assert devices[1]["job_mem_used"] is None
+
+
+def test_devices_carry_their_uuid_and_torchs_uuids_choose_them_exactly(monkeypatch):
+    # torch named the devices it sees (CUDA order may differ from NVML's): exact by UUID,
+    # whatever CUDA_VISIBLE_DEVICES says in indices.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    nvml = FakeNVML([_device(0), _device(1), _device(2)])
+    sampler = GpuSampler(nvml, visible_uuids=["GPU-2aaa", "GPU-0aaa"])
+    devices = sampler.sample()["devices"]
+    assert [(d["index"], d["uuid"]) for d in devices] == [(0, "GPU-0aaa"), (2, "GPU-2aaa")]
+
+
+def test_sibling_pids_include_this_process_and_its_siblings():
+    import os
+    import subprocess
+    import sys
+
+    from symwatch_agent.gpu import sibling_pids
+
+    # a child of ours sees us (its parent) excluded and itself included; its sibling too
+    code = ("import os, sys, time; from symwatch_agent.gpu import sibling_pids; "
+            "time.sleep(0.5); print(sorted(sibling_pids()))")
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 text=True) for _ in range(2)]
+    outputs = [eval(c.communicate(timeout=60)[0]) for c in children]
+    pids = {c.pid for c in children}
+    for out in outputs:
+        assert pids <= set(out) and os.getpid() not in out
+    assert os.getpid() in sibling_pids()
+
+
+def test_one_poller_per_node_and_the_nvml_seam_through_the_agent(monkeypatch, collector):
+    """The agent on local rank 0 polls the (fake) NVML; local rank 1 of the same job never
+    does, and publishes no GPU message."""
+    torch = pytest.importorskip("torch")
+    import symwatch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvmls, agents = [], []
+    for local in (0, 1):
+        nvml = FakeNVML([_device(0)])
+        nvmls.append(nvml)
+        agents.append(symwatch.watch(torch.nn.Linear(2, 2), endpoint="tcp://127.0.0.1:0",
+                                     rank=local, world_size=2, local_rank=local, nvml=nvml,
+                                     gpu_interval=0.05, heartbeat_interval=0.05))
+    subs = [collector(a.endpoint) for a in agents]
+    try:
+        subs[0].wait_for(lambda m: m.kind == protocol.GPU)
+        subs[1].wait_for(lambda m: m.kind == protocol.HEARTBEAT and m.seq > 5)
+        assert subs[1].of_kind(protocol.GPU) == []
+        gpu = subs[0].of_kind(protocol.GPU)[-1]
+        assert gpu.payload["devices"][0]["uuid"] == "GPU-0aaa"
+        assert not hasattr(nvmls[1], "process_calls")  # rank 1 never touched NVML
+    finally:
+        for agent in agents:
+            agent.close()
+    assert nvmls[0].shutdowns == 1  # handles kept open while running, closed at the end

@@ -365,7 +365,11 @@ def test_every_indicator_is_published_by_some_layer_of_a_mixed_model():
     opt.step()
     got, _ = measure(model, engine=engine)
     seen = {name for layer in got.values() for name in layer}
-    assert seen == set(INDICATORS)
+    # the attention-head family needs an attention module (tests/test_heads.py)
+    heads = {"qk_rank", "vo_rank", "qk_rank_min", "vo_rank_min", "dead_heads"}
+    assert seen == set(INDICATORS) - heads
+    got, _ = measure({"attn": nn.MultiheadAttention(16, 4)})
+    assert heads <= set(got["attn"])
 
 
 # -- 9. tiers ---------------------------------------------------------------------------------

@@ -84,3 +84,40 @@ def test_inspect_help_needs_no_torch():
     """)
     assert result.returncode == 0, result.stderr
     assert "symwatch inspect" in result.stdout
+
+
+def _gpt2():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, n_positions=16,
+                                     vocab_size=40)
+    return transformers.GPT2Model(config), config
+
+
+def test_attention_heads_of_a_saved_gpt2_module_and_state_dict_agree(tmp_path):
+    model, config = _gpt2()
+    torch.save(model, tmp_path / "m.pt")
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    trusted = _inspect(tmp_path / "m.pt", "--trust")  # the module says it has 4 heads
+    heads = {k: v for k, v in trusted["h.0.attn"].items() if ".h" in k}
+    assert len(heads) == 8 and "dead_heads" in trusted["h.0.attn"]
+    # a state_dict does not say: --heads, else a config.json next to it
+    plain = subprocess.run([sys.executable, "-m", "symwatch_agent.inspect",
+                            str(tmp_path / "sd.pt")], capture_output=True, text=True,
+                           timeout=120)
+    assert plain.returncode == 0 and "--heads N" in plain.stdout  # skipped, with what to pass
+    given = _inspect(tmp_path / "sd.pt", "--heads", "4")
+    config.save_pretrained(tmp_path)  # writes config.json (n_head 4)
+    from_config = _inspect(tmp_path / "sd.pt")
+    for got in (given, from_config):
+        assert {k: v for k, v in got["h.0.attn"].items() if ".h" in k} == heads
+        # c_attn is read as the (out, in) Linear it is: its 96 outputs are the units
+        assert got["h.0.attn.c_attn"]["numerical_rank"] == \
+            trusted["h.0.attn.c_attn"]["numerical_rank"]
+    table = subprocess.run([sys.executable, "-m", "symwatch_agent.inspect",
+                            str(tmp_path / "m.pt"), "--trust"], capture_output=True, text=True,
+                           timeout=120).stdout
+    assert "h.0.attn per head:" in table and "qk_rank" in table
+    bad = subprocess.run([sys.executable, "-m", "symwatch_agent.inspect", str(tmp_path / "sd.pt"),
+                          "--heads", "four"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--heads 12" in bad.stderr

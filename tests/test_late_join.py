@@ -233,11 +233,12 @@ def late_run():
 def _assert_sees_the_early_staircase(state: RunState) -> None:
     layer = state.layers["linear.0"]
     assert layer.type == "Linear"
-    history = list(layer.indicators["numerical_rank"].history)
-    assert history[0][0] == 1  # the very first sample of the run (always taken)
-    early = [value for step, value in history if step < 300]
-    assert {1.0, 2.0, 3.0, 4.0} <= set(early), history[:40]  # the staircase, as it climbed
-    assert [s for s, _ in history] == sorted(s for s, _ in history)  # history in order
+    store = layer.indicators["numerical_rank"].store  # the whole run, older parts merged
+    assert store.first_step == 1  # the very first sample of the run (always taken)
+    history = list(store.entries())  # (step, min, max, last value)
+    early = {v for step, lo, hi, last in history if step < 300 for v in (lo, hi, last)}
+    assert {1.0, 2.0, 3.0, 4.0} <= early, history[:40]  # the staircase, as it climbed
+    assert [e[0] for e in history] == sorted(e[0] for e in history)  # history in order
     rank_events = [e for e in state.events
                    if e.severity == "transition" and e.metric == "numerical_rank"
                    and e.layer == "linear.0"]

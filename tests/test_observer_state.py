@@ -44,17 +44,22 @@ def test_meta_sets_identity_and_layer_table():
 
 
 def test_metrics_current_value_and_bounded_history():
-    s = RunState(history=5)
+    s = RunState(history=4)  # 4 to 8 recent samples whole, older ones merged in pairs
     s.fold(meta(), now=0.0)
     for step in range(8):
         s.fold(msg(protocol.METRICS, step, values={"fc1": {"stable_rank": float(step),
                                                            "numerical_rank": None}}), now=0.0)
     fc1 = s.layers["fc1"]
     assert fc1.value("stable_rank") == 7.0
-    assert fc1.indicators["stable_rank"].history == type(fc1.indicators["stable_rank"].history)(
-        [(3, 3.0), (4, 4.0), (5, 5.0), (6, 6.0), (7, 7.0)])
+    series = fc1.indicators["stable_rank"]
+    assert series.history == [(4, 4.0), (5, 5.0), (6, 6.0), (7, 7.0)]
+    # the older samples are still there, merged pairwise: (last step, min, max, last value)
+    assert list(series.store.entries()) == [(1, 0.0, 1.0, 1.0), (3, 2.0, 3.0, 3.0),
+                                            (4, 4.0, 4.0, 4.0), (5, 5.0, 5.0, 5.0),
+                                            (6, 6.0, 6.0, 6.0), (7, 7.0, 7.0, 7.0)]
+    assert series.store.at(3) == (3, 3.0) and series.store.count == 8
     assert fc1.value("numerical_rank") is None  # N/A stays N/A, never 0
-    assert fc1.indicators["numerical_rank"].values() == [None] * 5
+    assert fc1.indicators["numerical_rank"].values() == [None] * 4
     assert fc1.value("weight_norm") is None  # never sent
     assert fc1.updates == 8
 

@@ -91,7 +91,5 @@ async def test_enter_opens_the_layer_detail_with_history_and_transitions(fake_ag
         assert "numerical_rank 3 → 4" in body
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, LayerDetailScreen), what="closed")
-    series = app.state.layers["fc1"].indicators["weight_norm"]
-    line = marker_line(series, [20], 40)
-    assert line.count("▲") == 1  # 29 samples right-aligned in 40 columns: step 20 at col 30
-    assert line.index("▲") == 40 - 29 + 19
+    line = marker_line(1, 40, [20, 50], 40)  # steps 1..40 in 40 columns; 50 is outside
+    assert line.count("▲") == 1 and line.index("▲") == 19

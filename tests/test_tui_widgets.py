@@ -52,12 +52,15 @@ def _state(n_layers: int = 3, name_len: int = 5) -> RunState:
 def test_layout_fits_the_width_and_keeps_sparklines_when_possible():
     s = _state()
     wide = compute_layout(s, 120)
-    assert wide.spark_w >= 4 and wide.header_height == 1
-    narrow = compute_layout(s, 80)
-    assert narrow.spark_w == 0 and narrow.cell_w == VALUE_WIDTH
-    for width, layout in ((120, wide), (80, narrow)):
+    assert wide.spark_w >= 4 and wide.header_height == 1 and wide.type_w > 0
+    narrow = compute_layout(s, 80)  # sparklines stay: Type and Shape go first
+    assert narrow.spark_w >= 4 and narrow.type_w == narrow.shape_w == 0
+    tiny = compute_layout(s, 60)
+    assert tiny.spark_w == 0 and tiny.cell_w == VALUE_WIDTH
+    for width, layout in ((120, wide), (80, narrow), (60, tiny)):
         used = (layout.layer_w + layout.type_w + layout.shape_w
-                + len(layout.indicators) * layout.cell_w + 2 * (3 + len(layout.indicators)) + 2)
+                + len(layout.indicators) * layout.cell_w
+                + 2 * (1 + (2 if layout.type_w else 0) + len(layout.indicators)) + 2)
         assert used <= width
 
 

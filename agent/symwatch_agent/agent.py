@@ -25,7 +25,9 @@ from torch import nn
 from symwatch import protocol, recording, runtime
 from symwatch_agent import loss_capture
 from symwatch_agent.curve import CurveError
+from symwatch_agent.curve import load_relay_client as load_relay_curve
 from symwatch_agent.curve import load_server as load_curve
+from symwatch_agent import distributed, memory, sharded
 from symwatch_agent.gpu import GpuSampler
 from symwatch_agent.history import History
 from symwatch_agent.indicators import INDICATORS, IndicatorEngine
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 # Options can come from the environment (the zero-code launcher sets these).
 ENV_NAME, ENV_EVERY, ENV_ENDPOINT = "SYMWATCH_NAME", "SYMWATCH_EVERY", "SYMWATCH_ENDPOINT"
 ENV_RECORD = "SYMWATCH_RECORD"  # record every message to this SQLite file ({run}, {rank} expand)
+ENV_CONNECT = "SYMWATCH_CONNECT"  # publish to a `symwatch relay` there instead of binding
 
 # Agents not yet closed in this process: an injector asks before adding a second one, and a
 # test harness closes what a failed test left behind.
@@ -61,15 +64,20 @@ class Agent:
                  max_svd_dim: int = 1024, dup_eps: float = 1e-3,
                  pairs: Mapping[str, Any] | None = None,
                  classifier: bool | str | list[str] | None = True,
+                 heads: Mapping[str, Any] | bool | None = None,
                  stats_interval: float = 0.25,
                  heartbeat_interval: float = 1.0, meta_interval: float = 5.0,
-                 gpu_interval: float = 2.0, nvml: Any = None,
+                 gpu_interval: float = 2.0, nvml: Any = None, process_interval: float = 30.0,
+                 connect: str | None = None,
                  detect: bool = True, threshold: float | None = None,
                  record: str | os.PathLike[str] | None = None,
                  history: bool = True, history_samples: int = 256,
                  history_events: int = 1000, history_bytes: int = 16 * 1024 * 1024,
                  curve_server_key: str | os.PathLike[str] | None = None,
-                 curve_authorized: str | os.PathLike[str] | None = None) -> None:
+                 curve_authorized: str | os.PathLike[str] | None = None,
+                 rank: int | None = None, world_size: int | None = None,
+                 local_rank: int | None = None, node_rank: int | None = None,
+                 replica: bool | None = None) -> None:
         models = _as_model_map(model)
         every = every if every is not None else int(os.environ.get(ENV_EVERY, "10"))
         if every < 1:
@@ -77,21 +85,40 @@ class Agent:
         if not 0 < budget <= 1:
             raise ValueError(f"budget is a fraction of wall time in (0, 1], got {budget}")
         self.every = every
-        # At most this fraction of wall time goes to sampling on the training thread: a sample
-        # is skipped while the agent's cumulative cost exceeds budget × time since start.
+        # At most this fraction of training time goes to the agent (its work on the training
+        # thread plus its publisher thread's CPU): a sample is skipped when its expected cost
+        # would take the total over budget × training time. 1 or more means no limit.
         self.budget = budget
+        self._unlimited = budget >= 1.0
         self.name = name or os.environ.get(ENV_NAME) or _default_name()
-        self.run_id = uuid.uuid4().hex[:12]
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank, self.world_size, self.local_rank, self.node_rank = _placement(
+            rank, world_size, local_rank, node_rank)
+        # The ranks of one job share a run id (docs/distributed.md), so one view through a
+        # relay holds them all; the registry entry and default socket stay per process.
+        self.job = distributed.job_id() if self.world_size > 1 else None
+        self.run_id = self.job or uuid.uuid4().hex[:12]
+        self._process_id = f"{self.run_id}-r{self.rank}" if self.job else self.run_id
         self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         self.started = time.time()
-        self._started_perf = time.perf_counter()
+        # Budget is earned by wall time spent training: the gap before the first step earns
+        # nothing, and a pause longer than a few steps (evaluation, checkpointing, a debugger)
+        # earns only a few steps' worth, so credit cannot pile up and be spent in a burst.
+        self._training_s = 0.0
         self.steps = 0
         self.samples = 0
         self.error: str | None = None  # why the agent is not publishing, if it is not
 
         self.layers, self.skipped = discover(models)
-        self.replica = _replica_measured_on_rank_zero(models, self.rank)
+        # FSDP shards: measured from the local shard only (additive figures the observer
+        # combines); the indicator engine, which needs whole matrices, never sees them.
+        self.sharded = sharded.find_sharded(models, self.layers)
+        if self.sharded:
+            taken = {id(item.layer) for item in self.sharded}
+            self.layers = [layer for layer in self.layers if id(layer) not in taken]
+            self.skipped = [s for s in self.skipped if "FullyShardedDataParallel" not in s
+                            and "_flat_param" not in s]
+        self.replica = self.rank != 0 and (replica if replica is not None else
+                                           _replica_measured_on_rank_zero(models, self.rank))
         if self.replica:
             # DDP keeps identical weights on every rank: rank 0 measures them; the others
             # publish only what differs per rank (loss, step time, GPU), never a collective.
@@ -101,11 +128,17 @@ class Agent:
         self.engine = IndicatorEngine(self.layers, rel_tol=rel_tol, abs_tol=abs_tol,
                                       dead_eps=dead_eps, dup_eps=dup_eps,
                                       max_svd_dim=max_svd_dim, budget=budget,
+                                      clock=lambda: self._training_s,
                                       optimizers=_as_list(optimizer))
         # Static pairing now; the first forward pass refines it (its hooks then remove
         # themselves). Bad `pairs`/`classifier` names raise here, before training starts.
-        self.engine.attach(models, pairs=pairs, classifier=classifier)
+        self.skipped += self.engine.attach(models, pairs=pairs, classifier=classifier,
+                                           heads=heads)
         self._device = self.layers[0].weight.device if self.layers else torch.device("cpu")
+        self._models_device = _models_device(models)
+        self._process_interval = process_interval
+        self._shard_stream = (torch.cuda.Stream(self._models_device)
+                              if self.sharded and self._models_device.type == "cuda" else None)
         self._side_stream = (torch.cuda.Stream(self._device)
                              if self._device.type == "cuda" else None)
         self._stats_interval = stats_interval
@@ -115,10 +148,10 @@ class Agent:
         self._scalars: dict[str, Any] = {}
         self._last_step_at = time.perf_counter()
         self._step_time: float | None = None  # EMA of wall time per step
+        self._sample_cost_s = 0.0  # EMA of one sample's cost on the training thread
         self._next_stats_at = 0.0
         self._cost_s = 0.0  # time the agent spent on the training thread
         self._budgeted_cost_s = 0.0  # the same, less the first sample: what the budget limits
-        self._publisher_cost_s = 0.0  # the publisher thread's share of sampling (decode, detect)
         self._failed_layers_reported = 0
         self._switched_off_reported = 0
         self._hooks: list[Any] = []
@@ -140,12 +173,19 @@ class Agent:
         # so alerts fire and recordings hold transitions with nobody watching).
         self._transitions = TransitionWatch(threshold) if detect else None
         self._marks: list[tuple[int, str]] = []  # from mark(); consumed on the publisher thread
+        self._last_transition: dict[str, Any] | None = None  # in the registry entry's extra
 
         requested = endpoint or os.environ.get(ENV_ENDPOINT) or runtime.default_ipc_endpoint(
-            self.run_id) or "tcp://127.0.0.1:0"
+            self._process_id) or "tcp://127.0.0.1:0"
+        self.connect = connect or os.environ.get(ENV_CONNECT) or None
+        if self.connect:
+            # The relay keeps the history for late viewers and is what `symwatch attach`
+            # finds: this process binds nothing, keeps no history and is not listed itself.
+            requested, history, register = self.connect, False, False
+            self._register = False
         # Recording: the publisher thread hands each encoded message to the recorder, whose own
         # thread writes the file; the training thread never touches SQLite.
-        self.recording = _record_path(record, self.run_id, self.rank)
+        self.recording = _record_path(record, self.run_id, self.rank, shared=bool(self.job))
         self.recorder = (recording.Recorder(self.recording,
                                             warn=lambda text: self._report("recording", text))
                          if self.recording else None)
@@ -158,10 +198,16 @@ class Agent:
                 curve = load_curve(curve_server_key, curve_authorized)
             except CurveError as exc:
                 raise PublisherError(str(exc)) from None
+            if self.connect:  # the agent is the relay's client: its keys, if any
+                try:
+                    curve = load_relay_curve()
+                except CurveError as exc:
+                    raise PublisherError(str(exc)) from None
             self._publisher = Publisher(requested, run=self.run_id, rank=self.rank,
                                         restart=self.restart, report=self._report,
                                         insecure=insecure, recorder=self.recorder,
-                                        history=self.history, curve=curve)
+                                        history=self.history, curve=curve,
+                                        connect=bool(self.connect))
             self._publisher.add_periodic(heartbeat_interval, self._heartbeat)
             self._publisher.add_periodic(meta_interval, self._meta_message)
             self._publisher.add_periodic(gpu_interval, self._gpu_message)
@@ -202,7 +248,12 @@ class Agent:
         _open_agents.add(self)
         if register:
             self._refresh_registry()  # now, so `symwatch ls` sees the run at once
-        if not self.layers and not self.replica:
+        if self.sharded:
+            self._report("sharded", f"{len(self.sharded)} layers are sharded by FSDP: their "
+                         "whole-matrix indicators (spectra, ranks, units, balance) are not "
+                         "computed; weight_norm is combined across ranks by the viewer "
+                         "(docs/distributed.md)")
+        elif not self.layers and not self.replica:
             self._report("layers", "no Linear or Conv layers found; only the loss is published")
 
     # -- public API ----------------------------------------------------------------------------
@@ -247,7 +298,7 @@ class Agent:
         if self._gpu is not None:
             self._gpu.close()
         if self._register:
-            runtime.remove_entry(self.run_id, self._registry_root)
+            runtime.remove_entry(self._process_id, self._registry_root)
 
     def __enter__(self) -> Agent:
         return self
@@ -265,20 +316,37 @@ class Agent:
             now = time.perf_counter()
             if self.steps > 1:  # the first interval includes the set-up before training
                 dt = now - self._last_step_at
-                self._step_time = dt if self._step_time is None else 0.8 * self._step_time + 0.2 * dt
+                step_time = self._step_time
+                if step_time is None:
+                    self._step_time = dt
+                    self._training_s += dt
+                else:
+                    self._step_time = 0.8 * step_time + 0.2 * dt
+                    cap = 4.0 * step_time + 0.05
+                    self._training_s += dt if dt < cap else cap
             self._last_step_at = now
             if (self.steps % self.every == 0 and
-                    self._budgeted_cost_s + self._publisher_cost_s
-                    <= self.budget * (now - self._started_perf)) \
+                    (self._unlimited or
+                     self._budgeted_cost_s + self._publisher.cpu_s + self._sample_cost_s
+                     <= self.budget * self._training_s)) \
                     or self.steps == 1:
                 self._sample()
                 cost = time.perf_counter() - now
                 self._cost_s += cost
                 if self.steps > 1:  # the first sample pays one-off library warm-up
                     self._budgeted_cost_s += cost
+                    self._sample_cost_s = 0.7 * self._sample_cost_s + 0.3 * cost
+                else:
+                    self._sample_cost_s = cost / 4  # a guess until a warmed-up one is measured
                 self._emit_stats(now)
             elif now >= self._next_stats_at:
                 self._emit_stats(now)
+            if self.sharded and self.steps % self.every == 0:
+                # Every rank at the same steps, whatever its own budget says: the viewer needs
+                # every shard of a step. One small reduction per layer.
+                began = time.perf_counter()
+                self._sample_sharded()
+                self._cost_s += time.perf_counter() - began
         except Exception as exc:
             self._report("step", exc)
 
@@ -304,16 +372,45 @@ class Agent:
         def build() -> dict[str, Any]:
             if ready is not None:
                 ready.synchronize()  # waits on the side stream, on the publisher thread
-            work_started = time.perf_counter()
             values, nonfinite = self.engine.decode(rows.tolist())
             self._report_failed_layers()
             self._report_switched_off()
             self._detect_transitions(step, values, _host_number(loss), hyperparameters)
-            # This thread's work competes with training for the CPU and the GIL: charge it to
-            # the budget too. (Only this thread writes the counter.)
-            self._publisher_cost_s += time.perf_counter() - work_started
             return {"values": values, "nonfinite": nonfinite,
                     "cost_s": time.perf_counter() - started}
+
+        self._publisher.submit(protocol.METRICS, build, step)
+
+    def _sample_sharded(self) -> None:
+        """The additive figures of this rank's shards (symwatch_agent/sharded.py): on CUDA on
+        a side stream, copied to pinned memory without blocking; read on the publisher
+        thread."""
+        items = self.sharded
+        ready = None
+        if self._shard_stream is not None:
+            current = torch.cuda.current_stream(self._models_device)
+            side = self._shard_stream
+            side.wait_stream(current)  # read this step's weights
+            with torch.cuda.stream(side):
+                rows = sharded.measure(items)
+                host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+                host.copy_(rows, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record(side)
+            current.wait_event(ready)  # the next step may not overwrite a shard being read
+            rows = host
+        else:
+            rows = sharded.measure(items)
+        step = self.steps
+
+        def build() -> dict[str, Any] | None:
+            if ready is not None:
+                ready.synchronize()  # on the publisher thread, never the training thread
+            # One message per shard group: normally one (a layer mix of FSDP set-ups, more).
+            payloads = list(sharded.decode(items, rows.tolist()).values())
+            for extra in payloads[1:]:
+                self._publisher.submit(protocol.METRICS, extra, step)
+            return payloads[0] if payloads else None
 
         self._publisher.submit(protocol.METRICS, build, step)
 
@@ -329,6 +426,9 @@ class Agent:
             for event_step, payload in self._transitions.update(step, values, loss,
                                                                 hyperparameters):
                 self._publisher.submit(protocol.EVENT, payload, event_step)
+                if payload.get("severity") == "transition":  # the Runs screen lists it
+                    self._last_transition = {"step": event_step, "time": time.time(),
+                                             "message": str(payload.get("message", ""))[:200]}
         except Exception as exc:
             self._transitions = None  # a broken detector must not cost every later sample
             self._report("transition detection", exc)
@@ -360,10 +460,13 @@ class Agent:
         wall = max(time.time() - self.started, 1e-9)
 
         def build() -> dict[str, Any]:
+            device = memory.rank_device(self._models_device)
             return {"loss": _host_number(loss),
+                    # torch's allocator, this rank's device: null (N/A) without CUDA
+                    "memory": memory.allocator_figures(device, uuid=True),
                     "step_time": step_time,
                     "steps_per_s": 1.0 / step_time if step_time else None,
-                    "overhead": (self._cost_s + self._publisher_cost_s) / wall,
+                    "overhead": (self._cost_s + self._publisher.cpu_s) / wall,
                     "dropped": self._publisher.dropped,
                     "scalars": {k: _host_number(v) for k, v in scalars.items()}}
 
@@ -374,7 +477,7 @@ class Agent:
     def _heartbeat(self) -> tuple[str, dict[str, Any], int]:
         wall = max(time.time() - self.started, 1e-9)
         payload = {"dropped": self._publisher.dropped, "samples": self.samples,
-                   "overhead": (self._cost_s + self._publisher_cost_s) / wall}
+                   "overhead": (self._cost_s + self._publisher.cpu_s) / wall}
         if self._publisher.history_endpoint:  # so a late viewer learns it within a second
             payload["history_endpoint"] = self._publisher.history_endpoint
         return protocol.HEARTBEAT, payload, self.steps
@@ -389,26 +492,42 @@ class Agent:
         return {**extra,
             "name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
             "command": list(sys.argv), "started": self.started,
-            "layers": [layer.describe() for layer in self.layers],
+            "layers": (self.engine.describe()
+                       + [item.describe() for item in self.sharded]),
             "indicators": list(INDICATORS), "every": self.every,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "world_size": self.world_size,
+            **({"local_rank": self.local_rank} if self.local_rank is not None else {}),
+            **({"node_rank": self.node_rank} if self.node_rank is not None else {}),
+            **({"job": self.run_id} if self.job else {}),
+            # This rank polls the node's GPUs (one poller per node: local rank 0).
+            "gpu_poller": distributed.node_leader(self.rank, self.local_rank),
             "endpoint": self._publisher.endpoint, "torch": torch.__version__,
             "device": str(self._device), "agent": __version__,
             "python": sys.version.split()[0], "skipped": self.skipped,
         }
 
-    def _gpu_message(self) -> tuple[str, dict[str, Any], int]:
+    def _gpu_message(self) -> tuple[str, dict[str, Any], int] | None:
+        # One poller per node (local rank 0): device-wide NVML statistics are the node's, and
+        # N ranks polling them would cost N times as much for the same figures. The other
+        # ranks publish their own allocator figures (stats.memory) only.
+        if not distributed.node_leader(self.rank, self.local_rank):
+            return None
         if self._gpu is None:  # nvmlInit can take a while: done here, never in watch()
-            self._gpu = GpuSampler(self._nvml)
+            self._gpu = GpuSampler(self._nvml, process_interval=self._process_interval,
+                                   visible_uuids=memory.visible_uuids())
         return protocol.GPU, self._gpu.sample(), self.steps
 
     def _refresh_registry(self) -> None:
         runtime.write_entry(runtime.RunEntry(
-            run_id=self.run_id, name=self.name, pid=os.getpid(), command=list(sys.argv),
+            run_id=self._process_id, name=self.name, pid=os.getpid(), command=list(sys.argv),
             endpoint=self._publisher.endpoint, started=self.started, host=socket.gethostname(),
             steps=self.steps, updated=time.time(),
             extra=({"history_endpoint": self._publisher.history_endpoint}
-                   if self._publisher.history_endpoint else {})), self._registry_root)
+                   if self._publisher.history_endpoint else {})
+            | ({"job": self.run_id, "rank": self.rank, "world_size": self.world_size}
+               if self.job else {})
+            | ({"last_transition": self._last_transition} if self._last_transition else {})),
+            self._registry_root)
         return None
 
     # -- failures ------------------------------------------------------------------------------
@@ -448,6 +567,54 @@ class Agent:
 
 # -- helpers -----------------------------------------------------------------------------------
 
+def _placement(rank: int | None, world_size: int | None, local_rank: int | None,
+               node_rank: int | None) -> tuple[int, int, int | None, int | None]:
+    """(rank, world size, local rank, node rank) of this process. Explicit values win (the
+    trainer integrations pass their trainer's) and are checked; else the launcher's environment
+    (torchrun, accelerate, Lightning: RANK, WORLD_SIZE, LOCAL_RANK, GROUP_RANK/NODE_RANK), where
+    a malformed value is ignored rather than allowed to stop the training; else an initialised
+    torch.distributed group; else a single process. An unknown local/node rank stays None (not
+    sent) rather than a guess."""
+    explicit = {"rank": rank, "world_size": world_size, "local_rank": local_rank,
+                "node_rank": node_rank}
+    for what, value in explicit.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < (1 if what == "world_size" else 0)):
+            raise ValueError(f"{what} must be an integer >= {1 if what == 'world_size' else 0}, "
+                             f"got {value!r}")
+    if rank is not None and world_size is not None and rank >= world_size:
+        raise ValueError(f"rank {rank} is not below world_size {world_size}")
+
+    def env(*names: str) -> int | None:
+        for name in names:
+            try:
+                value = int(os.environ.get(name, ""))
+            except ValueError:
+                continue
+            if value >= 0:
+                return value
+        return None
+
+    group = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None:
+        rank = env("RANK")
+        if rank is None:
+            rank = torch.distributed.get_rank() if group else 0
+    if world_size is None:
+        world_size = env("WORLD_SIZE") or (torch.distributed.get_world_size() if group else 1)
+    local_rank = local_rank if local_rank is not None else env("LOCAL_RANK")
+    node_rank = node_rank if node_rank is not None else env("GROUP_RANK", "NODE_RANK")
+    return rank, world_size, local_rank, node_rank
+
+
+def _models_device(models: Mapping[str, nn.Module]) -> torch.device:
+    """The device of the first parameter of the models (cpu without any)."""
+    for model in models.values():
+        for param in model.parameters():
+            return param.device
+    return torch.device("cpu")
+
+
 def _replica_measured_on_rank_zero(models: Mapping[str, nn.Module], rank: int) -> bool:
     """True on ranks other than 0 of a DistributedDataParallel run: their weights are
     replicas of rank 0's (FSDP shards are not replicas, and are measured per rank)."""
@@ -475,10 +642,14 @@ def _as_list(optimizer: Any) -> list[torch.optim.Optimizer]:
     return list(optimizer)
 
 
-def _record_path(record: Any, run_id: str, rank: int) -> str | None:
+def _record_path(record: Any, run_id: str, rank: int, shared: bool = False) -> str | None:
     path = os.fspath(record) if record is not None else os.environ.get(ENV_RECORD) or None
     if not path:
         return None
+    if shared and "{rank}" not in path:
+        # The ranks of a job share the run id: without {rank} they would all write one file.
+        root, ext = os.path.splitext(path)
+        path = f"{root}.rank{{rank}}{ext}"
     return path.replace("{run}", run_id).replace("{rank}", str(rank))
 
 
@@ -524,6 +695,9 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     pairing of consecutive layers: `{"fc1": "fc2"}`, a list of consumers, or None to unpair),
     `detect` (run the transition detector on every sample; default True), `threshold` (its
     per-series |z| threshold; default: calibrated to the run's number of series),
+    `heads` (attention modules measured per head, docs/metrics.md: `{"blocks.0.attn": 12}`
+    or `(12, 4)` query/key-value heads where the module does not say, None to skip a module,
+    False for none; default: every attention module whose head count is known),
     `classifier` (the Linear(s) before the loss for softmax_translation; default: the last
     Linear of each model; None: none), thresholds `rel_tol`, `abs_tol`, `dead_eps`, `dup_eps`
     (see docs/metrics.md), `record` (also `$SYMWATCH_RECORD`: record every message to this
@@ -532,7 +706,13 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     `history_events`, `history_bytes` bound it), `curve_server_key` and `curve_authorized`
     (also `$SYMWATCH_CURVE_SERVER_KEY`/`$SYMWATCH_CURVE_AUTHORIZED`: CurveZMQ, required to
     publish on a network interface; see docs/security.md), `insecure` (publish on a network
-    interface without keys: anyone who can reach it reads the stream; warned on every start).
+    interface without keys: anyone who can reach it reads the stream; warned on every start),
+    `rank`, `world_size`, `local_rank`, `node_rank` (where this process sits in a distributed
+    run; default: `$RANK`, `$WORLD_SIZE`, `$LOCAL_RANK`, `$GROUP_RANK`/`$NODE_RANK`, else the
+    initialised torch.distributed group, else 0 of 1), `replica` (True: this rank's weights
+    are a data-parallel copy of rank 0's, so only rank 0 measures them; default: detected from
+    a DistributedDataParallel wrapper). The trainer callbacks in `symwatch_agent.integrations`
+    pass these from their trainer.
     """
     return Agent(model, optimizer, **options)
 

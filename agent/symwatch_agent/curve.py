@@ -18,6 +18,9 @@ import zmq
 
 ENV_SERVER_KEY = "SYMWATCH_CURVE_SERVER_KEY"  # the server's secret certificate file
 ENV_AUTHORIZED = "SYMWATCH_CURVE_AUTHORIZED"  # a directory of authorised client public keys
+# Publishing to a relay (`connect=`): the agent is the CURVE *client* of the relay.
+ENV_RELAY_KEY = "SYMWATCH_CURVE_RELAY_KEY"  # the relay's public key file
+ENV_CLIENT_KEY = "SYMWATCH_CURVE_CLIENT_KEY"  # this agent's secret key file
 
 
 class CurveError(ValueError):
@@ -85,6 +88,48 @@ def _load_secret(path: str) -> tuple[bytes, bytes]:
     if not secret or not public:
         raise CurveError(f"{path} holds no secret key: pass the server's *.key_secret file")
     return public, secret
+
+
+@dataclass(frozen=True)
+class CurveClient:
+    """The agent as a CURVE client of a relay: the relay's public key pinned, its own pair."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Make `sock` a CURVE client (before connect)."""
+        sock.curve_serverkey = self.server_public
+        sock.curve_publickey = self.public
+        sock.curve_secretkey = self.secret
+
+    def authenticator(self, ctx: zmq.Context) -> None:
+        return None  # the relay (the server) authenticates; a client has nothing to check
+
+
+def load_relay_client(relay_key: str | os.PathLike[str] | None = None,
+                      client_key: str | os.PathLike[str] | None = None) -> CurveClient | None:
+    """The CURVE settings to publish to a relay that requires keys (`symwatch relay
+    --server-key/--authorized`), from the arguments or $SYMWATCH_CURVE_RELAY_KEY (the relay's
+    public key) and $SYMWATCH_CURVE_CLIENT_KEY (this agent's secret key); None when neither is
+    given."""
+    import zmq.auth
+
+    relay = relay_key if relay_key is not None else os.environ.get(ENV_RELAY_KEY) or None
+    mine = client_key if client_key is not None else os.environ.get(ENV_CLIENT_KEY) or None
+    if relay is None and mine is None:
+        return None
+    if relay is None or mine is None:
+        raise CurveError(f"publishing to a relay with CurveZMQ needs both the relay's public key "
+                         f"(${ENV_RELAY_KEY}) and this agent's secret key (${ENV_CLIENT_KEY}); "
+                         "run `symwatch keygen`")
+    try:
+        server_public, _ = zmq.auth.load_certificate(os.fspath(relay))
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"cannot load the relay's public key {relay}: {exc}") from None
+    public, secret = _load_secret(os.fspath(mine))
+    return CurveClient(server_public=server_public, public=public, secret=secret)
 
 
 class _QuietLog:

@@ -38,24 +38,27 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from symwatch_agent import heads as attention
 from symwatch_agent import pairing, spectra, units
 from symwatch_agent.activity import ActivityProbe
-from symwatch_agent.layers import EMBEDDING, NORM, Layer
+from symwatch_agent.layers import EMBEDDING, NORM, Layer, model_order
 from symwatch_agent.schedule import CHEAP, FULL, TierScheduler
 
 INDICATORS = (
     "weight_norm", "stable_rank", "effective_rank", "participation_ratio", "numerical_rank",
     "dead_fraction", "relu_dead", "balance", "balance_norm", "duplicate_fraction",
-    "distinct_units", "mirror_rank", "softmax_translation", "angular_update", "effective_lr",
+    "distinct_units", "mirror_rank", "qk_rank", "vo_rank", "qk_rank_min", "vo_rank_min",
+    "dead_heads", "softmax_translation", "angular_update", "effective_lr",
     "delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
     "delta_softmax", "broken")
 COL = {name: k for k, name in enumerate(INDICATORS)}
-INTEGER_INDICATORS = frozenset({"numerical_rank", "distinct_units", "mirror_rank"})
+INTEGER_INDICATORS = frozenset({"numerical_rank", "distinct_units", "mirror_rank",
+                                "qk_rank_min", "vo_rank_min"})
 DELTAS = ("delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
           "delta_softmax")
 _COLUMNS = len(INDICATORS) + 1
@@ -67,10 +70,12 @@ class Group:
     """A snapshot of same-shaped layers' weights, measured together in one batched call."""
 
     idxs: list[int]
-    weights: torch.Tensor  # (B, m, n) float32 copy
+    weights: torch.Tensor  # (B, m, n) float32 copy (a view of the live weight: see `owned`)
     bias: torch.Tensor  # (B, m), zeros where a layer has no bias
     out2: torch.Tensor  # (B, m): Σ outgoing weight² per unit (0 without consumers)
     finite: torch.Tensor  # (B,) bool: bias and outgoing weights finite (weights: see measure)
+    owned: bool = True  # False: `weights` is a view of the live parameter, never written to
+    unit2: torch.Tensor | None = None  # (B, m) ‖w_in,i‖²+b_i²+‖w_out,i‖², set by measure
 
 
 @dataclass
@@ -81,7 +86,7 @@ class Snapshot:
     started: float
     groups: list[Group] = field(default_factory=list)
     where: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (group, row)
-    outgoing: dict[int, torch.Tensor] = field(default_factory=dict)  # full tier: (m, k)
+    outgoing: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # full: [(m, k_c)]
     second: dict[int, torch.Tensor] = field(default_factory=dict)  # mirror pairs: W₂ (o, h)
     activity: dict[int, torch.Tensor] = field(default_factory=dict)  # relu: (m,) ever active
     lrs: dict[int, Any] = field(default_factory=dict)  # norm-fed layers: η
@@ -95,15 +100,19 @@ class IndicatorEngine:
                  dead_eps: float = 1e-2, dup_eps: float = 1e-3, max_svd_dim: int = 1024,
                  power_iters: int = 2, cold_power_iters: int = 30, budget: float = 1.0,
                  full_share: float = 0.5,
-                 optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
+                 optimizers: Sequence[torch.optim.Optimizer] = (),
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.layers = list(layers)
         self.rel_tol, self.abs_tol = rel_tol, abs_tol
         self.dead_eps, self.dup_eps = dead_eps, dup_eps
         # Above this min(m, n) a full spectrum costs too much even for the full tier: σ₁ comes
         # from power iteration and the spectrum-based indicators are not computed (absent).
         self.max_svd_dim = max_svd_dim
+        # CPU weights of at least this many elements are measured in place, not copied
+        self.view_elements = 1 << 18
         self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
-        self.scheduler = TierScheduler(budget, full_share=full_share)
+        # `clock` measures the time that earns budget (the agent passes its training time).
+        self.scheduler = TierScheduler(budget, full_share=full_share, clock=clock)
         self.probe = ActivityProbe(self.layers)
         self.failed: dict[int, str] = {}  # layer index -> first error; such layers publish N/A
         # Indicator jobs that raised (name -> first error): switched off for the rest of the
@@ -119,6 +128,11 @@ class IndicatorEngine:
         self._max_s1 = torch.zeros(n, device=device)  # largest σ₁ seen, per layer
         self._max_mirror = torch.zeros(n, device=device)  # largest √(λ₁/2) seen
         self._delta = torch.full((n, len(DELTAS)), float("nan"), device=device)
+        # Attention modules measured per head (heads.py): one extra row each, after the layers,
+        # with each head's qk/vo rank in the columns after _FINITE (see decode()).
+        self.heads: list[attention.HeadSet] = []
+        self._columns = _COLUMNS
+        self.find_heads(None, False)  # none until attach() looks for them
         self._power_vec: dict[int, torch.Tensor] = {}
         self._prev: dict[int, torch.Tensor] = {}  # norm-fed layers: previous [W | b]
         self.last_tier: str | None = None
@@ -127,15 +141,57 @@ class IndicatorEngine:
 
     def attach(self, models: Mapping[str, nn.Module], *,
                pairs: Mapping[str, Any] | None = None,
-               classifier: bool | str | list[str] | None = True, observe: bool = True) -> None:
+               classifier: bool | str | list[str] | None = True, observe: bool = True,
+               heads: Mapping[str, Any] | bool | None = None,
+               heads_default: int | tuple[int, int] | None = None) -> list[str]:
         """Pair the layers: statically now, then from the models' first forward pass (hooks
-        removed right after it), with the user's `pairs` and `classifier` on top."""
+        removed right after it), with the user's `pairs` and `classifier` on top; find the
+        attention modules to measure per head (`heads`: see heads.discover). Returns notes
+        on attention modules found but not measured (for META's skipped list)."""
         self._pair_options = {"overrides": pairs, "classifier": classifier,
                               "models": list(models)}
         self._sources = [pairing.static_edges(models, self.layers)]
         pairing.apply(self.layers, self._sources, **self._pair_options)
+        modules: dict[str, nn.Module] = {}
+        for model_name, full, module in model_order(models):
+            modules.setdefault(full, module)
+            if module is models[model_name] or full == model_name:
+                modules.setdefault(model_name, module)  # a root-level layer's parent is ""
+        skipped = self.find_heads(modules, heads, heads_default)
         if observe and self.layers:
             self._observer = pairing.ForwardObserver(models, self.layers, self._observed)
+        return skipped
+
+    def find_heads(self, modules: Mapping[str, nn.Module] | None,
+                   heads: Mapping[str, Any] | bool | None = None,
+                   default: int | tuple[int, int] | None = None) -> list[str]:
+        """Find the attention modules to measure per head (heads.py); returns "name (why)"
+        notes for those found but not measured. Bad `heads` names raise ValueError."""
+        self.heads, skipped = attention.discover(self.layers, modules, heads, default)
+        n = len(self.layers) + len(self.heads)
+        widest = max((hs.heads for hs in self.heads), default=0)
+        self._columns = _COLUMNS + len(attention.PER_HEAD) * widest
+        self._delta = torch.full((n, len(DELTAS)), float("nan"), device=self._device)
+        self._rows_dims = torch.tensor(
+            [min(layer.matrix_shape) for layer in self.layers] + [1] * len(self.heads),
+            device=self._device, dtype=torch.float32)
+        self._rows_units = torch.tensor(
+            [layer.units for layer in self.layers] + [1] * len(self.heads),
+            device=self._device, dtype=torch.float32)
+        return skipped
+
+    def describe(self) -> list[dict[str, object]]:
+        """The META layer table: every layer, each attention module's row just before its
+        first layer."""
+        first: dict[int, list[attention.HeadSet]] = defaultdict(list)
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
+        for hs in self.heads:
+            first[min(index[id(layer)] for layer in hs.layers())].append(hs)
+        rows: list[dict[str, object]] = []
+        for i, layer in enumerate(self.layers):
+            rows += [hs.describe() for hs in first.get(i, [])]
+            rows.append(layer.describe())
+        return rows
 
     def _observed(self, found: pairing.Observed) -> None:
         self._sources.append(found)
@@ -159,7 +215,13 @@ class IndicatorEngine:
     def snapshot(self, tier: str | None = None) -> Snapshot:
         """Copy what this sample measures (float32, grouped by matrix shape and device). Once
         the copy is queued the optimizer may update the live parameters: on CUDA the training
-        stream waits for this part only, not for the spectra computed from it."""
+        stream waits for this part only, not for the spectra computed from it.
+
+        On the CPU the sample runs on the training thread from start to end (compute()), so
+        large float32 weights are not copied: each gets a group of its own holding a view
+        (`Group.owned` False). Copying them cost more than the cheap tier's arithmetic (a fresh
+        allocation of every weight, page faults included, each sample). measure() must then
+        run before the next optimizer step, as compute() does."""
         tier = tier or self.scheduler.choose()
         snap = Snapshot(tier, time.perf_counter())
         if self._device.type == "cuda":
@@ -170,9 +232,20 @@ class IndicatorEngine:
         for i, layer in enumerate(self.layers):
             if i not in self.failed:
                 by_key[(layer.matrix_shape, layer.weight.device)].append(i)
-        for ((m, n), _device), idxs in by_key.items():
+        chunks: list[tuple[int, int, list[int], bool]] = []
+        for ((m, n), device), idxs in by_key.items():
+            if device.type == "cpu" and m * n >= self.view_elements:
+                views = [i for i in idxs if self.layers[i].weight.dtype == torch.float32]
+                chunks += [(m, n, [i], True) for i in views]
+                idxs = [i for i in idxs if i not in set(views)]
+            if idxs:
+                chunks.append((m, n, idxs, False))
+        for m, n, idxs, view in chunks:
             try:
-                w = torch.stack([self.layers[i].matrix().reshape(m, n) for i in idxs]).float()
+                if view:
+                    w = self.layers[idxs[0]].matrix().reshape(m, n).unsqueeze(0)
+                else:
+                    w = torch.stack([self.layers[i].matrix().reshape(m, n) for i in idxs]).float()
                 bias = torch.stack([self._bias(i, m, w.device) for i in idxs])
                 out2 = torch.stack([self._out2(i, m, w.device) for i in idxs])
                 # Any NaN/inf weight makes its row norm non-finite: measure() reads the flag
@@ -181,9 +254,11 @@ class IndicatorEngine:
                 for j, i in enumerate(idxs):
                     layer = self.layers[i]
                     if tier == FULL and layer.consumers and layer.kind != NORM:
-                        snap.outgoing[i] = layer.outgoing().float()  # type: ignore[union-attr]
+                        snap.outgoing[i] = self._outgoing(layer, copy=not view)
                     if tier == FULL and layer.mirror:
-                        snap.second[i] = layer.consumers[0].matrix().float()
+                        second = layer.consumers[0].matrix()
+                        snap.second[i] = second.float() if view else second.to(
+                            torch.float32, copy=True)
                     if layer.normed_by:
                         snap.lrs[i] = self._lr(layer)
             except Exception as exc:  # weights we cannot read (e.g. sharded): switch them off
@@ -191,12 +266,24 @@ class IndicatorEngine:
                 continue
             for j, i in enumerate(idxs):
                 snap.where[i] = (len(snap.groups), j)
-            snap.groups.append(Group(idxs, w, bias, out2, finite))
+            snap.groups.append(Group(idxs, w, bias, out2, finite, owned=not view))
         return snap
+
+    @staticmethod
+    def _outgoing(layer: Layer, copy: bool) -> list[torch.Tensor]:
+        """Each consumer's input columns as (m, k_c): a transposed view of a Linear's weight
+        (no copy) unless `copy` (the CUDA snapshot, which the optimizer may overwrite)."""
+        parts = []
+        for consumer in layer.consumers:
+            w = consumer.input_weight.detach()  # type: ignore[union-attr]  # (o, m, *k)
+            part = w.t() if w.dim() == 2 else w.transpose(0, 1).reshape(layer.units, -1)
+            parts.append(part.to(torch.float32, copy=copy))
+        return parts
 
     @torch.no_grad()
     def measure(self, snap: Snapshot) -> torch.Tensor:
-        out = torch.full((len(self.layers), _COLUMNS), float("nan"), device=self._device)
+        out = torch.full((len(self.layers) + len(self.heads), self._columns), float("nan"),
+                         device=self._device)
         for group in snap.groups:
             try:
                 self._measure_group(group, snap, out)
@@ -206,14 +293,18 @@ class IndicatorEngine:
         if snap.tier == FULL:
             self._guarded("duplicates", self._duplicates, snap, out)
             self._guarded("mirrors", self._mirrors, snap, out)
+            if self.heads:
+                self._guarded("heads", self._heads, snap, out)
         for i, active in snap.activity.items():
             if i not in self.failed:
                 self._put(out, [i], "relu_dead", 1 - active.float().mean().reshape(1))
         self._guarded("deltas", self._deltas, out)
         # Layers whose weights hold NaN/inf: every computed value becomes null (N/A).
         bad = out[:, _FINITE] == 0
-        computed = ~torch.isnan(out[:, :_FINITE])
-        out[:, :_FINITE] = torch.where(bad[:, None] & computed, float("-inf"), out[:, :_FINITE])
+        flag = out[:, _FINITE].clone()
+        computed = ~torch.isnan(out)
+        out.copy_(torch.where(bad[:, None] & computed, float("-inf"), out))
+        out[:, _FINITE] = flag
         self.probe.arm()  # dead-ReLU hooks for the next forward pass
         self.last_tier = snap.tier
         end = None
@@ -251,8 +342,15 @@ class IndicatorEngine:
         g.finite = g.finite & torch.isfinite(row2).all(1)  # NaN/inf anywhere → non-finite norm
         # In place: the snapshot is our own copy, and a second copy of every weight would
         # double this pass's memory traffic. Non-finite entries read as 0; such layers publish
-        # null for everything anyway.
-        w = torch.nan_to_num_(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
+        # null for everything anyway. A view of a live weight is never written to: it is
+        # copied first, and only when it holds NaN/inf (on the CPU, where reading is free).
+        if g.owned:
+            w = torch.nan_to_num_(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
+        elif not bool(g.finite.all()):
+            w = g.weights = torch.nan_to_num(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
+            g.owned = True
+        else:
+            w = g.weights
         row2 = torch.nan_to_num(row2, nan=0.0, posinf=0.0, neginf=0.0)
         bias = torch.nan_to_num(g.bias, nan=0.0, posinf=0.0, neginf=0.0)
         out2 = torch.nan_to_num(g.out2, nan=0.0, posinf=0.0, neginf=0.0)
@@ -279,6 +377,7 @@ class IndicatorEngine:
                 self._put(out, idxs, "numerical_rank", spectra.count_above(sv, tau))
 
         in2 = row2 + bias.square()
+        g.unit2 = in2 + out2  # ‖u_i‖², reused by the duplicate search
         self._put(out, idxs, "dead_fraction", units.dead_fraction(in2 + out2, self.dead_eps))
 
         sel = [j for j, layer in enumerate(layers) if layer.rescale and layer.consumers]
@@ -292,7 +391,9 @@ class IndicatorEngine:
                       units.softmax_translation(w[sel]))
         for j, layer in enumerate(layers):
             if layer.normed_by:
-                self._scale_invariance(idxs[j], layer, w[j], bias[j], snap, out)
+                # kept until the next sample: our own copy, never a view of the live weight
+                now = w[j] if g.owned else w[j].clone()
+                self._scale_invariance(idxs[j], layer, now, bias[j], snap, out)
 
     def _power_sigma1(self, w: torch.Tensor, idxs: list[int]) -> torch.Tensor:
         """σ₁ by power iteration, warm-started from the previous sample's vector (a fixed random
@@ -327,23 +428,31 @@ class IndicatorEngine:
     # -- the full tier across groups ----------------------------------------------------------
 
     def _duplicates(self, snap: Snapshot, out: torch.Tensor) -> None:
-        by_shape: dict[tuple, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+        """Unit vectors [w_in; b; w_out] as parts (never concatenated: units.duplicates
+        projects each part on its own), batched by the parts' shapes; a large layer alone."""
+        by_shape: dict[tuple, list[tuple[int, list[torch.Tensor]]]] = defaultdict(list)
         for i, (gi, j) in snap.where.items():
             layer = self.layers[i]
             if layer.kind == NORM or (not layer.has_rank and layer.kind != EMBEDDING):
                 continue
             g = snap.groups[gi]
-            parts = [g.weights[j], g.bias[j].unsqueeze(1)]
-            if i in snap.outgoing:
-                parts.append(snap.outgoing[i])
-            u = torch.nan_to_num(torch.cat(parts, dim=1))
-            by_shape[tuple(u.shape)].append((i, u))
+            parts = [g.weights[j], g.bias[j].unsqueeze(1), *snap.outgoing.get(i, ())]
+            if g.unit2 is None:
+                continue  # its group failed: the layer publishes N/A
+            # NaN/inf outgoing weights only make this layer's cosines NaN: it is null anyway
+            shapes = tuple(tuple(p.shape) for p in parts)
+            size = sum(p.numel() for p in parts)
+            key = (shapes, i) if size >= self.view_elements else shapes
+            by_shape[key].append((i, parts + [g.unit2[j]]))
         for rows in by_shape.values():
             idxs = [i for i, _ in rows]
-            u = torch.stack([t for _, t in rows])
-            unit2 = u.square().sum(2)
+            if len(rows) == 1:
+                parts = [p.unsqueeze(0) for p in rows[0][1]]
+            else:
+                parts = [torch.stack([r[1][k] for r in rows]) for k in range(len(rows[0][1]))]
+            unit2 = parts.pop()  # computed by _measure_group from the same weights
             live = unit2.sqrt() > self.dead_eps * unit2.mean(1, keepdim=True).sqrt()
-            fraction, distinct = units.duplicates(u, self.dup_eps, live)
+            fraction, distinct = units.duplicates(parts, self.dup_eps, live)
             self._put(out, idxs, "duplicate_fraction", fraction)
             self._put(out, idxs, "distinct_units", distinct)
 
@@ -365,17 +474,73 @@ class IndicatorEngine:
             tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
             self._put(out, idxs, "mirror_rank", spectra.count_above(root, tau))
 
+    def _heads(self, snap: Snapshot, out: torch.Tensor) -> None:
+        """Per-head QK/VO product ranks of each attention module (heads.py), from the rows of
+        its layers in this snapshot, on the module's own row."""
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
+        base = len(self.layers)
+
+        def weight(layer: Layer, hs: attention.HeadSet) -> torch.Tensor:
+            """The layer's matrix in this snapshot, plus its PEFT LoRA adapters' s·B·A."""
+            gi, j = snap.where[index[id(layer)]]
+            w = snap.groups[gi].weights[j]
+            for a, b, scale in hs.adapters.get(id(layer), ()):
+                ga, ja = snap.where[index[id(a)]]
+                gb, jb = snap.where[index[id(b)]]
+                w = w + scale * (snap.groups[gb].weights[jb] @ snap.groups[ga].weights[ja])
+            return w
+
+        for r, hs in enumerate(self.heads):
+            row = base + r
+            try:
+                parts = [weight(layer, hs)[start:start + count] for layer, start, count in (
+                    (hs.q[0], hs.q[1], hs.heads * hs.head_dim),
+                    (hs.k[0], hs.k[1], hs.kv_heads * hs.head_dim),
+                    (hs.v[0], hs.v[1], hs.kv_heads * hs.head_dim))]
+                o = weight(hs.o, hs) if hs.o is not None else None
+            except KeyError:
+                continue  # one of its layers failed or is not measured: nothing to publish
+            finite = torch.stack([out[index[id(layer)], _FINITE] for layer in hs.layers()])
+            out[row, _FINITE] = finite.min()
+            qk, vo = attention.head_spectra(hs, *parts, o)
+            self._head_ranks(hs, row, "qk", qk, out)
+            if vo is not None:
+                self._head_ranks(hs, row, "vo", vo, out)
+                ranks = torch.cat([out[row, COL["qk_rank"]:COL["qk_rank"] + 1],
+                                   out[row, COL["vo_rank"]:COL["vo_rank"] + 1]])
+            else:
+                ranks = out[row, COL["qk_rank"]:COL["qk_rank"] + 1]
+            out[row, COL["delta_rotation"]] = ranks.mean() / hs.head_dim
+
+    def _head_ranks(self, hs: attention.HeadSet, row: int, pair: str, sv: torch.Tensor,
+                    out: torch.Tensor) -> None:
+        """#{√σ > τ} per head, τ = max(rel_tol · largest √σ₁ seen over the module's heads,
+        abs_tol); its mean, min, per-head values (and, for VO, the dead-head fraction)."""
+        root = sv.sqrt().to(out.dtype)  # in the units of one factor: a balanced pair's own σ
+        top = torch.where(out[row, _FINITE] == 1, root[:, 0].max(), 0.0)
+        seen = torch.maximum(hs.seen[pair], top) if pair in hs.seen else top
+        hs.seen[pair] = seen  # stays on the device: no host sync
+        tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+        ranks = (root > tau).sum(1).to(out.dtype)
+        out[row, COL[f"{pair}_rank"]] = ranks.mean()
+        out[row, COL[f"{pair}_rank_min"]] = ranks.min()
+        k = attention.PER_HEAD.index(f"{pair}_rank")
+        widest = (self._columns - _COLUMNS) // len(attention.PER_HEAD)
+        start = _COLUMNS + k * widest
+        out[row, start:start + hs.heads] = ranks
+        if pair == "vo":
+            out[row, COL["dead_heads"]] = (ranks == 0).to(out.dtype).mean()
+
     def _deltas(self, out: torch.Tensor) -> None:
         """Δ_G per family from this sample's columns, and `broken` from each family's latest."""
         c = {name: out[:, COL[name]] for name in INDICATORS}
-        dims = torch.tensor([min(layer.matrix_shape) for layer in self.layers],
-                            device=out.device, dtype=out.dtype)
+        rotation = c["mirror_rank"] / self._rows_units
         fresh = {
             "delta_perm": 1 - c["duplicate_fraction"],
             "delta_sign": 1 - c["dead_fraction"],
-            "delta_rank": c["numerical_rank"] / dims,
-            "delta_rotation": c["mirror_rank"] / torch.tensor(
-                [layer.units for layer in self.layers], device=out.device, dtype=out.dtype),
+            "delta_rank": c["numerical_rank"] / self._rows_dims,
+            # attention rows: _heads() wrote their delta_rotation (mean per-head rank / d)
+            "delta_rotation": torch.where(torch.isnan(rotation), c["delta_rotation"], rotation),
             "delta_rescale": 1 - c["balance_norm"].abs(),
             "delta_softmax": c["softmax_translation"],
         }
@@ -426,14 +591,31 @@ class IndicatorEngine:
                 continue
             if row[_FINITE] == 0.0:
                 nonfinite.append(layer.name)
-            layer_values: dict[str, float | None] = {}
-            for k, name in enumerate(INDICATORS):
-                x = row[k]
-                if x != x:
-                    continue
-                if x in (float("inf"), float("-inf")):
-                    layer_values[name] = None
-                else:
-                    layer_values[name] = int(round(x)) if name in INTEGER_INDICATORS else x
-            values[layer.name] = layer_values
+            values[layer.name] = _row_values(row, enumerate(INDICATORS))
+        widest = (self._columns - _COLUMNS) // len(attention.PER_HEAD)
+        for hs, row in zip(self.heads, rows[len(self.layers):]):
+            # per head: `qk_rank.h0`, … (integers), after the module's aggregates
+            per_head = [(_COLUMNS + k * widest + h, f"{name}.h{h}")
+                        for k, name in enumerate(attention.PER_HEAD) for h in range(hs.heads)]
+            head_values = _row_values(row, [*enumerate(INDICATORS), *per_head])
+            if head_values and row[_FINITE] == 0.0:
+                nonfinite.append(hs.name)
+            if head_values:
+                values[hs.name] = head_values
         return values, nonfinite
+
+
+def _row_values(row: list[float], columns: Any) -> dict[str, float | None]:
+    """One row's wire values: NaN (not computed) left out, ±inf (undefined) → None."""
+    out: dict[str, float | None] = {}
+    for k, name in columns:
+        x = row[k]
+        if x != x:
+            continue
+        if x in (float("inf"), float("-inf")):
+            out[name] = None
+        elif name in INTEGER_INDICATORS or "_rank.h" in name:
+            out[name] = int(round(x))
+        else:
+            out[name] = x
+    return out

@@ -16,6 +16,14 @@ only: what lies in between is unknown, so balance and mirror_rank are not comput
 Not computed offline: relu_dead (needs activations), angular_update and effective_lr (need two
 samples and an optimizer).
 
+Attention heads (heads.py): each attention module gets a row with qk_rank, vo_rank, their
+minima, dead_heads and every head's ranks (`qk_rank.h0`, …; the table lists them under it).
+A module says how many heads it has; a state_dict does not, so the count comes from
+`--heads N` (or `--heads N:KV` for grouped-query attention), else from a Hugging Face
+`config.json` next to the file (`num_attention_heads`/`n_head`, `num_key_value_heads`).
+In a state_dict, GPT-2's `c_attn`/`c_proj`/`c_fc`/`q_attn` weights are read as the transposed
+(in, out) `Conv1D` weights they are.
+
 Prints plain text (or JSON with --json); never imports rich or textual.
 """
 
@@ -25,13 +33,18 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from symwatch_agent.heads import HEAD_ATTRS, KV_HEAD_ATTRS
 from symwatch_agent.indicators import INDICATORS, IndicatorEngine
 from symwatch_agent.layers import CONV, EMBEDDING, LINEAR, NORM, Layer, discover
+
+# GPT-2's transformers Conv1D layers: stored (in, out), so their units are the columns
+CONV1D_NAMES = ("c_attn", "c_proj", "c_fc", "q_attn")
 from symwatch_agent.schedule import FULL
 
 
@@ -79,6 +92,9 @@ def layers_of_state_dict(state: dict[str, torch.Tensor]) -> tuple[list[Layer], l
             layers.append(Layer(name, holder, tensor, bias, NORM, norm_scope="layer"))
         elif tensor.dim() == 2 and any(s in name.lower() for s in ("embed", "wte", "wpe")):
             layers.append(Layer(name, holder, tensor, None, EMBEDDING, transpose=True))
+        elif tensor.dim() == 2 and name.rsplit(".", 1)[-1] in CONV1D_NAMES:
+            layers.append(Layer(name, holder, tensor, bias, LINEAR, transpose=True,
+                                input_weight=tensor.t()))
         elif tensor.dim() == 2:
             layers.append(Layer(name, holder, tensor, bias, LINEAR, input_weight=tensor))
         elif tensor.dim() > 2:
@@ -92,21 +108,56 @@ def layers_of_state_dict(state: dict[str, torch.Tensor]) -> tuple[list[Layer], l
     return layers, skipped
 
 
-def inspect(obj: nn.Module | dict[str, torch.Tensor]) -> dict[str, Any]:
-    """One full-tier sample of every layer: {"layers": [...], "skipped": [...]}."""
+def heads_from_config(path: str) -> int | tuple[int, int] | None:
+    """The head count in a Hugging Face `config.json` next to `path`, if there is one."""
+    config = Path(path).with_name("config.json")
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    data = {**data.get("text_config", {}), **data} if isinstance(data.get("text_config"),
+                                                                  dict) else data
+    heads = next((data[k] for k in HEAD_ATTRS if isinstance(data.get(k), int)), None)
+    kv = next((data[k] for k in KV_HEAD_ATTRS if isinstance(data.get(k), int)), None)
+    if not heads:
+        return None
+    return (heads, kv) if kv else heads
+
+
+def parse_heads(text: str | None) -> int | tuple[int, int] | None:
+    """`--heads N` or `N:KV`."""
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise SystemExit(f"--heads {text}: expected a number of heads, e.g. --heads 12, or "
+                         "heads:kv_heads for grouped-query attention, e.g. --heads 32:8")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def inspect(obj: nn.Module | dict[str, torch.Tensor],
+            heads: int | tuple[int, int] | None = None) -> dict[str, Any]:
+    """One full-tier sample of every layer: {"layers": [...], "skipped": [...]}. `heads`: the
+    head count of attention modules that do not say (every one, for a state_dict)."""
     if isinstance(obj, nn.Module):
         layers, skipped = discover({"": obj})
         engine = IndicatorEngine(layers)
-        engine.attach({"": obj}, observe=False)
+        skipped += engine.attach({"": obj}, observe=False, heads_default=heads)
     else:
         layers, skipped = layers_of_state_dict(obj)
         engine = IndicatorEngine(layers)
         last = [layer for layer in layers if layer.kind == LINEAR]
         if last:
             last[-1].classifier = True
+        skipped += engine.find_heads(None, None, heads)
     values, nonfinite = engine.decode(engine.compute(FULL).tolist()) if layers else ({}, [])
-    rows = [{"name": layer.name, "type": layer.type_name, "shape": list(layer.weight.shape),
-             "values": values.get(layer.name, {})} for layer in layers]
+    rows = [{"name": row["name"], "type": row["type"], "shape": row["shape"],
+             "values": values.get(str(row["name"]), {})} for row in engine.describe()]
     return {"layers": rows, "skipped": skipped, "nonfinite": nonfinite}
 
 
@@ -133,6 +184,14 @@ def render(result: dict[str, Any]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.rjust(w) if k >= 3 else c.ljust(w) for k, (c, w) in
                         enumerate(zip(t, widths))) for t in table]
+    for r in rows:  # attention modules: each head's ranks
+        per_head = [(n, v) for n, v in r["values"].items() if ".h" in n]
+        if per_head:
+            lines.append(f"{r['name']} per head:")
+            for pair in ("qk_rank", "vo_rank"):
+                ranks = [_fmt(v) for n, v in per_head if n.startswith(pair + ".h")]
+                if ranks:
+                    lines.append(f"  {pair:<8} " + " ".join(ranks))
     if result["skipped"]:
         lines.append(f"skipped (not measured): {', '.join(result['skipped'])}")
     if result["nonfinite"]:
@@ -148,9 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--trust", action="store_true",
                         help="allow unpickling a whole module (runs code from the file)")
+    parser.add_argument("--heads", metavar="N[:KV]", default=None,
+                        help="attention heads per module, where the file does not say (a "
+                             "state_dict never does); default: config.json next to PATH")
     args = parser.parse_args(argv)
+    heads = parse_heads(args.heads)
+    if heads is None:
+        heads = heads_from_config(args.path)
     with torch.no_grad():
-        result = inspect(load(args.path, args.trust))
+        result = inspect(load(args.path, args.trust), heads)
     if args.json:
         print(json.dumps({"path": args.path, **result}, indent=1))
     else:

@@ -5,6 +5,10 @@ Every measured layer is read as a matrix `W` of shape (m units × n inputs):
 - `nn.Linear`: the weight `(out, in)`.
 - `nn.Conv1d/2d/3d`: the weight `(out, in/groups, *k)` flattened to `(out, in/groups·∏k)`:
   one row per output channel.
+- Hugging Face's `Conv1D` (GPT-2's `c_attn`, `c_proj`, `c_fc`; despite the name a Linear whose
+  weight is stored `(in, out)`, applied as `x @ W + b`): the weight *transposed* to `(out, in)`,
+  so it reads exactly like the `nn.Linear` it is. Recognised by duck typing (class name,
+  `nf`, 2-D weight), so transformers is never imported here.
 - `nn.Embedding`: the weight `(vocab, dim)` *transposed* to `(dim, vocab)`. The units are the
   embedding dimensions, because they are what the next layer reads (its input columns) and what
   a permutation or rescaling of the next layer's inputs acts on; the tokens are the "inputs".
@@ -54,7 +58,7 @@ class Layer:
     weight: torch.Tensor  # the Parameter itself (or a view of one, for attention q/k/v)
     bias: torch.Tensor | None
     kind: str = LINEAR
-    transpose: bool = False  # Embedding: units are the columns of the stored weight
+    transpose: bool = False  # Embedding, HF Conv1D: units are the columns of the stored weight
     # The tensor whose dim 1 indexes this layer's *inputs* when it consumes another layer's
     # units (Linear/Conv weight, MHA in_proj_weight); None when it cannot (grouped conv, norms).
     input_weight: torch.Tensor | None = None
@@ -143,6 +147,11 @@ def _layers_of(full: str, module: nn.Module) -> list[Layer] | None:
     bias = bias if isinstance(bias, torch.Tensor) else None
     if isinstance(module, nn.Linear) and isinstance(weight, torch.Tensor):
         return [Layer(full, module, weight, bias, LINEAR, input_weight=weight)]
+    if _is_hf_conv1d(module, weight):
+        # Stored (in, out): the transposed view is the (out, in) matrix a Linear would hold,
+        # and what pairing/outgoing() expect of a consumer's input weight (o, m).
+        return [Layer(full, module, weight, bias, LINEAR, transpose=True,
+                      input_weight=weight.t())]
     if isinstance(module, CONV_TYPES) and isinstance(weight, torch.Tensor):
         reads = weight if module.groups == 1 else None
         return [Layer(full, module, weight, bias, CONV, input_weight=reads, reads_dim=1)]
@@ -157,6 +166,13 @@ def _layers_of(full: str, module: nn.Module) -> list[Layer] | None:
     if isinstance(module, nn.MultiheadAttention):
         return _attention_layers(full, module)
     return None
+
+
+def _is_hf_conv1d(module: nn.Module, weight: object) -> bool:
+    """transformers' `Conv1D` (`pytorch_utils.Conv1D`, formerly `modeling_utils.Conv1D`):
+    a Linear with its weight stored (in, out) = (nx, nf)."""
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor)
+            and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1])
 
 
 def _attention_layers(full: str, mha: nn.MultiheadAttention) -> list[Layer]:

@@ -68,6 +68,28 @@ def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = Fa
     return f"tcp://{host}:{port}"
 
 
+def resolve_connect_address(endpoint: str, insecure: bool = False, curve: bool = False) -> str:
+    """Check the address of a relay the agent will connect its PUB socket to (`connect=`).
+    The same rule as for binding: the stream may leave this machine only encrypted (the
+    relay's CurveZMQ key) or with `insecure`."""
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return endpoint
+    if not endpoint.startswith("tcp://") or ":" not in endpoint[6:]:
+        raise PublisherError(f"cannot publish to a relay at {endpoint!r}: expected "
+                             "tcp://HOST:PORT or ipc://PATH (what `symwatch relay` printed)")
+    host, _, port = endpoint[6:].rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise PublisherError(f"cannot publish to a relay at {endpoint!r}: port {port!r} is not "
+                             "a port number")
+    if not insecure and not curve and not runtime.is_loopback_host(host):
+        raise PublisherError(f"refusing to send the stream in clear text to {host!r}: give the "
+                             "relay's CurveZMQ public key and this agent's key "
+                             "($SYMWATCH_CURVE_RELAY_KEY, $SYMWATCH_CURVE_CLIENT_KEY), reach "
+                             "the relay through an SSH tunnel on 127.0.0.1, or pass "
+                             "insecure=True if anyone on the network may read it")
+    return endpoint
+
+
 def exposed_without_curve(bind_address: str, curve: bool) -> bool:
     """True when the stream is reachable from other hosts in clear text (insecure=True)."""
     if curve or bind_address.startswith("ipc://"):
@@ -81,8 +103,13 @@ class Publisher:
     def __init__(self, endpoint: str, *, run: str, rank: int = 0, restart: int = 0,
                  queue_size: int = 256, idle_wait: float = 0.25, report: Reporter,
                  insecure: bool = False, recorder: Any = None, history: Any = None,
-                 curve: Any = None) -> None:
-        self._bind_address = resolve_bind_address(endpoint, insecure, curve is not None)
+                 curve: Any = None, connect: bool = False) -> None:
+        # connect: the PUB socket connects to a relay's XSUB socket (docs/distributed.md)
+        # instead of binding; the relay then serves viewers and late joiners.
+        self._connect = connect
+        self._bind_address = (resolve_connect_address(endpoint, insecure, curve is not None)
+                              if connect else
+                              resolve_bind_address(endpoint, insecure, curve is not None))
         # A symwatch_agent.curve.CurveServer (or None): both sockets become CURVE servers and a
         # ZAP authenticator thread admits only the authorised client keys.
         self._curve = curve
@@ -110,6 +137,9 @@ class Publisher:
         self.endpoint = ""
         self.dropped = 0  # items refused because the queue was full
         self.sent = 0
+        # CPU seconds this thread has used (building, encoding, sending, periodic jobs): it
+        # competes with training for cores and the GIL, so the agent charges it to its budget.
+        self.cpu_s = 0.0
 
     def add_periodic(self, interval: float, job: Callable[[], tuple[str, Payload, int] | None]) -> None:
         self._periodic.append(Periodic(interval, job))
@@ -160,15 +190,26 @@ class Publisher:
     def _run(self) -> None:
         ctx = zmq.Context()  # our own context: never share the user's
         auth = None
-        sock = ctx.socket(zmq.PUB)
+        # Towards a relay an XPUB socket (a PUB that also hears subscriptions), so this thread
+        # can wait for the relay's subscription before sending: a PUB drops everything sent
+        # before it (the start-up notices, the first meta) while the connection is made.
+        sock = ctx.socket(zmq.XPUB if self._connect else zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
         try:
             if self._curve is not None:
                 auth = self._curve.authenticator(ctx)  # before bind: no unchecked handshake
                 self._curve.apply(sock)
-            sock.bind(self._bind_address)
-            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self._connect:
+                if self._bind_address.startswith("tcp://["):
+                    sock.setsockopt(zmq.IPV6, 1)
+                # Connecting never fails for an absent relay: ZeroMQ retries in the background
+                # and PUB drops (counted as gaps) until it is there.
+                sock.connect(self._bind_address)
+                self.endpoint = self._bind_address
+            else:
+                sock.bind(self._bind_address)
+                self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except (zmq.ZMQError, OSError) as exc:
             self._start_error = exc
             sock.close(0)
@@ -180,6 +221,11 @@ class Publisher:
         router = self._bind_history(ctx) if self._history is not None else None
         self._ready.set()
         try:
+            if self._connect:
+                # Off the training thread (watch() has returned): give the relay a moment to
+                # subscribe, so the first messages are not dropped; they wait in the queue.
+                if sock.poll(int(RELAY_WAIT_S * 1000), zmq.POLLIN):
+                    _drain(sock)
             self._loop(sock, router)
         finally:
             # A short linger gives the goodbye a chance to leave without ever hanging exit.
@@ -189,7 +235,8 @@ class Publisher:
             if auth is not None:
                 auth.stop()
             ctx.term()
-            for endpoint in (self.endpoint, self.history_endpoint):
+            for endpoint in ((self.history_endpoint,) if self._connect
+                             else (self.endpoint, self.history_endpoint)):
                 if endpoint.startswith("ipc://"):
                     try:
                         os.unlink(endpoint[len("ipc://"):])
@@ -255,6 +302,9 @@ class Publisher:
                     self._send(sock, kind, payload, step)
                 if kind == protocol.GOODBYE:
                     return
+            self.cpu_s = time.thread_time()
+            if self._connect:
+                _drain(sock)  # the relay's (re)subscriptions: nothing to do with them
             if self._stopping.is_set() and self._queue.empty():
                 return
 
@@ -321,14 +371,18 @@ class Publisher:
             pass
 
 
+RELAY_WAIT_S = 2.0  # how long a publisher to a relay waits for it before sending anyway
+
+
+def _drain(sock: zmq.Socket) -> None:
+    while True:
+        try:
+            sock.recv(zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+
+
 def history_bind_address(endpoint: str) -> str:
-    """Where the history ROUTER binds, next to the bound PUB endpoint: `X.history.sock` beside
-    an ipc socket (loopback TCP when that path is too long), the same interface for TCP."""
-    if endpoint.startswith("ipc://"):
-        path = endpoint[len("ipc://"):]
-        base = path[:-len(".sock")] if path.endswith(".sock") else path
-        candidate = f"{base}.history.sock"
-        return (f"ipc://{candidate}" if len(candidate) <= runtime.MAX_IPC_PATH
-                else "tcp://127.0.0.1:*")
-    host = endpoint[len("tcp://"):].rpartition(":")[0]
-    return f"tcp://{host}:*"
+    """Where the history ROUTER binds, next to the bound PUB endpoint (runtime.history_address:
+    `X.history.sock` beside an ipc socket, the same interface for TCP)."""
+    return runtime.history_address(endpoint)

@@ -4,7 +4,8 @@ every recording) and alerts fire with nobody watching.
 The detector itself is the shared, stdlib-only `symwatch.detection.TransitionDetector`. This
 module feeds it each sample on the publisher thread (never the training thread) and labels
 changes of the optimizer's hyper-parameters (a learning-rate schedule boundary, weight decay
-switched on) as exogenous, so they are reported as explained rather than as discoveries.
+switched on) as exogenous, so they are reported as explained rather than as discoveries. A
+smooth schedule's small change between two samples is not a boundary (`BOUNDARY_CHANGE`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from symwatch.detection import TransitionDetector, to_event_payload
 
 # The optimizer settings whose change explains a jump in what follows.
 WATCHED_HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
+# Only a change by more than this fraction between two samples is a boundary: a smooth schedule
+# (linear decay, cosine, the Trainer's default) moves the lr a little at every sample, and
+# marking each of those would label every transition of the run exogenous. Warm-up from 0, a
+# StepLR boundary, weight decay switched on, a restart of a cyclic schedule are all far above.
+BOUNDARY_CHANGE = 0.25
 
 Hyperparameters = tuple[tuple[str, int, float | None], ...]
 
@@ -62,7 +68,8 @@ class TransitionWatch:
         changes = []
         for name, group, value in hyperparameters:
             previous = self._last.get((name, group))
-            if previous is not None and previous != value:
+            if previous is not None and previous != value and \
+                    abs(value - previous) > BOUNDARY_CHANGE * max(abs(value), abs(previous)):
                 changes.append(f"{name} {previous:g} → {value:g}")
             self._last[(name, group)] = value
         if changes:

@@ -26,6 +26,8 @@ same-shaped layers and return per-layer tensors; nothing reads a value back to t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -48,38 +50,61 @@ def balance(in2: torch.Tensor, out2: torch.Tensor) -> tuple[torch.Tensor, torch.
     return c.sum(1), mean
 
 
-def duplicates(u: torch.Tensor, eps: float, live: torch.Tensor, *, proj_dim: int = 128,
-               max_units: int = 4096, generator_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """u: (B, m, d) unit vectors, live: (B, m) bool → (duplicate_fraction, distinct_units).
+def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Tensor, *,
+               proj_dim: int = 128, max_units: int = 4096, generator_seed: int = 0,
+               chunk_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """u: (B, m, d) unit vectors — or a list of parts (B, m, d_i), read as their concatenation
+    along the last dim without building it — and live: (B, m) bool → (duplicate_fraction,
+    distinct_units).
 
-    Cost O(B·m²·d'). Wide vectors are first normalised, then projected to `proj_dim` dims by a
-    fixed Gaussian matrix (Johnson–Lindenstrauss): distances between unit directions, and so
+    Cost O(B·m²·d'). Wide vectors are projected to `proj_dim` dims by a fixed Gaussian matrix
+    (Johnson–Lindenstrauss), then normalised: distances between unit directions, and so
     1 − cos = ‖û_i − û_j‖²/2 for near-duplicates, are kept to about ±2/√proj_dim relative
     (±18 % at 128), which moves the ε threshold by that factor, not the cosines of clearly
-    distinct units. Layers with more than `max_units` units use the first `max_units` units
-    (duplicates among them; the fractions are then estimates over that subset).
+    distinct units. The projection is linear, so each part is projected by its own block of
+    rows of the matrix (a transposed view costs no copy). Layers with more than `max_units`
+    units use the first `max_units` units (duplicates among them; the fractions are then
+    estimates over that subset). The m × m cosines are formed `chunk_elements` at a time and
+    read in three passes (nearest other unit; nearest lower-indexed unit).
     """
-    b, m, d = u.shape
+    parts = [u] if isinstance(u, torch.Tensor) else list(u)
+    b, m = parts[0].shape[:2]
     if m > max_units:
-        u, live, m = u[:, :max_units], live[:, :max_units], max_units
-    unit = u / u.norm(dim=2, keepdim=True).clamp_min(1e-30)
+        parts, live, m = [p[:, :max_units] for p in parts], live[:, :max_units], max_units
+    d = sum(p.shape[2] for p in parts)
     if d > 2 * proj_dim:
-        gen = torch.Generator(device="cpu").manual_seed(generator_seed + d)
-        proj = torch.randn(d, proj_dim, generator=gen).to(u.device) / proj_dim ** 0.5
-        unit = unit @ proj
-        unit = unit / unit.norm(dim=2, keepdim=True).clamp_min(1e-30)
-    cos = unit @ unit.transpose(1, 2)  # (B, m, m)
-    both_live = live[:, :, None] & live[:, None, :]
-    eye = torch.eye(m, dtype=torch.bool, device=u.device)
-    close = (cos > 1 - eps) & both_live & ~eye
-    dup = close.any(2) & live
+        proj = _projection(d, proj_dim, generator_seed).to(parts[0].device, parts[0].dtype)
+        rows, at = [], 0
+        for p in parts:
+            rows.append(p @ proj[at:at + p.shape[2]])
+            at += p.shape[2]
+        vec = torch.stack(rows).sum(0) if len(rows) > 1 else rows[0]
+    else:
+        vec = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+    # Dead units become zero vectors: cosine 0 with everything, so never a duplicate.
+    norm = vec.norm(dim=2, keepdim=True)
+    unit = torch.where(live[:, :, None] & (norm > 0), vec / norm.clamp_min(1e-30), 0.0)
+    threshold = 1 - eps
+    dup = torch.empty(b, m, dtype=torch.bool, device=unit.device)
+    earlier = torch.empty(b, m, dtype=torch.bool, device=unit.device)
+    step = max(1, chunk_elements // max(1, m * m))
+    for s in range(0, b, step):
+        cos = unit[s:s + step] @ unit[s:s + step].transpose(1, 2)  # (b', m, m)
+        cos.diagonal(dim1=1, dim2=2).fill_(0.0)  # a unit is not its own duplicate
+        dup[s:s + step] = cos.amax(2) > threshold
+        earlier[s:s + step] = cos.tril_(-1).amax(2) > threshold  # a lower-indexed duplicate
     live_count = live.sum(1)
     fraction = dup.sum(1).float() / live_count.clamp_min(1)
     fraction = torch.where(live_count > 0, fraction, torch.full_like(fraction, float("nan")))
-    earlier = torch.tril(torch.ones(m, m, dtype=torch.bool, device=u.device), diagonal=-1)
-    has_earlier = (close & earlier).any(2)
-    distinct = (live & ~has_earlier).sum(1).float()
+    distinct = (live & ~earlier).sum(1).float()
     return fraction, distinct
+
+
+@functools.lru_cache(maxsize=32)
+def _projection(d: int, proj_dim: int, seed: int) -> torch.Tensor:
+    """The fixed Gaussian projection for `d`-dim unit vectors (the same every sample)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed + d)
+    return torch.randn(d, proj_dim, generator=gen) / proj_dim ** 0.5
 
 
 def softmax_translation(w: torch.Tensor) -> torch.Tensor:

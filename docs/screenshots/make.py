@@ -3,13 +3,17 @@
     .venv/bin/python docs/screenshots/make.py
 
 Records the demo (700 steps, the agent inside, real sockets), replays the recording at full
-speed into the real app (Textual's test driver, 120×40), and saves each screen as SVG.
+speed into the real app (Textual's test driver, 120×40, the dark theme), and saves each screen
+as SVG: the dashboard, its column views, a layer's detail, the events, help, the command
+palette, a sorted and filtered table, the light theme, and the dashboard at 80×24 and 250×50.
+Then web.png: `symwatch attach --web` on a live demo run, in headless Chromium.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,6 +25,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 from symwatch.replay import ReplaySource  # noqa: E402
 from symwatch.tui.app import SymwatchApp  # noqa: E402
 from symwatch.tui.layer_table import LayerTable  # noqa: E402
+from symwatch.tui.themes import DARK, LIGHT  # noqa: E402
 
 
 def record_demo(path: str, steps: int) -> None:
@@ -32,7 +37,15 @@ def record_demo(path: str, steps: int) -> None:
 
 async def shoot(path: str) -> None:
     source = ReplaySource.open(path, speed=float("inf"))
-    app = SymwatchApp(source, title="symwatch — demo", owns_source=True, tick_s=0.05)
+    app = SymwatchApp(source, title="symwatch — demo", owns_source=True, tick_s=0.05,
+                      theme=DARK)
+
+    async def save(name: str, settle: float = 0.3) -> None:
+        await pilot.pause(settle)
+        app.clear_notifications()  # a toast ("columns: rank") would cover the table
+        await pilot.pause(0.1)
+        app.save_screenshot(str(HERE / f"{name}.svg"))
+
     async with app.run_test(size=(120, 40)) as pilot:
         while app.state.goodbye_reason is None:
             await pilot.pause(0.1)
@@ -50,6 +63,75 @@ async def shoot(path: str) -> None:
         await pilot.press("e")
         await pilot.pause(0.5)
         app.save_screenshot(str(HERE / "events.svg"))
+        await pilot.press("escape")
+        await pilot.pause(0.3)
+        table.view = "overview"
+        await pilot.press("question_mark")
+        await save("help")
+        await pilot.press("escape", "slash", *"mlp", "enter")
+        app.sort_by("ind:broken")  # largest first
+        await save("sorted-filtered")
+        await pilot.press("slash", "escape")
+        app.sort_by(None)
+        await pilot.press("ctrl+p", *"sort")
+        await save("palette", settle=0.8)
+        await pilot.press("escape")
+        app.theme = LIGHT
+        await save("dashboard-light")
+        app.theme = DARK
+        await pilot.resize_terminal(80, 24)
+        await save("dashboard-80x24")
+        await pilot.resize_terminal(250, 50)
+        await save("dashboard-250x50")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def shoot_web(seconds: float = 20.0) -> None:
+    """web.png: `symwatch attach --web` on a live demo run, in headless Chromium (playwright
+    drives the system's browser; skipped, with a message, where either is missing)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("web.png skipped: playwright is not installed")
+        return
+    if not os.access(CHROMIUM, os.X_OK):
+        print(f"web.png skipped: no {CHROMIUM}")
+        return
+    demo = subprocess.Popen([sys.executable, "-m", "symwatch_agent.demo", "--steps", "0",
+                             "--delay", "0.03", "--endpoint", "tcp://127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = None
+    try:
+        line = demo.stdout.readline()  # "symwatch demo: publishing on tcp://…"
+        endpoint = re.search(r"(tcp://\S+)", line)[1]  # type: ignore[index]
+        server = subprocess.Popen([sys.executable, "-m", "symwatch", "attach", endpoint, "--web",
+                                   "--theme", "dark", "--title", "symwatch — demo"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = None
+        while url is None:
+            line = server.stderr.readline()
+            if not line:
+                raise RuntimeError("symwatch attach --web exited without serving")
+            found = re.search(r"at (http://\S+)", line)
+            url = found[1] if found else None
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.route("**/*", lambda route: route.continue_()
+                       if route.request.url.startswith(url) else route.abort())
+            page.goto(url)
+            page.wait_for_selector("body.-first-byte", timeout=60_000)
+            page.wait_for_timeout(seconds * 1000)  # let the demo run climb a few ranks
+            page.screenshot(path=str(HERE / "web.png"))
+            browser.close()
+    finally:
+        for proc in (server, demo):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
 
 
 def main() -> int:
@@ -57,7 +139,9 @@ def main() -> int:
         recording = str(Path(tmp) / "demo.db")
         record_demo(recording, 700)
         asyncio.run(shoot(recording))
-    print("wrote", ", ".join(sorted(p.name for p in HERE.glob("*.svg"))))
+    shoot_web()
+    print("wrote", ", ".join(sorted(p.name for p in HERE.glob("*.svg"))
+                             + [p.name for p in HERE.glob("*.png")]))
     return 0
 
 

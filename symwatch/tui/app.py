@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Iterable
 
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Footer
+from textual.message import Message as UiMessage
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input
 
 from symwatch.client import BackgroundFeed, MessageSource
 from symwatch.protocol import Message
-from symwatch.state import DEFAULT_STALE_AFTER, FINISHED, STALE, WAITING, RunState
+from symwatch.state import (DEFAULT_STALE_AFTER, FINISHED, LIVE, RECONNECTING, STALE, WAITING,
+                            RunState)
 from symwatch.tui.banner import ConnectionBanner
 from symwatch.tui.columns import next_view
+from symwatch.tui.commands import palette_commands
+from symwatch.tui.filter_bar import FilterBar
+from symwatch.tui.layer_order import next_sort_column
+from symwatch.tui.themes import DARK, ThemeError, resolve_theme, toggled
 from symwatch.tui.events_screen import EventsScreen
 from symwatch.tui.layer_detail import LayerDetailScreen
 from symwatch.tui.header import RunHeader
 from symwatch.tui.help import HelpScreen
+from symwatch.tui import history_view
+from symwatch.tui.history_view import HistoryWindow
 from symwatch.tui.layer_table import LayerTable
 from symwatch.tui.panels import EventsLog, GpuLine, LossPanel
+from symwatch.tui.ranks_panel import RanksLine, RanksScreen
 
-# The view redraws on this clock, however fast messages arrive, so a flood cannot starve input.
+# The view redraws when data arrives (a source with `on_arrival`, e.g. BackgroundFeed), at most
+# once per MIN_FRAME_S however fast messages come, so a flood cannot starve input; and on this
+# clock in any case (the stale countdown; sources that cannot wake the app).
 TICK_S = 0.2
+MIN_FRAME_S = 1 / 30
 # Time one tick may spend folding; the rest waits (in the app's backlog, then in the source,
 # then ZeroMQ drops at its high-water mark and the gap shows as "dropped") for later ticks.
 FOLD_BUDGET_S = 0.05
@@ -42,6 +56,12 @@ class SymwatchApp(App[None]):
         Binding("p", "pause", "Pause/resume"),
         Binding("v", "next_view", "Columns"),
         Binding("e", "events", "Events"),
+        Binding("g", "ranks", "Ranks/GPUs"),
+        Binding("r", "runs", "Runs"),
+        Binding("s", "next_sort", "Sort"),
+        Binding("S", "reverse_sort", "Reverse sort", show=False),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("t", "toggle_theme", "Theme", show=False),
         # Replay controls: live only when the source has them (see check_action).
         Binding("space", "replay('toggle_play')", "Play/pause", priority=True),
         Binding("plus,equals_sign", "replay('faster')", "Faster", key_display="+",
@@ -49,22 +69,46 @@ class SymwatchApp(App[None]):
         Binding("minus", "replay('slower')", "Slower", key_display="-", priority=True),
         Binding("home", "replay('seek_start')", "Start", priority=True),
         Binding("end", "replay('seek_end')", "End", priority=True),
+        # Scroll-back through the run's history (symwatch.tui.history_view).
+        Binding("left_square_bracket", "history_pan(-0.5)", "Back", key_display="["),
+        Binding("right_square_bracket", "history_pan(0.5)", "Forward", key_display="]",
+                show=False),
+        Binding("left_curly_bracket", "history_jump(-1)", "Back a lot", key_display="{",
+                show=False),
+        Binding("right_curly_bracket", "history_jump(1)", "Forward a lot", key_display="}",
+                show=False),
+        Binding("z", "history_zoom(2)", "Zoom out", show=False),
+        Binding("Z", "history_zoom(0.5)", "Zoom in", show=False),
+        Binding("L", "history_live", "Live", show=False),
+        Binding("end", "history_live", "Live", show=False, priority=True),  # if no replay
     ]
 
     def __init__(self, source: MessageSource, *, title: str | None = None,
                  stale_after: float = DEFAULT_STALE_AFTER, owns_source: bool = False,
-                 tick_s: float = TICK_S, bell: bool = False) -> None:
+                 tick_s: float = TICK_S, bell: bool = False, theme: str | None = None) -> None:
         super().__init__()
+        # a Textual theme name; None: $SYMWATCH_THEME, else the terminal's background (the
+        # command line reports a bad $SYMWATCH_THEME; here it falls back to the dark theme)
+        try:
+            self.theme = theme or resolve_theme()
+        except ThemeError:
+            self.theme = DARK
         self.ring_bell = bell  # the terminal bell on each transition, for who looks away
         self.source = source
-        self.endpoint: str = getattr(source, "endpoint", "?")
+        # what the header names: a source's `where` (e.g. ssh://host/run), else its endpoint
+        self.endpoint: str = getattr(source, "where", None) or getattr(source, "endpoint", "?")
         self.state = RunState(stale_after=stale_after)
-        self.paused = False
+        self.paused = False  # paused or scrolled back: `window` is not live
+        self.window = HistoryWindow()  # the stretch of the run shown (live: the newest)
+        self._window_run: str | None = None  # the run the window was set on
+        self._wake_pending = False  # a redraw is scheduled because data arrived
+        self._last_tick_at = 0.0
         self.owns_source = owns_source
         self.tick_s = tick_s
         self.tick_errors = 0  # internal failures while drawing; counted, shown, never fatal
         self.last_tick_error: str | None = None
         self._drawn_key: tuple[Any, ...] | None = None
+        self._drawn_revision = -1
         self._backlog: deque[Message] = deque()
         self._events_seen = 0
         self.title = title or f"symwatch — {self.endpoint}"
@@ -72,21 +116,51 @@ class SymwatchApp(App[None]):
         # is not "stale"; `generation` changes when it seeks back and the state must restart.
         self._clock = getattr(source, "now", None) or time.monotonic
         self._generation = getattr(source, "generation", 0)
+        self.runs_config: Any = None  # the Runs screen's hosts and ssh options (runs_screen.py)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="main"):
             yield RunHeader(id="header")
             yield ConnectionBanner(id="banner")
             yield LayerTable(id="layers")
+            yield FilterBar(id="filter-bar")
             yield LossPanel(id="loss")
             yield GpuLine(id="gpu")
+            yield RanksLine(id="ranks-line")
             yield EventsLog(id="events")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one(LayerTable).focus()
+        self._listen(self.source)
         self.tick()
         self.set_interval(self.tick_s, self.tick)
+
+    def _listen(self, source: MessageSource) -> None:
+        """Be woken by the source when data arrives (if it can), instead of waiting a tick."""
+        if hasattr(source, "on_arrival"):
+            source.on_arrival = self._data_arrived  # type: ignore[attr-defined]
+
+    class DataArrived(UiMessage):
+        """Posted from the source's thread when messages are queued."""
+
+    def _data_arrived(self) -> None:
+        """Runs in the source's thread: hand over to the app's loop, never block."""
+        if not self._wake_pending and self.is_running:
+            self._wake_pending = True
+            self.post_message(self.DataArrived())  # thread-safe
+
+    def on_symwatch_app_data_arrived(self, _: DataArrived) -> None:
+        # Coalesced: at once when the last redraw is MIN_FRAME_S old, else when it will be.
+        delay = self._last_tick_at + MIN_FRAME_S - time.monotonic()
+        if delay > 0.001:
+            self.set_timer(delay, self._woken_tick)
+        else:  # (a zero-delay Textual timer divides by zero)
+            self.call_later(self._woken_tick)
+
+    def _woken_tick(self) -> None:
+        self._wake_pending = False
+        self.tick()
 
     def on_unmount(self) -> None:
         if self.owns_source:
@@ -97,12 +171,12 @@ class SymwatchApp(App[None]):
     def tick(self) -> None:
         """Drain the source, fold, redraw. Anything unexpected is counted, not raised."""
         now = self._clock()
+        self._last_tick_at = time.monotonic()
         try:
             if getattr(self.source, "generation", 0) != self._generation:
                 self._restart_state()
             self._drain(now)
-            if not self.paused:
-                self._draw(now)
+            self._draw(now)
         except Exception as exc:  # noqa: BLE001 - the view must outlive any bad input
             self.tick_errors += 1
             self.last_tick_error = f"{type(exc).__name__}: {exc}"
@@ -131,29 +205,54 @@ class SymwatchApp(App[None]):
         self._backlog.clear()
         self._events_seen = 0
         self._drawn_key = None
+        self._set_window(HistoryWindow(), redraw=False)
         self.query_one(LayerTable).clear()
 
     def _draw(self, now: float) -> None:
         state = self.state
-        connection = state.connection(now)
+        connection = self.connection(now)
         silent = state.silent_for(now)
-        key = (state.revision, connection, state.garbage, self.size,
-               int(silent) if connection == STALE and silent is not None else None)
+        if not self.window.live and state.run_id != self._window_run:
+            self._set_window(HistoryWindow(), redraw=False)  # the agent restarted: follow it
+        window = self.window
+        # Paused or scrolled back, new data changes nothing on screen but the header's note.
+        key = (state.revision if window.live else window, connection, state.garbage,
+               self.size, int(silent) if connection in (STALE, RECONNECTING) and
+               silent is not None else None)
         if key == self._drawn_key:
+            if not window.live and self._drawn_revision != state.revision:
+                self._drawn_revision = state.revision
+                self.query_one(RunHeader).show(state, connection, endpoint=self.endpoint,
+                                               paused=True, window=window)
             return
         self._drawn_key = key
+        self._drawn_revision = state.revision
         main = self.query_one("#main")
-        for name in (WAITING, STALE, FINISHED):
-            main.set_class(connection == name, f"-{name}")
-        self.query_one(RunHeader).show(state, connection, endpoint=self.endpoint, paused=False)
+        for name in (WAITING, STALE, FINISHED):  # reconnecting is styled as stale
+            main.set_class(connection == name or (name == STALE and connection == RECONNECTING),
+                           f"-{name}")
+        self.query_one(RunHeader).show(state, connection, endpoint=self.endpoint,
+                                       paused=not window.live, window=window)
         self.query_one(ConnectionBanner).show(state, connection, endpoint=self.endpoint,
                                               silent_for=silent)
         if connection != WAITING:
-            self.query_one(LayerTable).sync(state)
-            self.query_one(LossPanel).show(state)
+            table = self.query_one(LayerTable)
+            table.set_window(window)
+            table.sync(state)
+            self.query_one(FilterBar).show_count(table.shown_layers, table.total_layers)
+            self.query_one(LossPanel).show(state, window)
             self.query_one(GpuLine).show(state)
+            self.query_one(RanksLine).show(state)
             self.query_one(EventsLog).show(state)
         self._notify_events()
+
+    def connection(self, now: float | None = None) -> str:
+        """The state's waiting/live/stale/finished, or reconnecting while the source says its
+        connection dropped (a crashed or restarting agent: known before the stale timeout)."""
+        state = self.state.connection(now if now is not None else self._clock())
+        if state in (LIVE, STALE) and getattr(self.source, "connected", None) is False:
+            return RECONNECTING
+        return state
 
     def _notify_events(self) -> None:
         fresh = min(self.state.events_total - self._events_seen, len(self.state.events), 5)
@@ -180,6 +279,35 @@ class SymwatchApp(App[None]):
         if isinstance(event.data_table, LayerTable) and event.row_key.value:
             self.push_screen(LayerDetailScreen(self.state, str(event.row_key.value)))
 
+    def action_runs(self) -> None:
+        """The Runs screen: runs here and on SSH hosts, recordings; Enter shows one here."""
+        from symwatch.tui.runs_screen import RunsScreen, open_runs_screen
+
+        if not isinstance(self.screen, RunsScreen):
+            open_runs_screen(self)
+
+    def attach_source(self, source: MessageSource, title: str | None = None) -> None:
+        """Show another run (or recording) in this view; the previous source, if ours, is
+        closed on a thread (a tunnel takes a moment to end)."""
+        old, owned = self.source, self.owns_source
+        self.source, self.owns_source = source, True
+        self.endpoint = getattr(source, "where", None) or getattr(source, "endpoint", "?")
+        self.title = title or f"symwatch — {self.endpoint}"
+        self._clock = getattr(source, "now", None) or time.monotonic
+        self._restart_state()
+        self._listen(source)
+        self.refresh_bindings()  # the replay keys follow the source
+        if owned and old is not source:
+            threading.Thread(target=old.close, name="symwatch-close-source", daemon=True).start()
+        self.tick()
+
+    def action_ranks(self) -> None:
+        """Every rank (stragglers, diverging losses) and every node's GPUs."""
+        if isinstance(self.screen, RanksScreen):
+            self.screen.dismiss(None)
+        else:
+            self.push_screen(RanksScreen())
+
     def action_events(self) -> None:
         """Every transition and notice so far, in a scrollable timeline."""
         if isinstance(self.screen, EventsScreen):
@@ -188,7 +316,7 @@ class SymwatchApp(App[None]):
             self.push_screen(EventsScreen(self.state))
 
     def action_next_view(self) -> None:
-        """Show the next family of indicator columns (overview, rank, units, scale, all)."""
+        """Show the next family of indicator columns (overview, rank, units, scale, rotation, heads, all)."""
         table = self.query_one(LayerTable)
         table.view = next_view(table.view, self.state.indicator_names())
         self.notify(f"columns: {table.view}", timeout=1.5)
@@ -196,9 +324,95 @@ class SymwatchApp(App[None]):
         self.tick()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "history_live":  # End: the replay's when there is one; L always
+            return not self.window.live and not isinstance(self.focused, Input)
         if action == "replay":  # bound (and shown) only for a source with that control
+            if isinstance(self.focused, Input):
+                return False  # its keys (space, +, -, Home, End) are the filter's text then
             return bool(parameters) and callable(getattr(self.source, str(parameters[0]), None))
         return True
+
+    # -- sorting, filtering, themes, the palette ----------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Textual's own commands (theme, keys, screenshot, quit) and every one of ours."""
+        yield from super().get_system_commands(screen)
+        yield from palette_commands(self)
+
+    def indicator_columns(self) -> list[str]:
+        """The indicator column keys on screen now, left to right."""
+        return [str(c.value) for c in self.query_one(LayerTable).columns
+                if str(c.value).startswith("ind:")]
+
+    def sort_by(self, column: str | None) -> None:
+        """Sort the layer table by a column key (the same one again: reverse)."""
+        table = self.query_one(LayerTable)
+        table.set_order(table.order.sorted_by(column))
+        self._redraw_table()
+
+    def action_next_sort(self) -> None:
+        table = self.query_one(LayerTable)
+        column = next_sort_column(table.order.column, self.indicator_columns())
+        self.sort_by(column)
+        self.notify(f"sorted by {self._sort_text()}", timeout=1.5)
+
+    def action_reverse_sort(self) -> None:
+        table = self.query_one(LayerTable)
+        table.set_order(table.order.reversed())
+        self._redraw_table()
+        self.notify(f"sorted by {self._sort_text()}", timeout=1.5)
+
+    def _sort_text(self) -> str:
+        order = self.query_one(LayerTable).order
+        if order.column is None:
+            return "the run's order" + (", reversed" if order.descending else "")
+        name = order.column.removeprefix("ind:")
+        return f"{name}, {'largest' if order.descending else 'smallest'} first"
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        """A click on a column header of the layer table sorts by that column."""
+        if isinstance(event.data_table, LayerTable):
+            self.sort_by(str(event.column_key.value))
+
+    def layer_filter(self) -> str:
+        return self.query_one(LayerTable).order.filter
+
+    def set_layer_filter(self, pattern: str) -> None:
+        table = self.query_one(LayerTable)
+        if pattern != table.order.filter:
+            table.set_order(table.order.filtered(pattern))
+            self._redraw_table()
+        if not pattern and self.query_one(FilterBar).pattern:
+            self.query_one("#filter-input", Input).value = ""
+
+    def action_filter(self) -> None:
+        """`/`: type to narrow the layer table."""
+        self.query_one(FilterBar).open()
+
+    def on_filter_bar_changed(self, event: FilterBar.Changed) -> None:
+        self.set_layer_filter(event.pattern)
+
+    def on_filter_bar_done(self, event: FilterBar.Done) -> None:
+        self.query_one(LayerTable).focus()
+
+    def _redraw_table(self) -> None:
+        self._drawn_key = None
+        if not self.paused:
+            self.tick()
+
+    def on_layer_table_resized(self, event: LayerTable.Resized) -> None:
+        """The table and the charts are fitted to their widths: redraw at the new size."""
+        self._redraw_table()
+
+    def action_toggle_theme(self) -> None:
+        self.theme = toggled(self.current_theme.dark)
+
+    def action_open_layer(self) -> None:
+        """The detail screen of the layer under the table's cursor."""
+        table = self.query_one(LayerTable)
+        if table.row_count:
+            row = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+            self.push_screen(LayerDetailScreen(self.state, str(row.value)))
 
     def action_replay(self, control: str) -> None:
         getattr(self.source, control)()
@@ -208,18 +422,51 @@ class SymwatchApp(App[None]):
         self.tick()
 
     def action_pause(self) -> None:
-        self.paused = not self.paused
+        """Freeze the view at the newest step (data keeps arriving), or follow it again."""
+        if self.window.live:
+            self._set_window(history_view.paused_at(self.state))
+        else:
+            self._set_window(HistoryWindow(span=self.window.span))
+
+    # -- scroll-back (symwatch.tui.history_view) -----------------------------------------------
+
+    def _set_window(self, window: HistoryWindow, redraw: bool = True) -> None:
+        self.window = window
+        self._window_run = self.state.run_id
+        self.paused = not window.live
         self._drawn_key = None
-        self.query_one(RunHeader).show(self.state, self.state.connection(self._clock()),
-                                       endpoint=self.endpoint, paused=self.paused)
-        if not self.paused:
-            self.tick()
+        if not redraw:
+            return
+        if isinstance(self.screen, LayerDetailScreen):
+            self.screen.refresh_body()
+        self.tick()
+
+    def action_history_pan(self, windows: float) -> None:
+        """`[` / `]`: half a window back / forward (pausing the view)."""
+        self._set_window(history_view.pan(self.window, self.state, windows))
+
+    def action_history_jump(self, direction: int) -> None:
+        """`{` / `}`: a tenth of the run back / forward."""
+        self._set_window(history_view.jump(self.window, self.state, direction))
+
+    def action_history_zoom(self, factor: float) -> None:
+        """`z` / `Z`: a window twice / half as wide."""
+        window = history_view.zoom(self.window, self.state, factor)
+        if self.window.live:  # zooming the live view: it stays live
+            window = HistoryWindow(span=window.span)
+        self._set_window(window)
+
+    def action_history_live(self) -> None:
+        """`L` (or End): back to the live view."""
+        self._set_window(HistoryWindow(span=self.window.span))
 
 
 def make_app(endpoint: str, *, title: str | None = None,
              stale_after: float = DEFAULT_STALE_AFTER, bell: bool = False,
-             curve: Any = None) -> SymwatchApp:
+             curve: Any = None, theme: str | None = None) -> SymwatchApp:
     """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source;
-    `curve` (symwatch.keys.CurveClient) for an agent that requires CurveZMQ."""
+    `curve` (symwatch.keys.CurveClient) for an agent that requires CurveZMQ; `theme` a Textual
+    theme name (symwatch.tui.themes.resolve_theme)."""
     feed = BackgroundFeed(endpoint, curve=curve)
-    return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True, bell=bell)
+    return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True, bell=bell,
+                       theme=theme)

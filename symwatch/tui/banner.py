@@ -6,7 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from symwatch import numbers
-from symwatch.state import FINISHED, STALE, WAITING, RunState
+from symwatch.state import FINISHED, RECONNECTING, STALE, WAITING, RunState
 
 
 def banner_text(state: RunState, connection: str, *, endpoint: str,
@@ -18,6 +18,13 @@ def banner_text(state: RunState, connection: str, *, endpoint: str,
                     "`symwatch.watch(model, optimizer)` in your training script.\n", "dim")
         text.append("A run that is already going shows up within a second (its heartbeat).",
                     "dim")
+    elif connection == RECONNECTING:
+        quiet = numbers.duration(silent_for or 0.0)
+        text.append(f"Reconnecting to {endpoint}… the connection dropped "
+                    f"(last message {quiet} ago)\n", "bold")
+        step = f"step {state.step:,}" if state.step is not None else "no step yet"
+        text.append(f"Showing the last known values ({step}). A restarted run continues "
+                    "here; a new run id starts afresh in this view.", "dim")
     elif connection == STALE:
         quiet = numbers.duration(silent_for or 0.0)
         text.append(f"Disconnected — no message from {endpoint} for {quiet}\n", "bold")
@@ -38,8 +45,9 @@ class ConnectionBanner(Static):
 
     def show(self, state: RunState, connection: str, *, endpoint: str,
              silent_for: float | None) -> None:
-        for name in (WAITING, STALE, FINISHED):
-            self.set_class(connection == name, f"-{name}")
-        self.display = connection in (WAITING, STALE, FINISHED)
+        for name in (WAITING, STALE, FINISHED):  # reconnecting looks like stale
+            self.set_class(connection == name or (name == STALE and connection == RECONNECTING),
+                           f"-{name}")
+        self.display = connection in (WAITING, STALE, RECONNECTING, FINISHED)
         if self.display:
             self.update(banner_text(state, connection, endpoint=endpoint, silent_for=silent_for))

@@ -6,23 +6,32 @@ from rich.text import Text
 from textual.widgets import Static
 
 from symwatch import numbers
-from symwatch.state import FINISHED, LIVE, STALE, WAITING, RunState
+from symwatch.state import FINISHED, LIVE, RECONNECTING, STALE, WAITING, RunState
+from symwatch.tui.history_view import HistoryWindow, value_at, window_label
 
 STATE_STYLES = {
     WAITING: "bold black on yellow",
     LIVE: "bold black on green",
     STALE: "bold white on dark_orange3",
+    RECONNECTING: "bold white on dark_orange3",
     FINISHED: "bold white on blue",
 }
-STATE_LABELS = {WAITING: "WAITING", LIVE: "LIVE", STALE: "STALE", FINISHED: "FINISHED"}
+STATE_LABELS = {WAITING: "WAITING", LIVE: "LIVE", STALE: "STALE", FINISHED: "FINISHED",
+                RECONNECTING: "RECONNECTING"}
 
 
-def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool = False) -> Text:
-    """Two lines: who/where/state, then the run's numbers."""
+def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool = False,
+                window: HistoryWindow | None = None) -> Text:
+    """Two lines: who/where/state, then the run's numbers (at the window's last step when
+    paused or scrolled back: `window`, see symwatch.tui.history_view)."""
     top = Text()
     top.append(f" {STATE_LABELS.get(connection, connection.upper())} ",
                STATE_STYLES.get(connection, "reverse"))
-    if paused:
+    history = window is not None and not window.live
+    if history:
+        top.append(" ")
+        top.append_text(window_label(window, state))  # type: ignore[arg-type]
+    elif paused:
         top.append(" ")
         top.append(" PAUSED ", "bold black on bright_white")
     top.append("  ")
@@ -39,9 +48,11 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
     top.append(f"  {endpoint}", "dim italic")
 
     line = Text()
-    step = f"{state.step:,}" if state.step is not None else numbers.NA
+    shown_step = window.end if history and window is not None else state.step
+    step = f"{shown_step:,}" if shown_step is not None else numbers.NA
     _field(line, "step", step)
-    _field(line, "loss", numbers.compact(state.loss.current))
+    loss = value_at(state.loss, window) if history and window is not None else state.loss.current
+    _field(line, "loss", numbers.compact(loss))
     _field(line, "steps/s", numbers.compact(state.steps_per_s, 3))
     _field(line, "overhead", numbers.percent(state.overhead, 2))
     dropped = state.dropped
@@ -63,5 +74,7 @@ def _field(line: Text, label: str, value: str, style: str = "") -> None:
 class RunHeader(Static):
     """Shows `header_text`; re-rendered by the app on its clock."""
 
-    def show(self, state: RunState, connection: str, *, endpoint: str, paused: bool) -> None:
-        self.update(header_text(state, connection, endpoint=endpoint, paused=paused))
+    def show(self, state: RunState, connection: str, *, endpoint: str, paused: bool,
+             window: HistoryWindow | None = None) -> None:
+        self.update(header_text(state, connection, endpoint=endpoint, paused=paused,
+                                window=window))

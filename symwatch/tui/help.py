@@ -10,16 +10,16 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-KEYS = (
-    ("q / Ctrl+C", "quit"),
-    ("?", "show or hide this help"),
-    ("p", "pause / resume the live view (data keeps arriving)"),
-    ("v", "next column view: overview, rank, units, scale, all"),
-    ("e", "the events timeline: every transition and notice so far"),
-    ("Enter", "the selected layer in detail: every indicator's history, its transitions"),
-    ("↑ ↓ PgUp PgDn", "move through the layer table"),
-    ("Esc", "close this help"),
-)
+from symwatch.tui.commands import COMMANDS, OTHER_KEYS
+
+
+def _keys() -> tuple[tuple[str, str], ...]:
+    """Every action of the app (symwatch.tui.commands) and the table's and mouse's keys."""
+    rows = [(c.keys, c.help + (" (replay)" if c.replay else "")) for c in COMMANDS]
+    return tuple(rows) + OTHER_KEYS
+
+
+KEYS = _keys()
 
 STATES = (
     ("WAITING", "nothing received yet from the endpoint"),
@@ -50,7 +50,9 @@ def help_text() -> Table:
         grid.add_row("", "")
     grid.add_row("", Text("Each indicator cell: a sparkline of recent samples, then the latest "
                           "value. The header's 'dropped' counts messages the agent could not "
-                          "send plus gaps in sequence numbers.", style="dim"))
+                          "send plus gaps in sequence numbers. Themes: --theme light|dark|auto"
+                          "|terminal or $SYMWATCH_THEME; t switches light ⇄ dark.",
+                          style="dim"))
     return grid
 
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rich.text import Text
+from textual import events
+from textual.message import Message
 from textual.widgets import DataTable
 
 from symwatch import numbers
 from symwatch.state import LayerState, RunState
 from symwatch.tui.columns import label, view_indicators
+from symwatch.tui.layer_order import TableOrder, matches, ordered
+from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.sparkline import sparkline
 
 VALUE_WIDTH = 7  # '12.35k', '100.0%', '1.2e-04'
 MAX_SPARK = 24
 MIN_SPARK = 4  # a shorter sparkline says nothing; drop it and keep the values readable
+# Rows just outside the viewport re-rendered too, so a short scroll shows fresh cells at once.
+VISIBLE_MARGIN = 5
 CELL_PADDING = 1  # DataTable's default, on each side of every column
 
 
@@ -43,27 +49,43 @@ class Layout:
 
 
 def compute_layout(state: RunState, width: int, view: str = "overview") -> Layout:
-    """Widths that fit `width` for the indicators of `view`: full layer names and sparklines if
-    possible, else shorter names (down to 16) to keep sparklines of MIN_SPARK, else values
-    only."""
+    """Widths that fit `width` for the indicators of `view`, giving things up in this order
+    while they do not fit: full layer names (down to 16 characters), then the Type and Shape
+    columns (the detail screen shows them), then sparklines (values only), then more of the
+    names (down to 8). So 120 columns keep sparklines and 80 columns readable names."""
     names = view_indicators(view, state.indicator_names())
     n = max(1, len(names))
     layers = list(state.layers.values())
     name_need = _clamp(max([len(x.name) + 2 for x in layers] + [5]), 8, 40)
-    type_w = _clamp(max([len(x.type) for x in layers] + [4]), 4, 14)
-    shape_w = _clamp(max([len(numbers.shape(x.shape)) for x in layers] + [5]), 5, 14)
-    # 2: the vertical scrollbar; every column has CELL_PADDING on both sides.
-    usable = width - 2 - 2 * CELL_PADDING * (3 + len(names)) - type_w - shape_w
-    spark_w = min(MAX_SPARK, (usable - name_need) // n - VALUE_WIDTH - 1)
-    layer_w = name_need
-    if spark_w < MIN_SPARK:
-        min_layer = min(name_need, 16)
-        spark_w = min(MAX_SPARK, (usable - min_layer) // n - VALUE_WIDTH - 1)
+    min_layer = min(name_need, 16)
+    full_type_w = _clamp(max([len(x.type) for x in layers] + [4]), 4, 14)
+    full_shape_w = _clamp(max([len(numbers.shape(x.shape)) for x in layers] + [5]), 5, 14)
+
+    def usable(type_w: int, shape_w: int) -> int:
+        # 2: the vertical scrollbar; every shown column has CELL_PADDING on both sides.
+        shown = 1 + len(names) + (2 if type_w else 0)
+        return width - 2 - 2 * CELL_PADDING * shown - type_w - shape_w
+
+    chosen: tuple[int, int, int, int] | None = None  # type_w, shape_w, spark_w, layer_w
+    for type_w, shape_w in ((full_type_w, full_shape_w), (0, 0)):
+        room = usable(type_w, shape_w)
+        spark_w = min(MAX_SPARK, (room - name_need) // n - VALUE_WIDTH - 1)
         if spark_w >= MIN_SPARK:
-            layer_w = max(min_layer, usable - n * (VALUE_WIDTH + 1 + spark_w))
-        else:
-            spark_w = 0
-            layer_w = _clamp(usable - n * VALUE_WIDTH, 8, name_need)
+            chosen = (type_w, shape_w, spark_w, name_need)
+            break
+        spark_w = min(MAX_SPARK, (room - min_layer) // n - VALUE_WIDTH - 1)
+        if spark_w >= MIN_SPARK:
+            chosen = (type_w, shape_w, spark_w,
+                      max(min_layer, room - n * (VALUE_WIDTH + 1 + spark_w)))
+            break
+    if chosen is None:  # values only; Type and Shape only where names keep 16 characters
+        for type_w, shape_w in ((full_type_w, full_shape_w), (0, 0)):
+            room = usable(type_w, shape_w) - n * VALUE_WIDTH
+            chosen = (type_w, shape_w, 0, _clamp(room, 8, name_need))
+            if room >= min_layer:
+                break
+    assert chosen is not None
+    type_w, shape_w, spark_w, layer_w = chosen
     cell_w = VALUE_WIDTH + (1 + spark_w if spark_w else 0)
     if all(len(label(x)) <= cell_w for x in names):
         header = 1
@@ -88,11 +110,25 @@ def _signature(layer: LayerState) -> tuple[object, ...]:
             layer.flag)
 
 
-def _header_label(indicator: str, layout: Layout) -> Text:
+def _header_label(indicator: str, layout: Layout, arrow: str = "") -> Text:
     words = label(indicator, short=layout.header_style == 0)
     if layout.header_style == 2:
         words = words.replace(" ", "\n", 1)
-    return Text(words, style="bold", justify="right")
+    return Text(arrow + words, style="bold", justify="right")
+
+
+def _sort_arrow(order: TableOrder, column: str) -> str:
+    """'▼ ' on the column the rows are sorted by (largest first), '▲ ' smallest first."""
+    if order.column != column:
+        return ""
+    return "▼ " if order.descending else "▲ "
+
+
+class LayerName(Text):
+    """The Layer cell: its text may be cut or marked (▲ ⚠), so it carries the layer's name
+    for sorting (DataTable.sort hands the key function cells, not row keys)."""
+
+    layer: str = ""
 
 
 class LayerTable(DataTable[Text]):
@@ -105,21 +141,105 @@ class LayerTable(DataTable[Text]):
         self._signature: dict[str, tuple[object, ...]] = {}
         self._restarts = -1
         self.view = "overview"  # which column family shows; see symwatch.tui.columns
+        self.order = TableOrder()  # sort column and `/` filter; see symwatch.tui.layer_order
+        self.shown_layers = 0  # rows that pass the filter, of `total_layers`
+        self.total_layers = 0
+        # The stretch of the run shown (symwatch.tui.history_view); live: the newest samples.
+        self.window = HistoryWindow()
+        self._state: RunState | None = None  # the last synced state, for rows scrolled into view
+
+    class Resized(Message):
+        """The table's size changed: its columns must be fitted again (the app redraws)."""
+
+    def on_resize(self, event: events.Resize) -> None:
+        # The app draws on its clock, keyed on what changed; a new size of the table (known
+        # only now, after the screen's layout) is one such change, even for a finished run.
+        self.post_message(self.Resized())
+
+    def set_order(self, order: TableOrder) -> None:
+        """A new sort or filter: the next `sync` rebuilds the rows (and the header's arrow)."""
+        self.order = order
+        self._layout = None
+
+    def set_window(self, window: HistoryWindow) -> None:
+        """Show another stretch of the run: every row is re-rendered as it comes into view."""
+        if window != self.window:
+            self.window = window
+            self._signature.clear()
 
     def sync(self, state: RunState) -> None:
+        self._state = state
         width = self.size.width or self.app.size.width
         layout = compute_layout(state, width, self.view)
         vanished = any(row.value not in state.layers for row in self.rows if row.value)
+        self.total_layers = len(state.layers)
         if layout != self._layout or state.restarts != self._restarts or vanished:
+            current = self._cursor_layer()
             self._rebuild(state, layout)
+            self._apply_sort(state, keep=current)
             return
+        changed = False
+        first, last = self._visible_rows()
         for layer in state.layers.values():
             if layer.name not in self.rows:
-                self._add_row(layer, layout)
+                if matches(layer, self.order.filter):
+                    self._add_row(layer, layout)
+                    changed = True
             elif self._signature.get(layer.name) != _signature(layer):
-                # Only rows with a new sample are re-rendered: sparklines of 1000 layers at
-                # 5 Hz would otherwise cost the UI thread most of its time.
+                # Only rows with a new sample are re-rendered, and only those in view (the
+                # rest when scrolled to): sparklines of 1000 layers at 10 Hz would otherwise
+                # cost the UI thread most of its time.
+                changed = True
+                if first <= self.get_row_index(layer.name) <= last:
+                    self._update_row(layer, layout)
+        if changed:
+            self._apply_sort(state)
+
+    def _visible_rows(self) -> tuple[int, int]:
+        """Indices of the rows in view, with a margin."""
+        top = int(self.scroll_y)
+        height = max(1, (self.size.height or self.app.size.height) - self.header_height)
+        return top - VISIBLE_MARGIN, top + height + VISIBLE_MARGIN
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if self._state is not None and self._layout is not None and \
+                round(old_value) != round(new_value):
+            self._update_visible(self._state, self._layout)
+
+    def _update_visible(self, state: RunState, layout: Layout) -> None:
+        """Rows that came into view with cells older than their layer's latest sample."""
+        first, last = self._visible_rows()
+        for row in self.ordered_rows[max(0, first):max(0, last + 1)]:
+            layer = state.layers.get(str(row.key.value))
+            if layer is not None and self._signature.get(layer.name) != _signature(layer):
                 self._update_row(layer, layout)
+
+    def _apply_sort(self, state: RunState, keep: str | None = None) -> None:
+        """Order the rows by `self.order`, the cursor staying on the layer it was on (`keep`,
+        when the rows were just rebuilt)."""
+        self.shown_layers = self.row_count
+        resort = self.order.column is not None or self.order.descending  # else: run's order
+        if not resort and keep is None:
+            return  # rows were only added at the end or updated in place
+        current = keep if keep is not None else self._cursor_layer()
+        if resort:
+            position = {name: i for i, name in
+                        enumerate(ordered(state.layers.values(), self.order))}
+            self.sort("layer",
+                      key=lambda cell: position.get(getattr(cell, "layer", ""), 1 << 30))
+            if self._layout is not None:  # rows the sort moved into view may be behind
+                self._update_visible(state, self._layout)
+        if current is not None and current in self.rows:
+            self.move_cursor(row=self.get_row_index(current), scroll=False)
+
+    def _cursor_layer(self) -> str | None:
+        if not self.row_count:
+            return None
+        try:
+            return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        except Exception:  # noqa: BLE001 - a cursor outside the rows: no layer
+            return None
 
     def _rebuild(self, state: RunState, layout: Layout) -> None:
         cursor = self.cursor_row
@@ -128,18 +248,26 @@ class LayerTable(DataTable[Text]):
         self._signature.clear()
         self._layout, self._restarts = layout, state.restarts
         self.header_height = layout.header_height
-        self.add_column(Text("Layer", style="bold"), width=layout.layer_w, key="layer")
-        self.add_column(Text("Type", style="bold"), width=layout.type_w, key="type")
-        self.add_column(Text("Shape", style="bold"), width=layout.shape_w, key="shape")
+        for key, title, width in (("layer", "Layer", layout.layer_w),
+                                  ("type", "Type", layout.type_w),
+                                  ("shape", "Shape", layout.shape_w)):
+            if not width:
+                continue  # a narrow terminal: the detail screen shows type and shape
+            self.add_column(Text(_sort_arrow(self.order, key) + title, style="bold"),
+                            width=width, key=key)
         for name in layout.indicators:
-            self.add_column(_header_label(name, layout), width=layout.cell_w, key=column_key(name))
+            key = column_key(name)
+            self.add_column(_header_label(name, layout, _sort_arrow(self.order, key)),
+                            width=layout.cell_w, key=key)
         for layer in state.layers.values():
-            self._add_row(layer, layout)
+            if matches(layer, self.order.filter):
+                self._add_row(layer, layout)
         if self.row_count:
             self.move_cursor(row=min(cursor, self.row_count - 1), scroll=False)
 
     def _cells(self, layer: LayerState, layout: Layout) -> dict[str, Text]:
-        name = Text(no_wrap=True)
+        name = LayerName(no_wrap=True)
+        name.layer = layer.name
         marks = 0
         if layer.nonfinite:
             name.append("⚠ ", "bold red")
@@ -150,22 +278,26 @@ class LayerTable(DataTable[Text]):
             marks += 2
         name.append(_fit(layer.name, layout.layer_w - marks),
                     "" if layer.announced else "italic")
-        cells = {
-            "layer": name,
-            "type": Text(_fit(layer.type, layout.type_w), style="dim"),
-            "shape": Text(_fit(numbers.shape(layer.shape), layout.shape_w), style="dim"),
-        }
+        cells: dict[str, Text] = {"layer": name}
+        if layout.type_w:
+            cells["type"] = Text(_fit(layer.type, layout.type_w), style="dim")
+            cells["shape"] = Text(_fit(numbers.shape(layer.shape), layout.shape_w), style="dim")
         for ind in layout.indicators:
             cells[column_key(ind)] = self._indicator_cell(layer, ind, layout)
         return cells
 
-    @staticmethod
-    def _indicator_cell(layer: LayerState, indicator: str, layout: Layout) -> Text:
+    def _indicator_cell(self, layer: LayerState, indicator: str, layout: Layout) -> Text:
         series = layer.indicators.get(indicator)
-        value = series.current if series else None
+        window = self.window
+        value = value_at(series, window)
         text = Text(no_wrap=True)
         if layout.spark_w:
-            history = series.values() if series else []
+            if series is None:
+                history: list[float | None] = []
+            elif window.live or self._state is None:
+                history = series.values()
+            else:  # paused or scrolled back: the window, as the other charts show it
+                history = series.store.columns(*steps_shown(window, self._state), layout.spark_w)
             text.append(sparkline(history, layout.spark_w), "cyan")
             text.append(" ")
         shown = numbers.indicator(indicator, value)

@@ -9,24 +9,34 @@ from textual.widgets import Static
 
 from symwatch import numbers
 from symwatch.state import RunState
+from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.sparkline import sparkline_rows
 
 SEVERITY_STYLES = {"info": "cyan", "notice": "yellow", "warning": "bold yellow",
                    "error": "bold red", "transition": "bold magenta"}
 
 
-def loss_text(state: RunState, width: int, rows: int = 1) -> Text:
+def loss_text(state: RunState, width: int, rows: int = 1,
+              window: HistoryWindow | None = None) -> Text:
+    """The loss now and its chart; paused or scrolled back (`window`), at and over the window."""
     text = Text(no_wrap=True, overflow="ellipsis")  # a wrapped first line would push the chart
     text.append(" loss ", "dim")
-    text.append(numbers.compact(state.loss.current), "bold")
-    known = [v for v in state.loss.values() if v is not None]
+    chart_w = max(0, width - 2)
+    if window is not None and not window.live:
+        first, last = steps_shown(window, state)
+        points = state.loss.store.columns(first, last, chart_w)
+        text.append(numbers.compact(value_at(state.loss, window)), "bold")
+    else:
+        points = state.loss.values()
+        text.append(numbers.compact(state.loss.current), "bold")
+    known = [v for v in points if v is not None]
     if known:
         text.append(f"  min {numbers.compact(min(known))}  max {numbers.compact(max(known))}",
                     "dim")
     for name, value in list(state.scalars.items())[:3]:
         text.append(f"  {name} ", "dim")
         text.append(numbers.compact(value))
-    for line in sparkline_rows(state.loss.values(), max(0, width - 2), rows):
+    for line in sparkline_rows(points, chart_w, rows):
         text.append("\n ")
         text.append(line, "bright_cyan")
     return text
@@ -95,10 +105,10 @@ class LossPanel(Static):
     def chart_rows(self) -> int:
         return max(1, min(6, (self.app.size.height - 24) // 3 + 1))
 
-    def show(self, state: RunState) -> None:
+    def show(self, state: RunState, window: HistoryWindow | None = None) -> None:
         rows = self.chart_rows()
         self.styles.height = rows + 1
-        self.update(loss_text(state, self.size.width or self.app.size.width, rows))
+        self.update(loss_text(state, self.size.width or self.app.size.width, rows, window))
 
 
 class GpuLine(Static):

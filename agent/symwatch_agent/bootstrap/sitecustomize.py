@@ -302,76 +302,10 @@ def rank_endpoint(endpoint: str, local_rank: int) -> str:
 def discover(first_optimizer, first_module):  # noqa: ANN001
     """(named models, optimizers): the outermost modules owning the optimizers' parameters,
     plus the first module called (a frozen teacher, say); every live optimizer, the one that
-    stepped first (the agent counts steps on it)."""
-    import gc
+    stepped first (the agent counts steps on it). Shared with `symwatch inject`."""
+    from symwatch_agent.models import find_models
 
-    from torch import nn
-    from torch.optim import Optimizer
-
-    modules: list = []
-    optimizers = [first_optimizer]
-    for obj in gc.get_objects():
-        kind = type(obj)  # not isinstance: that reads __class__, which a lazy proxy may trap
-        if issubclass(kind, nn.Module):
-            modules.append(obj)
-        elif issubclass(kind, Optimizer) and obj is not first_optimizer:
-            optimizers.append(obj)
-    parent: dict[int, object] = {}
-    for module in modules:
-        try:
-            for child in module.children():
-                parent.setdefault(id(child), module)
-        except Exception:
-            continue
-
-    def outermost(module):  # noqa: ANN001
-        seen = set()
-        while id(module) in parent and id(module) not in seen:
-            seen.add(id(module))
-            module = parent[id(module)]
-        return module
-
-    wanted: set[int] = set()
-    for opt in optimizers:
-        try:
-            wanted.update(id(p) for group in opt.param_groups for p in group["params"])
-        except Exception:
-            continue
-    roots: list = []
-    for module in modules:
-        try:
-            owns = any(id(p) in wanted for p in module.parameters(recurse=False))
-        except Exception:
-            continue
-        if owns:
-            root = outermost(module)
-            if all(root is not r for r in roots):
-                roots.append(root)
-    if first_module is not None:
-        root = outermost(first_module)
-        if all(root is not r for r in roots):
-            roots.append(root)
-    return _name_models(roots), optimizers
-
-
-def _name_models(roots: list) -> dict:
-    """Names for several models: the script's global variable when there is one (`G`,
-    `teacher`), else the class name in lower case; made unique."""
-    if len(roots) == 1:
-        return {"": roots[0]}
-    main = sys.modules.get("__main__")
-    by_id = {}
-    for key, value in list(getattr(main, "__dict__", {}).items()):
-        if not key.startswith("_"):
-            by_id.setdefault(id(value), key)
-    named: dict = {}
-    for root in roots:
-        base = by_id.get(id(root)) or type(root).__name__.lower()
-        name, i = base, 2
-        while name in named:
-            name, i = f"{base}{i}", i + 1
-        named[name] = root
-    return named
+    return find_models(first_optimizer, first_module)
 
 
 # -- start-up ------------------------------------------------------------------------------------

@@ -1,0 +1,14 @@
+"""`SymwatchCallback` for `lightning.pytorch.Trainer`; the implementation is
+`symwatch_agent.integrations.lightning`, imported (with torch and the framework) on first use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SymwatchCallback"]
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module("symwatch_agent.integrations.lightning"), name)

@@ -1,0 +1,15 @@
+"""`SymwatchCallback` for the standalone `pytorch_lightning.Trainer`; the implementation is
+`symwatch_agent.integrations.pytorch_lightning`, imported (with torch and the framework) on
+first use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SymwatchCallback"]
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    return getattr(importlib.import_module("symwatch_agent.integrations.pytorch_lightning"), name)

@@ -1,0 +1,94 @@
+"""The CPU engine reads large float32 weights in place (no snapshot copy): same values as the
+copied path, never a write to the live weights, and state kept between samples is a copy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from symwatch_agent.indicators import IndicatorEngine
+from symwatch_agent.layers import discover
+from symwatch_agent.schedule import CHEAP, FULL
+
+
+def engine_for(model: nn.Module, view_elements: int) -> IndicatorEngine:
+    layers, _ = discover({"": model})
+    engine = IndicatorEngine(layers)
+    engine.view_elements = view_elements
+    engine.attach({"": model}, observe=False)
+    return engine
+
+
+def sample(engine: IndicatorEngine, tier: str = FULL) -> dict:
+    return engine.decode(engine.compute(tier).tolist())[0]
+
+
+def big_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(384, 768), nn.ReLU(), nn.Linear(768, 384), nn.Linear(384, 8))
+    with torch.no_grad():  # a few duplicated and dead units, so those indicators are non-trivial
+        model[0].weight[1] = model[0].weight[0]
+        model[0].bias[1] = model[0].bias[0]
+        model[2].weight[:, 1] = model[2].weight[:, 0]
+        model[0].weight[5:9] = 0
+        model[0].bias[5:9] = 0
+        model[2].weight[:, 5:9] = 0
+    return model
+
+
+def test_views_and_copies_give_the_same_values():
+    model = big_model()
+    viewed = engine_for(model, view_elements=1 << 18)
+    copied = engine_for(model, view_elements=1 << 62)
+    snap = viewed.snapshot(FULL)
+    assert not snap.groups[snap.where[0][0]].owned  # 768×384: measured in place
+    viewed.measure(snap)
+    snap = copied.snapshot(FULL)
+    assert snap.groups[snap.where[0][0]].owned
+    copied.measure(snap)
+    a, b = sample(viewed), sample(copied)
+    assert a.keys() == b.keys()
+    for layer in a:
+        assert a[layer].keys() == b[layer].keys()
+        for name, value in a[layer].items():
+            assert value == pytest.approx(b[layer][name], rel=1e-5, abs=1e-6), (layer, name)
+    assert a["0"]["duplicate_fraction"] == pytest.approx(2 / 764)  # units 0 and 1, of 764 live
+    assert a["0"]["dead_fraction"] == pytest.approx(4 / 768)
+
+
+def test_nonfinite_live_weights_are_read_never_written():
+    model = big_model()
+    with torch.no_grad():
+        model[0].weight[3, 3] = float("nan")
+    before = model[0].weight.detach().clone()
+    engine = engine_for(model, view_elements=1 << 18)
+    got = sample(engine)
+    assert set(got["0"].values()) == {None}
+    after = model[0].weight.detach()
+    assert math.isnan(float(after[3, 3]))
+    assert torch.equal(torch.nan_to_num(after), torch.nan_to_num(before))
+    assert got["3"]["weight_norm"] is not None  # the other layers are measured as usual
+    assert engine.failed == {}
+
+
+def test_state_kept_between_samples_is_a_copy_of_a_viewed_weight():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512), nn.LayerNorm(512), nn.Linear(512, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 512)
+    engine = engine_for(model, view_elements=1 << 18)
+    with torch.no_grad():
+        model(x)
+    assert engine.layers[0].normed_by == "layer"  # the traced pass is off; static pairing
+    sample(engine, CHEAP)
+    old = torch.cat([model[0].weight.detach().flatten(), model[0].bias.detach()]).clone()
+    model(x).square().mean().backward()
+    opt.step()
+    new = torch.cat([model[0].weight.detach().flatten(), model[0].bias.detach()])
+    want = float(torch.arccos(torch.nn.functional.cosine_similarity(old.double(), new.double(),
+                                                                    dim=0)))
+    got = sample(engine, CHEAP)["0"]["angular_update"]
+    assert want > 1e-4 and got == pytest.approx(want, rel=1e-3)
