@@ -42,7 +42,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str], bool]]:
         ("encoding", ["--repeat", "5"], False),
         ("peers", ["--rounds", "8", "--steps", "60"], True),
         ("latency", ["--latency-seconds", "20", "--flood-seconds", "4",
-                     "--scale-seconds", "120"], True),
+                     "--scale-seconds", "120", "--scale-simulated-steps", "5000"], True),
     ]
 
 

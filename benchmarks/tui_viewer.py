@@ -32,8 +32,35 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def tui_viewer(endpoint: str, conn: Any, duration: float, mode: str) -> None:
-    """Runs in its own process (multiprocessing 'spawn'): see the module docstring."""
+def prefill(state: Any, layers: list[str], indicators: tuple[str, ...], steps: int) -> None:
+    """A long run simulated before the stream starts: `steps` samples of every series (a
+    random walk), folded straight into the series (messages would only add decoding time)."""
+    import random
+
+    from symwatch.state import Series
+
+    rng = random.Random(7)
+    series = []
+    for name in layers:
+        layer = state._layer(name)
+        for ind in indicators:
+            state._note_indicator(ind)
+            layer.indicators[ind] = Series(state.history)
+            series.append(layer.indicators[ind])
+    value = [rng.uniform(1.0, 60.0) for _ in series]
+    for step in range(1, steps + 1):
+        for i, s in enumerate(series):
+            value[i] *= 1.0 + 0.01 * (rng.random() - 0.5)
+            s.add(step, value[i])
+    for name in layers:
+        state.layers[name].updates = steps
+    state.step = steps
+
+
+def tui_viewer(endpoint: str, conn: Any, duration: float, mode: str,
+               simulated: tuple[list[str], tuple[str, ...], int] | None = None) -> None:
+    """Runs in its own process (multiprocessing 'spawn'): see the module docstring.
+    `simulated`: (layer names, indicators, steps) of a run to fold in before the stream."""
     from textual import events
 
     from symwatch import protocol
@@ -96,6 +123,8 @@ def tui_viewer(endpoint: str, conn: Any, duration: float, mode: str) -> None:
         folded.append(msg)
 
     app.state.fold = noted_fold  # type: ignore[method-assign]
+    if simulated is not None:
+        prefill(app.state, *simulated)
     samples: list[tuple[float, float, int]] = []
     result: dict[str, Any] = {}
 

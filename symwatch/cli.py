@@ -349,10 +349,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
         from symwatch.inject import attach_pid_target
 
         args.target = attach_pid_target(args)
+    from symwatch.remote_cli import remembered_hosts_apply
+
     runs = runtime.live_runs()
     if args.target is not None:
         endpoint, name = resolve_target(args.target, runs)
-    elif not runs:
+    elif not runs and not remembered_hosts_apply(args):  # else: the Runs screen, below
         raise UserError(NO_RUNS, code=1)
     elif len(runs) == 1:
         endpoint, name = runs[0].endpoint, runs[0].name

@@ -174,9 +174,10 @@ class RankTable:
         """The ranks that polled their node's GPUs (one per node), by rank."""
         return [v for v in self.views() if v.gpu is not None]
 
-    def ranks_on_device(self, uuid: str | None) -> list[RankView]:
-        """The ranks whose allocator figures name the device `uuid`."""
+    def ranks_on_device(self, uuid: str | None, host: str | None = None) -> list[RankView]:
+        """The ranks (on `host`, when given) whose allocator figures name the device `uuid`."""
         if not uuid:
             return []
         return [v for v in self.views()
-                if isinstance(v.memory, dict) and v.memory.get("uuid") == uuid]
+                if isinstance(v.memory, dict) and v.memory.get("uuid") == uuid
+                and (host is None or v.host in (None, host))]

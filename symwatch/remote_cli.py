@@ -8,7 +8,7 @@ from typing import Any
 
 from symwatch.runtime import RunEntry
 from symwatch.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed, is_ssh_target,
-                          list_remote_runs, open_run, options_from_args)
+                          list_remote_runs, load_hosts, open_run, options_from_args)
 
 
 def _user_error(command: str, exc: SshError) -> Exception:
@@ -99,6 +99,13 @@ def attach_remote(args: argparse.Namespace, theme: str | None, curve: Any) -> in
     finally:
         feed.close()  # owns_source closes it on unmount; a failed start must not leak ssh
     return 0
+
+
+def remembered_hosts_apply(args: argparse.Namespace) -> bool:
+    """`symwatch attach` with no run here opens the Runs screen instead when hosts are
+    remembered (a terminal UI, not --headless or --web)."""
+    return (not args.headless and not getattr(args, "web", False) and sys.stdout.isatty()
+            and bool(load_hosts()))
 
 
 def attach_runs_screen(args: argparse.Namespace, theme: str | None, curve: Any) -> int:

@@ -85,10 +85,13 @@ def test_the_ranks_of_a_job_share_a_run_id_and_keep_their_own_files(monkeypatch,
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")  # torchrun restarted the workers
     agents = [symwatch.watch(nn.Linear(2, 2), rank=r, world_size=2, local_rank=r,
                              record=str(tmp_path / "run.db")) for r in (0, 1)]
     try:
         assert agents[0].run_id == agents[1].run_id == agents[0].job
+        assert agents[0].restart == agents[1].restart == 2  # in every message's header
         entries = sorted(e.run_id for e in runtime.live_runs())
         assert entries == [f"{agents[0].run_id}-r0", f"{agents[0].run_id}-r1"]
         assert agents[0].endpoint != agents[1].endpoint  # a socket per process

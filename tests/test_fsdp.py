@@ -232,3 +232,27 @@ def _render(app, widget) -> str:
     console = Console(width=160, record=True, file=open(os.devnull, "w"))
     console.print(widget.content if hasattr(widget, "content") else widget.renderable)
     return console.export_text()
+
+
+def test_hsdp_shard_index_comes_from_the_shard_dimensions_of_the_mesh():
+    """HSDP (`Replicate, Shard` placements on a 2-D mesh): each replica group holds a full copy,
+    so S and i come from the Shard dimensions only. The mesh and placements here are stand-ins
+    with DTensor's attributes (a 2-D mesh needs 4 processes); FSDP2 proper runs above."""
+    from types import SimpleNamespace
+
+    from symwatch_agent.sharded import _dtensor_shard
+
+    def placement(shard: bool):
+        return SimpleNamespace(is_shard=lambda: shard)
+
+    def tensor(coordinate, sizes, shards):
+        mesh = SimpleNamespace(ndim=len(sizes), get_coordinate=lambda: coordinate,
+                               size=lambda dim: sizes[dim])
+        return SimpleNamespace(device_mesh=mesh, placements=[placement(s) for s in shards])
+
+    # 2 replicas × 4 shards: rank at (replica 1, shard 3) holds shard 3 of 4
+    assert _dtensor_shard(tensor([1, 3], [2, 4], [False, True])) == (4, 3)
+    # plain FSDP2 on 8 ranks
+    assert _dtensor_shard(tensor([5], [8], [True])) == (8, 5)
+    # a rank outside the mesh (get_coordinate None): shard 0 of S, never an error
+    assert _dtensor_shard(tensor(None, [2, 4], [False, True])) == (4, 0)

@@ -207,14 +207,29 @@ def test_sibling_pids_include_this_process_and_its_siblings():
     import subprocess
     import sys
 
+    import symwatch_agent.gpu as gpu_module
     from symwatch_agent.gpu import sibling_pids
 
-    # a child of ours sees us (its parent) excluded and itself included; its sibling too
-    code = ("import os, sys, time; from symwatch_agent.gpu import sibling_pids; "
-            "time.sleep(0.5); print(sorted(sibling_pids()))")
-    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                 text=True) for _ in range(2)]
-    outputs = [eval(c.communicate(timeout=60)[0]) for c in children]
+    # Two children of ours, alive together: each finds itself and the other (same parent), not
+    # us. gpu.py is loaded on its own (the package would import torch: seconds per child). A
+    # child looks when told ("go": both exist by then), prints, then waits for its stdin to
+    # close, so neither can exit before the other has looked.
+    code = ("import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('gpu', {gpu_module.__file__!r}); "
+            "gpu = importlib.util.module_from_spec(spec); spec.loader.exec_module(gpu); "
+            "sys.stdin.readline(); print(sorted(gpu.sibling_pids()), flush=True); "
+            "sys.stdin.read()")
+    children = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for c in children:
+            c.stdin.write("go\n")
+            c.stdin.flush()
+        outputs = [eval(c.stdout.readline()) for c in children]
+    finally:
+        for c in children:
+            c.stdin.close()
+            c.wait(30)
     pids = {c.pid for c in children}
     for out in outputs:
         assert pids <= set(out) and os.getpid() not in out
@@ -247,3 +262,26 @@ def test_one_poller_per_node_and_the_nvml_seam_through_the_agent(monkeypatch, co
         for agent in agents:
             agent.close()
     assert nvmls[0].shutdowns == 1  # handles kept open while running, closed at the end
+
+
+def test_a_gpu_lost_mid_run_loses_its_process_list_too(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    clock = Clock()
+    nvml = FakeNVML([_device(0, processes=[(11, 2**30)]), _device(1, processes=[(11, 2**30)])])
+    sampler = GpuSampler(nvml, process_interval=30.0, job_pids=lambda: {11}, clock=clock)
+    assert _valid(sampler.sample())["devices"][1]["job_mem_used"] == 2**30
+    nvml.devices[1]["lost"] = True
+    clock.now += 30.0
+    devices = _valid(sampler.sample())["devices"]
+    assert devices[0]["job_mem_used"] == 2**30
+    assert "processes" not in devices[1] and devices[1]["util"] is None  # N/A, not stale
+
+
+def test_bad_memory_and_process_fields_are_refused_by_the_protocol():
+    with pytest.raises(protocol.ProtocolError, match="stats.memory.allocated"):
+        protocol.encode(protocol.STATS, run="r", rank=0, restart=0, seq=0, time=0.0, step=0,
+                        payload={"memory": {"allocated": "1 GiB"}})
+    with pytest.raises(protocol.ProtocolError, match=r"processes\[0\]: missing field 'pid'"):
+        protocol.encode(protocol.GPU, run="r", rank=0, restart=0, seq=0, time=0.0, step=0,
+                        payload={"available": True, "devices": [
+                            {"index": 0, "name": "x", "processes": [{"mem_used": 1}]}]})

@@ -96,11 +96,13 @@ def _gpt2():
 
 def test_attention_heads_of_a_saved_gpt2_module_and_state_dict_agree(tmp_path):
     model, config = _gpt2()
-    torch.save(model, tmp_path / "m.pt")
     torch.save(model.state_dict(), tmp_path / "sd.pt")
-    trusted = _inspect(tmp_path / "m.pt", "--trust")  # the module says it has 4 heads
+    result = inspector.inspect(model)  # a module says it has 4 heads (in process: the
+    trusted = {row["name"]: row["values"] for row in result["layers"]}  # pickled path is above)
     heads = {k: v for k, v in trusted["h.0.attn"].items() if ".h" in k}
     assert len(heads) == 8 and "dead_heads" in trusted["h.0.attn"]
+    table = inspector.render(result)
+    assert "h.0.attn per head:" in table and "qk_rank" in table
     # a state_dict does not say: --heads, else a config.json next to it
     plain = subprocess.run([sys.executable, "-m", "symwatch_agent.inspect",
                             str(tmp_path / "sd.pt")], capture_output=True, text=True,
@@ -112,12 +114,10 @@ def test_attention_heads_of_a_saved_gpt2_module_and_state_dict_agree(tmp_path):
     for got in (given, from_config):
         assert {k: v for k, v in got["h.0.attn"].items() if ".h" in k} == heads
         # c_attn is read as the (out, in) Linear it is: its 96 outputs are the units
+        assert got["h.0.attn.c_attn"]["dead_fraction"] == trusted["h.0.attn.c_attn"][
+            "dead_fraction"]
         assert got["h.0.attn.c_attn"]["numerical_rank"] == \
             trusted["h.0.attn.c_attn"]["numerical_rank"]
-    table = subprocess.run([sys.executable, "-m", "symwatch_agent.inspect",
-                            str(tmp_path / "m.pt"), "--trust"], capture_output=True, text=True,
-                           timeout=120).stdout
-    assert "h.0.attn per head:" in table and "qk_rank" in table
     bad = subprocess.run([sys.executable, "-m", "symwatch_agent.inspect", str(tmp_path / "sd.pt"),
                           "--heads", "four"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--heads 12" in bad.stderr

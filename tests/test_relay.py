@@ -208,3 +208,45 @@ def test_symwatch_run_connect_reaches_every_process_and_bad_endpoints_are_refuse
     assert p.env["SYMWATCH_CONNECT"] == "tcp://127.0.0.1:5557"
     assert main(["run", "--connect", "127.0.0.1:5557", "--", _sys.executable, "-c", "0"]) == 2
     assert "did you mean tcp://127.0.0.1:5557" in capsys.readouterr().err
+
+
+def test_the_relay_keeps_a_bounded_set_of_publishers():
+    """At most `max_publishers` histories (the least recently heard go first), and a publisher
+    that said goodbye is forgotten `forget_after` seconds later (the relay's clock is a stand-in
+    here, so the test need not wait)."""
+    now = [0.0]
+    with Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", max_publishers=2, forget_after=60,
+               clock=lambda: now[0], register=False) as relay:
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.PUB)
+        pub.linger = 0
+        pub.connect(relay.bind_endpoint)
+
+        def send(run: str, kind: str = protocol.HEARTBEAT, seq: int = 0, **payload) -> None:
+            payload = payload or {"dropped": 0, "samples": 0}
+            pub.send_multipart(list(protocol.encode(kind, run=run, rank=0, restart=0, seq=seq,
+                                                    time=0.0, step=0, payload=payload)))
+
+        def until(predicate, what: str) -> None:
+            deadline = time.monotonic() + 10
+            while not predicate():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.02)
+
+        try:
+            until(lambda: (send("a"), relay.received > 0)[1], "the relay never heard run a")
+            now[0] = 1.0
+            send("b")
+            until(lambda: ("b", 0, 0) in relay.publishers, "run b")
+            now[0] = 2.0
+            send("c")  # a third publisher: a, heard longest ago, is dropped
+            until(lambda: ("c", 0, 0) in relay.publishers, "run c")
+            assert set(relay.publishers) == {("b", 0, 0), ("c", 0, 0)}
+            send("b", protocol.GOODBYE, seq=1, reason="finished")
+            until(lambda: relay.publishers[("b", 0, 0)].said_goodbye, "b's goodbye")
+            now[0] = 100.0  # past forget_after since b's goodbye (checked every 2 s of clock)
+            until(lambda: ("b", 0, 0) not in relay.publishers, "b forgotten")
+            assert ("c", 0, 0) in relay.publishers  # no goodbye: kept
+        finally:
+            pub.close(0)
+            ctx.term()

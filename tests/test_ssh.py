@@ -104,15 +104,33 @@ def wait_metrics(feed: TunnelFeed, timeout: float = 20.0) -> list[protocol.Messa
                          f"({len(got)} messages; last error {feed.last_error})")
 
 
+def child_pids(parent: int, name: str | None = None) -> list[int]:
+    """The live child processes of `parent` (from /proc: no procps needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:]
+        state, ppid = rest.split()[:2]
+        if int(ppid) == parent and state != "Z" and (name is None or comm == name):
+            found.append(int(stat.parent.name))
+    return found
+
+
 def pids_gone(pids: list[int]) -> bool:
     for pid in pids:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             continue
-        with open(f"/proc/{pid}/stat") as fh:  # a zombie is gone too (reaped by its waiter)
-            if fh.read().split(")")[-1].split()[0] != "Z":
-                return False
+        try:
+            with open(f"/proc/{pid}/stat") as fh:  # a zombie is gone too (its waiter reaps it)
+                if fh.read().split(")")[-1].split()[0] != "Z":
+                    return False
+        except FileNotFoundError:
+            continue
     return True
 
 
@@ -299,8 +317,7 @@ def test_record_over_ssh_until_interrupted(sshd, remote_run, tmp_path):
                     metrics = 0
         assert metrics >= 20, (proc.poll(), proc.stderr.read() if proc.poll() is not None
                                else "")
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                  text=True).stdout.split()
+        children = child_pids(proc.pid)
         assert children, "record runs its ssh as a child"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
@@ -310,7 +327,7 @@ def test_record_over_ssh_until_interrupted(sshd, remote_run, tmp_path):
             proc.wait(5)
     assert proc.returncode == 130 and "interrupted" in err, err
     assert "Traceback" not in err
-    assert pids_gone([int(p) for p in children])
+    assert pids_gone(children)
 
 
 async def test_runs_screen_lists_the_remote_run_and_enter_attaches_through_ssh(
@@ -359,17 +376,16 @@ def test_ssh_children_die_with_a_killed_symwatch(sshd, remote_run, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        children: list[str] = []
+        children: list[int] = []
         while not (children and (tmp_path / "k.db").exists()) and proc.poll() is None \
                 and time.monotonic() < deadline:  # the recording opens once the tunnel is up
             time.sleep(0.2)
-            children = subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "ssh"],
-                                      capture_output=True, text=True).stdout.split()
+            children = child_pids(proc.pid, "ssh")
         assert children, proc.stderr.read() if proc.poll() is not None else "no ssh child"
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 10
-        while not pids_gone([int(p) for p in children]):
+        while not pids_gone(children):
             assert time.monotonic() < deadline, "ssh outlived a SIGKILLed symwatch"
             time.sleep(0.1)
         # its forwarded sockets' directory is left behind; the next tunnel removes it
@@ -385,3 +401,11 @@ def test_ssh_children_die_with_a_killed_symwatch(sshd, remote_run, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_unknown_host_key_is_never_accepted_silently(sshd, monkeypatch, capsys):
+    config = sshd.root / "ssh_config_no_known_hosts"
+    config.write_text(sshd.ssh_config.read_text().replace(
+        f"UserKnownHostsFile {sshd.root / 'known_hosts'}", "UserKnownHostsFile /dev/null"))
+    monkeypatch.setenv("SYMWATCH_SSH", f"ssh -F {config}")
+    _fails(capsys, ["ls", sshd.target], "the host key of symwatch-test is unknown or changed")

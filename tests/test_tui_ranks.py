@@ -220,3 +220,18 @@ def _plain(renderable) -> str:
     console = Console(width=150, record=True, file=open("/dev/null", "w"))
     console.print(renderable)
     return console.export_text()
+
+
+def test_a_rank_restarted_by_torchrun_is_live_again_after_its_goodbye():
+    def at(kind, rank, restart, seq, **payload):
+        return protocol.decode(list(protocol.encode(kind, run="job", rank=rank, restart=restart,
+                                                    seq=seq, time=0.0, step=5, payload=payload)))
+
+    state = RunState()
+    state.fold(at(protocol.HEARTBEAT, 0, 0, 0, dropped=0, samples=0), now=0.0)
+    state.fold(at(protocol.GOODBYE, 0, 0, 1, reason="exception"), now=0.0)
+    assert state.finished
+    state.fold(at(protocol.HEARTBEAT, 0, 1, 0, dropped=0, samples=0), now=0.0)
+    assert not state.finished and state.ranks.ranks[0].restart == 1
+    assert state.gap_dropped == 0  # seq starts again per restart: no gap counted
+    assert "restart 1" in _plain(ranks_table(state))

@@ -221,3 +221,12 @@ async def test_the_dashboard_lists_r_in_help_and_palette(config):
         await pilot.press("escape")  # back to the dashboard, not out of the app
         await wait_for(pilot, lambda: not isinstance(app.screen, RunsScreen), what="Esc")
         assert app.is_running
+
+
+def test_hosts_file_is_read_leniently(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text("# my hosts\ngpu-box\nssh://me@node-7:2222/\nssh://h:99999\n\n")
+    assert load_hosts(path) == ["ssh://gpu-box", "ssh://me@node-7:2222"]
+    config = RunsConfig(hosts=["ssh://new-box"], hosts_path=path, options=SshOptions())
+    assert config.hosts == ["ssh://gpu-box", "ssh://me@node-7:2222", "ssh://new-box"]
+    assert load_hosts(path) == config.hosts  # the new one is remembered

@@ -396,15 +396,18 @@ class IndicatorEngine:
                 self._scale_invariance(idxs[j], layer, now, bias[j], snap, out)
 
     def _power_sigma1(self, w: torch.Tensor, idxs: list[int]) -> torch.Tensor:
-        """σ₁ by power iteration, warm-started from the previous sample's vector (a fixed random
-        start and more iterations the first time)."""
+        """σ₁ by power iteration, warm-started from the previous sample's vector (the first
+        time: Lanczos from a fixed random start, `cold_power_iters` steps)."""
         n = w.shape[2]
         cold = any(i not in self._power_vec for i in idxs)
         if cold:
             gen = torch.Generator().manual_seed(n)
             start = torch.randn(n, generator=gen).to(w.device)
         v = torch.stack([self._power_vec[i] if i in self._power_vec else start for i in idxs])
-        s1, v = spectra.power_sigma1(w, v, self.cold_power_iters if cold else self.power_iters)
+        if cold:  # no vector to start from: Lanczos, which needs no gap below σ₁ to converge
+            s1, v = spectra.lanczos_sigma1(w, v, self.cold_power_iters)
+        else:
+            s1, v = spectra.power_sigma1(w, v, self.power_iters)
         for j, i in enumerate(idxs):
             self._power_vec[i] = v[j]
         return s1

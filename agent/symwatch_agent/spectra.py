@@ -23,7 +23,8 @@ are 2·s_i, twice the product's singular values; a direction with λ ≈ 0 is a 
 that neither factor uses: the rotation symmetry is restored there.
 
 Cost: `gram_eigvals` is one batched Gram product O(B·m·n·k) plus eigvalsh O(B·k³), about half
-an SVD; `power_sigma1` is 2·iters matrix-vector products, O(iters·B·m·n).
+an SVD; `power_sigma1` is 2·iters matrix-vector products, O(iters·B·m·n); `lanczos_sigma1`
+(the first sample's σ₁) the same plus O(B·steps²·n) for reorthogonalisation.
 """
 
 from __future__ import annotations
@@ -83,6 +84,40 @@ def power_sigma1(w: torch.Tensor, v: torch.Tensor, iters: int) -> tuple[torch.Te
         v = torch.bmm(u.transpose(1, 2), w).squeeze(1)
         v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
     return torch.bmm(w, v.unsqueeze(2)).squeeze(2).norm(dim=1), v
+
+
+def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ₁ of each matrix by `steps` Lanczos steps on WᵀW from `v` (B, n), with full
+    reorthogonalisation; returns (σ₁, its Ritz vector) for warm power iteration later.
+
+    Same matrix-vector cost as `steps` power iterations, but it converges where power
+    iteration crawls: a random matrix has no gap between σ₁ and σ₂ (Marchenko–Pastur edge),
+    and 30 power iterations leave σ₁ about 1.5 % low there (stable rank 3 % high), 30 Lanczos
+    steps well under 0.1 %."""
+    b, _, n = w.shape
+    k = max(1, min(steps, n))
+    basis = torch.zeros(b, k, n, dtype=w.dtype, device=w.device)
+    alpha = torch.zeros(b, k, dtype=w.dtype, device=w.device)
+    beta = torch.zeros(b, k, dtype=w.dtype, device=w.device)
+    q = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    for j in range(k):
+        basis[:, j] = q
+        u = torch.bmm(w, q.unsqueeze(2))
+        z = torch.bmm(u.transpose(1, 2), w).squeeze(1)  # WᵀW q (uᵀW: see power_sigma1)
+        alpha[:, j] = (z * q).sum(1)
+        for _ in range(2):  # twice is enough (Kahan): keeps the basis orthogonal in float32
+            coef = torch.bmm(basis[:, :j + 1], z.unsqueeze(2))  # (B, j+1, 1)
+            z = z - torch.bmm(coef.transpose(1, 2), basis[:, :j + 1]).squeeze(1)
+        norm = z.norm(dim=1)
+        if j + 1 < k:
+            beta[:, j] = norm
+            # an exhausted Krylov space (norm 0) leaves q = 0: later steps add zero rows to T
+            q = torch.where(norm[:, None] > 1e-30, z / norm.clamp_min(1e-30)[:, None], 0.0)
+    t = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :k - 1], 1) + \
+        torch.diag_embed(beta[:, :k - 1], -1)
+    theta, y = torch.linalg.eigh(t)
+    ritz = torch.bmm(y[:, :, -1:].transpose(1, 2), basis).squeeze(1)
+    return theta[:, -1].clamp_min(0).sqrt(), ritz
 
 
 def mirror_eigvals(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:

@@ -34,13 +34,18 @@ from symwatch.tui.layer_table import LayerTable
 from symwatch.tui.panels import EventsLog, GpuLine, LossPanel
 from symwatch.tui.ranks_panel import RanksLine, RanksScreen
 
-# The view redraws when data arrives (a source with `on_arrival`, e.g. BackgroundFeed), at most
-# once per MIN_FRAME_S however fast messages come, so a flood cannot starve input; and on this
-# clock in any case (the stale countdown; sources that cannot wake the app).
+# The view redraws when data arrives (a source with `on_arrival`, e.g. BackgroundFeed), and on
+# this clock in any case (the stale countdown; sources that cannot wake the app). Redraws for
+# new data are paced: at most one per MIN_FRAME_S, and no sooner than PACE times what the last
+# one cost (fold, draw and the screen update after it), so that data never takes more than
+# about a third of the UI thread and a key press is answered within about one redraw, however
+# fast messages come (1,000 layers at 10 Hz) or however busy the machine is.
 TICK_S = 0.2
 MIN_FRAME_S = 1 / 30
-# Time one tick may spend folding; the rest waits (in the app's backlog, then in the source,
-# then ZeroMQ drops at its high-water mark and the gap shows as "dropped") for later ticks.
+PACE = 3.0
+# Time one tick may spend folding (at least; half the time since the last tick if that is
+# more); the rest waits (in the app's backlog, then in the source, then ZeroMQ drops at its
+# high-water mark and the gap shows as "dropped") for later ticks.
 FOLD_BUDGET_S = 0.05
 NOTIFY_SEVERITIES = ("warning", "error", "transition")
 
@@ -103,6 +108,7 @@ class SymwatchApp(App[None]):
         self._window_run: str | None = None  # the run the window was set on
         self._wake_pending = False  # a redraw is scheduled because data arrived
         self._last_tick_at = 0.0
+        self.frame_cost = 0.0  # seconds the last redraws took, tick to screen update (smoothed)
         self.owns_source = owns_source
         self.tick_s = tick_s
         self.tick_errors = 0  # internal failures while drawing; counted, shown, never fatal
@@ -134,7 +140,7 @@ class SymwatchApp(App[None]):
         self.query_one(LayerTable).focus()
         self._listen(self.source)
         self.tick()
-        self.set_interval(self.tick_s, self.tick)
+        self.set_interval(self.tick_s, self._clock_tick)
 
     def _listen(self, source: MessageSource) -> None:
         """Be woken by the source when data arrives (if it can), instead of waiting a tick."""
@@ -151,8 +157,8 @@ class SymwatchApp(App[None]):
             self.post_message(self.DataArrived())  # thread-safe
 
     def on_symwatch_app_data_arrived(self, _: DataArrived) -> None:
-        # Coalesced: at once when the last redraw is MIN_FRAME_S old, else when it will be.
-        delay = self._last_tick_at + MIN_FRAME_S - time.monotonic()
+        # Coalesced and paced: at once when the last redraw is old enough, else when it will be.
+        delay = self._next_frame_at() - time.monotonic()
         if delay > 0.001:
             self.set_timer(delay, self._woken_tick)
         else:  # (a zero-delay Textual timer divides by zero)
@@ -168,21 +174,36 @@ class SymwatchApp(App[None]):
 
     # -- the clock -----------------------------------------------------------------------------
 
+    def _next_frame_at(self) -> float:
+        return self._last_tick_at + max(MIN_FRAME_S, PACE * self.frame_cost)
+
+    def _clock_tick(self) -> None:
+        if not self._wake_pending and time.monotonic() >= self._next_frame_at():
+            self.tick()
+
+    def _frame_shown(self, started: float) -> None:
+        self.frame_cost = 0.7 * self.frame_cost + 0.3 * (time.monotonic() - started)
+
     def tick(self) -> None:
         """Drain the source, fold, redraw. Anything unexpected is counted, not raised."""
         now = self._clock()
-        self._last_tick_at = time.monotonic()
+        started = time.monotonic()
+        self._fold_budget = max(FOLD_BUDGET_S, 0.5 * (started - self._last_tick_at))
+        self._last_tick_at = started
+        revision = self.state.revision
         try:
             if getattr(self.source, "generation", 0) != self._generation:
                 self._restart_state()
             self._drain(now)
             self._draw(now)
+            if self.state.revision != revision:  # new data: time it to the screen update
+                self.call_after_refresh(self._frame_shown, started)
         except Exception as exc:  # noqa: BLE001 - the view must outlive any bad input
             self.tick_errors += 1
             self.last_tick_error = f"{type(exc).__name__}: {exc}"
 
     def _drain(self, now: float) -> None:
-        deadline = time.monotonic() + FOLD_BUDGET_S
+        deadline = time.monotonic() + getattr(self, "_fold_budget", FOLD_BUDGET_S)
         while time.monotonic() < deadline:
             if not self._backlog:
                 batch = self.source.poll(0)

@@ -100,9 +100,10 @@ def gpu_panel_text(state: RunState) -> Text:
         if i:
             text.append("\n")
         text.append_text(_node_text(view, view.gpu or {}, state))
+    reported = {d.get("uuid") for r in reports for d in (r.gpu or {}).get("devices", [])
+                if d.get("uuid")}
     uncovered = [v for v in state.ranks.views()
-                 if v.memory and not any(v.memory.get("uuid") == d.get("uuid")
-                                         for r in reports for d in (r.gpu or {}).get("devices", []))]
+                 if v.memory and v.memory.get("uuid") not in reported]
     for view in uncovered:
         text.append(f"\n rank {view.rank}", "bold")
         text.append(f" on {view.host or '?'}: cuda:{view.memory.get('device', '?')} "
@@ -130,10 +131,11 @@ def _node_text(view: RankView, gpu: dict[str, Any], state: RunState) -> Text:
         text.append(f"  mem {_gib(dev.get('mem_used'))}/{_gib(dev.get('mem_total'))} GiB")
         text.append(f"  {_num(dev.get('temp'), '°C')}")
         text.append(f"  {_num(dev.get('power'), '')}/{_num(dev.get('power_limit'), ' W')}")
-        if "job_mem_used" in dev:
-            text.append(f"  job {_gib(dev.get('job_mem_used'))} GiB "
+        if "job_mem_used" in dev:  # NVML's process list: this job's processes on the device
+            used = dev.get("job_mem_used")
+            text.append(f"  job {_gib(used) + ' GiB' if used is not None else numbers.NA} "
                         f"({len(dev.get('processes') or [])} proc)", "cyan")
-        for rank in state.ranks.ranks_on_device(dev.get("uuid")):
+        for rank in state.ranks.ranks_on_device(dev.get("uuid"), view.host):
             text.append(f"\n      rank {rank.rank}: {memory_text(rank)}", "dim")
     return text
 

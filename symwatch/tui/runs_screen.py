@@ -27,9 +27,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from symwatch import runtime
-from symwatch.runtime import RunEntry
-from symwatch.ssh import SshError, SshOptions, SshTarget, Tunnel, TunnelFeed, list_remote_runs
 from symwatch.client import ListSource
+from symwatch.runtime import RunEntry
+from symwatch.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed, list_remote_runs,
+                          load_hosts, normalise_host, save_hosts)
 from symwatch.tui.app import SymwatchApp
 from symwatch.tui.picker import started_text
 
@@ -42,35 +43,6 @@ RUNNING, IDLE, FINISHED, LOST = "running", "idle", "finished", "lost"
 STATE_STYLES = {RUNNING: "bold green", IDLE: "yellow", FINISHED: "dim", LOST: "bold red"}
 # (`symwatch ls` has each run's command; here its width goes to the last transition)
 COLUMNS = ("where", "run id", "name", "state", "steps", "last transition", "started")
-
-
-def hosts_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "symwatch" / "hosts"
-
-
-def load_hosts(path: Path | None = None) -> list[str]:
-    """The remembered hosts (ssh:// URLs); a missing or unreadable file is no hosts."""
-    try:
-        lines = (path or hosts_file()).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def save_hosts(hosts: Sequence[str], path: Path | None = None) -> None:
-    path = path or hosts_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{h}\n" for h in hosts), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def normalise_host(text: str) -> str:
-    """`gpu-box`, `me@gpu-box:2222` or `ssh://…` as `ssh://…` without a run; SshError if bad."""
-    text = text.strip()
-    url = text if text.lower().startswith("ssh://") else f"ssh://{text}"
-    return SshTarget.parse(url).url(run="")
 
 
 @dataclass
