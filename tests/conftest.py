@@ -19,18 +19,20 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Every test gets its own registry and socket directory (short, so ipc:// paths fit)."""
     path = tempfile.mkdtemp(prefix="sw-")
     monkeypatch.setenv("SYMWATCH_RUNTIME_DIR", path)
+    already_open = set(map(id, _open_agents()))  # e.g. a module-scoped fixture's run
     yield path
-    _close_agents_left_open()
+    for agent in _open_agents():
+        if id(agent) not in already_open:
+            agent.close()
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _close_agents_left_open() -> None:
+def _open_agents() -> list:
     """A test that fails before its `agent.close()` must not leave hooks on torch (the patched
-    `Tensor.backward`) or a registered run behind to break the tests after it."""
+    `Tensor.backward`) or a registered run behind to break the tests after it: the runtime_dir
+    fixture closes the agents a test opened and left open."""
     agent_module = sys.modules.get("symwatch_agent.agent")
-    if agent_module is not None:
-        for agent in agent_module.open_agents():
-            agent.close()
+    return agent_module.open_agents() if agent_module is not None else []
 
 
 class Collector:

@@ -92,3 +92,25 @@ def test_state_kept_between_samples_is_a_copy_of_a_viewed_weight():
                                                                     dim=0)))
     got = sample(engine, CHEAP)["0"]["angular_update"]
     assert want > 1e-4 and got == pytest.approx(want, rel=1e-3)
+
+
+def test_the_first_samples_sigma1_is_accurate_without_a_spectral_gap():
+    from symwatch_agent import spectra
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 300, 500, generator=gen)  # random: σ₁ and σ₂ nearly equal
+    true = torch.linalg.svdvals(w.double())[:, 0]
+    start = torch.randn(2, 500, generator=gen)
+    lanczos, vec = spectra.lanczos_sigma1(w, start, 30)
+    power, _ = spectra.power_sigma1(w, start, 30)
+    assert torch.allclose(lanczos.double(), true, rtol=1e-3)
+    assert float(((true - power.double()) / true).min()) > 1e-3  # power iteration lags here
+    # the Ritz vector is a good warm start: two power iterations keep σ₁
+    again, _ = spectra.power_sigma1(w, vec, 2)
+    assert torch.allclose(again.double(), true, rtol=1e-3)
+    # an exhausted Krylov space (rank 2 < 30 steps) and a zero matrix: exact, no NaN
+    low = torch.zeros(2, 40, 50)
+    low[0, 0, 0], low[0, 1, 1] = 3.0, 1.0
+    s1, vec = spectra.lanczos_sigma1(low, torch.ones(2, 50), 30)
+    assert s1.tolist() == pytest.approx([3.0, 0.0], abs=1e-5)
+    assert torch.isfinite(vec).all()

@@ -109,10 +109,14 @@ def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.
             coef = torch.bmm(basis[:, :j + 1], z.unsqueeze(2))  # (B, j+1, 1)
             z = z - torch.bmm(coef.transpose(1, 2), basis[:, :j + 1]).squeeze(1)
         norm = z.norm(dim=1)
+        # An exhausted Krylov space leaves only rounding noise (~eps·λ₁): normalising it would
+        # bring back what reorthogonalisation removed, so below 1e-4·λ₁ the space counts as
+        # invariant (σ₁ has converged) and q = 0 (later steps add zero rows to T).
+        live = norm > 1e-4 * alpha[:, :j + 1].abs().amax(1)
+        norm = torch.where(live, norm, 0.0)
         if j + 1 < k:
             beta[:, j] = norm
-            # an exhausted Krylov space (norm 0) leaves q = 0: later steps add zero rows to T
-            q = torch.where(norm[:, None] > 1e-30, z / norm.clamp_min(1e-30)[:, None], 0.0)
+            q = torch.where(live[:, None], z / norm.clamp_min(1e-30)[:, None], 0.0)
     t = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :k - 1], 1) + \
         torch.diag_embed(beta[:, :k - 1], -1)
     theta, y = torch.linalg.eigh(t)

@@ -25,6 +25,7 @@ STATES = (
     ("WAITING", "nothing received yet from the endpoint"),
     ("LIVE", "messages arriving (the agent sends a heartbeat every second)"),
     ("STALE", "no message for more than 3 s: run stuck, stopped or unreachable"),
+    ("RECONNECTING", "the connection to the agent dropped (it died or restarts); retrying"),
     ("FINISHED", "the run said goodbye; the last values stay on screen"),
 )
 
