@@ -463,7 +463,10 @@ def render(lat: list[dict[str, Any]], fl: list[dict[str, Any]], sc: dict[str, An
              f"Machine: {describe()}. The viewer is a separate process: for the latency and the "
              "1,000-layer stream the real TUI (`SymwatchApp` on a `BackgroundFeed`, headless at "
              f"{tui_size()}, every screen update rendered to terminal bytes; "
-             "benchmarks/tui_viewer.py), for the flood the client and `RunState` alone.", "",
+             "benchmarks/tui_viewer.py), for the flood the client and `RunState` alone. "
+             f"Load average when it ended: {os.getloadavg()[0]:.1f} (1 min) on "
+             f"{os.cpu_count()} cores: other work on a shared machine inflates wall-clock "
+             "figures.", "",
              "### Step to viewer", "",
              f"A GPT-2-style model (benchmarks/peers.py) training for {args.latency_seconds:g} s "
              "per transport with `watch(model, opt, every=10, budget=1.0)` (the budget lifted only "

@@ -11,6 +11,8 @@ from torch import nn
 import symwatch
 from symwatch import protocol
 from symwatch.state import RunState
+from symwatch.tui.columns import view_indicators
+from symwatch.tui.layer_detail import layer_detail_text
 from symwatch_agent import demo
 from symwatch_agent.indicators import INDICATORS
 
@@ -45,6 +47,14 @@ def test_a_watched_run_publishes_the_whole_engine_and_the_budgeted_run_mixes_tie
     state = RunState()
     state.fold_all(sub.messages)
     assert set(INDICATORS) <= set(state.indicator_names())  # every one becomes a TUI column
+    # the attention row: aggregates in the rotation view, each head in the heads view and
+    # charted on the row's detail screen
+    names = state.indicator_names()
+    assert {"qk_rank", "dead_heads"} <= set(view_indicators("rotation", names))
+    assert set(view_indicators("heads", names)) == per_head
+    assert not per_head & set(view_indicators("all", names))
+    detail = layer_detail_text(state, state.layers["attn"], 100).plain
+    assert "QK rank h0" in detail and "VO rank h1" in detail
     agent.close()
 
 

@@ -232,6 +232,15 @@ def test_grouped_query_attention_pairs_each_query_head_with_its_key_value_head()
     del block.num_key_value_heads
     _, engine, _ = run({"blk": block})
     assert engine.heads[0].kv_heads == 2
+    # multi-query attention: one key/value head shared by all four query heads
+    mqa = Block(e=16, heads=4, kv_heads=1)
+    values, engine, _ = run({"mqa": mqa})
+    assert engine.heads[0].kv_heads == 1
+    assert [values["mqa"][f"vo_rank.h{h}"] for h in range(4)] == [
+        min(4, int(torch.linalg.matrix_rank(
+            mqa.o_proj.weight.detach()[:, h * 4:(h + 1) * 4].double()
+            @ mqa.v_proj.weight.detach().double())))
+        for h in range(4)]
     # a fused [q; k; v] projection needs it said: (heads, kv_heads)
     fused = nn.Module()
     fused.qkv = nn.Linear(16, (4 + 2 + 2) * 4)
@@ -265,3 +274,10 @@ def test_heads_are_off_the_cheap_tier_and_the_module_row_keeps_its_place():
     values, _ = engine.decode(engine.compute("cheap").tolist())
     assert "blk" not in values  # full tier only: absent, never a fake value
     assert [row["name"] for row in engine.describe()][:2] == ["blk", "blk.q_proj"]
+
+
+def test_an_unnamed_model_that_is_itself_the_attention_block():
+    block = Block(e=16, heads=2)  # q_proj, … at the root: the module's row is "model"
+    values, engine, notes = run({"": block})
+    assert [hs.name for hs in engine.heads] == ["model"] and notes == []
+    assert "qk_rank.h1" in values["model"]

@@ -126,12 +126,11 @@ def test_attention_heads_are_found_through_lora_wrappers_and_include_the_active_
         a.copy_(vh[:4])  # rank 4 of head 0's 8 rows
         b.zero_()
         b[:8] = -(u[:, :4] * sv[:4]) / s
-    values, _ = measure({"": model})
-    got = values["base_model.model.attn"]["qk_rank.h0"]
-    assert base_rank == 8 and got == 4
+    got = engine.decode(engine.compute(FULL).tolist())[0]["base_model.model.attn"]
+    assert base_rank == 8 and got["qk_rank.h0"] == 4
     attn.q_proj.active_adapters = []  # adapter switched off: back to the base weights
-    values, _ = measure({"": model})
-    assert values["base_model.model.attn"]["qk_rank.h0"] == 8
+    got = engine.decode(engine.compute(FULL).tolist())[0]["base_model.model.attn"]
+    assert got["qk_rank.h0"] == 8
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile import noise

@@ -93,15 +93,17 @@ class HeadSet:
     k: tuple[Layer, int]
     v: tuple[Layer, int]
     o: Layer | None
-    # PEFT LoRA on a projection: id(base layer) -> [(A, B, scaling)], added to its weight
-    adapters: dict[int, list[tuple[Layer, Layer, float]]] = field(default_factory=dict)
+    # PEFT LoRA on a projection: id(base layer) -> [(A, B, adapter, wrapper)]; the active
+    # ones' scaling·B·A is added to its weight (adapter_scaling)
+    adapters: dict[int, list[tuple[Layer, Layer, str, Any]]] = field(default_factory=dict)
     # per-module state: largest √σ₁ seen over the heads, for QK and VO (device scalars)
     seen: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def layers(self) -> list[Layer]:
         """The projections (base layers), then any LoRA factors on them."""
         own = [self.q[0], self.k[0], self.v[0]] + ([self.o] if self.o is not None else [])
-        extra = [f for adapters in self.adapters.values() for a, b, _ in adapters for f in (a, b)]
+        extra = [f for adapters in self.adapters.values() for a, b, _, _ in adapters
+                 for f in (a, b)]
         return list(dict.fromkeys(own + extra))
 
     def describe(self) -> dict[str, object]:
@@ -156,32 +158,39 @@ def _first(by_name: Mapping[str, Layer], prefix: str, names: Iterable[str]) -> L
 
 
 def _adapters(layer: Layer, by_name: Mapping[str, Layer],
-              modules: Mapping[str, nn.Module] | None) -> list[tuple[Layer, Layer, float]]:
-    """A PEFT LoRA wrapper's active adapters on `layer` (its `base_layer`): (A, B, scaling)
-    each, so the effective weight W₀ + Σ scaling·B·A is what the heads are measured on. Needs
-    the live wrapper (its `scaling` dict and active adapters); a state_dict gets none."""
+              modules: Mapping[str, nn.Module] | None) -> list[tuple[Layer, Layer, str, Any]]:
+    """A PEFT LoRA wrapper's adapters on `layer` (its `base_layer`): (A, B, adapter name, the
+    wrapper) each. Needs the live wrapper (a state_dict gets none); which adapters count, and
+    their scaling, are read from it at every sample (`adapter_scaling`)."""
     if not layer.name.endswith(".base_layer") or not modules:
         return []
     wrapper_name = layer.name[:-len(".base_layer")]
     wrapper = modules.get(wrapper_name)
-    scaling = getattr(wrapper, "scaling", None)
     lora_a = getattr(wrapper, "lora_A", None)
-    if not isinstance(scaling, dict) or not isinstance(lora_a, nn.ModuleDict):
+    if not isinstance(getattr(wrapper, "scaling", None), dict) or \
+            not isinstance(lora_a, nn.ModuleDict):
         return []
-    active = getattr(wrapper, "active_adapters", None)
-    if active is None:
-        active = getattr(wrapper, "active_adapter", list(lora_a.keys()))
-    active = [active] if isinstance(active, str) else list(active)
-    if getattr(wrapper, "merged", False) or getattr(wrapper, "disable_adapters", False):
-        return []  # merged into the base weight already, or switched off
     out = []
-    for key in active:
+    for key in lora_a.keys():
         a = by_name.get(f"{wrapper_name}.lora_A.{key}")
         b = by_name.get(f"{wrapper_name}.lora_B.{key}")
-        s = scaling.get(key)
-        if a is not None and b is not None and isinstance(s, (int, float)):
-            out.append((a, b, float(s)))
+        if a is not None and b is not None:
+            out.append((a, b, key, wrapper))
     return out
+
+
+def adapter_scaling(wrapper: Any, key: str) -> float | None:
+    """The scaling of adapter `key` if it is active and not merged into the base weight (then
+    the effective weight is W₀ + scaling·B·A), else None."""
+    if getattr(wrapper, "merged", False) or getattr(wrapper, "disable_adapters", False):
+        return None
+    active = getattr(wrapper, "active_adapters", None)
+    if active is None:
+        active = getattr(wrapper, "active_adapter", None)
+    if active is not None and key not in ([active] if isinstance(active, str) else active):
+        return None
+    scale = getattr(wrapper, "scaling", {}).get(key)
+    return float(scale) if isinstance(scale, (int, float)) else None
 
 
 def discover(layers: list[Layer], modules: Mapping[str, nn.Module] | None = None,

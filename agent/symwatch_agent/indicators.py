@@ -46,7 +46,7 @@ from torch import nn
 from symwatch_agent import heads as attention
 from symwatch_agent import pairing, spectra, units
 from symwatch_agent.activity import ActivityProbe
-from symwatch_agent.layers import EMBEDDING, NORM, Layer, model_order
+from symwatch_agent.layers import EMBEDDING, NORM, Layer, unwrap
 from symwatch_agent.schedule import CHEAP, FULL, TierScheduler
 
 INDICATORS = (
@@ -152,11 +152,11 @@ class IndicatorEngine:
                               "models": list(models)}
         self._sources = [pairing.static_edges(models, self.layers)]
         pairing.apply(self.layers, self._sources, **self._pair_options)
-        modules: dict[str, nn.Module] = {}
-        for model_name, full, module in model_order(models):
-            modules.setdefault(full, module)
-            if module is models[model_name] or full == model_name:
-                modules.setdefault(model_name, module)  # a root-level layer's parent is ""
+        modules: dict[str, nn.Module] = {}  # full name -> module; a model's root: its name
+        for model_name, model in models.items():
+            for name, module in unwrap(model).named_modules():
+                modules.setdefault(f"{model_name}.{name}" if model_name and name
+                                   else name or model_name, module)
         skipped = self.find_heads(modules, heads, heads_default)
         if observe and self.layers:
             self._observer = pairing.ForwardObserver(models, self.layers, self._observed)
@@ -487,7 +487,10 @@ class IndicatorEngine:
             """The layer's matrix in this snapshot, plus its PEFT LoRA adapters' s·B·A."""
             gi, j = snap.where[index[id(layer)]]
             w = snap.groups[gi].weights[j]
-            for a, b, scale in hs.adapters.get(id(layer), ()):
+            for a, b, key, wrapper in hs.adapters.get(id(layer), ()):
+                scale = attention.adapter_scaling(wrapper, key)
+                if scale is None:
+                    continue
                 ga, ja = snap.where[index[id(a)]]
                 gb, jb = snap.where[index[id(b)]]
                 w = w + scale * (snap.groups[gb].weights[jb] @ snap.groups[ga].weights[ja])

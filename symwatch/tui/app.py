@@ -109,6 +109,7 @@ class SymwatchApp(App[None]):
         self._wake_pending = False  # a redraw is scheduled because data arrived
         self._last_tick_at = 0.0
         self.frame_cost = 0.0  # seconds the last redraws took, tick to screen update (smoothed)
+        self._fold_budget = FOLD_BUDGET_S
         self.owns_source = owns_source
         self.tick_s = tick_s
         self.tick_errors = 0  # internal failures while drawing; counted, shown, never fatal
@@ -178,6 +179,7 @@ class SymwatchApp(App[None]):
         return self._last_tick_at + max(MIN_FRAME_S, PACE * self.frame_cost)
 
     def _clock_tick(self) -> None:
+        # paced like the redraws for data (a redraw woken by data may be waiting already)
         if not self._wake_pending and time.monotonic() >= self._next_frame_at():
             self.tick()
 
@@ -203,7 +205,7 @@ class SymwatchApp(App[None]):
             self.last_tick_error = f"{type(exc).__name__}: {exc}"
 
     def _drain(self, now: float) -> None:
-        deadline = time.monotonic() + getattr(self, "_fold_budget", FOLD_BUDGET_S)
+        deadline = time.monotonic() + self._fold_budget
         while time.monotonic() < deadline:
             if not self._backlog:
                 batch = self.source.poll(0)
