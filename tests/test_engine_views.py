@@ -114,3 +114,28 @@ def test_the_first_samples_sigma1_is_accurate_without_a_spectral_gap():
     s1, vec = spectra.lanczos_sigma1(low, torch.ones(2, 50), 30)
     assert s1.tolist() == pytest.approx([3.0, 0.0], abs=1e-5)
     assert torch.isfinite(vec).all()
+
+
+def test_the_blocked_duplicate_search_matches_the_definition():
+    """Lower-triangle blocks (any block size) give what the full cosine matrix says."""
+    from symwatch_agent import units
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        m = int(torch.randint(1, 40, (), generator=gen))
+        u = torch.randn(3, m, 12, generator=gen)
+        for _ in range(int(torch.randint(0, 8, (), generator=gen))):  # planted duplicates
+            i, j = torch.randint(0, m, (2,), generator=gen)
+            u[:, i] = u[:, j] * 1.05
+        live = torch.rand(3, m, generator=gen) > 0.2
+        chunk = int(torch.randint(1, 500, (), generator=gen))
+        fraction, distinct = units.duplicates(u, 1e-3, live, chunk_elements=chunk)
+        unit = u / u.norm(dim=2, keepdim=True)
+        close = (unit @ unit.transpose(1, 2) > 1 - 1e-3) & live[:, :, None] & \
+            live[:, None, :] & ~torch.eye(m, dtype=torch.bool)
+        count = live.sum(1)
+        want = torch.where(count > 0, (close.any(2) & live).sum(1) / count.clamp_min(1),
+                           torch.tensor(float("nan")))
+        earlier = (close & torch.tril(torch.ones(m, m, dtype=torch.bool), -1)).any(2)
+        assert torch.allclose(fraction, want.float(), equal_nan=True), trial
+        assert torch.equal(distinct, (live & ~earlier).sum(1).float()), trial

@@ -281,3 +281,5 @@ def test_an_unnamed_model_that_is_itself_the_attention_block():
     values, engine, notes = run({"": block})
     assert [hs.name for hs in engine.heads] == ["model"] and notes == []
     assert "qk_rank.h1" in values["model"]
+    _, engine, notes = run({"": Block(attr=None)}, heads={"model": 4})
+    assert engine.heads[0].heads == 4 and notes == []

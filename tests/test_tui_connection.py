@@ -27,11 +27,15 @@ def _restart_on_the_same_endpoint(agent, run: str) -> None:
     agent.run, agent.seq = run, 0
 
 
+def feed_app(agent, **kw) -> SymwatchApp:
+    """The app as `symwatch attach` makes it: a BackgroundFeed (its thread wakes the app)."""
+    return SymwatchApp(BackgroundFeed(agent.endpoint, history=False), owns_source=True, **kw)
+
+
 async def test_a_dropped_connection_shows_reconnecting_then_the_restarted_run(fake_agent):
     agent = fake_agent()
     # stale only after a minute: what the view shows below comes from the socket, not silence
-    app = SymwatchApp(BackgroundFeed(agent.endpoint, history=False), owns_source=True,
-                      stale_after=60.0)
+    app = feed_app(agent, stale_after=60.0)
     async with app.run_test(size=(120, 40)) as pilot:
         await join(pilot, agent, app)
         publish_sample(agent)
@@ -63,3 +67,16 @@ async def test_a_dropped_connection_shows_reconnecting_then_the_restarted_run(fa
         assert not banner.display
         assert "replaces fake-run" in text_of(app.query_one(EventsLog))
         assert app.state.restarts == 1 and app.state.loss.current == 0.125
+
+
+async def test_data_is_drawn_when_it_arrives_not_on_the_clock(fake_agent):
+    # a clock too slow to matter: only the feed's wake-up can put the sample on screen in time
+    agent = fake_agent()
+    app = feed_app(agent, tick_s=60.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await join(pilot, agent, app)
+        publish_sample(agent, step=77)
+        await until(pilot, lambda: "step 77" in text_of(app.query_one(RunHeader)), timeout=5,
+                    what="the sample drawn on arrival")
+        assert app.query_one(LayerTable).row_count == 3
+        assert app.frame_cost > 0  # redraws are timed, to pace the next ones

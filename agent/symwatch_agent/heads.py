@@ -213,24 +213,27 @@ def discover(layers: list[Layer], modules: Mapping[str, nn.Module] | None = None
         _parent(layer.name) for layer in layers))
     found: list[HeadSet] = []
     notes: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # module names ("model" for the root of an unnamed model)
+    if "" in overrides:
+        overrides.setdefault("model", overrides.pop(""))
     for prefix in prefixes:
         parts = _projections(by_name, prefix)
-        if parts is None or prefix in seen:
+        key = prefix or "model"
+        if parts is None or key in seen:
             continue
-        seen.add(prefix)
-        if prefix in overrides and overrides[prefix] is None:
+        seen.add(key)
+        if key in overrides and overrides[key] is None:
             continue  # the user switched this module off
         try:
-            hs = _head_set(prefix, parts, modules, overrides.get(prefix, default))
+            hs = _head_set(prefix, parts, modules, overrides.get(key, default))
             hs.name = _row_name(hs.name, by_name)
             for layer in hs.layers():
                 hs.adapters.setdefault(id(layer), _adapters(layer, by_name, modules))
             found.append(hs)
         except ValueError as exc:
-            if prefix in overrides:
-                raise ValueError(f"heads: {prefix!r}: {exc}") from None
-            notes.append(f"{prefix or 'model'} (attention heads: {exc})")
+            if key in overrides:
+                raise ValueError(f"heads: {key!r}: {exc}") from None
+            notes.append(f"{key} (attention heads: {exc})")
     unknown = [name for name in overrides if name not in seen]
     if unknown:
         raise ValueError(f"heads: no attention module named {unknown[0]!r} (one whose layers are "
@@ -360,9 +363,10 @@ def product_singular_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(d, dtype=ga.dtype, device=ga.device)
     scale = ga.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-300)[:, None, None]
     chol, info = torch.linalg.cholesky_ex(ga + 1e-10 * scale * eye)
-    if bool((info != 0).any()):  # a badly conditioned Gram: a larger jitter for those heads
-        chol2, _ = torch.linalg.cholesky_ex(ga + 1e-6 * scale * eye)
-        chol = torch.where((info != 0)[:, None, None], chol2, chol)
+    # Where that jitter was not enough, a larger one; both always computed (d × d, cheap), so
+    # there is no host sync on a GPU here.
+    chol2, _ = torch.linalg.cholesky_ex(ga + 1e-6 * scale * eye)
+    chol = torch.where((info != 0)[:, None, None], chol2, chol)
     m = chol.transpose(1, 2) @ gb @ chol
     eig = torch.linalg.eigvalsh(m).flip(-1).clamp_min(0)
     return eig.sqrt()

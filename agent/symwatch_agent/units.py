@@ -64,8 +64,8 @@ def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Ten
     distinct units. The projection is linear, so each part is projected by its own block of
     rows of the matrix (a transposed view costs no copy). Layers with more than `max_units`
     units use the first `max_units` units (duplicates among them; the fractions are then
-    estimates over that subset). The m × m cosines are formed `chunk_elements` at a time and
-    read in three passes (nearest other unit; nearest lower-indexed unit).
+    estimates over that subset). Only the cosines below the diagonal are formed, a block of
+    rows (about `chunk_elements` values) at a time.
     """
     parts = [u] if isinstance(u, torch.Tensor) else list(u)
     b, m = parts[0].shape[:2]
@@ -73,7 +73,7 @@ def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Ten
         parts, live, m = [p[:, :max_units] for p in parts], live[:, :max_units], max_units
     d = sum(p.shape[2] for p in parts)
     if d > 2 * proj_dim:
-        proj = _projection(d, proj_dim, generator_seed).to(parts[0].device, parts[0].dtype)
+        proj = _projection(d, proj_dim, generator_seed, parts[0].device, parts[0].dtype)
         rows, at = [], 0
         for p in parts:
             rows.append(p @ proj[at:at + p.shape[2]])
@@ -85,14 +85,21 @@ def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Ten
     norm = vec.norm(dim=2, keepdim=True)
     unit = torch.where(live[:, :, None] & (norm > 0), vec / norm.clamp_min(1e-30), 0.0)
     threshold = 1 - eps
-    dup = torch.empty(b, m, dtype=torch.bool, device=unit.device)
-    earlier = torch.empty(b, m, dtype=torch.bool, device=unit.device)
-    step = max(1, chunk_elements // max(1, m * m))
-    for s in range(0, b, step):
-        cos = unit[s:s + step] @ unit[s:s + step].transpose(1, 2)  # (b', m, m)
-        cos.diagonal(dim1=1, dim2=2).fill_(0.0)  # a unit is not its own duplicate
-        dup[s:s + step] = cos.amax(2) > threshold
-        earlier[s:s + step] = cos.tril_(-1).amax(2) > threshold  # a lower-indexed duplicate
+    # Only the lower triangle (j < i) is formed, in blocks of rows: half the products of the
+    # full m × m matrix. Row maxima there say "has a lower-indexed duplicate"; column maxima
+    # say "has a higher-indexed one" (cosines are symmetric); a duplicate is either.
+    earlier = torch.zeros(b, m, dtype=torch.bool, device=unit.device)
+    later = torch.full((b, m), -2.0, dtype=unit.dtype, device=unit.device)
+    # eight blocks or more (the triangle then costs ~56 % of the square), at least 256 rows
+    # each so the products stay efficient, and at most `chunk_elements` values at a time
+    rows = max(1, min(max(256, -(-m // 8)), chunk_elements // max(1, b * m)))
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        cos = unit[:, r0:r1] @ unit[:, :r1].transpose(1, 2)  # (b, r1 − r0, r1)
+        cos[:, :, r0:r1] = torch.tril(cos[:, :, r0:r1], diagonal=-1)  # keep j < i
+        earlier[:, r0:r1] = cos.amax(2) > threshold
+        later[:, :r1] = torch.maximum(later[:, :r1], cos.amax(1))
+    dup = earlier | (later > threshold)
     live_count = live.sum(1)
     fraction = dup.sum(1).float() / live_count.clamp_min(1)
     fraction = torch.where(live_count > 0, fraction, torch.full_like(fraction, float("nan")))
@@ -100,11 +107,13 @@ def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Ten
     return fraction, distinct
 
 
-@functools.lru_cache(maxsize=32)
-def _projection(d: int, proj_dim: int, seed: int) -> torch.Tensor:
-    """The fixed Gaussian projection for `d`-dim unit vectors (the same every sample)."""
+@functools.lru_cache(maxsize=16)
+def _projection(d: int, proj_dim: int, seed: int, device: torch.device,
+                dtype: torch.dtype) -> torch.Tensor:
+    """The fixed Gaussian projection for `d`-dim unit vectors (the same every sample), kept on
+    the device: no host-to-device copy per layer and sample. A model has few distinct widths."""
     gen = torch.Generator(device="cpu").manual_seed(seed + d)
-    return torch.randn(d, proj_dim, generator=gen) / proj_dim ** 0.5
+    return (torch.randn(d, proj_dim, generator=gen) / proj_dim ** 0.5).to(device, dtype)
 
 
 def softmax_translation(w: torch.Tensor) -> torch.Tensor:

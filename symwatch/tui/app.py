@@ -36,22 +36,26 @@ from symwatch.tui.ranks_panel import RanksLine, RanksScreen
 
 # The view redraws when data arrives (a source with `on_arrival`, e.g. BackgroundFeed), and on
 # this clock in any case (the stale countdown; sources that cannot wake the app). Redraws for
-# new data are paced: at most one per MIN_FRAME_S, and no sooner than PACE times what the last
-# one cost (fold, draw and the screen update after it), so that data never takes more than
-# about a third of the UI thread and a key press is answered within about one redraw, however
-# fast messages come (1,000 layers at 10 Hz) or however busy the machine is.
+# new data are paced: at most one per MIN_FRAME_S, and from a budget of DATA_SHARE of the UI
+# thread's time (a token bucket holding up to BURST_S; each redraw costs what it took: fold,
+# draw and the screen update after it). Cheap redraws go out at once; expensive ones (1,000
+# layers at 10 Hz, a busy machine) are spaced so that a key press is answered within about one
+# redraw however fast messages come.
 TICK_S = 0.2
 MIN_FRAME_S = 1 / 30
-PACE = 3.0
+DATA_SHARE = 0.4
+BURST_S = 0.25
 # Time one tick may spend folding (at least; half the time since the last tick if that is
-# more); the rest waits (in the app's backlog, then in the source, then ZeroMQ drops at its
+# more, up to MAX_FOLD_S); the rest waits (in the app's backlog, then in the source, then ZeroMQ drops at its
 # high-water mark and the gap shows as "dropped") for later ticks.
 FOLD_BUDGET_S = 0.05
+MAX_FOLD_S = 0.1  # never more in one go: a key press waits for a tick to finish
 NOTIFY_SEVERITIES = ("warning", "error", "transition")
 
 
 class SymwatchApp(App[None]):
-    """Drains `source.poll(0)` every TICK_S into a RunState and redraws the widgets from it."""
+    """Drains `source.poll(0)` into a RunState (when the source says data arrived, and every
+    TICK_S) and redraws the widgets from it, paced (see DATA_SHARE)."""
 
     CSS_PATH = "app.tcss"
     BINDINGS = [
@@ -109,6 +113,8 @@ class SymwatchApp(App[None]):
         self._wake_pending = False  # a redraw is scheduled because data arrived
         self._last_tick_at = 0.0
         self.frame_cost = 0.0  # seconds the last redraws took, tick to screen update (smoothed)
+        self._budget = BURST_S  # seconds of UI time data redraws may use now (token bucket)
+        self._budget_at = time.monotonic()
         self._fold_budget = FOLD_BUDGET_S
         self.owns_source = owns_source
         self.tick_s = tick_s
@@ -175,30 +181,44 @@ class SymwatchApp(App[None]):
 
     # -- the clock -----------------------------------------------------------------------------
 
+    def _refill(self) -> float:
+        now = time.monotonic()
+        self._budget = min(BURST_S, self._budget + (now - self._budget_at) * DATA_SHARE)
+        self._budget_at = now
+        return now
+
     def _next_frame_at(self) -> float:
-        return self._last_tick_at + max(MIN_FRAME_S, PACE * self.frame_cost)
+        now = self._refill()
+        at = self._last_tick_at + MIN_FRAME_S
+        return max(at, now - self._budget / DATA_SHARE) if self._budget < 0 else at
 
     def _clock_tick(self) -> None:
-        # paced like the redraws for data (a redraw woken by data may be waiting already)
-        if not self._wake_pending and time.monotonic() >= self._next_frame_at():
-            self.tick()
+        # Folds what arrived in any case; redraws when the pace allows (and no redraw woken by
+        # data is waiting already).
+        self.tick(draw=not self._wake_pending and time.monotonic() >= self._next_frame_at())
 
     def _frame_shown(self, started: float) -> None:
-        self.frame_cost = 0.7 * self.frame_cost + 0.3 * (time.monotonic() - started)
+        cost = self._refill() - started
+        self.frame_cost = 0.7 * self.frame_cost + 0.3 * cost
+        self._budget -= cost
 
-    def tick(self) -> None:
-        """Drain the source, fold, redraw. Anything unexpected is counted, not raised."""
+    def tick(self, draw: bool = True) -> None:
+        """Drain the source, fold, redraw (if `draw`). Anything unexpected is counted, not
+        raised."""
         now = self._clock()
         started = time.monotonic()
-        self._fold_budget = max(FOLD_BUDGET_S, 0.5 * (started - self._last_tick_at))
-        self._last_tick_at = started
-        revision = self.state.revision
+        since = started - self._last_tick_at
+        self._fold_budget = max(FOLD_BUDGET_S, min(MAX_FOLD_S, 0.5 * since))
         try:
             if getattr(self.source, "generation", 0) != self._generation:
                 self._restart_state()
             self._drain(now)
+            if not draw:
+                return
+            self._last_tick_at = started
+            drawn = self._drawn_revision
             self._draw(now)
-            if self.state.revision != revision:  # new data: time it to the screen update
+            if self._drawn_revision != drawn:  # new data drawn: time it to the screen update
                 self.call_after_refresh(self._frame_shown, started)
         except Exception as exc:  # noqa: BLE001 - the view must outlive any bad input
             self.tick_errors += 1
@@ -462,7 +482,7 @@ class SymwatchApp(App[None]):
             return
         if isinstance(self.screen, LayerDetailScreen):
             self.screen.refresh_body()
-        self.tick()
+        self._draw(self._clock())  # the key's effect first; new data waits for its tick
 
     def action_history_pan(self, windows: float) -> None:
         """`[` / `]`: half a window back / forward (pausing the view)."""
