@@ -59,12 +59,15 @@ def test_third_party_script_is_watched_and_unchanged(collector, tmp_path):
                              "--budget", "1", "--", sys.executable, TRAIN, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        expected = {"conv", "proj", "attn.q", "attn.k", "attn.v", "attn.out_proj", "head"}
+        # every Linear/Conv layer, and the attention block itself (its per-head QK/VO ranks)
+        expected = {"conv", "proj", "attn", "attn.q", "attn.k", "attn.v", "attn.out_proj",
+                    "head"}
         meta = sub.wait_for(lambda m: m.kind == protocol.META, timeout=DEADLINE_S)
         assert {row["name"] for row in meta.payload["layers"]} == expected
         metrics = sub.wait_for(lambda m: m.kind == protocol.METRICS
                                and set(m.payload["values"]) == expected, timeout=DEADLINE_S)
         assert all(metrics.payload["values"][name] for name in expected)
+        assert "qk_rank" in metrics.payload["values"]["attn"]
         stats = sub.wait_for(lambda m: m.kind == protocol.STATS
                              and m.payload.get("loss") is not None, timeout=DEADLINE_S)
         assert 0 < stats.payload["loss"] < 10
