@@ -99,7 +99,8 @@ class IndicatorEngine:
     def __init__(self, layers: Sequence[Layer], *, rel_tol: float = 0.3, abs_tol: float = 0.1,
                  dead_eps: float = 1e-2, dup_eps: float = 1e-3, max_svd_dim: int = 1024,
                  power_iters: int = 2, cold_power_iters: int = 30, budget: float = 1.0,
-                 full_share: float = 0.5,
+                 full_share: float = 0.5, spectra_refresh: int = 0, warm_tol: float = 0.05,
+                 warm_min_dim: int = 128,
                  optimizers: Sequence[torch.optim.Optimizer] = (),
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.layers = list(layers)
@@ -134,6 +135,15 @@ class IndicatorEngine:
         self._columns = _COLUMNS
         self.find_heads(None, False)  # none until attach() looks for them
         self._power_vec: dict[int, torch.Tensor] = {}
+        # Warm-started full-tier spectra (see _spectrum): per shape group, the eigenvectors of
+        # the last exact decomposition and each layer's samples since it; counts for reports.
+        # Off by default (spectra_refresh=0): on GPT-2-like weights the 0.3·σ₁ threshold falls
+        # inside the bulk, the count is ambiguous there nearly every sample, and the fallback
+        # (eigh) costs more than the cold eigvalsh (docs/benchmarks.md, sweep section).
+        self.spectra_refresh, self.warm_tol, self.warm_min_dim = (
+            spectra_refresh, warm_tol, warm_min_dim)
+        self._eigvecs: dict[tuple[int, ...], tuple[torch.Tensor, list[int]]] = {}
+        self.spectra_counts = {"exact": 0, "warm": 0, "inertia": 0}
         self._prev: dict[int, torch.Tensor] = {}  # norm-fed layers: previous [W | b]
         self.last_tier: str | None = None
 
@@ -361,7 +371,8 @@ class IndicatorEngine:
 
         if layers[0].has_rank:
             if snap.tier == FULL and min(m, n) <= self.max_svd_dim:
-                sv = spectra.singular_values(w)
+                eig, count = self._spectrum(w, idxs)
+                sv = eig.sqrt()
                 s1 = sv[:, 0]
                 for name, values in spectra.rank_family(sv).items():
                     self._put(out, idxs, name, values)
@@ -374,7 +385,9 @@ class IndicatorEngine:
             self._max_s1[idx] = seen
             if sv is not None:
                 tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
-                self._put(out, idxs, "numerical_rank", spectra.count_above(sv, tau))
+                if count is None:
+                    count = spectra.count_above(sv, tau)
+                self._put(out, idxs, "numerical_rank", count)
 
         in2 = row2 + bias.square()
         g.unit2 = in2 + out2  # ‖u_i‖², reused by the duplicate search
@@ -394,6 +407,64 @@ class IndicatorEngine:
                 # kept until the next sample: our own copy, never a view of the live weight
                 now = w[j] if g.owned else w[j].clone()
                 self._scale_invariance(idxs[j], layer, now, bias[j], snap, out)
+
+    def _spectrum(self, w: torch.Tensor, idxs: list[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """σ² of each matrix in the group, descending, for the full tier; and the numerical
+        rank when it had to be counted apart from them (else None: count σ > τ).
+
+        Cold (warm starts off, the default, or matrices below `warm_min_dim`): Gram +
+        eigvalsh. With warm starts on, the first sample decomposes exactly with eigh and keeps
+        each layer's eigenvectors; later samples take the spectrum from the Gram matrix in that
+        old basis (spectra.warm_eigvals: one GEMM instead of the eigensolver). A layer falls
+        back to an exact eigh (and keeps the new vectors) when its basis has drifted
+        (off-diagonal mass above `warm_tol`) or every `spectra_refresh` samples anyway. Where
+        an estimate lies within its error band of the numerical-rank threshold, the count there
+        would be a guess: that layer's count comes from the inertia of G − τ²I instead (exact,
+        a third of eigvalsh's cost). The fallback decision reads one small tensor per group
+        back to the host."""
+        k = min(w.shape[1:])
+        if self.spectra_refresh <= 0 or k < self.warm_min_dim:
+            return spectra.gram_eigvals(w), None
+        g = spectra.gram(w)
+        key = tuple(idxs)
+        kept = self._eigvecs.get(key)
+        if kept is None or kept[0].shape != g.shape:
+            eig, vec = spectra.gram_eigh(g)
+            self._eigvecs[key] = (vec, [0] * len(idxs))
+            self.spectra_counts["exact"] += len(idxs)
+            return eig, None
+        vec, ages = kept
+        eig, band, drift = spectra.warm_eigvals(g, vec)
+        old = torch.tensor([a + 1 >= self.spectra_refresh for a in ages], device=eig.device)
+        redo = old | (drift > self.warm_tol) | ~torch.isfinite(drift)
+        # the threshold numerical_rank will use (as _measure_group computes it), and how far
+        # σ₁'s own error may move it
+        idx = torch.tensor(idxs, device=self._max_s1.device)
+        seen = torch.maximum(self._max_s1[idx], eig[:, 0].sqrt())
+        tau2 = torch.clamp(self.rel_tol * seen, min=self.abs_tol).square()
+        slack = band + self.rel_tol ** 2 * band[:, :1]
+        ambiguous = ((eig - tau2[:, None]).abs() <= slack).any(1) & ~redo
+        flags = torch.stack([redo, ambiguous]).tolist()  # the one host read of the warm path
+        rows = [j for j, r in enumerate(flags[0]) if r]
+        unsure = [j for j, a in enumerate(flags[1]) if a]
+        for j in range(len(ages)):
+            ages[j] = 0 if j in rows else ages[j] + 1
+        self.spectra_counts["warm"] += len(idxs) - len(rows)
+        self.spectra_counts["exact"] += len(rows)
+        self.spectra_counts["inertia"] += len(unsure)
+        if rows:
+            exact, fresh = spectra.gram_eigh(g[rows])
+            eig[rows] = exact
+            vec[rows] = fresh
+        if not unsure:
+            return eig, None
+        # τ again after the exact rows replaced their σ₁, exactly as _measure_group computes it
+        seen = torch.maximum(self._max_s1[idx], eig[:, 0].sqrt())
+        tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+        count = spectra.count_above(eig.sqrt(), tau)
+        count[unsure] = spectra.count_eigvals_above(g[unsure], tau[unsure].square())
+        return eig, count
 
     def _power_sigma1(self, w: torch.Tensor, idxs: list[int]) -> torch.Tensor:
         """σ₁ by power iteration, warm-started from the previous sample's vector (the first

@@ -23,7 +23,7 @@ are 2·s_i, twice the product's singular values; a direction with λ ≈ 0 is a 
 that neither factor uses: the rotation symmetry is restored there.
 
 Cost: `gram_eigvals` is one batched Gram product O(B·m·n·k) plus eigvalsh O(B·k³), about half
-an SVD; `power_sigma1` is 2·iters matrix-vector products, O(iters·B·m·n); `lanczos_sigma1`
+an SVD; `warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver; `power_sigma1` is 2·iters matrix-vector products, O(iters·B·m·n); `lanczos_sigma1`
 (the first sample's σ₁) the same plus O(B·steps²·n) for reorthogonalisation.
 """
 
@@ -32,18 +32,94 @@ from __future__ import annotations
 import torch
 
 
-def gram_eigvals(w: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues σ² of the smaller (k × k) Gram matrix of each matrix, descending.
+def gram(w: torch.Tensor) -> torch.Tensor:
+    """The smaller (k × k) Gram matrix of each matrix: WWᵀ if m ≤ n, else WᵀW (float32 GEMM)."""
+    m, n = w.shape[-2:]
+    return w @ w.transpose(-1, -2) if m <= n else w.transpose(-1, -2) @ w
+
+
+def _floored(eig: torch.Tensor) -> torch.Tensor:
+    """Descending eigenvalues with those below eigvalsh's noise floor set to exactly 0.
 
     eigvalsh is accurate to about k·eps·σ₁² in absolute terms, so an eigenvalue below that is
     noise (in float32, σ ≲ 1e-3·σ₁ for k ~ 10): such values are set to exactly 0. Without this
     a rank-r matrix's zero singular values read as ~3e-4·σ₁ each and push its effective rank
     above r; with it, only genuine singular values below that floor are lost."""
-    m, n = w.shape[-2:]
-    gram = w @ w.transpose(-1, -2) if m <= n else w.transpose(-1, -2) @ w
-    eig = torch.linalg.eigvalsh(gram).flip(-1)
-    floor = gram.shape[-1] * torch.finfo(eig.dtype).eps * eig[..., :1].clamp_min(0)
+    floor = eig.shape[-1] * torch.finfo(eig.dtype).eps * eig[..., :1].clamp_min(0)
     return torch.where(eig > floor, eig, torch.zeros_like(eig))
+
+
+def gram_eigvals(w: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues σ² of the smaller (k × k) Gram matrix of each matrix, descending (the cold
+    path: float32 Gram + float32 eigvalsh, which measured fastest of eigvalsh/eigh/svdvals and
+    float32/float64 at GPT-2 sizes, docs/metrics.md *Cost*)."""
+    return _floored(torch.linalg.eigvalsh(gram(w)).flip(-1))
+
+
+def gram_eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, floored) and eigenvectors (columns, same order) of Gram
+    matrices g (B, k, k): the exact decomposition a warm start later reuses (about twice
+    eigvalsh's cost)."""
+    eig, vec = torch.linalg.eigh(g)
+    return _floored(eig.flip(-1)), vec.flip(-1)
+
+
+def warm_eigvals(g: torch.Tensor, vec: torch.Tensor, top: int = 16
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eigenvalue estimates of g (B, k, k) from an earlier sample's eigenvectors `vec`.
+
+    In the old eigenbasis the new Gram matrix is B = VᵀGV, nearly diagonal when the weights
+    moved a little. Its diagonal estimates the eigenvalues to second order in the off-diagonal
+    entries; the `top` largest are replaced by the Rayleigh–Ritz values of their block (the
+    eigenvalues of that small block: σ₁ with no gap below it, as at a random matrix's edge).
+    Only GV is formed (one k³ GEMM, no eigensolver on k × k), the block's rows from its columns.
+
+    Returns (estimates descending, band, drift):
+    - band: per estimate, the residual norm of its vector, ‖Gv − θv‖ (the diagonal's columns
+      vᵢ, or the top block's Ritz vectors): an eigenvalue of G lies within it, so an estimate
+      within `band` of a threshold makes a count there ambiguous;
+    - drift: ‖B − blockdiag(B)‖_F / ‖G‖_F, how far the old eigenbasis is from diagonalising G
+      (‖B‖_F = ‖G‖_F, so it costs no more than the diagonal).
+    Sums of squares in float64: the residuals are differences of nearly equal numbers."""
+    b, k, _ = g.shape
+    gv = g @ vec
+    gv64, vec64 = gv.double(), vec.double()
+    diag = (vec64 * gv64).sum(-2)  # bᵢᵢ = vᵢᵀGvᵢ
+    col2 = gv64.square().sum(-2)  # ‖Gvᵢ‖² = Σⱼ bⱼᵢ²
+    p = min(top, k)
+    order = diag.argsort(-1, descending=True)
+    head, tail = order[..., :p], order[..., p:]
+    cols = head.unsqueeze(-2).expand(b, k, p)
+    block = vec64.gather(-1, cols).transpose(-1, -2) @ gv64.gather(-1, cols)  # (B, p, p)
+    block = (block + block.transpose(-1, -2)) / 2
+    ritz, coef = torch.linalg.eigh(block)
+    # each Ritz vector y = V_p z has residual ‖Gy‖² − θ² (Gy = (GV_p) z, already at hand)
+    ritz_band = ((gv64.gather(-1, cols) @ coef).square().sum(-2) - ritz.square()).clamp_min(0)
+    rest = diag.gather(-1, tail)
+    rest_band = (col2.gather(-1, tail) - rest.square()).clamp_min(0).sqrt()
+    est = torch.cat([ritz, rest], -1)
+    band = torch.cat([ritz_band.sqrt(), rest_band], -1)
+    est, perm = est.sort(-1, descending=True)
+    band = band.gather(-1, perm)
+    total2 = g.double().square().sum((-1, -2))
+    kept2 = block.square().sum((-1, -2)) + rest.square().sum(-1)
+    drift = ((total2 - kept2).clamp_min(0) / total2.clamp_min(1e-300)).sqrt()
+    return _floored(est.clamp_min(0).float()), band.float(), drift.float()
+
+
+def count_eigvals_above(g: torch.Tensor, tau2: torch.Tensor) -> torch.Tensor:
+    """#{λ > τ²} per symmetric matrix g (B, k, k) without its eigenvalues: by Sylvester's law
+    of inertia it is the number of negative eigenvalues of τ²I − G, read off the block
+    diagonal of its Bunch–Kaufman LDLᵀ factorization (a third of eigvalsh's flops, none of
+    its sequential tridiagonal reduction). Returned as float (B,). A 1×1 pivot counts when
+    negative; a 2×2 pivot (pivots[i] = pivots[i+1] < 0 in LAPACK's lower storage) always has
+    one eigenvalue of each sign."""
+    k = g.shape[-1]
+    eye = torch.eye(k, dtype=g.dtype, device=g.device)
+    ld, pivots = torch.linalg.ldl_factor(tau2[:, None, None] * eye - g)
+    d = ld.diagonal(dim1=-2, dim2=-1)
+    negative = ((d < 0) & (pivots > 0)).sum(-1) + (pivots < 0).sum(-1) // 2
+    return negative.to(g.dtype)
 
 
 def singular_values(w: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,7 @@ class SymwatchApp(App[None]):
         self._window_run: str | None = None  # the run the window was set on
         self._wake_pending = False  # a redraw is scheduled because data arrived
         self._last_tick_at = 0.0
-        self.frame_cost = 0.0  # seconds the last redraws took, tick to screen update (smoothed)
+        self.frame_cost = 0.0  # CPU seconds a redraw takes, tick to screen update (smoothed)
         self._budget = BURST_S  # seconds of UI time data redraws may use now (token bucket)
         self._budget_at = time.monotonic()
         self._fold_budget = FOLD_BUDGET_S
@@ -197,8 +197,11 @@ class SymwatchApp(App[None]):
         # data is waiting already).
         self.tick(draw=not self._wake_pending and time.monotonic() >= self._next_frame_at())
 
-    def _frame_shown(self, started: float) -> None:
-        cost = self._refill() - started
+    def _frame_shown(self, cpu_started: float) -> None:
+        # CPU time of this (the UI) thread, not wall time: on a busy machine waiting for a
+        # core is not work of ours, and charging it would slow the view down for nothing.
+        self._refill()
+        cost = time.thread_time() - cpu_started
         self.frame_cost = 0.7 * self.frame_cost + 0.3 * cost
         self._budget -= cost
 
@@ -207,6 +210,7 @@ class SymwatchApp(App[None]):
         raised."""
         now = self._clock()
         started = time.monotonic()
+        cpu_started = time.thread_time()
         since = started - self._last_tick_at
         self._fold_budget = max(FOLD_BUDGET_S, min(MAX_FOLD_S, 0.5 * since))
         try:
@@ -219,7 +223,7 @@ class SymwatchApp(App[None]):
             drawn = self._drawn_revision
             self._draw(now)
             if self._drawn_revision != drawn:  # new data drawn: time it to the screen update
-                self.call_after_refresh(self._frame_shown, started)
+                self.call_after_refresh(self._frame_shown, cpu_started)
         except Exception as exc:  # noqa: BLE001 - the view must outlive any bad input
             self.tick_errors += 1
             self.last_tick_error = f"{type(exc).__name__}: {exc}"
