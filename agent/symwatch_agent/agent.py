@@ -364,6 +364,7 @@ class Agent:
             rows, ready = self._sample_cuda()
         else:
             rows, ready = self.engine.compute(), None
+        detail = self.engine.last_detail  # full tier: device tensors, read in build()
         step, started = self.steps, time.perf_counter()
         loss = _to_host_async(self._loss) if self._transitions is not None else None
         hyperparameters = (read_hyperparameters(self._optimizers)
@@ -376,8 +377,18 @@ class Agent:
             self._report_failed_layers()
             self._report_switched_off()
             self._detect_transitions(step, values, _host_number(loss), hyperparameters)
-            return {"values": values, "nonfinite": nonfinite,
-                    "cost_s": time.perf_counter() - started}
+            payload = {"values": values, "nonfinite": nonfinite,
+                       "cost_s": time.perf_counter() - started}
+            if detail:  # full tier only: spectra and unit facts (docs/protocol.md)
+                try:
+                    shown = self.engine.decode_detail(detail)
+                    for name in nonfinite:
+                        shown.pop(name, None)
+                    if shown:
+                        payload["detail"] = shown
+                except Exception as exc:  # the indicators still go out without it
+                    self._report("layer detail", exc)
+            return payload
 
         self._publisher.submit(protocol.METRICS, build, step)
 

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from symwatch_agent import heads as attention
+from symwatch_agent import detail as layer_detail
 from symwatch_agent import pairing, spectra, units
 from symwatch_agent.activity import ActivityProbe
 from symwatch_agent.layers import EMBEDDING, NORM, Layer, unwrap
@@ -91,6 +92,8 @@ class Snapshot:
     activity: dict[int, torch.Tensor] = field(default_factory=dict)  # relu: (m,) ever active
     lrs: dict[int, Any] = field(default_factory=dict)  # norm-fed layers: η
     event: Any = None  # CUDA event recorded before the snapshot (for the scheduler)
+    # full tier: spectra and unit facts kept for METRICS `detail` (detail.py), device tensors
+    detail: list[layer_detail.GroupDetail] = field(default_factory=list)
 
 
 class IndicatorEngine:
@@ -146,6 +149,7 @@ class IndicatorEngine:
         self.spectra_counts = {"exact": 0, "warm": 0, "inertia": 0}
         self._prev: dict[int, torch.Tensor] = {}  # norm-fed layers: previous [W | b]
         self.last_tier: str | None = None
+        self.last_detail: list[layer_detail.GroupDetail] | None = None
 
     # -- pairing -------------------------------------------------------------------------------
 
@@ -317,6 +321,8 @@ class IndicatorEngine:
         out[:, _FINITE] = flag
         self.probe.arm()  # dead-ReLU hooks for the next forward pass
         self.last_tier = snap.tier
+        # read by the agent right after measure() and decoded on the publisher thread
+        self.last_detail = snap.detail if snap.tier == FULL else None
         end = None
         if snap.event is not None:
             end = torch.cuda.Event(enable_timing=True)
@@ -388,10 +394,16 @@ class IndicatorEngine:
                 if count is None:
                     count = spectra.count_above(sv, tau)
                 self._put(out, idxs, "numerical_rank", count)
+                snap.detail.append(layer_detail.GroupDetail(
+                    idxs, spectrum=layer_detail.cap_spectrum(sv), count=sv.shape[1], tau=tau))
 
         in2 = row2 + bias.square()
         g.unit2 = in2 + out2  # ‖u_i‖², reused by the duplicate search
         self._put(out, idxs, "dead_fraction", units.dead_fraction(in2 + out2, self.dead_eps))
+        if snap.tier == FULL:  # which units are dead, as dead_fraction counts them
+            rms = g.unit2.mean(1, keepdim=True).sqrt()
+            snap.detail.append(layer_detail.GroupDetail(
+                idxs, dead=g.unit2.sqrt() <= self.dead_eps * rms))
 
         sel = [j for j, layer in enumerate(layers) if layer.rescale and layer.consumers]
         if sel:
@@ -526,7 +538,8 @@ class IndicatorEngine:
                 parts = [torch.stack([r[1][k] for r in rows]) for k in range(len(rows[0][1]))]
             unit2 = parts.pop()  # computed by _measure_group from the same weights
             live = unit2.sqrt() > self.dead_eps * unit2.mean(1, keepdim=True).sqrt()
-            fraction, distinct = units.duplicates(parts, self.dup_eps, live)
+            fraction, distinct, links = units.duplicates(parts, self.dup_eps, live, links=True)
+            snap.detail.append(layer_detail.GroupDetail(idxs, links=links))
             self._put(out, idxs, "duplicate_fraction", fraction)
             self._put(out, idxs, "distinct_units", distinct)
 
@@ -656,6 +669,14 @@ class IndicatorEngine:
         return None
 
     # -- decoding (publisher thread) -----------------------------------------------------------
+
+    def decode_detail(self, groups: list[layer_detail.GroupDetail] | None
+                      ) -> dict[str, dict[str, Any]]:
+        """A full-tier sample's `last_detail` → METRICS `detail` (after the sample's ready
+        event on CUDA: the tensors are read here, never on the training thread)."""
+        if not groups:
+            return {}
+        return layer_detail.to_wire(groups, [layer.name for layer in self.layers])
 
     def decode(self, rows: list[list[float]]) -> tuple[dict[str, dict[str, float | None]], list[str]]:
         """Host rows from compute() → (`values` for a METRICS message, names of layers whose

@@ -23,8 +23,10 @@ are 2·s_i, twice the product's singular values; a direction with λ ≈ 0 is a 
 that neither factor uses: the rotation symmetry is restored there.
 
 Cost: `gram_eigvals` is one batched Gram product O(B·m·n·k) plus eigvalsh O(B·k³), about half
-an SVD; `warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver; `power_sigma1` is 2·iters matrix-vector products, O(iters·B·m·n); `lanczos_sigma1`
-(the first sample's σ₁) the same plus O(B·steps²·n) for reorthogonalisation.
+an SVD; `warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver;
+`count_eigvals_above` one LDLᵀ, O(B·k³/3); `power_sigma1` is 2·iters matrix-vector products,
+O(iters·B·m·n); `lanczos_sigma1` (the first sample's σ₁) the same plus O(B·steps²·n) for
+reorthogonalisation.
 """
 
 from __future__ import annotations

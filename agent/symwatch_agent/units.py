@@ -52,7 +52,8 @@ def balance(in2: torch.Tensor, out2: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Tensor, *,
                proj_dim: int = 128, max_units: int = 4096, generator_seed: int = 0,
-               chunk_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+               chunk_elements: int = 1 << 24, links: bool = False
+               ) -> tuple[torch.Tensor, ...]:
     """u: (B, m, d) unit vectors — or a list of parts (B, m, d_i), read as their concatenation
     along the last dim without building it — and live: (B, m) bool → (duplicate_fraction,
     distinct_units).
@@ -66,6 +67,10 @@ def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Ten
     units use the first `max_units` units (duplicates among them; the fractions are then
     estimates over that subset). Only the cosines below the diagonal are formed, a block of
     rows (about `chunk_elements` values) at a time.
+
+    `links`: also return (B, m') long, for each unit the index of its most similar
+    lower-indexed duplicate (−1: none), read from the same cosines (the full tier's unit view
+    builds the duplicate groups from it; see detail.py).
     """
     parts = [u] if isinstance(u, torch.Tensor) else list(u)
     b, m = parts[0].shape[:2]
@@ -90,6 +95,7 @@ def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Ten
     # say "has a higher-indexed one" (cosines are symmetric); a duplicate is either.
     earlier = torch.zeros(b, m, dtype=torch.bool, device=unit.device)
     later = torch.full((b, m), -2.0, dtype=unit.dtype, device=unit.device)
+    first = torch.full((b, m), -1, dtype=torch.long, device=unit.device) if links else None
     # eight blocks or more (the triangle then costs ~56 % of the square), at least 256 rows
     # each so the products stay efficient, and at most `chunk_elements` values at a time
     rows = max(1, min(max(256, -(-m // 8)), chunk_elements // max(1, b * m)))
@@ -97,13 +103,20 @@ def duplicates(u: torch.Tensor | list[torch.Tensor], eps: float, live: torch.Ten
         r1 = min(m, r0 + rows)
         cos = unit[:, r0:r1] @ unit[:, :r1].transpose(1, 2)  # (b, r1 − r0, r1)
         cos[:, :, r0:r1] = torch.tril(cos[:, :, r0:r1], diagonal=-1)  # keep j < i
-        earlier[:, r0:r1] = cos.amax(2) > threshold
+        if first is None:
+            earlier[:, r0:r1] = cos.amax(2) > threshold
+        else:
+            best, arg = cos.max(2)
+            earlier[:, r0:r1] = best > threshold
+            first[:, r0:r1] = torch.where(best > threshold, arg, -1)
         later[:, :r1] = torch.maximum(later[:, :r1], cos.amax(1))
     dup = earlier | (later > threshold)
     live_count = live.sum(1)
     fraction = dup.sum(1).float() / live_count.clamp_min(1)
     fraction = torch.where(live_count > 0, fraction, torch.full_like(fraction, float("nan")))
     distinct = (live & ~earlier).sum(1).float()
+    if first is not None:
+        return fraction, distinct, first
     return fraction, distinct
 
 
