@@ -11,8 +11,9 @@ The observer side, which never imports torch or the agent:
    through gdb, the way `memray attach` does it: queue a no-op pending call
    (`Py_AddPendingCall(PyCallable_Check, NULL)`), stop at the entry of that call, which the
    interpreter makes from its eval loop between two bytecodes, run the lines there with
-   `PyRun_SimpleString`, detach. A process that reaches no safe point within the deadline is
-   interrupted and detached untouched;
+   `PyRun_SimpleString`, detach; or the same through lldb where gdb is missing (`--method
+   lldb`). A process that reaches no safe point within the deadline is interrupted and
+   detached untouched;
 3. those lines import `symwatch_agent.injected` (our package root appended to the end of the
    target's `sys.path` if it cannot import it) and arm a one-shot optimizer step hook; they
    report through a JSON result file, and the agent starts after the next `optimizer.step()`;
@@ -217,8 +218,10 @@ else:
 
 
 def c_string(text: str) -> str:
-    """`text` as a C string literal for gdb's expression parser."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """`text` as a C string literal for gdb's and lldb's expression parsers. A backtick is
+    written as an octal escape: lldb would evaluate `...` in a command line as an expression."""
+    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("`", "\\140"))
     return f'"{escaped}"'
 
 
@@ -266,15 +269,73 @@ quit
 """
 
 
+# Signals that reach the process as usual while lldb holds it: lldb's defaults would stop the
+# wait at most of them, and keep a Ctrl-C from the process.
+LLDB_PASSED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2",
+                       "SIGPIPE", "SIGALRM", "SIGCHLD", "SIGWINCH", "SIGVTALRM", "SIGPROF",
+                       "SIGIO", "SIGCONT")
+# What ends lldb's wait for a safe point, sent to the process: lldb stops on it and swallows
+# it (a signal to lldb itself does not stop a `continue` of its batch mode). SIGURG because
+# its default action is to be ignored: one that arrives just after lldb detached does nothing.
+LLDB_INTERRUPT = signal.SIGURG
+LLDB_GIVE_UP_S = 20.0  # after the first LLDB_INTERRUPT, before lldb itself is interrupted
+
+
+def lldb_script(code: str, machine: str | None = None) -> str:
+    """The lldb commands doing what `gdb_script` does: check the process is Python, queue a
+    no-op pending call, stop where the main thread makes it, run `code` there, detach. lldb
+    has no `if`: the lines run at the safe point are the breakpoint's own commands, so they
+    run only if it is reached; a wait stopped by `LLDB_INTERRUPT` goes on to the detach. Any
+    error stops the batch and lldb detaches as it exits."""
+    machine = (machine or platform.machine()).lower()
+    register = FIRST_ARG_REGISTER.get(machine)
+    if register is None:
+        raise InjectError(f"attaching through lldb is not supported on {machine} yet")
+    interrupt = LLDB_INTERRUPT.name
+    return f"""\
+p "{MARK} attached"
+p (void *)&Py_AddPendingCall
+p (void *)&PyCallable_Check
+p (void *)&PyRun_SimpleString
+p "{MARK} python"
+process handle --stop false --notify false --pass true {" ".join(LLDB_PASSED_SIGNALS)}
+process handle --stop true --notify true --pass false {interrupt}
+expr -- void *$symwatch_check = (void *)&PyCallable_Check
+expr -- int (*$symwatch_add)(void *, void *) = (int (*)(void *, void *))&Py_AddPendingCall
+expr -- int $symwatch_queued = $symwatch_add($symwatch_check, (void *)0)
+p $symwatch_queued == 0 ? "{MARK} queued" : "{MARK} pending calls full"
+breakpoint set --name PyCallable_Check --skip-prologue false --condition '{register} == 0'
+breakpoint command add
+process handle --stop false --notify false --pass false {interrupt}
+p "{MARK} safe point"
+breakpoint disable
+expr -- (int)((int (*)(const char *))&PyRun_SimpleString)({c_string(code)})
+p "{MARK} ran"
+DONE
+p "{MARK} waiting"
+continue
+process detach
+"""
+
+
+_LLDB_MARK_RE = re.compile(r'= (?:0x[0-9a-fA-F]+ )?"(' + re.escape(MARK) + r' [^"]*)"')
+
+
+def lldb_marks(output: str) -> str:
+    """The progress marks in lldb's output, one a line: the values its `p "SYMWATCH: ..."`
+    printed (not the commands it echoes, which carry the same words)."""
+    return "".join(match.group(1) + "\n" for match in _LLDB_MARK_RE.finditer(output))
+
+
 # -- running gdb -----------------------------------------------------------------------------
 
 def find_gdb() -> str:
     gdb = shutil.which("gdb")
     if gdb is None:
         raise InjectError(
-            "gdb is not installed; it is needed to get into a process running Python < 3.14 "
-            "(install it: apt-get install gdb, dnf install gdb; on Python 3.14+ run symwatch "
-            "with the same Python as the process instead)")
+            "gdb is not installed; it (or lldb) is needed to get into a process running "
+            "Python < 3.14 (install it: apt-get install gdb, dnf install gdb; on Python 3.14+ "
+            "run symwatch with the same Python as the process instead)")
     return gdb
 
 
@@ -284,6 +345,21 @@ def run_gdb(gdb: str, pid: int, script: Path, safe_point_wait_s: float,
     in time. Never kills gdb while our code runs in the target. Returns gdb's output."""
     argv = [gdb, "-p", str(pid), "-batch", "-nx", "-nw", "-iex", "set auto-solib-add off",
             "-iex", "set auto-load off", "-x", str(script)]
+    return _run_debugger(argv, "gdb", safe_point_wait_s, marks=lambda output: output,
+                         interrupt=lambda proc: proc.send_signal(signal.SIGINT),
+                         verbose=verbose)
+
+
+def _run_debugger(argv: list[str], name: str, safe_point_wait_s: float, *,
+                  marks: Callable[[str], str],
+                  interrupt: Callable[[subprocess.Popen], None],
+                  verbose: Callable[[str], None] | None,
+                  give_up_on: tuple[str, ...] = (),
+                  interrupt_again_s: float | None = None) -> str:
+    """Run a debugger's script, following its progress marks (`marks` picks them out of its
+    output); `interrupt` it (its script then detaches) if the target reaches no safe point in
+    time or a mark in `give_up_on` appears, again every `interrupt_again_s` if it goes on.
+    Never interrupts while our code runs in the target. Returns the debugger's output."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace",
                             start_new_session=True)  # the terminal's Ctrl-C is ours to pass
@@ -295,30 +371,134 @@ def run_gdb(gdb: str, pid: int, script: Path, safe_point_wait_s: float,
     # libpython's symbols come first, and take longer on a loaded machine).
     attach_deadline = time.monotonic() + ATTACH_WAIT_S
     waiting_since: float | None = None
-    interrupted = False
+    interrupted_at: float | None = None
     try:
         while proc.poll() is None:
             time.sleep(0.05)
-            text = "".join(lines)
-            if f"{MARK} safe point" in text or interrupted:
-                continue  # our code runs in the target: gdb finishes and detaches by itself
+            text = marks("".join(lines))
+            if f"{MARK} safe point" in text:
+                continue  # our code runs in the target: the debugger finishes and detaches
             now = time.monotonic()
+            if interrupted_at is not None:
+                if interrupt_again_s is not None and now > interrupted_at + interrupt_again_s:
+                    interrupt(proc)
+                    interrupted_at = now
+                continue
             if waiting_since is None and f"{MARK} waiting" in text:
                 waiting_since = now
-            if (now > waiting_since + safe_point_wait_s if waiting_since is not None
-                    else now > attach_deadline):
-                proc.send_signal(signal.SIGINT)  # stops the wait; the script then detaches
-                interrupted = True
+            if (any(mark in text for mark in give_up_on)
+                    or (now > waiting_since + safe_point_wait_s if waiting_since is not None
+                        else now > attach_deadline)):
+                interrupt(proc)  # stops the wait; the script then detaches
+                interrupted_at = now
     except KeyboardInterrupt:
-        if f"{MARK} safe point" not in "".join(lines):
-            proc.send_signal(signal.SIGINT)
-        proc.wait()  # our code may be running in the target: let gdb finish and detach
+        if f"{MARK} safe point" not in marks("".join(lines)):
+            interrupt(proc)
+        proc.wait()  # our code may be running in the target: let the debugger finish, detach
         raise
     reader.join(5.0)
     output = "".join(lines)
     if verbose is not None:
-        verbose(f"gdb exited with {proc.returncode}; its output:\n{output}")
+        verbose(f"{name} exited with {proc.returncode}; its output:\n{output}")
     return output
+
+
+def find_lldb() -> str:
+    """lldb, or lldb-NN (what a versioned Debian/Ubuntu package alone installs), newest first."""
+    lldb = shutil.which("lldb")
+    if lldb is None:
+        versioned = []
+        for folder in os.environ.get("PATH", "").split(os.pathsep):
+            for path in Path(folder or ".").glob("lldb-[0-9]*"):
+                if re.fullmatch(r"lldb-\d+", path.name) and os.access(path, os.X_OK):
+                    versioned.append((int(path.name[5:]), str(path)))
+        lldb = max(versioned)[1] if versioned else None
+    if lldb is None:
+        raise InjectError(
+            "lldb is not installed (install it: apt-get install lldb, dnf install lldb), or "
+            "use --method gdb")
+    return lldb
+
+
+def lldb_argv(lldb: str, pid: int, script: Path) -> list[str]:
+    # Symbols are read when looked up, not for every library at attach (torch's are large).
+    return [lldb, "--batch", "--no-lldbinit",
+            "-O", "settings set target.preload-symbols false",
+            "-p", str(pid), "-s", str(script),
+            # A crash of the process while lldb holds it ends the batch: then these run.
+            "-k", "process detach"]
+
+
+def run_lldb(lldb: str, target: Target, script: Path, safe_point_wait_s: float,
+             verbose: Callable[[str], None] | None = None) -> str:
+    """Run the lldb script: what `run_gdb` does, with lldb's own ways. Its wait is ended by a
+    signal to the process (`LLDB_INTERRUPT`), resent while lldb goes on; if lldb is still
+    there after LLDB_GIVE_UP_S (a process stopped by job control cannot take the signal), lldb
+    is sent SIGINT, twice: it then exits, detaching and taking its breakpoint out (killed, it
+    would leave the breakpoint's trap in the process). A process lldb leaves stopped (a known
+    lldb bug, which `memray attach` works around too) is continued."""
+    was_stopped = _stopped(target.pid)
+    first_interrupt: list[float] = []
+
+    def interrupt(proc: subprocess.Popen) -> None:
+        first_interrupt[:] = first_interrupt or [time.monotonic()]
+        if time.monotonic() > first_interrupt[0] + LLDB_GIVE_UP_S:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            return
+        try:
+            os.kill(target.pid, LLDB_INTERRUPT)
+        except OSError:
+            pass  # exited: lldb ends by itself
+
+    try:
+        return _run_debugger(lldb_argv(lldb, target.pid, script), "lldb", safe_point_wait_s,
+                             marks=lldb_marks, interrupt=interrupt, verbose=verbose,
+                             give_up_on=(f"{MARK} pending calls full",),
+                             interrupt_again_s=5.0)
+    finally:
+        if not was_stopped and _stopped(target.pid):
+            try:
+                os.kill(target.pid, signal.SIGCONT)
+            except OSError:
+                pass
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T), not traced-stopped (t) by a debugger."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["T"]
+
+
+def lldb_failure(output: str, target: Target) -> str | None:
+    """Why the lldb script did not run our code, from lldb's output (None: it ran)."""
+    marks = lldb_marks(output)
+    if f"{MARK} ran" in marks:
+        return None
+    if "attach failed: Operation not permitted" in output:
+        tracer = _tracer(target.pid)
+        if tracer:
+            return (f"cannot attach to {target.described}: another debugger or tracer "
+                    f"(process {tracer}) is attached to it; detach it first")
+        return f"cannot attach to {target.described}: {PTRACE_ADVICE}"
+    if not runtime.pid_alive(target.pid):
+        return (f"process {target.pid} exited while symwatch waited for it"
+                if f"{MARK} attached" in marks else f"process {target.pid} has exited")
+    return _script_failure(marks, output, target, "lldb")
+
+
+def _tracer(pid: int) -> int:
+    """The process tracing `pid` (0: none), from /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^TracerPid:\s*(\d+)", status, re.MULTILINE)
+    return int(match.group(1)) if match else 0
 
 
 def gdb_failure(output: str, target: Target) -> str | None:
@@ -333,21 +513,27 @@ def gdb_failure(output: str, target: Target) -> str | None:
         return f"cannot attach to {target.described}: {PTRACE_ADVICE}"
     if "ptrace: No such process" in output:
         return f"process {target.pid} has exited"
-    if f"{MARK} attached" not in output:
-        last = [line for line in output.splitlines() if line.strip()][-1:] or ["no output"]
-        return f"gdb could not attach to {target.described}: {last[0]}"
-    if f"{MARK} python" not in output:
-        return (f"{target.described} is not a Python process (gdb finds no Python C API in "
-                "it)")
-    if f"{MARK} pending calls full" in output:
+    return _script_failure(output, output, target, "gdb")
+
+
+def _script_failure(marks: str, output: str, target: Target, debugger: str) -> str:
+    """Why a debugger's script, attached, did not run our code: from its progress `marks`,
+    else the last error line of its `output`."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    last = ([line for line in lines if line.startswith("error:")] or lines)[-1:] or ["no output"]
+    if f"{MARK} attached" not in marks:
+        return f"{debugger} could not attach to {target.described}: {last[0]}"
+    if f"{MARK} python" not in marks:
+        return (f"{target.described} is not a Python process ({debugger} finds no Python C "
+                "API in it)")
+    if f"{MARK} pending calls full" in marks:
         return f"{target.described} has too many pending calls queued; try again"
-    if "exited" in output and f"{MARK} safe point" not in output:
+    if "exited" in output and f"{MARK} safe point" not in marks:
         return f"process {target.pid} exited while symwatch waited for it"
-    if f"{MARK} no safe point" in output or f"{MARK} safe point" not in output:
+    if f"{MARK} no safe point" in marks or f"{MARK} safe point" not in marks:
         return (f"{target.described} ran no Python code in its main thread for "
                 f"{SAFE_POINT_WAIT_S:.0f} s (blocked in a long C call, or training in another "
                 "thread); it was left untouched; try again while it trains")
-    last = [line for line in output.splitlines() if line.strip()][-1:] or ["no output"]
     return f"running the agent's set-up in {target.described} failed: {last[0]}"
 
 
@@ -403,7 +589,7 @@ def inject(pid: int, options: dict[str, Any] | None = None, *, model: str | None
     target = inspect_target(pid)
     check_target(target)
     route = _choose_route(target, method)
-    gdb = find_gdb() if route == "gdb" else ""
+    debugger = {"gdb": find_gdb, "lldb": find_lldb}.get(route, lambda: "")()
     folder = Path(tempfile.mkdtemp(prefix="symwatch-inject-"))
     keep_folder = False
     try:
@@ -415,7 +601,7 @@ def inject(pid: int, options: dict[str, Any] | None = None, *, model: str | None
         # the folder when this function returns, whatever the outcome) or after `deadline`.
         waiting = folder / "waiting"
         waiting.touch()
-        arm_wait_s = SAFE_POINT_WAIT_S + (ATTACH_WAIT_S if route == "gdb" else 0.0) + 5.0
+        arm_wait_s = SAFE_POINT_WAIT_S + (ATTACH_WAIT_S if debugger else 0.0) + 5.0
         request = {"result": str(result), "waiting": str(waiting),
                    "arm_deadline": time.time() + arm_wait_s,
                    "deadline": time.time() + arm_wait_s + wait_s,
@@ -440,10 +626,15 @@ def inject(pid: int, options: dict[str, Any] | None = None, *, model: str | None
                     "runs after the deadline")
             keep_folder = False
         else:
-            script = folder / "inject.gdb"
-            script.write_text(gdb_script(code), encoding="utf-8")
-            output = run_gdb(gdb, pid, script, SAFE_POINT_WAIT_S, verbose)
-            failure = gdb_failure(output, target)
+            script = folder / f"inject.{route}"
+            if route == "lldb":
+                script.write_text(lldb_script(code), encoding="utf-8")
+                output = run_lldb(debugger, target, script, SAFE_POINT_WAIT_S, verbose)
+                failure = lldb_failure(output, target)
+            else:
+                script.write_text(gdb_script(code), encoding="utf-8")
+                output = run_gdb(debugger, pid, script, SAFE_POINT_WAIT_S, verbose)
+                failure = gdb_failure(output, target)
             if failure is not None:
                 raise InjectError(failure)
             state = _read_result(result)
@@ -465,7 +656,17 @@ def _choose_route(target: Target, method: str) -> str:
                 f"{target.described} runs {target.version_text}, symwatch runs Python "
                 f"{sys.version_info[0]}.{sys.version_info[1]}; use --method gdb")
         return "remote-exec"
-    return "gdb"
+    if method == "auto":  # gdb where it is installed (memray's choice on Linux), else lldb
+        return "lldb" if shutil.which("gdb") is None and _has_lldb() else "gdb"
+    return method
+
+
+def _has_lldb() -> bool:
+    try:
+        find_lldb()
+    except InjectError:
+        return False
+    return True
 
 
 def _read_result(path: Path) -> dict[str, Any] | None:
@@ -535,13 +736,15 @@ INJECT_EPILOG = (
     "  symwatch inject 12345                         prints the endpoint once it publishes\n"
     "  symwatch inject 12345 --every 5 --name run-a --record run.db\n"
     "  symwatch inject 12345 --model 'trainer.model' --optimizer 'opt'\n"
+    "  symwatch inject 12345 --method lldb           through lldb instead of gdb\n"
     "  symwatch attach --pid 12345                   inject if needed, then open the UI\n\n"
     "The process keeps training: the agent starts after its next optimizer.step() and\n"
     "publishes from then on, and the weights it trains are exactly those it would have\n"
     "trained without. Python 3.14+: sys.remote_exec (symwatch on the same Python). Older:\n"
-    "gdb (installed, and allowed to trace the process: same user, or root; see\n"
-    "kernel.yama.ptrace_scope; CAP_SYS_PTRACE in containers). --model and --optimizer are\n"
-    "evaluated in the frames of the process's main thread, then in its __main__.")
+    "gdb, or lldb where gdb is missing (installed, and allowed to trace the process: same\n"
+    "user, or root; see kernel.yama.ptrace_scope; CAP_SYS_PTRACE in containers); --method\n"
+    "lldb to choose it. --model and --optimizer are evaluated in the frames of the\n"
+    "process's main thread, then in its __main__.")
 
 
 def add_inject_parser(subs: Any, subparser: Callable[..., Any]) -> None:
@@ -586,9 +789,10 @@ def add_target_options(parser: argparse.ArgumentParser,
     parser.add_argument("--wait", type=positive_float, default=DEFAULT_WAIT_S, metavar="S",
                         help="how long to wait for the process's next optimizer step "
                              f"(default {DEFAULT_WAIT_S:.0f})")
-    parser.add_argument("--method", choices=("auto", "gdb", "remote-exec"), default="auto",
+    parser.add_argument("--method", choices=("auto", "gdb", "lldb", "remote-exec"),
+                        default="auto",
                         help="how to get in (default: sys.remote_exec on Python 3.14+ when "
-                             "symwatch runs on the same version, else gdb)")
+                             "symwatch runs on the same version, else gdb, else lldb)")
     parser.add_argument("--verbose", action="store_true", help="show the debugger's output")
 
 

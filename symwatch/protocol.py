@@ -96,7 +96,7 @@ _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     META: {"world_size": (int,), "endpoint": (str,), "torch": (str,), "device": (str,),
            "agent": (str,), "python": (str,), "skipped": (list,), "history_endpoint": (str,),
            "local_rank": (int,), "node_rank": (int,), "job": (str,), "gpu_poller": (bool,)},
-    METRICS: {"nonfinite": (list,), "cost_s": Number, "sharded": (dict,)},
+    METRICS: {"nonfinite": (list,), "cost_s": Number, "sharded": (dict,), "detail": (dict,)},
     STATS: {"loss": _OptNumber, "step_time": _OptNumber, "steps_per_s": _OptNumber,
             "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,),
             "memory": (dict, type(None))},
@@ -128,6 +128,11 @@ _GPU_PROCESS_REQUIRED: dict[str, tuple[type, ...]] = {"pid": (int,), "mem_used":
 _MEMORY_OPTIONAL: dict[str, tuple[type, ...]] = {"allocated": _OptNumber, "reserved": _OptNumber,
                                                  "peak": _OptNumber, "device": (int,),
                                                  "uuid": (str,)}
+# One layer's entry in METRICS `detail` (full-tier samples): its singular values (capped) and
+# unit-level facts. Index lists: integers; `duplicates`: a list of lists of them.
+_DETAIL_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "spectrum": (list,), "count": (int,), "rank_threshold": Number, "units": (int,),
+    "dead": (list,), "dead_count": (int,), "duplicates": (list,), "duplicate_count": (int,)}
 # METRICS of a sharded (FSDP) layer set: this rank holds shard `index` of `shards`.
 _SHARDED_REQUIRED: dict[str, tuple[type, ...]] = {"shards": (int,), "index": (int,)}
 
@@ -177,6 +182,8 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
                 raise ProtocolError(f"metrics.values[{layer!r}]: expected object")
             for name, value in values.items():
                 _check_type(value, _OptNumber, f"metrics.values[{layer!r}][{name!r}]")
+        for layer, entry in (payload.get("detail") or {}).items():
+            _validate_detail(layer, entry)
         if "sharded" in payload:
             _check_fields(payload["sharded"], _SHARDED_REQUIRED, {}, "metrics.sharded")
             if not 0 <= payload["sharded"]["index"] < payload["sharded"]["shards"]:
@@ -203,6 +210,23 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
                     raise ProtocolError(f"gpu.devices[{i}].processes[{j}]: expected object")
                 _check_fields(proc, _GPU_PROCESS_REQUIRED, {},
                               f"gpu.devices[{i}].processes[{j}]")
+
+
+def _validate_detail(layer: str, entry: Any) -> None:
+    where = f"metrics.detail[{layer!r}]"
+    if not isinstance(entry, dict):
+        raise ProtocolError(f"{where}: expected object")
+    _check_fields(entry, {}, _DETAIL_OPTIONAL, where)
+    for i, value in enumerate(entry.get("spectrum", ())):
+        _check_type(value, Number, f"{where}.spectrum[{i}]")
+    groups = entry.get("duplicates", ())
+    for i, group in enumerate(groups):
+        if not isinstance(group, list):
+            raise ProtocolError(f"{where}.duplicates[{i}]: expected a list of unit indices")
+    for name, values in (("dead", entry.get("dead", ())),
+                         *((f"duplicates[{i}]", g) for i, g in enumerate(groups))):
+        for k, value in enumerate(values):
+            _check_type(value, (int,), f"{where}.{name}[{k}]")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,6 +95,11 @@ class LayerState:
     updates: int = 0  # METRICS samples folded, so views can tell a row changed
     indicators: dict[str, Series] = field(default_factory=dict)
     flag: Flag | None = None  # the latest transition this layer took part in
+    # the latest full-tier METRICS `detail` of this layer (spectrum, unit facts; not history)
+    # and the step it is from
+    detail: dict[str, Any] | None = None
+    detail_step: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # its META row (heads, extra fields)
 
     def value(self, indicator: str) -> Value:
         series = self.indicators.get(indicator)
@@ -320,6 +325,7 @@ class RunState:
             layer.type = row["type"]
             layer.shape = tuple(int(d) for d in row["shape"] if isinstance(d, int))
             layer.params = row["params"]
+            layer.meta = dict(row)
             layer.announced = True
             ordered[layer.name] = layer
         # META's order first; layers only ever seen in METRICS keep their place after.
@@ -331,6 +337,9 @@ class RunState:
 
     def _fold_metrics(self, msg: Message) -> None:
         nonfinite = {str(x) for x in msg.get("nonfinite", []) or []}
+        for layer_name, entry in (msg.get("detail") or {}).items():
+            layer = self._layer(layer_name)
+            layer.detail, layer.detail_step = entry, msg.step
         for layer_name, values in msg.payload["values"].items():
             layer = self._layer(layer_name)
             layer.step = msg.step

@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # Set up everything the test suite drives, on a fresh Debian/Ubuntu machine:
 #   - system tools: tmux (the TUI read from a real terminal), openssh-server/client (a real
-#     sshd on loopback for `attach ssh://`), gdb (`symwatch inject` into a running process),
+#     sshd on loopback for `attach ssh://`), gdb and lldb (`symwatch inject` into a running
+#     process, either way),
 #     chromium (the `--web` view loaded in a headless browser);
 #   - a virtual environment in .venv with torch (CPU build, installed first on purpose: a bare
 #     `torch` requirement makes pip download a multi-GB CUDA build) and symwatch[test].
@@ -10,12 +11,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-TOOLS="tmux openssh-server openssh-client gdb chromium"
+TOOLS="tmux openssh-server openssh-client gdb lldb chromium"
 missing=""
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
 command -v ssh >/dev/null 2>&1 || missing="$missing openssh-client"
 command -v gdb >/dev/null 2>&1 || missing="$missing gdb"
+command -v lldb >/dev/null 2>&1 || missing="$missing lldb"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO="none"; fi

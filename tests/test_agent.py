@@ -92,8 +92,10 @@ def test_subscriber_sees_every_layer_with_values_matching_the_weights(collector)
     assert metrics.payload["values"]["0"]["dead_fraction"] == pytest.approx(3 / 32)
     meta = sub.wait_for(lambda m: m.kind == protocol.META, timeout=10)
     assert [row["name"] for row in meta.payload["layers"]] == ["0", "2", "4"]
-    assert meta.payload["layers"][0] == {"name": "0", "type": "Linear", "shape": [32, 8],
-                                         "params": 8 * 32 + 32}
+    row = dict(meta.payload["layers"][0])
+    # `feeds` (the layers reading its units) appears once the first forward pass paired them
+    assert row.pop("feeds", ["2"]) == ["2"]
+    assert row == {"name": "0", "type": "Linear", "shape": [32, 8], "params": 8 * 32 + 32}
     agent.close()
 
 

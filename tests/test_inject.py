@@ -33,6 +33,9 @@ LAYERS = {"0", "3"}  # the fixture's Sequential: Linear, ReLU, Dropout, Linear
 GDB_PTRACE_EPERM = "ptrace: Operation not permitted.\n"
 GDB_ALREADY_TRACED = ("warning: process 4321 is already traced by process 4400\n"
                       "ptrace: Operation not permitted.\n")
+# lldb's (lldb 14), the same for a process of another user and one already traced.
+LLDB_PTRACE_EPERM = ("(lldb) process attach --pid 4321\n"
+                     "error: attach failed: Operation not permitted\n")
 
 
 def _ptrace_works() -> str | None:
@@ -61,6 +64,43 @@ def gdb_attach() -> None:
         _PTRACE_PROBLEM.append(_ptrace_works())
     if _PTRACE_PROBLEM[0]:
         pytest.skip(_PTRACE_PROBLEM[0])
+
+
+def _lldb_attach_works() -> str | None:
+    """None if lldb can attach to a child of ours and evaluate there, else why not."""
+    try:
+        lldb = injector.find_lldb()
+    except injector.InjectError:
+        return "lldb is not installed (tests/setup.sh installs it)"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        out = subprocess.run([lldb, "--batch", "--no-lldbinit", "-p", str(child.pid), "-o",
+                              'p "ATTACHED"', "-o", "process detach"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=60).stdout
+    finally:
+        child.kill()
+        child.wait()
+    if '= "ATTACHED"' not in out:
+        return f"lldb cannot attach in this environment: {out.strip()[-200:]}"
+    return None
+
+
+_LLDB_PROBLEM: list[str | None] = []
+
+
+@pytest.fixture
+def lldb_attach() -> None:
+    if not _LLDB_PROBLEM:
+        _LLDB_PROBLEM.append(_lldb_attach_works())
+    if _LLDB_PROBLEM[0]:
+        pytest.skip(_LLDB_PROBLEM[0])
+
+
+@pytest.fixture(params=["gdb", "lldb"])
+def method(request) -> str:
+    """Each debugger route (`--method`), skipped with the reason where it cannot attach."""
+    request.getfixturevalue(f"{request.param}_attach")
+    return request.param
 
 
 class Run:
@@ -151,14 +191,15 @@ def _resume_when_armed(run: Run, step: int):
 # -- the acceptance test -------------------------------------------------------------------------
 
 def test_injected_mid_run_publishes_once_and_trains_the_same_weights(
-        gdb_attach, uninjected, tmp_path, collector, monkeypatch):
+        method, uninjected, tmp_path, collector, monkeypatch):
     # Paused at step 50 (running Python, not stepping) the injection lands mid-run; paused
     # again at step 100 the subscriber is surely connected before the next metrics are sent.
     run = Run(tmp_path, "--without-symwatch", "--report", pauses=(50, 100))
     try:
         run.wait_paused(50)
         inject = subprocess.Popen([*SYMWATCH, "inject", str(run.pid), "--every", "1",
-                                   "--budget", "1"], stdout=subprocess.PIPE,
+                                   "--budget", "1", "--method", method],
+                                  stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         progress = Lines(inject.stderr)
         progress.wait_for("armed")  # the hook is in; the agent starts after the next step
@@ -171,10 +212,10 @@ def test_injected_mid_run_publishes_once_and_trains_the_same_weights(
         run.wait_paused(100)
         # Injecting again starts no second agent: answered from the registry without touching
         # the process, or (a registry elsewhere) by the process's own agent.
-        again = injector.inject(run.pid)
+        again = injector.inject(run.pid, method=method)
         assert again.already and again.endpoint == endpoint
         monkeypatch.setenv("SYMWATCH_RUNTIME_DIR", str(tmp_path / "elsewhere"))
-        inside = injector.inject(run.pid)
+        inside = injector.inject(run.pid, method=method)
         assert inside.already and inside.endpoint == endpoint and inside.run_id == again.run_id
 
         sub = collector(endpoint)
@@ -196,7 +237,7 @@ def test_injected_mid_run_publishes_once_and_trains_the_same_weights(
     assert "symwatch_agent.agent" in out and "sys.path changed: True" in out
 
 
-def test_tracer_named_then_models_named_by_expression(gdb_attach, tmp_path, capsys,
+def test_tracer_named_then_models_named_by_expression(method, gdb_attach, tmp_path, capsys,
                                                      monkeypatch):
     run = Run(tmp_path, pauses=(20,))
     release = tmp_path / "release"
@@ -213,7 +254,7 @@ def test_tracer_named_then_models_named_by_expression(gdb_attach, tmp_path, caps
             while f"TracerPid:\t{holder.pid}\n" not in Path(f"/proc/{run.pid}/status").read_text():
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            assert main(["inject", str(run.pid)]) == 1
+            assert main(["inject", str(run.pid), "--method", method]) == 1
             error = capsys.readouterr().err
             assert f"another debugger or tracer (process {holder.pid}) is attached" in error
         finally:
@@ -221,12 +262,13 @@ def test_tracer_named_then_models_named_by_expression(gdb_attach, tmp_path, caps
             holder.wait(DEADLINE_S)
 
         # `model` is a local of main(): found in the frames of the main thread.
-        assert main(["inject", str(run.pid), "--model", "nosuch_model"]) == 1
+        assert main(["inject", str(run.pid), "--model", "nosuch_model", "--method",
+                     method]) == 1
         error = capsys.readouterr().err
         assert "--model 'nosuch_model': NameError" in error
         monkeypatch.setattr(injector, "_stderr", _resume_when_armed(run, 20))
         assert main(["inject", str(run.pid), "--model", "model[3]", "--optimizer", "opt",
-                     "--name", "by-expression"]) == 0
+                     "--name", "by-expression", "--method", method]) == 0
         said = "\n".join(_resume_when_armed.said)
         assert "1 layers" in said and "by-expression" in said
         _, err = run.finish()
@@ -253,7 +295,7 @@ def test_agent_that_cannot_be_imported_leaves_the_run_as_it_was(gdb_attach, unin
     assert "symwatch" not in err
 
 
-def test_process_blocked_in_c_is_left_untouched(gdb_attach, monkeypatch, capsys):
+def test_process_blocked_in_c_is_left_untouched(method, monkeypatch, capsys):
     # The main thread sits in read(2) on a pipe: no Python code runs, so no safe point comes.
     monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
     proc = subprocess.Popen([sys.executable, "-c",
@@ -263,11 +305,40 @@ def test_process_blocked_in_c_is_left_untouched(gdb_attach, monkeypatch, capsys)
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
-        assert main(["inject", str(proc.pid)]) == 1
+        assert main(["inject", str(proc.pid), "--method", method]) == 1
         assert "ran no Python code in its main thread" in capsys.readouterr().err
         status = Path(f"/proc/{proc.pid}/status").read_text()
         assert "\nTracerPid:\t0\n" in status  # detached
-        out, err = proc.communicate("x", timeout=DEADLINE_S)  # the queued no-op runs, harmless
+        assert "\nState:\tT" not in status  # and not left stopped
+        # The queued no-op runs, harmless: no breakpoint was left in PyCallable_Check (a trap
+        # left there would kill the process with SIGTRAP).
+        out, err = proc.communicate("x", timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == "woke\n"
+
+
+def test_lldb_that_goes_on_waiting_is_stopped_without_leaving_its_breakpoint(
+        lldb_attach, monkeypatch, capsys):
+    # Where the signal to the process cannot end lldb's wait (a process stopped by job
+    # control), lldb itself is interrupted: here at once. It must detach and take its trap out
+    # of PyCallable_Check, or the process dies of SIGTRAP at its next pending call.
+    monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
+    monkeypatch.setattr(injector, "LLDB_GIVE_UP_S", -1.0)
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "import sys, torch; print('ready', flush=True); "
+                             "sys.stdin.buffer.read(1); callable(len); print('woke', flush=True)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        assert main(["inject", str(proc.pid), "--method", "lldb"]) == 1
+        assert "ran no Python code in its main thread" in capsys.readouterr().err
+        assert "\nTracerPid:\t0\n" in Path(f"/proc/{proc.pid}/status").read_text()
+        out, err = proc.communicate("x", timeout=DEADLINE_S)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -352,7 +423,7 @@ def test_python_without_torch(capsys):
 
 
 def test_gdb_missing(tmp_path, monkeypatch, capsys):
-    # A process with torch loaded, and a PATH without gdb.
+    # A process with torch loaded, and a PATH without gdb (nor lldb).
     proc = subprocess.Popen([sys.executable, "-c", "import torch, time; print(1, flush=True); "
                              "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
@@ -362,6 +433,10 @@ def test_gdb_missing(tmp_path, monkeypatch, capsys):
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and "gdb is not installed" in error
         assert "apt-get install gdb" in error
+        assert main(["inject", str(proc.pid), "--method", "lldb"]) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "lldb is not installed" in error
+        assert "apt-get install lldb" in error and "--method gdb" in error
     finally:
         proc.kill()
         proc.wait()
@@ -400,6 +475,44 @@ def test_gdb_outcomes_are_told_apart():
     assert "ran no Python code" in injector.gdb_failure(blocked, _target())
 
 
+def test_lldb_refusal_and_outcomes_are_told_apart():
+    alive = injector.Target(os.getpid(), sys.executable, ["python", "train.py"], (3, 11), True,
+                            os.getuid())  # a live process no debugger traces: this one
+    message = injector.lldb_failure(LLDB_PTRACE_EPERM, alive)
+    assert "ptrace is not permitted" in message
+    for advice in ("same user", "kernel.yama.ptrace_scope", "CAP_SYS_PTRACE"):
+        assert advice in message
+
+    def printed(*marks: str) -> str:  # what lldb prints for `p "SYMWATCH: ..."`, echo first
+        return "".join(f'(lldb) p "{injector.MARK} {mark}"\n(const char[30]) $0 = '
+                       f'"{injector.MARK} {mark}"\n' for mark in marks)
+    assert injector.lldb_failure(printed("attached", "python", "queued", "waiting",
+                                         "safe point", "ran"), alive) is None
+    not_python = printed("attached") + "error: use of undeclared identifier 'Py_AddPendingCall'\n"
+    assert "is not a Python process" in injector.lldb_failure(not_python, alive)
+    full = printed("attached", "python") + (f'(const char *) $5 = 0x00007f29eeecd420 '
+                                            f'"{injector.MARK} pending calls full"\n')
+    assert "too many pending calls" in injector.lldb_failure(full, alive)
+    # The commands lldb echoes carry the marks' words: only what `p` printed counts.
+    echoed_only = printed("attached", "python", "waiting") + (
+        f'(lldb)  p "{injector.MARK} safe point"\n(lldb)  p "{injector.MARK} ran"\n')
+    assert "ran no Python code" in injector.lldb_failure(echoed_only, alive)
+    gone = injector.Target(4194304, "/usr/bin/python3.11", [], (3, 11), True, os.getuid())
+    assert "has exited" in injector.lldb_failure("error: attach failed: Cannot get process "
+                                                 "architecture\n", gone)
+
+
+def test_lldb_chosen_where_gdb_is_missing(tmp_path, monkeypatch):
+    # Only a versioned lldb-NN, as Debian's lldb-14 package alone installs, on the PATH.
+    (tmp_path / "lldb-14").symlink_to(shutil.which("true") or "/bin/true")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert injector._choose_route(_target(), "auto") == "lldb"
+    assert injector.find_lldb() == str(tmp_path / "lldb-14")
+    assert injector._choose_route(_target(), "gdb") == "gdb"  # asked for, even if missing
+    (tmp_path / "gdb").symlink_to(shutil.which("true") or "/bin/true")
+    assert injector._choose_route(_target(), "auto") == "gdb"
+
+
 def test_python_version_read_from_the_mapped_files():
     assert injector._python_version("/usr/bin/python3", {
         "/usr/lib/libpython3.12.so.1.0", "/usr/lib/libc.so.6"}) == (3, 12)
@@ -424,6 +537,21 @@ def test_snippet_is_valid_python_and_survives_gdb_quoting():
     assert "$rdi == 0" in script and injector.gdb_script(code, "aarch64").count("$x0") == 1
     with pytest.raises(injector.InjectError, match="not supported on mips"):
         injector.gdb_script(code, "mips")
+    # lldb: the same literal, read from the line its breakpoint command runs; a backtick
+    # (which lldb evaluates in a command line) written as an octal escape.
+    ticked = injector.snippet({**request, "options": {"name": "`rm -rf`"}}, ["/opt/x"])
+    script = injector.lldb_script(ticked, "x86_64")
+    line = next(line for line in script.splitlines() if "PyRun_SimpleString)(" in line)
+    literal = line.split("PyRun_SimpleString)(", 1)[1].rsplit(")", 1)[0]
+    assert "`" not in literal and json.loads(literal.replace("\\140", "`")) == ticked
+    assert "--condition '$rdi == 0'" in script
+    assert "--condition '$x0 == 0'" in injector.lldb_script(code, "aarch64")
+    # Our lines run only as the breakpoint's commands, after the wait is no longer
+    # interruptible; then lldb detaches.
+    body = script.split("breakpoint command add\n", 1)[1].split("DONE\n", 1)[0]
+    assert body.index("--pass false SIGURG") < body.index("safe point") < body.index(
+        "PyRun_SimpleString")
+    assert script.rstrip().endswith("continue\nprocess detach")
 
 
 def test_remote_exec_route_needs_the_same_python():

@@ -55,6 +55,15 @@ REFERENCE_INPUTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
                             "dead_fraction": None},
                  },
                  "nonfinite": ["fc2"], "cost_s": 0.0042}),
+    # a full-tier sample: the optional `detail` (spectrum, threshold, dead and duplicate units)
+    "metrics_detail": ("metrics",
+                       {"run": RUN, "rank": 0, "restart": 0, "seq": 3, "time": 1735732802.5,
+                        "step": 20},
+                       {"values": {"fc1": {"numerical_rank": 2, "dead_fraction": 0.125}},
+                        "detail": {"fc1": {
+                            "spectrum": [9.1, 4.2, 0.8, 0.01], "count": 4,
+                            "rank_threshold": 2.73, "units": 8, "dead": [3], "dead_count": 1,
+                            "duplicates": [[1, 5, 6]], "duplicate_count": 3}}}),
     "stats": ("stats",
               {"run": RUN, "rank": 0, "restart": 0, "seq": 2, "time": 1735732801.75, "step": 10},
               {"loss": 2.3125, "step_time": 0.125, "steps_per_s": 8.0, "overhead": 0.004,

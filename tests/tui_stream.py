@@ -87,6 +87,20 @@ def _values(i: int, name: str, step: int) -> dict[str, float | int | None]:
     }
 
 
+def _detail(name: str, step: int) -> dict:
+    """METRICS `detail` of a 256×64 layer: a spectrum whose head climbs with the staircase
+    (numerical rank as in _values), the dead layer's quarter of dead units after step 90, and
+    two duplicate groups."""
+    rank = min(64, 4 + 4 * (step // 50)) if name == STAIRCASE_LAYER else 32
+    spectrum = [round(3.0 - 0.05 * k, 4) if k < rank else round(0.4 * 0.93 ** (k - rank), 5)
+                for k in range(64)]
+    dead = list(range(0, 256, 4)) if name == DEAD_LAYER and step >= 90 else []
+    groups = [[17, 18, 101], [42, 230]]
+    return {"spectrum": spectrum, "count": 64, "rank_threshold": 0.9, "units": 256,
+            "dead": dead, "dead_count": len(dead), "duplicates": groups,
+            "duplicate_count": 5}
+
+
 def messages(steps: int = 150, *, goodbye: bool = False) -> list[Message]:
     out: list[Message] = []
     seq = 0
@@ -105,8 +119,12 @@ def messages(steps: int = 150, *, goodbye: bool = False) -> list[Message]:
     add(protocol.GPU, 0, {"available": False, "devices": [],
                           "reason": "no NVIDIA GPU visible (a CPU run)"})
     for step in range(1, steps + 1):
-        add(protocol.METRICS, step, {
-            "values": {name: _values(i, name, step) for i, (name, _, _) in enumerate(LAYERS)}})
+        payload: dict = {
+            "values": {name: _values(i, name, step) for i, (name, _, _) in enumerate(LAYERS)}}
+        if step % 25 == 0:  # a full-tier sample: the layer detail's spectrum and units
+            payload["detail"] = {name: _detail(name, step) for name in (STAIRCASE_LAYER,
+                                                                        DEAD_LAYER)}
+        add(protocol.METRICS, step, payload)
         add(protocol.STATS, step, {
             "loss": round(2.3 * math.exp(-step / 45) + 0.35 + 0.02 * math.sin(step), 5),
             "steps_per_s": 12.5, "step_time": 0.08, "overhead": 0.0125, "dropped": 0})

@@ -10,7 +10,8 @@ extra decomposition, and nothing read back to the host on the training thread:
   every value);
 - `to_wire` (publisher thread, after the sample's ready event): the host copy of those tensors
   → `{"spectrum", "count", "rank_threshold", "units", "dead", "dead_count", "duplicates",
-  "duplicate_count"}`, unit index lists capped at UNITS_CAP indices per layer (counts exact).
+  "duplicate_count"}`; the dead list and the duplicate groups each capped at UNITS_CAP unit
+  indices per layer (the counts are exact).
 
 Wire format: docs/protocol.md, `metrics.detail`.
 """
@@ -24,7 +25,7 @@ import torch
 
 SPECTRUM_CAP = 128  # values sent per layer at most
 SPECTRUM_TOP = 64  # of which the largest, exactly
-UNITS_CAP = 256  # unit indices sent per layer at most (dead ones, then duplicate groups)
+UNITS_CAP = 256  # unit indices sent per layer at most, dead ones and duplicates each
 
 
 @dataclass
@@ -52,8 +53,9 @@ def cap_spectrum(sv: torch.Tensor) -> torch.Tensor:
 
 
 def to_wire(groups: list[GroupDetail], names: list[str]) -> dict[str, dict[str, Any]]:
-    """Publisher thread: the detail tensors → `metrics.detail`, keyed by layer name. A layer
-    whose values are not finite is left out (the sample reads null for it anyway)."""
+    """Publisher thread: the detail tensors → `metrics.detail`, keyed by layer name. A
+    spectrum holding NaN/inf is left out (the agent also drops the whole entry of a layer its
+    sample reports as non-finite)."""
     out: dict[str, dict[str, Any]] = {}
     for g in groups:
         spectrum = g.spectrum.cpu().tolist() if g.spectrum is not None else None
@@ -65,9 +67,10 @@ def to_wire(groups: list[GroupDetail], names: list[str]) -> dict[str, dict[str, 
             if spectrum is not None and tau is not None:
                 values = spectrum[j]
                 if all(v == v and v != float("inf") for v in values) and tau[j] == tau[j]:
-                    entry["spectrum"] = values
+                    # 6 significant digits: a float32 σ's shape, at a third of the bytes
+                    entry["spectrum"] = [float(f"{v:.6g}") for v in values]
                     entry["count"] = g.count
-                    entry["rank_threshold"] = tau[j]
+                    entry["rank_threshold"] = float(f"{tau[j]:.6g}")
             if dead is not None:
                 row = dead[j]
                 idx = row.nonzero().flatten().tolist()
@@ -76,7 +79,7 @@ def to_wire(groups: list[GroupDetail], names: list[str]) -> dict[str, dict[str, 
                 entry["dead_count"] = len(idx)
             if links is not None:
                 groups_, total = duplicate_groups(links[j])
-                entry["duplicates"] = _cap_groups(groups_, UNITS_CAP - len(entry.get("dead", ())))
+                entry["duplicates"] = _cap_groups(groups_, UNITS_CAP)
                 entry["duplicate_count"] = total
     return {name: entry for name, entry in out.items() if entry}
 
@@ -106,7 +109,8 @@ def duplicate_groups(links: list[int]) -> tuple[list[list[int]], int]:
 
 
 def _cap_groups(groups: list[list[int]], budget: int) -> list[list[int]]:
-    """Whole groups while they fit in `budget` indices (at least two of the first group)."""
+    """Whole groups while they fit in `budget` indices; a first group larger than the whole
+    budget is cut to it (so a huge cluster still shows)."""
     kept: list[list[int]] = []
     left = max(budget, 2)
     for g in groups:

@@ -676,7 +676,10 @@ class IndicatorEngine:
         event on CUDA: the tensors are read here, never on the training thread)."""
         if not groups:
             return {}
-        return layer_detail.to_wire(groups, [layer.name for layer in self.layers])
+        wire = layer_detail.to_wire(groups, [layer.name for layer in self.layers])
+        for i in self.failed:  # a layer whose measurement failed publishes N/A, no detail
+            wire.pop(self.layers[i].name, None)
+        return wire
 
     def decode(self, rows: list[list[float]]) -> tuple[dict[str, dict[str, float | None]], list[str]]:
         """Host rows from compute() → (`values` for a METRICS message, names of layers whose

@@ -120,8 +120,11 @@ class Layer:
     def describe(self) -> dict[str, object]:
         """This layer's row in the META layer table."""
         params = self.weight.numel() + (self.bias.numel() if self.bias is not None else 0)
-        return {"name": self.name, "type": self.type_name, "shape": list(self.weight.shape),
-                "params": int(params)}
+        row: dict[str, object] = {"name": self.name, "type": self.type_name,
+                                  "shape": list(self.weight.shape), "params": int(params)}
+        if self.consumers:  # known once paired (after the first forward pass): META is resent
+            row["feeds"] = [consumer.name for consumer in self.consumers]
+        return row
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -4,9 +4,11 @@
 
 Records the demo (700 steps, the agent inside, real sockets), replays the recording at full
 speed into the real app (Textual's test driver, 120×40, the dark theme), and saves each screen
-as SVG: the dashboard, its column views, a layer's detail, the events, help, the command
-palette, a sorted and filtered table, the light theme, and the dashboard at 80×24 and 250×50.
-Then web.png: `symwatch attach --web` on a live demo run, in headless Chromium.
+as SVG: the dashboard, its column views, a layer's detail (its spectrum and units), the events,
+help, the command palette, a sorted and filtered table, the light theme, and the dashboard at
+80×24 and 250×50. Then runs.svg: the Runs screen over two live demo runs registered in a
+private runtime directory; and web.png: `symwatch attach --web` on a live demo run, in
+headless Chromium.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ async def shoot(path: str) -> None:
         await pilot.pause(0.3)
         app.save_screenshot(str(HERE / "rank-view.svg"))
         table = app.query_one(LayerTable)
-        table.move_cursor(row=0)
+        # the layer with the most dead and duplicated units in its latest detail (ties: the
+        # first), so the unit strip has something to show
+        layers = list(app.state.layers.values())
+        shown = max(layers, key=lambda layer: _unit_findings(layer.detail))
+        table.move_cursor(row=table.get_row_index(shown.name))
         await pilot.press("enter")
         await pilot.pause(0.8)
         app.save_screenshot(str(HERE / "layer-detail.svg"))
@@ -83,6 +89,46 @@ async def shoot(path: str) -> None:
         await save("dashboard-80x24")
         await pilot.resize_terminal(250, 50)
         await save("dashboard-250x50")
+
+
+def _unit_findings(detail: dict | None) -> int:
+    detail = detail or {}
+    return int(detail.get("dead_count", 0)) + int(detail.get("duplicate_count", 0))
+
+
+async def shoot_runs(tmp: str) -> None:
+    """runs.svg: the Runs screen listing two live demo runs. They register in a runtime
+    directory of their own (SYMWATCH_RUNTIME_DIR), so the picture holds no other run here."""
+    from symwatch import runtime
+    from symwatch.client import ListSource
+    from symwatch.tui.runs_screen import RunsConfig, RunsScreen, open_runs_screen
+
+    env = {**os.environ, runtime.ENV_RUNTIME_DIR: str(Path(tmp) / "runtime")}
+    os.environ[runtime.ENV_RUNTIME_DIR] = env[runtime.ENV_RUNTIME_DIR]
+    demos = [subprocess.Popen([sys.executable, "-m", "symwatch_agent.demo", "--steps", "0",
+                               "--delay", "0.03", "--name", name, "--seed", str(seed),
+                               "--endpoint", "tcp://127.0.0.1:0"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for seed, name in enumerate(("demo-seed-0", "demo-seed-1"))]
+    try:
+        for _ in range(300):  # each registers once its agent is up
+            if len(runtime.registered_runs()) >= len(demos):
+                break
+            await asyncio.sleep(0.1)
+        app = SymwatchApp(ListSource(endpoint="(no run chosen)"), title="symwatch — runs",
+                          owns_source=True, tick_s=0.05, theme=DARK)
+        app.runs_config = RunsConfig(hosts_path=Path(tmp) / "hosts")
+        async with app.run_test(size=(120, 30)) as pilot:
+            open_runs_screen(app)
+            while not isinstance(app.screen, RunsScreen):
+                await pilot.pause(0.1)
+            await pilot.pause(5.0)  # two scans: the step counts have moved (running)
+            app.save_screenshot(str(HERE / "runs.svg"))
+    finally:
+        for demo in demos:
+            demo.terminate()
+            demo.wait(10)
+        os.environ.pop(runtime.ENV_RUNTIME_DIR, None)
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -139,6 +185,7 @@ def main() -> int:
         recording = str(Path(tmp) / "demo.db")
         record_demo(recording, 700)
         asyncio.run(shoot(recording))
+        asyncio.run(shoot_runs(tmp))
     shoot_web()
     print("wrote", ", ".join(sorted(p.name for p in HERE.glob("*.svg"))
                              + [p.name for p in HERE.glob("*.png")]))

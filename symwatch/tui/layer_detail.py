@@ -1,5 +1,6 @@
-"""The layer detail screen (Enter on a row): every indicator of one layer as a chart over its
-history, with the layer's transitions marked under it, and the layer's metadata."""
+"""The layer detail screen (Enter on a row): the layer's metadata, its latest singular-value
+spectrum and unit strip (layer_structure.py), then every indicator of the layer as a chart over
+its history, with the layer's transitions marked under it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from symwatch import numbers
 from symwatch.state import EventRecord, LayerState, RunState
 from symwatch.tui.columns import label
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
+from symwatch.tui.layer_structure import metadata_text, spectrum_text, units_text
 from symwatch.tui.sparkline import sparkline_rows
 
 CHART_ROWS = 3
@@ -32,21 +34,25 @@ def marker_line(first: int, last: int, steps: list[int], width: int) -> str:
 
 
 def layer_detail_text(state: RunState, layer: LayerState, width: int,
-                      window: HistoryWindow | None = None) -> Text:
-    """The layer's metadata, then a chart per indicator over `window` (live: the newest
-    steps) with the layer's transitions in it marked, then its transitions."""
+                      window: HistoryWindow | None = None, log: bool = False) -> Text:
+    """The layer's metadata, its latest spectrum (`log`: on a log scale) and units, then a
+    chart per indicator over `window` (live: the newest steps) with the layer's transitions in
+    it marked, then its transitions."""
     window = window or HistoryWindow()
     first, last = steps_shown(window, state)
     text = Text()
     text.append(f"{layer.name}", "bold")
-    text.append(f"   {layer.type}   shape {numbers.shape(layer.shape)}", "dim")
-    if layer.params is not None:
-        text.append(f"   {layer.params:,} parameters", "dim")
     if layer.nonfinite:
         text.append("   ⚠ NaN/inf in the latest sample", "bold red")
     text.append(f"\n steps {max(first, 0):,}–{last:,}", "dim")
     text.append("   live" if window.live else "   paused: [ ] { } move, z Z zoom, L live",
                 "dim italic")
+    text.append("\n")
+    text.append(metadata_text(layer))
+    text.append("\n\n")
+    text.append(spectrum_text(layer, width, log))
+    text.append("\n\n")
+    text.append(units_text(layer, width))
     # every transition of the run, kept exactly (state.transitions; not downsampled)
     events = [ev for ev in state.transitions if _names_layer(ev, layer.name)]
     event_steps = [ev.step for ev in events if first <= ev.step <= last]
@@ -101,6 +107,7 @@ class LayerDetailScreen(ModalScreen[None]):
         Binding("z", "app.history_zoom(2)", "Zoom out", show=False),
         Binding("Z", "app.history_zoom(0.5)", "Zoom in", show=False),
         Binding("L", "app.history_live", "Live", show=False),
+        Binding("l", "toggle_log", "Log σ"),
     ]
 
     def __init__(self, state: RunState, layer: str) -> None:
@@ -108,6 +115,7 @@ class LayerDetailScreen(ModalScreen[None]):
         self.state = state
         self.layer_name = layer
         self._drawn: tuple[object, ...] | None = None
+        self.log_scale = False  # the spectrum's scale (l)
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="detail-box"):
@@ -120,7 +128,7 @@ class LayerDetailScreen(ModalScreen[None]):
     def refresh_body(self) -> None:
         window = getattr(self.app, "window", None)
         key = (window, self.state.revision if window is None or window.live else None,
-               self.size)
+               self.size, self.log_scale)
         if key == self._drawn:
             return  # paused or scrolled back: nothing new to show
         self._drawn = key
@@ -131,7 +139,11 @@ class LayerDetailScreen(ModalScreen[None]):
             return
         # the text must fit the box's content width, or every chart row wraps
         width = body.content_size.width or max(20, self.size.width - 8)
-        body.update(layer_detail_text(self.state, layer, width, window))
+        body.update(layer_detail_text(self.state, layer, width, window, self.log_scale))
+
+    def action_toggle_log(self) -> None:
+        self.log_scale = not self.log_scale
+        self.refresh_body()
 
     def action_close(self) -> None:
         self.dismiss(None)
