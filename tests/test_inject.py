@@ -38,32 +38,26 @@ LLDB_PTRACE_EPERM = ("(lldb) process attach --pid 4321\n"
                      "error: attach failed: Operation not permitted\n")
 
 
+def _attach_output(argv: list[str]) -> str:
+    """What a debugger prints attached (`argv` + a pid) to a child of ours."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        return subprocess.run([*argv, str(child.pid)], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=60).stdout
+    finally:
+        child.kill()
+        child.wait()
+
+
 def _ptrace_works() -> str | None:
     """None if gdb can attach to a child of ours here, else why not (the skip reason)."""
     if shutil.which("gdb") is None:
         return "gdb is not installed (tests/setup.sh installs it)"
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        out = subprocess.run(["gdb", "-p", str(child.pid), "-batch", "-nx", "-iex",
-                              "set auto-solib-add off", "-ex", "echo ATTACHED\\n"],
-                             capture_output=True, text=True, timeout=60).stdout
-    finally:
-        child.kill()
-        child.wait()
+    out = _attach_output(["gdb", "-batch", "-nx", "-iex", "set auto-solib-add off", "-ex",
+                          "echo ATTACHED\\n", "-p"])
     if "ptrace:" in out or "ATTACHED" not in out:
         return f"ptrace is not permitted in this environment: {out.strip()[-200:]}"
     return None
-
-
-_PTRACE_PROBLEM: list[str | None] = []
-
-
-@pytest.fixture
-def gdb_attach() -> None:
-    if not _PTRACE_PROBLEM:
-        _PTRACE_PROBLEM.append(_ptrace_works())
-    if _PTRACE_PROBLEM[0]:
-        pytest.skip(_PTRACE_PROBLEM[0])
 
 
 def _lldb_attach_works() -> str | None:
@@ -72,28 +66,31 @@ def _lldb_attach_works() -> str | None:
         lldb = injector.find_lldb()
     except injector.InjectError:
         return "lldb is not installed (tests/setup.sh installs it)"
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        out = subprocess.run([lldb, "--batch", "--no-lldbinit", "-p", str(child.pid), "-o",
-                              'p "ATTACHED"', "-o", "process detach"], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=60).stdout
-    finally:
-        child.kill()
-        child.wait()
+    out = _attach_output([lldb, "--batch", "--no-lldbinit", "-o", 'p "ATTACHED"', "-o",
+                          "process detach", "-p"])
     if '= "ATTACHED"' not in out:
         return f"lldb cannot attach in this environment: {out.strip()[-200:]}"
     return None
 
 
-_LLDB_PROBLEM: list[str | None] = []
+_PROBLEMS: dict[str, str | None] = {}
+
+
+def _skip_unless_attaches(debugger: str) -> None:
+    if debugger not in _PROBLEMS:
+        _PROBLEMS[debugger] = (_ptrace_works if debugger == "gdb" else _lldb_attach_works)()
+    if _PROBLEMS[debugger]:
+        pytest.skip(_PROBLEMS[debugger])
+
+
+@pytest.fixture
+def gdb_attach() -> None:
+    _skip_unless_attaches("gdb")
 
 
 @pytest.fixture
 def lldb_attach() -> None:
-    if not _LLDB_PROBLEM:
-        _LLDB_PROBLEM.append(_lldb_attach_works())
-    if _LLDB_PROBLEM[0]:
-        pytest.skip(_LLDB_PROBLEM[0])
+    _skip_unless_attaches("lldb")
 
 
 @pytest.fixture(params=["gdb", "lldb"])
