@@ -6,7 +6,7 @@ Conditions run interleaved (none, default, every=1, none, default, …) so that 
 machine slows them all alike; each trial is one block of `--steps` optimizer steps and the
 figure reported is the median over trials of the block's time relative to the unmonitored
 block of the same round. The agent is attached before a block, outside its timing, followed by
-one untimed step (every condition gets that step): what a block measures is the steady state
+200 untimed steps (every condition gets them): what a block measures is the steady state
 of a long run; the one-off start-up is reported on its own. Also measured: the hot path alone (the post-step hook when it does
 not sample) and one full indicator sample of the model.
 """
@@ -29,6 +29,9 @@ from torch import nn
 
 from symwatch_agent import watch
 
+
+
+WARM_STEPS = 200  # untimed steps before every block, in every condition
 
 
 def make_model(width: int, depth: int) -> nn.Module:
@@ -68,15 +71,17 @@ def measure(trials: int, steps: int, width: int, depth: int) -> dict[str, object
             for name, every in conditions.items():
                 agent = None
                 if every:
-                    # Attached outside the timing, with one untimed step: the one-off start-up
-                    # (thread, pairing pass, the first full sample's library warm-up) is paid
-                    # once per run, and is measured separately below, not smeared over a block.
+                    # Attached outside the timing, then untimed steps: the one-off start-up
+                    # (thread, pairing pass, the first full sample's library warm-up and its
+                    # decoding on the publisher thread) is paid once per run; it is measured
+                    # separately below, not smeared over a block.
                     t0 = time.perf_counter()
                     agent = watch(model, opt, every=every, register=False)
                     run_block(model, opt, 1, batch, target)
                     startup_ms.append(1000 * (time.perf_counter() - t0))
+                    run_block(model, opt, WARM_STEPS - 1, batch, target)
                 else:
-                    run_block(model, opt, 1, batch, target)  # the same untimed step
+                    run_block(model, opt, WARM_STEPS, batch, target)  # the same untimed steps
                 elapsed = run_block(model, opt, steps, batch, target)
                 if agent is not None:
                     agent.close()

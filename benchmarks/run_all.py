@@ -35,7 +35,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str], bool]]:
     """(name, argv after the script, whether it takes --write)."""
     tcpd = args.tcpd or (DEFAULT_TCPD if DEFAULT_TCPD.is_dir() else None)
     return [
-        ("overhead", ["--trials", "15", "--steps", "400"], True),
+        ("overhead", ["--trials", "11", "--steps", "1500"], True),
         ("sweep", ["--repeats", "3"], True),
         ("detection", ["--tcpd", str(tcpd)] if tcpd else [], True),
         ("staircase", ["--steps", "1000", "--seeds", "0", "1", "2"], True),

@@ -42,6 +42,9 @@ ENV_NAME, ENV_EVERY, ENV_ENDPOINT = "SYMWATCH_NAME", "SYMWATCH_EVERY", "SYMWATCH
 ENV_RECORD = "SYMWATCH_RECORD"  # record every message to this SQLite file ({run}, {rank} expand)
 ENV_CONNECT = "SYMWATCH_CONNECT"  # publish to a `symwatch relay` there instead of binding
 
+# The share of the time budget the agent plans to use by its own measure (see Agent.__init__).
+PLANNED_SHARE_OF_BUDGET = 0.8
+
 # Agents not yet closed in this process: an injector asks before adding a second one, and a
 # test harness closes what a failed test left behind.
 _open_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
@@ -90,6 +93,10 @@ class Agent:
         # would take the total over budget × training time. 1 or more means no limit.
         self.budget = budget
         self._unlimited = budget >= 1.0
+        # What the agent plans to spend, measured: less than the budget, because what it can
+        # measure (its own threads' time) undercounts what training loses (caches and memory
+        # bandwidth shared with it, a core taken from torch's threads).
+        self._planned = PLANNED_SHARE_OF_BUDGET * budget
         self.name = name or os.environ.get(ENV_NAME) or _default_name()
         self.rank, self.world_size, self.local_rank, self.node_rank = _placement(
             rank, world_size, local_rank, node_rank)
@@ -328,7 +335,7 @@ class Agent:
             if (self.steps % self.every == 0 and
                     (self._unlimited or
                      self._budgeted_cost_s + self._publisher.cpu_s + self._sample_cost_s
-                     <= self.budget * self._training_s)) \
+                     <= self._planned * self._training_s)) \
                     or self.steps == 1:
                 self._sample()
                 cost = time.perf_counter() - now
