@@ -623,8 +623,9 @@ def ssh_section(results: list[dict[str, Any]], args: argparse.Namespace,
                   "The rest of the step-to-screen time is the agent's and the TUI's, as above. "
                   f"{tunnelled['gap_dropped']} messages lost through the tunnel, "
                   f"{direct['gap_dropped']} directly. Load average when it started: "
-                  f"{args.load_at_start:.1f} on {os.cpu_count()} cores (few "
-                  "samples on a busy machine: read the medians, not the tails)."]
+                  f"{args.load_at_start:.1f} on {os.cpu_count()} cores"
+                  + (" (a busy machine: read the medians, not the tails)."
+                     if args.load_at_start >= 0.5 * (os.cpu_count() or 1) else ".")]
     return "\n".join(lines)
 
 
