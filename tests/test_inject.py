@@ -292,16 +292,23 @@ def test_agent_that_cannot_be_imported_leaves_the_run_as_it_was(gdb_attach, unin
     assert "symwatch" not in err
 
 
+def _blocked_in_read(then: str) -> subprocess.Popen:
+    """A Python process (torch loaded) whose main thread sits in read(2) on its stdin pipe, so
+    no Python code runs and no safe point comes; after one byte arrives it runs `then`."""
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "import sys, torch; print('ready', flush=True); "
+                             f"sys.stdin.buffer.read(1); {then}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
 def test_process_blocked_in_c_is_left_untouched(method, monkeypatch, capsys):
     # The main thread sits in read(2) on a pipe: no Python code runs, so no safe point comes.
     monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
-    proc = subprocess.Popen([sys.executable, "-c",
-                             "import sys, torch; print('ready', flush=True); "
-                             "sys.stdin.buffer.read(1); print('woke', flush=True)"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _blocked_in_read("print('woke', flush=True)")
     try:
-        assert proc.stdout.readline() == "ready\n"
         assert main(["inject", str(proc.pid), "--method", method]) == 1
         assert "ran no Python code in its main thread" in capsys.readouterr().err
         status = Path(f"/proc/{proc.pid}/status").read_text()
@@ -325,13 +332,8 @@ def test_lldb_that_goes_on_waiting_is_stopped_without_leaving_its_breakpoint(
     # of PyCallable_Check, or the process dies of SIGTRAP at its next pending call.
     monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
     monkeypatch.setattr(injector, "LLDB_GIVE_UP_S", -1.0)
-    proc = subprocess.Popen([sys.executable, "-c",
-                             "import sys, torch; print('ready', flush=True); "
-                             "sys.stdin.buffer.read(1); callable(len); print('woke', flush=True)"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _blocked_in_read("callable(len); print('woke', flush=True)")
     try:
-        assert proc.stdout.readline() == "ready\n"
         assert main(["inject", str(proc.pid), "--method", "lldb"]) == 1
         assert "ran no Python code in its main thread" in capsys.readouterr().err
         assert "\nTracerPid:\t0\n" in Path(f"/proc/{proc.pid}/status").read_text()
