@@ -6,6 +6,7 @@ the injection lands is known without timing anything; every wait has a deadline.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -590,7 +591,18 @@ def hook_tables():
     def snapshot():
         return (list(optim_mod._global_optimizer_post_hooks),
                 list(module_mod._global_forward_pre_hooks))
-    return torch, snapshot
+    # The in-target hook watches every live optimizer by default: models and optimizers that
+    # earlier tests left in cyclic garbage would join this test's model.
+    gc.collect()
+    before = snapshot()
+    yield torch, snapshot
+    # A test that failed half-way leaves its hooks armed; the next test must not inherit them.
+    from symwatch_agent import injected
+    injected._pending = None
+    for table, kept in zip((optim_mod._global_optimizer_post_hooks,
+                            module_mod._global_forward_pre_hooks), before):
+        for key in [k for k in table if k not in kept]:
+            del table[key]
 
 
 def _training(torch):

@@ -28,6 +28,10 @@ def find_models(first_optimizer: Any, first_module: Any = None,
 
     modules: list = []
     found = [first_optimizer] if first_optimizer is not None else []
+    # A model and optimizer replaced earlier (a notebook cell run twice) may linger in cyclic
+    # garbage: collect it first, or the agent would watch a model nobody trains any more.
+    # Once per start; the pass over gc.get_objects() below costs as much.
+    gc.collect()
     for obj in gc.get_objects():
         kind = type(obj)  # not isinstance: that reads __class__, which a lazy proxy may trap
         if issubclass(kind, nn.Module):
