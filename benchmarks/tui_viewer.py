@@ -3,7 +3,8 @@ SymwatchApp, headless, on a `BackgroundFeed` (its own thread and SUB socket), as
 attach` runs it, with three probes that change nothing it does:
 
 - `Subscriber.poll` is wrapped to stamp when each message was decoded (feed thread);
-- `RunState.fold` is wrapped to note each message as it is folded (app thread);
+- `RunState.fold_steps` is wrapped to note each message once it is folded whole (app
+  thread);
 - the app's `_display` (Textual calls it with each composed screen update; headless, it would
   write nothing) renders the update to terminal bytes, as a terminal would get them, and stamps
   every message folded since the last frame: that frame is when the message was on screen.
@@ -116,13 +117,13 @@ def tui_viewer(endpoint: str, conn: Any, duration: float, mode: str,
 
     feed = BackgroundFeed(endpoint, history=False)
     app = MeasuredApp(feed, owns_source=True)
-    fold = app.state.fold
+    fold_steps = app.state.fold_steps
 
-    def noted_fold(msg: Any, now: float | None = None) -> None:
-        fold(msg, now)
+    def noted_fold_steps(msg: Any, now: float | None = None) -> Any:
+        yield from fold_steps(msg, now)  # the app folds large messages a slice at a time
         folded.append(msg)
 
-    app.state.fold = noted_fold  # type: ignore[method-assign]
+    app.state.fold_steps = noted_fold_steps  # type: ignore[method-assign]
     if simulated is not None:
         prefill(app.state, *simulated)
     samples: list[tuple[float, float, int]] = []

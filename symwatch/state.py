@@ -6,7 +6,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterator
 
 from symwatch import protocol
 from symwatch.downsample import NAN, VIEWER, Downsample, TieredSeries
@@ -28,6 +28,9 @@ DEFAULT_MAX_EVENTS = 200
 MAX_TRANSITIONS = 20_000
 # Agents send a heartbeat once a second, so three silent seconds means something is wrong.
 DEFAULT_STALE_AFTER = 3.0
+# A METRICS message is folded in slices of this many layers (`RunState.fold_steps`): the
+# TUI handles keys between slices, so 1,000 layers (15,000 series, ~20 ms) never hold a key.
+FOLD_SLICE_LAYERS = 50
 
 Value = float | None  # None is "N/A": never drawn or counted as 0
 _INF = math.inf
@@ -247,8 +250,19 @@ class RunState:
         for msg in messages:
             self.fold(msg, now)
 
+    def series_count(self) -> int:
+        """Series of every layer's indicators, plus the loss."""
+        return 1 + sum(len(layer.indicators) for layer in self.layers.values())
+
     def fold(self, msg: Message, now: float | None = None) -> None:
         """Apply one message. Never raises on a validated message; anything odd is skipped."""
+        for _ in self.fold_steps(msg, now):
+            pass
+
+    def fold_steps(self, msg: Message, now: float | None = None) -> Iterator[None]:
+        """`fold`, one slice at a time: each `next()` does a bounded piece of the work (a
+        METRICS message yields every FOLD_SLICE_LAYERS layers). Between slices the state is
+        consistent, with part of the message's layers updated; a view may draw it."""
         if msg.run in self._retired:
             self.ignored += 1
             return
@@ -281,7 +295,10 @@ class RunState:
         handler = getattr(self, f"_fold_{msg.kind}", None)
         if handler is not None:
             try:
-                handler(msg)
+                slices = handler(msg)
+                if slices is not None:  # a generator: a large message, folded in slices
+                    for _ in slices:
+                        yield
             except (TypeError, ValueError, KeyError, AttributeError):
                 pass  # validated upstream; a surprise here must cost one message, not the view
         if not self._stats_rate_seen and msg.kind != protocol.GOODBYE and not msg.from_history:
@@ -335,12 +352,14 @@ class RunState:
         for name in p["indicators"]:
             self._note_indicator(name)
 
-    def _fold_metrics(self, msg: Message) -> None:
+    def _fold_metrics(self, msg: Message) -> Iterator[None]:
         nonfinite = {str(x) for x in msg.get("nonfinite", []) or []}
         for layer_name, entry in (msg.get("detail") or {}).items():
             layer = self._layer(layer_name)
             layer.detail, layer.detail_step = entry, msg.step
-        for layer_name, values in msg.payload["values"].items():
+        for n, (layer_name, values) in enumerate(msg.payload["values"].items(), 1):
+            if n % FOLD_SLICE_LAYERS == 0:
+                yield
             layer = self._layer(layer_name)
             layer.step = msg.step
             layer.updates += 1

@@ -64,6 +64,25 @@ def test_metrics_current_value_and_bounded_history():
     assert fc1.updates == 8
 
 
+def test_a_large_metrics_message_folds_in_slices_to_the_same_state():
+    # The TUI folds 1,000-layer messages a slice at a time, handling keys in between.
+    from symwatch.state import FOLD_SLICE_LAYERS
+    n = 3 * FOLD_SLICE_LAYERS + 7
+    values = {f"l{i}": {"weight_norm": float(i), "stable_rank": 1.5} for i in range(n)}
+    whole, sliced = RunState(), RunState()
+    m = msg(protocol.METRICS, 12, values=values)
+    whole.fold(m, now=1.0)
+    steps = sliced.fold_steps(m, now=1.0)
+    next(steps)  # the first slice: some layers in, the rest not yet
+    partial = [name for name, layer in sliced.layers.items() if layer.updates]
+    assert 0 < len(partial) < n and sliced.step == 12
+    assert 1 + sum(1 for _ in steps) == n // FOLD_SLICE_LAYERS  # a pause every slice
+    for state in (whole, sliced):
+        assert len(state.layers) == n and state.messages == 1
+        assert state.layers[f"l{n - 1}"].indicators["weight_norm"].current == float(n - 1)
+        assert all(layer.updates == 1 for layer in state.layers.values())
+
+
 def test_layer_not_in_meta_is_added_on_sight_and_kept_after_meta():
     s = RunState()
     s.fold(msg(protocol.METRICS, 1, values={"late.layer": {"weight_norm": 2.0}}), now=0.0)

@@ -67,3 +67,37 @@ async def test_snapshot_finished_run_80x24():
     async with app.run_test(size=(80, 24)) as pilot:
         await _loaded(pilot, app)
         assert_snapshot("finished-80x24", await settled_screen(pilot, app))
+
+
+async def test_layer_table_fast_cell_rendering_matches_datatables_own():
+    # LayerTable renders its one-line Text cells itself (DataTable's way costs ~0.2 ms a cell,
+    # which kept keys waiting at 1,000 layers); every cell the fixed stream gives (flags, ⚠,
+    # N/A, sparklines, zebra rows, cursor, hover, both themes) must come out exactly as
+    # DataTable renders it, segment by segment, style by style.
+    from rich.style import Style
+    from textual.widgets import DataTable
+
+    from symwatch.tui.themes import LIGHT
+    for theme in (DARK, LIGHT):
+        app = SymwatchApp(frozen_source(105), tick_s=0.05, theme=theme)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await _loaded(pilot, app)
+            table = app.query_one(LayerTable)
+            compared = 0
+            for row in range(table.row_count):
+                base = table._get_row_style(row, Style())
+                for column, spec in enumerate(table.ordered_columns):
+                    for cursor, hover in ((False, False), (True, False), (False, True)):
+                        args = (row, column, base, spec.get_render_width(table), cursor, hover)
+                        table._cell_render_cache.clear()
+                        general = app.console.render_lines
+                        app.console.render_lines = None  # ours must not take the general way
+                        try:
+                            ours = table._render_cell(*args)
+                        finally:
+                            app.console.render_lines = general
+                        table._cell_render_cache.clear()
+                        theirs = DataTable._render_cell(table, *args)
+                        assert ours == theirs, (row, spec.key.value, cursor, hover)
+                        compared += 1
+            assert compared >= len(LAYERS) * 9 * 3  # Layer, Type, Shape, 6 indicators

@@ -6,10 +6,16 @@ ZeroMQ PUB itself drops at its high-water mark when a subscriber is slow; receiv
 losses as gaps in the sequence numbers. Sockets are not thread-safe, so only this thread
 touches the socket; it also runs the periodic jobs (heartbeat, metadata re-send, GPU sampling,
 registry refresh) so the training thread never does.
+
+The thread is event-driven: it sleeps in one `zmq.Poller` on the history ROUTER socket, the
+relay's XPUB socket (connect mode) and the read end of a pipe that `submit` and `close` write a
+byte into, until one of them is ready or the next periodic job is due. Every wake-up costs CPU
+that the training pays for (about 0.2 ms of kernel time on a VM), so there is no polling clock.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -42,8 +48,11 @@ class Periodic:
     next_due: float = 0.0
 
 
-# How often the thread looks for late-join requests when nothing else wakes it.
-HISTORY_POLL_INTERVAL_S = 0.2
+# The longest the thread sleeps when nothing is due: nothing should need it (every message
+# and request wakes it), but if a wake-up were ever lost, a queued message waits at most this.
+MAX_SLEEP_S = 5.0
+# Periodic jobs due within this much of each other run in one wake-up, not two.
+PERIODIC_SLACK_S = 0.005
 
 
 def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = False) -> str:
@@ -105,7 +114,7 @@ class Publisher:
     """Owns the PUB socket on a daemon thread; see the module docstring."""
 
     def __init__(self, endpoint: str, *, run: str, rank: int = 0, restart: int = 0,
-                 queue_size: int = 256, idle_wait: float = 0.25, report: Reporter,
+                 queue_size: int = 256, idle_wait: float = MAX_SLEEP_S, report: Reporter,
                  insecure: bool = False, recorder: Any = None, history: Any = None,
                  curve: Any = None, connect: bool = False) -> None:
         # connect: the PUB socket connects to a relay's XSUB socket (docs/distributed.md)
@@ -119,9 +128,20 @@ class Publisher:
         self._curve = curve
         self.exposed = exposed_without_curve(self._bind_address, curve is not None)
         self._header = {"run": run, "rank": rank, "restart": restart}
-        self._queue: queue.Queue[tuple[str, PayloadSource, int] | None] = queue.Queue(queue_size)
+        self._queue: queue.Queue[tuple[str, PayloadSource, int]] = queue.Queue(queue_size)
         self._periodic: list[Periodic] = []
+        # The longest the thread sleeps with nothing due (a safety net, see MAX_SLEEP_S).
         self._idle_wait = idle_wait
+        # The wake-up pipe (made by `start`): `submit` and `close` write a byte to the write
+        # end, the thread polls the read end next to its sockets. -1: no pipe (not started, or
+        # the thread has ended and closed it). `_wake_pending` keeps at most one byte unread in
+        # the usual case, so a burst of submits costs one write, not one each; the lock only
+        # keeps a write off an fd number the thread is closing (and maybe the OS reusing).
+        self._wake_r = -1
+        self._wake_w = -1
+        self._wake_pending = False
+        self._wake_lock = threading.Lock()
+        self.wakeups = 0  # times the thread woke up (a message, a request, a job, or the cap)
         self._report = report
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -150,6 +170,14 @@ class Publisher:
 
     def start(self, timeout: float = 10.0) -> str:
         """Start the thread and bind; returns the endpoint actually bound (with its port)."""
+        # Made here rather than in __init__ so that a publisher never started holds no file
+        # descriptors; os.pipe's are close-on-exec, so a subprocess the user starts does not
+        # inherit them. Both ends non-blocking: a full pipe already holds a wake-up, and the
+        # thread drains the read end until it would block.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_pending = False  # anything submitted before now is read on the first turn
         self._thread = threading.Thread(target=self._run, name="symwatch-publisher", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -163,10 +191,33 @@ class Publisher:
         """Queue a message without ever blocking; returns False (and counts it) if dropped."""
         try:
             self._queue.put_nowait((kind, payload, step))
-            return True
         except queue.Full:
             self.dropped += 1
             return False
+        # With a wake-up already pending, the thread reads this item with the rest of the queue
+        # when that byte wakes it: a burst of submits costs one write.
+        if not self._wake_pending:
+            self._wake()
+        return True
+
+    def _wake(self) -> None:
+        """Write one byte into the wake-up pipe. Called from the training thread (and any
+        other): it never blocks and never raises. A write that fails costs nothing: a full
+        pipe (BlockingIOError) already holds a wake-up, and a closed one means the thread has
+        ended. In a forked child (a DataLoader worker) the pipe is still the parent's: a byte
+        written there only gives the parent's thread one spurious wake-up, and the child has no
+        publisher thread to wake; nothing in the child blocks or raises either (the lock is
+        only ever tried, never waited for, in case a parent thread held it at the fork)."""
+        self._wake_pending = True
+        if not self._wake_lock.acquire(blocking=False):
+            return  # another submit is writing its byte, or the thread is closing the pipe
+        try:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+        finally:
+            self._wake_lock.release()
 
     def close(self, goodbye: Payload | None = None, step: int = 0, timeout: float = 2.0) -> None:
         """Send `goodbye` (best effort), stop the thread and close the socket."""
@@ -182,16 +233,33 @@ class Publisher:
             except (queue.Full, queue.Empty):
                 pass
         self._stopping.set()
-        try:
-            self._queue.put_nowait(None)  # wake the thread
-        except queue.Full:
-            pass
+        self._wake()  # even if a byte is pending: this is the one wake-up that must arrive
         self._thread.join(timeout)
         self._thread = None
 
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._close_wake_pipe()
+
+    def _close_wake_pipe(self) -> None:
+        """Close the wake-up pipe once the thread is done with it. The write end's number is
+        cleared under the lock first: a `submit` after this finds -1 and writes nothing,
+        rather than a byte into whatever file the OS gives that number next."""
+        with self._wake_lock:
+            write_end, self._wake_w = self._wake_w, -1
+        read_end, self._wake_r = self._wake_r, -1
+        for fd in (write_end, read_end):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _serve(self) -> None:
         ctx = zmq.Context()  # our own context: never share the user's
         auth = None
         # Towards a relay an XPUB socket (a PUB that also hears subscriptions), so this thread
@@ -269,38 +337,49 @@ class Publisher:
             return None
 
     def _loop(self, sock: zmq.Socket, router: zmq.Socket | None = None) -> None:
-        # The queue is a Python queue, not a socket, so the two cannot be polled together:
-        # with a history socket the thread wakes at least every HISTORY_POLL_INTERVAL_S to
-        # answer requests.
-        # Every wake-up costs CPU even when there is nothing to do (about 0.2 ms of kernel time
-        # on a VM), which the training pays for: 5 a second is a late viewer's snapshot within
-        # 0.2 s, at a quarter of the idle cost of 20 a second.
-        idle_wait = (self._idle_wait if router is None
-                     else min(self._idle_wait, HISTORY_POLL_INTERVAL_S))
+        # One poller for everything that can give the thread work, so it sleeps until there is
+        # some: a byte in the wake-up pipe (a submitted message, close), a late viewer's request
+        # on the history socket, the relay's (re)subscriptions on the XPUB socket; the poll's
+        # timeout is the next periodic job. No polling clock: on a VM every wake-up costs about
+        # 0.2 ms of kernel CPU that the training pays for.
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        if router is not None:
+            poller.register(router, zmq.POLLIN)
+        if self._connect:
+            poller.register(sock, zmq.POLLIN)
+        # Items read per turn: a flood of submits cannot keep the thread from history
+        # requests and periodic jobs; whatever is left is read on the next turn, at once.
+        per_turn = self._queue.maxsize if self._queue.maxsize > 0 else 256
         while True:
-            if router is not None:
+            next_due = self._run_due_jobs(sock)
+            if not self._queue.empty():
+                timeout_ms = 0
+            else:
+                wait = min(next_due - time.monotonic(), self._idle_wait)
+                # Rounded up: waking a little early would spin on zero timeouts until due.
+                timeout_ms = math.ceil(max(0.0, wait) * 1000)
+            ready = dict(poller.poll(timeout_ms))
+            self.wakeups += 1
+            if self._wake_r in ready:
+                self._drain_wake_pipe()
+                # Cleared after the pipe is read and before the queue is: a submit from now on
+                # writes a new byte, one from before has its item read below.
+                self._wake_pending = False
+            if router is not None and router in ready:
                 try:
                     self._serve_history(router)
                 except Exception as exc:  # late join must never take the stream down
                     self._report("history", exc)
-                    router = None  # closed by _run; no more snapshots this run
-            now = time.monotonic()
-            for job in self._periodic:
-                if now >= job.next_due:
-                    job.next_due = now + job.interval
-                    try:
-                        message = job.job()
-                    except Exception as exc:
-                        self._report(f"periodic:{getattr(job.job, '__name__', 'job')}", exc)
-                        continue
-                    if message is not None:
-                        self._send(sock, *message)
-            wait = min([j.next_due for j in self._periodic], default=now + idle_wait) - now
-            try:
-                item = self._queue.get(timeout=max(0.0, min(wait, idle_wait)))
-            except queue.Empty:
-                item = None
-            if item is not None:
+                    poller.unregister(router)
+                    router = None  # closed by _serve; no more snapshots this run
+            if self._connect and sock in ready:
+                _drain(sock)  # the relay's (re)subscriptions: nothing to do with them
+            for _ in range(per_turn):
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
                 kind, source, step = item
                 try:
                     payload = source() if callable(source) else source
@@ -312,9 +391,35 @@ class Publisher:
                 if kind == protocol.GOODBYE:
                     return
             self.cpu_s = time.thread_time()
-            if self._connect:
-                _drain(sock)  # the relay's (re)subscriptions: nothing to do with them
             if self._stopping.is_set() and self._queue.empty():
+                return
+
+    def _run_due_jobs(self, sock: zmq.Socket) -> float:
+        """Run the periodic jobs that are due; returns when the next one is (monotonic time),
+        or infinity when there are none. Each job keeps to its own grid (due + interval, not
+        now + interval), so jobs whose intervals are multiples of each other (the heartbeat
+        every second, the metadata every five) stay in step and share wake-ups."""
+        now = time.monotonic()
+        for job in self._periodic:
+            if now + PERIODIC_SLACK_S >= job.next_due:
+                job.next_due += job.interval
+                if job.next_due <= now:  # the first run, or the thread fell behind: no catch-up
+                    job.next_due = now + job.interval
+                try:
+                    message = job.job()
+                except Exception as exc:
+                    self._report(f"periodic:{getattr(job.job, '__name__', 'job')}", exc)
+                    continue
+                if message is not None:
+                    self._send(sock, *message)
+        return min((job.next_due for job in self._periodic), default=math.inf)
+
+    def _drain_wake_pipe(self) -> None:
+        while True:
+            try:
+                if not os.read(self._wake_r, 4096):
+                    return
+            except OSError:  # BlockingIOError: empty, which is the point
                 return
 
     def _send(self, sock: zmq.Socket, kind: str, payload: Payload, step: int) -> None:

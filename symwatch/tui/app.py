@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -30,6 +30,7 @@ from symwatch.tui.header import RunHeader
 from symwatch.tui.help import HelpScreen
 from symwatch.tui import history_view
 from symwatch.tui.history_view import HistoryWindow
+from symwatch.tui.heap import LongLivedHistory
 from symwatch.tui.layer_table import LayerTable
 from symwatch.tui.panels import EventsLog, GpuLine, LossPanel
 from symwatch.tui.ranks_panel import RanksLine, RanksScreen
@@ -45,11 +46,12 @@ TICK_S = 0.2
 MIN_FRAME_S = 1 / 30
 DATA_SHARE = 0.4
 BURST_S = 0.25
-# Time one tick may spend folding (at least; half the time since the last tick if that is
-# more, up to MAX_FOLD_S); the rest waits (in the app's backlog, then in the source, then ZeroMQ drops at its
-# high-water mark and the gap shows as "dropped") for later ticks.
-FOLD_BUDGET_S = 0.05
-MAX_FOLD_S = 0.1  # never more in one go: a key press waits for a tick to finish
+# Time one go of folding may take. What is left (the rest of a large message, in slices, then
+# the app's backlog, then the source, where ZeroMQ drops at its high-water mark and the gap
+# shows as "dropped") is folded by the next go, queued behind any key press that came
+# meanwhile: a key waits for at most one go, not for a whole 1,000-layer message.
+FOLD_SLICE_S = 0.012
+FOLD_PAUSE_S = 0.006  # between goes: folding a backlog takes at most 2/3 of the UI thread
 NOTIFY_SEVERITIES = ("warning", "error", "transition")
 
 
@@ -115,7 +117,10 @@ class SymwatchApp(App[None]):
         self.frame_cost = 0.0  # CPU seconds a redraw takes, tick to screen update (smoothed)
         self._budget = BURST_S  # seconds of UI time data redraws may use now (token bucket)
         self._budget_at = time.monotonic()
-        self._fold_budget = FOLD_BUDGET_S
+        self.long_lived = LongLivedHistory()  # the run's series kept out of full GC passes
+        self._heap_checked_at = 0.0
+        self._folding: Iterator[None] | None = None  # a message folded in slices, part-way
+        self._fold_queued = False  # a go of folding is queued behind the app's other messages
         self.owns_source = owns_source
         self.tick_s = tick_s
         self.tick_errors = 0  # internal failures while drawing; counted, shown, never fatal
@@ -196,6 +201,10 @@ class SymwatchApp(App[None]):
         # Folds what arrived in any case; redraws when the pace allows (and no redraw woken by
         # data is waiting already).
         self.tick(draw=not self._wake_pending and time.monotonic() >= self._next_frame_at())
+        now = time.monotonic()
+        if now >= self._heap_checked_at + 1.0:
+            self._heap_checked_at = now
+            self.long_lived.update(self.state.series_count())
 
     def _frame_shown(self, cpu_started: float) -> None:
         # CPU time of this (the UI) thread, not wall time: on a busy machine waiting for a
@@ -211,12 +220,17 @@ class SymwatchApp(App[None]):
         now = self._clock()
         started = time.monotonic()
         cpu_started = time.thread_time()
-        since = started - self._last_tick_at
-        self._fold_budget = max(FOLD_BUDGET_S, min(MAX_FOLD_S, 0.5 * since))
         try:
             if getattr(self.source, "generation", 0) != self._generation:
                 self._restart_state()
-            self._drain(now)
+            if self._drain(now) and not self._fold_queued:
+                # A timer, not call_later: the app's queue is served without yielding to the
+                # event loop while it is not empty, so a chain of call_later goes would keep
+                # the terminal's key presses from being queued at all.
+                # A pause between goes, too: a screen to open takes the app several messages,
+                # each of which would otherwise wait for a go.
+                self._fold_queued = True
+                self.set_timer(FOLD_PAUSE_S, self._fold_more)
             if not draw:
                 return
             self._last_tick_at = started
@@ -228,28 +242,44 @@ class SymwatchApp(App[None]):
             self.tick_errors += 1
             self.last_tick_error = f"{type(exc).__name__}: {exc}"
 
-    def _drain(self, now: float) -> None:
-        deadline = time.monotonic() + self._fold_budget
+    def _fold_more(self) -> None:
+        """The next go of folding, after the key presses that queued up meanwhile; draws when
+        the last of the data is in and the pace allows."""
+        self._fold_queued = False
+        self.tick(draw=False)
+        all_in = self._folding is None and not self._backlog
+        if all_in and not self._wake_pending and time.monotonic() >= self._next_frame_at():
+            self.tick()
+
+    def _drain(self, now: float) -> bool:
+        """Fold for at most FOLD_SLICE_S; True if data is left for another go."""
+        deadline = time.monotonic() + FOLD_SLICE_S
         while time.monotonic() < deadline:
-            if not self._backlog:
-                batch = self.source.poll(0)
-                if not batch:
-                    break
-                self._backlog.extend(batch)
-            while self._backlog and time.monotonic() < deadline:
-                msg = self._backlog.popleft()
-                try:
-                    self.state.fold(msg, now)
-                except Exception as exc:  # noqa: BLE001 - one bad message costs one message
-                    self.tick_errors += 1
-                    self.last_tick_error = f"{type(exc).__name__}: {exc}"
+            if self._folding is None:
+                if not self._backlog:
+                    batch = self.source.poll(0)
+                    if not batch:
+                        break
+                    self._backlog.extend(batch)
+                self._folding = self.state.fold_steps(self._backlog.popleft(), now)
+            try:
+                next(self._folding)
+            except StopIteration:
+                self._folding = None
+            except Exception as exc:  # noqa: BLE001 - one bad message costs one message
+                self._folding = None
+                self.tick_errors += 1
+                self.last_tick_error = f"{type(exc).__name__}: {exc}"
         self.state.garbage = int(getattr(self.source, "garbage", 0))
         self.state.last_error = getattr(self.source, "last_error", None)
+        return self._folding is not None or bool(self._backlog)
 
     def _restart_state(self) -> None:
         self._generation = getattr(self.source, "generation", 0)
         self.state = RunState(stale_after=self.state.stale_after)
         self._backlog.clear()
+        self._folding = None
+        self.long_lived.restart()
         self._events_seen = 0
         self._drawn_key = None
         self._set_window(HistoryWindow(), redraw=False)

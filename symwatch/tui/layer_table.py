@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
 
 from symwatch import numbers
 from symwatch.state import LayerState, RunState
@@ -147,6 +150,50 @@ class LayerTable(DataTable[Text]):
         # The stretch of the run shown (symwatch.tui.history_view); live: the newest samples.
         self.window = HistoryWindow()
         self._state: RunState | None = None  # the last synced state, for rows scrolled into view
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
+        """DataTable's cell rendering, without Rich's general machinery for the cells this
+        table has: one line of left-justified Text. DataTable renders each cell through
+        Console.render_lines(Styled(Padding(cell))), ~0.2 ms a cell; a frame of 1,000 layers
+        at 10 Hz re-renders 50 rows × 16 cells and a key press waited behind it. This builds
+        the same segments directly (tests/test_tui_widgets.py compares both on every kind
+        of cell, so a Textual or Rich that renders differently is caught); anything else
+        (the header, taller rows, other renderables) goes the general way."""
+        try:
+            row_key = self._row_locations.get_key(row_index)
+            column_key = self._column_locations.get_key(column_index)
+            cache_key = (row_key, column_key, base_style, cursor, hover,
+                         self._show_hover_cursor, self._update_count, self._pseudo_class_state)
+            cached = self._cell_render_cache.get(cache_key)
+            if cached is not None:
+                return cached
+            cell = self._data[row_key][column_key]
+            fast = (row_index >= 0 and column_index >= 0 and not self.fixed_rows
+                    and not self.fixed_columns and self.rows[row_key].height == 1
+                    and type(cell) in (Text, LayerName) and "\n" not in cell.plain
+                    and cell.justify in (None, "default", "left"))
+        except Exception:  # noqa: BLE001 - private parts moved: the general way still works
+            fast = False
+        if not fast:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor,
+                                        hover)
+        component_style, post_style = self._get_styles_to_render_cell(
+            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+        style = base_style + Style.from_meta({"row": row_index, "column": column_index}) \
+            + component_style
+        pad = self.cell_padding
+        console = self.app.console
+        if cell.spans or not cell.style:
+            text = list(cell.render(console, end=""))  # spans over the Text's own style
+        else:  # (Text.render leaves a Text without spans unstyled; a line of a wrap is not)
+            text = [Segment(cell.plain, console.get_style(cell.style))]
+        inner = Segment.adjust_line_length(text, max(0, width - 2 * pad), pad=True)
+        line = [Segment(" " * pad), *inner, Segment(" " * pad)] if pad else inner
+        lines = [list(Segment.apply_style(line, style, post_style))]
+        self._cell_render_cache[cache_key] = lines
+        return lines
 
     class Resized(Message):
         """The table's size changed: its columns must be fitted again (the app redraws)."""
@@ -313,7 +360,38 @@ class LayerTable(DataTable[Text]):
 
     def _update_row(self, layer: LayerState, layout: Layout) -> None:
         self._signature[layer.name] = _signature(layer)
+        changed: dict[str, Text] = {}
         for key, text in self._cells(layer, layout).items():
             if self._shown.get((layer.name, key)) != text.plain:
-                self.update_cell(layer.name, key, text)
+                changed[key] = text
                 self._shown[(layer.name, key)] = text.plain
+        if changed:
+            self._replace_cells(layer.name, changed)
+
+    def _replace_cells(self, row: str, cells: dict[str, Text]) -> None:
+        """Put new cells in one row and forget only that row's rendering.
+
+        DataTable.update_cell bumps a table-wide counter that is part of every render cache
+        key, so each updated cell made the next frame render every visible cell again: with
+        1,000 layers at 10 Hz that was ~150 ms of rendering per frame, and a key press waited
+        behind it. Here the counter stays, and the caches lose only this row's entries (cells
+        and lines are keyed by row key, the per-row renderables by row index); the other rows'
+        cached lines are reused. Textual's private caches: should a version rename them, the
+        plain update_cell still works, only slower (tests/test_tui_widgets.py watches both)."""
+        try:
+            data = self._data[RowKey(row)]
+            index = self._row_locations.get(RowKey(row))
+            for key, text in cells.items():
+                data[ColumnKey(key)] = text
+            for cache, position, value in ((self._cell_render_cache, 0, row),
+                                           (self._row_render_cache, 0, row),
+                                           (self._row_renderable_cache, 1, index)):
+                for entry in [k for k in cache.keys() if k[position] == value]:
+                    cache.discard(entry)
+            self._line_cache.clear()  # keyed by screen line: cheap to rebuild from rows
+        except (AttributeError, KeyError, TypeError, IndexError):
+            for key, text in cells.items():
+                self.update_cell(row, key, text)
+            return
+        if index is not None:
+            self.refresh_row(index)
