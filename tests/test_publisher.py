@@ -171,3 +171,23 @@ def test_a_forked_child_submitting_neither_blocks_nor_breaks_the_parent(publishe
     pub.submit(protocol.EVENT, _event("from the parent"), 0)
     assert _until(lambda: pub.sent == 1, PROMPT_S)
     assert pub.sent == 1  # the child's messages stayed in the child's copy of the queue
+
+
+def test_a_wake_up_is_not_skipped_because_another_writer_holds_the_lock(publisher):
+    # Seen with a real agent: the training thread wrote its byte and was preempted before it
+    # released the lock; the publisher thread read that byte, then an event submitted from its
+    # own build found the lock held and skipped its byte, and the stats queued behind waited
+    # for the next heartbeat (up to a second). Every submit must get its item woken for.
+    pub = publisher(history=History())
+    _settled(pub)
+    import threading
+    pub._wake_lock.acquire()  # another writer, mid-write, its byte already read
+    try:
+        sender = threading.Thread(
+            target=pub.submit, args=(protocol.EVENT, _event("behind the lock"), 0))
+        sender.start()
+        time.sleep(0.02)  # the submit is queued and its wake-up waits for the lock
+    finally:
+        pub._wake_lock.release()
+    sender.join(5)
+    assert _until(lambda: pub.sent == 1, 1.0), "the item waited for the safety cap"

@@ -53,6 +53,9 @@ class Periodic:
 MAX_SLEEP_S = 5.0
 # Periodic jobs due within this much of each other run in one wake-up, not two.
 PERIODIC_SLACK_S = 0.005
+# The longest a submit waits for another thread's one-byte write to the wake-up pipe (only
+# ever reached in a forked child, on a lock its parent's thread held at the fork).
+WAKE_LOCK_WAIT_S = 0.05
 
 
 def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = False) -> str:
@@ -201,16 +204,24 @@ class Publisher:
         return True
 
     def _wake(self) -> None:
-        """Write one byte into the wake-up pipe. Called from the training thread (and any
-        other): it never blocks and never raises. A write that fails costs nothing: a full
+        """Write one byte into the wake-up pipe. Called from the training thread and from the
+        publisher thread itself (a build that reports an event): it never raises, and waits
+        only for another writer's one-byte write. A write that fails costs nothing: a full
         pipe (BlockingIOError) already holds a wake-up, and a closed one means the thread has
-        ended. In a forked child (a DataLoader worker) the pipe is still the parent's: a byte
-        written there only gives the parent's thread one spurious wake-up, and the child has no
-        publisher thread to wake; nothing in the child blocks or raises either (the lock is
-        only ever tried, never waited for, in case a parent thread held it at the fork)."""
+        ended.
+
+        Every caller writes its own byte, even when another holds the lock: that writer's byte
+        may already have been read by the thread before this caller's item was queued (seen
+        on the publisher thread: its event's wake-up skipped while the training thread, its
+        byte consumed, had not yet released the lock; the stats behind it waited for the next
+        heartbeat). The lock only keeps a write off an fd number the thread is closing.
+
+        In a forked child (a DataLoader worker) the pipe is still the parent's: a byte written
+        there only gives the parent's thread one spurious wake-up. A lock a parent thread held
+        at the fork is never released in the child, hence the bounded wait."""
         self._wake_pending = True
-        if not self._wake_lock.acquire(blocking=False):
-            return  # another submit is writing its byte, or the thread is closing the pipe
+        if not self._wake_lock.acquire(timeout=WAKE_LOCK_WAIT_S):
+            return
         try:
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"\0")
