@@ -332,6 +332,27 @@ async def test_flood_does_not_starve_input():
         await until(pilot, lambda: app.state.messages == 60_000, timeout=60)
 
 
+async def test_a_tick_waits_for_input_already_queued():
+    # Data ticks queued ahead of a key made it wait behind two frames of a 1,000-layer table:
+    # a tick that finds a key or a click waiting comes back after it.
+    from textual import events
+    message = protocol.decode(list(protocol.encode(
+        protocol.METRICS, run="r", rank=0, restart=0, seq=0, time=0.0, step=1,
+        payload={"values": {"fc1": {"weight_norm": 1.0}}})))
+    source = ListSource()
+    app = SymwatchApp(source, tick_s=3600)  # no clock tick during the test
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause(0.1)
+        source.push(message)
+        key = events.Key("question_mark", "?")
+        key.set_sender(app)
+        app.post_message(key)
+        app.tick()
+        assert app.state.messages == 0  # deferred: the key is served first
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await until(pilot, lambda: app.state.messages == 1, what="the deferred tick")
+
+
 async def test_make_app_uses_a_background_feed(fake_agent):
     agent = fake_agent()
     app = make_app(agent.endpoint, title="t")

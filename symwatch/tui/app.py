@@ -7,6 +7,7 @@ import time
 from collections import deque
 from typing import Any, Iterable, Iterator
 
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -45,12 +46,19 @@ from symwatch.tui.ranks_panel import RanksLine, RanksScreen
 TICK_S = 0.2
 MIN_FRAME_S = 1 / 30
 DATA_SHARE = 0.4
-BURST_S = 0.25
+# Small: a key press reaches the app only when the event loop turns between two pieces of work
+# (the terminal's input thread hands it over with run_coroutine_threadsafe), so redraws must
+# not run back to back. 0.25 s let five 50 ms redraws of a 1,000-layer table go in a row, and a
+# key waited behind all of them; 0.06 s is one such redraw, or several cheap ones.
+BURST_S = 0.06
 # Time one go of folding may take. What is left (the rest of a large message, in slices, then
 # the app's backlog, then the source, where ZeroMQ drops at its high-water mark and the gap
 # shows as "dropped") is folded by the next go, queued behind any key press that came
 # meanwhile: a key waits for at most one go, not for a whole 1,000-layer message.
 FOLD_SLICE_S = 0.012
+# With input waiting, a tick comes back this much later, at most MAX_DEFERRALS times in a row.
+INPUT_FIRST_S = 0.004
+MAX_DEFERRALS = 10
 FOLD_PAUSE_S = 0.006  # between goes: folding a backlog takes at most 2/3 of the UI thread
 NOTIFY_SEVERITIES = ("warning", "error", "transition")
 
@@ -114,11 +122,16 @@ class SymwatchApp(App[None]):
         self._window_run: str | None = None  # the run the window was set on
         self._wake_pending = False  # a redraw is scheduled because data arrived
         self._last_tick_at = 0.0
+        self._last_draw_end = 0.0  # when the last redraw of new data ended (monotonic)
+        self._last_draw_wall = 0.0  # and the wall-clock time it took
         self.frame_cost = 0.0  # CPU seconds a redraw takes, tick to screen update (smoothed)
         self._budget = BURST_S  # seconds of UI time data redraws may use now (token bucket)
         self._budget_at = time.monotonic()
         self.long_lived = LongLivedHistory()  # the run's series kept out of full GC passes
         self._heap_checked_at = 0.0
+        self._tick_deferred = False  # a tick waits for input to be handled first
+        self._deferred_draw = False  # ... and one of the ticks it stands for was to draw
+        self._deferrals = 0  # ticks deferred in a row (bounded: data must show in the end)
         self._folding: Iterator[None] | None = None  # a message folded in slices, part-way
         self._fold_queued = False  # a go of folding is queued behind the app's other messages
         self.owns_source = owns_source
@@ -177,6 +190,13 @@ class SymwatchApp(App[None]):
             self.call_later(self._woken_tick)
 
     def _woken_tick(self) -> None:
+        # The pace is looked at again: another redraw may have gone out since this one was
+        # timed (a fold's last go, the clock), and two in a row leave a key press waiting.
+        delay = self._next_frame_at() - time.monotonic()
+        if delay > 0.001:
+            self.set_timer(delay, self._woken_tick)  # still pending: data wakes nobody else
+            self.tick(draw=False)
+            return
         self._wake_pending = False
         self.tick()
 
@@ -194,7 +214,12 @@ class SymwatchApp(App[None]):
 
     def _next_frame_at(self) -> float:
         now = self._refill()
-        at = self._last_tick_at + MIN_FRAME_S
+        # Also by the clock on the wall: after a redraw that took w seconds, none for
+        # w·(1/DATA_SHARE − 1). On a busy machine CPU time undercounts a redraw (waiting for
+        # the GIL, for a core), and redraws back to back leave no turn of the event loop in
+        # which a key press could arrive.
+        at = max(self._last_tick_at + MIN_FRAME_S,
+                 self._last_draw_end + self._last_draw_wall * (1 / DATA_SHARE - 1))
         return max(at, now - self._budget / DATA_SHARE) if self._budget < 0 else at
 
     def _clock_tick(self) -> None:
@@ -206,17 +231,34 @@ class SymwatchApp(App[None]):
             self._heap_checked_at = now
             self.long_lived.update(self.state.series_count())
 
-    def _frame_shown(self, cpu_started: float) -> None:
-        # CPU time of this (the UI) thread, not wall time: on a busy machine waiting for a
-        # core is not work of ours, and charging it would slow the view down for nothing.
+    def _charge(self, cpu_started: float) -> float:
+        """Take the UI thread's CPU time since `cpu_started` from the redraw budget. CPU time,
+        not wall time: on a busy machine waiting for a core is not work of ours, and charging
+        it would slow the view down for nothing."""
         self._refill()
         cost = time.thread_time() - cpu_started
-        self.frame_cost = 0.7 * self.frame_cost + 0.3 * cost
         self._budget -= cost
+        return cost
+
+    def _frame_shown(self, drawn_cost: float, cpu_drawn: float) -> None:
+        """The screen update after a redraw: the rest of the redraw's cost."""
+        cost = drawn_cost + self._charge(cpu_drawn)
+        self.frame_cost = 0.7 * self.frame_cost + 0.3 * cost
 
     def tick(self, draw: bool = True) -> None:
         """Drain the source, fold, redraw (if `draw`). Anything unexpected is counted, not
-        raised."""
+        raised. Input goes first: with a key or a click waiting, the tick comes back after it
+        (keys queued behind two data frames of a 1,000-layer table waited ~140 ms)."""
+        self._deferred_draw |= draw
+        if self._tick_deferred:
+            return  # a deferred tick is on its way and will do this one's work
+        if self._input_waiting() and self._deferrals < MAX_DEFERRALS:
+            self._deferrals += 1
+            self._tick_deferred = True
+            self.set_timer(INPUT_FIRST_S, self._deferred_tick)
+            return
+        self._deferrals = 0
+        draw, self._deferred_draw = self._deferred_draw, False
         now = self._clock()
         started = time.monotonic()
         cpu_started = time.thread_time()
@@ -235,12 +277,37 @@ class SymwatchApp(App[None]):
                 return
             self._last_tick_at = started
             drawn = self._drawn_revision
+            drawn_started = time.monotonic()
             self._draw(now)
             if self._drawn_revision != drawn:  # new data drawn: time it to the screen update
-                self.call_after_refresh(self._frame_shown, cpu_started)
+                # Charged now, not only once the screen has updated: redraws scheduled before
+                # that would otherwise run back to back, uncharged, with no screen update (and
+                # no turn of the event loop for a key press) in between.
+                cpu_drawn = time.thread_time()
+                drawn_cost = self._charge(cpu_started)
+                self._last_draw_end = time.monotonic()
+                self._last_draw_wall = self._last_draw_end - drawn_started
+                self.call_after_refresh(self._frame_shown, drawn_cost, cpu_drawn)
         except Exception as exc:  # noqa: BLE001 - the view must outlive any bad input
             self.tick_errors += 1
             self.last_tick_error = f"{type(exc).__name__}: {exc}"
+
+    def _deferred_tick(self) -> None:
+        self._tick_deferred = False
+        self.tick(draw=False)  # draws if a deferred tick was to (`_deferred_draw`)
+
+    def _input_waiting(self) -> bool:
+        """A key press or a mouse event in the app's queue (the deque inside Textual's queue,
+        `values`, or asyncio.Queue's `_queue`; where a Textual keeps it elsewhere nothing is
+        ever waiting and ticks are not deferred: tests/test_tui_app.py notices)."""
+        queue = self._message_queue
+        waiting = getattr(queue, "values", None)
+        if waiting is None:
+            waiting = getattr(queue, "_queue", ())
+        try:
+            return any(isinstance(m, (events.Key, events.MouseEvent)) for m in waiting)
+        except (TypeError, RuntimeError):
+            return False
 
     def _fold_more(self) -> None:
         """The next go of folding, after the key presses that queued up meanwhile; draws when

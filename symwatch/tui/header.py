@@ -76,5 +76,6 @@ class RunHeader(Static):
 
     def show(self, state: RunState, connection: str, *, endpoint: str, paused: bool,
              window: HistoryWindow | None = None) -> None:
+        # Two lines, fixed in app.tcss: no layout pass of the screen for new figures.
         self.update(header_text(state, connection, endpoint=endpoint, paused=paused,
-                                window=window))
+                                window=window), layout=False)

@@ -108,14 +108,17 @@ class LossPanel(Static):
     def show(self, state: RunState, window: HistoryWindow | None = None) -> None:
         rows = self.chart_rows()
         self.styles.height = rows + 1
-        self.update(loss_text(state, self.size.width or self.app.size.width, rows, window))
+        # layout=False: the height is set just above, the width is the screen's; a layout pass
+        # of the whole screen on every data frame cost more than drawing the frame.
+        self.update(loss_text(state, self.size.width or self.app.size.width, rows, window),
+                    layout=False)
 
 
 class GpuLine(Static):
     def show(self, state: RunState) -> None:
-        self.update(gpu_text(state.gpu))
+        self.update(gpu_text(state.gpu), layout=False)  # one line, fixed in app.tcss
 
 
 class EventsLog(Static):
     def show(self, state: RunState) -> None:
-        self.update(events_text(state, max(1, self.size.height or 3)))
+        self.update(events_text(state, max(1, self.size.height or 3)), layout=False)

@@ -171,7 +171,7 @@ class RanksLine(Static):
     def show(self, state: RunState) -> None:
         self.display = len(state.ranks) > 1
         if self.display:
-            self.update(ranks_line_text(state))
+            self.update(ranks_line_text(state), layout=False)  # one line, fixed height
 
 
 class RanksScreen(ModalScreen[None]):
