@@ -5,8 +5,9 @@
         [--only NAME ...] [--skip NAME ...]
 
 Runs, in sequence and each in its own process (so one's threads and memory do not disturb the
-next): overhead.py, sweep.py, detection.py, staircase.py, encoding.py (prints its table; it is
-kept in docs/protocol.md by hand), peers.py, latency.py. Sizes are chosen to finish within
+next): overhead.py, idle.py (prints its figure, quoted in the overhead section), sweep.py,
+detection.py, staircase.py, encoding.py (prints its table; it is kept in docs/protocol.md by
+hand), peers.py, latency.py. Sizes are chosen to finish within
 about 20 minutes on a 2-core CPU machine. detection.py gets `--tcpd` when given, or
 /work/shared/data/tcpd when that folder exists (without it the TCPD table is left out of its
 section). A failing benchmark is reported and the rest still run; the exit status is 1 if any
@@ -36,11 +37,12 @@ def plan(args: argparse.Namespace) -> list[tuple[str, list[str], bool]]:
     tcpd = args.tcpd or (DEFAULT_TCPD if DEFAULT_TCPD.is_dir() else None)
     return [
         ("overhead", ["--trials", "11", "--steps", "1500"], True),
+        ("idle", ["--seconds", "10", "--rounds", "3"], False),
         ("sweep", ["--repeats", "3"], True),
         ("detection", ["--tcpd", str(tcpd)] if tcpd else [], True),
         ("staircase", ["--steps", "1000", "--seeds", "0", "1", "2"], True),
         ("encoding", ["--repeat", "5"], False),
-        ("peers", ["--rounds", "8", "--steps", "60"], True),
+        ("peers", ["--rounds", "6", "--steps", "60"], True),
         ("latency", ["--latency-seconds", "20", "--flood-seconds", "4",
                      "--scale-seconds", "120", "--scale-simulated-steps", "5000"], True),
     ]

@@ -227,6 +227,7 @@ class LayerTable(DataTable[Text]):
             return
         changed = False
         first, last = self._visible_rows()
+        in_view: list[LayerState] = []
         for layer in state.layers.values():
             if layer.name not in self.rows:
                 if matches(layer, self.order.filter):
@@ -238,7 +239,8 @@ class LayerTable(DataTable[Text]):
                 # cost the UI thread most of its time.
                 changed = True
                 if first <= self.get_row_index(layer.name) <= last:
-                    self._update_row(layer, layout)
+                    in_view.append(layer)
+        self._update_rows(in_view, layout)
         if changed:
             self._apply_sort(state)
 
@@ -257,10 +259,12 @@ class LayerTable(DataTable[Text]):
     def _update_visible(self, state: RunState, layout: Layout) -> None:
         """Rows that came into view with cells older than their layer's latest sample."""
         first, last = self._visible_rows()
+        behind: list[LayerState] = []
         for row in self.ordered_rows[max(0, first):max(0, last + 1)]:
             layer = state.layers.get(str(row.key.value))
             if layer is not None and self._signature.get(layer.name) != _signature(layer):
-                self._update_row(layer, layout)
+                behind.append(layer)
+        self._update_rows(behind, layout)
 
     def _apply_sort(self, state: RunState, keep: str | None = None) -> None:
         """Order the rows by `self.order`, the cursor staying on the layer it was on (`keep`,
@@ -358,40 +362,52 @@ class LayerTable(DataTable[Text]):
         for key, text in cells.items():
             self._shown[(layer.name, key)] = text.plain
 
-    def _update_row(self, layer: LayerState, layout: Layout) -> None:
-        self._signature[layer.name] = _signature(layer)
-        changed: dict[str, Text] = {}
-        for key, text in self._cells(layer, layout).items():
-            if self._shown.get((layer.name, key)) != text.plain:
-                changed[key] = text
-                self._shown[(layer.name, key)] = text.plain
-        if changed:
-            self._replace_cells(layer.name, changed)
+    def _update_rows(self, layers: list[LayerState], layout: Layout) -> None:
+        """Re-render these rows' cells; only the cells whose text changed are replaced."""
+        changes: dict[str, dict[str, Text]] = {}
+        for layer in layers:
+            self._signature[layer.name] = _signature(layer)
+            changed: dict[str, Text] = {}
+            for key, text in self._cells(layer, layout).items():
+                if self._shown.get((layer.name, key)) != text.plain:
+                    changed[key] = text
+                    self._shown[(layer.name, key)] = text.plain
+            if changed:
+                changes[layer.name] = changed
+        if changes:
+            self._replace_cells(changes)
 
-    def _replace_cells(self, row: str, cells: dict[str, Text]) -> None:
-        """Put new cells in one row and forget only that row's rendering.
+    def _replace_cells(self, changes: dict[str, dict[str, Text]]) -> None:
+        """Put new cells in these rows ({row: {column: cell}}) and forget only those rows'
+        rendering.
 
         DataTable.update_cell bumps a table-wide counter that is part of every render cache
         key, so each updated cell made the next frame render every visible cell again: with
         1,000 layers at 10 Hz that was ~150 ms of rendering per frame, and a key press waited
-        behind it. Here the counter stays, and the caches lose only this row's entries (cells
-        and lines are keyed by row key, the per-row renderables by row index); the other rows'
-        cached lines are reused. Textual's private caches: should a version rename them, the
-        plain update_cell still works, only slower (tests/test_tui_widgets.py watches both)."""
+        behind it. Here the counter stays, and the caches lose only these rows' entries (cells
+        and lines are keyed by row key, the per-row renderables by row index), in one pass
+        over each cache for all the rows; the other rows' cached lines are reused. Textual's
+        private caches: should a version rename them, the plain update_cell still works, only
+        slower (tests/test_tui_app.py notices)."""
+        indices: set[int] = set()
         try:
-            data = self._data[RowKey(row)]
-            index = self._row_locations.get(RowKey(row))
-            for key, text in cells.items():
-                data[ColumnKey(key)] = text
-            for cache, position, value in ((self._cell_render_cache, 0, row),
-                                           (self._row_render_cache, 0, row),
-                                           (self._row_renderable_cache, 1, index)):
-                for entry in [k for k in cache.keys() if k[position] == value]:
+            for row, cells in changes.items():
+                data = self._data[RowKey(row)]
+                for key, text in cells.items():
+                    data[ColumnKey(key)] = text
+                indices.add(self._row_locations.get(RowKey(row)))
+            rows = set(changes)  # a RowKey hashes and compares as its string
+            for cache, position, wanted in ((self._cell_render_cache, 0, rows),
+                                            (self._row_render_cache, 0, rows),
+                                            (self._row_renderable_cache, 1, indices)):
+                for entry in [k for k in cache.keys() if k[position] in wanted]:
                     cache.discard(entry)
             self._line_cache.clear()  # keyed by screen line: cheap to rebuild from rows
         except (AttributeError, KeyError, TypeError, IndexError):
-            for key, text in cells.items():
-                self.update_cell(row, key, text)
+            for row, cells in changes.items():
+                for key, text in cells.items():
+                    self.update_cell(row, key, text)
             return
-        if index is not None:
-            self.refresh_row(index)
+        for index in indices:
+            if index is not None:
+                self.refresh_row(index)
