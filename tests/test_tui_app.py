@@ -353,6 +353,38 @@ async def test_a_tick_waits_for_input_already_queued():
         await until(pilot, lambda: app.state.messages == 1, what="the deferred tick")
 
 
+async def test_scrolling_back_renders_the_rows_on_screen_then_the_margin():
+    # A new window re-renders every row in view from the history tiers: the key's frame gets
+    # the rows on screen, the margin above and below them comes right after it.
+    from symwatch.tui.layer_table import VISIBLE_MARGIN, _signature
+
+    def metrics(step: int) -> protocol.Message:
+        return protocol.decode(list(protocol.encode(
+            protocol.METRICS, run="r", rank=0, restart=0, seq=step, time=float(step),
+            step=step, payload={"values": {f"l{j:03d}": {"weight_norm": float(step + j)}
+                                           for j in range(120)}})))
+    app = SymwatchApp(ListSource([metrics(i) for i in range(1, 41)]), tick_s=0.05)
+    async with app.run_test(size=(120, 30)) as pilot:
+        table = app.query_one(LayerTable)
+        await until(pilot, lambda: app.state.messages == 40 and table.row_count == 120)
+        await pilot.pause(0.2)
+        on_screen_first: list[tuple[int, int]] = []
+        visible = table._visible_rows
+
+        def noted(margin: int = VISIBLE_MARGIN) -> tuple[int, int]:
+            on_screen_first.append((margin, table.row_count))
+            return visible(margin)
+        table._visible_rows = noted
+        await pilot.press("left_square_bracket")
+        assert app.paused and (0, 120) in on_screen_first
+        first, last = visible(VISIBLE_MARGIN)
+        rows = [str(r.key.value) for r in table.ordered_rows[max(0, first):last + 1]]
+        await until(pilot, lambda: all(
+            table._signature.get(name) == _signature(app.state.layers[name]) for name in rows),
+            what="the margin rows rendered after the frame")
+        assert table._signature.get("l119") is None  # far below: rendered when scrolled to
+
+
 async def test_make_app_uses_a_background_feed(fake_agent):
     agent = fake_agent()
     app = make_app(agent.endpoint, title="t")

@@ -150,6 +150,7 @@ class LayerTable(DataTable[Text]):
         # The stretch of the run shown (symwatch.tui.history_view); live: the newest samples.
         self.window = HistoryWindow()
         self._state: RunState | None = None  # the last synced state, for rows scrolled into view
+        self._on_screen_first = False  # the next sync renders no margin (a new window)
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
                      cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
@@ -213,6 +214,9 @@ class LayerTable(DataTable[Text]):
         if window != self.window:
             self.window = window
             self._signature.clear()
+            # The key's frame gets the rows on screen; the margin above and below follows
+            # just after it (a 1,000-layer table: a quarter less work before the frame).
+            self._on_screen_first = True
 
     def sync(self, state: RunState) -> None:
         self._state = state
@@ -226,7 +230,10 @@ class LayerTable(DataTable[Text]):
             self._apply_sort(state, keep=current)
             return
         changed = False
-        first, last = self._visible_rows()
+        first, last = self._visible_rows(0 if self._on_screen_first else VISIBLE_MARGIN)
+        if self._on_screen_first:
+            self._on_screen_first = False
+            self.call_after_refresh(self._update_margin)
         in_view: list[LayerState] = []
         for layer in state.layers.values():
             if layer.name not in self.rows:
@@ -244,11 +251,15 @@ class LayerTable(DataTable[Text]):
         if changed:
             self._apply_sort(state)
 
-    def _visible_rows(self) -> tuple[int, int]:
+    def _visible_rows(self, margin: int = VISIBLE_MARGIN) -> tuple[int, int]:
         """Indices of the rows in view, with a margin."""
         top = int(self.scroll_y)
         height = max(1, (self.size.height or self.app.size.height) - self.header_height)
-        return top - VISIBLE_MARGIN, top + height + VISIBLE_MARGIN
+        return top - margin, top + height + margin
+
+    def _update_margin(self) -> None:
+        if self._state is not None and self._layout is not None:
+            self._update_visible(self._state, self._layout)
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
