@@ -20,6 +20,7 @@ import pytest
 
 from symwatch import protocol
 from symwatch.recording import RecordingReader
+from waiting import until
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="the training loop needs torch")
@@ -309,7 +310,7 @@ def test_an_indicator_that_raises_is_switched_off_and_reported_once(monkeypatch,
         samples = agent.samples
         train(40)
         assert agent.samples > samples  # sampling carries on
-        assert _until(lambda: "mirrors" in agent.engine.switched_off)
+        assert until(lambda: "mirrors" in agent.engine.switched_off)
         messages = _history_messages(agent)
     finally:
         agent.close()
@@ -323,15 +324,6 @@ def test_an_indicator_that_raises_is_switched_off_and_reported_once(monkeypatch,
     for layer, values in latest.get("values").items():
         assert isinstance(values.get("weight_norm"), float), (layer, values)  # others go on
         assert values.get("mirror_rank") is None
-
-
-def _until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_ten_thousand_optimizer_steps_are_all_counted_and_samples_published():
@@ -348,7 +340,7 @@ def test_ten_thousand_optimizer_steps_are_all_counted_and_samples_published():
             opt.step()
         assert agent.steps == 10_000
         assert agent.samples >= 1  # the first step always samples; the budget may skip others
-        assert _until(lambda: any(m.kind == protocol.METRICS for m in _history_messages(agent)))
+        assert until(lambda: any(m.kind == protocol.METRICS for m in _history_messages(agent)))
         messages = _history_messages(agent)
     finally:
         agent.close()

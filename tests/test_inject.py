@@ -6,6 +6,7 @@ the injection lands is known without timing anything; every wait has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -293,37 +295,44 @@ def test_agent_that_cannot_be_imported_leaves_the_run_as_it_was(gdb_attach, unin
     assert "symwatch" not in err
 
 
-def _blocked_in_read(then: str) -> subprocess.Popen:
+@contextlib.contextmanager
+def _blocked_in_read(then: str) -> Iterator[subprocess.Popen]:
     """A Python process (torch loaded) whose main thread sits in read(2) on its stdin pipe, so
-    no Python code runs and no safe point comes; after one byte arrives it runs `then`."""
+    no Python code runs and no safe point comes; after one byte arrives it runs `then`. Killed
+    on the way out if the test did not let it finish."""
     proc = subprocess.Popen([sys.executable, "-c",
                              "import sys, torch; print('ready', flush=True); "
                              f"sys.stdin.buffer.read(1); {then}"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "ready\n"
-    return proc
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _woke_unharmed(proc: subprocess.Popen) -> None:
+    """Send the byte it waits for: it must run its code and exit cleanly (no trap was left
+    in it, which would kill it with SIGTRAP at its next pending call)."""
+    out, err = proc.communicate("x", timeout=DEADLINE_S)
+    assert proc.returncode == 0, err
+    assert out == "woke\n"
 
 
 def test_process_blocked_in_c_is_left_untouched(method, monkeypatch, capsys):
     # The main thread sits in read(2) on a pipe: no Python code runs, so no safe point comes.
     monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
-    proc = _blocked_in_read("print('woke', flush=True)")
-    try:
+    with _blocked_in_read("print('woke', flush=True)") as proc:
         assert main(["inject", str(proc.pid), "--method", method]) == 1
         assert "ran no Python code in its main thread" in capsys.readouterr().err
         status = Path(f"/proc/{proc.pid}/status").read_text()
         assert "\nTracerPid:\t0\n" in status  # detached
         assert "\nState:\tT" not in status  # and not left stopped
-        # The queued no-op runs, harmless: no breakpoint was left in PyCallable_Check (a trap
-        # left there would kill the process with SIGTRAP).
-        out, err = proc.communicate("x", timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert out == "woke\n"
+        # The queued no-op runs, harmless: no breakpoint was left in PyCallable_Check.
+        _woke_unharmed(proc)
 
 
 def test_lldb_that_goes_on_waiting_is_stopped_without_leaving_its_breakpoint(
@@ -333,18 +342,11 @@ def test_lldb_that_goes_on_waiting_is_stopped_without_leaving_its_breakpoint(
     # of PyCallable_Check, or the process dies of SIGTRAP at its next pending call.
     monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
     monkeypatch.setattr(injector, "LLDB_GIVE_UP_S", -1.0)
-    proc = _blocked_in_read("callable(len); print('woke', flush=True)")
-    try:
+    with _blocked_in_read("callable(len); print('woke', flush=True)") as proc:
         assert main(["inject", str(proc.pid), "--method", "lldb"]) == 1
         assert "ran no Python code in its main thread" in capsys.readouterr().err
         assert "\nTracerPid:\t0\n" in Path(f"/proc/{proc.pid}/status").read_text()
-        out, err = proc.communicate("x", timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert out == "woke\n"
+        _woke_unharmed(proc)
 
 
 def _other_python() -> str | None:

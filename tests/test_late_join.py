@@ -19,18 +19,10 @@ from symwatch.client import BackgroundFeed
 from symwatch.late_join import LateJoin, fetch_snapshot, usable_history_endpoint
 from symwatch.recording import RecordingReader
 from symwatch.state import RunState
+from waiting import until
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="the training run needs torch")
-
-
-def _until(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 # -- the agent's bounded history (no sockets) ---------------------------------------------------
@@ -125,7 +117,7 @@ def test_history_endpoint_must_be_on_the_publishers_own_host():
 def test_a_late_join_without_history_lets_live_messages_through(fake_agent):
     agent = fake_agent()  # speaks v1 without a history socket
     with BackgroundFeed(agent.endpoint) as feed:
-        assert _until(lambda: (agent.heartbeat(), feed.wait_for_message(0.02))[1])
+        assert until(lambda: (agent.heartbeat(), feed.wait_for_message(0.02))[1])
         assert feed.poll()[0].kind == protocol.HEARTBEAT
         assert feed.late_join.done and feed.late_join.error == "the agent serves no history"
 
@@ -254,12 +246,12 @@ def test_a_late_viewer_sees_the_runs_history_then_live_messages(late_run):
     assert agent.history is not None and agent._publisher.history_endpoint
     state = RunState(history=1000)
     with BackgroundFeed(agent.endpoint) as feed:
-        assert _until(lambda: (state.fold_all(feed.poll(50)), state.layers)[1], 20)
+        assert until(lambda: (state.fold_all(feed.poll(50)), state.layers)[1], 20)
         join = feed.late_join
         assert join.done and join.error is None and join.snapshot_messages > 100
         _assert_sees_the_early_staircase(state)
         heartbeats = state.messages
-        assert _until(lambda: (state.fold_all(feed.poll(50)), state.messages > heartbeats)[1])
+        assert until(lambda: (state.fold_all(feed.poll(50)), state.messages > heartbeats)[1])
     assert agent._publisher.snapshots_served >= 1
 
 
@@ -291,7 +283,7 @@ def test_the_history_socket_counts_and_ignores_anything_but_a_request(late_run):
         for frames in ([b"snapshot", b"not json"], [b"metrics", b"{}"], [b"a", b"b", b"c"],
                        [b"snapshot", b'{"v":1,"max_bytes":"all"}']):
             dealer.send_multipart(frames)
-        assert _until(lambda: publisher.history_garbage == 4)
+        assert until(lambda: publisher.history_garbage == 4)
         assert not dealer.poll(200)  # nothing answered
         result = fetch_snapshot(publisher.history_endpoint, context=ctx, max_bytes=10**6)
         assert not isinstance(result, str), result
@@ -310,7 +302,7 @@ def test_symwatch_record_started_late_records_the_history(late_run, tmp_path):
                              "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        assert _until(lambda: out.exists() and _metrics_in(out) > 100, 30), proc.poll()
+        assert until(lambda: out.exists() and _metrics_in(out) > 100, 30), proc.poll()
     finally:
         run.finish()  # goodbye: the recorder stops by itself
         try:

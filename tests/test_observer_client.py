@@ -10,15 +10,7 @@ import pytest
 
 from symwatch import protocol
 from symwatch.client import BackgroundFeed, EndpointError, ListSource, Subscriber, validate_endpoint
-
-
-def _until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+from waiting import until
 
 
 def _joined(agent, sub: Subscriber, timeout: float = 5.0) -> list[protocol.Message]:
@@ -111,7 +103,7 @@ def test_wrong_version_error_says_what_to_do(fake_agent):
     with Subscriber(agent.endpoint) as sub:
         _joined(agent, sub)
         agent.raw(b"heartbeat", json.dumps({"v": 2, "kind": "heartbeat"}).encode())
-        assert _until(lambda: sub.poll(10) == [] and sub.garbage == 1)
+        assert until(lambda: sub.poll(10) == [] and sub.garbage == 1)
         assert "protocol version 2 is not 1" in sub.last_error
 
 
@@ -122,7 +114,7 @@ def test_oversize_message_is_counted_and_the_connection_heals(fake_agent):
     with Subscriber(agent.endpoint) as sub:
         _joined(agent, sub)
         agent.raw(b"metrics", b"x" * (protocol.MAX_MESSAGE_BYTES + 1))
-        assert _until(lambda: sub.poll(20) is not None and sub.resets == 1)
+        assert until(lambda: sub.poll(20) is not None and sub.resets == 1)
         assert sub.garbage == 1
         assert "protocol error" in sub.last_error
         assert _joined(agent, sub)  # messages flow again
@@ -136,7 +128,7 @@ def test_max_batch_bounds_one_poll(fake_agent):
         _joined(agent, sub)
         for _ in range(12):
             agent.heartbeat()
-        assert _until(lambda: sub._sock.poll(0) != 0)
+        assert until(lambda: sub._sock.poll(0) != 0)
         time.sleep(0.1)
         assert len(sub.poll(100)) == 5
         assert len(_collect(sub, 7)) == 7
@@ -164,7 +156,7 @@ def test_background_feed_queues_messages_and_closes(fake_agent):
         assert got and got[0].kind == "heartbeat"
         agent.raw(b"garbage")
         agent.meta()
-        assert _until(lambda: feed.garbage == 1)
+        assert until(lambda: feed.garbage == 1)
         assert any(m.kind == "meta" for m in feed.poll(500))
     finally:
         feed.close()
@@ -179,7 +171,7 @@ def test_background_feed_calls_back_in_its_own_thread(fake_agent):
         seen.extend((m.kind, threading.current_thread().name) for m in batch)
 
     with BackgroundFeed(agent.endpoint, on_messages=on_messages) as feed:
-        assert _until(lambda: (agent.heartbeat(), bool(seen))[1])
+        assert until(lambda: (agent.heartbeat(), bool(seen))[1])
         assert feed.poll() == []  # callback mode does not queue
     assert seen[0][0] == "heartbeat"
     assert seen[0][1].startswith("symwatch-feed")
@@ -188,10 +180,10 @@ def test_background_feed_calls_back_in_its_own_thread(fake_agent):
 def test_background_feed_bounds_its_queue(fake_agent):
     agent = fake_agent()
     with BackgroundFeed(agent.endpoint, max_queue=10) as feed:
-        assert _until(lambda: (agent.heartbeat(), feed.wait_for_message(0.02))[1])
+        assert until(lambda: (agent.heartbeat(), feed.wait_for_message(0.02))[1])
         for _ in range(50):
             agent.heartbeat()
-        assert _until(lambda: feed.overflow > 0)
+        assert until(lambda: feed.overflow > 0)
         assert len(feed.poll()) <= 10
 
 

@@ -14,18 +14,10 @@ from symwatch import protocol
 from symwatch.late_join import Snapshot, fetch_snapshot
 from symwatch_agent.history import History
 from symwatch_agent.publisher import MAX_SLEEP_S, Publisher
+from waiting import until
 
 # Well under MAX_SLEEP_S: an answer within this came from a wake-up, not from the safety cap.
 PROMPT_S = MAX_SLEEP_S / 2
-
-
-def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture
@@ -50,7 +42,7 @@ def _event(text: str) -> dict[str, str]:
 
 def _settled(pub: Publisher) -> None:
     """Wait until the thread has sent everything queued and gone back to sleep."""
-    assert _until(lambda: pub._queue.empty())
+    assert until(lambda: pub._queue.empty())
     before = -1
     while before != pub.wakeups:  # no wake-up for 0.1 s: asleep in its poll
         before = pub.wakeups
@@ -62,7 +54,7 @@ def test_an_idle_publisher_with_a_history_socket_does_not_poll(publisher):
     pub = publisher(history=History())
     assert pub.history_endpoint
     pub.submit(protocol.EVENT, _event("started"), 0)
-    assert _until(lambda: pub.sent == 1)
+    assert until(lambda: pub.sent == 1)
     _settled(pub)
     before = pub.wakeups
     time.sleep(1.0)
@@ -72,7 +64,7 @@ def test_an_idle_publisher_with_a_history_socket_does_not_poll(publisher):
 def test_a_late_join_request_wakes_an_idle_publisher(publisher):
     pub = publisher(history=History())
     pub.submit(protocol.EVENT, _event("before the viewer"), 3)
-    assert _until(lambda: pub.sent == 1)
+    assert until(lambda: pub.sent == 1)
     _settled(pub)
     asked = time.monotonic()
     result = fetch_snapshot(pub.history_endpoint, timeout_s=PROMPT_S)
@@ -80,14 +72,14 @@ def test_a_late_join_request_wakes_an_idle_publisher(publisher):
     assert time.monotonic() - asked < PROMPT_S
     assert [m.payload["message"] for m in result.messages] == ["before the viewer"]
     assert result.end.complete
-    assert _until(lambda: pub.snapshots_served == 1)  # counted just after the end is sent
+    assert until(lambda: pub.snapshots_served == 1)  # counted just after the end is sent
 
 
 def test_a_burst_of_submits_is_all_sent_when_wake_ups_coalesce(publisher, collector):
     pub = publisher(history=History(), queue_size=1000)
     sub = collector(pub.endpoint)
     # The subscription takes a moment to reach the PUB socket: probe until one arrives.
-    assert _until(lambda: (pub.submit(protocol.EVENT, _event("probe"), 0),
+    assert until(lambda: (pub.submit(protocol.EVENT, _event("probe"), 0),
                            sub.drain(0.05), bool(sub.messages))[-1])
     _settled(pub)
     sub.drain(0.2)
@@ -96,7 +88,7 @@ def test_a_burst_of_submits_is_all_sent_when_wake_ups_coalesce(publisher, collec
     burst = 500
     accepted = [pub.submit(protocol.EVENT, _event(f"burst {i}"), i) for i in range(burst)]
     assert all(accepted) and pub.dropped == 0
-    assert _until(lambda: pub.sent == first + burst, PROMPT_S), pub.sent - first
+    assert until(lambda: pub.sent == first + burst, PROMPT_S), pub.sent - first
     sub.wait_for(lambda m: m.step == burst - 1, timeout=PROMPT_S)
     got = [m.step for m in sub.of_kind(protocol.EVENT) if m.payload["message"].startswith("burst")]
     assert got == list(range(burst))
@@ -116,7 +108,7 @@ def test_a_message_submitted_from_the_publisher_thread_is_sent_promptly(publishe
     pub = publisher(history=History(), report=report)
     _settled(pub)
     pub.submit(protocol.METRICS, broken, 1)
-    assert _until(lambda: pub.sent == 1, PROMPT_S)
+    assert until(lambda: pub.sent == 1, PROMPT_S)
     (_, body), = pub._history.snapshot(1 << 20)[0]
     assert b"build:metrics" in body
 
@@ -128,7 +120,7 @@ def test_periodic_jobs_on_one_grid_share_wake_ups():
     pub.add_periodic(0.2, lambda: calls.append("seldom"))
     pub.start()
     try:
-        assert _until(lambda: calls.count("seldom") >= 8)
+        assert until(lambda: calls.count("seldom") >= 8)
         woke = pub.wakeups
         often = calls.count("often")
     finally:
@@ -169,7 +161,7 @@ def test_a_forked_child_submitting_neither_blocks_nor_breaks_the_parent(publishe
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(done[1]) == 0
     pub.submit(protocol.EVENT, _event("from the parent"), 0)
-    assert _until(lambda: pub.sent == 1, PROMPT_S)
+    assert until(lambda: pub.sent == 1, PROMPT_S)
     assert pub.sent == 1  # the child's messages stayed in the child's copy of the queue
 
 
@@ -190,4 +182,4 @@ def test_a_wake_up_is_not_skipped_because_another_writer_holds_the_lock(publishe
     finally:
         pub._wake_lock.release()
     sender.join(5)
-    assert _until(lambda: pub.sent == 1, 1.0), "the item waited for the safety cap"
+    assert until(lambda: pub.sent == 1, 1.0), "the item waited for the safety cap"

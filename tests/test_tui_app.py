@@ -57,6 +57,13 @@ def publish_sample(agent, step: int = 10) -> None:
     agent.send(protocol.STATS, step, loss=0.5, steps_per_s=8.0, overhead=0.004)
 
 
+async def sampled(pilot, agent, app, step: int = 10) -> None:
+    """Join, publish `publish_sample`'s three layers, and wait until the table shows them."""
+    await join(pilot, agent, app)
+    publish_sample(agent, step=step)
+    await until(pilot, lambda: app.query_one(LayerTable).row_count == 3, what="3 rows")
+
+
 def app_on(agent, **kw) -> SymwatchApp:
     kw.setdefault("tick_s", 0.05)
     return SymwatchApp(Subscriber(agent.endpoint), owns_source=True, **kw)
@@ -74,9 +81,7 @@ async def test_states_waiting_live_stale_finished(fake_agent):
         assert app.query_one("#main").has_class("-waiting")
         assert not app.query_one(LayerTable).display
 
-        await join(pilot, agent, app)
-        publish_sample(agent)
-        await until(pilot, lambda: app.query_one(LayerTable).row_count == 3, what="3 rows")
+        await sampled(pilot, agent, app)
         await until(pilot, lambda: "LIVE" in text_of(app.query_one(RunHeader)))
         assert not banner.display and not app.query_one("#main").has_class("-waiting")
 
@@ -126,9 +131,7 @@ async def test_a_new_sample_of_one_layer_redraws_that_row_alone(fake_agent):
     agent = fake_agent()
     app = app_on(agent)
     async with app.run_test(size=(120, 40)) as pilot:
-        await join(pilot, agent, app)
-        publish_sample(agent, step=10)
-        await until(pilot, lambda: app.query_one(LayerTable).row_count == 3)
+        await sampled(pilot, agent, app, step=10)
         table = app.query_one(LayerTable)
         await pilot.pause(0.2)
 
@@ -178,9 +181,7 @@ async def test_values_update_in_place(fake_agent):
     agent = fake_agent()
     app = app_on(agent)
     async with app.run_test(size=(120, 40)) as pilot:
-        await join(pilot, agent, app)
-        publish_sample(agent)
-        await until(pilot, lambda: app.query_one(LayerTable).row_count == 3)
+        await sampled(pilot, agent, app)
         table = app.query_one(LayerTable)
         columns_before = list(table.columns)
         for step, value in ((20, 3.0), (30, 4.0)):
@@ -286,9 +287,7 @@ async def test_agent_restart_resets_the_view(fake_agent):
     agent = fake_agent()
     app = app_on(agent)
     async with app.run_test(size=(120, 40)) as pilot:
-        await join(pilot, agent, app)
-        publish_sample(agent)
-        await until(pilot, lambda: app.query_one(LayerTable).row_count == 3)
+        await sampled(pilot, agent, app)
         agent.run, agent.seq = "run-bbbb", 0
         agent.meta(name="second", layers=(("head", "Linear", [2, 2]),))
         await until(pilot, lambda: [r.value for r in app.query_one(LayerTable).rows] == ["head"])
@@ -300,9 +299,7 @@ async def test_small_terminal_still_shows_everything(fake_agent):
     agent = fake_agent()
     app = app_on(agent)
     async with app.run_test(size=(80, 24)) as pilot:
-        await join(pilot, agent, app)
-        publish_sample(agent)
-        await until(pilot, lambda: app.query_one(LayerTable).row_count == 3)
+        await sampled(pilot, agent, app)
         assert cell(app, "fc1", column_key("stable_rank")).split()[-1] == "2.048"
         assert "loss 0.5" in text_of(app.query_one(RunHeader))
         table = app.query_one(LayerTable)
@@ -390,9 +387,7 @@ async def test_make_app_uses_a_background_feed(fake_agent):
     app = make_app(agent.endpoint, title="t")
     feed = app.source
     async with app.run_test(size=(120, 40)) as pilot:
-        await join(pilot, agent, app)
-        publish_sample(agent)
-        await until(pilot, lambda: app.query_one(LayerTable).row_count == 3)
+        await sampled(pilot, agent, app)
         assert app.title == "t"
     await asyncio.sleep(0)
     assert not feed.alive  # closed with the app

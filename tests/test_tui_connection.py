@@ -14,7 +14,7 @@ from symwatch.tui.banner import ConnectionBanner
 from symwatch.tui.header import RunHeader
 from symwatch.tui.layer_table import LayerTable
 from symwatch.tui.panels import EventsLog
-from tests.test_tui_app import join, publish_sample, text_of, until
+from tests.test_tui_app import join, publish_sample, sampled, text_of, until
 
 
 def _restart_on_the_same_endpoint(agent, run: str) -> None:
@@ -37,9 +37,7 @@ async def test_a_dropped_connection_shows_reconnecting_then_the_restarted_run(fa
     # stale only after a minute: what the view shows below comes from the socket, not silence
     app = feed_app(agent, stale_after=60.0)
     async with app.run_test(size=(120, 40)) as pilot:
-        await join(pilot, agent, app)
-        publish_sample(agent)
-        await until(pilot, lambda: app.query_one(LayerTable).row_count == 3, what="rows")
+        await sampled(pilot, agent, app)
         assert app.connection() == LIVE and "LIVE" in text_of(app.query_one(RunHeader))
 
         agent.sock.close(0)  # the training process died

@@ -5,11 +5,7 @@ from __future__ import annotations
 from symwatch import protocol
 from symwatch.state import FLAG_SAMPLES
 from symwatch.tui.layer_table import LayerTable
-from tests.test_tui_app import app_on, cell, join, publish_sample, until
-
-
-def _has_row(app, layer: str) -> bool:
-    return layer in app.query_one(LayerTable).rows
+from tests.test_tui_app import app_on, cell, join, publish_sample, sampled, until
 
 
 def _transition(agent, step: int = 12) -> None:
@@ -29,9 +25,7 @@ async def test_a_transition_flags_its_layers_rows_then_the_flag_fades(fake_agent
     bells = []
     app.bell = lambda: bells.append(1)  # the terminal bell itself is not observable here
     async with app.run_test(size=(120, 40)) as pilot:
-        await join(pilot, agent, app)
-        publish_sample(agent, step=10)
-        await until(pilot, lambda: _has_row(app, "fc1"), what="row")
+        await sampled(pilot, agent, app)
         _transition(agent)
         await until(pilot, lambda: cell(app, "fc1", "layer").startswith("▲ fc1"), what="flag")
         assert cell(app, "conv1", "layer").startswith("▼ conv1")
