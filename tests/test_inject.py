@@ -198,7 +198,7 @@ def test_injected_mid_run_publishes_once_and_trains_the_same_weights(
     try:
         run.wait_paused(50)
         inject = subprocess.Popen([*SYMWATCH, "inject", str(run.pid), "--every", "1",
-                                   "--budget", "1", "--method", method],
+                                   "--budget", "1", "--full-every", "2", "--method", method],
                                   stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         progress = Lines(inject.stderr)
@@ -229,6 +229,11 @@ def test_injected_mid_run_publishes_once_and_trains_the_same_weights(
         warnings = [m.payload["message"] for m in sub.of_kind(protocol.EVENT)
                     if m.payload.get("severity") == "warning"]
         assert warnings == []
+        # the agent options reached watch(): every step sampled, every second one full
+        steps = sorted(m.step for m in sub.of_kind(protocol.METRICS))
+        full = sorted(m.step for m in sub.of_kind(protocol.METRICS) if "detail" in m.payload)
+        assert steps == list(range(steps[0], steps[-1] + 1)) and len(full) >= 2
+        assert {b - a for a, b in zip(full, full[1:])} == {2}, full
     finally:
         run.kill()
     assert _result_lines(out) == uninjected  # exactly the same training

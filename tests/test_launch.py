@@ -82,6 +82,38 @@ def test_third_party_script_is_watched_and_unchanged(collector, tmp_path):
     assert err.decode().count(WATCHING) == 1
 
 
+def test_full_every_from_the_command_line_spaces_the_full_tier(collector, tmp_path):
+    """`symwatch run --every 1 --budget 1 --full-every 3`: every step sampled, and exactly
+    one sample in three is full (spectra and unit detail), the others cheap."""
+    stop = tmp_path / "stop"
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    sub = collector(endpoint)
+    proc = subprocess.Popen([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1",
+                             "--budget", "1", "--full-every", "3", "--quiet", "--",
+                             sys.executable, TRAIN, "--steps", "40", "--sleep", "0.02",
+                             "--until", str(stop)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step >= 20, timeout=DEADLINE_S)
+        stop.touch()
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err.decode()
+    sub.drain()
+    metrics = sorted(sub.of_kind(protocol.METRICS), key=lambda m: m.step)
+    steps = [m.step for m in metrics]
+    assert steps == list(range(steps[0], steps[0] + len(steps))), steps  # every step sampled
+    full = [m.step for m in metrics if "detail" in m.payload]
+    assert len(full) >= 6 and {b - a for a, b in zip(full, full[1:])} == {3}, full
+    cheap = [m for m in metrics if m.step not in full]
+    assert all(m.payload["values"]["proj"].get("effective_rank") is None for m in cheap)
+    assert all(m.payload["values"]["proj"]["effective_rank"] is not None
+               for m in metrics if m.step in full)
+
+
 def test_dataloader_workers_start_no_agent():
     # Forked workers inherit the hooks, spawned ones run the bootstrap afresh: neither steps
     # an optimizer, so the only agent is the main process's.
@@ -240,3 +272,12 @@ def test_rank_endpoints_do_not_collide():
     assert boot.rank_endpoint("ipc:///tmp/run.sock", 1) == "ipc:///tmp/run.sock.1"
     assert boot.rank_endpoint("tcp://127.0.0.1:60{rank}", 3) == "tcp://127.0.0.1:603"
     assert "sitecustomize" not in sys.modules or sys.modules["sitecustomize"] is not boot
+
+
+@pytest.mark.parametrize("value, expected", [("4", 4), ("0", None), ("often", None), ("", None)])
+def test_bootstrap_reads_full_every_and_ignores_a_bad_value(monkeypatch, capsys, value, expected):
+    boot = _bootstrap_module()
+    monkeypatch.setenv("SYMWATCH_FULL_EVERY", value)
+    assert boot._options().get("full_every") == expected
+    err = capsys.readouterr().err
+    assert ("ignoring $SYMWATCH_FULL_EVERY" in err) == (value in ("0", "often"))

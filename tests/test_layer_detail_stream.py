@@ -117,6 +117,30 @@ def test_duplicate_groups_join_links_transitively_and_cap_whole_groups():
     assert layer_detail._cap_groups([[0, 1, 2, 3]], 2) == [[0, 1]]
 
 
+def test_to_wire_groups_equal_the_union_find_over_every_unit():
+    """to_wire reads only the linked units off the tensor; the clusters must be the ones the
+    union–find over every unit's link finds (random forests of lower-indexed links)."""
+    gen = torch.Generator().manual_seed(3)
+    rows = []
+    for _ in range(6):
+        m = 300
+        links = torch.full((m,), -1, dtype=torch.long)
+        picked = torch.randperm(m - 1, generator=gen)[:40] + 1
+        for i in picked.tolist():
+            links[i] = int(torch.randint(0, i, (1,), generator=gen))
+        rows.append(links)
+    rows.append(torch.full((300,), -1, dtype=torch.long))  # a layer with no duplicate
+    links = torch.stack(rows)
+    wire = layer_detail.to_wire([layer_detail.GroupDetail(list(range(7)), links=links)],
+                                [f"l{i}" for i in range(7)])
+    for j in range(7):
+        groups, total = layer_detail.duplicate_groups(links[j].tolist())
+        assert wire[f"l{j}"]["duplicate_count"] == total
+        assert wire[f"l{j}"]["duplicates"] == layer_detail._cap_groups(groups, 256)
+    assert wire["l6"] == {"duplicates": [], "duplicate_count": 0}
+    assert sum(wire[f"l{j}"]["duplicate_count"] for j in range(6)) > 0
+
+
 @pytest.mark.parametrize("detail, error", [
     ({"fc1": []}, "expected object"),
     ({"fc1": {"spectrum": [1.0, "x"]}}, "spectrum[1]"),

@@ -346,6 +346,33 @@ def test_encode_rejects_nonfinite_numbers(where: str, value: float) -> None:
         encode(kind, payload={**payload, **patch}, **header)
 
 
+@pytest.mark.parametrize("detail, match", [
+    ({"spectrum": [3.0, 2.0, float("nan"), 1.0]}, r"spectrum\[2\]: non-finite"),
+    ({"spectrum": [3.0, None, 1.0]}, r"spectrum\[1\]: expected int or float, got NoneType"),
+    ({"spectrum": [3.0, True]}, r"spectrum\[1\]: expected int or float, got bool"),
+    ({"dead": [0, 4, 7.0]}, r"dead\[2\]: expected int, got float"),
+    ({"dead": [0, False]}, r"dead\[1\]: expected int, got bool"),
+    ({"duplicates": [[0, 1], [2, "3"]]}, r"duplicates\[1\]\[1\]: expected int, got str"),
+])
+def test_detail_lists_name_the_bad_item(detail: dict[str, Any], match: str) -> None:
+    """Homogeneous lists are checked in bulk; one bad item still gets its own message."""
+    kind, header, payload = REFERENCE_INPUTS["metrics"]
+    ok = {"spectrum": [3.0, 2, 1.5], "dead": [0, 4], "duplicates": [[0, 1]]}
+    encode(kind, payload={**payload, "detail": {"fc1": ok}}, **header)
+    with pytest.raises(ProtocolError, match=match):
+        encode(kind, payload={**payload, "detail": {"fc1": detail}}, **header)
+
+
+def test_metrics_values_name_the_bad_indicator() -> None:
+    kind, header, payload = REFERENCE_INPUTS["metrics"]
+    values = {"fc1": {"weight_norm": 1.0, "stable_rank": None, "numerical_rank": 3,
+                      "effective_rank": float("inf")}}
+    with pytest.raises(ProtocolError, match=r"metrics.values\['fc1'\]\['effective_rank'\]"):
+        encode(kind, payload={**payload, "values": values}, **header)
+    values["fc1"]["effective_rank"] = 2.5  # ints and nulls among floats are fine
+    encode(kind, payload={**payload, "values": values}, **header)
+
+
 @pytest.mark.parametrize("kind, payload, match", [
     ("telemetry", {}, "unknown message kind"),
     ("heartbeat", {"dropped": 0}, "missing field 'samples'"),

@@ -64,6 +64,7 @@ class Agent:
     def __init__(self, model: nn.Module | Mapping[str, nn.Module] | Iterable[nn.Module],
                  optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
                  *, name: str | None = None, every: int | None = None, budget: float = 0.01,
+                 full_every: int | None = None,
                  endpoint: str | None = None, capture_backward: bool = True,
                  register: bool = True, insecure: bool = False,
                  rel_tol: float = 0.3, abs_tol: float = 0.1, dead_eps: float = 1e-2,
@@ -90,6 +91,8 @@ class Agent:
             raise ValueError(f"every must be a positive number of steps, got {every}")
         if not 0 < budget <= 1:
             raise ValueError(f"budget is a fraction of wall time in (0, 1], got {budget}")
+        if full_every is not None and full_every < 1:
+            raise ValueError(f"full_every must be a positive number of samples, got {full_every}")
         self.every = every
         # At most this fraction of training time goes to the agent (its work on the training
         # thread plus its publisher thread's CPU): a sample is skipped when its expected cost
@@ -138,6 +141,7 @@ class Agent:
         self.engine = IndicatorEngine(self.layers, rel_tol=rel_tol, abs_tol=abs_tol,
                                       dead_eps=dead_eps, dup_eps=dup_eps,
                                       max_svd_dim=max_svd_dim, budget=budget,
+                                      full_every=full_every,
                                       clock=lambda: self._training_s,
                                       optimizers=_as_list(optimizer))
         # Static pairing now; the first forward pass refines it (its hooks then remove
@@ -711,7 +715,9 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     Returns the running `Agent` (close it, or use it as a context manager). Options: `name`,
     `every` (sample at most every N optimizer steps, default 10), `budget` (the largest
     fraction of wall time sampling may take, default 0.01: samples are skipped to stay under
-    it), `endpoint` (default: a Unix socket in the per-user runtime directory),
+    it), `full_every` (at most one full-tier sample, with exact spectra and duplicates, in
+    every K samples, the others cheap; default: as often as the budget allows), `endpoint`
+    (default: a Unix socket in the per-user runtime directory),
     `capture_backward` (take the loss from `.backward()`), `pairs` (override the automatic
     pairing of consecutive layers: `{"fc1": "fc2"}`, a list of consumers, or None to unpair),
     `detect` (run the transition detector on every sample; default True), `threshold` (its

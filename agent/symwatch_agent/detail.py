@@ -61,7 +61,13 @@ def to_wire(groups: list[GroupDetail], names: list[str]) -> dict[str, dict[str, 
         spectrum = g.spectrum.cpu().tolist() if g.spectrum is not None else None
         tau = g.tau.cpu().tolist() if g.tau is not None else None
         dead = g.dead.cpu() if g.dead is not None else None
-        links = g.links.cpu().tolist() if g.links is not None else None
+        # (layer row, unit, duplicate-of) for the linked units only
+        linked: dict[int, list[tuple[int, int]]] = {}
+        if g.links is not None:
+            links = g.links.cpu()
+            where = (links >= 0).nonzero()
+            for (j, i), k in zip(where.tolist(), links[where[:, 0], where[:, 1]].tolist()):
+                linked.setdefault(j, []).append((i, k))
         for j, i in enumerate(g.idxs):
             entry: dict[str, Any] = out.setdefault(names[i], {})
             if spectrum is not None and tau is not None:
@@ -77,8 +83,8 @@ def to_wire(groups: list[GroupDetail], names: list[str]) -> dict[str, dict[str, 
                 entry["units"] = int(row.numel())
                 entry["dead"] = idx[:UNITS_CAP]
                 entry["dead_count"] = len(idx)
-            if links is not None:
-                groups_, total = duplicate_groups(links[j])
+            if g.links is not None:
+                groups_, total = linked_groups(linked.get(j, []))
                 entry["duplicates"] = _cap_groups(groups_, UNITS_CAP)
                 entry["duplicate_count"] = total
     return {name: entry for name, entry in out.items() if entry}
@@ -88,21 +94,28 @@ def duplicate_groups(links: list[int]) -> tuple[list[list[int]], int]:
     """Each unit's link to a lower-indexed duplicate → the clusters (each sorted, ordered by
     their first unit) and the number of units in them. "Duplicate of" is joined
     transitively (union–find), as distinct_units counts them."""
-    parent = list(range(len(links)))
+    n = len(links)
+    return linked_groups([(i, j) for i, j in enumerate(links) if 0 <= j < n])
+
+
+def linked_groups(pairs: list[tuple[int, int]]) -> tuple[list[list[int]], int]:
+    """duplicate_groups from the (unit, duplicate-of) pairs alone: the union–find touches only
+    units in a pair. Most units of a layer have no duplicate, and a Python loop over every
+    unit of every layer cost milliseconds per full sample on the publisher thread."""
+    parent: dict[int, int] = {}
 
     def root(i: int) -> int:
-        while parent[i] != i:
+        while parent.setdefault(i, i) != i:
             parent[i] = parent[parent[i]]
             i = parent[i]
         return i
 
-    for i, j in enumerate(links):
-        if 0 <= j < len(links):
-            a, b = root(i), root(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+    for i, j in pairs:
+        a, b = root(i), root(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
     members: dict[int, list[int]] = {}
-    for i in range(len(links)):
+    for i in sorted(parent):
         members.setdefault(root(i), []).append(i)
     groups = sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
     return groups, sum(len(m) for m in groups)

@@ -102,7 +102,7 @@ class IndicatorEngine:
     def __init__(self, layers: Sequence[Layer], *, rel_tol: float = 0.3, abs_tol: float = 0.1,
                  dead_eps: float = 1e-2, dup_eps: float = 1e-3, max_svd_dim: int = 1024,
                  power_iters: int = 2, cold_power_iters: int = 30, budget: float = 1.0,
-                 full_share: float = 0.5, spectra_refresh: int = 0, warm_tol: float = 0.05,
+                 full_share: float = 0.5, full_every: int | None = None, spectra_refresh: int = 0, warm_tol: float = 0.05,
                  warm_min_dim: int = 128,
                  optimizers: Sequence[torch.optim.Optimizer] = (),
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -116,7 +116,8 @@ class IndicatorEngine:
         self.view_elements = 1 << 18
         self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
         # `clock` measures the time that earns budget (the agent passes its training time).
-        self.scheduler = TierScheduler(budget, full_share=full_share, clock=clock)
+        self.scheduler = TierScheduler(budget, full_share=full_share, full_every=full_every,
+                                       clock=clock)
         self.probe = ActivityProbe(self.layers)
         self.failed: dict[int, str] = {}  # layer index -> first error; such layers publish N/A
         # Indicator jobs that raised (name -> first error): switched off for the rest of the

@@ -19,6 +19,11 @@ always full (it also pays one-off library warm-up, which is not charged). A budg
 means "no limit": every sample is full (the demo and the tests use it, so that which sample
 is full does not depend on the machine's speed).
 
+`full_every` = K caps the full tier's cadence by count instead: at most one full sample in
+every K (the first, then the K-th after each full one), whatever the budget allows. With an
+unlimited budget that makes a fixed plan (cheap every sample, full every K-th): the per-step
+monitor a user who samples every step wants, with spectra and duplicates every K steps.
+
 On CUDA the work is queued on a side stream, so the training thread's clock sees only the
 launch time; CUDA events around each full sample feed its real GPU time back once it is done.
 """
@@ -33,9 +38,14 @@ CHEAP, FULL = "cheap", "full"
 
 class TierScheduler:
     def __init__(self, budget: float = 0.01, *, full_share: float = 0.5,
+                 full_every: int | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
+        if full_every is not None and full_every < 1:
+            raise ValueError(f"full_every must be a positive number of samples, got {full_every}")
         self.budget = budget
         self.full_share = full_share
+        self.full_every = full_every
+        self._since_full = 0  # samples since the last full one
         self._clock = clock
         self._start = clock()
         self.full_cost: float | None = None  # running average of one full sample, seconds
@@ -49,7 +59,11 @@ class TierScheduler:
 
     def choose(self) -> str:
         self._collect_gpu_times()
-        if self.unlimited or self.samples[FULL] == 0:
+        if self.samples[FULL] == 0:
+            return FULL
+        if self.full_every is not None and self._since_full + 1 < self.full_every:
+            return CHEAP
+        if self.unlimited:
             return FULL
         allowed = self.full_share * self.budget * (self._clock() - self._start)
         return FULL if self.full_spent + (self.full_cost or 0.0) <= allowed else CHEAP
@@ -58,6 +72,7 @@ class TierScheduler:
         """A sample of `tier` cost `seconds` on the calling thread (and, on CUDA, ran between
         the two events on the side stream)."""
         self.samples[tier] += 1
+        self._since_full = 0 if tier == FULL else self._since_full + 1
         if tier != FULL:
             return
         if self.samples[FULL] == 1:  # warm-up: not charged, but a (high) first estimate

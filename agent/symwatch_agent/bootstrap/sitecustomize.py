@@ -268,6 +268,16 @@ def _options() -> dict:
         except ValueError:
             _say(f"ignoring $SYMWATCH_EVERY={every!r}: expected a whole number of steps")
             options["every"] = 10
+    full_every = os.environ.get("SYMWATCH_FULL_EVERY", "").strip()
+    if full_every:
+        try:
+            value = int(full_every)
+            if value < 1:
+                raise ValueError
+            options["full_every"] = value
+        except ValueError:
+            _say(f"ignoring $SYMWATCH_FULL_EVERY={full_every!r}: expected a whole number of "
+                 f"samples")
     local_rank = _int_env("LOCAL_RANK")
     endpoint = os.environ.get("SYMWATCH_ENDPOINT")
     if endpoint and local_rank:
