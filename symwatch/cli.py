@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     attach = _subparser(
         subs, "attach", "watch a live run in the terminal UI",
         "Attach the terminal UI to a run. With no argument: the only live run on this machine, "
-        "or a picker when there are several.",
+        "or the Runs screen to choose from when there are several.",
         "examples:\n"
         "  symwatch attach                        the only live run, or choose from a list\n"
         "  symwatch attach 3f9c                   a run id, or a unique prefix of one\n"
@@ -121,10 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         "examples:\n"
         "  symwatch ls\n"
         "  symwatch ls --json | jq '.[0].endpoint'\n"
-        "  symwatch ls ssh://gpu-box              the runs on another machine (docs/remote.md)")
+        "  symwatch ls ssh://gpu-box              the runs on another machine (docs/remote.md)\n"
+        "  symwatch ls --all                      also runs that died without unregistering")
     ls.add_argument("target", nargs="?", metavar="ssh://HOST",
                     help="list the runs on this host over ssh instead")
     ls.add_argument("--json", action="store_true", help="print the entries as a JSON list")
+    ls.add_argument("--all", action="store_true",
+                    help="also list runs whose process died without unregistering (kept, not "
+                         "pruned; with --json each entry says \"alive\")")
     add_ssh_arguments(ls)
     ls.set_defaults(func=cmd_ls)
 
@@ -391,27 +395,35 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.target is not None:
         from symwatch.remote_cli import remote_runs
 
-        runs = remote_runs(args)
+        listing = remote_runs(args)
+        runs, alive = [r for r, _ in listing], [a for _, a in listing]
+    elif args.all:
+        runs = runtime.registered_runs()
+        alive = [runtime.pid_alive(r.pid) for r in runs]
     else:
         runs = runtime.live_runs()
+        alive = [True] * len(runs)
     if args.json:
-        print(json.dumps([r.to_json() for r in runs], indent=2))
+        entries = [r.to_json() | ({"alive": a} if args.all else {}) for r, a in zip(runs, alive)]
+        print(json.dumps(entries, indent=2))
         return 0
     if not runs:
-        print("no live runs")
+        print("no runs registered" if args.all else "no live runs")
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    from symwatch.tui.picker import command_text, started_text
+    from symwatch.tui.run_text import command_text, started_text
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("run id", "name", "pid", "command", "endpoint", "started", "steps"):
+    columns = ("run id", "name", "pid", "command", "endpoint", "started", "steps")
+    for col in columns + (("state",) if args.all else ()):
         table.add_column(col, overflow="fold",
                          justify="right" if col in ("pid", "steps") else "left")
-    for r in runs:
+    for r, a in zip(runs, alive):
         table.add_row(r.run_id, r.name, str(r.pid), command_text(r.command), r.endpoint,
-                      started_text(r.started), f"{r.steps:,}")
+                      started_text(r.started), f"{r.steps:,}",
+                      *((("alive" if a else "[bold red]lost[/]"),) if args.all else ()))
     console = Console()
     if not console.is_terminal:  # piped: never fold the endpoint or command over two lines
         console = Console(width=1000)

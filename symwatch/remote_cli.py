@@ -8,7 +8,8 @@ from typing import Any
 
 from symwatch.runtime import RunEntry
 from symwatch.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed, is_ssh_target,
-                          list_remote_runs, load_hosts, open_run, options_from_args)
+                          list_remote_registered, list_remote_runs, load_hosts, open_run,
+                          options_from_args)
 
 
 def _user_error(command: str, exc: SshError) -> Exception:
@@ -47,8 +48,9 @@ def open_remote(args: argparse.Namespace, command: str) -> tuple[RunEntry, Tunne
         raise _user_error(command, exc) from None
 
 
-def remote_runs(args: argparse.Namespace) -> list[RunEntry]:
-    """`symwatch ls ssh://host`: the host's live runs."""
+def remote_runs(args: argparse.Namespace) -> list[tuple[RunEntry, bool]]:
+    """`symwatch ls ssh://host`: the host's live runs (`--all`: every registered one), each
+    with whether its process is alive."""
     target = parse_target(args.target, "ls")
     if target.run:
         from symwatch.cli import UserError
@@ -56,7 +58,9 @@ def remote_runs(args: argparse.Namespace) -> list[RunEntry]:
         raise UserError(f"`symwatch ls` lists every run on a host; drop /{target.run} from "
                         f"{args.target}")
     try:
-        return list_remote_runs(target, ssh_options(args, "ls"))
+        if getattr(args, "all", False):
+            return list_remote_registered(target, ssh_options(args, "ls"))
+        return [(run, True) for run in list_remote_runs(target, ssh_options(args, "ls"))]
     except SshError as exc:
         raise _user_error("ls", exc) from None
 

@@ -243,12 +243,26 @@ def run_remote(target: SshTarget, options: SshOptions, *args: str,
 
 def list_remote_runs(target: SshTarget, options: SshOptions) -> list[RunEntry]:
     """The live runs on the host, from its `symwatch ls --json`."""
-    out = run_remote(target, options, "ls", "--json")
+    return [entry for entry, _ in _remote_listing(target, options, "ls", "--json")]
+
+
+def list_remote_registered(target: SshTarget, options: SshOptions
+                           ) -> list[tuple[RunEntry, bool]]:
+    """Every run registered on the host, each with whether its process is alive (`symwatch ls
+    --json --all`: a run that died without unregistering is listed as not alive, not dropped,
+    so the Runs screen can call it lost rather than finished)."""
+    return _remote_listing(target, options, "ls", "--json", "--all")
+
+
+def _remote_listing(target: SshTarget, options: SshOptions, *args: str
+                    ) -> list[tuple[RunEntry, bool]]:
+    out = run_remote(target, options, *args)
     try:
         data = json.loads(out)
         if not isinstance(data, list):
             raise ValueError("not a list")
-        runs = [RunEntry.from_json(item) for item in data]
+        runs = [(RunEntry.from_json(item), item.get("alive", True) is not False)
+                for item in data]
     except (ValueError, TypeError, AttributeError) as exc:
         first = out.strip().splitlines()[0][:120] if out.strip() else "nothing"
         raise SshError(f"unexpected answer from `symwatch ls --json` on {target.label} "

@@ -109,6 +109,23 @@ def test_ls_lists_live_runs_and_prunes_dead_ones(capsys):
     assert "ghost" not in out
 
 
+def test_ls_all_keeps_dead_runs_and_says_which_are_alive(capsys):
+    a = _register("aaaa00002222", "alpha")
+    dead = runtime.RunEntry(run_id="dead00002222", name="ghost", pid=2 ** 22 + 12345,
+                            command=["x"], endpoint="tcp://127.0.0.1:1", started=0.0, host="h")
+    runtime.write_entry(dead)
+    assert main(["ls", "--all", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [dead.to_json() | {"alive": False}, a.to_json() | {"alive": True}]
+    assert main(["ls", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "ghost" in out and "lost" in out and "alive" in out
+    assert main(["ls", "--json"]) == 0  # the default listing prunes it
+    assert [e["run_id"] for e in json.loads(capsys.readouterr().out)] == [a.run_id]
+    assert main(["ls", "--all", "--json"]) == 0
+    assert [e["run_id"] for e in json.loads(capsys.readouterr().out)] == [a.run_id]
+
+
 def test_ls_json_in_a_subprocess():
     _register("cccc00001111", "gamma")
     result = _symwatch("ls", "--json")

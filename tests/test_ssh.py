@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from symwatch import protocol
+from symwatch import protocol, runtime
 from symwatch.cli import main
 from symwatch.runtime import RunEntry
 from symwatch.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed, choose_run,
@@ -409,3 +409,32 @@ def test_unknown_host_key_is_never_accepted_silently(sshd, monkeypatch, capsys):
         f"UserKnownHostsFile {sshd.root / 'known_hosts'}", "UserKnownHostsFile /dev/null"))
     monkeypatch.setenv("SYMWATCH_SSH", f"ssh -F {config}")
     _fails(capsys, ["ls", sshd.target], "the host key of symwatch-test is unknown or changed")
+
+
+def test_a_remote_run_that_died_is_listed_lost_not_finished(sshd, remote_run, monkeypatch):
+    """`symwatch ls --json --all` over ssh keeps a dead run's entry (alive: false), so the
+    Runs screen calls it lost; the plain listing still shows only live runs."""
+    from symwatch.tui.runs_screen import LOST, RUNNING, RunsModel, scan_host
+
+    root, entry = remote_run
+    monkeypatch.setenv("SYMWATCH_RUNTIME_DIR", root)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a pid that is surely gone
+    dead = RunEntry("dead0000beef", "crashed", proc.pid, ["python", "crashed.py"],
+                    "ipc:///nonexistent.sock", time.time() - 60, "remote", steps=7)
+    runtime.write_entry(dead)
+    try:
+        options = options_for(sshd, root)
+        listed = scan_host(sshd.target, options)
+        assert not isinstance(listed, str), listed
+        assert {e.run_id: alive for e, alive in listed} == {entry.run_id: True,
+                                                            dead.run_id: False}
+        model = RunsModel()
+        model.fold(sshd.target, listed, now=0.0)
+        states = {r.entry.run_id: r.state for r in model.rows()}
+        assert states == {entry.run_id: RUNNING, dead.run_id: LOST}
+        # the default listing drops it (and prunes it: `ls` cleans the registry up)
+        assert [e.run_id for e in list_remote_runs(SshTarget.parse(sshd.target), options)] \
+            == [entry.run_id]
+    finally:
+        runtime.remove_entry(dead.run_id)

@@ -10,7 +10,7 @@ from symwatch.state import RunState
 from symwatch.tui.header import header_text
 from symwatch.tui.layer_table import VALUE_WIDTH, compute_layout
 from symwatch.tui.panels import events_text, gpu_text
-from symwatch.tui.picker import command_text, started_text
+from symwatch.tui.run_text import command_text, started_text
 from symwatch.tui.sparkline import BARS, sparkline, sparkline_rows
 
 

@@ -29,10 +29,10 @@ from textual.widgets import DataTable, Footer, Input, Static
 from symwatch import runtime
 from symwatch.client import ListSource
 from symwatch.runtime import RunEntry
-from symwatch.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed, list_remote_runs,
-                          load_hosts, normalise_host, save_hosts)
+from symwatch.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed,
+                          list_remote_registered, load_hosts, normalise_host, save_hosts)
 from symwatch.tui.app import SymwatchApp
-from symwatch.tui.picker import started_text
+from symwatch.tui.run_text import started_text
 
 REFRESH_S = 2.0  # the agent rewrites its registry entry every 2 s
 REMOTE_REFRESH_S = 6.0  # each host scan is an ssh login: less often
@@ -156,11 +156,11 @@ def scan_local() -> list[tuple[RunEntry, bool]]:
 
 
 def scan_host(url: str, options: SshOptions | None) -> list[tuple[RunEntry, bool]] | str:
-    """A host's runs (all alive: its `symwatch ls` prunes dead ones), or its error line."""
+    """A host's registered runs, each with whether its process is alive, or its error line."""
     if options is None:
         return "no ssh program here (set $SYMWATCH_SSH)"
     try:
-        return [(e, True) for e in list_remote_runs(SshTarget.parse(url), options)]
+        return list_remote_registered(SshTarget.parse(url), options)
     except SshError as exc:
         return str(exc)
 

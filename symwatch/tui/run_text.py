@@ -1,0 +1,28 @@
+"""How a registered run reads in a table (`symwatch ls`, the Runs screen): its start time and
+its command line, each short enough for one row."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+
+def started_text(started: float, now: float | None = None) -> str:
+    """Local time; the date only when it is not today (keeps a row of runs inside 120 columns)."""
+    if not started:
+        return "?"
+    when = time.localtime(started)
+    today = time.localtime(time.time() if now is None else now)
+    if when[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", when)
+    return time.strftime("%Y-%m-%d %H:%M", when)
+
+
+def command_text(command: Sequence[str], width: int = 32) -> str:
+    """The command line, its program as a base name (a full path says little and eats the row)."""
+    parts = list(command)
+    if parts:
+        parts[0] = os.path.basename(parts[0]) or parts[0]
+    text = " ".join(parts)
+    return text if len(text) <= width else text[:width - 1] + "…"
