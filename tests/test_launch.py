@@ -8,7 +8,9 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -30,6 +32,19 @@ def _free_port() -> int:
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(argv, capture_output=True, timeout=DEADLINE_S, **kwargs)
+
+
+@contextmanager
+def _training(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A `symwatch run` child with its output piped; killed on the way out if still running
+    (a failed assertion must not leave a training process behind)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _bootstrap_module():
@@ -55,10 +70,8 @@ def test_third_party_script_is_watched_and_unchanged(collector, tmp_path):
 
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     sub = collector(endpoint)  # connect before the run binds: ZeroMQ reconnects until it does
-    proc = subprocess.Popen([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1",
-                             "--budget", "1", "--", sys.executable, TRAIN, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with _training([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1", "--budget", "1",
+                    "--", sys.executable, TRAIN, *args]) as proc:
         # every Linear/Conv layer, and the attention block itself (its per-head QK/VO ranks)
         expected = {"conv", "proj", "attn", "attn.q", "attn.k", "attn.v", "attn.out_proj",
                     "head"}
@@ -73,10 +86,6 @@ def test_third_party_script_is_watched_and_unchanged(collector, tmp_path):
         assert 0 < stats.payload["loss"] < 10
         stop.touch()
         out, err = proc.communicate(timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 3, err.decode()
     assert out == plain.stdout  # byte for byte: symwatch writes only to stderr
     assert err.decode().count(WATCHING) == 1
@@ -88,19 +97,12 @@ def test_full_every_from_the_command_line_spaces_the_full_tier(collector, tmp_pa
     stop = tmp_path / "stop"
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     sub = collector(endpoint)
-    proc = subprocess.Popen([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1",
-                             "--budget", "1", "--full-every", "3", "--quiet", "--",
-                             sys.executable, TRAIN, "--steps", "40", "--sleep", "0.02",
-                             "--until", str(stop)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with _training([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1", "--budget", "1",
+                    "--full-every", "3", "--quiet", "--", sys.executable, TRAIN, "--steps",
+                    "40", "--sleep", "0.02", "--until", str(stop)]) as proc:
         sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step >= 20, timeout=DEADLINE_S)
         stop.touch()
         _, err = proc.communicate(timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 3, err.decode()
     sub.drain()
     metrics = sorted(sub.of_kind(protocol.METRICS), key=lambda m: m.step)
@@ -131,18 +133,11 @@ def test_module_form_with_two_models_named(collector, monkeypatch, tmp_path):
     stop = tmp_path / "stop"
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     sub = collector(endpoint)
-    proc = subprocess.Popen([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1",
-                             "--name", "gan", "--", sys.executable, "-m", "gan_train",
-                             str(stop)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with _training([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1", "--name", "gan",
+                    "--", sys.executable, "-m", "gan_train", str(stop)]) as proc:
         meta = sub.wait_for(lambda m: m.kind == protocol.META, timeout=DEADLINE_S)
         stop.touch()
         out, err = proc.communicate(timeout=DEADLINE_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert out == b"gan done\n"
     assert meta.payload["name"] == "gan"
