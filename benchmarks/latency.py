@@ -14,7 +14,7 @@ screen update rendered to terminal bytes); for the throughput flood the client a
    socket. An optimizer post-step hook registered before the agent's stamps each step's wall
    time (`time.time()`, the same clock in both processes); the viewer stamps each message when
    the feed thread has decoded it and again when the TUI composed the first screen update
-   after folding it (it redraws on arrival, at most 30 times a second). Latency = stamp − the
+   after folding it (it redraws on arrival, at most 60 times a second). Latency = stamp − the
    wall time of the step named in the message header. For METRICS it includes the sample itself
    (spectra on the training thread), the publisher thread's build (decode, transition
    detection), encoding, the socket, and decoding. STATS (loss, steps/s) are sent from the
@@ -473,7 +473,7 @@ def render(lat: list[dict[str, Any]], fl: list[dict[str, Any]], sc: dict[str, An
              "for enough samples). Milliseconds from the end of the optimizer step named in the "
              "message to the viewer: *decoded* (the client has the message), *on screen* (the "
              "TUI folded it and composed the screen update that shows it: it redraws when data "
-             "arrives, at most 30 times a second). "
+             "arrives, at most 60 times a second). "
              "*agent* is the share before the publisher encoded it (the sample itself, then "
              "build and queueing on the publisher thread). STATS go out from the step hook "
              "every 0.25 s and right after each sample, so most of them here wait for one.", "",
@@ -538,8 +538,11 @@ def render(lat: list[dict[str, Any]], fl: list[dict[str, Any]], sc: dict[str, An
               "tiers keeping min/max/last, at most 448 entries a series). RSS rises while "
               "the tiers fill, then moves in a bounded sawtooth: the oldest tier grows towards "
               "its cap, then merges pairwise (each cycle twice as long as the one before), so a "
-              "short window can show a slope that a longer one does not. The bound, per "
-              "series, by the run's length (`sys.getsizeof` of its arrays):", "",
+              "short window can show a slope that a longer one does not. Each series of a run "
+              "has its own phase in that schedule, so the 15,000 series' merges are spread over "
+              "32 steps instead of all falling on one (in lockstep they cost the viewer about a "
+              "second of CPU every 512 steps). The bound, per series, by the run's length "
+              "(`sys.getsizeof` of its arrays):", "",
               "| samples in the run | entries kept | bytes |", "|---|---|---|",
               *[f"| {n:,} | {kept:,} | {size:,} |" for n, kept, size in mem]]
     # Targets

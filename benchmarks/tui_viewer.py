@@ -46,7 +46,7 @@ def prefill(state: Any, layers: list[str], indicators: tuple[str, ...], steps: i
         layer = state._layer(name)
         for ind in indicators:
             state._note_indicator(ind)
-            layer.indicators[ind] = Series(state.history)
+            layer.indicators[ind] = Series(state.history, 1 + len(series))  # as RunState does
             series.append(layer.indicators[ind])
     value = [rng.uniform(1.0, 60.0) for _ in series]
     for step in range(1, steps + 1):

@@ -100,9 +100,11 @@ class TieredSeries:
     (as a run sends them); an entry's step is the step of its last sample."""
 
     __slots__ = ("policy", "_steps", "_values", "_tiers", "count", "_first", "_group",
-                 "_pending", "_pending_n", "_limit")
+                 "_pending", "_pending_n", "_limit", "_stagger")
 
-    def __init__(self, policy: Downsample = VIEWER) -> None:
+    def __init__(self, policy: Downsample = VIEWER, phase: int = 0) -> None:
+        """`phase`: where this series' merges fall among other series' (see `_retire_recent`);
+        series appended at the same steps (a run's layers) should have different phases."""
         self.policy = policy
         self._steps = array("d")
         self._values = array("d")
@@ -117,6 +119,10 @@ class TieredSeries:
         self._group = 1
         self._pending = array("d")
         self._pending_n = 0
+        # Samples the second retirement leaves out (an even number below `recent`): it shifts
+        # every later retirement and tier merge of this series by that many samples.
+        half = _even(policy.recent) // 2
+        self._stagger = 2 * (phase % half) if half > 1 else 0
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -130,10 +136,22 @@ class TieredSeries:
             self._retire_recent()
 
     def _retire_recent(self) -> None:
-        """The oldest `recent` samples become recent/2 entries of tier 1."""
+        """The oldest `recent` samples become recent/2 entries of tier 1.
+
+        Staggered: series appended at the same steps (the 15,000 series of 1,000 layers) would
+        otherwise retire, and merge their tiers all the way down to the oldest one, at the same
+        step, a second of the viewer's time every 512 steps. The second retirement of a series
+        takes `_stagger` samples fewer, so its later merges come that many steps earlier than a
+        series of phase 0, spread over `recent`/2 steps. Only when they happen moves: every
+        retirement still leaves at least `recent` samples whole and takes an even number (so
+        tier entries stay aligned on their 2^j samples), and the first one is the same for all
+        (a short run looks the same whatever the phase)."""
         n = _even(self.policy.recent)
         if self._first is None:
             self._first = int(self._steps[0])
+        elif self._stagger:
+            n -= self._stagger
+            self._stagger = 0
         steps, values = self._steps[:n], self._values[:n]
         del self._steps[:n], self._values[:n]
         a, b = values[0::2], values[1::2]
@@ -160,22 +178,47 @@ class TieredSeries:
             self._push(index + 1, _merge_entries(old))
 
     def _push_oldest(self, index: int, entries: array[float]) -> None:
+        """Entries into the oldest tier, `_group` at a time merged into one; when it is full, its
+        entries merge pairwise and `_group` doubles. Whole groups go in one slice each, not one
+        entry at a time (this ran for every series at the same step: see `_retire_recent`)."""
         while len(self._tiers) <= index:
             self._tiers.append(array("d"))
         tier = self._tiers[index]
-        for k in range(0, len(entries), 4):
-            entry = entries[k:k + 4]
-            self._pending = _merge_all(self._pending + entry) if self._pending else entry
-            self._pending_n += 1
-            if self._pending_n < self._group:
+        full = 8 * _even(self.policy.size)
+        k, end = 0, len(entries)
+        while k < end:
+            group = self._group
+            if not self._pending_n:
+                room = (full - len(tier)) // 4  # entries before the tier is full: at least 1
+                whole = min((end - k) // (4 * group), room)
+                if whole:
+                    block = entries[k:k + 4 * group * whole]
+                    k += len(block)
+                    tier.extend(block if group == 1 else _merge_groups(block, group))
+                    self._merge_if_full(tier, full)
+                    continue
+            # the rest of the entries: part of a group, held in `_pending` until it is whole
+            take = min(group - self._pending_n, (end - k) // 4)
+            block = entries[k:k + 4 * take]
+            k += 4 * take
+            if self._pending_n:
+                block = _merge_all(self._pending + block)
+            elif take > 1:
+                block = _merge_all(block)
+            self._pending_n += take
+            if self._pending_n < group:
+                self._pending = block
                 continue
-            tier.extend(self._pending)
+            tier.extend(block)
             self._pending, self._pending_n = array("d"), 0
-            if len(tier) >= 8 * _even(self.policy.size):  # full: pairs merge, stride doubles
-                merged = _merge_entries(tier)
-                del tier[:]
-                tier.extend(merged)
-                self._group *= 2
+            self._merge_if_full(tier, full)
+
+    def _merge_if_full(self, tier: array[float], full: int) -> None:
+        if len(tier) >= full:  # full: pairs merge, the stride doubles
+            merged = _merge_entries(tier)
+            del tier[:]
+            tier.extend(merged)
+            self._group *= 2
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -315,11 +358,13 @@ class TieredSeries:
             out[x] = pick
             before = pick if pick is not None else before
         return out
-        return out
 
 
 def _has_nan(values: array[float]) -> bool:
-    return any(v != v for v in values)
+    # The sum is NaN whenever a value is (and, without one, only for +inf and -inf together):
+    # one pass in C instead of a Python loop over every value, on every merge.
+    total = sum(values)
+    return total != total and any(v != v for v in values)
 
 
 def _interleave(steps: array[float], lo: array[float], hi: array[float],
@@ -340,6 +385,15 @@ def _merge_all(flat: array[float]) -> array[float]:
     else:
         low, high = min(lo), max(hi)
     return array("d", (flat[-4], low, high, flat[-1]))
+
+
+def _merge_groups(flat: array[float], group: int) -> array[float]:
+    """Interleaved entries merged `group` at a time (len(flat) a multiple of 4·group)."""
+    out = array("d")
+    step = 4 * group
+    for i in range(0, len(flat), step):
+        out.extend(_merge_all(flat[i:i + step]))
+    return out
 
 
 def _merge_entries(flat: array[float]) -> array[float]:

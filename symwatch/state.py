@@ -59,10 +59,11 @@ class Series:
 
     __slots__ = ("current", "step", "store")
 
-    def __init__(self, history: Downsample | int = DEFAULT_HISTORY) -> None:
+    def __init__(self, history: Downsample | int = DEFAULT_HISTORY, phase: int = 0) -> None:
         self.current: Value = None
         self.step: int | None = None
-        self.store = TieredSeries(history_policy(history))
+        # phase: when its history merges, among the run's other series (TieredSeries)
+        self.store = TieredSeries(history_policy(history), phase)
 
     def add(self, step: int, value: Any) -> None:
         if type(value) is float and -_INF < value < _INF:  # the common case, cheaply
@@ -183,6 +184,7 @@ class RunState:
         self.step: int | None = None
         self.transitions: deque[EventRecord] = deque(maxlen=MAX_TRANSITIONS)
         self.loss = Series(self.history)
+        self._series_made = 1  # series of this run so far (the loss is the first)
         self.steps_per_s: Value = None
         self.step_time: Value = None
         self.overhead: Value = None  # fraction of wall time spent in the agent (0.01 = 1 %)
@@ -370,7 +372,9 @@ class RunState:
                 series = series_of.get(name)
                 if series is None:
                     self._note_indicator(name)
-                    series = series_of[name] = Series(self.history)
+                    # each series of the run its own phase: their merges spread over steps
+                    series = series_of[name] = Series(self.history, self._series_made)
+                    self._series_made += 1
                 series.add(step, value)
 
     def _fold_stats(self, msg: Message) -> None:

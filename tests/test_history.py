@@ -79,6 +79,70 @@ def test_a_step_stays_a_step_and_na_stays_na():
     assert all(not math.isnan(lo) for _, lo, _, _ in merged)  # merged: known values win
 
 
+def _retiring(series: list[TieredSeries], steps: range) -> dict[int, int]:
+    """Step -> how many of `series` (appended together) moved recent samples into their tiers
+    at that step (each such move can cascade merges down to the oldest tier)."""
+    out: dict[int, int] = {}
+    for step in steps:
+        before = [s._steps[0] if s._steps else None for s in series]
+        for s in series:
+            s.append(step, float(step % 97))
+        moved = sum(1 for s, first in zip(series, before) if s._steps[0] != first)
+        if moved:
+            out[step] = moved
+    return out
+
+
+def test_series_sampled_together_merge_at_different_steps():
+    # 1,000 layers are 15,000 series appended at the same steps: in lockstep they all merged
+    # their tiers at one step, a second of the viewer's CPU every 512 steps.
+    lockstep = _retiring([TieredSeries() for _ in range(64)], range(1, 2_001))
+    assert max(lockstep.values()) == 64
+    spread = _retiring([TieredSeries(phase=i) for i in range(64)], range(1, 2_001))
+    # the first two retirements (steps 128, 192) are still together: they only fill tier 1
+    after_second = {step: n for step, n in spread.items() if step > 3 * VIEWER.recent}
+    half = VIEWER.recent // 2  # distinct phases: 64 series, two at each
+    assert max(after_second.values()) <= 64 // half
+    assert len(after_second) >= half * (2_000 - 3 * VIEWER.recent) // VIEWER.recent
+
+
+def test_staggered_series_keep_exact_aligned_history_in_the_same_bound():
+    for phase in (0, 1, 17, 31, 32, 63):
+        s = TieredSeries(phase=phase)
+        values = {}
+        largest = 0
+        for step in range(1, 60_001):
+            values[step] = math.nan if step % 1_009 == 0 else math.sin(step / 50) * step
+            s.append(step, values[step])
+            largest = max(largest, len(s))
+        assert largest <= VIEWER.max_entries()
+        assert [v for _, v in s.recent()][-VIEWER.recent:] == \
+            [values[k] for k in range(60_001 - VIEWER.recent, 60_001)]
+        previous = 0
+        for step, lo, hi, last in s.entries():  # each entry: a block of 2^j aligned samples
+            block = [values[k] for k in range(previous + 1, step + 1)]
+            size = step - previous
+            assert size & (size - 1) == 0 and previous % size == 0, (phase, step)
+            known = [v for v in block if v == v]
+            assert (lo, hi) == (min(known), max(known)) and last == block[-1] or \
+                (last != last and block[-1] != block[-1])
+            previous = step
+        assert previous == 60_000
+
+
+def test_a_runs_series_get_different_phases():
+    state = RunState()
+    layers = [f"l{i}" for i in range(16)]
+    for step in range(1, 401):
+        state.fold(protocol.decode(list(protocol.encode(
+            protocol.METRICS, run="r", rank=0, restart=0, seq=step, time=0.0, step=step,
+            payload={"values": {name: {"weight_norm": 1.0, "stable_rank": 2.0}
+                                for name in layers}}))))
+    series = [s.store for name in layers for s in state.layers[name].indicators.values()]
+    recent = {len(s._steps) for s in series}  # where each one is in its own cycle
+    assert len(recent) >= 16
+
+
 def test_recordings_thin_with_the_same_tiers_as_before():
     # symwatch.recording's stride tiers (unchanged by sharing the policy with the viewer)
     d = Downsample(recent=100)

@@ -48,3 +48,26 @@ def test_garbage_is_collected_before_it_could_be_frozen(unfrozen):
     del cycle
     LongLivedHistory().update(MIN_SERIES)
     assert collected == [True]
+
+
+def test_the_apps_own_objects_are_frozen_once_and_handed_back_when_it_ends(unfrozen):
+    heap = LongLivedHistory()
+    widgets = [[float(i)] for i in range(MIN_SERIES)]  # stand-ins for the app's objects
+    assert heap.settle() and gc.get_freeze_count() >= len(widgets)
+    assert not heap.settle()  # once: later objects are the run's (update) or short-lived
+    heap.release()
+    assert gc.get_freeze_count() == 0 and heap.freezes == 0
+
+
+async def test_the_app_settles_after_its_first_screen_and_releases_on_exit(unfrozen):
+    from symwatch.client import ListSource
+    from symwatch.tui.app import SymwatchApp
+
+    app = SymwatchApp(ListSource(), tick_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        deadline = 50
+        while not app.long_lived.settled and deadline:
+            await pilot.pause(0.05)
+            deadline -= 1
+        assert app.long_lived.settled and gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0  # the view ended: its objects are the collector's again

@@ -8,6 +8,7 @@ After a deliberate change to what the view shows, rewrite the snapshots and revi
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from symwatch.tui.app import SymwatchApp
@@ -75,6 +76,7 @@ async def test_layer_table_fast_cell_rendering_matches_datatables_own():
     # N/A, sparklines, zebra rows, cursor, hover, both themes) must come out exactly as
     # DataTable renders it, segment by segment, style by style.
     from rich.style import Style
+    from textual.coordinate import Coordinate
     from textual.widgets import DataTable
 
     from symwatch.tui.themes import LIGHT
@@ -101,3 +103,21 @@ async def test_layer_table_fast_cell_rendering_matches_datatables_own():
                         assert ours == theirs, (row, spec.key.value, cursor, hover)
                         compared += 1
             assert compared >= len(LAYERS) * 9 * 3  # Layer, Type, Shape, 6 indicators
+            # whole lines too (LayerTable._render_line_in_row), the header and every row, with
+            # the cursor and the mouse on this row or another, and the row styles it keeps
+            keys = [table._header_row_key, *(r.key for r in table.ordered_rows)]
+            base = Style(bgcolor="black")
+            for at, hover, mouse in itertools.product(((0, 0), (3, 2)), ((0, 0), (3, 0), (7, 4)),
+                                                      (False, True)):
+                table._show_hover_cursor = mouse  # the mouse moved over the table
+                for key in keys:
+                    args = (key, 0, base, Coordinate(*at), Coordinate(*hover))
+                    table._row_render_cache.clear()
+                    table._cell_render_cache.clear()
+                    ours_line = table._render_line_in_row(*args)
+                    table._row_render_cache.clear()
+                    table._cell_render_cache.clear()
+                    assert ours_line == DataTable._render_line_in_row(table, *args), (args, mouse)
+            for row in (-1, 0, 1, 2):
+                assert table._get_row_style(row, base) == DataTable._get_row_style(table, row,
+                                                                                   base)

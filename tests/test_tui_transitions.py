@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from symwatch import protocol
 from symwatch.state import FLAG_SAMPLES
+from symwatch.tui.app import EVENT_TOASTS, toast_text
 from symwatch.tui.layer_table import LayerTable
 from tests.test_tui_app import app_on, cell, join, publish_sample, sampled, until
 
@@ -87,3 +88,39 @@ async def test_enter_opens_the_layer_detail_with_history_and_transitions(fake_ag
         await until(pilot, lambda: not isinstance(app.screen, LayerDetailScreen), what="closed")
     line = marker_line(1, 40, [20, 50], 40)  # steps 1..40 in 40 columns; 50 is outside
     assert line.count("▲") == 1 and line.index("▲") == 19
+
+
+async def test_a_burst_of_transitions_keeps_two_short_toasts_and_every_event(fake_agent):
+    """A weight-decay switch moves every layer at once: the toasts must not pile up over the
+    dashboard. The newest EVENT_TOASTS stay, each cut to its lead; the timeline keeps all."""
+    agent = fake_agent()
+    app = app_on(agent, bell=True)
+    bells = []
+    app.bell = lambda: bells.append(1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await sampled(pilot, agent, app)
+        for step in range(20, 27):
+            agent.send(protocol.EVENT, step, severity="transition", layer="fc1",
+                       metric="numerical_rank", direction="down", before=4, after=3, score=9.0,
+                       exogenous="optimizer weight_decay 0 → 1.5", onset=step,
+                       message=f"fc1: numerical_rank 4 → 3 at step {step}; loss +12 % over the "
+                               f"same window; also fc2 numerical_rank 9 → 8, conv1 "
+                               f"dead_fraction 0 → 0.25 [exogenous: optimizer weight_decay 0 → 1.5]")
+            await pilot.pause(0.02)
+        await until(pilot, lambda: app.state.events_total == 7, what="7 events")
+        await pilot.pause(0.3)
+        toasts = [n for n in app._notifications if n.title.startswith("step ")]
+        assert len(toasts) == EVENT_TOASTS, [n.title for n in toasts]
+        assert {n.title for n in toasts} == {"step 25", "step 26"}
+        assert all(n.message == "fc1: numerical_rank 4 → 3 at step " + n.title[5:]
+                   + "; loss +12 % over the same window … [exogenous: optimizer weight_decay"
+                     " 0 → 1.5]" for n in toasts)
+        assert len(bells) == 7
+        assert len(app.state.events) == 7  # every event kept for the timeline
+
+
+def test_toast_text_keeps_the_lead_and_the_explanation():
+    assert toast_text("fc1: weight_norm +12 % at step 5") == "fc1: weight_norm +12 % at step 5"
+    assert toast_text("a at step 5; loss −3 %; also b, c") == "a at step 5; loss −3 % …"
+    assert toast_text("a; also b [exogenous: lr 0.1 → 0.01]") == \
+        "a … [exogenous: lr 0.1 → 0.01]"

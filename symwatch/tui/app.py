@@ -12,6 +12,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message as UiMessage
+from textual.notifications import Notification, Notify, SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
 
@@ -44,7 +45,7 @@ from symwatch.tui.ranks_panel import RanksLine, RanksScreen
 # layers at 10 Hz, a busy machine) are spaced so that a key press is answered within about one
 # redraw however fast messages come.
 TICK_S = 0.2
-MIN_FRAME_S = 1 / 30
+MIN_FRAME_S = 1 / 60  # Textual composes at most 60 screen updates a second (TEXTUAL_FPS)
 DATA_SHARE = 0.4
 # Small: a key press reaches the app only when the event loop turns between two pieces of work
 # (the terminal's input thread hands it over with run_coroutine_threadsafe), so redraws must
@@ -61,6 +62,21 @@ INPUT_FIRST_S = 0.004
 MAX_DEFERRALS = 10
 FOLD_PAUSE_S = 0.006  # between goes: folding a backlog takes at most 2/3 of the UI thread
 NOTIFY_SEVERITIES = ("warning", "error", "transition")
+# Event toasts on screen at once: a burst of transitions (a weight-decay switch moves every
+# layer) stacked a column of toasts over the loss chart. Older ones give way to newer; the
+# events timeline (`e`) keeps every event whole.
+EVENT_TOASTS = 2
+
+
+def toast_text(message: str) -> str:
+    """An event's message for a toast: its lead (the top jump and the loss beside it) and any
+    [exogenous: …] explanation; the list of other series that moved (`; also …`) is left to
+    the events timeline."""
+    lead, also, rest = message.partition("; also ")
+    if not also:
+        return message
+    bracket = rest.rfind(" [")
+    return lead + " …" + (rest[bracket:] if bracket >= 0 and rest.endswith("]") else "")
 
 
 class SymwatchApp(App[None]):
@@ -142,6 +158,7 @@ class SymwatchApp(App[None]):
         self._drawn_revision = -1
         self._backlog: deque[Message] = deque()
         self._events_seen = 0
+        self._event_toasts: deque[Notification] = deque()
         self.title = title or f"symwatch — {self.endpoint}"
         # A replay source ages the state on its own clock (recording time), so a paused replay
         # is not "stale"; `generation` changes when it seeks back and the state must restart.
@@ -166,6 +183,8 @@ class SymwatchApp(App[None]):
         self._listen(self.source)
         self.tick()
         self.set_interval(self.tick_s, self._clock_tick)
+        # The app's own objects out of the collector's full passes (symwatch.tui.heap).
+        self.call_after_refresh(self.long_lived.settle)
 
     def _listen(self, source: MessageSource) -> None:
         """Be woken by the source when data arrives (if it can), instead of waiting a tick."""
@@ -201,6 +220,7 @@ class SymwatchApp(App[None]):
         self.tick()
 
     def on_unmount(self) -> None:
+        self.long_lived.release()
         if self.owns_source:
             self.source.close()
 
@@ -403,12 +423,28 @@ class SymwatchApp(App[None]):
         self._events_seen = self.state.events_total
         if fresh <= 0:
             return
-        for ev in list(self.state.events)[-fresh:]:
-            if ev.severity in NOTIFY_SEVERITIES and not ev.history:
-                self.notify(ev.message, title=f"step {ev.step:,}",
-                            severity="error" if ev.severity == "error" else "warning")
-                if self.ring_bell and ev.severity == "transition":
-                    self.bell()
+        shown = [ev for ev in list(self.state.events)[-fresh:]
+                 if ev.severity in NOTIFY_SEVERITIES and not ev.history]
+        for ev in shown:
+            if self.ring_bell and ev.severity == "transition":
+                self.bell()
+        for ev in shown[-EVENT_TOASTS:]:
+            self._event_toast(toast_text(ev.message), title=f"step {ev.step:,}",
+                              severity="error" if ev.severity == "error" else "warning")
+
+    def _event_toast(self, message: str, title: str, severity: SeverityLevel) -> None:
+        """App.notify, keeping only the newest EVENT_TOASTS event toasts on screen."""
+        toast = Notification(message, title, severity, self.NOTIFICATION_TIMEOUT)
+        self.post_message(Notify(toast))
+        self._event_toasts.append(toast)
+        while len(self._event_toasts) > EVENT_TOASTS:
+            self._drop_toast(self._event_toasts.popleft())
+
+    def _drop_toast(self, toast: Notification, again: bool = True) -> None:
+        if toast in self._notifications:
+            self._unnotify(toast)
+        elif again:  # posted but not shown yet: once its Notify has been handled
+            self.call_after_refresh(self._drop_toast, toast, False)
 
     # -- actions -------------------------------------------------------------------------------
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.message import Message
 from textual.widgets import DataTable
+from textual.coordinate import Coordinate
 from textual.widgets.data_table import ColumnKey, RowKey
 
 from symwatch import numbers
@@ -25,6 +27,8 @@ MIN_SPARK = 4  # a shorter sparkline says nothing; drop it and keep the values r
 # Rows just outside the viewport re-rendered too, so a short scroll shows fresh cells at once.
 VISIBLE_MARGIN = 5
 CELL_PADDING = 1  # DataTable's default, on each side of every column
+# Cells' styles kept for the next frame (a few per cell on screen; cleared when over this).
+MAX_CELL_STYLES = 20_000
 
 
 def column_key(indicator: str) -> str:
@@ -127,6 +131,49 @@ def _sort_arrow(order: TableOrder, column: str) -> str:
     return "▼ " if order.descending else "▲ "
 
 
+def _text_segments(cell: Text, console: Console) -> list[Segment]:
+    """Text.render(console, end=""), for spans one after another (the table's cells: the
+    sparkline, a space, the value); Rich's general way (spans may nest) costs three times as
+    much. Anything else goes Rich's way."""
+    plain = cell.plain
+    get_style = console.get_style
+    null = Style.null()
+    base = get_style(cell.style, default=null)
+    out: list[Segment] = []
+    at = 0
+    for span in cell.spans:
+        start, end = span.start, span.end
+        if start < at or end <= start or end > len(plain):
+            return list(cell.render(console, end=""))  # nested, empty or out of range
+        if start > at:
+            out.append(Segment(plain[at:start], Style.combine((base,))))
+        out.append(Segment(plain[start:end], Style.combine((base, get_style(span.style,
+                                                                            default=null)))))
+        at = end
+    if at < len(plain):
+        out.append(Segment(plain[at:], Style.combine((base,))))
+    return out
+
+
+def _apply_styles(line: list[Segment], styled: tuple[Style, Style, dict]) -> list[Segment]:
+    """Segment.apply_style(line, style, post_style), each resulting style looked up in (or
+    added to) `styled`'s table: the same segments, without building the same Style twice."""
+    style, post_style, final = styled
+    out = []
+    for text, segment_style, control in line:
+        if control:
+            out.append(Segment(text, None, control))
+            continue
+        combined = final.get(segment_style)
+        if combined is None:
+            combined = style + segment_style if style else segment_style
+            if post_style:
+                combined = combined + post_style if combined else post_style
+            final[segment_style] = combined
+        out.append(Segment(text, combined, control))
+    return out
+
+
 class LayerName(Text):
     """The Layer cell: its text may be cut or marked (▲ ⚠), so it carries the layer's name
     for sorting (DataTable.sort hands the key function cells, not row keys)."""
@@ -150,6 +197,9 @@ class LayerTable(DataTable[Text]):
         # The stretch of the run shown (symwatch.tui.history_view); live: the newest samples.
         self.window = HistoryWindow()
         self._state: RunState | None = None  # the last synced state, for rows scrolled into view
+        # (row, column, styles) -> the cell's style, post style, {text style: final style}
+        self._cell_styles: dict[tuple[object, ...], tuple[Style, Style, dict]] = {}
+        self._row_styles: dict[tuple[object, ...], Style] = {}  # see _get_row_style
         self._on_screen_first = False  # the next sync renders no margin (a new window)
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
@@ -182,19 +232,90 @@ class LayerTable(DataTable[Text]):
         component_style, post_style = self._get_styles_to_render_cell(
             False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
             self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
-        style = base_style + Style.from_meta({"row": row_index, "column": column_index}) \
-            + component_style
+        # The cell's style (its row and column in the meta, for clicks) and what each style of
+        # its text becomes under it: Segment.apply_style makes each anew, a Style with a meta
+        # unique to the cell every time (no cache hit), several per cell and frame. The same
+        # cell on the next frame looks them up here.
+        styles_key = (row_index, column_index, base_style, component_style, post_style)
+        styled = self._cell_styles.get(styles_key)
+        if styled is None:
+            if len(self._cell_styles) > MAX_CELL_STYLES:
+                self._cell_styles.clear()
+            style = base_style + Style.from_meta({"row": row_index, "column": column_index}) \
+                + component_style
+            styled = self._cell_styles[styles_key] = (style, post_style, {})
         pad = self.cell_padding
         console = self.app.console
-        if cell.spans or not cell.style:
-            text = list(cell.render(console, end=""))  # spans over the Text's own style
+        if cell.spans:
+            text = _text_segments(cell, console)  # spans over the Text's own style
+        elif not cell.style:
+            text = [Segment(cell.plain)]
         else:  # (Text.render leaves a Text without spans unstyled; a line of a wrap is not)
             text = [Segment(cell.plain, console.get_style(cell.style))]
         inner = Segment.adjust_line_length(text, max(0, width - 2 * pad), pad=True)
         line = [Segment(" " * pad), *inner, Segment(" " * pad)] if pad else inner
-        lines = [list(Segment.apply_style(line, style, post_style))]
+        lines = [_apply_styles(line, styled)]
         self._cell_render_cache[cache_key] = lines
         return lines
+
+    def _render_line_in_row(self, row_key: RowKey, line_no: int, base_style: Style,
+                            cursor_location: Coordinate, hover_location: Coordinate
+                            ) -> tuple[list[list[Segment]], list[list[Segment]]]:
+        """DataTable's, for this table's rows (a row cursor, no row labels, no fixed columns):
+        the same segments (tests/test_tui_snapshots.py compares both), without what DataTable
+        looks up for every line of every frame and this table never uses (the header's and
+        the background's styles, walking the DOM, ~0.2 ms a line). Other tables, the general
+        way."""
+        if self.cursor_type != "row" or self.fixed_columns or \
+                (self._labelled_row_exists and self.show_row_labels):
+            return super()._render_line_in_row(row_key, line_no, base_style, cursor_location,
+                                               hover_location)
+        cache_key = (row_key, line_no, base_style, cursor_location, hover_location,
+                     self.cursor_type, self.show_cursor, self._show_hover_cursor,
+                     self._update_count, self._pseudo_class_state)
+        cached = self._row_render_cache.get(cache_key)
+        if cached is not None:
+            return cached
+        row_index = self._row_locations.get(row_key) if row_key in self._row_locations else -1
+        row_style = self._get_row_style(row_index, base_style)
+        cursor = cursor_location.row == row_index  # a row cursor: the whole row is under it
+        hover = hover_location.row == row_index
+        scrollable: list[list[Segment]] = []
+        table_width = self._row_label_column_width
+        for column_index, column in enumerate(self.ordered_columns):
+            width = column.get_render_width(self)
+            table_width += width
+            scrollable.append(self._render_cell(row_index, column_index, row_style, width,
+                                                cursor=cursor, hover=hover)[line_no])
+        # The row's style carried to the right edge of the table, as DataTable does.
+        extend_style, _ = self._get_styles_to_render_cell(
+            row_index == -1, False, False, hover_location.row == (row_index or 0), cursor,
+            self.show_cursor, self._show_hover_cursor, False, False)
+        extend_style = row_style + extend_style + Style.from_meta(
+            {"row": row_index, "column": 0, "out_of_bounds": True})
+        remaining = max(0, self.size.width - table_width)
+        scrollable.append([Segment(" " * remaining, extend_style)])
+        pair: tuple[list[list[Segment]], list[list[Segment]]] = ([], scrollable)
+        self._row_render_cache[cache_key] = pair
+        return pair
+
+    def _get_row_style(self, row_index: int, base_style: Style) -> Style:
+        """DataTable's, remembered: it looks the row's component style up by walking the DOM
+        (Widget.rich_style, ~0.1 ms), once for every row of every frame."""
+        kind = -1 if row_index == -1 else -2 if row_index < self.fixed_rows else row_index % 2
+        key = (kind, base_style, self.zebra_stripes, self._pseudo_class_state, self.app.theme)
+        style = self._row_styles.get(key)
+        if style is None:
+            if len(self._row_styles) > 64:
+                self._row_styles.clear()
+            style = self._row_styles[key] = super()._get_row_style(row_index, base_style)
+        return style
+
+    def notify_style_update(self) -> None:
+        for cache in (getattr(self, "_row_styles", None), getattr(self, "_cell_styles", None)):
+            if cache is not None:
+                cache.clear()  # new CSS or theme: every style again
+        super().notify_style_update()
 
     class Resized(Message):
         """The table's size changed: its columns must be fitted again (the app redraws)."""
