@@ -64,8 +64,10 @@ FOLD_PAUSE_S = 0.006  # between goes: folding a backlog takes at most 2/3 of the
 NOTIFY_SEVERITIES = ("warning", "error", "transition")
 # Event toasts on screen at once: a burst of transitions (a weight-decay switch moves every
 # layer) stacked a column of toasts over the loss chart. Older ones give way to newer; the
-# events timeline (`e`) keeps every event whole.
+# events timeline (`e`) keeps every event whole. Below WIDE_COLUMNS a toast is half the
+# screen's width: one at a time.
 EVENT_TOASTS = 2
+WIDE_COLUMNS = 120
 
 
 def toast_text(message: str) -> str:
@@ -428,7 +430,7 @@ class SymwatchApp(App[None]):
         for ev in shown:
             if self.ring_bell and ev.severity == "transition":
                 self.bell()
-        for ev in shown[-EVENT_TOASTS:]:
+        for ev in shown[-self._toast_limit():]:
             self._event_toast(toast_text(ev.message), title=f"step {ev.step:,}",
                               severity="error" if ev.severity == "error" else "warning")
 
@@ -437,8 +439,11 @@ class SymwatchApp(App[None]):
         toast = Notification(message, title, severity, self.NOTIFICATION_TIMEOUT)
         self.post_message(Notify(toast))
         self._event_toasts.append(toast)
-        while len(self._event_toasts) > EVENT_TOASTS:
+        while len(self._event_toasts) > self._toast_limit():
             self._drop_toast(self._event_toasts.popleft())
+
+    def _toast_limit(self) -> int:
+        return EVENT_TOASTS if self.size.width >= WIDE_COLUMNS else 1
 
     def _drop_toast(self, toast: Notification, again: bool = True) -> None:
         if toast in self._notifications:
