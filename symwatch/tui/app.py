@@ -34,6 +34,7 @@ from symwatch.tui import history_view
 from symwatch.tui.history_view import HistoryWindow
 from symwatch.tui.heap import LongLivedHistory
 from symwatch.tui.layer_table import LayerTable
+from symwatch.tui.main_layout import MainHeights, main_heights
 from symwatch.tui.panels import EventsLog, GpuLine, LossPanel
 from symwatch.tui.ranks_panel import RanksLine, RanksScreen
 
@@ -158,6 +159,7 @@ class SymwatchApp(App[None]):
         self.last_tick_error: str | None = None
         self._drawn_key: tuple[Any, ...] | None = None
         self._drawn_revision = -1
+        self._heights: MainHeights | None = None  # the table's, loss chart's and log's, once fitted
         self._backlog: deque[Message] = deque()
         self._events_seen = 0
         self._event_toasts: deque[Notification] = deque()
@@ -410,7 +412,33 @@ class SymwatchApp(App[None]):
             self.query_one(GpuLine).show(state)
             self.query_one(RanksLine).show(state)
             self.query_one(EventsLog).show(state)
+            # once this frame's layout is in place: the table's rows and the banner are known
+            self.call_after_refresh(self._fit_heights)
         self._notify_events()
+
+    def _fit_heights(self) -> None:
+        """Cut the table to its rows and give the loss chart and the events log what that
+        leaves (symwatch.tui.main_layout); a change is drawn again at the new heights."""
+        main = self.query_one("#main")
+        table = self.query_one(LayerTable)
+        loss, events = self.query_one(LossPanel), self.query_one(EventsLog)
+        if not table.display or not main.size.height:
+            return
+        fixed = sum(child.outer_size.height for child in main.children
+                    if child.display and child not in (table, loss, events))
+        need = table.virtual_size.height + table.gutter.height
+        if table.show_horizontal_scrollbar:
+            need += table.scrollbar_size_horizontal
+        # the loss panel's first line is its text; the rest is the chart's
+        heights = main_heights(self.size.height, main.size.height - fixed - 1, need)
+        if heights == self._heights:
+            return
+        self._heights = heights
+        table.styles.height = heights.table
+        loss.rows = heights.chart
+        loss.styles.height = heights.chart + 1
+        events.styles.height = heights.events
+        self.call_after_refresh(self._redraw_table)  # the panels' text, at their new sizes
 
     def connection(self, now: float | None = None) -> str:
         """The state's waiting/live/stale/finished, or reconnecting while the source says its

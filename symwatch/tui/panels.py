@@ -10,6 +10,7 @@ from textual.widgets import Static
 from symwatch import numbers
 from symwatch.state import RunState
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
+from symwatch.tui.main_layout import chart_rows
 from symwatch.tui.sparkline import sparkline_rows
 
 SEVERITY_STYLES = {"info": "cyan", "notice": "yellow", "warning": "bold yellow",
@@ -100,10 +101,13 @@ def events_text(state: RunState, lines: int) -> Text:
 
 
 class LossPanel(Static):
-    """The loss line and chart; the chart grows on tall terminals (1 row at 24, 6 at 40+)."""
+    """The loss line and chart; the chart grows on tall terminals (1 row at 24, 6 at 40+) and
+    takes the lines a short layer table leaves (symwatch.tui.main_layout)."""
+
+    rows: int | None = None  # the chart's rows as the app fitted them (None: not yet)
 
     def chart_rows(self) -> int:
-        return max(1, min(6, (self.app.size.height - 24) // 3 + 1))
+        return self.rows if self.rows is not None else chart_rows(self.app.size.height)
 
     def show(self, state: RunState, window: HistoryWindow | None = None) -> None:
         rows = self.chart_rows()
