@@ -9,7 +9,8 @@ from symwatch import protocol
 from symwatch.state import RunState
 from symwatch.tui.header import header_text
 from symwatch.tui.layer_table import VALUE_WIDTH, compute_layout
-from symwatch.tui.panels import events_text, gpu_text
+from symwatch.tui.history_view import HistoryWindow
+from symwatch.tui.panels import events_text, gpu_text, loss_text
 from symwatch.tui.run_text import command_text, started_text
 from symwatch.tui.sparkline import BARS, sparkline, sparkline_rows
 
@@ -90,6 +91,54 @@ def test_events_text_shows_the_latest_lines():
             payload={"message": f"event {i}", "severity": "transition"}))))
     text = events_text(s, 2).plain
     assert "event 2" in text and "event 3" in text and "event 1" not in text
+
+
+def _with_loss(losses) -> RunState:
+    s = RunState()
+    for i, loss in enumerate(losses, start=1):
+        s.fold(protocol.decode(list(protocol.encode(
+            protocol.STATS, run="r", rank=0, restart=0, seq=i, time=0.0, step=i,
+            payload={"loss": loss}))))
+    return s
+
+
+def _bar_heights(text: str) -> list[int]:
+    """Eighths filled per column of a multi-row chart (its rows under the text line)."""
+    rows = [row[1:] for row in text.split("\n")[1:]]
+    heights = [0] * len(rows[0])
+    for row in rows:
+        for x, ch in enumerate(row):
+            heights[x] += 8 if ch == BARS[-1] else (BARS.index(ch) + 1 if ch in BARS else 0)
+    return heights
+
+
+def test_the_live_loss_chart_is_the_whole_run():
+    # 1,000 steps: far more than the recent samples kept whole (64); the first 300 a plateau
+    # at 2, then a drop to 1: the plateau must still be on the chart
+    s = _with_loss([2.0] * 300 + [1.0] * 700)
+    text = loss_text(s, width=102, rows=4).plain
+    assert "steps 1–1,000" in text and "log scale" not in text
+    heights = _bar_heights(text)
+    assert len(heights) == 100 and heights[0] == 32 and heights[-1] <= 2
+    assert heights[29] == 32 and heights[31] <= 2  # the drop, 30 % of the way along
+
+
+def test_a_loss_that_spans_decades_is_drawn_on_a_log_scale():
+    # exponential decay from 100 to 0.1: on a log scale a straight line, so the middle column
+    # is half-way up; on a linear one it would be nearly empty
+    losses = [100 * 0.001 ** (i / 999) for i in range(1000)]
+    text = loss_text(_with_loss(losses), width=102, rows=4).plain
+    assert "log scale" in text
+    heights = _bar_heights(text)
+    assert abs(heights[50] - 16) <= 2 and heights[0] == 32
+    assert "log scale" not in loss_text(_with_loss([3.0, 2.0, 1.0]), 40, 2).plain
+
+
+def test_a_window_chart_shows_the_window():
+    s = _with_loss([2.0] * 300 + [1.0] * 700)
+    text = loss_text(s, width=102, rows=4, window=HistoryWindow(end=200, span=100)).plain
+    assert text.startswith(" loss 2") and "steps 101–200" in text
+    assert min(_bar_heights(text)) > 0  # the plateau only: a flat chart
 
 
 def test_started_text_shows_the_date_only_when_not_today():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.text import Text
@@ -13,27 +14,39 @@ from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.main_layout import chart_rows
 from symwatch.tui.sparkline import sparkline_rows
 
+# A loss chart whose values span this factor or more is drawn on a log scale
+LOG_SCALE_RANGE = 20.0
+
 SEVERITY_STYLES = {"info": "cyan", "notice": "yellow", "warning": "bold yellow",
                    "error": "bold red", "transition": "bold magenta"}
 
 
 def loss_text(state: RunState, width: int, rows: int = 1,
               window: HistoryWindow | None = None) -> Text:
-    """The loss now and its chart; paused or scrolled back (`window`), at and over the window."""
+    """The loss now and its chart. Live, the chart is the whole run (its older part merged
+    into min/max columns, symwatch.downsample), where a plateau and the drop that ends it show
+    at any length of run; paused or scrolled back (`window`), the value at the window's end
+    and the chart over the window, as the table's sparklines."""
     text = Text(no_wrap=True, overflow="ellipsis")  # a wrapped first line would push the chart
     text.append(" loss ", "dim")
     chart_w = max(0, width - 2)
+    store = state.loss.store
     if window is not None and not window.live:
         first, last = steps_shown(window, state)
-        points = state.loss.store.columns(first, last, chart_w)
         text.append(numbers.compact(value_at(state.loss, window)), "bold")
     else:
-        points = state.loss.values()
+        first, last = store.first_step, store.last_step
         text.append(numbers.compact(state.loss.current), "bold")
+    points = store.columns(first, last, chart_w) if first is not None and last is not None \
+        else []
     known = [v for v in points if v is not None]
+    log_scale = bool(known) and min(known) > 0 and max(known) >= LOG_SCALE_RANGE * min(known)
     if known:
-        text.append(f"  min {numbers.compact(min(known))}  max {numbers.compact(max(known))}",
-                    "dim")
+        text.append(f"  min {numbers.compact(min(known))}  max {numbers.compact(max(known))}"
+                    f"  steps {max(first, store.first_step or first):,}–{last:,}"
+                    + ("  log scale" if log_scale else ""), "dim")
+    if log_scale:  # the first steps' loss would flatten everything after it on a linear scale
+        points = [None if v is None else math.log(v) for v in points]
     for name, value in list(state.scalars.items())[:3]:
         text.append(f"  {name} ", "dim")
         text.append(numbers.compact(value))
