@@ -56,12 +56,17 @@ def _groups(model: nn.Module) -> list[torch.Tensor]:
     return [torch.stack(ws) for ws in by_shape.values()]
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
+def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    def run() -> None:
+        fn()
+        if device.type == "cuda":  # the kernels' time, not their launch's
+            torch.cuda.synchronize(device)
+
+    run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -117,7 +122,7 @@ def slq_effective_rank(g: torch.Tensor, probes: int = SLQ_PROBES, steps: int = S
     root = theta.sqrt()
     functions = (root, torch.where(root > 0, root * root.clamp_min(1e-300).log(), 0.0))
     g64 = g.double()
-    traces = torch.stack([torch.full((b,), float(k), dtype=torch.float64),
+    traces = torch.stack([torch.full((b,), float(k), dtype=torch.float64, device=g.device),
                           g64.diagonal(dim1=-2, dim2=-1).sum(-1), g64.square().sum((-1, -2))], -1)
     powers = torch.stack([theta ** 0, theta, theta.square()], -1)  # (B, probes, s, 3)
     x = (powers * weight.sqrt()[..., None]).flatten(1, 2)  # weighted least squares over nodes
@@ -135,18 +140,20 @@ def slq_effective_rank(g: torch.Tensor, probes: int = SLQ_PROBES, steps: int = S
 def floors(model: nn.Module, repeats: int) -> dict[str, float]:
     """Median seconds of each floor on this machine (see the module's docstring)."""
     groups = _groups(model)
+    device = groups[0].device
     grams = [spectra.gram(w) for w in groups]
     vectors = [torch.randn(w.shape[0], min(w.shape[1:]), KRYLOV_VECTORS).to(w.device)
                for w in groups]
     return {
         "read_s": _median_time(lambda: [torch.linalg.vector_norm(w, dim=2) for w in groups],
-                               repeats),
-        "gram32_s": _median_time(lambda: [spectra.gram(w) for w in groups], repeats),
-        "gram16_s": _median_time(lambda: [_gram_bf16(w) for w in groups], repeats),
-        "eigvalsh_s": _median_time(lambda: [torch.linalg.eigvalsh(g) for g in grams], repeats),
+                               repeats, device),
+        "gram32_s": _median_time(lambda: [spectra.gram(w) for w in groups], repeats, device),
+        "gram16_s": _median_time(lambda: [_gram_bf16(w) for w in groups], repeats, device),
+        "eigvalsh_s": _median_time(lambda: [torch.linalg.eigvalsh(g) for g in grams], repeats,
+                                   device),
         "krylov_step_s": _median_time(
-            lambda: [_krylov_step(w, q) for w, q in zip(groups, vectors)], repeats),
-        "slq_s": _median_time(lambda: [slq_effective_rank(g) for g in grams], repeats),
+            lambda: [_krylov_step(w, q) for w, q in zip(groups, vectors)], repeats, device),
+        "slq_s": _median_time(lambda: [slq_effective_rank(g) for g in grams], repeats, device),
     }
 
 
