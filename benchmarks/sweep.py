@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 import machine
 import sweep_floors
+from timing import sync, timed
 from doc_sections import write_section
 from rich.console import Console
 from rich.progress import Progress
@@ -102,23 +103,6 @@ def make_model(seed: int = 0, kind: str = "GPT-2-like", blocks: int = 12) -> nn.
                 layer.weight.copy_(w + (u * strengths) @ v.T)
                 layer.bias.copy_(0.01 * torch.randn(m, generator=gen))
     return model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up (LAPACK / cuSOLVER initialisation, warm power vectors)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def cpu_seconds(fn, repeats: int) -> float:
@@ -193,10 +177,10 @@ def steady_state(model: nn.Module, layers, device: torch.device) -> dict[str, ob
     times = []
     for _ in range(WARM_SWEEPS):
         perturb(model, gen)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         rows = engine.compute(FULL)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     warm, _ = engine.decode(rows.tolist())
     out: dict[str, object] = {"warm_s": statistics.median(times),

@@ -30,14 +30,13 @@ itself, and numerical rank is a count that must not move by noise).
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from typing import Callable
 
 import torch
 from torch import nn
 
 from symwatch_agent import spectra
+from timing import timed
 
 KRYLOV_VECTORS = 8
 SLQ_PROBES = 8
@@ -57,18 +56,7 @@ def _groups(model: nn.Module) -> list[torch.Tensor]:
 
 
 def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    def run() -> None:
-        fn()
-        if device.type == "cuda":  # the kernels' time, not their launch's
-            torch.cuda.synchronize(device)
-
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(fn, device, repeats)[0]
 
 
 def _gram_bf16(w: torch.Tensor) -> torch.Tensor:
