@@ -132,6 +132,21 @@ async def test_a_burst_of_transitions_keeps_few_short_toasts_and_every_event(fak
         assert len(app.state.events) == 7  # every event kept for the timeline
 
 
+async def test_toasts_dropped_before_they_show_never_show(fake_agent):
+    """Five toasts raised in one go: the first three are dropped before Textual has handled
+    their Notify messages. They must never appear, whatever order the messages come in."""
+    agent = fake_agent()
+    app = app_on(agent)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await sampled(pilot, agent, app)
+        for step in range(5):
+            app._event_toast(f"jump {step}", title=f"step {step}", severity="warning")
+        assert len(app._toasts_to_drop) == 3  # none of the five was on screen yet
+        await pilot.pause(0.2)
+        shown = sorted(n.title for n in app._notifications if n.title.startswith("step "))
+        assert shown == ["step 3", "step 4"] and not app._toasts_to_drop
+
+
 def test_toast_text_keeps_the_lead_and_the_explanation():
     assert toast_text("fc1: weight_norm +12 % at step 5") == "fc1: weight_norm +12 % at step 5"
     assert toast_text("a at step 5; loss −3 %; also b, c") == "a at step 5; loss −3 % …"

@@ -163,6 +163,7 @@ class SymwatchApp(App[None]):
         self._backlog: deque[Message] = deque()
         self._events_seen = 0
         self._event_toasts: deque[Notification] = deque()
+        self._toasts_to_drop: set[str] = set()  # identities of toasts dropped before shown
         self.title = title or f"symwatch — {self.endpoint}"
         # A replay source ages the state on its own clock (recording time), so a paused replay
         # is not "stale"; `generation` changes when it seeks back and the state must restart.
@@ -473,11 +474,19 @@ class SymwatchApp(App[None]):
     def _toast_limit(self) -> int:
         return EVENT_TOASTS if self.size.width >= WIDE_COLUMNS else 1
 
-    def _drop_toast(self, toast: Notification, again: bool = True) -> None:
+    def _drop_toast(self, toast: Notification) -> None:
         if toast in self._notifications:
             self._unnotify(toast)
-        elif again:  # posted but not shown yet: once its Notify has been handled
-            self.call_after_refresh(self._drop_toast, toast, False)
+        else:  # posted but its Notify not handled yet: dropped when it is (on_notify)
+            self._toasts_to_drop.add(toast.identity)
+
+    def on_notify(self, event: Notify) -> None:
+        """Runs before Textual's own handler (App._on_notify, which shows the toast): a toast
+        dropped before its Notify got here is never shown. (Dropping it a refresh later lost
+        the race under load: the Notify could come later still, and the toast stayed.)"""
+        if event.notification.identity in self._toasts_to_drop:
+            self._toasts_to_drop.discard(event.notification.identity)
+            event.prevent_default()  # App._on_notify does not run
 
     # -- actions -------------------------------------------------------------------------------
 
