@@ -44,8 +44,11 @@ def test_the_heights_always_fill_the_free_lines(screen: int, need: int) -> None:
 
 
 def _fitted(app) -> bool:
-    table = app.query_one(LayerTable)
-    return app._heights is not None and table.region.height == app._heights.table
+    """Heights fitted and laid out: the table at its height, the log ending on the footer."""
+    table, events = app.query_one(LayerTable), app.query_one(EventsLog)
+    return (app._heights is not None and table.region.height == app._heights.table
+            and events.region.height == app._heights.events
+            and events.region.bottom == app.size.height - 1)
 
 
 def _blank_lines_under_the_table(app) -> int:

@@ -160,6 +160,7 @@ class SymwatchApp(App[None]):
         self._drawn_key: tuple[Any, ...] | None = None
         self._drawn_revision = -1
         self._heights: MainHeights | None = None  # the table's, loss chart's and log's, once fitted
+        self._fit_retries = 0  # fits put off in a row: a line shown but not laid out yet
         self._backlog: deque[Message] = deque()
         self._events_seen = 0
         self._event_toasts: deque[Notification] = deque()
@@ -425,8 +426,16 @@ class SymwatchApp(App[None]):
         loss, events = self.query_one(LossPanel), self.query_one(EventsLog)
         if not table.display or not main.size.height:
             return
-        fixed = sum(child.outer_size.height for child in main.children
-                    if child.display and child not in (table, loss, events))
+        others = [child for child in main.children
+                  if child.display and child not in (table, loss, events)]
+        if any(not child.outer_size.height for child in others) and self._fit_retries < 5:
+            # a line just shown (the GPU line after WAITING, a banner) is not laid out yet:
+            # its height is not known, so fit once it is
+            self._fit_retries += 1
+            self.call_after_refresh(self._fit_heights)
+            return
+        self._fit_retries = 0
+        fixed = sum(child.outer_size.height for child in others)
         need = table.virtual_size.height + table.gutter.height
         if table.show_horizontal_scrollbar:
             need += table.scrollbar_size_horizontal
