@@ -32,8 +32,10 @@ from symwatch.tui.themes import DARK, LIGHT  # noqa: E402
 
 def record_demo(path: str, steps: int) -> None:
     env = {**os.environ, "SYMWATCH_RECORD": path}
+    # at the demo's own pace (--delay's default), so the header's steps/s and overhead read
+    # what `symwatch demo` shows; unpaced, the tiny model's steps are as short as a sample
     subprocess.run([sys.executable, "-m", "symwatch_agent.demo", "--steps", str(steps),
-                    "--delay", "0", "--every", "1", "--endpoint", "tcp://127.0.0.1:0"],
+                    "--every", "1", "--endpoint", "tcp://127.0.0.1:0"],
                    env=env, check=True, capture_output=True, timeout=600)
 
 
