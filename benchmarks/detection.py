@@ -10,7 +10,7 @@ Parts (see benchmarks/detection_data.py for the generators and the scores):
    samples, per noise type; at the single-series default threshold and at the threshold of a
    run of 100 series; plus the literal DETECTION.md configuration for comparison.
 2. Calibration: the per-series false-alarm rate r(theta) on long jump-free curves and the fit
-   r = A exp(-theta / TAU) behind `symwatch.jumps.calibrated_threshold`.
+   r = A exp(-theta / TAU) behind `symwatch.core.jumps.calibrated_threshold`.
 3. Cost: microseconds per update and updates/s for a run of 1000 series.
 4. TCPD (only with --tcpd): TCPDBench F1 (margin 5) and cover of the default detector on the
    bundled univariate series, beside the never-alarm baseline and the published numbers.
@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from doc_sections import write_section  # noqa: E402
 from detection_data import (NOISES, Curve, EventScore, make_curve, match_events,  # noqa: E402
                             quantile, synthetic_set, tcpd_cover, tcpd_f1)
-from symwatch import jumps as jumps_mod  # noqa: E402
-from symwatch.detection import JumpDetector, TransitionDetector, calibrated_threshold  # noqa: E402
+from symwatch.core import jumps as jumps_mod  # noqa: E402
+from symwatch.core.detection import JumpDetector, TransitionDetector, calibrated_threshold  # noqa: E402
 
 WINDOW = 25  # causal window (samples after a jump's start) within which an alarm detects it
 LITERAL = {"scales": ((3, 3), (5, 5), (20, 9)), "decorrelate": 0, "confirm": 1, "tail_q": 0.0,
@@ -288,7 +288,7 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
              "```",
              "",
              f"About {max(1, round(res['elapsed'] / 60))} min on {args.workers} cores. Detector: "
-             "`symwatch.detection` (`symwatch/jumps.py`: multi-scale robust jump statistic, "
+             "`symwatch.core.detection` (`symwatch/core/jumps.py`: multi-scale robust jump statistic, "
              "scales (5,5), (10,7), (20,9)); generators and scores: "
              "`benchmarks/detection_data.py`. The TCPD folder is read only by this script.",
              "",
@@ -337,7 +337,7 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
     lines += ["",
               f"Fit of the tail of the worst type (r ≤ {FIT_MAX_RATE:g} with ≥ 3 alarms, "
               f"{cal['points']} points): r(θ) ≈ {cal['C']:.3g} · θ^−{cal['K']:.3g}. In use "
-              f"(`symwatch/jumps.py`): C = {jumps_mod.CAL_C:g}, K = {jumps_mod.CAL_K:g}, budget "
+              f"(`symwatch/core/jumps.py`): C = {jumps_mod.CAL_C:g}, K = {jumps_mod.CAL_K:g}, budget "
               f"B = {jumps_mod.RUN_BUDGET:g} false transitions per sample for the run, so "
               "θ(N) = (C N / B)^(1/K), clipped to "
               f"[{jumps_mod.THRESHOLD_MIN:g}, {jumps_mod.THRESHOLD_MAX:g}]: " + ", ".join(
@@ -414,7 +414,7 @@ def plot(curves: list[Curve], threshold: float, path: Path) -> None:
                     label="estimated onset" if k == 0 else None)
         ax.set_xlabel("sample")
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle(f"symwatch.detection, threshold {threshold:.2f}")
+    fig.suptitle(f"symwatch.core.detection, threshold {threshold:.2f}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

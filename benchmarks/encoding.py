@@ -8,7 +8,7 @@ Builds realistic messages (a `metrics` sample for 12, 100 and 1000 layers x 4 in
 `meta` layer table for 1000 layers) and times one encode plus one decode per message, as the
 median over repeated runs. Compares:
 
-- `protocol`: symwatch.protocol.encode + decode (JSON with full validation; what the wire uses),
+- `protocol`: symwatch.core.protocol.encode + decode (JSON with full validation; what the wire uses),
 - `json`: plain json.dumps + json.loads of the same body (no validation),
 - `msgpack`: msgpack.packb + unpackb, only when msgpack is importable (symwatch never needs it),
 - `pickle`: for reference only; never used on a socket, because unpickling untrusted bytes can
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 try:
-    from symwatch import protocol
+    from symwatch.core import protocol
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from symwatch import protocol
+    from symwatch.core import protocol
 
 try:
     import msgpack  # type: ignore[import-not-found]

@@ -43,8 +43,8 @@ def check(name: str, ok: bool, detail: str = "") -> bool:
 
 
 def check_nvml(torch, device: int) -> dict | None:
-    from symwatch_agent.gpu import GpuSampler
-    from symwatch_agent.memory import device_uuid, visible_uuids
+    from symwatch_agent.measure.gpu import GpuSampler
+    from symwatch_agent.measure.memory import device_uuid, visible_uuids
 
     torch.empty(1, device=f"cuda:{device}")  # CUDA initialised: torch can name the devices
     uuid = device_uuid(device)
@@ -90,7 +90,7 @@ def check_nvml(torch, device: int) -> dict | None:
 
 
 def check_allocator(torch, device: int) -> None:
-    from symwatch_agent.memory import allocator_figures
+    from symwatch_agent.measure.memory import allocator_figures
 
     torch.cuda.reset_peak_memory_stats(device)
     block = torch.empty(256 * 2**20, dtype=torch.uint8, device=f"cuda:{device}")
@@ -115,8 +115,8 @@ def _model(torch, width: int, depth: int):
 
 def check_agent(torch, device: int, steps: int) -> None:
     import symwatch
-    from symwatch import protocol
-    from symwatch.client import Subscriber
+    from symwatch.core import protocol
+    from symwatch.transport.subscriber import Subscriber
 
     torch.manual_seed(0)
     dev = torch.device(f"cuda:{device}")

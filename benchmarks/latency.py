@@ -4,9 +4,9 @@
         [--scale-seconds 120] [--write docs/benchmarks.md] [--plot docs/img/scale.png]
 
 Every viewer here is a separate process. For the latency and the scale run it is the real TUI,
-headless (benchmarks/tui_viewer.py: `SymwatchApp` on a `symwatch.client.BackgroundFeed`, every
+headless (benchmarks/tui_viewer.py: `SymwatchApp` on a `symwatch.transport.subscriber.BackgroundFeed`, every
 screen update rendered to terminal bytes); for the throughput flood the client and a
-`symwatch.state.RunState` alone (a feed thread decoding, folding as messages arrive).
+`symwatch.state.run_state.RunState` alone (a feed thread decoding, folding as messages arrive).
 
 1. Latency. A small GPT-2-style model (benchmarks/peers.py) trains on the CPU with the real
    agent (`watch(model, opt, every=10, budget=1.0, endpoint=…)`: every 10th step sampled, the
@@ -21,7 +21,7 @@ screen update rendered to terminal bytes); for the throughput flood the client a
    step hook every 0.25 s and right after each sample, so most of them here wait for a sample. The header's `time` (when the publisher encoded the
    message) splits agent-side from wire-and-decode time.
    Through SSH: the same over a real `sshd` on 127.0.0.1 (tests/sshd.py: its own keys and
-   config), the viewer reading the run's Unix socket through `symwatch.ssh.Tunnel` (an
+   config), the viewer reading the run's Unix socket through `symwatch.transport.ssh.Tunnel` (an
    `ssh -N -L local.sock:remote.sock` child), as `symwatch attach ssh://…` does; skipped with a
    note when sshd is missing. `--ssh-only` measures just that and direct ipc, side by side,
    and rewrites only that part of the section.
@@ -59,7 +59,7 @@ for p in (str(ROOT), str(HERE)):
 
 from doc_sections import write_section  # noqa: E402
 from machine import describe  # noqa: E402
-from symwatch import protocol  # noqa: E402
+from symwatch.core import protocol  # noqa: E402
 
 TICK_S = 0.2  # symwatch.tui.app.TICK_S: how often the TUI folds what the feed received
 INDICATORS = ("weight_norm", "stable_rank", "effective_rank", "participation_ratio",
@@ -78,8 +78,8 @@ def _rss_bytes() -> int:
 def viewer(endpoint: str, conn: Any, duration: float, mode: str, simulated: Any = None) -> None:
     """Runs in its own process. mode: 'latency' (record every message), 'flood' (fold in the
     feed thread at once, count only) or 'scale' (tick like the TUI, sample CPU and RSS)."""
-    from symwatch.client import BackgroundFeed
-    from symwatch.state import RunState
+    from symwatch.transport.subscriber import BackgroundFeed
+    from symwatch.state.run_state import RunState
 
     state = RunState()
     arrived: deque[tuple[Any, float]] = deque()
@@ -204,8 +204,8 @@ def ssh_tunnel(agent: Any) -> Any:
     sys.path.insert(0, str(ROOT / "tests"))
     from sshd import Sshd
 
-    from symwatch.runtime import RunEntry
-    from symwatch.ssh import SshOptions, SshTarget, Tunnel
+    from symwatch.core.runtime import RunEntry
+    from symwatch.transport.ssh import SshOptions, SshTarget, Tunnel
 
     server = Sshd.start()
     entry = RunEntry(run_id=agent.run_id, name="bench", pid=os.getpid(), command=[],
@@ -282,7 +282,7 @@ def meta_payload(names: list[str]) -> dict[str, Any]:
 
 
 def make_publisher() -> Any:
-    from symwatch_agent.publisher import Publisher
+    from symwatch_agent.publish.publisher import Publisher
 
     errors: list[str] = []
     pub = Publisher("tcp://127.0.0.1:0", run=f"bench{os.getpid():06d}"[:12],
@@ -379,7 +379,7 @@ def tui_size() -> str:
 
 def history_memory() -> list[tuple[int, int, int]]:
     """(samples, entries kept, bytes) of one series of the TUI's history by run length."""
-    from symwatch.downsample import TieredSeries
+    from symwatch.core.downsample import TieredSeries
 
     out = []
     store = TieredSeries()
@@ -534,7 +534,7 @@ def render(lat: list[dict[str, Any]], fl: list[dict[str, Any]], sc: dict[str, An
               f"{max(scrolls) if scrolls else math.nan:.0f} ms (n = {len(scrolls)}) |",
               f"| sender ticks late (could not keep 10 Hz) | {sc['late_ticks']} |",
               "", "The TUI keeps the whole run of each of the 15,000 series in bounded memory "
-              "(symwatch/downsample.py: the newest 64 samples whole, older ones merged in "
+              "(symwatch/core/downsample.py: the newest 64 samples whole, older ones merged in "
               "tiers keeping min/max/last, at most 448 entries a series). RSS rises while "
               "the tiers fill, then moves in a bounded sawtooth: the oldest tier grows towards "
               "its cap, then merges pairwise (each cycle twice as long as the one before), so a "
@@ -606,7 +606,7 @@ def ssh_section(results: list[dict[str, Any]], args: argparse.Namespace,
         return "\n".join(lines)
     lines += [f"The same training run and viewer as above, {args.latency_seconds:g} s each: "
               "*ipc* reads the run's Unix socket directly, *ssh* reads it through "
-              "`symwatch.ssh.Tunnel` (an `ssh -N -L local.sock:run.sock` child) and a real "
+              "`symwatch.transport.ssh.Tunnel` (an `ssh -N -L local.sock:run.sock` child) and a real "
               "`sshd` on 127.0.0.1 (tests/sshd.py), as `symwatch attach ssh://…` does. "
               f"Machine: {describe()}.", "",
               "| transport | message | n | decoded p50 | p95 | p99 | on screen p50 | p95 | p99 | "

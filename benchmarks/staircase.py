@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from doc_sections import write_section  # noqa: E402
-from symwatch import protocol  # noqa: E402
-from symwatch_agent import demo  # noqa: E402
-from symwatch_agent.publisher import Publisher  # noqa: E402
+from symwatch.core import protocol  # noqa: E402
+from symwatch_agent.entry import demo  # noqa: E402
+from symwatch_agent.publish.publisher import Publisher  # noqa: E402
 
 LAYER, METRIC = "linear.0", "numerical_rank"
 MATCH = 8  # a transition matches a rank change when its onset is within this many steps

@@ -16,7 +16,7 @@ Measured, each the median of `--repeats` runs after one warm-up:
   after they moved a little. Before each of `WARM_SWEEPS` timed sweeps every weight entry moves
   by ±η with a random sign (the shape of an Adam step: the same size for every entry),
   η = `STEP` × the layer's RMS entry, so ‖ΔW‖/‖W‖ = 1e-3 per sweep; spectra come from the
-  previous exact eigenvectors (agent/symwatch_agent/spectra.py `warm_eigvals`) with the
+  previous exact eigenvectors (agent/symwatch_agent/measure/spectra.py `warm_eigvals`) with the
   engine's fallbacks and its exact refresh every 8 samples, one of which falls in the timed
   sweeps (so the mean is the amortised cost). The last sweep is checked against an exact
   engine on the same weights;
@@ -54,10 +54,10 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
-from symwatch_agent import spectra
-from symwatch_agent.indicators import IndicatorEngine
-from symwatch_agent.layers import discover
-from symwatch_agent.schedule import CHEAP, FULL
+from symwatch_agent.measure import spectra
+from symwatch_agent.measure.indicators import IndicatorEngine
+from symwatch_agent.measure.layers import discover
+from symwatch_agent.measure.schedule import CHEAP, FULL
 
 KINDS = ("GPT-2-like", "random init", "heavy-tailed")
 STEP = 1e-3  # relative size of the change between two warm sweeps (‖ΔW‖/‖W‖)

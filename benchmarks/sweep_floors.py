@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from symwatch_agent import spectra
+from symwatch_agent.measure import spectra
 from timing import timed
 
 KRYLOV_VECTORS = 8

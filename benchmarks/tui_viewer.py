@@ -38,7 +38,7 @@ def prefill(state: Any, layers: list[str], indicators: tuple[str, ...], steps: i
     random walk), folded straight into the series (messages would only add decoding time)."""
     import random
 
-    from symwatch.state import Series
+    from symwatch.state.run_state import Series
 
     rng = random.Random(7)
     series = []
@@ -64,8 +64,8 @@ def tui_viewer(endpoint: str, conn: Any, duration: float, mode: str,
     `simulated`: (layer names, indicators, steps) of a run to fold in before the stream."""
     from textual import events
 
-    from symwatch import protocol
-    from symwatch.client import BackgroundFeed, Subscriber
+    from symwatch.core import protocol
+    from symwatch.transport.subscriber import BackgroundFeed, Subscriber
     from symwatch.tui.app import SymwatchApp
 
     decoded_at: dict[tuple[str, int, int], float] = {}

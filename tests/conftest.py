@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import pytest
 import zmq
 
-from symwatch import protocol
+from symwatch.core import protocol
 
 
 @pytest.fixture(autouse=True)

@@ -160,7 +160,7 @@ class Sshd:
         return self.log.read_text(errors="replace")
 
     def close(self) -> None:
-        from symwatch.launcher import end_process
+        from symwatch.core.processes import end_process
 
         end_process(self.proc, 5.0)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -33,9 +33,9 @@ def test_agent_imports_with_textual_and_rich_blocked():
             importlib.import_module(mod.name)
         leaked = sorted(m for m in sys.modules if m.split('.')[0] in {'textual', 'rich'}
                         or m.startswith('symwatch.') and m not in
-                        {'symwatch.protocol', 'symwatch.runtime', 'symwatch.detection',
-                         'symwatch.jumps', 'symwatch.recording', 'symwatch.history',
-                         'symwatch.downsample'})
+                        {'symwatch.core.protocol', 'symwatch.core.runtime', 'symwatch.core.detection',
+                         'symwatch.core.jumps', 'symwatch.core.recording', 'symwatch.core.history',
+                         'symwatch.core.downsample'})
         print('LEAKED', leaked)
     """)
     assert result.returncode == 0, result.stderr
@@ -48,7 +48,7 @@ def test_observer_imports_and_helps_with_torch_blocked():
         import symwatch
         for mod in pkgutil.walk_packages(symwatch.__path__, 'symwatch.'):
             importlib.import_module(mod.name)
-        from symwatch.cli import main
+        from symwatch.cli.main import main
         for argv in (['--help'], ['attach', '--help'], ['ls', '--help'], ['demo', '--help'],
                      ['run', '--help']):
             try:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from symwatch import protocol
-from symwatch.recording import RecordingReader
+from symwatch.core import protocol
+from symwatch.core.recording import RecordingReader
 from waiting import until
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
@@ -263,7 +263,7 @@ def _tiny_run(**options):
 
 
 def _history_messages(agent) -> list[protocol.Message]:
-    from symwatch.late_join import fetch_snapshot
+    from symwatch.transport.late_join import fetch_snapshot
 
     snap = fetch_snapshot(agent._publisher.history_endpoint, timeout_s=10)
     assert not isinstance(snap, str), snap
@@ -292,7 +292,7 @@ def test_an_endpoint_already_in_use_is_a_clear_error_and_training_continues(caps
 
 
 def test_an_indicator_that_raises_is_switched_off_and_reported_once(monkeypatch, capsys):
-    from symwatch_agent.indicators import IndicatorEngine
+    from symwatch_agent.measure.indicators import IndicatorEngine
 
     calls: list[int] = []
 
@@ -351,9 +351,9 @@ def test_ten_thousand_optimizer_steps_are_all_counted_and_samples_published():
 
 
 def test_a_week_long_run_keeps_the_viewer_and_the_agent_history_bounded():
-    from symwatch.protocol import Message
-    from symwatch.state import RunState
-    from symwatch_agent.history import History
+    from symwatch.core.protocol import Message
+    from symwatch.state.run_state import RunState
+    from symwatch.core.history import History
 
     # A week at ~1.7 steps/s is ~1,000,000 steps; sampled every 10 steps, stats as often,
     # a heartbeat and an event every 100 steps (10,000 events: ten times the history's cap).
@@ -449,7 +449,7 @@ if st is not None:
     def fuzz_pipe():
         import zmq
 
-        from symwatch.client import Subscriber
+        from symwatch.transport.subscriber import Subscriber
 
         ctx = zmq.Context()
         pub = ctx.socket(zmq.PUB)
@@ -478,7 +478,7 @@ if st is not None:
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(st.lists(_frames(), min_size=1, max_size=40))
     def test_fuzz_frames_through_a_socket_are_counted_never_a_crash(fuzz_pipe, batch):
-        from symwatch.state import RunState
+        from symwatch.state.run_state import RunState
 
         pub, sub, sentinel = fuzz_pipe
         expected_bad = 0
@@ -512,7 +512,7 @@ async def test_fuzzed_frames_through_a_socket_into_the_tui_never_crash_it():
 
     import zmq
 
-    from symwatch.client import Subscriber
+    from symwatch.transport.subscriber import Subscriber
     from symwatch.tui.app import SymwatchApp
 
     rng = random.Random(0)

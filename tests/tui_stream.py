@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
-from symwatch import protocol
-from symwatch.client import ListSource
-from symwatch.protocol import Message
+from symwatch.core import protocol
+from symwatch.transport.subscriber import ListSource
+from symwatch.core.protocol import Message
 
 T0 = 1_790_000_000.0  # a fixed epoch time for the first message
 STEP_S = 0.08  # recorded time between steps

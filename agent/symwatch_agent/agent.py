@@ -22,18 +22,19 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from symwatch import protocol, recording, runtime
-from symwatch_agent import loss_capture
-from symwatch_agent.curve import CurveError
-from symwatch_agent.curve import load_relay_client as load_relay_curve
-from symwatch_agent.curve import load_server as load_curve
-from symwatch_agent import distributed, memory, sharded
-from symwatch_agent.gpu import GpuSampler
-from symwatch_agent.history import History
-from symwatch_agent.indicators import INDICATORS, IndicatorEngine
-from symwatch_agent.layers import discover
-from symwatch_agent.publisher import Publisher, PublisherError
-from symwatch_agent.transitions import TransitionWatch, read_hyperparameters
+from symwatch.core import protocol, recording, runtime
+from symwatch_agent.hooks import loss_capture
+from symwatch_agent.publish.curve import CurveError
+from symwatch_agent.publish.curve import load_relay_client as load_relay_curve
+from symwatch_agent.publish.curve import load_server as load_curve
+from symwatch_agent.hooks import distributed
+from symwatch_agent.measure import memory, sharded
+from symwatch_agent.measure.gpu import GpuSampler
+from symwatch.core.history import History
+from symwatch_agent.measure.indicators import INDICATORS, IndicatorEngine
+from symwatch_agent.measure.layers import discover
+from symwatch_agent.publish.publisher import Publisher, PublisherError
+from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
 
 __version__ = "0.1.0"
 
@@ -407,7 +408,7 @@ class Agent:
         self._publisher.submit(protocol.METRICS, build, step)
 
     def _sample_sharded(self) -> None:
-        """The additive figures of this rank's shards (symwatch_agent/sharded.py): on CUDA on
+        """The additive figures of this rank's shards (symwatch_agent/measure/sharded.py): on CUDA on
         a side stream, copied to pinned memory without blocking; read on the publisher
         thread."""
         items = self.sharded
@@ -738,7 +739,7 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     run; default: `$RANK`, `$WORLD_SIZE`, `$LOCAL_RANK`, `$GROUP_RANK`/`$NODE_RANK`, else the
     initialised torch.distributed group, else 0 of 1), `replica` (True: this rank's weights
     are a data-parallel copy of rank 0's, so only rank 0 measures them; default: detected from
-    a DistributedDataParallel wrapper). The trainer callbacks in `symwatch_agent.integrations`
+    a DistributedDataParallel wrapper). The trainer callbacks in `symwatch_agent.entry.integrations`
     pass these from their trainer.
     """
     return Agent(model, optimizer, **options)

@@ -24,9 +24,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from symwatch.replay import ReplaySource  # noqa: E402
+from symwatch.sources.replay import ReplaySource  # noqa: E402
 from symwatch.tui.app import SymwatchApp  # noqa: E402
-from symwatch.tui.layer_table import LayerTable  # noqa: E402
+from symwatch.tui.widgets.layer_table import LayerTable  # noqa: E402
 from symwatch.tui.themes import DARK, LIGHT  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def record_demo(path: str, steps: int) -> None:
     env = {**os.environ, "SYMWATCH_RECORD": path}
     # at the demo's own pace (--delay's default), so the header's steps/s and overhead read
     # what `symwatch demo` shows; unpaced, the tiny model's steps are as short as a sample
-    subprocess.run([sys.executable, "-m", "symwatch_agent.demo", "--steps", str(steps),
+    subprocess.run([sys.executable, "-m", "symwatch_agent.entry.demo", "--steps", str(steps),
                     "--every", "1", "--endpoint", "tcp://127.0.0.1:0"],
                    env=env, check=True, capture_output=True, timeout=600)
 
@@ -101,13 +101,13 @@ def _unit_findings(detail: dict | None) -> int:
 async def shoot_runs(tmp: str) -> None:
     """runs.svg: the Runs screen listing two live demo runs. They register in a runtime
     directory of their own (SYMWATCH_RUNTIME_DIR), so the picture holds no other run here."""
-    from symwatch import runtime
-    from symwatch.client import ListSource
-    from symwatch.tui.runs_screen import RunsConfig, RunsScreen, open_runs_screen
+    from symwatch.core import runtime
+    from symwatch.transport.subscriber import ListSource
+    from symwatch.tui.screens.runs import RunsConfig, RunsScreen, open_runs_screen
 
     env = {**os.environ, runtime.ENV_RUNTIME_DIR: str(Path(tmp) / "runtime")}
     os.environ[runtime.ENV_RUNTIME_DIR] = env[runtime.ENV_RUNTIME_DIR]
-    demos = [subprocess.Popen([sys.executable, "-m", "symwatch_agent.demo", "--steps", "0",
+    demos = [subprocess.Popen([sys.executable, "-m", "symwatch_agent.entry.demo", "--steps", "0",
                                "--delay", "0.03", "--name", name, "--seed", str(seed),
                                "--endpoint", "tcp://127.0.0.1:0"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,7 +147,7 @@ def shoot_web(seconds: float = 20.0) -> None:
     if not os.access(CHROMIUM, os.X_OK):
         print(f"web.png skipped: no {CHROMIUM}")
         return
-    demo = subprocess.Popen([sys.executable, "-m", "symwatch_agent.demo", "--steps", "0",
+    demo = subprocess.Popen([sys.executable, "-m", "symwatch_agent.entry.demo", "--steps", "0",
                              "--delay", "0.03", "--endpoint", "tcp://127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     server = None

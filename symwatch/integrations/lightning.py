@@ -1,5 +1,5 @@
 """`SymwatchCallback` for `lightning.pytorch.Trainer`; the implementation is
-`symwatch_agent.integrations.lightning`, imported (with torch and the framework) on first use."""
+`symwatch_agent.entry.integrations.lightning`, imported (with torch and the framework) on first use."""
 
 from __future__ import annotations
 
@@ -11,4 +11,4 @@ __all__ = ["SymwatchCallback"]
 def __getattr__(name: str) -> Any:
     import importlib
 
-    return getattr(importlib.import_module("symwatch_agent.integrations.lightning"), name)
+    return getattr(importlib.import_module("symwatch_agent.entry.integrations.lightning"), name)

@@ -1,5 +1,5 @@
 """`SymwatchCallback` for the standalone `pytorch_lightning.Trainer`; the implementation is
-`symwatch_agent.integrations.pytorch_lightning`, imported (with torch and the framework) on
+`symwatch_agent.entry.integrations.pytorch_lightning`, imported (with torch and the framework) on
 first use."""
 
 from __future__ import annotations
@@ -12,4 +12,4 @@ __all__ = ["SymwatchCallback"]
 def __getattr__(name: str) -> Any:
     import importlib
 
-    return getattr(importlib.import_module("symwatch_agent.integrations.pytorch_lightning"), name)
+    return getattr(importlib.import_module("symwatch_agent.entry.integrations.pytorch_lightning"), name)

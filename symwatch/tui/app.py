@@ -16,27 +16,27 @@ from textual.notifications import Notification, Notify, SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
 
-from symwatch.client import BackgroundFeed, MessageSource
-from symwatch.protocol import Message
-from symwatch.state import (DEFAULT_STALE_AFTER, FINISHED, LIVE, RECONNECTING, STALE, WAITING,
+from symwatch.transport.subscriber import BackgroundFeed, MessageSource
+from symwatch.core.protocol import Message
+from symwatch.state.run_state import (DEFAULT_STALE_AFTER, FINISHED, LIVE, RECONNECTING, STALE, WAITING,
                             RunState)
-from symwatch.tui.banner import ConnectionBanner
+from symwatch.tui.widgets.banner import ConnectionBanner
 from symwatch.tui.columns import next_view
 from symwatch.tui.commands import palette_commands
-from symwatch.tui.filter_bar import FilterBar
+from symwatch.tui.widgets.filter_bar import FilterBar
 from symwatch.tui.layer_order import next_sort_column
 from symwatch.tui.themes import DARK, ThemeError, resolve_theme, toggled
-from symwatch.tui.events_screen import EventsScreen
-from symwatch.tui.layer_detail import LayerDetailScreen
-from symwatch.tui.header import RunHeader
-from symwatch.tui.help import HelpScreen
+from symwatch.tui.screens.events import EventsScreen
+from symwatch.tui.screens.layer_detail import LayerDetailScreen
+from symwatch.tui.widgets.header import RunHeader
+from symwatch.tui.screens.help import HelpScreen
 from symwatch.tui import history_view
 from symwatch.tui.history_view import HistoryWindow
 from symwatch.tui.heap import LongLivedHistory
-from symwatch.tui.layer_table import LayerTable
+from symwatch.tui.widgets.layer_table import LayerTable
 from symwatch.tui.main_layout import MainHeights, main_heights
-from symwatch.tui.panels import EventsLog, GpuLine, LossPanel
-from symwatch.tui.ranks_panel import RanksLine, RanksScreen
+from symwatch.tui.widgets.panels import EventsLog, GpuLine, LossPanel
+from symwatch.tui.widgets.ranks_panel import RanksLine, RanksScreen
 
 # The view redraws when data arrives (a source with `on_arrival`, e.g. BackgroundFeed), and on
 # this clock in any case (the stale countdown; sources that cannot wake the app). Redraws for
@@ -325,7 +325,7 @@ class SymwatchApp(App[None]):
     def _input_waiting(self) -> bool:
         """A key press or a mouse event in the app's queue (the deque inside Textual's queue,
         `values`, or asyncio.Queue's `_queue`; where a Textual keeps it elsewhere nothing is
-        ever waiting and ticks are not deferred: tests/test_tui_app.py notices)."""
+        ever waiting and ticks are not deferred: tests/tui/test_tui_app.py notices)."""
         queue = self._message_queue
         waiting = getattr(queue, "values", None)
         if waiting is None:
@@ -512,7 +512,7 @@ class SymwatchApp(App[None]):
 
     def action_runs(self) -> None:
         """The Runs screen: runs here and on SSH hosts, recordings; Enter shows one here."""
-        from symwatch.tui.runs_screen import RunsScreen, open_runs_screen
+        from symwatch.tui.screens.runs import RunsScreen, open_runs_screen
 
         if not isinstance(self.screen, RunsScreen):
             open_runs_screen(self)
@@ -696,7 +696,7 @@ def make_app(endpoint: str, *, title: str | None = None,
              stale_after: float = DEFAULT_STALE_AFTER, bell: bool = False,
              curve: Any = None, theme: str | None = None) -> SymwatchApp:
     """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source;
-    `curve` (symwatch.keys.CurveClient) for an agent that requires CurveZMQ; `theme` a Textual
+    `curve` (symwatch.transport.keys.CurveClient) for an agent that requires CurveZMQ; `theme` a Textual
     theme name (symwatch.tui.themes.resolve_theme)."""
     feed = BackgroundFeed(endpoint, curve=curve)
     return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True, bell=bell,

@@ -1,6 +1,6 @@
 """Every action of the run view, once: its keys, its title and what it does. The help screen
 (`?`) and the command palette (Ctrl+P) are both built from this table, so neither can miss one
-(tests/test_tui_ux.py checks that every key binding of the app is listed here)."""
+(tests/tui/test_tui_ux.py checks that every key binding of the app is listed here)."""
 
 from __future__ import annotations
 

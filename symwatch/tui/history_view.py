@@ -1,7 +1,7 @@
 """Scroll-back: which stretch of the run the views show, and moving it with the keyboard.
 
 Live, the views follow the newest step. Paused (`p`) or scrolled back (`[` `]` `{` `}`), they
-show a window of steps [first, last] of the run's whole history (symwatch.downsample keeps it
+show a window of steps [first, last] of the run's whole history (symwatch.core.downsample keeps it
 in bounded memory): the table's values are those at the window's last step, every chart
 covers the window, and transitions in it are marked. `z` / `Z` widen / narrow the window,
 `L` (or End) goes back to live. Plain functions over RunState, tested without a terminal.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from rich.text import Text
 
-from symwatch.state import RunState, Series
+from symwatch.state.run_state import RunState, Series
 
 MIN_SPAN = 8  # steps: narrower than this says nothing
 BIG_JUMP = 10  # `{` `}` move a tenth of the run (at least one window)
@@ -103,7 +103,7 @@ def jump(window: HistoryWindow, state: RunState, direction: int) -> HistoryWindo
 def _move(window: HistoryWindow, state: RunState, steps: int) -> HistoryWindow:
     """The window `steps` later (earlier), its end on a stored step of the run, so the values
     shown are exactly those of that step (older history holds fewer steps: see
-    symwatch.downsample); at least one stored step further, so a move is never stuck."""
+    symwatch.core.downsample); at least one stored step further, so a move is never stuck."""
     bounds = run_bounds(state)
     if bounds is None:
         return window

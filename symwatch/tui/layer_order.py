@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any, Iterable
 
-from symwatch.state import LayerState
+from symwatch.state.run_state import LayerState
 
 INDICATOR_PREFIX = "ind:"  # the layer table's key for an indicator column
 TEXT_COLUMNS = ("layer", "type", "shape")

@@ -1,0 +1,344 @@
+"""symwatch's start-up hook for `symwatch run` (zero-code launch; see docs/launch.md).
+
+`symwatch run` puts this directory first on PYTHONPATH, so every Python process of the launched
+command imports this module at start-up (the interpreter's `site` imports `sitecustomize`). It
+must stay cheap and harmless:
+
+- it imports only the standard library at start-up, and runs the next `sitecustomize` on the
+  path (the one this one shadows), so an existing customisation still runs;
+- only when `$SYMWATCH_LAUNCH` is set, it waits for `torch` to be imported (a `sys.meta_path`
+  finder that steps aside at once for every other name), then registers two global hooks:
+  a one-shot module forward pre-hook (the first module with parameters that is called: the
+  outermost module of a model; removed as soon as it has fired) and an optimizer step pre-hook
+  that arms the agent on the first `optimizer.step()` of the process. DataLoader workers,
+  compile workers and launchers such as torchrun never step an optimizer, so they never start
+  an agent;
+- the models are that first module and the outermost modules owning the optimizers'
+  parameters; the loss is the scalar `.backward()` is called on;
+- any failure prints one `symwatch: ...` line to stderr and leaves the training alone. Nothing
+  is ever printed to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_ENV_LAUNCH = "SYMWATCH_LAUNCH"
+_ENV_BUDGET = "SYMWATCH_BUDGET"
+_ENV_QUIET = "SYMWATCH_QUIET"
+_ENV_AGENT_PATH = "SYMWATCH_AGENT_PATH"  # where symwatch_agent lives, if not importable here
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+_state: dict = {"armed": False, "first_module": None, "last_loss": None, "step_hook": None,
+                "forward_hook": None, "agent": None}
+
+
+def _say(text: str) -> None:
+    try:
+        print(f"symwatch: {text}", file=sys.stderr, flush=True)
+    except Exception:
+        pass
+
+
+# -- chaining to the sitecustomize this one shadows ---------------------------------------------
+
+def _chain() -> None:
+    """Run the next `sitecustomize` on sys.path, as `site` would have (errors reported the way
+    `site` reports them, then start-up continues)."""
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.normcase(_HERE)
+    path = [p for p in sys.path if os.path.normcase(os.path.abspath(p or os.curdir)) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    me = sys.modules.get("sitecustomize")
+    if me is not None:
+        sys.modules["_symwatch_bootstrap"] = me
+    # It stays *the* sitecustomize, so code that imports it finds its own attributes.
+    sys.modules["sitecustomize"] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        if me is not None:
+            sys.modules["sitecustomize"] = me
+        if sys.flags.verbose:
+            sys.excepthook(*sys.exc_info())
+        else:
+            print("Error in sitecustomize; set PYTHONVERBOSE for traceback:\n"
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    globals()["chained"] = module
+
+
+# -- waiting for torch ---------------------------------------------------------------------------
+
+class _TorchImportWatcher:
+    """A meta-path finder that notices the import of `torch` and runs `_on_torch` right after
+    torch/__init__ has finished (which also imports torch.nn and torch.optim)."""
+
+    def find_spec(self, name, path=None, target=None):  # noqa: ANN001 - the finder protocol
+        if name != "torch":
+            return None
+        _remove_watcher()
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)  # the rest of the path decides, as usual
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        original = spec.loader
+
+        class _Loader:
+            def create_module(self, spec):  # noqa: ANN001
+                return original.create_module(spec)
+
+            def exec_module(self, module):  # noqa: ANN001
+                spec.loader = original  # torch sees its own loader, as without symwatch
+                try:
+                    module.__loader__ = original
+                except Exception:
+                    pass
+                original.exec_module(module)
+                _on_torch()
+
+            def __getattr__(self, attr):  # noqa: ANN001
+                return getattr(original, attr)
+
+        spec.loader = _Loader()
+        return spec
+
+
+_watcher = _TorchImportWatcher()
+
+
+def _remove_watcher() -> None:
+    try:
+        sys.meta_path.remove(_watcher)
+    except ValueError:
+        pass
+
+
+def _on_torch() -> None:
+    """torch is imported: register the global hooks (each call is cheap; nothing else runs
+    until a module is called or an optimizer steps)."""
+    try:
+        import torch  # noqa: F401 - already in sys.modules
+        from torch.nn.modules.module import register_module_forward_pre_hook
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        _state["forward_hook"] = register_module_forward_pre_hook(_on_forward)
+        _state["step_hook"] = register_optimizer_step_pre_hook(_on_step)
+    except Exception as exc:
+        _say(f"cannot watch this process: {type(exc).__name__}: {exc} (training continues)")
+
+
+def _in_dataloader_worker() -> bool:
+    try:
+        from torch.utils.data import get_worker_info
+
+        return get_worker_info() is not None
+    except Exception:
+        return False
+
+
+def _on_forward(module, args):  # noqa: ANN001 - torch's hook signature
+    """One-shot: the first module with parameters called in this process is the outermost
+    module of a model (its pre-hook fires before its children's). Removed once it has fired."""
+    try:
+        if _in_dataloader_worker():
+            _remove_forward_hook()
+            return None
+        if next(module.parameters(), None) is None:
+            return None  # a transform, a loss module: keep waiting for a model
+        _remove_forward_hook()
+        _state["first_module"] = module
+        _start_loss_capture()
+    except Exception:
+        _remove_forward_hook()
+    return None
+
+
+def _remove_forward_hook() -> None:
+    handle = _state.get("forward_hook")
+    if handle is not None:
+        _state["forward_hook"] = None
+        handle.remove()
+
+
+def _start_loss_capture() -> None:
+    """Keep the scalar of the first `.backward()` (before the agent exists) so that step 1
+    has its loss too. Imported here, not at start-up: this process runs a model."""
+    try:
+        _ensure_agent_importable()
+        from symwatch_agent.hooks import loss_capture
+
+        def remember(loss):  # noqa: ANN001
+            _state["last_loss"] = loss
+
+        _state["loss_listener"] = remember
+        loss_capture.add_listener(remember)
+    except Exception:
+        pass
+
+
+def _stop_loss_capture() -> None:
+    listener = _state.pop("loss_listener", None)
+    if listener is not None:
+        try:
+            from symwatch_agent.hooks import loss_capture
+
+            loss_capture.remove_listener(listener)
+        except Exception:
+            pass
+
+
+def _ensure_agent_importable() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("symwatch_agent") is not None:
+        return
+    for entry in os.environ.get(_ENV_AGENT_PATH, "").split(os.pathsep):
+        if entry and entry not in sys.path:
+            sys.path.append(entry)  # last: never shadows the command's own packages
+
+
+def _on_step(optimizer, args, kwargs):  # noqa: ANN001 - torch's hook signature
+    """Global optimizer step pre-hook: on the first step of this process, start the agent.
+    Afterwards a flag test (it cannot remove itself while torch iterates the hooks)."""
+    if _state["armed"]:
+        return None
+    _state["armed"] = True
+    try:
+        if _in_dataloader_worker():
+            return None
+        _remove_forward_hook()
+        _stop_loss_capture()
+        _arm(optimizer)
+    except Exception as exc:
+        _say(f"not watching this run: {type(exc).__name__}: {exc} (training continues)")
+    return None
+
+
+# -- arming --------------------------------------------------------------------------------------
+
+def _arm(first_optimizer) -> None:  # noqa: ANN001
+    _ensure_agent_importable()
+    from symwatch_agent.agent import Agent, watch
+
+    if any(isinstance(getattr(hook, "__self__", None), Agent)
+           for hook in getattr(first_optimizer, "_optimizer_step_post_hooks", {}).values()):
+        return  # the script calls symwatch.watch() itself: one agent is enough
+    models, optimizers = discover(first_optimizer, _state.pop("first_module", None))
+    if not models:
+        _say("no model found for the optimizer that stepped; not watching this process")
+        return
+    options = _options()
+    agent = watch(models if len(models) > 1 else next(iter(models.values())), optimizers,
+                  **options)
+    _state["agent"] = agent
+    loss = _state.pop("last_loss", None)
+    if loss is not None:
+        agent._on_backward(loss)  # the loss of the step that armed us
+    if agent.error:
+        return  # the agent said why, once
+    if not os.environ.get(_ENV_QUIET):
+        names = ", ".join(name for name in models if name) or "model"
+        _say(f"watching {names} ({len(agent.layers)} layers) on {agent.endpoint} "
+             f"(rank {agent.rank}); `symwatch attach` to view")
+
+
+def _options() -> dict:
+    options: dict = {}
+    budget = os.environ.get(_ENV_BUDGET)
+    if budget:
+        try:
+            value = float(budget)
+            if not 0 < value <= 1:
+                raise ValueError
+            options["budget"] = value
+        except ValueError:
+            _say(f"ignoring ${_ENV_BUDGET}={budget!r}: expected a fraction in (0, 1]")
+    every = os.environ.get("SYMWATCH_EVERY")
+    if every:
+        try:
+            options["every"] = max(1, int(every))
+        except ValueError:
+            _say(f"ignoring $SYMWATCH_EVERY={every!r}: expected a whole number of steps")
+            options["every"] = 10
+    full_every = os.environ.get("SYMWATCH_FULL_EVERY", "").strip()
+    if full_every:
+        try:
+            value = int(full_every)
+            if value < 1:
+                raise ValueError
+            options["full_every"] = value
+        except ValueError:
+            _say(f"ignoring $SYMWATCH_FULL_EVERY={full_every!r}: expected a whole number of "
+                 f"samples")
+    local_rank = _int_env("LOCAL_RANK")
+    endpoint = os.environ.get("SYMWATCH_ENDPOINT")
+    if endpoint and local_rank:
+        options["endpoint"] = rank_endpoint(endpoint, local_rank)
+    record = os.environ.get("SYMWATCH_RECORD")
+    if record and _int_env("WORLD_SIZE") > 1 and "{rank}" not in record:
+        root, ext = os.path.splitext(record)
+        options["record"] = f"{root}.rank{{rank}}{ext}"
+    return options
+
+
+def _int_env(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "0") or 0)
+    except ValueError:
+        return 0
+
+
+def rank_endpoint(endpoint: str, local_rank: int) -> str:
+    """Several ranks on one machine cannot bind one endpoint: local rank r binds the TCP port
+    + r, or the ipc path with `.r` appended. `{rank}` in the endpoint is replaced instead."""
+    if "{rank}" in endpoint:
+        return endpoint.replace("{rank}", str(local_rank))
+    if endpoint.startswith("tcp://"):
+        host, _, port = endpoint.rpartition(":")
+        if port.isdigit() and int(port) != 0:
+            return f"{host}:{int(port) + local_rank}"
+        return endpoint
+    return f"{endpoint}.{local_rank}"
+
+
+def discover(first_optimizer, first_module):  # noqa: ANN001
+    """(named models, optimizers): the outermost modules owning the optimizers' parameters,
+    plus the first module called (a frozen teacher, say); every live optimizer, the one that
+    stepped first (the agent counts steps on it). Shared with `symwatch inject`."""
+    from symwatch_agent.hooks.models import find_models
+
+    return find_models(first_optimizer, first_module)
+
+
+# -- start-up ------------------------------------------------------------------------------------
+
+def _start() -> None:
+    try:
+        _chain()
+    except Exception as exc:
+        _say(f"could not run the next sitecustomize: {type(exc).__name__}: {exc}")
+    try:
+        # The bootstrap directory holds only this file; keep the command's sys.path its own.
+        sys.path[:] = [p for p in sys.path
+                       if os.path.normcase(os.path.abspath(p or os.curdir))
+                       != os.path.normcase(_HERE)]
+        if not os.environ.get(_ENV_LAUNCH):
+            return
+        if "torch" in sys.modules:
+            _on_torch()
+        else:
+            sys.meta_path.insert(0, _watcher)
+    except Exception as exc:
+        _say(f"cannot watch this process: {type(exc).__name__}: {exc} (training continues)")
+
+
+if __name__ == "sitecustomize":
+    _start()

@@ -1,0 +1,1 @@
+"""What the agent measures: the layers of a model and their indicators, heads, units, spectra; the device (NVML, the allocator)."""

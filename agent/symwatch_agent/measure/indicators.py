@@ -1,0 +1,723 @@
+"""Per-layer symmetry indicators, computed for all layers at once without per-layer host syncs.
+
+`IndicatorEngine.compute()` (= `measure(snapshot())`) returns one (layers × columns) float32
+tensor on the weights' device; the caller moves it to the host in a single transfer (on CUDA,
+asynchronously from a side stream) and `decode()` turns the host rows into wire values.
+
+Formulas live with the code that computes them: spectra.py (rank family, mirror spectrum),
+units.py (dead, balance, duplicates, softmax translation, scale invariance), activity.py (dead
+ReLU units); pairing.py says which layers read whose units; schedule.py which tier a sample
+computes. docs/metrics.md has them all in one table. This module orchestrates: it snapshots
+the weights grouped by shape, runs each group's batched computations, and keeps the state
+indicators need between samples (largest σ₁ seen, warm power-iteration vectors, the previous
+weights of norm-fed layers, the last Δ_G of each family).
+
+Thresholds: numerical_rank counts σ_k > τ, τ = max(rel_tol · largest σ₁ seen so far in this
+layer, abs_tol) — relative to the largest σ₁ *seen*, not the current one, so a rank drop under
+weight decay reads as a drop; the absolute floor keeps a tiny initialisation's directions from
+counting, so a small-init network's staircase climbs from 0. mirror_rank is the same count on
+√(λ_k/2), λ_k the mirror eigenvalues (for a balanced pair √(λ_k/2) is each factor's σ_k).
+
+Wire encoding of the columns: NaN means "not computed this sample" (the key is left out of the
+METRICS message, so the observer keeps the last value); ±inf means "computed but undefined"
+(published as null, N/A). Never a fake 0.
+
+Δ_G (distance from each symmetry's fixed set, normalised to [0, 1]; 0 = symmetric state):
+  delta_perm     = 1 − duplicate_fraction          (all live units distinct → 1)
+  delta_sign     = 1 − dead_fraction               (no dead unit → 1)
+  delta_rank     = numerical_rank / min(m, n)      (full rank → 1; rank 0 → 0)
+  delta_rotation = mirror_rank / h                 (every hidden direction of a factor pair used)
+  delta_rescale  = 1 − |balance_norm|              (|balance_norm| = 1: one side of the units is
+                                                    zero, the rescaling orbit's limit point)
+  delta_softmax  = softmax_translation             (rows sum to zero → 0)
+  broken         = mean of the layer's latest Δ of each family that applies to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from symwatch_agent.measure import heads as attention
+from symwatch_agent.measure import detail as layer_detail
+from symwatch_agent.measure import pairing, spectra, units
+from symwatch_agent.measure.activity import ActivityProbe
+from symwatch_agent.measure.layers import EMBEDDING, NORM, Layer, unwrap
+from symwatch_agent.measure.schedule import CHEAP, FULL, TierScheduler
+
+INDICATORS = (
+    "weight_norm", "stable_rank", "effective_rank", "participation_ratio", "numerical_rank",
+    "dead_fraction", "relu_dead", "balance", "balance_norm", "duplicate_fraction",
+    "distinct_units", "mirror_rank", "qk_rank", "vo_rank", "qk_rank_min", "vo_rank_min",
+    "dead_heads", "softmax_translation", "angular_update", "effective_lr",
+    "delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
+    "delta_softmax", "broken")
+COL = {name: k for k, name in enumerate(INDICATORS)}
+INTEGER_INDICATORS = frozenset({"numerical_rank", "distinct_units", "mirror_rank",
+                                "qk_rank_min", "vo_rank_min"})
+DELTAS = ("delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
+          "delta_softmax")
+_COLUMNS = len(INDICATORS) + 1
+_FINITE = len(INDICATORS)  # last column: 1 when the layer's weights are finite
+
+
+@dataclass
+class Group:
+    """A snapshot of same-shaped layers' weights, measured together in one batched call."""
+
+    idxs: list[int]
+    weights: torch.Tensor  # (B, m, n) float32 copy (a view of the live weight: see `owned`)
+    bias: torch.Tensor  # (B, m), zeros where a layer has no bias
+    out2: torch.Tensor  # (B, m): Σ outgoing weight² per unit (0 without consumers)
+    finite: torch.Tensor  # (B,) bool: bias and outgoing weights finite (weights: see measure)
+    owned: bool = True  # False: `weights` is a view of the live parameter, never written to
+    unit2: torch.Tensor | None = None  # (B, m) ‖w_in,i‖²+b_i²+‖w_out,i‖², set by measure
+
+
+@dataclass
+class Snapshot:
+    """Everything one sample measures, copied at one instant."""
+
+    tier: str
+    started: float
+    groups: list[Group] = field(default_factory=list)
+    where: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (group, row)
+    outgoing: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # full: [(m, k_c)]
+    second: dict[int, torch.Tensor] = field(default_factory=dict)  # mirror pairs: W₂ (o, h)
+    activity: dict[int, torch.Tensor] = field(default_factory=dict)  # relu: (m,) ever active
+    lrs: dict[int, Any] = field(default_factory=dict)  # norm-fed layers: η
+    event: Any = None  # CUDA event recorded before the snapshot (for the scheduler)
+    # full tier: spectra and unit facts kept for METRICS `detail` (detail.py), device tensors
+    detail: list[layer_detail.GroupDetail] = field(default_factory=list)
+
+
+class IndicatorEngine:
+    """Holds the per-layer state between samples and computes one sample for every layer."""
+
+    def __init__(self, layers: Sequence[Layer], *, rel_tol: float = 0.3, abs_tol: float = 0.1,
+                 dead_eps: float = 1e-2, dup_eps: float = 1e-3, max_svd_dim: int = 1024,
+                 power_iters: int = 2, cold_power_iters: int = 30, budget: float = 1.0,
+                 full_share: float = 0.5, full_every: int | None = None, spectra_refresh: int = 0, warm_tol: float = 0.05,
+                 warm_min_dim: int = 128,
+                 optimizers: Sequence[torch.optim.Optimizer] = (),
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.layers = list(layers)
+        self.rel_tol, self.abs_tol = rel_tol, abs_tol
+        self.dead_eps, self.dup_eps = dead_eps, dup_eps
+        # Above this min(m, n) a full spectrum costs too much even for the full tier: σ₁ comes
+        # from power iteration and the spectrum-based indicators are not computed (absent).
+        self.max_svd_dim = max_svd_dim
+        # CPU weights of at least this many elements are measured in place, not copied
+        self.view_elements = 1 << 18
+        self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
+        # `clock` measures the time that earns budget (the agent passes its training time).
+        self.scheduler = TierScheduler(budget, full_share=full_share, full_every=full_every,
+                                       clock=clock)
+        self.probe = ActivityProbe(self.layers)
+        self.failed: dict[int, str] = {}  # layer index -> first error; such layers publish N/A
+        # Indicator jobs that raised (name -> first error): switched off for the rest of the
+        # run, their columns read N/A, every other indicator carries on; the agent reports once.
+        self.switched_off: dict[str, str] = {}
+        self._optimizers = list(optimizers)
+        self._observer: pairing.ForwardObserver | None = None
+        self._sources: list[pairing.Observed] = []
+        self._pair_options: dict[str, Any] = {}
+        device = self.layers[0].weight.device if self.layers else torch.device("cpu")
+        self._device = device
+        n = len(self.layers)
+        self._max_s1 = torch.zeros(n, device=device)  # largest σ₁ seen, per layer
+        self._max_mirror = torch.zeros(n, device=device)  # largest √(λ₁/2) seen
+        self._delta = torch.full((n, len(DELTAS)), float("nan"), device=device)
+        # Attention modules measured per head (heads.py): one extra row each, after the layers,
+        # with each head's qk/vo rank in the columns after _FINITE (see decode()).
+        self.heads: list[attention.HeadSet] = []
+        self._columns = _COLUMNS
+        self.find_heads(None, False)  # none until attach() looks for them
+        self._power_vec: dict[int, torch.Tensor] = {}
+        # Warm-started full-tier spectra (see _spectrum): per shape group, the eigenvectors of
+        # the last exact decomposition and each layer's samples since it; counts for reports.
+        # Off by default (spectra_refresh=0): on GPT-2-like weights the 0.3·σ₁ threshold falls
+        # inside the bulk, the count is ambiguous there nearly every sample, and the fallback
+        # (eigh) costs more than the cold eigvalsh (docs/benchmarks.md, sweep section).
+        self.spectra_refresh, self.warm_tol, self.warm_min_dim = (
+            spectra_refresh, warm_tol, warm_min_dim)
+        self._eigvecs: dict[tuple[int, ...], tuple[torch.Tensor, list[int]]] = {}
+        self.spectra_counts = {"exact": 0, "warm": 0, "inertia": 0}
+        self._prev: dict[int, torch.Tensor] = {}  # norm-fed layers: previous [W | b]
+        self.last_tier: str | None = None
+        self.last_detail: list[layer_detail.GroupDetail] | None = None
+
+    # -- pairing -------------------------------------------------------------------------------
+
+    def attach(self, models: Mapping[str, nn.Module], *,
+               pairs: Mapping[str, Any] | None = None,
+               classifier: bool | str | list[str] | None = True, observe: bool = True,
+               heads: Mapping[str, Any] | bool | None = None,
+               heads_default: int | tuple[int, int] | None = None) -> list[str]:
+        """Pair the layers: statically now, then from the models' first forward pass (hooks
+        removed right after it), with the user's `pairs` and `classifier` on top; find the
+        attention modules to measure per head (`heads`: see heads.discover). Returns notes
+        on attention modules found but not measured (for META's skipped list)."""
+        self._pair_options = {"overrides": pairs, "classifier": classifier,
+                              "models": list(models)}
+        self._sources = [pairing.static_edges(models, self.layers)]
+        pairing.apply(self.layers, self._sources, **self._pair_options)
+        modules: dict[str, nn.Module] = {}  # full name -> module; a model's root: its name
+        for model_name, model in models.items():
+            for name, module in unwrap(model).named_modules():
+                modules.setdefault(f"{model_name}.{name}" if model_name and name
+                                   else name or model_name, module)
+        skipped = self.find_heads(modules, heads, heads_default)
+        if observe and self.layers:
+            self._observer = pairing.ForwardObserver(models, self.layers, self._observed)
+        return skipped
+
+    def find_heads(self, modules: Mapping[str, nn.Module] | None,
+                   heads: Mapping[str, Any] | bool | None = None,
+                   default: int | tuple[int, int] | None = None) -> list[str]:
+        """Find the attention modules to measure per head (heads.py); returns "name (why)"
+        notes for those found but not measured. Bad `heads` names raise ValueError."""
+        self.heads, skipped = attention.discover(self.layers, modules, heads, default)
+        n = len(self.layers) + len(self.heads)
+        widest = max((hs.heads for hs in self.heads), default=0)
+        self._columns = _COLUMNS + len(attention.PER_HEAD) * widest
+        self._delta = torch.full((n, len(DELTAS)), float("nan"), device=self._device)
+        self._rows_dims = torch.tensor(
+            [min(layer.matrix_shape) for layer in self.layers] + [1] * len(self.heads),
+            device=self._device, dtype=torch.float32)
+        self._rows_units = torch.tensor(
+            [layer.units for layer in self.layers] + [1] * len(self.heads),
+            device=self._device, dtype=torch.float32)
+        return skipped
+
+    def describe(self) -> list[dict[str, object]]:
+        """The META layer table: every layer, each attention module's row just before its
+        first layer."""
+        first: dict[int, list[attention.HeadSet]] = defaultdict(list)
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
+        for hs in self.heads:
+            first[min(index[id(layer)] for layer in hs.layers())].append(hs)
+        rows: list[dict[str, object]] = []
+        for i, layer in enumerate(self.layers):
+            rows += [hs.describe() for hs in first.get(i, [])]
+            rows.append(layer.describe())
+        return rows
+
+    def _observed(self, found: pairing.Observed) -> None:
+        self._sources.append(found)
+        pairing.apply(self.layers, self._sources, **self._pair_options)
+
+    def close(self) -> None:
+        """Remove every hook the engine registered (pairing pass, activity probe)."""
+        if self._observer is not None:
+            self._observer.close()
+        self.probe.close()
+
+    # -- one sample ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def compute(self, tier: str | None = None) -> torch.Tensor:
+        """One sample: a (len(layers), columns) float32 tensor. Nothing here reads a value
+        back to the host."""
+        return self.measure(self.snapshot(tier))
+
+    @torch.no_grad()
+    def snapshot(self, tier: str | None = None) -> Snapshot:
+        """Copy what this sample measures (float32, grouped by matrix shape and device). Once
+        the copy is queued the optimizer may update the live parameters: on CUDA the training
+        stream waits for this part only, not for the spectra computed from it.
+
+        On the CPU the sample runs on the training thread from start to end (compute()), so
+        large float32 weights are not copied: each gets a group of its own holding a view
+        (`Group.owned` False). Copying them cost more than the cheap tier's arithmetic (a fresh
+        allocation of every weight, page faults included, each sample). measure() must then
+        run before the next optimizer step, as compute() does."""
+        tier = tier or self.scheduler.choose()
+        snap = Snapshot(tier, time.perf_counter())
+        if self._device.type == "cuda":
+            snap.event = torch.cuda.Event(enable_timing=True)
+            snap.event.record()
+        snap.activity = self.probe.take()
+        by_key: dict[tuple, list[int]] = defaultdict(list)
+        for i, layer in enumerate(self.layers):
+            if i not in self.failed:
+                by_key[(layer.matrix_shape, layer.weight.device)].append(i)
+        chunks: list[tuple[int, int, list[int], bool]] = []
+        for ((m, n), device), idxs in by_key.items():
+            if device.type == "cpu" and m * n >= self.view_elements:
+                views = [i for i in idxs if self.layers[i].weight.dtype == torch.float32]
+                chunks += [(m, n, [i], True) for i in views]
+                idxs = [i for i in idxs if i not in set(views)]
+            if idxs:
+                chunks.append((m, n, idxs, False))
+        for m, n, idxs, view in chunks:
+            try:
+                if view:
+                    w = self.layers[idxs[0]].matrix().reshape(m, n).unsqueeze(0)
+                else:
+                    w = torch.stack([self.layers[i].matrix().reshape(m, n) for i in idxs]).float()
+                bias = torch.stack([self._bias(i, m, w.device) for i in idxs])
+                out2 = torch.stack([self._out2(i, m, w.device) for i in idxs])
+                # Any NaN/inf weight makes its row norm non-finite: measure() reads the flag
+                # from the norms it computes anyway, rather than another pass here.
+                finite = torch.isfinite(bias).all(1) & torch.isfinite(out2).all(1)
+                for j, i in enumerate(idxs):
+                    layer = self.layers[i]
+                    if tier == FULL and layer.consumers and layer.kind != NORM:
+                        snap.outgoing[i] = self._outgoing(layer, copy=not view)
+                    if tier == FULL and layer.mirror:
+                        second = layer.consumers[0].matrix()
+                        snap.second[i] = second.float() if view else second.to(
+                            torch.float32, copy=True)
+                    if layer.normed_by:
+                        snap.lrs[i] = self._lr(layer)
+            except Exception as exc:  # weights we cannot read (e.g. sharded): switch them off
+                self._fail(idxs, exc)
+                continue
+            for j, i in enumerate(idxs):
+                snap.where[i] = (len(snap.groups), j)
+            snap.groups.append(Group(idxs, w, bias, out2, finite, owned=not view))
+        return snap
+
+    @staticmethod
+    def _outgoing(layer: Layer, copy: bool) -> list[torch.Tensor]:
+        """Each consumer's input columns as (m, k_c): a transposed view of a Linear's weight
+        (no copy) unless `copy` (the CUDA snapshot, which the optimizer may overwrite)."""
+        parts = []
+        for consumer in layer.consumers:
+            w = consumer.input_weight.detach()  # type: ignore[union-attr]  # (o, m, *k)
+            part = w.t() if w.dim() == 2 else w.transpose(0, 1).reshape(layer.units, -1)
+            parts.append(part.to(torch.float32, copy=copy))
+        return parts
+
+    @torch.no_grad()
+    def measure(self, snap: Snapshot) -> torch.Tensor:
+        out = torch.full((len(self.layers) + len(self.heads), self._columns), float("nan"),
+                         device=self._device)
+        for group in snap.groups:
+            try:
+                self._measure_group(group, snap, out)
+            except Exception as exc:
+                self._fail(group.idxs, exc)
+                out[group.idxs] = float("nan")
+        if snap.tier == FULL:
+            self._guarded("duplicates", self._duplicates, snap, out)
+            self._guarded("mirrors", self._mirrors, snap, out)
+            if self.heads:
+                self._guarded("heads", self._heads, snap, out)
+        for i, active in snap.activity.items():
+            if i not in self.failed:
+                self._put(out, [i], "relu_dead", 1 - active.float().mean().reshape(1))
+        self._guarded("deltas", self._deltas, out)
+        # Layers whose weights hold NaN/inf: every computed value becomes null (N/A).
+        bad = out[:, _FINITE] == 0
+        flag = out[:, _FINITE].clone()
+        computed = ~torch.isnan(out)
+        out.copy_(torch.where(bad[:, None] & computed, float("-inf"), out))
+        out[:, _FINITE] = flag
+        self.probe.arm()  # dead-ReLU hooks for the next forward pass
+        self.last_tier = snap.tier
+        # read by the agent right after measure() and decoded on the publisher thread
+        self.last_detail = snap.detail if snap.tier == FULL else None
+        end = None
+        if snap.event is not None:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        self.scheduler.record(snap.tier, time.perf_counter() - snap.started,
+                              (snap.event, end) if end is not None else None)
+        return out
+
+    def _guarded(self, name: str, job: Any, *args: Any) -> None:
+        if name in self.switched_off:
+            return
+        try:
+            job(*args)
+        except Exception as exc:  # one indicator failing must not take the others down:
+            self.switched_off[name] = f"{type(exc).__name__}: {exc}"
+
+    def _fail(self, idxs: list[int], exc: BaseException) -> None:
+        for i in idxs:
+            self.failed.setdefault(i, f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _put(out: torch.Tensor, idxs: list[int] | torch.Tensor, name: str,
+             values: torch.Tensor) -> None:
+        """Store computed values; an undefined one (NaN/inf) is stored as −inf → null."""
+        inf = float("-inf")
+        out[idxs, COL[name]] = torch.nan_to_num(values.float(), nan=inf, posinf=inf, neginf=inf)
+
+    # -- the cheap tier (and the spectra of the full one), per shape group ---------------------
+
+    def _measure_group(self, g: Group, snap: Snapshot, out: torch.Tensor) -> None:
+        idxs, layers = g.idxs, [self.layers[i] for i in g.idxs]
+        row2 = torch.linalg.vector_norm(g.weights, dim=2).square()  # (B, m), no temporary
+        g.finite = g.finite & torch.isfinite(row2).all(1)  # NaN/inf anywhere → non-finite norm
+        # In place: the snapshot is our own copy, and a second copy of every weight would
+        # double this pass's memory traffic. Non-finite entries read as 0; such layers publish
+        # null for everything anyway. A view of a live weight is never written to: it is
+        # copied first, and only when it holds NaN/inf (on the CPU, where reading is free).
+        if g.owned:
+            w = torch.nan_to_num_(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
+        elif not bool(g.finite.all()):
+            w = g.weights = torch.nan_to_num(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
+            g.owned = True
+        else:
+            w = g.weights
+        row2 = torch.nan_to_num(row2, nan=0.0, posinf=0.0, neginf=0.0)
+        bias = torch.nan_to_num(g.bias, nan=0.0, posinf=0.0, neginf=0.0)
+        out2 = torch.nan_to_num(g.out2, nan=0.0, posinf=0.0, neginf=0.0)
+        m, n = w.shape[1:]
+        out[idxs, _FINITE] = g.finite.float().to(out.device)
+        fro2 = row2.sum(1)
+        self._put(out, idxs, "weight_norm", fro2.sqrt())
+
+        if layers[0].has_rank:
+            if snap.tier == FULL and min(m, n) <= self.max_svd_dim:
+                eig, count = self._spectrum(w, idxs)
+                sv = eig.sqrt()
+                s1 = sv[:, 0]
+                for name, values in spectra.rank_family(sv).items():
+                    self._put(out, idxs, name, values)
+            else:
+                sv = None
+                s1 = self._power_sigma1(w, idxs)
+                self._put(out, idxs, "stable_rank", fro2 / s1.square())
+            idx = torch.tensor(idxs, device=self._max_s1.device)
+            seen = torch.maximum(self._max_s1[idx], torch.where(g.finite, s1, 0.0))
+            self._max_s1[idx] = seen
+            if sv is not None:
+                tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+                if count is None:
+                    count = spectra.count_above(sv, tau)
+                self._put(out, idxs, "numerical_rank", count)
+                snap.detail.append(layer_detail.GroupDetail(
+                    idxs, spectrum=layer_detail.cap_spectrum(sv), count=sv.shape[1], tau=tau))
+
+        in2 = row2 + bias.square()
+        g.unit2 = in2 + out2  # ‖u_i‖², reused by the duplicate search
+        self._put(out, idxs, "dead_fraction", units.dead_fraction(in2 + out2, self.dead_eps))
+        if snap.tier == FULL:  # which units are dead, as dead_fraction counts them
+            rms = g.unit2.mean(1, keepdim=True).sqrt()
+            snap.detail.append(layer_detail.GroupDetail(
+                idxs, dead=g.unit2.sqrt() <= self.dead_eps * rms))
+
+        sel = [j for j, layer in enumerate(layers) if layer.rescale and layer.consumers]
+        if sel:
+            total, norm = units.balance(in2[sel], out2[sel])
+            self._put(out, [idxs[j] for j in sel], "balance", total)
+            self._put(out, [idxs[j] for j in sel], "balance_norm", norm)
+        sel = [j for j, layer in enumerate(layers) if layer.classifier]
+        if sel:
+            self._put(out, [idxs[j] for j in sel], "softmax_translation",
+                      units.softmax_translation(w[sel]))
+        for j, layer in enumerate(layers):
+            if layer.normed_by:
+                # kept until the next sample: our own copy, never a view of the live weight
+                now = w[j] if g.owned else w[j].clone()
+                self._scale_invariance(idxs[j], layer, now, bias[j], snap, out)
+
+    def _spectrum(self, w: torch.Tensor, idxs: list[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """σ² of each matrix in the group, descending, for the full tier; and the numerical
+        rank when it had to be counted apart from them (else None: count σ > τ).
+
+        Cold (warm starts off, the default, or matrices below `warm_min_dim`): Gram +
+        eigvalsh. With warm starts on, the first sample decomposes exactly with eigh and keeps
+        each layer's eigenvectors; later samples take the spectrum from the Gram matrix in that
+        old basis (spectra.warm_eigvals: one GEMM instead of the eigensolver). A layer falls
+        back to an exact eigh (and keeps the new vectors) when its basis has drifted
+        (off-diagonal mass above `warm_tol`) or every `spectra_refresh` samples anyway. Where
+        an estimate lies within its error band of the numerical-rank threshold, the count there
+        would be a guess: that layer's count comes from the inertia of G − τ²I instead (exact,
+        a third of eigvalsh's cost). The fallback decision reads one small tensor per group
+        back to the host."""
+        k = min(w.shape[1:])
+        if self.spectra_refresh <= 0 or k < self.warm_min_dim:
+            return spectra.gram_eigvals(w), None
+        g = spectra.gram(w)
+        key = tuple(idxs)
+        kept = self._eigvecs.get(key)
+        if kept is None or kept[0].shape != g.shape:
+            eig, vec = spectra.gram_eigh(g)
+            self._eigvecs[key] = (vec, [0] * len(idxs))
+            self.spectra_counts["exact"] += len(idxs)
+            return eig, None
+        vec, ages = kept
+        eig, band, drift = spectra.warm_eigvals(g, vec)
+        old = torch.tensor([a + 1 >= self.spectra_refresh for a in ages], device=eig.device)
+        redo = old | (drift > self.warm_tol) | ~torch.isfinite(drift)
+        # the threshold numerical_rank will use (as _measure_group computes it), and how far
+        # σ₁'s own error may move it
+        idx = torch.tensor(idxs, device=self._max_s1.device)
+        seen = torch.maximum(self._max_s1[idx], eig[:, 0].sqrt())
+        tau2 = torch.clamp(self.rel_tol * seen, min=self.abs_tol).square()
+        slack = band + self.rel_tol ** 2 * band[:, :1]
+        ambiguous = ((eig - tau2[:, None]).abs() <= slack).any(1) & ~redo
+        flags = torch.stack([redo, ambiguous]).tolist()  # the one host read of the warm path
+        rows = [j for j, r in enumerate(flags[0]) if r]
+        unsure = [j for j, a in enumerate(flags[1]) if a]
+        for j in range(len(ages)):
+            ages[j] = 0 if j in rows else ages[j] + 1
+        self.spectra_counts["warm"] += len(idxs) - len(rows)
+        self.spectra_counts["exact"] += len(rows)
+        self.spectra_counts["inertia"] += len(unsure)
+        if rows:
+            exact, fresh = spectra.gram_eigh(g[rows])
+            eig[rows] = exact
+            vec[rows] = fresh
+        if not unsure:
+            return eig, None
+        # τ again after the exact rows replaced their σ₁, exactly as _measure_group computes it
+        seen = torch.maximum(self._max_s1[idx], eig[:, 0].sqrt())
+        tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+        count = spectra.count_above(eig.sqrt(), tau)
+        count[unsure] = spectra.count_eigvals_above(g[unsure], tau[unsure].square())
+        return eig, count
+
+    def _power_sigma1(self, w: torch.Tensor, idxs: list[int]) -> torch.Tensor:
+        """σ₁ by power iteration, warm-started from the previous sample's vector (the first
+        time: Lanczos from a fixed random start, `cold_power_iters` steps)."""
+        n = w.shape[2]
+        cold = any(i not in self._power_vec for i in idxs)
+        if cold:
+            gen = torch.Generator().manual_seed(n)
+            start = torch.randn(n, generator=gen).to(w.device)
+        v = torch.stack([self._power_vec[i] if i in self._power_vec else start for i in idxs])
+        if cold:  # no vector to start from: Lanczos, which needs no gap below σ₁ to converge
+            s1, v = spectra.lanczos_sigma1(w, v, self.cold_power_iters)
+        else:
+            s1, v = spectra.power_sigma1(w, v, self.power_iters)
+        for j, i in enumerate(idxs):
+            self._power_vec[i] = v[j]
+        return s1
+
+    def _scale_invariance(self, i: int, layer: Layer, w: torch.Tensor, b: torch.Tensor,
+                          snap: Snapshot, out: torch.Tensor) -> None:
+        per_channel = layer.normed_by == "channel"
+        # Per-channel norms (BatchNorm) cancel the bias and each channel's scale; per-layer
+        # norms (LayerNorm, RMSNorm, GroupNorm) the scale of W and b together.
+        now = w if per_channel else torch.cat([w.flatten(), b]).unsqueeze(0)
+        prev = self._prev.get(i)
+        if prev is not None and prev.shape == now.shape:
+            self._put(out, [i], "angular_update", units.angle(prev, now, dim=1).mean().reshape(1))
+        self._prev[i] = now
+        lr = snap.lrs.get(i)
+        if lr is not None:
+            norm2 = now.square().sum(1)
+            eff = torch.where(norm2 > 0, lr / norm2.clamp_min(1e-38), float("nan"))
+            self._put(out, [i], "effective_lr", eff.mean().reshape(1))
+
+    # -- the full tier across groups ----------------------------------------------------------
+
+    def _duplicates(self, snap: Snapshot, out: torch.Tensor) -> None:
+        """Unit vectors [w_in; b; w_out] as parts (never concatenated: units.duplicates
+        projects each part on its own), batched by the parts' shapes; a large layer alone."""
+        by_shape: dict[tuple, list[tuple[int, list[torch.Tensor]]]] = defaultdict(list)
+        for i, (gi, j) in snap.where.items():
+            layer = self.layers[i]
+            if layer.kind == NORM or (not layer.has_rank and layer.kind != EMBEDDING):
+                continue
+            g = snap.groups[gi]
+            parts = [g.weights[j], g.bias[j].unsqueeze(1), *snap.outgoing.get(i, ())]
+            if g.unit2 is None:
+                continue  # its group failed: the layer publishes N/A
+            # NaN/inf outgoing weights only make this layer's cosines NaN: it is null anyway
+            shapes = tuple(tuple(p.shape) for p in parts)
+            size = sum(p.numel() for p in parts)
+            key = (shapes, i) if size >= self.view_elements else shapes
+            by_shape[key].append((i, parts + [g.unit2[j]]))
+        for rows in by_shape.values():
+            idxs = [i for i, _ in rows]
+            if len(rows) == 1:
+                parts = [p.unsqueeze(0) for p in rows[0][1]]
+            else:
+                parts = [torch.stack([r[1][k] for r in rows]) for k in range(len(rows[0][1]))]
+            unit2 = parts.pop()  # computed by _measure_group from the same weights
+            live = unit2.sqrt() > self.dead_eps * unit2.mean(1, keepdim=True).sqrt()
+            fraction, distinct, links = units.duplicates(parts, self.dup_eps, live, links=True)
+            snap.detail.append(layer_detail.GroupDetail(idxs, links=links))
+            self._put(out, idxs, "duplicate_fraction", fraction)
+            self._put(out, idxs, "distinct_units", distinct)
+
+    def _mirrors(self, snap: Snapshot, out: torch.Tensor) -> None:
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i in snap.second:
+            if i in snap.where:
+                gi, j = snap.where[i]
+                by_shape[(tuple(snap.groups[gi].weights.shape[1:]),
+                          tuple(snap.second[i].shape))].append(i)
+        for idxs in by_shape.values():
+            w1 = torch.stack([snap.groups[snap.where[i][0]].weights[snap.where[i][1]]
+                              for i in idxs])
+            w2 = torch.nan_to_num(torch.stack([snap.second[i] for i in idxs]))
+            root = (spectra.mirror_eigvals(torch.nan_to_num(w1), w2) / 2).sqrt()
+            idx = torch.tensor(idxs, device=self._max_mirror.device)
+            seen = torch.maximum(self._max_mirror[idx], root[:, 0])
+            self._max_mirror[idx] = seen
+            tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+            self._put(out, idxs, "mirror_rank", spectra.count_above(root, tau))
+
+    def _heads(self, snap: Snapshot, out: torch.Tensor) -> None:
+        """Per-head QK/VO product ranks of each attention module (heads.py), from the rows of
+        its layers in this snapshot, on the module's own row."""
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
+        base = len(self.layers)
+
+        def weight(layer: Layer, hs: attention.HeadSet) -> torch.Tensor:
+            """The layer's matrix in this snapshot, plus its PEFT LoRA adapters' s·B·A."""
+            gi, j = snap.where[index[id(layer)]]
+            w = snap.groups[gi].weights[j]
+            for a, b, key, wrapper in hs.adapters.get(id(layer), ()):
+                scale = attention.adapter_scaling(wrapper, key)
+                if scale is None:
+                    continue
+                ga, ja = snap.where[index[id(a)]]
+                gb, jb = snap.where[index[id(b)]]
+                w = w + scale * (snap.groups[gb].weights[jb] @ snap.groups[ga].weights[ja])
+            return w
+
+        for r, hs in enumerate(self.heads):
+            row = base + r
+            try:
+                parts = [weight(layer, hs)[start:start + count] for layer, start, count in (
+                    (hs.q[0], hs.q[1], hs.heads * hs.head_dim),
+                    (hs.k[0], hs.k[1], hs.kv_heads * hs.head_dim),
+                    (hs.v[0], hs.v[1], hs.kv_heads * hs.head_dim))]
+                o = weight(hs.o, hs) if hs.o is not None else None
+            except KeyError:
+                continue  # one of its layers failed or is not measured: nothing to publish
+            finite = torch.stack([out[index[id(layer)], _FINITE] for layer in hs.layers()])
+            out[row, _FINITE] = finite.min()
+            qk, vo = attention.head_spectra(hs, *parts, o)
+            self._head_ranks(hs, row, "qk", qk, out)
+            if vo is not None:
+                self._head_ranks(hs, row, "vo", vo, out)
+                ranks = torch.cat([out[row, COL["qk_rank"]:COL["qk_rank"] + 1],
+                                   out[row, COL["vo_rank"]:COL["vo_rank"] + 1]])
+            else:
+                ranks = out[row, COL["qk_rank"]:COL["qk_rank"] + 1]
+            out[row, COL["delta_rotation"]] = ranks.mean() / hs.head_dim
+
+    def _head_ranks(self, hs: attention.HeadSet, row: int, pair: str, sv: torch.Tensor,
+                    out: torch.Tensor) -> None:
+        """#{√σ > τ} per head, τ = max(rel_tol · largest √σ₁ seen over the module's heads,
+        abs_tol); its mean, min, per-head values (and, for VO, the dead-head fraction)."""
+        root = sv.sqrt().to(out.dtype)  # in the units of one factor: a balanced pair's own σ
+        top = torch.where(out[row, _FINITE] == 1, root[:, 0].max(), 0.0)
+        seen = torch.maximum(hs.seen[pair], top) if pair in hs.seen else top
+        hs.seen[pair] = seen  # stays on the device: no host sync
+        tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+        ranks = (root > tau).sum(1).to(out.dtype)
+        out[row, COL[f"{pair}_rank"]] = ranks.mean()
+        out[row, COL[f"{pair}_rank_min"]] = ranks.min()
+        k = attention.PER_HEAD.index(f"{pair}_rank")
+        widest = (self._columns - _COLUMNS) // len(attention.PER_HEAD)
+        start = _COLUMNS + k * widest
+        out[row, start:start + hs.heads] = ranks
+        if pair == "vo":
+            out[row, COL["dead_heads"]] = (ranks == 0).to(out.dtype).mean()
+
+    def _deltas(self, out: torch.Tensor) -> None:
+        """Δ_G per family from this sample's columns, and `broken` from each family's latest."""
+        c = {name: out[:, COL[name]] for name in INDICATORS}
+        rotation = c["mirror_rank"] / self._rows_units
+        fresh = {
+            "delta_perm": 1 - c["duplicate_fraction"],
+            "delta_sign": 1 - c["dead_fraction"],
+            "delta_rank": c["numerical_rank"] / self._rows_dims,
+            # attention rows: _heads() wrote their delta_rotation (mean per-head rank / d)
+            "delta_rotation": torch.where(torch.isnan(rotation), c["delta_rotation"], rotation),
+            "delta_rescale": 1 - c["balance_norm"].abs(),
+            "delta_softmax": c["softmax_translation"],
+        }
+        good = out[:, _FINITE] == 1
+        for k, name in enumerate(DELTAS):
+            value = fresh[name]
+            ok = torch.isfinite(value) & good
+            out[:, COL[name]] = torch.where(ok, value, out[:, COL[name]])
+            self._delta[:, k] = torch.where(ok, value, self._delta[:, k])
+        known = ~torch.isnan(self._delta)
+        broken = self._delta.nan_to_num(0).sum(1) / known.sum(1).clamp_min(1)
+        out[:, COL["broken"]] = torch.where(known.any(1) & good, broken, out[:, COL["broken"]])
+
+    # -- snapshot helpers ----------------------------------------------------------------------
+
+    def _bias(self, i: int, m: int, device: torch.device) -> torch.Tensor:
+        bias = self.layers[i].bias
+        if bias is None:
+            return torch.zeros(m, device=device)
+        return bias.detach().float().reshape(m).to(device)
+
+    def _out2(self, i: int, m: int, device: torch.device) -> torch.Tensor:
+        """Σ over consumers of each unit's outgoing weight², accumulated in float32."""
+        total = torch.zeros(m, device=device)
+        for consumer in self.layers[i].consumers:
+            w = consumer.input_weight.detach()  # type: ignore[union-attr]  # (o, m, *k)
+            dims = [0] + list(range(2, w.dim()))
+            total = total + torch.linalg.vector_norm(w, dim=dims, dtype=torch.float32).square()
+        return total
+
+    def _lr(self, layer: Layer) -> Any:
+        for opt in self._optimizers:
+            for group in opt.param_groups:
+                if any(p is layer.weight for p in group["params"]):
+                    return group.get("lr")
+        return None
+
+    # -- decoding (publisher thread) -----------------------------------------------------------
+
+    def decode_detail(self, groups: list[layer_detail.GroupDetail] | None
+                      ) -> dict[str, dict[str, Any]]:
+        """A full-tier sample's `last_detail` → METRICS `detail` (after the sample's ready
+        event on CUDA: the tensors are read here, never on the training thread)."""
+        if not groups:
+            return {}
+        wire = layer_detail.to_wire(groups, [layer.name for layer in self.layers])
+        for i in self.failed:  # a layer whose measurement failed publishes N/A, no detail
+            wire.pop(self.layers[i].name, None)
+        return wire
+
+    def decode(self, rows: list[list[float]]) -> tuple[dict[str, dict[str, float | None]], list[str]]:
+        """Host rows from compute() → (`values` for a METRICS message, names of layers whose
+        weights hold NaN/inf). Not computed (NaN) → left out; undefined (±inf) → None."""
+        values: dict[str, dict[str, float | None]] = {}
+        nonfinite: list[str] = []
+        for i, (layer, row) in enumerate(zip(self.layers, rows)):
+            if i in self.failed:
+                values[layer.name] = {"weight_norm": None}
+                continue
+            if row[_FINITE] == 0.0:
+                nonfinite.append(layer.name)
+            values[layer.name] = _row_values(row, enumerate(INDICATORS))
+        widest = (self._columns - _COLUMNS) // len(attention.PER_HEAD)
+        for hs, row in zip(self.heads, rows[len(self.layers):]):
+            # per head: `qk_rank.h0`, … (integers), after the module's aggregates
+            per_head = [(_COLUMNS + k * widest + h, f"{name}.h{h}")
+                        for k, name in enumerate(attention.PER_HEAD) for h in range(hs.heads)]
+            head_values = _row_values(row, [*enumerate(INDICATORS), *per_head])
+            if head_values and row[_FINITE] == 0.0:
+                nonfinite.append(hs.name)
+            if head_values:
+                values[hs.name] = head_values
+        return values, nonfinite
+
+
+def _row_values(row: list[float], columns: Any) -> dict[str, float | None]:
+    """One row's wire values: NaN (not computed) left out, ±inf (undefined) → None."""
+    out: dict[str, float | None] = {}
+    for k, name in columns:
+        x = row[k]
+        if x != x:
+            continue
+        if x in (float("inf"), float("-inf")):
+            out[name] = None
+        elif name in INTEGER_INDICATORS or "_rank.h" in name:
+            out[name] = int(round(x))
+        else:
+            out[name] = x
+    return out

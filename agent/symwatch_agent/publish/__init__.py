@@ -1,0 +1,1 @@
+"""Getting measurements out of the process: the publisher thread, CurveZMQ, transition detection on the publisher thread."""

@@ -1,0 +1,76 @@
+"""Transition detection inside the agent, so that transitions are part of the stream (and of
+every recording) and alerts fire with nobody watching.
+
+The detector itself is the shared, stdlib-only `symwatch.core.detection.TransitionDetector`. This
+module feeds it each sample on the publisher thread (never the training thread) and labels
+changes of the optimizer's hyper-parameters (a learning-rate schedule boundary, weight decay
+switched on) as exogenous, so they are reported as explained rather than as discoveries. A
+smooth schedule's small change between two samples is not a boundary (`BOUNDARY_CHANGE`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from symwatch.core.detection import TransitionDetector, to_event_payload
+
+# The optimizer settings whose change explains a jump in what follows.
+WATCHED_HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
+# Only a change by more than this fraction between two samples is a boundary: a smooth schedule
+# (linear decay, cosine, the Trainer's default) moves the lr a little at every sample, and
+# marking each of those would label every transition of the run exogenous. Warm-up from 0, a
+# StepLR boundary, weight decay switched on, a restart of a cyclic schedule are all far above.
+BOUNDARY_CHANGE = 0.25
+
+Hyperparameters = tuple[tuple[str, int, float | None], ...]
+
+
+def is_derived(metric: str) -> bool:
+    """Δ_G columns and the overall `broken` score are functions of the other indicators: a
+    jump in them is already a jump in their source, and feeding them too would only repeat it
+    (and outrank the source in the message)."""
+    return metric == "broken" or metric.startswith("delta_")
+
+
+def read_hyperparameters(optimizers: Sequence[torch.optim.Optimizer]) -> Hyperparameters:
+    """The watched settings of every param group, as plain floats. Cheap (a few attribute
+    reads), so it runs on the training thread at each sample; tensor-valued settings (a
+    learning rate on the GPU) are skipped rather than synchronised."""
+    values = []
+    for o, optimizer in enumerate(optimizers):
+        for g, group in enumerate(optimizer.param_groups):
+            for name in WATCHED_HYPERPARAMETERS:
+                value = group.get(name)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values.append((name, o * 1000 + g, float(value)))
+    return tuple(values)
+
+
+class TransitionWatch:
+    """One detector per agent; `update` returns EVENT payloads (with their steps) to publish."""
+
+    def __init__(self, threshold: float | None = None) -> None:
+        self.detector = TransitionDetector(threshold)
+        self._last: dict[tuple[str, int], float] = {}
+
+    def update(self, step: int, values: dict[str, dict[str, float | None]],
+               loss: float | None, hyperparameters: Hyperparameters,
+               time: float | None = None) -> list[tuple[int, dict[str, Any]]]:
+        self._note_hyperparameters(step, hyperparameters)
+        primary = {layer: {m: v for m, v in row.items() if not is_derived(m)}
+                   for layer, row in values.items()}
+        transitions = self.detector.update_metrics(step, primary, loss=loss, time=time)
+        return [(t.step, to_event_payload(t)) for t in transitions]
+
+    def _note_hyperparameters(self, step: int, hyperparameters: Hyperparameters) -> None:
+        changes = []
+        for name, group, value in hyperparameters:
+            previous = self._last.get((name, group))
+            if previous is not None and previous != value and \
+                    abs(value - previous) > BOUNDARY_CHANGE * max(abs(value), abs(previous)):
+                changes.append(f"{name} {previous:g} → {value:g}")
+            self._last[(name, group)] = value
+        if changes:
+            self.detector.mark_exogenous(step, "optimizer " + ", ".join(sorted(set(changes))))

@@ -1,0 +1,1 @@
+"""The `symwatch` command: argument parsing, one module per command; the only place errors become messages and exit codes."""

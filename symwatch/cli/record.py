@@ -1,0 +1,284 @@
+"""`symwatch record`, `symwatch export`, `symwatch replay`: recordings from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+from symwatch.core import runtime
+from symwatch.transport.ssh import TunnelFeed, is_ssh_target
+
+RECORD_EPILOG = (
+    "examples:\n"
+    "  symwatch record -o run.db                 the only live run, until it ends or Ctrl-C\n"
+    "  symwatch record my-experiment -o run.db   a run name or id from `symwatch ls`\n"
+    "  symwatch record tcp://127.0.0.1:5555 -o run.db\n"
+    "  symwatch record ssh://gpu-box/my-run -o run.db   a run on another machine, over ssh\n\n"
+    "In a script, the agent can record by itself (nothing to keep running):\n"
+    "  symwatch.watch(model, optimizer, record='run.db')   or  SYMWATCH_RECORD=run.db\n"
+    "An existing recording is appended to. See docs/recording.md.")
+EXPORT_EPILOG = (
+    "examples:\n"
+    "  symwatch export run.db --format csv -o run.csv\n"
+    "  symwatch export run.db --format jsonl --kind events\n"
+    "  symwatch export run.db --format jsonl | jq 'select(.metric == \"loss\")'\n\n"
+    "Record shapes (stable; missing values are null / empty, never 0): docs/export.md")
+REPLAY_EPILOG = (
+    "examples:\n"
+    "  symwatch replay run.db                  in the terminal UI, at the recorded pace\n"
+    "  symwatch replay run.db --speed 16\n"
+    "  symwatch replay run.db --headless       print the summary of the recorded run\n\n"
+    "keys in the UI: space play/pause, + faster, - slower, Home start, End end, q quit")
+
+
+REPORT_EPILOG = (
+    "examples:\n"
+    "  symwatch report run.db -o report.html\n"
+    "  symwatch record my-run -o run.db && symwatch report run.db -o run.html")
+
+
+def _speed(text: str) -> float:
+    if text.lower() in ("max", "inf"):
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a speed > 0 or 'max', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a speed > 0 or 'max', got {text!r}")
+    return value
+
+
+def add_recording_parsers(subs: Any, subparser: Callable[..., Any]) -> None:
+    record = subparser(
+        subs, "record", "record a live run to a SQLite file",
+        "Subscribe to a live run and store every message in a SQLite recording until the run "
+        "ends (goodbye) or Ctrl-C. With no target: the only live run on this machine.",
+        RECORD_EPILOG)
+    record.add_argument("target", nargs="?", metavar="ENDPOINT",
+                        help="tcp://HOST:PORT, ipc://PATH, ssh://HOST[/RUN], or a run id / "
+                             "run name")
+    record.add_argument("-o", "--output", required=True, metavar="PATH",
+                        help="the recording (SQLite; appended to if it exists)")
+    from symwatch.transport.ssh import add_ssh_arguments
+
+    add_ssh_arguments(record, short=False)
+    record.set_defaults(func=cmd_record)
+
+    export = subparser(
+        subs, "export", "export a recording as CSV or JSON Lines",
+        "Write one record per row (CSV) or line (JSON Lines) for the metrics (per-layer "
+        "indicators, the loss and other run-level scalars), events and GPU samples of a "
+        "recording.", EXPORT_EPILOG)
+    export.add_argument("path", help="the recording")
+    export.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    export.add_argument("--kind", choices=("metrics", "events", "gpu", "all"), default="all",
+                        help="which records (default: all)")
+    export.add_argument("-o", "--output", metavar="OUT", default=None,
+                        help="write here instead of standard output")
+    export.set_defaults(func=cmd_export)
+
+    replay = subparser(
+        subs, "replay", "replay a recording in the terminal UI",
+        "Show a recording in the same terminal UI as a live run, at the recorded pace "
+        "times --speed.", REPLAY_EPILOG)
+    replay.add_argument("path", help="the recording")
+    replay.add_argument("--speed", type=_speed, default=None, metavar="X",
+                        help="playback speed, or 'max' (default: 1; with --headless: max)")
+    replay.add_argument("--headless", action="store_true",
+                        help="no UI: print the summary (about once a second) until the end")
+    replay.set_defaults(func=cmd_replay)
+
+    report = subparser(
+        subs, "report", "write a recording as a self-contained HTML report with plots",
+        "Write one HTML file (inline SVG plots, no external files) with the loss, every "
+        "layer's indicators over steps with the transitions marked, the events, and the GPUs "
+        "over time: for sharing and papers.", REPORT_EPILOG)
+    report.add_argument("path", help="the recording")
+    report.add_argument("-o", "--output", required=True, metavar="HTML",
+                        help="where to write the report")
+    report.set_defaults(func=cmd_report)
+
+
+# -- record ------------------------------------------------------------------------------------
+
+def _pick_run(target: str | None) -> tuple[str, str | None]:
+    from symwatch.cli.main import NO_RUNS, UserError, resolve_target
+
+    runs = runtime.live_runs()
+    if target is not None:
+        return resolve_target(target, runs)
+    if not runs:
+        raise UserError(NO_RUNS, code=1)
+    if len(runs) > 1:
+        listing = "\n".join(f"  {r.run_id}  {r.name}  {r.endpoint}" for r in runs)
+        raise UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
+    return runs[0].endpoint, runs[0].name
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from symwatch.cli.main import UserError, _err
+    from symwatch.transport.subscriber import BackgroundFeed, EndpointError
+    from symwatch.core.recording import Recorder
+    from symwatch.state.run_state import RunState
+
+    tunnel = None
+    if is_ssh_target(args.target):  # the run's sockets forwarded over ssh (symwatch/transport/ssh.py)
+        from symwatch.cli.remote import open_remote
+
+        entry, tunnel = open_remote(args, "record")
+        endpoint, name = tunnel.endpoint, f"{entry.name} on {tunnel.target.label}"
+    else:
+        endpoint, name = _pick_run(args.target)
+    warnings: list[str] = []
+    recorder = Recorder(args.output, warn=warnings.append).start()
+    if not recorder.wait_open(10.0):
+        recorder.close()
+        if tunnel is not None:
+            tunnel.close()
+        raise UserError(warnings[0] if warnings else f"cannot open {args.output}", code=1)
+    state = RunState()
+
+    def on_messages(batch: list[Any]) -> None:  # the feed's thread
+        for msg in batch:
+            recorder.submit_message(msg)
+        state.fold_all(batch)
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupted = False
+    try:
+        try:
+            feed = (TunnelFeed(tunnel, on_messages=on_messages) if tunnel is not None
+                    else BackgroundFeed(endpoint, on_messages=on_messages))
+        except EndpointError as exc:
+            if tunnel is not None:
+                tunnel.close()
+            raise UserError(str(exc)) from None
+        _err(f"symwatch record: recording {name or endpoint} to {args.output} "
+             "(until the run ends; Ctrl-C to stop)")
+        try:
+            while not state.finished and recorder.failed is None:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            feed.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        recorder.close(timeout=10.0)
+    if recorder.failed is not None:
+        _err(f"symwatch record: {warnings[0] if warnings else recorder.failed}")
+        return 1
+    how = "interrupted" if interrupted else ("the run ended" if state.finished else "stopped")
+    _err(f"symwatch record: {how}; {recorder.written:,} messages in {args.output}"
+         + (f" ({recorder.dropped:,} could not be queued)" if recorder.dropped else ""))
+    return 130 if interrupted else 0
+
+
+# -- export ------------------------------------------------------------------------------------
+
+def _reader(path: str) -> Any:
+    from symwatch.cli.main import UserError
+    from symwatch.core.recording import RecordingError, RecordingReader
+
+    try:
+        return RecordingReader(path)
+    except RecordingError as exc:
+        raise UserError(str(exc), code=1) from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from symwatch.cli.main import UserError, _err
+    from symwatch.consumers.export import records, write_csv, write_jsonl
+
+    reader = _reader(args.path)
+    out = sys.stdout
+    if args.output is not None:
+        try:
+            out = open(args.output, "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            reader.close()
+            raise UserError(f"cannot write {args.output}: {exc}", code=1) from None
+    try:
+        recs = records(reader, args.kind)
+        if args.format == "jsonl":
+            write_jsonl(recs, out)
+        else:
+            write_csv(recs, out, args.kind)
+        out.flush()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+        reader.close()
+    if reader.garbage:
+        _err(f"symwatch export: skipped {reader.garbage} unreadable rows "
+             f"(last: {reader.last_error})")
+    return 0
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from symwatch.cli.main import UserError
+    from symwatch.core.recording import RecordingError
+    from symwatch.sources.replay import ReplaySource
+
+    speed = args.speed if args.speed is not None else (math.inf if args.headless else 1.0)
+    try:
+        source = ReplaySource.open(args.path, speed=speed)
+    except RecordingError as exc:
+        raise UserError(str(exc), code=1) from None
+    if args.headless:
+        return _replay_headless(source)
+    from symwatch.tui.app import SymwatchApp
+
+    SymwatchApp(source, title=f"symwatch — replay of {args.path}", owns_source=True).run()
+    return 0
+
+
+def _replay_headless(source: Any, interval: float = 1.0) -> int:
+    """Like `attach --headless`, on the replay's clock: the summary about once a second of
+    wall time, and once more at the end (a run recorded without a goodbye ends stale)."""
+    from symwatch.state.run_state import DEFAULT_STALE_AFTER, RunState
+    from symwatch.consumers.summary import summary_lines
+
+    state = RunState()
+    next_print = time.monotonic() + interval
+    while not source.exhausted:
+        batch = source.poll(100)
+        state.fold_all(batch, source.now())
+        state.garbage = source.garbage
+        if time.monotonic() >= next_print:
+            print("\n".join(summary_lines(state, source.now())), flush=True)
+            next_print = time.monotonic() + interval
+    end = source.now()
+    if not state.finished:
+        end += DEFAULT_STALE_AFTER + 1.0  # the recording stops here; the run went silent
+    print("\n".join(summary_lines(state, end)), flush=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from symwatch.cli.main import UserError
+    from symwatch.consumers.report import build_report
+
+    reader = _reader(args.path)
+    try:
+        page = build_report(reader, source=args.path)
+    finally:
+        reader.close()
+    try:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(page)
+    except OSError as exc:
+        raise UserError(f"cannot write {args.output}: {exc}", code=1) from None
+    print(f"wrote {args.output} ({len(page) // 1024:,} KiB)", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""`symwatch alert`'s machinery: rules, sinks, following a run across restarts."""

@@ -1,0 +1,105 @@
+"""Flat records from a recording, for scripts and notebooks: one record per line (JSON Lines)
+or per row (CSV). The record shapes are a contract; docs/export.md describes them.
+
+Missing values are null in JSON and empty in CSV, never 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from typing import Any, Iterable, Iterator, TextIO
+
+from symwatch.core import protocol
+from symwatch.core.protocol import Message
+
+METRIC_FIELDS = ("kind", "time", "rank", "step", "layer", "metric", "value")
+EVENT_FIELDS = ("kind", "time", "rank", "step", "layer", "metric", "direction", "before",
+                "after", "score", "message")
+GPU_FIELDS = ("kind", "time", "rank", "step", "index", "name", "util", "mem_used", "mem_total",
+              "temp", "power", "power_limit")
+
+FIELDS = {"metrics": METRIC_FIELDS, "events": EVENT_FIELDS, "gpu": GPU_FIELDS}
+# `--kind all` in CSV: the union of the columns, in this order.
+ALL_FIELDS = tuple(dict.fromkeys(METRIC_FIELDS + EVENT_FIELDS + GPU_FIELDS))
+KIND_CHOICES = ("metrics", "events", "gpu", "all")
+
+# Run-level scalars of a STATS message exported as metrics (layer null), in this order; then
+# every entry of its `scalars` object (what the script passed to `handle.log`).
+STATS_SCALARS = ("loss", "step_time", "steps_per_s", "overhead")
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    # Unpaired surrogates are valid JSON but not UTF-8; never let one break the export.
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str, Any]]:
+    """The export records of `messages` (recorded order), for `kind` in KIND_CHOICES."""
+    want_metrics = kind in ("metrics", "all")
+    want_events = kind in ("events", "all")
+    want_gpu = kind in ("gpu", "all")
+    for msg in messages:
+        head = {"time": msg.time, "rank": msg.rank, "step": msg.step}
+        p = msg.payload
+        if msg.kind == protocol.METRICS and want_metrics:
+            for layer, values in p.get("values", {}).items():
+                if not isinstance(values, dict):
+                    continue
+                for metric, value in values.items():
+                    yield {"kind": "metric", **head, "layer": _text(layer),
+                           "metric": _text(metric), "value": _number(value)}
+        elif msg.kind == protocol.STATS and want_metrics:
+            for name in STATS_SCALARS:
+                if name in p:
+                    yield {"kind": "metric", **head, "layer": None, "metric": name,
+                           "value": _number(p[name])}
+            scalars = p.get("scalars")
+            if isinstance(scalars, dict):
+                for name, value in scalars.items():
+                    yield {"kind": "metric", **head, "layer": None, "metric": _text(name),
+                           "value": _number(value)}
+        elif msg.kind == protocol.EVENT and want_events:
+            yield {"kind": "event", **head, "layer": _text(p.get("layer")),
+                   "metric": _text(p.get("metric")), "direction": _text(p.get("direction")),
+                   "before": _number(p.get("before")), "after": _number(p.get("after")),
+                   "score": _number(p.get("score")), "message": _text(p.get("message"))}
+        elif msg.kind == protocol.GPU and want_gpu:
+            for dev in p.get("devices", []):
+                if not isinstance(dev, dict):
+                    continue
+                yield {"kind": "gpu", **head, "index": _number(dev.get("index")),
+                       "name": _text(dev.get("name")),
+                       **{k: _number(dev.get(k)) for k in GPU_FIELDS[6:]}}
+
+
+def write_jsonl(recs: Iterable[dict[str, Any]], out: TextIO) -> int:
+    n = 0
+    for rec in recs:
+        out.write(json.dumps(rec, allow_nan=False) + "\n")
+        n += 1
+    return n
+
+
+def write_csv(recs: Iterable[dict[str, Any]], out: TextIO, kind: str = "all") -> int:
+    columns = ALL_FIELDS if kind == "all" else FIELDS[kind]
+    writer = csv.DictWriter(out, fieldnames=columns, restval="", extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    n = 0
+    for rec in recs:
+        # None -> "" (csv does that already); floats keep full precision (repr).
+        writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+        n += 1
+    return n

@@ -1,0 +1,153 @@
+"""A self-contained HTML report of a recording: the loss, every layer's indicators over steps with
+transitions marked, the events, and the GPUs over time. Plots are inline SVG written here (the
+observer has no plotting dependency), so the file opens anywhere and can be attached to a
+paper or a ticket as it is."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from typing import Any, Iterable
+
+from symwatch.core import protocol
+from symwatch.consumers.export import records
+
+Point = tuple[float, float | None]
+
+CHART_W, CHART_H, PAD = 320, 110, 6
+LOSS_W, LOSS_H = 760, 200
+
+
+def svg_chart(points: list[Point], marks: Iterable[float] = (), *, width: int = CHART_W,
+              height: int = CHART_H, log: bool = False) -> str:
+    """A line chart of (x, y) points; None breaks the line (N/A is a gap, never 0); a dashed
+    vertical line at each mark. log=True plots log10(y) for positive y."""
+    def ty(v: float | None) -> float | None:
+        if v is None or not math.isfinite(v):
+            return None
+        if log:
+            return math.log10(v) if v > 0 else None
+        return v
+
+    pts = [(x, ty(y)) for x, y in points]
+    known = [(x, y) for x, y in pts if y is not None]
+    if not known:
+        return f'<svg width="{width}" height="{height}"><text x="8" y="20">no data</text></svg>'
+    x0, x1 = min(x for x, _ in pts), max(x for x, _ in pts)
+    y0, y1 = min(y for _, y in known), max(y for _, y in known)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+
+    def sx(x: float) -> float:
+        return PAD + (x - x0) / (x1 - x0) * (width - 2 * PAD)
+
+    def sy(y: float) -> float:
+        return height - PAD - 14 - (y - y0) / (y1 - y0) * (height - 2 * PAD - 14)
+
+    runs: list[list[tuple[float, float]]] = [[]]  # stretches between gaps
+    for x, y in pts:
+        if y is None:
+            runs.append([])
+        else:
+            runs[-1].append((sx(x), sy(y)))
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+             f'<rect width="{width}" height="{height}" fill="#fafafa" stroke="#ddd"/>']
+    for m in marks:
+        if x0 <= m <= x1:
+            parts.append(f'<line x1="{sx(m):.1f}" x2="{sx(m):.1f}" y1="{PAD}" '
+                         f'y2="{height - PAD - 14}" stroke="#d9534f" stroke-dasharray="3,2"/>')
+    for run in runs:
+        if len(run) > 1:
+            points_text = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
+            parts.append(f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" '
+                         f'points="{points_text}"/>')
+        elif run:  # an isolated sample between gaps: a dot
+            parts.append(f'<circle cx="{run[0][0]:.1f}" cy="{run[0][1]:.1f}" r="1.5" '
+                         'fill="#1f77b4"/>')
+    hi, lo = (10 ** y1, 10 ** y0) if log else (y1, y0)
+    parts.append(f'<text x="{width - PAD}" y="{PAD + 10}" text-anchor="end" font-size="10" '
+                 f'fill="#666">max {_fmt(hi)}</text>')
+    parts.append(f'<text x="{PAD}" y="{height - 4}" font-size="10" fill="#666">step '
+                 f'{int(x0):,}</text><text x="{width - PAD}" y="{height - 4}" '
+                 f'text-anchor="end" font-size="10" fill="#666">{int(x1):,} · min {_fmt(lo)}'
+                 f'</text></svg>')
+    return "".join(parts)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def build_report(messages: Iterable[protocol.Message], *, source: str = "") -> str:
+    """The whole report as one HTML string."""
+    messages = list(messages)
+    meta = next((m.payload for m in reversed(messages) if m.kind == protocol.META), {})
+    goodbye = next((m.payload for m in reversed(messages) if m.kind == protocol.GOODBYE), None)
+    series: dict[tuple[str | None, str], list[Point]] = defaultdict(list)
+    events: list[dict[str, Any]] = []
+    gpus: dict[tuple[int, str], list[Point]] = defaultdict(list)
+    for rec in records(messages, "all"):
+        if rec["kind"] == "metric":
+            series[(rec["layer"], rec["metric"])].append((rec["step"], rec["value"]))
+        elif rec["kind"] == "event":
+            events.append(rec)
+        elif rec["kind"] == "gpu":
+            for field in ("util", "mem_used"):
+                gpus[(int(rec["index"] or 0), field)].append((rec["step"], rec[field]))
+    marks_by_layer: dict[str | None, list[float]] = defaultdict(list)
+    for message in messages:  # every layer a grouped transition names, not only its top one
+        if message.kind == protocol.EVENT and message.payload.get("severity") == "transition":
+            for jump in message.payload.get("jumps") or [message.payload]:
+                marks_by_layer[jump.get("layer")].append(message.step)
+    all_marks = sorted({s for steps in marks_by_layer.values() for s in steps})
+    layers = [row["name"] for row in meta.get("layers", [])] or sorted(
+        {layer for layer, _ in series if layer is not None})
+    name = html.escape(str(meta.get("name", "run")))
+    steps = max((m.step for m in messages), default=0)
+
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>symwatch — {name}</title>",
+           "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#222}"
+           "h2{margin-top:32px}.grid{display:flex;flex-wrap:wrap;gap:12px}"
+           ".cell{font-size:12px}table{border-collapse:collapse;font-size:13px}"
+           "td,th{border-bottom:1px solid #eee;padding:3px 8px;text-align:left}"
+           ".muted{color:#777}</style></head><body>",
+           f"<h1>symwatch — {name}</h1>",
+           f"<p class='muted'>{html.escape(source)} · host {html.escape(str(meta.get('host', '?')))}"
+           f" · {steps:,} steps · {len(layers)} layers · {len(events)} events"
+           + (f" · ended: {html.escape(str(goodbye.get('reason')))}" if goodbye else "")
+           + "</p>",
+           "<h2>Loss</h2>",
+           svg_chart(series.get((None, "loss"), []), all_marks, width=LOSS_W, height=LOSS_H,
+                     log=True),
+           "<p class='muted'>log scale; dashed lines: transitions</p>",
+           "<h2>Events</h2>"]
+    if events:
+        out.append("<table><tr><th>step</th><th>layer</th><th>what happened</th></tr>")
+        for ev in events:
+            out.append(f"<tr><td>{ev['step']:,}</td><td>{html.escape(str(ev['layer'] or ''))}"
+                       f"</td><td>{html.escape(str(ev['message'] or ''))}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p class='muted'>none</p>")
+    for layer in layers:
+        metrics = sorted(m for (lay, m) in series if lay == layer)
+        if not metrics:
+            continue
+        out.append(f"<h2>{html.escape(layer)}</h2><div class='grid'>")
+        for metric in metrics:
+            out.append(f"<div class='cell'><b>{html.escape(metric)}</b><br>"
+                       f"{svg_chart(series[(layer, metric)], marks_by_layer.get(layer, []))}"
+                       "</div>")
+        out.append("</div>")
+    if gpus:
+        out.append("<h2>GPUs</h2><div class='grid'>")
+        for (index, field), points in sorted(gpus.items()):
+            out.append(f"<div class='cell'><b>GPU {index} {field}</b><br>"
+                       f"{svg_chart(points)}</div>")
+        out.append("</div>")
+    out.append("<p class='muted'>Made by symwatch report. Missing values are gaps, never 0."
+               "</p></body></html>")
+    return "\n".join(out)

@@ -1,0 +1,57 @@
+"""Headless view: a compact text summary of a RunState, printed about once a second."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TextIO
+
+from symwatch.state import numbers
+from symwatch.transport.subscriber import MessageSource
+from symwatch.state.run_state import RunState
+
+SUMMARY_INDICATORS = ("numerical_rank", "stable_rank")
+
+
+def summary_lines(state: RunState, now: float | None = None, *, max_layers: int = 16,
+                  name: str | None = None) -> list[str]:
+    """One status line, then one line per layer with its numerical and stable rank. `name`
+    stands in for the run's own until its META arrives (re-sent every few seconds)."""
+    step = f"{state.step}" if state.step is not None else numbers.NA
+    head = (f"[{state.connection(now)}] {state.name or name or '-'} step {step} "
+            f"loss {numbers.compact(state.loss.current)} "
+            f"steps/s {numbers.compact(state.steps_per_s, 3)} dropped {state.dropped}")
+    if state.garbage:
+        head += f" garbage {state.garbage}"
+    lines = [head]
+    layers = list(state.layers.values())
+    width = max([len(x.name) for x in layers[:max_layers]] + [5])
+    for layer in layers[:max_layers]:
+        cells = "  ".join(f"{ind} {numbers.indicator(ind, layer.value(ind)):>7}"
+                          for ind in SUMMARY_INDICATORS)
+        lines.append(f"  {layer.name:<{width}}  {cells}")
+    if len(layers) > max_layers:
+        lines.append(f"  … {len(layers) - max_layers} more layers")
+    return lines
+
+
+def follow(source: MessageSource, out: TextIO, *, interval: float = 1.0,
+           should_stop: Callable[[], bool] | None = None, state: RunState | None = None,
+           drain_after_stop: float = 0.5, name: str | None = None) -> RunState:
+    """Fold messages from `source` and print a summary every `interval` seconds, until the run
+    says goodbye or `should_stop()` turns true (then drain a little longer for the goodbye)."""
+    state = state or RunState()
+    next_print = time.monotonic()
+    stop_at: float | None = None
+    while True:
+        state.fold_all(source.poll(100))
+        state.garbage = int(getattr(source, "garbage", 0))
+        now = time.monotonic()
+        done = state.finished or (stop_at is not None and now >= stop_at)
+        if now >= next_print or done:
+            out.write("\n".join(summary_lines(state, now, name=name)) + "\n")
+            out.flush()
+            next_print = now + interval
+        if done:
+            return state
+        if stop_at is None and should_stop is not None and should_stop():
+            stop_at = now + drain_after_stop

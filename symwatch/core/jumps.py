@@ -1,0 +1,486 @@
+"""Online jump detection in one series (standard library only); see `symwatch.core.detection`.
+
+The multi-scale robust jump statistic of shared/docs/DETECTION.md. For a series y (after an
+optional log transform) and each scale (h, m), m odd, h >= m::
+
+    M_m(t) = median(y[t-m+1 .. t])                  # median filter: a spike shorter than
+                                                    # (m+1)/2 samples is invisible
+    s_t    = M_m(t) - M_m(t-h)                      # level change between two disjoint windows
+    c_t    = median(S_t)                            # S_t: recent past values of s, skipping
+    d_t    = max(1.4826 MAD(S_t), q90|S_t - c_t| / 1.645)   # the newest h+m (a change in
+                                                    # progress must not inflate its own scale)
+    z_t    = (s_t - c_t) / max(d_t, floor_t)
+
+Subtracting c_t (the typical level change over h samples) removes smooth trends: on a decaying
+log-loss s is about h times the local slope, and so is c_t. Two spread estimates because MAD
+alone is 0 as soon as more than half of the s values are equal (a rank that mostly sits still,
+a loss logged with few digits), while the 90 % quantile of |s - c| still sees the flicker;
+for Gaussian s both estimate the standard deviation. `floor_t` handles series with no spread
+at all (see `JumpDetector._floor`). Measured choices, each against the literal DETECTION.md
+configuration (docs/benchmarks.md, "Detection"):
+
+- scales (5,5), (10,7), (20,9) instead of (3,3), (5,5), (20,9): a median of 3 passes clusters of
+  two heavy-tailed spikes, which dominated the false alarms under Student-t noise;
+- the history keeps every stride-th s value, stride = round((h+m)/4): neighbouring s values
+  share most of their windows, so 64 consecutive ones hold only a few independent values and
+  under-estimate the spread of autocorrelated noise (AR(1) false alarms);
+- an alarm needs |z| >= threshold on two consecutive samples of the same scale and sign.
+
+Cost per update: the median filters sort at most 9 values per distinct m; per scale, one
+insertion and one deletion in a sorted array of `history` doubles (a C memmove) and, only when
+the history changed (every stride-th sample), an exact O(log history) median, MAD and quantile
+(`kth_deviation`). Memory is constant per series (about 17 KiB, measured). No allocation grows
+with the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from array import array
+from bisect import bisect_left, insort
+from collections import deque
+from dataclasses import dataclass
+from numbers import Real
+from statistics import NormalDist
+from typing import Callable, Hashable, Sequence
+
+DEFAULT_SCALES: tuple[tuple[int, int], ...] = ((5, 5), (10, 7), (20, 9))
+MAD_TO_SIGMA = 1.4826  # 1.4826 * MAD estimates the standard deviation of Gaussian data
+
+# ---------------------------------------------------------------------------------------------
+# Calibration of the threshold to a false-alarm budget per run. Measured by
+# `benchmarks/detection.py` (docs/benchmarks.md, "Calibration"): the per-series false-alarm
+# rate r(theta), in alarms per sample, on 12 million samples of jump-free curves (trends plus
+# Gaussian, Student-t(3) or AR(1) noise), taking at each theta the noise type with the most
+# alarms (Student-t), so that the budget holds for the worst of them. Its tail is a power law,
+# as heavy-tailed noise makes it (an exponential fit over the whole range under-estimates the
+# rate at high theta and would under-protect large runs):
+#
+#     r(theta) ~= C * theta**(-K)      fitted where r <= 3e-5 (theta >= 5.5) with >= 3 alarms.
+#
+# A run of N series raises about N * r(theta) false alarms per sample. Keeping that below a
+# budget B (false transitions per sample for the whole run) gives
+#
+#     theta(N) = (C * N / B) ** (1 / K).
+#
+# B = 1e-4: at most one false transition per 10,000 samples, i.e. r <= 1e-6 per series and
+# sample for 100 series: theta(100) = 7.44, where the measured rate is about 1.1e-6 (between
+# 1.7e-6 at 7.0 and 1.0e-6 at 7.5, from 7 and 4 alarms: the budget holds within counting
+# noise). Grouping the jumps of one sample into one transition only lowers the count. Above
+# theta = 8 (r < 1e-7) theta(N) extrapolates the fit. Quantised series (ranks) are not in the
+# fit: a one-quantum move scores a fixed multiple of theta and is gated by median length
+# instead (see `JumpDetector._floor`).
+RUN_BUDGET = 1e-4
+CAL_C = 1.29e3
+CAL_K = 10.45
+THRESHOLD_MIN = 6.0  # DETECTION.md's working range; also the single-series default
+THRESHOLD_MAX = 12.0
+
+
+def calibrated_threshold(n_series: int = 1, budget: float = RUN_BUDGET) -> float:
+    """Per-series |z| threshold for a run of `n_series` series to stay within `budget` false
+    transitions per sample: (C * n / budget) ** (1 / K), clipped to
+    [THRESHOLD_MIN, THRESHOLD_MAX]."""
+    n = max(1, int(n_series))
+    theta = (CAL_C * n / budget) ** (1.0 / CAL_K)
+    return min(THRESHOLD_MAX, max(THRESHOLD_MIN, theta))
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms: log for positive series whose changes are relative (loss, norms: a 40 % drop is
+# the same event at loss 2.0 and at 0.02); identity for fractions and ranks (rank 2 -> 3 is +1
+# at any level; 0 is a legitimate fraction).
+
+TRANSFORMS: dict[str, tuple[Callable[[float], float | None], Callable[[float], float]]] = {
+    "identity": (lambda v: v, lambda v: v),
+    # A non-positive value cannot be logged: it is skipped like NaN (and counted).
+    "log": (lambda v: math.log(v) if v > 0.0 else None, math.exp),
+}
+
+
+# An integer series counts as a staircase while its last STEPWISE_CHANGES lasting level
+# changes span at least STEPWISE_CHANGES × STEPWISE_SPACING samples (one per 30 on average).
+STEPWISE_CHANGES = 4
+STEPWISE_SPACING = 30
+
+
+def default_transform(metric: str) -> str:
+    """log for the loss and norms (positive, relative changes), identity otherwise.
+    `balance_norm` is a normalised balance in [-1, 1], not a norm: identity."""
+    name = metric.lower()
+    positive = name.endswith("loss") or (name.endswith("norm") and not name.startswith("balance"))
+    return "log" if positive or name == "effective_lr" else "identity"
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact order statistics of a sorted list in O(log n). The absolute deviations from a center c
+# form two sorted runs (walking left and right from c); their k-th smallest is found by a
+# binary search on how many to take from each run.
+
+def median_sorted(a: Sequence[float]) -> float:
+    """Median of a sorted, non-empty list (mean of the two middle values for even length)."""
+    n = len(a)
+    mid = n // 2
+    return a[mid] if n % 2 else 0.5 * (a[mid - 1] + a[mid])
+
+
+def kth_deviation(a: Sequence[float], center: float, k: int, split: int | None = None) -> float:
+    """k-th smallest (0-based) of |a_i - center| for sorted `a`.
+
+    With split = bisect_left(a, center): left run L_i = center - a[split-1-i], right run
+    R_j = a[split+j] - center, both ascending. Take the smallest i in range with L_i >= R_{k-i}
+    (monotone in i); the answer is max(L_{i-1}, R_{k-i})."""
+    if split is None:
+        split = bisect_left(a, center)
+    n_left, n_right = split, len(a) - split
+    lo, hi = max(0, k + 1 - n_right), min(k + 1, n_left)
+    while lo < hi:
+        i = (lo + hi) // 2
+        j = k + 1 - i
+        if j > 0 and i < n_left and center - a[split - 1 - i] < a[split + j - 1] - center:
+            lo = i + 1
+        else:
+            hi = i
+    i, j = lo, k + 1 - lo
+    best = -math.inf
+    if i > 0:
+        best = center - a[split - i]
+    if j > 0:
+        best = max(best, a[split + j - 1] - center)
+    return best
+
+
+def mad_sorted(a: Sequence[float], center: float | None = None) -> float:
+    """Median absolute deviation (from the median unless `center` is given) of a sorted list."""
+    if center is None:
+        center = median_sorted(a)
+    n, split = len(a), bisect_left(a, center)
+    if n % 2:
+        return kth_deviation(a, center, n // 2, split)
+    return 0.5 * (kth_deviation(a, center, n // 2 - 1, split)
+                  + kth_deviation(a, center, n // 2, split))
+
+
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Jump:
+    """One detected jump in one series.
+
+    `step` is the sample at which the alarm fired and `onset` the estimated step of the first
+    sample after the change (`delay` samples earlier). `before`/`after` are the medians of the
+    firing scale's two windows in the series' own units (their first and last steps in
+    `before_steps`/`after_steps`); `score` is |z|; `scale` is the (h, m) that fired."""
+
+    key: Hashable
+    step: int
+    direction: str  # "up" or "down"
+    before: float
+    after: float
+    score: float
+    scale: tuple[int, int]
+    onset: int
+    delay: int
+    transform: str = "identity"
+    before_steps: tuple[int, int] = (0, 0)
+    after_steps: tuple[int, int] = (0, 0)
+
+    @property
+    def change(self) -> float:
+        """after/before - 1 for log-transformed series (relative), else after - before."""
+        if self.transform == "log" and self.before:
+            return self.after / self.before - 1.0
+        return self.after - self.before
+
+
+class _Scale:
+    """State of one (h, m) scale: the delay line of recent s values and the sorted history."""
+
+    __slots__ = ("h", "m", "stride", "count", "pending", "ring", "head", "sorted",
+                 "blocked_until", "armed", "z", "streak", "stats")
+
+    def __init__(self, h: int, m: int, stride: int, history: int) -> None:
+        self.h, self.m, self.stride = h, m, stride
+        self.count = 0
+        self.pending: deque[float] = deque()  # the newest h+m values of s, not yet in history
+        # The history twice, as C doubles (8 bytes a value, not a 32-byte float object): in
+        # arrival order in a ring (to know what to evict), and sorted.
+        self.ring = array("d", bytes(8 * history))
+        self.head = 0  # ring slot of the oldest value once the ring is full
+        self.sorted = array("d")
+        self.blocked_until = -1  # sample index before which this scale neither re-arms nor learns
+        self.armed = True
+        self.z: float | None = None
+        self.streak = 0  # signed count of consecutive samples with |z| >= threshold
+        self.stats: tuple[float, float] | None = None  # cached (center, spread) of the history
+
+
+class JumpDetector:
+    """Multi-scale robust jump detector for one series: `update(step, value)` once per sample.
+
+    Alarm rule at sample i (accepted samples only):
+      * warm-up: no alarm before `warmup` samples; a scale takes part once its history holds
+        `min_history` values of s (after about 50, 100 and 170 samples for the default
+        scales), or at once if the series sat exactly still for its first `warmup` samples;
+      * a scale fires when it is armed and |z| >= threshold on `confirm` consecutive samples
+        with the same sign; the alarm reports the firing scale with the largest |z|;
+      * hysteresis: an alarm at i0 disarms every scale; scale (h, m) re-arms at the first
+        sample i >= i0 + h + m with |z| < rearm * threshold, so a step held for a long time
+        fires once; s values whose windows straddle the change (i0-h-m+1 .. i0+h+m-1) never
+        enter its history, so the old yardstick stays valid for the next jump;
+      * no two alarms closer than `min_gap` samples.
+    None, NaN, +-inf, non-numbers and (for the log transform) non-positive values are skipped:
+    they do not advance the sample count; `skipped` counts them.
+    """
+
+    def __init__(self, key: Hashable = None, *, threshold: float | None = None,
+                 transform: str = "identity", scales: tuple[tuple[int, int], ...] = DEFAULT_SCALES,
+                 history: int = 64, min_history: int = 16, warmup: int = 30, min_gap: int = 5,
+                 rearm: float = 0.5, confirm: int = 2, decorrelate: float = 4.0,
+                 tail_q: float = 0.9, quantum_margin: float = 1.5, quantum_min_m: int = 7,
+                 rel_floor: float = 1e-6) -> None:
+        if transform not in TRANSFORMS:
+            raise ValueError(f"unknown transform {transform!r}; choose from {sorted(TRANSFORMS)}")
+        if not scales or any(h < 1 or m < 1 or m % 2 == 0 for h, m in scales):
+            raise ValueError("scales must be (h >= 1, odd m >= 1) pairs")
+        if not 3 <= min_history <= history:
+            raise ValueError("need 3 <= min_history <= history")
+        self.key = key
+        self.threshold = calibrated_threshold(1) if threshold is None else float(threshold)
+        self.transform = transform
+        self._forward, self._inverse = TRANSFORMS[transform]
+        self.history, self.min_history, self.warmup = history, min_history, warmup
+        self.min_gap, self.rearm, self.confirm = min_gap, rearm, max(1, confirm)
+        self.tail_q = tail_q
+        self._tail_z = NormalDist().inv_cdf(0.5 + tail_q / 2) if tail_q > 0 else 1.0
+        self.quantum_margin, self.quantum_min_m, self.rel_floor = (quantum_margin, quantum_min_m,
+                                                                   rel_floor)
+        self._scales = [_Scale(h, m, max(1, round((h + m) / decorrelate)) if decorrelate else 1,
+                               history) for h, m in scales]
+        span = max(h + m for h, m in scales)
+        self._max_m = max(m for _, m in scales)
+        # Recent transformed values and their steps: every window, plus slack so that a
+        # transition message can still quote this series over another series' windows.
+        self._y: deque[float] = deque(maxlen=span + 32)
+        self._steps: deque[int] = deque(maxlen=span + 32)
+        # Median-filter outputs per window length m, kept long enough to look back h samples.
+        self._med: dict[int, deque[float]] = {
+            m: deque(maxlen=max(h for h, mm in scales if mm == m) + 1)
+            for m in sorted({m for _, m in scales})}
+        self._quantum = math.inf  # smallest nonzero |y_t - y_{t-1}| seen (quantised series)
+        # True while every value is an integer (ranks, counts of units). Such a series moves
+        # only when something happened: its spread comes from the MAD alone, so that earlier
+        # steps in the history do not mask the next one. Fractions measured on sampled batches
+        # (k/n, e.g. units inactive on a batch) flicker, and keep the tail-robust spread.
+        self._lattice = self.transform == "identity"
+        # A noiseless lattice series needs no long warm-up: two of the long median windows.
+        self._lattice_warmup = min(self.warmup, 2 * self.quantum_min_m + 2)
+        self._still = 0  # length of the initial run of identical values
+        self._run = 0  # length of the current run of identical values
+        self._settled = 0  # length of the run before the latest change
+        # Where the last few lasting level changes happened (flickers not counted): an integer
+        # series that changes level rarely is a staircase; one that changes often (a rank
+        # drifting in a wide layer) is a trend, and keeps the tail-robust spread.
+        self._level_changes: deque[int] = deque(maxlen=STEPWISE_CHANGES)
+        self._i = -1  # index of the latest accepted sample
+        self._last_alarm = -(10**9)
+        self._last_after: float | None = None  # the level (transformed) the last alarm reported
+        self.skipped = 0
+        self.alarms = 0
+        self.last_z: float | None = None  # signed z of the scale with the largest |z|
+
+    @property
+    def samples(self) -> int:
+        """Number of accepted samples."""
+        return self._i + 1
+
+    def update(self, step: int, value: float | int | None) -> Jump | None:
+        """Feed one sample; returns the Jump when this sample raised an alarm, else None."""
+        y = None
+        kind = type(value)
+        if kind is float or kind is int or (isinstance(value, Real) and kind is not bool):
+            v = float(value)  # numpy scalars are Real too
+            if math.isfinite(v):
+                y = self._forward(v)
+        if y is None:
+            self.skipped += 1
+            return None
+        if self._y and y != self._y[-1]:
+            self._quantum = min(self._quantum, abs(y - self._y[-1]))
+            self._settled, self._run = self._run, 0
+            if self._settled >= self.quantum_min_m:
+                self._level_changes.append(self._i + 1)
+        self._run += 1
+        if self._lattice:
+            self._lattice = abs(y - round(y)) <= 1e-9 * max(1.0, abs(y))
+        self._i += 1
+        i = self._i
+        if self._quantum == math.inf:
+            self._still = i + 1  # length of the initial run of identical values
+        self._y.append(y)
+        self._steps.append(step)
+        n = len(self._y)
+        recent = list(itertools.islice(self._y, max(0, n - self._max_m), n))
+        for m, meds in self._med.items():
+            if n >= m:
+                meds.append(sorted(recent[-m:])[m // 2])
+
+        best: _Scale | None = None
+        best_abs = -1.0
+        self.last_z = None
+        stepwise = self._stepwise()
+        floor_long, floor_short = self._floor()
+        threshold = self.threshold
+        for sc in self._scales:
+            meds = self._med[sc.m]
+            sc.z = None
+            if len(meds) <= sc.h:
+                continue  # s is not defined before h+m samples
+            s = meds[-1] - meds[-1 - sc.h]
+            hist = sc.sorted
+            floor = floor_long if sc.m >= self.quantum_min_m else floor_short
+            if len(hist) >= self.min_history:
+                z: float | None = self._z(sc, s, floor)
+            elif ((self._still >= self.warmup and (not hist or hist[0] == 0.0 == hist[-1]))
+                  or (stepwise and self._settled >= self._lattice_warmup)):
+                # A series that sat exactly still for its first `warmup` samples (a rank, a
+                # frozen layer) has only ever produced s = 0: score it against center 0 and the
+                # floor at once, so its first step is not lost to the ~100-sample warm-up.
+                # Likewise a lattice series (a rank staircase) whose previous level held still
+                # long enough: each step of an early staircase is found, not just the later.
+                z = s / floor
+            else:
+                z = None
+            if z is not None:
+                sc.z = z
+                if self.last_z is None or abs(z) > abs(self.last_z):
+                    self.last_z = z
+                if not sc.armed and i >= sc.blocked_until and (
+                        abs(z) < self.rearm * threshold
+                        # an integer series that left the level its last alarm reported for a
+                        # new one: a second step soon after the first, not the first again
+                        or (stepwise and meds[-1 - sc.h] == self._last_after != meds[-1])):
+                    sc.armed = True
+                if abs(z) >= threshold:
+                    sign = 1 if z > 0 else -1
+                    sc.streak = sc.streak + sign if sc.streak * sign > 0 else sign
+                else:
+                    sc.streak = 0
+                if sc.armed and abs(sc.streak) >= self.confirm and abs(z) > best_abs:
+                    best, best_abs = sc, abs(z)
+            self._learn(sc, s, i)
+        warmup = self._lattice_warmup if stepwise else self.warmup
+        if best is None or i < warmup or i - self._last_alarm < self.min_gap:
+            return None
+        return self._alarm(best, step, i)
+
+    def _z(self, sc: _Scale, s: float, floor: float) -> float:
+        if sc.stats is None:
+            # The history changes only every stride-th sample: cache its center and spread.
+            a = sc.sorted
+            center = median_sorted(a)
+            split = bisect_left(a, center)
+            n = len(a)
+            mad = (kth_deviation(a, center, n // 2, split) if n % 2 else
+                   0.5 * (kth_deviation(a, center, n // 2 - 1, split)
+                          + kth_deviation(a, center, n // 2, split)))
+            spread = MAD_TO_SIGMA * mad
+            if self.tail_q > 0 and not self._stepwise():
+                k = min(n - 1, max(0, math.ceil(self.tail_q * n) - 1))
+                spread = max(spread, kth_deviation(a, center, k, split) / self._tail_z)
+            sc.stats = (center, spread)
+        center, spread = sc.stats
+        return (s - center) / max(spread, floor)
+
+    def _learn(self, sc: _Scale, s: float, i: int) -> None:
+        # The newest h+m values of s wait in `pending` before they join the history; values
+        # whose windows straddle a detected change (blocked) are dropped instead.
+        if i < sc.blocked_until:
+            return
+        sc.pending.append(s)
+        if len(sc.pending) <= sc.h + sc.m:
+            return
+        old = sc.pending.popleft()
+        # Decorrelate: neighbouring s values share most of their windows, so keep every
+        # stride-th; the history then spans history*stride samples of nearly independent values
+        # (consecutive ones under-estimate the spread of autocorrelated noise).
+        sc.count += 1
+        if sc.count % sc.stride:
+            return
+        sc.stats = None
+        a = sc.sorted
+        if len(a) == self.history:  # full: the new value replaces the oldest
+            del a[bisect_left(a, sc.ring[sc.head])]
+            sc.ring[sc.head] = old
+            sc.head = (sc.head + 1) % self.history
+        else:
+            sc.ring[len(a)] = old
+        insort(a, old)
+
+    def _floor(self) -> tuple[float, float]:
+        """Lower bounds on the z denominator in transformed units: (m >= quantum_min_m, shorter).
+
+        A quantised series (integer ranks, k/n fractions) that sits still has no spread at all.
+        A move of one quantum q (the smallest nonzero step seen so far) then scores
+        quantum_margin * threshold on the long windows, so a +1 rank step fires, with a score
+        independent of the level. Short windows cannot tell a one-quantum move from a cluster
+        of flickers ((m+1)/2 same-sign glitches move a median of m), so there one quantum
+        scores 1. For continuous series q is tiny and both terms vanish. The relative term keeps
+        float round-off in a constant series (a frozen layer's norm) from scoring: changes below
+        about rel_floor * threshold of the level (after log: of 1) are never jumps."""
+        level = abs(self._y[-1]) if self.transform == "identity" else 1.0
+        base = self.rel_floor * max(level, 1e-12)
+        q = self._quantum
+        if q == math.inf:
+            return base, base
+        return max(q / (self.quantum_margin * self.threshold), base), max(q, base)
+
+    def _stepwise(self) -> bool:
+        """An integer series whose level changes rarely (at most STEPWISE_CHANGES lasting
+        changes per STEPWISE_CHANGES × STEPWISE_SPACING samples): each change is an event."""
+        changes = self._level_changes
+        return self._lattice and (len(changes) < STEPWISE_CHANGES
+                                  or self._i - changes[0] >= STEPWISE_CHANGES * STEPWISE_SPACING)
+
+    def _alarm(self, sc: _Scale, step: int, i: int) -> Jump:
+        self._last_alarm = i
+        self.alarms += 1
+        self._last_after = sorted([self._y[k] for k in range(len(self._y) - sc.m,
+                                                             len(self._y))])[sc.m // 2]
+        for other in self._scales:
+            other.armed = False
+            other.blocked_until = i + other.h + other.m
+            other.pending.clear()  # their windows contain the change
+        h, m = sc.h, sc.m
+        n = len(self._y)
+        before = sorted([self._y[k] for k in range(n - h - m, n - h)])[m // 2]
+        after = sorted([self._y[k] for k in range(n - m, n)])[m // 2]
+        k = self._onset(n - h - m, n, before, after)
+        inv = self._inverse
+        return Jump(key=self.key, step=step, direction="up" if (sc.z or 0.0) > 0 else "down",
+                    before=inv(before), after=inv(after), score=abs(sc.z or 0.0), scale=(h, m),
+                    onset=self._steps[k], delay=n - 1 - k, transform=self.transform,
+                    before_steps=(self._steps[n - h - m], self._steps[n - h - 1]),
+                    after_steps=(self._steps[n - m], self._steps[n - 1]))
+
+    def _onset(self, lo: int, hi: int, before: float, after: float) -> int:
+        """Index of the first sample after the change within y[lo:hi]: the split maximising
+        sqrt(k (n-k)) |mean(left) - mean(right)| (the likelihood-ratio split for one mean
+        change) of the values clipped to [before, after], so that spikes cannot pull it."""
+        a, b = (before, after) if before <= after else (after, before)
+        x = [min(b, max(a, self._y[k])) for k in range(lo, hi)]
+        n, total, left = len(x), sum(x), 0.0
+        best_k, best = 1, -1.0
+        for k in range(1, n):
+            left += x[k - 1]
+            stat = abs(left / k - (total - left) / (n - k)) * math.sqrt(k * (n - k))
+            if stat > best:
+                best_k, best = k, stat
+        return lo + best_k
+
+    def level_between(self, first_step: int, last_step: int) -> float | None:
+        """Median (series units) of the buffered values with step in [first_step, last_step],
+        or None; used to quote e.g. the loss change over another series' windows."""
+        vals = sorted(y for y, s in zip(self._y, self._steps) if first_step <= s <= last_step)
+        return self._inverse(median_sorted(vals)) if vals else None

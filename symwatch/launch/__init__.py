@@ -1,0 +1,1 @@
+"""Starting processes: `symwatch run`'s environment, the demo subprocess, injection into a running process, the web server."""

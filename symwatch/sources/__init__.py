@@ -1,0 +1,1 @@
+"""Message sources the views read from (live, remote, replayed), opened one way."""

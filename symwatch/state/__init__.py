@@ -1,0 +1,1 @@
+"""A run's state folded from its messages: layers, ranks, shards; how numbers are written."""

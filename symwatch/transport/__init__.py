@@ -1,0 +1,1 @@
+"""Moving messages: the ZeroMQ subscriber, late join, CurveZMQ keys, the relay, SSH."""

@@ -1,0 +1,81 @@
+"""The run header: connection state, run identity, step, loss, rate, overhead, drops."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from symwatch.state import numbers
+from symwatch.state.run_state import FINISHED, LIVE, RECONNECTING, STALE, WAITING, RunState
+from symwatch.tui.history_view import HistoryWindow, value_at, window_label
+
+STATE_STYLES = {
+    WAITING: "bold black on yellow",
+    LIVE: "bold black on green",
+    STALE: "bold white on dark_orange3",
+    RECONNECTING: "bold white on dark_orange3",
+    FINISHED: "bold white on blue",
+}
+STATE_LABELS = {WAITING: "WAITING", LIVE: "LIVE", STALE: "STALE", FINISHED: "FINISHED",
+                RECONNECTING: "RECONNECTING"}
+
+
+def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool = False,
+                window: HistoryWindow | None = None) -> Text:
+    """Two lines: who/where/state, then the run's numbers (at the window's last step when
+    paused or scrolled back: `window`, see symwatch.tui.history_view)."""
+    top = Text()
+    top.append(f" {STATE_LABELS.get(connection, connection.upper())} ",
+               STATE_STYLES.get(connection, "reverse"))
+    history = window is not None and not window.live
+    if history:
+        top.append(" ")
+        top.append_text(window_label(window, state))  # type: ignore[arg-type]
+    elif paused:
+        top.append(" ")
+        top.append(" PAUSED ", "bold black on bright_white")
+    top.append("  ")
+    # Until META arrives (re-sent every few seconds) the run id is all we know of the run.
+    top.append(state.name or (f"run {state.run_id}" if state.run_id else "(no run yet)"), "bold")
+    if state.host:
+        top.append(f"  {state.host}", "dim")
+    if state.pid is not None:
+        top.append(f" pid {state.pid}", "dim")
+    if state.world_size and state.world_size > 1:
+        top.append(f"  world {state.world_size}", "dim")
+    if state.device:
+        top.append(f"  {state.device}", "dim")
+    top.append(f"  {endpoint}", "dim italic")
+
+    line = Text()
+    shown_step = window.end if history and window is not None else state.step
+    step = f"{shown_step:,}" if shown_step is not None else numbers.NA
+    _field(line, "step", step)
+    loss = value_at(state.loss, window) if history and window is not None else state.loss.current
+    _field(line, "loss", numbers.compact(loss))
+    _field(line, "steps/s", numbers.compact(state.steps_per_s, 3))
+    _field(line, "overhead", numbers.percent(state.overhead, 2))
+    dropped = state.dropped
+    _field(line, "dropped", str(dropped), "bold red" if dropped else "")
+    if state.garbage:
+        _field(line, "garbage", str(state.garbage), "bold red")
+    if state.restarts:
+        _field(line, "restarts", str(state.restarts), "yellow")
+    # Each line is cut, never wrapped: a wrapped first line would push the numbers out of view.
+    return Text("\n", no_wrap=True, overflow="ellipsis").join([top, line])
+
+
+def _field(line: Text, label: str, value: str, style: str = "") -> None:
+    line.append(f" {label} ", "dim")
+    line.append(value, style or "bold")
+    line.append("  ")
+
+
+class RunHeader(Static):
+    """Shows `header_text`; re-rendered by the app on its clock."""
+
+    def show(self, state: RunState, connection: str, *, endpoint: str, paused: bool,
+             window: HistoryWindow | None = None) -> None:
+        # Two lines, fixed in app.tcss: no layout pass of the screen for new figures.
+        self.update(header_text(state, connection, endpoint=endpoint, paused=paused,
+                                window=window), layout=False)

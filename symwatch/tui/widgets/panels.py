@@ -1,0 +1,141 @@
+"""The panels under the layer table: loss sparkline, GPU summary line, recent events."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from symwatch.state import numbers
+from symwatch.state.run_state import RunState
+from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
+from symwatch.tui.main_layout import chart_rows
+from symwatch.tui.widgets.sparkline import sparkline_rows
+
+# A loss chart whose values span this factor or more is drawn on a log scale
+LOG_SCALE_RANGE = 20.0
+
+SEVERITY_STYLES = {"info": "cyan", "notice": "yellow", "warning": "bold yellow",
+                   "error": "bold red", "transition": "bold magenta"}
+
+
+def loss_text(state: RunState, width: int, rows: int = 1,
+              window: HistoryWindow | None = None) -> Text:
+    """The loss now and its chart. Live, the chart is the whole run (its older part merged
+    into min/max columns, symwatch.core.downsample), where a plateau and the drop that ends it show
+    at any length of run; paused or scrolled back (`window`), the value at the window's end
+    and the chart over the window, as the table's sparklines."""
+    text = Text(no_wrap=True, overflow="ellipsis")  # a wrapped first line would push the chart
+    text.append(" loss ", "dim")
+    chart_w = max(0, width - 2)
+    store = state.loss.store
+    if window is not None and not window.live:
+        first, last = steps_shown(window, state)
+        text.append(numbers.compact(value_at(state.loss, window)), "bold")
+    else:
+        first, last = store.first_step, store.last_step
+        text.append(numbers.compact(state.loss.current), "bold")
+    points = store.columns(first, last, chart_w) if first is not None and last is not None \
+        else []
+    known = [v for v in points if v is not None]
+    log_scale = bool(known) and min(known) > 0 and max(known) >= LOG_SCALE_RANGE * min(known)
+    if known:
+        text.append(f"  min {numbers.compact(min(known))}  max {numbers.compact(max(known))}"
+                    f"  steps {max(first, store.first_step or first):,}–{last:,}"
+                    + ("  log scale" if log_scale else ""), "dim")
+    if log_scale:  # the first steps' loss would flatten everything after it on a linear scale
+        points = [None if v is None else math.log(v) for v in points]
+    for name, value in list(state.scalars.items())[:3]:
+        text.append(f"  {name} ", "dim")
+        text.append(numbers.compact(value))
+    for line in sparkline_rows(points, chart_w, rows):
+        text.append("\n ")
+        text.append(line, "bright_cyan")
+    return text
+
+
+def gpu_text(gpu: dict[str, Any] | None) -> Text:
+    """One line. Memory is in bytes, power in watts, as the agent's NVML sampler reports."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(" GPU ", "dim")
+    if gpu is None:
+        text.append("no GPU report yet", "dim")
+        return text
+    if not gpu.get("available"):
+        text.append("no NVIDIA GPU visible", "yellow")
+        reason = str(gpu.get("reason") or "")
+        if reason.startswith("no NVIDIA GPU visible"):  # the agent's reasons often say it too
+            reason = reason[len("no NVIDIA GPU visible"):].strip(" ()")
+        if reason:
+            text.append(f" ({reason})", "dim")
+        return text
+    devices = gpu.get("devices") or []
+    if not devices:
+        text.append("no devices reported", "dim")
+    for i, dev in enumerate(devices[:4]):
+        if i:
+            text.append("  │  ", "dim")
+        if len(devices) == 1:
+            text.append(f"{dev.get('index', '?')}: {dev.get('name', '?')}  ", "bold")
+        else:
+            text.append(f"{dev.get('index', '?')} ", "bold")
+        text.append(f"util {_num(dev.get('util'), '%')}  ")
+        used, total = numbers.gib(dev.get("mem_used")), numbers.gib(dev.get("mem_total"))
+        text.append(f"mem {used}/{total} GiB")
+        if len(devices) == 1:
+            text.append(f"  {_num(dev.get('temp'), '°C')}  "
+                        f"{_num(dev.get('power'), '')}/{_num(dev.get('power_limit'), ' W')}")
+    if len(devices) > 4:
+        text.append(f"  … +{len(devices) - 4} more", "dim")
+    return text
+
+
+def _num(value: Any, unit: str) -> str:
+    s = numbers.compact(value, 3)
+    return s if s == numbers.NA else f"{s}{unit}"
+
+
+def events_text(state: RunState, lines: int) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    recent = list(state.events)[-lines:] if lines > 0 else []
+    if not recent:
+        text.append(" no events yet", "dim")
+        return text
+    for i, ev in enumerate(recent):
+        if i:
+            text.append("\n")
+        text.append(f" step {ev.step:>7,}  ", "dim")
+        text.append(f"{ev.severity:<10.10}", SEVERITY_STYLES.get(ev.severity, "white"))
+        text.append(" ")
+        text.append(ev.message.replace("\n", " "))
+    return text
+
+
+class LossPanel(Static):
+    """The loss line and chart; the chart grows on tall terminals (1 row at 24, 6 at 40+) and
+    takes the lines a short layer table leaves (symwatch.tui.main_layout)."""
+
+    rows: int | None = None  # the chart's rows as the app fitted them (None: not yet)
+
+    def chart_rows(self) -> int:
+        return self.rows if self.rows is not None else chart_rows(self.app.size.height)
+
+    def show(self, state: RunState, window: HistoryWindow | None = None) -> None:
+        rows = self.chart_rows()
+        self.styles.height = rows + 1
+        # layout=False: the height is set just above, the width is the screen's; a layout pass
+        # of the whole screen on every data frame cost more than drawing the frame.
+        self.update(loss_text(state, self.size.width or self.app.size.width, rows, window),
+                    layout=False)
+
+
+class GpuLine(Static):
+    def show(self, state: RunState) -> None:
+        self.update(gpu_text(state.gpu), layout=False)  # one line, fixed in app.tcss
+
+
+class EventsLog(Static):
+    def show(self, state: RunState) -> None:
+        self.update(events_text(state, max(1, self.size.height or 3)), layout=False)

@@ -1,0 +1,94 @@
+"""Transitions detected inside the agent and published in the stream (real training, real
+sockets): the demo's rank staircase, every step found once, none invented."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+
+import symwatch
+from symwatch.core import protocol
+from symwatch_agent.entry import demo
+from symwatch_agent.publish.publisher import Publisher
+from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
+
+# Where the demo's linear.0 numerical rank steps up (seed 0; see symwatch_agent.entry.demo).
+STAIRCASE = [25, 72, 125, 214, 327]
+
+
+def _free_endpoint() -> str:
+    probe = Publisher("tcp://127.0.0.1:0", run="probe", report=lambda *_: None)
+    endpoint = probe.start()
+    probe.close()
+    return endpoint
+
+
+def test_every_rank_step_of_the_staircase_is_one_transition(collector):
+    endpoint = _free_endpoint()
+    sub = collector(endpoint)
+    thread = threading.Thread(target=demo.run, kwargs=dict(
+        steps=380, delay=0.01, every=1, budget=1.0, endpoint=endpoint, name="t"), daemon=True)
+    thread.start()
+    thread.join(180)
+    assert not thread.is_alive()
+    sub.drain(0.5)
+    events = [m for m in sub.of_kind(protocol.EVENT) if m.payload["severity"] == "transition"]
+    rank_jumps = [(m.step, j) for m in events for j in m.payload["jumps"]
+                  if (j["layer"], j["metric"]) == ("linear.0", "numerical_rank")]
+    found = [(j["onset"], j["before"], j["after"]) for _, j in rank_jumps]
+    assert found == [(s, k, k + 1) for k, s in enumerate(STAIRCASE)], found
+    first = next(m for m in events if m.step == 25)
+    assert first.payload["message"].startswith("linear.0: numerical_rank 0 → 1 at step 25")
+    assert all(m.payload["exogenous"] is None for m in events)
+
+
+def test_optimizer_changes_are_labelled_exogenous():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = TransitionWatch()
+    for step in range(1, 200):
+        if step == 150:
+            opt.param_groups[0]["lr"] = 0.01
+        level = 1.0 if step < 150 else 5.0
+        events = watch.update(step, {"fc": {"numerical_rank": level}}, None,
+                              read_hyperparameters([opt]))
+        if events:
+            (event_step, payload), = events
+            assert payload["exogenous"] == "optimizer lr 0.1 → 0.01"
+            assert event_step == 150
+            return
+    raise AssertionError("the step at 150 was not reported")
+
+
+def test_detection_can_be_switched_off(collector):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", detect=False)
+    assert agent._transitions is None
+    agent.close()
+
+
+def test_a_mark_and_a_resume_label_what_they_explain(collector):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", register=False,
+                           heartbeat_interval=0.05)
+    sub = collector(agent.endpoint)
+    sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
+    agent.steps = 150
+    agent.mark("data switched to the hard split")
+    opt.load_state_dict(opt.state_dict())  # what resuming from a checkpoint does
+    assert [r for _, r in agent._marks] == [
+        "data switched to the hard split", "resumed from a checkpoint (optimizer state loaded)"]
+    for step in range(1, 200):  # the publisher thread's work, done here deterministically
+        level = 1.0 if step < 150 else 5.0
+        agent._detect_transitions(step, {"fc": {"numerical_rank": level}}, None, ())
+    assert not agent._marks  # consumed by the detector
+    event = sub.wait_for(lambda m: m.kind == protocol.EVENT)
+    assert event.step == 150 and "data switched to the hard split" in event.payload["exogenous"]
+    agent.close()

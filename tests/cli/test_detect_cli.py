@@ -1,0 +1,50 @@
+"""`symwatch detect`: transitions re-detected over a real recording of the demo run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("rec") / "demo.db")
+    env = {**os.environ, "SYMWATCH_RECORD": path}
+    subprocess.run([sys.executable, "-m", "symwatch_agent.entry.demo", "--steps", "360", "--delay",
+                    "0", "--every", "1", "--endpoint", "tcp://127.0.0.1:0"], env=env,
+                   check=True, capture_output=True, timeout=300)
+    return path
+
+
+def _detect(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "symwatch", "detect", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_recorded_staircase_is_found_again(recording):
+    result = _detect(recording, "--layer", "linear.0", "--metric", "numerical_rank", "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    steps = [(j["onset"], j["before"], j["after"]) for e in events for j in e["jumps"]
+             if j["layer"] == "linear.0"]
+    assert steps == [(25, 0, 1), (72, 1, 2), (125, 2, 3), (214, 3, 4), (327, 4, 5)]
+
+
+def test_a_higher_threshold_finds_fewer_transitions(recording):
+    default = _detect(recording)
+    strict = _detect(recording, "--threshold", "40")
+    assert default.returncode == strict.returncode == 0
+    count = lambda r: len(r.stdout.splitlines())  # noqa: E731
+    assert count(default) > count(strict)
+    assert "linear.0: numerical_rank 0 → 1 at step 25" in default.stdout
+
+
+def test_bad_arguments_and_missing_files_are_clear_errors(tmp_path):
+    result = _detect(str(tmp_path / "nope.db"))
+    assert result.returncode == 1 and "no such recording" in result.stderr
+    result = _detect(str(tmp_path / "nope.db"), "--threshold", "-3")
+    assert result.returncode == 2 and "expected a number > 0" in result.stderr

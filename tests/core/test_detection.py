@@ -1,0 +1,370 @@
+"""Online transition detection: analytic and seeded synthetic cases (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from symwatch.core import protocol
+from symwatch.core.detection import (LOSS_KEY, Jump, JumpDetector, Transition, TransitionDetector,
+                                calibrated_threshold, default_transform, fmt_relative, fmt_value,
+                                mad_sorted, median_sorted, to_event_payload)
+from symwatch.core.jumps import kth_deviation
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def feed(det: JumpDetector, values: list[float | None], start: int = 0) -> list[Jump]:
+    jumps = []
+    for i, v in enumerate(values):
+        j = det.update(start + i, v)
+        if j is not None:
+            jumps.append(j)
+    return jumps
+
+
+def noisy(n: int, rng: random.Random, sigma: float = 1.0) -> list[float]:
+    return [rng.gauss(0.0, sigma) for _ in range(n)]
+
+
+# -- robust statistics -------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(-3, 3).map(float),
+                          st.floats(-1e3, 1e3, allow_nan=False)), min_size=1, max_size=40))
+def test_median_and_mad_match_statistics(values: list[float]) -> None:
+    a = sorted(values)
+    med = statistics.median(a)
+    assert median_sorted(a) == pytest.approx(med)
+    assert mad_sorted(a) == pytest.approx(statistics.median([abs(x - med) for x in a]), abs=1e-9)
+    devs = sorted(abs(x - med) for x in a)
+    for k in range(len(a)):
+        assert kth_deviation(a, med, k) == pytest.approx(devs[k], abs=1e-9)
+
+
+# -- one series --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [8.0, -8.0])
+def test_clean_step_is_found_quickly_with_before_and_after(size: float) -> None:
+    rng = random.Random(1)
+    values = [10 + x + (size if i >= 300 else 0.0) for i, x in enumerate(noisy(500, rng, 0.5))]
+    jumps = feed(JumpDetector(), values)
+    assert len(jumps) == 1
+    j = jumps[0]
+    assert 300 <= j.step <= 305
+    assert abs(j.onset - 300) <= 2
+    assert j.direction == ("up" if size > 0 else "down")
+    assert j.before == pytest.approx(10, abs=1.0)
+    assert j.after == pytest.approx(10 + size, abs=1.0)
+    assert j.score >= JumpDetector().threshold
+
+
+def test_noise_free_step_reports_exact_levels_and_onset() -> None:
+    jumps = feed(JumpDetector(), [5.0] * 200 + [1.0] * 200)
+    assert len(jumps) == 1
+    assert (jumps[0].before, jumps[0].after, jumps[0].onset) == (5.0, 1.0, 200)
+    assert jumps[0].direction == "down"
+
+
+def test_single_and_double_sample_spikes_never_fire() -> None:
+    rng = random.Random(2)
+    values = noisy(2000, rng, 0.3)
+    for t in range(100, 1900, 97):
+        values[t] += 50.0  # one-sample spike
+    for t in range(150, 1900, 211):
+        values[t] -= 40.0
+        values[t + 1] -= 40.0  # two-sample spike: a median of 5 still ignores it
+    assert feed(JumpDetector(), values) == []
+
+
+def test_smooth_exponential_decay_never_fires() -> None:
+    rng = random.Random(3)
+    clean = [2.0 * math.exp(-i / 150) + 0.05 for i in range(3000)]
+    assert feed(JumpDetector(transform="log"), clean) == []
+    noisy_loss = [v * math.exp(rng.gauss(0, 0.02)) for v in clean]
+    assert feed(JumpDetector(transform="log"), noisy_loss) == []
+
+
+def test_constant_integer_series_with_one_step_fires_exactly_once() -> None:
+    jumps = feed(JumpDetector(), [2] * 120 + [3] * 400)
+    assert len(jumps) == 1
+    j = jumps[0]
+    assert (j.before, j.after, j.direction, j.onset) == (2, 3, "up", 120)
+    assert 120 <= j.step <= 125
+
+
+def test_rank_staircase_up_and_down() -> None:
+    ranks = [1] * 150 + [2] * 100 + [3] * 100 + [2] * 100
+    jumps = feed(JumpDetector(), ranks)
+    assert [(j.before, j.after) for j in jumps] == [(1, 2), (2, 3), (3, 2)]
+    assert [j.onset for j in jumps] == [150, 250, 350]
+
+
+def test_missing_values_are_skipped() -> None:
+    det = JumpDetector()
+    values: list = []
+    for i in range(400):
+        values.append(float(i >= 250) * 6 + 1)
+        if i % 7 == 0:
+            values.append(None)
+        if i % 11 == 0:
+            values.append(float("nan"))
+        if i % 13 == 0:
+            values.append(float("inf"))
+    jumps = []
+    for k, v in enumerate(values):
+        j = det.update(k, v)
+        if j:
+            jumps.append(j)
+    assert det.samples == 400
+    assert det.skipped == len(values) - 400
+    assert len(jumps) == 1 and (jumps[0].before, jumps[0].after) == (1, 7)
+    assert det.update(10**6, "7") is None  # type: ignore[arg-type]
+    assert det.update(10**6, True) is None
+
+
+def test_log_transform_skips_non_positive_and_reports_relative_change() -> None:
+    det = JumpDetector(transform="log")
+    values = [1.0] * 100 + [0.0, -1.0] + [1.0] * 100 + [0.59] * 100
+    jumps = feed(det, values)
+    assert det.skipped == 2
+    assert len(jumps) == 1
+    assert jumps[0].change == pytest.approx(-0.41)
+
+
+def test_a_step_held_for_a_long_time_fires_once() -> None:
+    rng = random.Random(4)
+    values = [x + (10.0 if i >= 200 else 0.0) for i, x in enumerate(noisy(5000, rng))]
+    assert len(feed(JumpDetector(), values)) == 1
+
+
+def test_warmup_suppresses_early_alarms() -> None:
+    assert feed(JumpDetector(), [0.0] * 10 + [5.0] * 40) == []
+    # a continuous (noisy) series gets the full warm-up: a change at sample 20 is too early
+    rng = random.Random(3)
+    values = [x + (5.0 if i >= 20 else 0.0) for i, x in enumerate(noisy(60, rng, 0.1))]
+    assert feed(JumpDetector(), values) == []
+
+
+def test_ramp_spread_over_samples_fires_once() -> None:
+    rng = random.Random(5)
+    values = [x + min(max(i - 300, 0), 8) * 1.5 for i, x in enumerate(noisy(700, rng, 0.5))]
+    jumps = feed(JumpDetector(), values)
+    assert len(jumps) == 1 and 300 <= jumps[0].step <= 320
+
+
+def test_false_alarms_on_jump_free_noisy_curves_are_rare() -> None:
+    """Seeded batch of trends with Gaussian, heavy-tailed and AR(1) noise; loose bound."""
+    rng = random.Random(6)
+    alarms = samples = 0
+    for k in range(45):
+        n, kind = 1500, k % 3
+        x, values = 0.0, []
+        for i in range(n):
+            if kind == 0:
+                e = rng.gauss(0, 1)
+            elif kind == 1:  # Student-t with 3 degrees of freedom
+                e = rng.gauss(0, 1) / math.sqrt(rng.gammavariate(1.5, 2.0) / 3)
+            else:
+                x = 0.8 * x + rng.gauss(0, 0.6)
+                e = x
+            values.append(0.002 * i + 2 * math.sin(i / 150) + e)
+        alarms += len(feed(JumpDetector(), values))
+        samples += n
+    assert alarms <= 3, f"{alarms} false alarms in {samples} samples"
+
+
+def test_bad_parameters_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        JumpDetector(transform="sqrt")
+    with pytest.raises(ValueError):
+        JumpDetector(scales=((5, 4),))
+
+
+# -- calibration -------------------------------------------------------------------------------
+
+def test_threshold_grows_with_the_number_of_series() -> None:
+    ths = [calibrated_threshold(n) for n in (1, 10, 100, 1000, 10**6)]
+    assert ths == sorted(ths)
+    assert ths[0] >= 6.0 and ths[-1] <= 12.0
+    det = TransitionDetector()
+    det.update(0, {("l", f"m{k}"): 1.0 for k in range(1000)})
+    assert det.threshold == calibrated_threshold(1000)
+    assert all(d.threshold == det.threshold for d in det.series.values())
+    assert TransitionDetector(threshold=9.0).threshold == 9.0
+
+
+def test_default_transforms() -> None:
+    assert default_transform("loss") == "log" and default_transform("weight_norm") == "log"
+    assert default_transform("numerical_rank") == "identity"
+    assert default_transform("dead_fraction") == "identity"
+
+
+# -- many series -------------------------------------------------------------------------------
+
+def run_detector(det: TransitionDetector, n: int, sample, flush: bool = True) -> list[Transition]:
+    out: list[Transition] = []
+    for i in range(n):
+        out += det.update(10 * i, sample(i), time=1000.0 + i)
+    return out + (det.flush() if flush else [])
+
+
+def test_simultaneous_jumps_in_three_series_give_one_transition() -> None:
+    rng = random.Random(7)
+
+    def sample(i: int) -> dict:
+        return {("fc1", "stable_rank"): 3 + rng.gauss(0, 0.05) + (2.0 if i >= 200 else 0.0),
+                ("fc2", "numerical_rank"): 2 + (i >= 200),
+                LOSS_KEY: 1.0 * math.exp(rng.gauss(0, 0.02)) * (0.59 if i >= 200 else 1.0),
+                ("fc3", "weight_norm"): 1.0 * math.exp(rng.gauss(0, 0.01))}
+
+    found = run_detector(TransitionDetector(), 400, sample)
+    assert len(found) == 1
+    t = found[0]
+    assert {j.key for j in t.jumps} == {("fc1", "stable_rank"), ("fc2", "numerical_rank"), LOSS_KEY}
+    assert t.top is t.jumps[0] and t.top.score == max(j.score for j in t.jumps)
+    top_layer, top_metric = (t.top.key if t.top.key != LOSS_KEY else ("", "loss"))
+    assert t.message.startswith(f"{top_layer}: {top_metric}" if top_layer else "loss")
+    assert t.step == 2000 and t.time >= 1200.0 and t.exogenous is None
+    assert "−41 %" in t.message
+
+
+def test_message_for_a_rank_step_quotes_the_loss_over_the_same_window() -> None:
+    rng = random.Random(8)
+
+    def sample(i: int) -> dict:
+        return {("linear.0", "numerical_rank"): 2 + (i >= 66 + 100),
+                LOSS_KEY: 0.5 * math.exp(rng.gauss(0, 0.3))}  # too noisy to jump itself
+
+    found = run_detector(TransitionDetector(), 300, sample)
+    assert len(found) == 1
+    msg = found[0].message
+    assert msg.startswith("linear.0: numerical_rank 2 → 3 at step 1660; loss ")
+    assert msg.endswith("% over the same window")
+
+
+def test_exogenous_changes_are_labelled() -> None:
+    def sample(i: int) -> dict:
+        return {LOSS_KEY: 1.0 if i < 150 else 0.3, ("fc1", "numerical_rank"): 4 - (i >= 300)}
+
+    det = TransitionDetector()
+    det.mark_exogenous(1500, "learning-rate drop")
+    found = run_detector(det, 450, sample)
+    assert [t.exogenous for t in found] == ["learning-rate drop", None]
+    assert "[exogenous: learning-rate drop]" in found[0].message
+    assert "fc1: numerical_rank 4 → 3 at step 3000" == found[1].message.split(";")[0]
+
+
+def test_event_payload_follows_the_protocol() -> None:
+    def sample(i: int) -> dict:
+        return {("fc1", "numerical_rank"): 2 + (i >= 100), ("fc1", "weight_norm"): float("nan")}
+
+    (t,) = run_detector(TransitionDetector(), 200, sample)
+    payload = to_event_payload(t)
+    assert {k: payload[k] for k in ("message", "severity", "layer", "metric", "direction",
+                                    "before", "after", "score", "exogenous", "onset")} == {
+        "message": t.message, "severity": "transition", "layer": "fc1",
+        "metric": "numerical_rank", "direction": "up", "before": 2, "after": 3,
+        "score": round(t.top.score, 3), "exogenous": None, "onset": t.step}
+    assert [(j["layer"], j["metric"]) for j in payload["jumps"]] == [("fc1", "numerical_rank")]
+    frames = protocol.encode(protocol.EVENT, run="r", rank=0, restart=0, seq=0, time=1.0,
+                             step=t.step, payload=payload)
+    message = protocol.decode(list(frames))
+    assert message.payload == payload
+    assert json.dumps(payload, allow_nan=False)
+
+
+def test_number_formatting() -> None:
+    assert fmt_value(3.0) == "3" and fmt_value(2.5) == "2.5"
+    assert fmt_value(0.125, "dead_fraction") == "12.5 %"
+    assert fmt_relative(-0.41) == "−41 %" and fmt_relative(0.032) == "+3.2 %"
+
+
+def test_imports_with_the_standard_library_only() -> None:
+    code = textwrap.dedent("""
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"numpy", "torch", "zmq", "rich", "textual"}:
+                    raise ImportError(f"blocked: {name}")
+                return None
+
+        sys.meta_path.insert(0, Block())
+        before = set(sys.modules)
+        from symwatch.core.detection import TransitionDetector, to_event_payload
+        det = TransitionDetector()
+        out = []
+        for i in range(200):
+            out += det.update(i, {("fc1", "numerical_rank"): 2 + (i >= 100)})
+        assert len(out) == 1, out
+        to_event_payload(out[0])
+        new = {m.split(".")[0] for m in set(sys.modules) - before}
+        extra = new - set(sys.stdlib_module_names) - {"symwatch"}
+        assert not extra, extra
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_a_still_series_is_watched_from_the_end_of_warmup() -> None:
+    """A rank that sat still needs no long history: its first steps are found early."""
+    jumps = feed(JumpDetector(), [2] * 40 + [3] * 25 + [4] * 100)
+    assert [(j.before, j.after, j.onset) for j in jumps] == [(2, 3, 40), (3, 4, 65)]
+    assert feed(JumpDetector(), [2] * 10 + [3] * 100) == []  # inside the warm-up: too early
+
+
+def test_an_early_rank_staircase_is_found_step_by_step() -> None:
+    """The demo's staircase: steps soon after the start and close together, each one found
+    (earlier steps in the history must not mask the next; SCIENCE.md's rank growth)."""
+    steps = [25, 72, 125, 214, 327]
+    values = [sum(1 for s in steps if i >= s) for i in range(450)]
+    jumps = feed(JumpDetector(), values)
+    assert [(j.before, j.after, j.onset) for j in jumps] == [
+        (k, k + 1, s) for k, s in enumerate(steps)]
+
+
+def test_numpy_like_scalars_are_accepted() -> None:
+    from fractions import Fraction  # a numbers.Real that is neither int nor float
+
+    det = JumpDetector()
+    assert det.update(0, Fraction(1, 2)) is None and det.samples == 1
+
+
+def test_a_rank_fall_soon_after_another_is_its_own_jump() -> None:
+    """Weight decay restores two modes 12 samples apart (the demo at steps 406 and 418): the
+    second step must not be swallowed by the first one's blocking window."""
+    moves = [(25, 1), (72, 1), (125, 1), (214, 1), (327, 1), (406, -1), (418, -1), (641, 1)]
+    values = [sum(d for s, d in moves if i >= s) for i in range(800)]
+    jumps = feed(JumpDetector(), values)
+    assert [(j.onset, j.before, j.after) for j in jumps] == [
+        (25, 0, 1), (72, 1, 2), (125, 2, 3), (214, 3, 4), (327, 4, 5), (406, 5, 4),
+        (418, 4, 3), (641, 3, 4)]
+
+
+def test_an_integer_series_drifting_one_unit_at_a_time_goes_quiet() -> None:
+    """A wide layer's rank drifting down by one every 12-40 samples is a trend: it is not
+    reported change by change (unlike a staircase), only now and then."""
+    rng = random.Random(1)
+    values, level, next_change = [], 41, 20
+    for i in range(1200):
+        if i == next_change:
+            level -= 1
+            next_change = i + rng.randint(12, 40)
+        values.append(level)
+    changes = sum(1 for a, b in zip(values, values[1:]) if a != b)
+    jumps = feed(JumpDetector(), values)
+    assert changes >= 40 and len(jumps) <= changes // 3

@@ -1,0 +1,423 @@
+"""Recordings: the Recorder (SQLite, its own thread), the reader, downsampling, the agent's
+`record=`, and the `record` / `export` / `replay` commands as real subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from symwatch.core import protocol
+from symwatch.core.recording import Downsample, Recorder, RecordingError, RecordingReader
+from symwatch.state.run_state import RunState
+
+RUN = "rec0000run01"
+
+
+class Stream:
+    """Encodes messages like the agent's publisher and hands them to a Recorder."""
+
+    def __init__(self, recorder: Recorder, run: str = RUN, rank: int = 0) -> None:
+        self.recorder, self.run, self.rank = recorder, run, rank
+        self.seq = 0
+        self.t = 1_700_000_000.0
+        self.sent: list[protocol.Message] = []
+
+    def send(self, kind: str, step: int, *, skip: int = 0, dt: float = 0.01, **payload):
+        self.seq += skip
+        self.t += dt
+        topic, body = protocol.encode(kind, run=self.run, rank=self.rank, restart=0,
+                                      seq=self.seq, time=self.t, step=step, payload=payload)
+        self.sent.append(protocol.decode([topic, body]))
+        self.recorder.submit(kind, self.run, self.rank, 0, self.seq, self.t, step, body)
+        self.seq += 1
+
+    def meta(self, step: int = 0, name: str = "rec-run", layers=("fc1", "fc2")) -> None:
+        self.send(protocol.META, step, name=name, pid=1, host="h", command=["train.py"],
+                  started=1_700_000_000.0, every=1, indicators=list(protocol.INDICATORS),
+                  layers=[{"name": n, "type": "Linear", "shape": [4, 4], "params": 16}
+                          for n in layers])
+
+
+def make_recording(path, steps: int = 50, *, goodbye: bool = True, **kw) -> list[protocol.Message]:
+    """A small synthetic run: meta, metrics + stats per step, a gpu sample, an event."""
+    with Recorder(path, **kw) as rec:
+        s = Stream(rec)
+        s.meta()
+        for step in range(1, steps + 1):
+            s.send(protocol.METRICS, step, values={
+                "fc1": {"numerical_rank": min(step // 10, 4), "stable_rank": 1.5},
+                "fc2": {"numerical_rank": None, "stable_rank": 2.0}})
+            s.send(protocol.STATS, step, loss=1.0 / step, steps_per_s=None,
+                   scalars={"lr": 0.1})
+            if step == 20:
+                s.send(protocol.EVENT, step, message="fc1: numerical rank 1 → 2 at step 20",
+                       severity="transition", layer="fc1", metric="numerical_rank",
+                       direction="up", before=1, after=2, score=7.5)
+                s.send(protocol.GPU, step, available=True, devices=[
+                    {"index": 0, "name": "H100", "util": 55.0, "mem_used": None,
+                     "mem_total": 8.0e10, "temp": None, "power": 200.0, "power_limit": None}])
+        if goodbye:
+            s.send(protocol.GOODBYE, steps, reason="finished", exit_code=0)
+    assert rec.failed is None
+    return s.sent
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def count_rows(path) -> int:
+    try:
+        db = sqlite3.connect(path, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
+def symwatch(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "symwatch", *args], capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+# -- the recorder and the reader ---------------------------------------------------------------
+
+def test_round_trip_keeps_every_message_in_order(tmp_path):
+    path = tmp_path / "run.db"
+    sent = make_recording(path)
+    with RecordingReader(path) as reader:
+        got = list(reader)
+        assert reader.garbage == 0
+    assert got == sent
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    row = db.execute("SELECT kind, run, rank, restart, seq, time, step, body FROM messages "
+                     "WHERE kind='event'").fetchone()
+    db.close()
+    [event] = [m for m in sent if m.kind == protocol.EVENT]
+    assert row[:7] == ("event", RUN, 0, 0, event.seq, event.time, 20)
+    assert json.loads(row[7])["score"] == 7.5  # the body is plain JSON, queryable in SQL
+
+
+def test_rows_are_committed_while_the_recorder_runs(tmp_path):
+    """Committed at least every commit_interval: another process-like reader sees them
+    without the recorder being closed (what a kill -9 leaves behind)."""
+    path = tmp_path / "live.db"
+    rec = Recorder(path).start()
+    try:
+        s = Stream(rec)
+        s.meta()
+        for step in range(1, 30):
+            s.send(protocol.STATS, step, loss=1.0)
+        wait_until(lambda: count_rows(path) == 30, what="30 committed rows")
+        with RecordingReader(path) as reader:
+            assert [m.step for m in reader] == list(range(30))
+    finally:
+        rec.close()
+
+
+def test_appending_to_an_existing_recording(tmp_path):
+    path = tmp_path / "run.db"
+    first = make_recording(path, 5)
+    second = make_recording(path, 3)
+    with RecordingReader(path, renumber=False) as reader:
+        assert list(reader) == first + second
+
+
+def test_downsampling_is_sublinear_and_keeps_events_goodbye_and_changed_meta(tmp_path):
+    sizes = {}
+    for n in (4000, 16000):
+        path = tmp_path / f"long{n}.db"
+        # a queue deep enough for the whole burst: this test is about thinning, not about
+        # what a full queue drops (a loaded machine may not drain 16,000 rows in time)
+        with Recorder(path, downsample=Downsample(recent=100), queue_size=100_000) as rec:
+            s = Stream(rec)
+            layers = ("fc1", "fc2")
+            s.meta(layers=layers)
+            for step in range(1, n + 1):
+                s.send(protocol.METRICS, step, values={"fc1": {"stable_rank": float(step)}})
+                if step % 500 == 0:
+                    s.meta(step, layers=layers)  # the periodic re-send: not stored again
+                    s.send(protocol.EVENT, step, message=f"notice {step}", severity="info")
+                if step == n // 2:
+                    layers = ("fc1", "fc2", "fc3")
+                    s.meta(step, layers=layers)  # changed: stored
+            s.send(protocol.GOODBYE, n, reason="finished")
+        assert rec.dropped == 0
+        with RecordingReader(path) as reader:
+            msgs = list(reader)
+        kinds = [m.kind for m in msgs]
+        metrics = [m for m in msgs if m.kind == protocol.METRICS]
+        sizes[n] = len(metrics)
+        # about recent × (1 + log2(n / recent)) rows: 100 × 6.3 and 100 × 8.3
+        assert len(metrics) < 100 * (2 + (n // 100).bit_length())
+        assert kinds.count(protocol.EVENT) == n // 500
+        assert kinds.count(protocol.GOODBYE) == 1
+        assert kinds.count(protocol.META) == 2
+        # the newest 100 samples are all there; older ones get sparser, never out of order
+        steps = [m.step for m in metrics]
+        assert steps == sorted(steps) and steps[-100:] == list(range(n - 99, n + 1))
+        assert steps[0] == 1 or steps[0] <= 2 ** 8
+        # thinning is not loss: a replay of the recording shows no dropped messages
+        state = RunState()
+        state.fold_all(msgs)
+        assert state.dropped == 0 and state.finished
+    assert sizes[16000] < 1.5 * sizes[4000]  # 4 × the samples, far less than 4 × the rows
+
+
+def test_real_gaps_survive_renumbering(tmp_path):
+    path = tmp_path / "gaps.db"
+    with Recorder(path, downsample=Downsample(recent=10)) as rec:
+        s = Stream(rec)
+        s.meta()
+        for step in range(1, 200):
+            s.send(protocol.METRICS, step, values={}, skip=3 if step == 150 else 0)
+    with RecordingReader(path) as reader:
+        state = RunState()
+        state.fold_all(list(reader))
+    assert state.dropped == 3
+
+
+def test_unwritable_path_warns_once_and_never_raises(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    warnings: list[str] = []
+    rec = Recorder(blocker / "run.db", warn=warnings.append).start()
+    assert not rec.wait_open(10)
+    for step in range(100):
+        assert rec.submit(protocol.STATS, RUN, 0, 0, step, 0.0, step, b"{}") is False
+    rec.close()
+    assert len(warnings) == 1 and "recording stopped" in warnings[0]
+    assert rec.failed and rec.dropped == 100
+
+
+def test_a_file_that_is_not_a_recording_is_refused(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"hello, I am not SQLite" * 100)
+    with pytest.raises(RecordingError):
+        RecordingReader(junk)
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(RecordingError, match="not a symwatch recording"):
+        RecordingReader(other)
+    with pytest.raises(RecordingError, match="no such recording"):
+        RecordingReader(tmp_path / "missing.db")
+    warnings: list[str] = []
+    rec = Recorder(other, warn=warnings.append).start()  # never write into a foreign file
+    rec.close()
+    assert rec.failed and len(warnings) == 1
+
+
+def test_tampered_rows_are_counted_not_trusted(tmp_path):
+    path = tmp_path / "run.db"
+    sent = make_recording(path, 5)
+    db = sqlite3.connect(path)
+    ids = [r[0] for r in db.execute("SELECT id FROM messages ORDER BY id")]
+    db.execute("UPDATE messages SET body='{not json' WHERE id=?", (ids[1],))
+    db.execute("UPDATE messages SET kind='metrics' WHERE id=?", (ids[2],))  # a stats row
+    db.execute("UPDATE messages SET body=? WHERE id=?",
+               (json.dumps({"v": 2, "kind": "stats"}), ids[3]))
+    db.execute("UPDATE messages SET kind=X'00ff' WHERE id=?", (ids[4],))
+    db.execute("UPDATE messages SET lost=-5 WHERE id=?", (ids[5],))
+    db.commit()
+    db.close()
+    with RecordingReader(path) as reader:
+        got = list(reader)
+        assert reader.garbage == 4
+    assert len(got) == len(sent) - 4
+
+
+# -- the agent records -------------------------------------------------------------------------
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="the agent needs torch")
+
+
+def _train(agent_options: dict, steps: int = 12):
+    import torch
+    from torch import nn
+
+    import symwatch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=2, budget=1.0,
+                           **agent_options)
+    with agent:
+        for _ in range(steps):
+            loss = model(torch.randn(16, 8)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return agent
+
+
+@needs_torch
+def test_agent_records_every_message_it_publishes(tmp_path):
+    path = tmp_path / "agent.db"
+    agent = _train({"record": path})
+    assert agent.recorder is not None and agent.recorder.failed is None
+    with RecordingReader(path) as reader:
+        msgs = list(reader)
+        assert reader.garbage == 0
+    kinds = [m.kind for m in msgs]
+    assert kinds[-1] == protocol.GOODBYE and protocol.META in kinds
+    assert [m.step for m in msgs if m.kind == protocol.METRICS] == [1, 2, 4, 6, 8, 10, 12]
+    assert {m.run for m in msgs} == {agent.run_id}
+    assert [m.seq for m in msgs] == list(range(len(msgs)))  # nothing lost, nothing thinned
+
+
+@needs_torch
+def test_agent_records_to_the_path_in_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMWATCH_RECORD", str(tmp_path / "run-{run}-rank{rank}.db"))
+    agent = _train({}, steps=3)
+    path = tmp_path / f"run-{agent.run_id}-rank0.db"
+    with RecordingReader(path) as reader:
+        assert [m.kind for m in reader][-1] == protocol.GOODBYE
+
+
+@needs_torch
+def test_agent_with_an_unwritable_recording_warns_once_and_trains(tmp_path, capfd):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    agent = _train({"record": blocker / "run.db"}, steps=20)
+    assert agent.steps == 20 and agent.recorder.failed
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "symwatch" in line]
+    assert len(lines) == 1 and "recording stopped" in lines[0]
+    assert "training continues" in lines[0]
+
+
+# -- the commands, as real subprocesses --------------------------------------------------------
+
+def test_record_command_records_a_live_run_until_goodbye(tmp_path, fake_agent):
+    agent = fake_agent()
+    path = tmp_path / "cli.db"
+    proc = subprocess.Popen([sys.executable, "-m", "symwatch", "record", agent.endpoint,
+                             "-o", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        # heartbeats until the subscription has joined and rows reach the file
+        deadline = time.monotonic() + 30
+        while count_rows(path) == 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the recorder never received anything"
+            agent.heartbeat()
+            time.sleep(0.05)
+        agent.meta(name="fake-run")
+        for step in range(1, 6):
+            agent.send(protocol.METRICS, step, values={"fc1": {"numerical_rank": step}})
+        agent.send(protocol.GOODBYE, 5, reason="finished", exit_code=0)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err
+    assert "the run ended" in err
+    with RecordingReader(path) as reader:
+        msgs = list(reader)
+    assert [m.step for m in msgs if m.kind == protocol.METRICS] == [1, 2, 3, 4, 5]
+    assert msgs[-1].kind == protocol.GOODBYE
+
+
+def test_record_command_errors(tmp_path):
+    result = symwatch("record", "-o", str(tmp_path / "x.db"))
+    assert result.returncode == 1 and "no live symwatch runs" in result.stderr
+    result = symwatch("record", "tcp://127.0.0.1:1", "-o", str(tmp_path / "nodir" / "x.db"))
+    assert result.returncode == 1 and "recording stopped" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_jsonl_records(tmp_path):
+    path = tmp_path / "run.db"
+    make_recording(path, 30)
+    result = symwatch("export", str(path), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    recs = [json.loads(line) for line in result.stdout.splitlines()]
+    metric = next(r for r in recs if r["kind"] == "metric" and r["layer"] == "fc2"
+                  and r["metric"] == "numerical_rank")
+    assert list(metric) == ["kind", "time", "rank", "step", "layer", "metric", "value"]
+    assert metric["value"] is None  # N/A stays null, never 0
+    loss = [r for r in recs if r["kind"] == "metric" and r["metric"] == "loss"]
+    assert len(loss) == 30 and loss[0]["layer"] is None and loss[0]["value"] == 1.0
+    assert any(r["metric"] == "lr" and r["value"] == 0.1 for r in recs)
+    speed = next(r for r in recs if r["metric"] == "steps_per_s")
+    assert speed["value"] is None
+    [event] = [r for r in recs if r["kind"] == "event"]
+    assert list(event) == ["kind", "time", "rank", "step", "layer", "metric", "direction",
+                           "before", "after", "score", "message"]
+    assert event["step"] == 20 and event["direction"] == "up" and event["after"] == 2
+    [gpu] = [r for r in recs if r["kind"] == "gpu"]
+    assert gpu == {"kind": "gpu", "time": gpu["time"], "rank": 0, "step": 20, "index": 0,
+                   "name": "H100", "util": 55.0, "mem_used": None, "mem_total": 8.0e10,
+                   "temp": None, "power": 200.0, "power_limit": None}
+    only_events = symwatch("export", str(path), "--format", "jsonl", "--kind", "events")
+    assert [json.loads(x)["kind"] for x in only_events.stdout.splitlines()] == ["event"]
+
+
+def test_export_csv_to_a_file(tmp_path):
+    path = tmp_path / "run.db"
+    make_recording(path, 10)
+    out = tmp_path / "m.csv"
+    result = symwatch("export", str(path), "--format", "csv", "--kind", "metrics", "-o", str(out))
+    assert result.returncode == 0 and result.stdout == "", result.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0]) == ["kind", "time", "rank", "step", "layer", "metric", "value"]
+    na = next(r for r in rows if r["layer"] == "fc2" and r["metric"] == "numerical_rank")
+    assert na["value"] == ""  # empty, never 0
+    loss = next(r for r in rows if r["metric"] == "loss")
+    assert loss["layer"] == "" and float(loss["value"]) == 1.0
+    everything = symwatch("export", str(path), "--format", "csv")
+    header = everything.stdout.splitlines()[0].split(",")
+    assert header[:7] == ["kind", "time", "rank", "step", "layer", "metric", "value"]
+    assert "power_limit" in header and "message" in header
+    bad = symwatch("export", str(tmp_path / "missing.db"), "--format", "csv")
+    assert bad.returncode == 1 and "no such recording" in bad.stderr
+
+
+def test_replay_headless_prints_the_recorded_run(tmp_path):
+    path = tmp_path / "run.db"
+    make_recording(path, 40)
+    result = symwatch("replay", str(path), "--headless")
+    assert result.returncode == 0, result.stderr
+    assert "[finished] rec-run step 40" in result.stdout
+    assert "fc1" in result.stdout and "numerical_rank       4" in result.stdout
+
+
+def test_replay_headless_of_a_run_without_goodbye_ends_stale(tmp_path):
+    path = tmp_path / "killed.db"
+    make_recording(path, 10, goodbye=False)
+    result = symwatch("replay", str(path), "--headless", "--speed", "1000")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-3].startswith("[stale] rec-run step 10")
+
+
+def test_a_full_queue_still_takes_transitions_and_the_goodbye(tmp_path):
+    """Under pressure samples are dropped (and counted), but the rare irreplaceable messages
+    (events, goodbye) use a reserve that samples cannot fill."""
+    rec = Recorder(tmp_path / "r.db", queue_size=10)  # not started: nothing drains the queue
+    body = b"{}"
+    accepted = [rec.submit(protocol.METRICS, "run", 0, 0, seq, 0.0, seq, body) for seq in range(15)]
+    assert accepted == [True] * 10 + [False] * 5 and rec.dropped == 5
+    assert rec.submit(protocol.EVENT, "run", 0, 0, 15, 0.0, 15, body)
+    assert rec.submit(protocol.GOODBYE, "run", 0, 0, 16, 0.0, 16, body)
+    assert rec.dropped == 5

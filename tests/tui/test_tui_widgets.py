@@ -1,0 +1,156 @@
+"""Text sparklines and the layer table's column layout (pure functions, no running app)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from symwatch.core import protocol
+from symwatch.state.run_state import RunState
+from symwatch.tui.widgets.header import header_text
+from symwatch.tui.widgets.layer_table import VALUE_WIDTH, compute_layout
+from symwatch.tui.history_view import HistoryWindow
+from symwatch.tui.widgets.panels import events_text, gpu_text, loss_text
+from symwatch.tui.run_text import command_text, started_text
+from symwatch.tui.widgets.sparkline import BARS, sparkline, sparkline_rows
+
+
+def test_sparkline_scales_min_to_max_newest_right():
+    assert sparkline([1, 2, 3, 4, 5, 6, 7, 8], 8) == BARS
+    assert sparkline([1, 8], 4) == "  ▁█"
+
+
+def test_sparkline_gaps_for_missing_values_and_flat_series():
+    assert sparkline([1.0, None, math.nan, 3.0], 4) == "▁  █"
+    assert sparkline([2, 2, 2], 3) == "▄▄▄"
+    assert sparkline([], 5) == "     " and sparkline([None], 2) == "  "
+    assert sparkline([1, 2], 0) == ""
+
+
+def test_sparkline_buckets_long_history_to_width():
+    line = sparkline(list(range(300)), 10)
+    assert len(line) == 10 and line[0] == "▁" and line[-1] == "█"
+    step = sparkline([1] * 150 + [5] * 150, 6)
+    assert step == "▁▁▁███"  # a rank step stays a step
+
+
+def test_sparkline_rows():
+    rows = sparkline_rows([0, 1, 2, 3], 4, 2)
+    assert len(rows) == 2 and all(len(r) == 4 for r in rows)
+    assert rows[1][0] == "▁" and rows[0][3] == "█" and rows[1][3] == "█"
+    assert sparkline_rows([1, 2], 3, 1) == [sparkline([1, 2], 3)]
+
+
+def _state(n_layers: int = 3, name_len: int = 5) -> RunState:
+    s = RunState()
+    values = {("x" * (name_len - 1)) + str(i): {"weight_norm": 1.0} for i in range(n_layers)}
+    s.fold(protocol.decode(list(protocol.encode(
+        protocol.METRICS, run="r", rank=0, restart=0, seq=0, time=0.0, step=0,
+        payload={"values": values}))))
+    return s
+
+
+def test_layout_fits_the_width_and_keeps_sparklines_when_possible():
+    s = _state()
+    wide = compute_layout(s, 120)
+    assert wide.spark_w >= 4 and wide.header_height == 1 and wide.type_w > 0
+    narrow = compute_layout(s, 80)  # sparklines stay: Type and Shape go first
+    assert narrow.spark_w >= 4 and narrow.type_w == narrow.shape_w == 0
+    tiny = compute_layout(s, 60)
+    assert tiny.spark_w == 0 and tiny.cell_w == VALUE_WIDTH
+    for width, layout in ((120, wide), (80, narrow), (60, tiny)):
+        used = (layout.layer_w + layout.type_w + layout.shape_w
+                + len(layout.indicators) * layout.cell_w
+                + 2 * (1 + (2 if layout.type_w else 0) + len(layout.indicators)) + 2)
+        assert used <= width
+
+
+def test_layout_shortens_long_layer_names_before_dropping_sparklines():
+    s = _state(name_len=40)
+    layout = compute_layout(s, 100)
+    assert layout.spark_w >= 4 and layout.layer_w < 40
+
+
+def test_gpu_line_says_no_gpu_and_na_for_nulls():
+    assert "no NVIDIA GPU visible (NVML Shared Library Not Found)" == gpu_text(
+        {"available": False, "devices": [],
+         "reason": "no NVIDIA GPU visible (NVML Shared Library Not Found)"}).plain.strip()[4:]
+    line = gpu_text({"available": True, "devices": [
+        {"index": 0, "name": "H100", "util": None, "mem_used": 2 ** 30, "mem_total": None,
+         "temp": None, "power": None, "power_limit": 700.0}]}).plain
+    assert "util N/A" in line and "mem 1.0/N/A GiB" in line and "N/A/700 W" in line
+    assert " 0%" not in line and " 0°C" not in line
+    assert "no GPU report yet" in gpu_text(None).plain
+
+
+def test_events_text_shows_the_latest_lines():
+    s = RunState()
+    for i in range(4):
+        s.fold(protocol.decode(list(protocol.encode(
+            protocol.EVENT, run="r", rank=0, restart=0, seq=i, time=0.0, step=i * 10,
+            payload={"message": f"event {i}", "severity": "transition"}))))
+    text = events_text(s, 2).plain
+    assert "event 2" in text and "event 3" in text and "event 1" not in text
+
+
+def _with_loss(losses) -> RunState:
+    s = RunState()
+    for i, loss in enumerate(losses, start=1):
+        s.fold(protocol.decode(list(protocol.encode(
+            protocol.STATS, run="r", rank=0, restart=0, seq=i, time=0.0, step=i,
+            payload={"loss": loss}))))
+    return s
+
+
+def _bar_heights(text: str) -> list[int]:
+    """Eighths filled per column of a multi-row chart (its rows under the text line)."""
+    rows = [row[1:] for row in text.split("\n")[1:]]
+    heights = [0] * len(rows[0])
+    for row in rows:
+        for x, ch in enumerate(row):
+            heights[x] += 8 if ch == BARS[-1] else (BARS.index(ch) + 1 if ch in BARS else 0)
+    return heights
+
+
+def test_the_live_loss_chart_is_the_whole_run():
+    # 1,000 steps: far more than the recent samples kept whole (64); the first 300 a plateau
+    # at 2, then a drop to 1: the plateau must still be on the chart
+    s = _with_loss([2.0] * 300 + [1.0] * 700)
+    text = loss_text(s, width=102, rows=4).plain
+    assert "steps 1–1,000" in text and "log scale" not in text
+    heights = _bar_heights(text)
+    assert len(heights) == 100 and heights[0] == 32 and heights[-1] <= 2
+    assert heights[29] == 32 and heights[31] <= 2  # the drop, 30 % of the way along
+
+
+def test_a_loss_that_spans_decades_is_drawn_on_a_log_scale():
+    # exponential decay from 100 to 0.1: on a log scale a straight line, so the middle column
+    # is half-way up; on a linear one it would be nearly empty
+    losses = [100 * 0.001 ** (i / 999) for i in range(1000)]
+    text = loss_text(_with_loss(losses), width=102, rows=4).plain
+    assert "log scale" in text
+    heights = _bar_heights(text)
+    assert abs(heights[50] - 16) <= 2 and heights[0] == 32
+    assert "log scale" not in loss_text(_with_loss([3.0, 2.0, 1.0]), 40, 2).plain
+
+
+def test_a_window_chart_shows_the_window():
+    s = _with_loss([2.0] * 300 + [1.0] * 700)
+    text = loss_text(s, width=102, rows=4, window=HistoryWindow(end=200, span=100)).plain
+    assert text.startswith(" loss 2") and "steps 101–200" in text
+    assert min(_bar_heights(text)) > 0  # the plateau only: a flat chart
+
+
+def test_started_text_shows_the_date_only_when_not_today():
+    now = time.mktime((2026, 3, 10, 12, 0, 0, 0, 0, -1))
+    assert started_text(now - 3600, now) == "11:00:00"
+    assert started_text(now - 3 * 86400, now) == "2026-03-07 12:00"
+    assert started_text(0.0) == "?"
+    assert command_text(["/very/long/path/train.py", "--lr", "3e-4"]) == "train.py --lr 3e-4"
+    assert len(command_text(["x"] * 40)) == 32
+
+
+def test_header_names_the_run_by_id_until_meta_arrives():
+    s = _state()
+    assert "run r " in header_text(s, "live", endpoint="tcp://h:1").plain + " "
+    assert "(no run yet)" in header_text(RunState(), "waiting", endpoint="tcp://h:1").plain
