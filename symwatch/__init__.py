@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from symwatch.core.version import __version__
 
 
 def watch(model: Any, optimizer: Any = None, **options: Any) -> Any:
     """Start the agent on `model` (and hook `optimizer`); returns a handle that is also a context
     manager. See `symwatch_agent.watch` for the options."""
-    from symwatch_agent import watch as _watch
+    from symwatch_agent import watch as agent_watch  # noqa: PLC0415 (lazy: torch, only on use)
 
-    return _watch(model, optimizer, **options)
+    return agent_watch(model, optimizer, **options)
 
 
 __all__ = ["watch", "__version__"]

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated runtime directory per test, and a deadline-bound subscriber."""
+"""Shared fixtures: an isolated runtime directory per test, a ZeroMQ context that cannot hang
+the suite at teardown, a deadline-bound subscriber and a fake agent."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import zmq
 
 from symwatch.core import protocol
+from waiting import terminate
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +78,19 @@ class Collector:
 
 
 @pytest.fixture
-def collector() -> Iterator[Callable[[str], Collector]]:
+def zmq_ctx() -> Iterator[zmq.Context]:
+    """A fresh ZeroMQ context for one test. At teardown any socket the test left open is closed
+    with linger 0 and the context terminated under a deadline (`waiting.terminate`): a leaked
+    socket fails that test instead of hanging `ctx.term()` and the whole suite. Tests that need
+    a context take this fixture rather than calling `zmq.Context()`."""
     ctx = zmq.Context()
+    yield ctx
+    terminate(ctx)
+
+
+@pytest.fixture
+def collector(zmq_ctx: zmq.Context) -> Iterator[Callable[[str], Collector]]:
+    ctx = zmq_ctx
     made: list[Collector] = []
 
     def connect(endpoint: str) -> Collector:
@@ -88,7 +101,6 @@ def collector() -> Iterator[Callable[[str], Collector]]:
     yield connect
     for c in made:
         c.sock.close(0)
-    ctx.term()
 
 
 # -- observer tests: a real PUB socket that speaks the protocol (no torch needed) --------------
@@ -133,8 +145,8 @@ class FakeAgent:
 
 
 @pytest.fixture
-def fake_agent() -> Iterator[Callable[..., FakeAgent]]:
-    ctx = zmq.Context()
+def fake_agent(zmq_ctx: zmq.Context) -> Iterator[Callable[..., FakeAgent]]:
+    ctx = zmq_ctx
     made: list[FakeAgent] = []
 
     def bind(run: str = "run-aaaa") -> FakeAgent:
@@ -145,4 +157,3 @@ def fake_agent() -> Iterator[Callable[..., FakeAgent]]:
     yield bind
     for agent in made:
         agent.sock.close(0)
-    ctx.term()

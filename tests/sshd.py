@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Mapping
 
+from symwatch.core.processes import free_port
+
 SSHD_PATHS = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/usr/bin/sshd")
 HOST_ALIAS = "symwatch-test"
 START_TIMEOUT_S = 10.0
@@ -44,12 +46,6 @@ def missing_tools() -> list[str]:
     missing = [] if find_sshd() else ["sshd (openssh-server)"]
     missing += [tool for tool in ("ssh", "ssh-keygen") if shutil.which(tool) is None]
     return missing
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def keygen(path: Path) -> Path:

@@ -20,7 +20,7 @@ import pytest
 
 from symwatch.core import protocol
 from symwatch.core.recording import RecordingReader
-from waiting import until
+from waiting import terminate, until
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                 reason="the training loop needs torch")
@@ -270,10 +270,10 @@ def _history_messages(agent) -> list[protocol.Message]:
     return snap.messages
 
 
-def test_an_endpoint_already_in_use_is_a_clear_error_and_training_continues(capsys):
+def test_an_endpoint_already_in_use_is_a_clear_error_and_training_continues(capsys, zmq_ctx):
     import zmq
 
-    ctx = zmq.Context()
+    ctx = zmq_ctx
     taken = ctx.socket(zmq.PUB)
     taken.linger = 0
     port = taken.bind_to_random_port("tcp://127.0.0.1")
@@ -288,7 +288,6 @@ def test_an_endpoint_already_in_use_is_a_clear_error_and_training_continues(caps
         agent.close()
     finally:
         taken.close(0)
-        ctx.term()
 
 
 def test_an_indicator_that_raises_is_switched_off_and_reported_once(monkeypatch, capsys):
@@ -472,7 +471,7 @@ if st is not None:
         yield pub, sub, sentinel
         sub.close()
         pub.close(0)
-        ctx.term()
+        terminate(ctx)
 
     @settings(max_examples=400, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -504,7 +503,7 @@ if st is not None:
         assert state.messages == len(fuzzed) + len(got) - state.ignored
 
 
-async def test_fuzzed_frames_through_a_socket_into_the_tui_never_crash_it():
+async def test_fuzzed_frames_through_a_socket_into_the_tui_never_crash_it(zmq_ctx):
     """Thousands of random and malformed frames (seeded) through a real PUB socket into the
     real app (Subscriber source, fold, every column view and the events screen): bad frames
     are counted in `garbage`, the rest drawn, no drawing error."""
@@ -556,7 +555,7 @@ async def test_fuzzed_frames_through_a_socket_into_the_tui_never_crash_it():
             expected_bad += 1
     assert 300 < expected_bad < 2900  # both kinds well represented
 
-    ctx = zmq.Context()
+    ctx = zmq_ctx
     pub = ctx.socket(zmq.PUB)
     pub.linger = 0
     pub.setsockopt(zmq.SNDHWM, 0)
@@ -592,4 +591,3 @@ async def test_fuzzed_frames_through_a_socket_into_the_tui_never_crash_it():
             assert app.state.garbage == expected_bad
     finally:
         pub.close(0)
-        ctx.term()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from symwatch.core import protocol
-from symwatch.transport.subscriber import ListSource
+from symwatch.sources.memory import ListSource
 from symwatch.core.protocol import Message
 
 T0 = 1_790_000_000.0  # a fixed epoch time for the first message

@@ -1,10 +1,20 @@
 """Waiting for something another thread or process does, with a deadline (no test waits
-forever, and none asserts on elapsed time)."""
+forever, and none asserts on elapsed time). The one place for it:
+
+- `until(predicate)`: poll from plain code; True, or False at the deadline (`assert until(...)`).
+- `pilot_until(pilot, predicate, what)`: the same inside a Textual `run_test()`, pausing with
+  the pilot so the app keeps running; raises at the deadline.
+- `terminate(ctx)`: end a ZeroMQ context without hanging on a socket a test left open (the
+  `zmq_ctx` fixture in conftest.py uses it).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Callable
+from typing import Any, Callable
+
+import zmq
 
 
 def until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 0.02) -> bool:
@@ -16,3 +26,34 @@ def until(predicate: Callable[[], object], timeout: float = 10.0, step: float = 
             return True
         time.sleep(step)
     return bool(predicate())
+
+
+async def pilot_until(pilot: Any, predicate: Callable[[], object], what: str = "condition",
+                      timeout: float = 20.0, *, step: float = 0.03,
+                      tick: Callable[[], object] | None = None) -> None:
+    """Return as soon as `predicate()` is truthy, calling `tick()` (e.g. send a heartbeat) and
+    then `await pilot.pause(step)` between looks; AssertionError naming `what` after `timeout`
+    seconds. (The deadline only bounds a failure: a passing wait returns at once.)"""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if tick is not None:
+            tick()
+        await pilot.pause(step)
+
+
+def terminate(ctx: zmq.Context, timeout: float = 5.0) -> None:
+    """End `ctx` as pyzmq's own test suite does: every socket still open is closed with linger 0
+    (`ctx.destroy(linger=0)`), on a daemon thread with a deadline, so a socket a test leaked, or
+    a thread still blocked on one, fails that test instead of hanging the suite."""
+    done = threading.Event()
+
+    def end() -> None:
+        ctx.destroy(linger=0)
+        done.set()
+
+    threading.Thread(target=end, name="zmq-terminate", daemon=True).start()
+    if not done.wait(timeout):
+        raise AssertionError(f"the ZeroMQ context did not terminate within {timeout} s "
+                             "(a socket still in use on another thread?)")

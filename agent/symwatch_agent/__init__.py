@@ -4,6 +4,8 @@ the observer side (textual, rich)."""
 
 from __future__ import annotations
 
-from symwatch_agent.agent import Agent, __version__, open_agents, watch
+from symwatch.core.version import __version__
+from symwatch_agent.agent import Agent, open_agents, watch
+from symwatch_agent.options import AgentOptions
 
-__all__ = ["Agent", "watch", "open_agents", "__version__"]
+__all__ = ["Agent", "AgentOptions", "watch", "open_agents", "__version__"]

@@ -11,6 +11,7 @@ part that failed; it never propagates into the training loop.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import socket
 import sys
@@ -21,29 +22,25 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from symwatch.core import protocol, recording, runtime
-from symwatch_agent.hooks import loss_capture
+from symwatch.core.history import History
+from symwatch.core.version import __version__
+from symwatch_agent.hooks import distributed, loss_capture
+from symwatch_agent.measure import memory, sharded
+from symwatch_agent.measure.gpu import GpuSampler
+from symwatch_agent.measure.indicators import INDICATORS, IndicatorEngine
+from symwatch_agent.measure.layers import discover
+from symwatch_agent.options import AgentOptions
 from symwatch_agent.publish.curve import CurveError
 from symwatch_agent.publish.curve import load_relay_client as load_relay_curve
 from symwatch_agent.publish.curve import load_server as load_curve
-from symwatch_agent.hooks import distributed
-from symwatch_agent.measure import memory, sharded
-from symwatch_agent.measure.gpu import GpuSampler
-from symwatch.core.history import History
-from symwatch_agent.measure.indicators import INDICATORS, IndicatorEngine
-from symwatch_agent.measure.layers import discover
 from symwatch_agent.publish.publisher import Publisher, PublisherError
 from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
 
-__version__ = "0.1.0"
-
-# Options can come from the environment (the zero-code launcher sets these).
-ENV_NAME, ENV_EVERY, ENV_ENDPOINT = "SYMWATCH_NAME", "SYMWATCH_EVERY", "SYMWATCH_ENDPOINT"
-ENV_RECORD = "SYMWATCH_RECORD"  # record every message to this SQLite file ({run}, {rank} expand)
-ENV_CONNECT = "SYMWATCH_CONNECT"  # publish to a `symwatch relay` there instead of binding
-
-# The share of the time budget the agent plans to use by its own measure (see Agent.__init__).
+# The share of the time budget the agent plans to use by its own measure (see
+# Agent._set_up_budget).
 # What it measures (its threads' CPU time, the sample's wall time) is about half of what the
 # training loses (docs/benchmarks.md, "Training overhead": planning 80 % of a 1 % budget
 # measured +1.1 to +2.2 %, budget-limited, in four runs): 40 % keeps the whole within budget.
@@ -64,55 +61,45 @@ class Agent:
 
     def __init__(self, model: nn.Module | Mapping[str, nn.Module] | Iterable[nn.Module],
                  optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
-                 *, name: str | None = None, every: int | None = None, budget: float = 0.01,
-                 full_every: int | None = None,
-                 endpoint: str | None = None, capture_backward: bool = True,
-                 register: bool = True, insecure: bool = False,
-                 rel_tol: float = 0.3, abs_tol: float = 0.1, dead_eps: float = 1e-2,
-                 max_svd_dim: int = 1024, dup_eps: float = 1e-3,
-                 pairs: Mapping[str, Any] | None = None,
-                 classifier: bool | str | list[str] | None = True,
-                 heads: Mapping[str, Any] | bool | None = None,
-                 stats_interval: float = 0.25,
-                 heartbeat_interval: float = 1.0, meta_interval: float = 5.0,
-                 gpu_interval: float = 2.0, nvml: Any = None, process_interval: float = 30.0,
-                 connect: str | None = None,
-                 detect: bool = True, threshold: float | None = None,
-                 record: str | os.PathLike[str] | None = None,
-                 history: bool = True, history_samples: int = 256,
-                 history_events: int = 1000, history_bytes: int = 16 * 1024 * 1024,
-                 curve_server_key: str | os.PathLike[str] | None = None,
-                 curve_authorized: str | os.PathLike[str] | None = None,
-                 rank: int | None = None, world_size: int | None = None,
-                 local_rank: int | None = None, node_rank: int | None = None,
-                 replica: bool | None = None) -> None:
+                 **options: Any) -> None:
+        # The keyword arguments are AgentOptions' fields (Agent's signature says so, for help()).
+        AgentOptions.check_keywords(options, "Agent.__init__")
         models = _as_model_map(model)
-        every = every if every is not None else int(os.environ.get(ENV_EVERY, "10"))
-        if every < 1:
-            raise ValueError(f"every must be a positive number of steps, got {every}")
-        if not 0 < budget <= 1:
-            raise ValueError(f"budget is a fraction of wall time in (0, 1], got {budget}")
-        if full_every is not None and full_every < 1:
-            raise ValueError(f"full_every must be a positive number of samples, got {full_every}")
-        self.every = every
+        self.options = opts = AgentOptions(**options)  # the environment read, values checked
+        self._set_up_budget(opts)
+        self._set_up_identity(opts)
+        self._set_up_layers(models, optimizer, opts)
+        self._set_up_state(models, opts)
+        self._set_up_registry(opts)
+        self._set_up_outputs(opts)
+        if not self._start_publisher(opts):
+            return
+        self._hook_training(_as_list(optimizer), opts)
+
+    # -- set-up (each step in the order __init__ takes them) -----------------------------------
+
+    def _set_up_budget(self, opts: AgentOptions) -> None:
+        self.every = opts.every  # AgentOptions filled in a None: an int from here on
         # At most this fraction of training time goes to the agent (its work on the training
         # thread plus its publisher thread's CPU): a sample is skipped when its expected cost
         # would take the total over budget × training time. 1 or more means no limit.
-        self.budget = budget
-        self._unlimited = budget >= 1.0
+        self.budget = opts.budget
+        self._unlimited = opts.budget >= 1.0
         # What the agent plans to spend, measured: less than the budget, because what it can
         # measure (its own threads' time) undercounts what training loses (caches and memory
         # bandwidth shared with it, a core taken from torch's threads).
-        self._planned = PLANNED_SHARE_OF_BUDGET * budget
-        self.name = name or os.environ.get(ENV_NAME) or _default_name()
-        self.rank, self.world_size, self.local_rank, self.node_rank = _placement(
-            rank, world_size, local_rank, node_rank)
+        self._planned = PLANNED_SHARE_OF_BUDGET * opts.budget
+
+    def _set_up_identity(self, opts: AgentOptions) -> None:
+        """Name, placement, run id, and the counters of the run."""
+        self.name, self.rank, self.world_size = opts.name, opts.rank, opts.world_size
+        self.local_rank, self.node_rank = opts.local_rank, opts.node_rank
         # The ranks of one job share a run id (docs/distributed.md), so one view through a
         # relay holds them all; the registry entry and default socket stay per process.
-        self.job = distributed.job_id() if self.world_size > 1 else None
+        self.job = opts.job
         self.run_id = self.job or uuid.uuid4().hex[:12]
         self._process_id = f"{self.run_id}-r{self.rank}" if self.job else self.run_id
-        self.restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        self.restart = opts.restart
         self.started = time.time()
         # Budget is earned by wall time spent training: the gap before the first step earns
         # nothing, and a pause longer than a few steps (evaluation, checkpointing, a debugger)
@@ -122,6 +109,9 @@ class Agent:
         self.samples = 0
         self.error: str | None = None  # why the agent is not publishing, if it is not
 
+    def _set_up_layers(self, models: Mapping[str, nn.Module], optimizer: Any,
+                       opts: AgentOptions) -> None:
+        """The layers measured (and those skipped), and the indicator engine over them."""
         self.layers, self.skipped = discover(models)
         # FSDP shards: measured from the local shard only (additive figures the observer
         # combines); the indicator engine, which needs whole matrices, never sees them.
@@ -131,7 +121,7 @@ class Agent:
             self.layers = [layer for layer in self.layers if id(layer) not in taken]
             self.skipped = [s for s in self.skipped if "FullyShardedDataParallel" not in s
                             and "_flat_param" not in s]
-        self.replica = self.rank != 0 and (replica if replica is not None else
+        self.replica = self.rank != 0 and (opts.replica if opts.replica is not None else
                                            _replica_measured_on_rank_zero(models, self.rank))
         if self.replica:
             # DDP keeps identical weights on every rank: rank 0 measures them; the others
@@ -139,24 +129,27 @@ class Agent:
             self.skipped = [f"{layer.name} (DDP replica: measured on rank 0)"
                             for layer in self.layers]
             self.layers = []
-        self.engine = IndicatorEngine(self.layers, rel_tol=rel_tol, abs_tol=abs_tol,
-                                      dead_eps=dead_eps, dup_eps=dup_eps,
-                                      max_svd_dim=max_svd_dim, budget=budget,
-                                      full_every=full_every,
+        self.engine = IndicatorEngine(self.layers, rel_tol=opts.rel_tol, abs_tol=opts.abs_tol,
+                                      dead_eps=opts.dead_eps, dup_eps=opts.dup_eps,
+                                      max_svd_dim=opts.max_svd_dim, budget=opts.budget,
+                                      full_every=opts.full_every,
                                       clock=lambda: self._training_s,
                                       optimizers=_as_list(optimizer))
         # Static pairing now; the first forward pass refines it (its hooks then remove
         # themselves). Bad `pairs`/`classifier` names raise here, before training starts.
-        self.skipped += self.engine.attach(models, pairs=pairs, classifier=classifier,
-                                           heads=heads)
+        self.skipped += self.engine.attach(models, pairs=opts.pairs, classifier=opts.classifier,
+                                           heads=opts.heads)
+
+    def _set_up_state(self, models: Mapping[str, nn.Module], opts: AgentOptions) -> None:
+        """Devices and side streams, and the state of the hot path and the periodic jobs."""
         self._device = self.layers[0].weight.device if self.layers else torch.device("cpu")
         self._models_device = _models_device(models)
-        self._process_interval = process_interval
+        self._process_interval = opts.process_interval
         self._shard_stream = (torch.cuda.Stream(self._models_device)
                               if self.sharded and self._models_device.type == "cuda" else None)
         self._side_stream = (torch.cuda.Stream(self._device)
                              if self._device.type == "cuda" else None)
-        self._stats_interval = stats_interval
+        self._stats_interval = opts.stats_interval
         self._reported: set[str] = set()
         self._loss: torch.Tensor | float | None = None
         self._loss_from_log = False
@@ -171,9 +164,13 @@ class Agent:
         self._switched_off_reported = 0
         self._hooks: list[Any] = []
         self._gpu: GpuSampler | None = None
-        self._nvml = nvml
+        self._nvml = opts.nvml
         self._closed = False
-        # Fixed for the run's lifetime: entries always go to the registry the run started in.
+
+    def _set_up_registry(self, opts: AgentOptions) -> None:
+        """Whether `symwatch ls` lists the run, and where (fixed for the run's lifetime:
+        entries always go to the registry the run started in)."""
+        register = opts.register
         self._registry_root = None
         if register:
             try:
@@ -183,50 +180,59 @@ class Agent:
                 print(f"symwatch: this run will not be listed by `symwatch ls`: {exc}",
                       file=sys.stderr)
         self._register = register
+
+    def _set_up_outputs(self, opts: AgentOptions) -> None:
+        """Where the messages go: the endpoint (or relay), the recording, the history for late
+        viewers; and the transition detector that adds events to them."""
         self._optimizers: list[torch.optim.Optimizer] = []
         # Transition detection runs on the publisher thread over every sample (on by default,
         # so alerts fire and recordings hold transitions with nobody watching).
-        self._transitions = TransitionWatch(threshold) if detect else None
+        self._transitions = TransitionWatch(opts.threshold) if opts.detect else None
         self._marks: list[tuple[int, str]] = []  # from mark(); consumed on the publisher thread
         self._last_transition: dict[str, Any] | None = None  # in the registry entry's extra
 
-        requested = endpoint or os.environ.get(ENV_ENDPOINT) or runtime.default_ipc_endpoint(
+        self._requested = opts.endpoint or runtime.default_ipc_endpoint(
             self._process_id) or "tcp://127.0.0.1:0"
-        self.connect = connect or os.environ.get(ENV_CONNECT) or None
+        self.connect = opts.connect
+        history = opts.history
         if self.connect:
             # The relay keeps the history for late viewers and is what `symwatch attach`
             # finds: this process binds nothing, keeps no history and is not listed itself.
-            requested, history, register = self.connect, False, False
+            self._requested, history = self.connect, False
             self._register = False
         # Recording: the publisher thread hands each encoded message to the recorder, whose own
         # thread writes the file; the training thread never touches SQLite.
-        self.recording = _record_path(record, self.run_id, self.rank, shared=bool(self.job))
+        self.recording = _record_path(opts.record, self.run_id, self.rank, shared=bool(self.job))
         self.recorder = (recording.Recorder(self.recording,
                                             warn=lambda text: self._report("recording", text))
                          if self.recording else None)
         # Late join: a bounded history of what was published, served to viewers that attach
         # later (docs/protocol.md, "Late join").
-        self.history = (History(samples=history_samples, events=history_events,
-                                max_bytes=history_bytes) if history else None)
+        self.history = (History(samples=opts.history_samples, events=opts.history_events,
+                                max_bytes=opts.history_bytes) if history else None)
+
+    def _start_publisher(self, opts: AgentOptions) -> bool:
+        """Start the publisher thread (and the recorder). False when it cannot publish: that
+        must not stop the training, so it says so once and the agent does nothing."""
         try:
             try:  # CurveZMQ keys (docs/security.md): needed for any non-loopback interface
-                curve = load_curve(curve_server_key, curve_authorized)
+                curve = load_curve(opts.curve_server_key, opts.curve_authorized)
             except CurveError as exc:
                 raise PublisherError(str(exc)) from None
             if self.connect:  # the agent is the relay's client: its keys, if any
                 try:
-                    curve = load_relay_curve()
+                    curve = load_relay_curve(opts.curve_relay_key, opts.curve_client_key)
                 except CurveError as exc:
                     raise PublisherError(str(exc)) from None
-            self._publisher = Publisher(requested, run=self.run_id, rank=self.rank,
+            self._publisher = Publisher(self._requested, run=self.run_id, rank=self.rank,
                                         restart=self.restart, report=self._report,
-                                        insecure=insecure, recorder=self.recorder,
+                                        insecure=opts.insecure, recorder=self.recorder,
                                         history=self.history, curve=curve,
                                         connect=bool(self.connect))
-            self._publisher.add_periodic(heartbeat_interval, self._heartbeat)
-            self._publisher.add_periodic(meta_interval, self._meta_message)
-            self._publisher.add_periodic(gpu_interval, self._gpu_message)
-            if register:
+            self._publisher.add_periodic(opts.heartbeat_interval, self._heartbeat)
+            self._publisher.add_periodic(opts.meta_interval, self._meta_message)
+            self._publisher.add_periodic(opts.gpu_interval, self._gpu_message)
+            if self._register:
                 self._publisher.add_periodic(2.0, self._refresh_registry)
             self.endpoint = self._publisher.start()
             if self._publisher.exposed:  # insecure=True on a network interface: every start
@@ -240,15 +246,17 @@ class Agent:
             if self.recorder is not None:
                 self.recorder.start()
         except PublisherError as exc:
-            # Not being able to publish must not stop the training: say so once, do nothing.
             self.endpoint = ""
             self.error = str(exc)
             self._closed = True
             self.engine.close()
             print(f"symwatch: not watching this run: {exc}", file=sys.stderr)
-            return
+            return False
+        return True
 
-        optimizers = _as_list(optimizer)
+    def _hook_training(self, optimizers: list[torch.optim.Optimizer],
+                       opts: AgentOptions) -> None:
+        """Hook the optimizers and `.backward()`, register the run, say what is not measured."""
         self._optimizers = optimizers
         if optimizers:
             # Steps are counted on the first optimizer; with several (GAN, teacher/student)
@@ -257,11 +265,11 @@ class Agent:
             for opt in optimizers:  # a resume from a checkpoint explains what follows it
                 self._hooks.append(opt.register_load_state_dict_post_hook(
                     lambda *_: self.mark("resumed from a checkpoint (optimizer state loaded)")))
-        if capture_backward:
+        if opts.capture_backward:
             loss_capture.add_listener(self._on_backward)
         atexit.register(self.close)
         _open_agents.add(self)
-        if register:
+        if self._register:
             self._refresh_registry()  # now, so `symwatch ls` sees the run at once
         if self.sharded:
             self._report("sharded", f"{len(self.sharded)} layers are sharded by FSDP: their "
@@ -591,47 +599,13 @@ class Agent:
             self._failed_layers_reported = len(failed)
 
 
+# `Agent(model, optimizer, **options)` takes AgentOptions' fields as keywords: say so to help()
+# and inspect, as a signature spelling them out would.
+Agent.__init__.__signature__ = AgentOptions.signature(  # type: ignore[attr-defined]
+    *list(inspect.signature(Agent.__init__).parameters.values())[:3])
+
+
 # -- helpers -----------------------------------------------------------------------------------
-
-def _placement(rank: int | None, world_size: int | None, local_rank: int | None,
-               node_rank: int | None) -> tuple[int, int, int | None, int | None]:
-    """(rank, world size, local rank, node rank) of this process. Explicit values win (the
-    trainer integrations pass their trainer's) and are checked; else the launcher's environment
-    (torchrun, accelerate, Lightning: RANK, WORLD_SIZE, LOCAL_RANK, GROUP_RANK/NODE_RANK), where
-    a malformed value is ignored rather than allowed to stop the training; else an initialised
-    torch.distributed group; else a single process. An unknown local/node rank stays None (not
-    sent) rather than a guess."""
-    explicit = {"rank": rank, "world_size": world_size, "local_rank": local_rank,
-                "node_rank": node_rank}
-    for what, value in explicit.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < (1 if what == "world_size" else 0)):
-            raise ValueError(f"{what} must be an integer >= {1 if what == 'world_size' else 0}, "
-                             f"got {value!r}")
-    if rank is not None and world_size is not None and rank >= world_size:
-        raise ValueError(f"rank {rank} is not below world_size {world_size}")
-
-    def env(*names: str) -> int | None:
-        for name in names:
-            try:
-                value = int(os.environ.get(name, ""))
-            except ValueError:
-                continue
-            if value >= 0:
-                return value
-        return None
-
-    group = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if rank is None:
-        rank = env("RANK")
-        if rank is None:
-            rank = torch.distributed.get_rank() if group else 0
-    if world_size is None:
-        world_size = env("WORLD_SIZE") or (torch.distributed.get_world_size() if group else 1)
-    local_rank = local_rank if local_rank is not None else env("LOCAL_RANK")
-    node_rank = node_rank if node_rank is not None else env("GROUP_RANK", "NODE_RANK")
-    return rank, world_size, local_rank, node_rank
-
 
 def _models_device(models: Mapping[str, nn.Module]) -> torch.device:
     """The device of the first parameter of the models (cpu without any)."""
@@ -646,8 +620,6 @@ def _replica_measured_on_rank_zero(models: Mapping[str, nn.Module], rank: int) -
     replicas of rank 0's (FSDP shards are not replicas, and are measured per rank)."""
     if rank == 0 or not torch.distributed.is_available():
         return False
-    from torch.nn.parallel import DistributedDataParallel
-
     return any(isinstance(m, DistributedDataParallel) for m in models.values())
 
 
@@ -669,7 +641,9 @@ def _as_list(optimizer: Any) -> list[torch.optim.Optimizer]:
 
 
 def _record_path(record: Any, run_id: str, rank: int, shared: bool = False) -> str | None:
-    path = os.fspath(record) if record is not None else os.environ.get(ENV_RECORD) or None
+    """The recording's file (`record`, or $SYMWATCH_RECORD as AgentOptions found it), with
+    `{run}` and `{rank}` expanded; None: no recording."""
+    path = os.fspath(record) if record is not None else None
     if not path:
         return None
     if shared and "{rank}" not in path:
@@ -677,11 +651,6 @@ def _record_path(record: Any, run_id: str, rank: int, shared: bool = False) -> s
         root, ext = os.path.splitext(path)
         path = f"{root}.rank{{rank}}{ext}"
     return path.replace("{run}", run_id).replace("{rank}", str(rank))
-
-
-def _default_name() -> str:
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-    return script or "python"
 
 
 def _to_host_async(value: Any) -> Any:
@@ -713,7 +682,9 @@ def _host_number(value: Any) -> float | None:
 def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     """Watch `model` (a module, a dict of named modules, or a list) trained by `optimizer`.
 
-    Returns the running `Agent` (close it, or use it as a context manager). Options: `name`,
+    Returns the running `Agent` (close it, or use it as a context manager). The options are
+    the fields of `AgentOptions` (symwatch_agent/options.py, which also reads the environment
+    variables that stand in for them): `name`,
     `every` (sample at most every N optimizer steps, default 10), `budget` (the largest
     fraction of wall time sampling may take, default 0.01: samples are skipped to stay under
     it), `full_every` (at most one full-tier sample, with exact spectra and duplicates, in

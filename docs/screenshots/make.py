@@ -102,7 +102,7 @@ async def shoot_runs(tmp: str) -> None:
     """runs.svg: the Runs screen listing two live demo runs. They register in a runtime
     directory of their own (SYMWATCH_RUNTIME_DIR), so the picture holds no other run here."""
     from symwatch.core import runtime
-    from symwatch.transport.subscriber import ListSource
+    from symwatch.sources.memory import ListSource
     from symwatch.tui.screens.runs import RunsConfig, RunsScreen, open_runs_screen
 
     env = {**os.environ, runtime.ENV_RUNTIME_DIR: str(Path(tmp) / "runtime")}

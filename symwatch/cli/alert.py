@@ -1,13 +1,12 @@
 """`symwatch alert`: the headless subscriber that turns transitions into commands and webhooks.
 
-The parser lives here rather than in cli.py to keep that module small; cli.build_parser calls
-`add_alert_parser`. Heavy imports (pyzmq) happen only when the command runs.
+symwatch/cli/main.py's build_parser calls `add_alert_parser`. The alerting itself (rules,
+sinks, following a run) is symwatch/consumers/alerts/, imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import signal
@@ -16,9 +15,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from symwatch.cli import main as cli
+from symwatch.cli.common import (NO_RUNS, UserError, finite_float, non_negative_float,
+                                 non_negative_int, positive_float, positive_int,
+                                 resolve_target, several_runs, subparser)
 from symwatch.core import runtime
-from symwatch.cli.main import UserError
+from symwatch.transport.subscriber import EndpointError
 
 if TYPE_CHECKING:
     from symwatch.consumers.alerts.rules import Alert, Dispatcher
@@ -50,7 +51,7 @@ Exit status: 0 (done, or stopped by SIGTERM), 1 (--timeout before --max-alerts w
 # -- argument types ----------------------------------------------------------------------------
 
 def _webhook_url(text: str) -> str:
-    from symwatch.consumers.alerts.sinks import check_webhook_url
+    from symwatch.consumers.alerts.sinks import check_webhook_url  # noqa: PLC0415 (lazy: the sinks, urllib and http, only once the command runs; keeps start-up fast)
 
     try:
         return check_webhook_url(text)
@@ -77,7 +78,7 @@ def _window(text: str) -> tuple[int | None, float | None]:
 
 
 def _severities(text: str) -> list[str]:
-    from symwatch.consumers.alerts.rules import SEVERITIES
+    from symwatch.consumers.alerts.rules import SEVERITIES  # noqa: PLC0415 (lazy: the rules only once the command runs; keeps start-up fast)
 
     names = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in names if s not in SEVERITIES]
@@ -87,13 +88,8 @@ def _severities(text: str) -> list[str]:
     return names
 
 
-_finite_float = cli._number(float, math.isfinite, "a number")
-_non_negative_float = cli._number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
-_positive_float = cli._positive_float
-
-
-def add_alert_parser(subs: Any, make: Callable[..., Any]) -> Any:
-    p = make(subs, "alert", "run commands / post webhooks when a run has a transition",
+def add_alert_parser(subs: Any) -> Any:
+    p = subparser(subs, "alert", "run commands / post webhooks when a run has a transition",
              "Follow a run headlessly and dispatch each detected transition to a command "
              "(--exec) and/or a webhook (--webhook). TARGET: an endpoint, a run id or name "
              "(see `symwatch ls`), or nothing for the only live run. A run followed by name "
@@ -105,20 +101,20 @@ def add_alert_parser(subs: Any, make: Callable[..., Any]) -> Any:
                      metavar="CMD", help="run CMD (through /bin/sh) per alert; repeatable")
     out.add_argument("--webhook", action="append", type=_webhook_url, default=[], metavar="URL",
                      help="POST each alert as JSON to URL (http/https); repeatable")
-    out.add_argument("--exec-timeout", type=_positive_float, default=30.0, metavar="S",
+    out.add_argument("--exec-timeout", type=positive_float, default=30.0, metavar="S",
                      help="kill a command still running after S seconds (default 30)")
-    out.add_argument("--webhook-timeout", type=_positive_float, default=10.0, metavar="S",
+    out.add_argument("--webhook-timeout", type=positive_float, default=10.0, metavar="S",
                      help="HTTP timeout per attempt (default 10)")
-    out.add_argument("--retries", type=cli._non_negative_int, default=4, metavar="N",
+    out.add_argument("--retries", type=non_negative_int, default=4, metavar="N",
                      help="webhook retries after a failed attempt (default 4)")
-    out.add_argument("--retry-delay", type=_positive_float, default=1.0, metavar="S",
+    out.add_argument("--retry-delay", type=positive_float, default=1.0, metavar="S",
                      help="first webhook backoff; doubles per retry, up to 30 s (default 1)")
     sel = p.add_argument_group("which events")
     sel.add_argument("--layer", action="append", default=[], metavar="GLOB",
                      help="only layers matching GLOB (fnmatch, e.g. 'encoder.*'); repeatable")
     sel.add_argument("--metric", action="append", default=[], metavar="GLOB",
                      help="only indicators matching GLOB (e.g. numerical_rank, loss); repeatable")
-    sel.add_argument("--min-score", type=_finite_float, default=None, metavar="X",
+    sel.add_argument("--min-score", type=finite_float, default=None, metavar="X",
                      help="only transitions whose detector score is at least X")
     sel.add_argument("--include-exogenous", action="store_true",
                      help="also alert on transitions explained by a known change (an LR step, "
@@ -129,23 +125,23 @@ def add_alert_parser(subs: Any, make: Callable[..., Any]) -> Any:
     sel.add_argument("--dedup", type=_window, default=_window(DEFAULT_DEDUP), metavar="WINDOW",
                      help="one alert per layer/metric/direction within WINDOW: N steps, or "
                           f"30s / 5m / 1h; 0 = off (default {DEFAULT_DEDUP})")
-    sel.add_argument("--max-per-minute", type=_non_negative_float,
+    sel.add_argument("--max-per-minute", type=non_negative_float,
                      default=DEFAULT_MAX_PER_MINUTE, metavar="N",
                      help="at most N alerts a minute, the excess summarised later as one "
                           "alert; 0 = no limit (default 10)")
     run = p.add_argument_group("running")
     run.add_argument("--once", action="store_true", help="exit after the first alert")
-    run.add_argument("--max-alerts", type=cli._positive_int, default=None, metavar="N",
+    run.add_argument("--max-alerts", type=positive_int, default=None, metavar="N",
                      help="exit after N alerts")
-    run.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+    run.add_argument("--timeout", type=positive_float, default=None, metavar="S",
                      help="exit after S seconds")
     run.add_argument("--wait", action="store_true",
                      help="wait for the run (TARGET name, or any run) to appear instead of "
                           "failing when it is not live yet")
-    run.add_argument("--stale", type=_positive_float, default=5.0, metavar="S",
+    run.add_argument("--stale", type=positive_float, default=5.0, metavar="S",
                      help="after S seconds without a message, look the run name up again "
                           "(default 5)")
-    run.add_argument("--drain", type=_non_negative_float, default=DEFAULT_DRAIN_S, metavar="S",
+    run.add_argument("--drain", type=non_negative_float, default=DEFAULT_DRAIN_S, metavar="S",
                      help="on exit, give pending deliveries up to S seconds (default 10)")
     run.add_argument("--dry-run", action="store_true",
                      help="print what would be run or posted instead of doing it")
@@ -166,14 +162,13 @@ def plan_target(target: str | None, runs: list[runtime.RunEntry], *, wait: bool
         if not runs:
             if wait:
                 return None, None, True
-            raise UserError(cli.NO_RUNS.replace("symwatch attach", "symwatch alert")
+            raise UserError(NO_RUNS.replace("symwatch attach", "symwatch alert")
                             + "; or pass --wait", code=1)
-        listing = "\n".join(f"  {r.run_id}  {r.name}  {r.endpoint}" for r in runs)
-        raise UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
+        raise several_runs(runs)
     if "://" in target:
-        return cli.resolve_target(target, runs)[0], None, False
+        return resolve_target(target, runs)[0], None, False
     try:
-        endpoint, name = cli.resolve_target(target, runs)
+        endpoint, name = resolve_target(target, runs)
     except UserError:
         if wait and not any(r.name == target for r in runs):
             return None, target, False  # not live yet: wait for a run of that name
@@ -233,8 +228,8 @@ def _alert_line(alert: Alert) -> str:
 
 
 def build_dispatcher(args: argparse.Namespace, log: Callable[[str], None]) -> Dispatcher:
-    from symwatch.consumers.alerts.sinks import DryRunSink, ExecSink, WebhookSink
-    from symwatch.consumers.alerts.rules import AlertRule, Deduplicator, Dispatcher, RateLimiter
+    from symwatch.consumers.alerts.rules import AlertRule, Deduplicator, Dispatcher, RateLimiter  # noqa: PLC0415 (lazy: the rules only once the command runs; keeps start-up fast)
+    from symwatch.consumers.alerts.sinks import DryRunSink, ExecSink, WebhookSink  # noqa: PLC0415 (lazy: the sinks, urllib and http, only once the command runs; keeps start-up fast)
 
     sinks: list[Any] = [ExecSink(cmd, timeout=args.exec_timeout, log=log) for cmd in args.exec_]
     sinks += [WebhookSink(url, timeout=args.webhook_timeout, attempts=args.retries + 1,
@@ -272,8 +267,7 @@ class _AlertPrinter:
 
 
 def cmd_alert(args: argparse.Namespace) -> int:
-    from symwatch.consumers.alerts.follow import RunFollower, run_alerts
-    from symwatch.transport.subscriber import EndpointError
+    from symwatch.consumers.alerts.follow import RunFollower, run_alerts  # noqa: PLC0415 (lazy: only `symwatch alert` follows runs; keeps start-up fast)
 
     max_alerts = 1 if args.once else args.max_alerts
     say = _printer(args.quiet)
@@ -321,7 +315,7 @@ def _report(dispatcher: Dispatcher, reason: str, signum: int | None, abandoned: 
     parts = [f"{c.dispatched} alert{'s' if c.dispatched != 1 else ''} dispatched",
              f"{c.filtered} filtered out", f"{c.deduplicated} duplicates",
              f"{dispatcher.limiter.total_suppressed} rate-limited"]
-    from symwatch.consumers.alerts.sinks import WorkerSink
+    from symwatch.consumers.alerts.sinks import WorkerSink  # noqa: PLC0415 (lazy: the sinks, urllib and http, only once the command runs; keeps start-up fast)
 
     for sink in dispatcher.sinks:
         if isinstance(sink, WorkerSink):  # not a dry run

@@ -13,10 +13,10 @@ import argparse
 import fnmatch
 import json
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
+from symwatch.cli.common import read_recording, positive_float, subparser
 from symwatch.core import protocol
-from symwatch.cli.main import _positive_float
 from symwatch.core.detection import Transition, TransitionDetector, to_event_payload
 
 EPILOG = (
@@ -27,13 +27,13 @@ EPILOG = (
     "  symwatch detect run.db --json | jq .message")
 
 
-def add_detect_parser(subs: Any, subparser: Callable[..., Any]) -> None:
+def add_detect_parser(subs: Any) -> None:
     detect = subparser(
         subs, "detect", "re-run transition detection over a recording",
         "Run the transition detector over a recording's samples with other settings than "
         "the live run used, and print the transitions it finds.", EPILOG)
     detect.add_argument("path", help="a recording (symwatch record / watch(record=...))")
-    detect.add_argument("--threshold", type=_positive_float, default=None,
+    detect.add_argument("--threshold", type=positive_float, default=None,
                         help="per-series |z| threshold (default: calibrated to the number of "
                              "series, one false transition per 10,000 samples per run)")
     detect.add_argument("--layer", action="append", metavar="GLOB",
@@ -68,9 +68,7 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from symwatch.cli.record import _reader
-
-    reader = _reader(args.path)
+    reader = read_recording(args.path)
     try:
         transitions = redetect(reader.messages((protocol.METRICS, protocol.STATS)),
                                TransitionDetector(args.threshold),

@@ -7,10 +7,15 @@ import math
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
+from symwatch.cli.common import (NO_RUNS, UserError, add_ssh_arguments, err, read_recording,
+                                 resolve_target, several_runs, subparser)
+from symwatch.cli.remote import open_remote
 from symwatch.core import runtime
-from symwatch.transport.ssh import TunnelFeed, is_ssh_target
+from symwatch.transport.ssh import is_ssh_target
+from symwatch.sources.base import SourceError
+from symwatch.sources.open import open_endpoint, open_recording, tunnel_feed
 
 RECORD_EPILOG = (
     "examples:\n"
@@ -53,7 +58,7 @@ def _speed(text: str) -> float:
     return value
 
 
-def add_recording_parsers(subs: Any, subparser: Callable[..., Any]) -> None:
+def add_recording_parsers(subs: Any) -> None:
     record = subparser(
         subs, "record", "record a live run to a SQLite file",
         "Subscribe to a live run and store every message in a SQLite recording until the run "
@@ -64,8 +69,6 @@ def add_recording_parsers(subs: Any, subparser: Callable[..., Any]) -> None:
                              "run name")
     record.add_argument("-o", "--output", required=True, metavar="PATH",
                         help="the recording (SQLite; appended to if it exists)")
-    from symwatch.transport.ssh import add_ssh_arguments
-
     add_ssh_arguments(record, short=False)
     record.set_defaults(func=cmd_record)
 
@@ -107,16 +110,13 @@ def add_recording_parsers(subs: Any, subparser: Callable[..., Any]) -> None:
 # -- record ------------------------------------------------------------------------------------
 
 def _pick_run(target: str | None) -> tuple[str, str | None]:
-    from symwatch.cli.main import NO_RUNS, UserError, resolve_target
-
     runs = runtime.live_runs()
     if target is not None:
         return resolve_target(target, runs)
     if not runs:
         raise UserError(NO_RUNS, code=1)
     if len(runs) > 1:
-        listing = "\n".join(f"  {r.run_id}  {r.name}  {r.endpoint}" for r in runs)
-        raise UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
+        raise several_runs(runs)
     return runs[0].endpoint, runs[0].name
 
 
@@ -125,15 +125,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from symwatch.cli.main import UserError, _err
-    from symwatch.transport.subscriber import BackgroundFeed, EndpointError
-    from symwatch.core.recording import Recorder
-    from symwatch.state.run_state import RunState
+    from symwatch.core.recording import Recorder  # noqa: PLC0415 (lazy: sqlite3 only for the commands that write or read a recording)
+    from symwatch.state.run_state import RunState  # noqa: PLC0415 (lazy: only the commands that follow a run fold its state; keeps start-up fast)
 
     tunnel = None
-    if is_ssh_target(args.target):  # the run's sockets forwarded over ssh (symwatch/transport/ssh.py)
-        from symwatch.cli.remote import open_remote
-
+    if is_ssh_target(args.target):  # the run's sockets forwarded over ssh (cli/remote.py)
         entry, tunnel = open_remote(args, "record")
         endpoint, name = tunnel.endpoint, f"{entry.name} on {tunnel.target.label}"
     else:
@@ -156,13 +152,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         try:
-            feed = (TunnelFeed(tunnel, on_messages=on_messages) if tunnel is not None
-                    else BackgroundFeed(endpoint, on_messages=on_messages))
-        except EndpointError as exc:
-            if tunnel is not None:
-                tunnel.close()
+            feed = (tunnel_feed(tunnel, on_messages=on_messages) if tunnel is not None
+                    else open_endpoint(endpoint, on_messages=on_messages))
+        except SourceError as exc:  # tunnel_feed has closed the tunnel
             raise UserError(str(exc)) from None
-        _err(f"symwatch record: recording {name or endpoint} to {args.output} "
+        err(f"symwatch record: recording {name or endpoint} to {args.output} "
              "(until the run ends; Ctrl-C to stop)")
         try:
             while not state.finished and recorder.failed is None:
@@ -175,31 +169,20 @@ def cmd_record(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         recorder.close(timeout=10.0)
     if recorder.failed is not None:
-        _err(f"symwatch record: {warnings[0] if warnings else recorder.failed}")
+        err(f"symwatch record: {warnings[0] if warnings else recorder.failed}")
         return 1
     how = "interrupted" if interrupted else ("the run ended" if state.finished else "stopped")
-    _err(f"symwatch record: {how}; {recorder.written:,} messages in {args.output}"
+    err(f"symwatch record: {how}; {recorder.written:,} messages in {args.output}"
          + (f" ({recorder.dropped:,} could not be queued)" if recorder.dropped else ""))
     return 130 if interrupted else 0
 
 
 # -- export ------------------------------------------------------------------------------------
 
-def _reader(path: str) -> Any:
-    from symwatch.cli.main import UserError
-    from symwatch.core.recording import RecordingError, RecordingReader
-
-    try:
-        return RecordingReader(path)
-    except RecordingError as exc:
-        raise UserError(str(exc), code=1) from None
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from symwatch.cli.main import UserError, _err
-    from symwatch.consumers.export import records, write_csv, write_jsonl
+    from symwatch.consumers.export import records, write_csv, write_jsonl  # noqa: PLC0415 (lazy: only `symwatch export` writes records; keeps start-up fast)
 
-    reader = _reader(args.path)
+    reader = read_recording(args.path)
     out = sys.stdout
     if args.output is not None:
         try:
@@ -219,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             out.close()
         reader.close()
     if reader.garbage:
-        _err(f"symwatch export: skipped {reader.garbage} unreadable rows "
+        err(f"symwatch export: skipped {reader.garbage} unreadable rows "
              f"(last: {reader.last_error})")
     return 0
 
@@ -227,18 +210,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- replay ------------------------------------------------------------------------------------
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from symwatch.cli.main import UserError
-    from symwatch.core.recording import RecordingError
-    from symwatch.sources.replay import ReplaySource
-
     speed = args.speed if args.speed is not None else (math.inf if args.headless else 1.0)
     try:
-        source = ReplaySource.open(args.path, speed=speed)
-    except RecordingError as exc:
+        source = open_recording(args.path, speed=speed)
+    except SourceError as exc:
         raise UserError(str(exc), code=1) from None
     if args.headless:
         return _replay_headless(source)
-    from symwatch.tui.app import SymwatchApp
+    from symwatch.tui.app import SymwatchApp  # noqa: PLC0415 (lazy: Textual, only when the UI opens)
 
     SymwatchApp(source, title=f"symwatch — replay of {args.path}", owns_source=True).run()
     return 0
@@ -247,8 +226,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_headless(source: Any, interval: float = 1.0) -> int:
     """Like `attach --headless`, on the replay's clock: the summary about once a second of
     wall time, and once more at the end (a run recorded without a goodbye ends stale)."""
-    from symwatch.state.run_state import DEFAULT_STALE_AFTER, RunState
-    from symwatch.consumers.summary import summary_lines
+    from symwatch.consumers.summary import summary_lines  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
+    from symwatch.state.run_state import DEFAULT_STALE_AFTER, RunState  # noqa: PLC0415 (lazy: only the commands that follow a run fold its state; keeps start-up fast)
 
     state = RunState()
     next_print = time.monotonic() + interval
@@ -267,10 +246,9 @@ def _replay_headless(source: Any, interval: float = 1.0) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from symwatch.cli.main import UserError
-    from symwatch.consumers.report import build_report
+    from symwatch.consumers.report import build_report  # noqa: PLC0415 (lazy: only `symwatch report` draws plots; keeps start-up fast)
 
-    reader = _reader(args.path)
+    reader = read_recording(args.path)
     try:
         page = build_report(reader, source=args.path)
     finally:

@@ -7,8 +7,9 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
+from symwatch.cli.common import UserError, subparser
 from symwatch.transport import relay as relay_mod
 
 EPILOG = (
@@ -27,7 +28,7 @@ EPILOG = (
     "give CurveZMQ keys. See docs/distributed.md.")
 
 
-def add_relay_parser(subs: Any, subparser: Callable[..., Any]) -> None:
+def add_relay_parser(subs: Any) -> None:
     p = subparser(
         subs, "relay", "fan in many agents (many nodes) to one endpoint viewers attach to",
         "Run a relay: agents on any number of hosts publish to it (--bind), viewers subscribe "
@@ -55,8 +56,6 @@ def add_relay_parser(subs: Any, subparser: Callable[..., Any]) -> None:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from symwatch.cli.main import UserError
-
     try:
         curve = relay_mod.load_curve(args.server_key, args.authorized)
         relay = relay_mod.Relay(args.bind, args.publish, insecure=args.insecure, curve=curve,

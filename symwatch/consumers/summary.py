@@ -6,7 +6,7 @@ import time
 from typing import Callable, TextIO
 
 from symwatch.state import numbers
-from symwatch.transport.subscriber import MessageSource
+from symwatch.sources.base import MessageSource
 from symwatch.state.run_state import RunState
 
 SUMMARY_INDICATORS = ("numerical_rank", "stable_rank")
@@ -44,7 +44,7 @@ def follow(source: MessageSource, out: TextIO, *, interval: float = 1.0,
     stop_at: float | None = None
     while True:
         state.fold_all(source.poll(100))
-        state.garbage = int(getattr(source, "garbage", 0))
+        state.garbage = int(source.garbage)
         now = time.monotonic()
         done = state.finished or (stop_at is not None and now >= stop_at)
         if now >= next_print or done:

@@ -4,12 +4,11 @@ first use."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["SymwatchCallback"]
+__all__ = ["SymwatchCallback"]  # noqa: F822 - made on first use, by __getattr__
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-
     return getattr(importlib.import_module("symwatch_agent.entry.integrations.pytorch_lightning"), name)

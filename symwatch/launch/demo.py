@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import zmq
+
 from symwatch.core import runtime
 from symwatch.core.processes import die_with_parent, end_process, free_port
 
@@ -18,8 +20,6 @@ DEMO_MODULE = "symwatch_agent.entry.demo"
 def free_endpoint() -> str:
     """A Unix socket in the runtime directory when ZeroMQ supports it and the path fits, else a
     free loopback TCP port (chosen by the kernel; a tiny race with other binders remains)."""
-    import zmq
-
     if zmq.has("ipc"):
         endpoint = runtime.default_ipc_endpoint(f"demo-{os.getpid()}-{secrets.token_hex(3)}")
         if endpoint:

@@ -5,12 +5,12 @@ The agent is injected through the interpreter's start-up: the bootstrap director
 agent options go into `SYMWATCH_*` variables; then this process *becomes* the command
 (`os.execvpe`), so its exit status, signals and stdin/stdout/stderr are the command's own.
 This module never imports torch or the agent (it only locates the agent's files). How the
-bootstrap finds the model, optimizer and loss: docs/launch.md.
+bootstrap finds the model, optimizer and loss: docs/launch.md. The command line (the options of
+`symwatch run`): symwatch/cli/run.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import re
@@ -62,7 +62,7 @@ def bootstrap_dir() -> Path:
     return path
 
 
-def _package_roots() -> list[str]:
+def package_roots() -> list[str]:
     """Directories that make `symwatch_agent` and `symwatch` importable, for an interpreter
     other than this one (appended to its sys.path only if it cannot import the agent)."""
     roots: list[str] = []
@@ -180,7 +180,7 @@ def plan(command: Sequence[str], options: Mapping[str, Any],
     if argv and argv[0] == "--":
         argv = argv[1:]
     injected, note = check_command(argv, base_env)
-    env = build_env(base_env, options, bootstrap_dir(), _package_roots())
+    env = build_env(base_env, options, bootstrap_dir(), package_roots())
     return Plan(argv, env, injected, [note] if note else [])
 
 
@@ -197,89 +197,3 @@ def execute(p: Plan, *, execvpe: Callable[..., Any] = os.execvpe) -> int:
         print(f"symwatch run: cannot run {p.argv[0]}: {exc.strerror or exc}", file=sys.stderr)
         return 126
     return 0  # only reached with a test double for execvpe
-
-
-# -- the CLI subcommand ----------------------------------------------------------------------------
-
-RUN_EPILOG = (
-    "examples:\n"
-    "  symwatch run -- python train.py --lr 3e-4\n"
-    "  symwatch run --every 5 --name gan -- python -m mypkg.train\n"
-    "  symwatch run --every 1 --budget 1 --full-every 100 -- python train.py\n"
-    "                                every step sampled, spectra every 100th\n"
-    "  symwatch run --endpoint tcp://127.0.0.1:5555 -- torchrun --nproc-per-node 4 train.py\n"
-    "  symwatch run --record run.db -- ./train.py        an entry-point or #!python script\n"
-    "  symwatch run --connect tcp://127.0.0.1:5557 -- torchrun --nproc-per-node 4 train.py\n"
-    "                                every rank publishes to a `symwatch relay`\n\n"
-    "Then, in another terminal: symwatch attach\n\n"
-    "The command runs exactly as without symwatch: same exit status, signals, stdin and\n"
-    "stdout (symwatch writes only to stderr). The agent starts on the first optimizer.step()\n"
-    "of each training process; the models are the modules owning the optimizers' parameters,\n"
-    "the loss is the scalar .backward() is called on. Options can also be set as environment\n"
-    "variables: SYMWATCH_NAME, SYMWATCH_EVERY, SYMWATCH_BUDGET, SYMWATCH_FULL_EVERY,\n"
-    "SYMWATCH_ENDPOINT, SYMWATCH_RECORD. Not possible with python -I, -E or -S (the command still runs).")
-
-
-def add_run_parser(subs: Any, subparser: Callable[..., Any]) -> None:
-    from symwatch.cli.main import _positive_int
-
-    run = subparser(
-        subs, "run", "run a training command with the agent injected, no code change",
-        "Run any Python training command (python train.py, python -m pkg.train, torchrun ..., "
-        "an entry-point script) with the symwatch agent injected at interpreter start-up. "
-        "The model(s), optimizer(s) and loss are found automatically.",
-        RUN_EPILOG)
-    run.add_argument("--name", default=None, help="run name shown in the UI and `ls` "
-                                                  "(default: the script's file name)")
-    run.add_argument("--every", type=_positive_int, default=None, metavar="K",
-                     help="sample the indicators at most every K optimizer steps (default 10)")
-    run.add_argument("--budget", type=_fraction, default=None, metavar="F",
-                     help="largest fraction of wall time the agent may take (default 0.01)")
-    run.add_argument("--full-every", type=_positive_int, default=None, metavar="K",
-                     help="at most one full sample (exact spectra, duplicate units) in every K "
-                          "samples, the rest cheap (default: as often as the budget allows)")
-    run.add_argument("--endpoint", default=None,
-                     help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: a "
-                          "private Unix socket per process, listed by `symwatch ls`)")
-    run.add_argument("--connect", default=None, metavar="ENDPOINT",
-                     help="publish to a `symwatch relay` at ENDPOINT (its --bind address) "
-                          "instead of a socket of each process's own; for multi-node jobs")
-    run.add_argument("--record", default=None, metavar="PATH",
-                     help="also record every message to this SQLite file ({run}, {rank} expand)")
-    run.add_argument("--quiet", action="store_true",
-                     help="no `symwatch: watching ...` line on stderr when the agent starts")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
-                     help="the command to run")
-    run.set_defaults(func=cmd_run)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
-    return value
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from symwatch.cli.main import UserError
-    from symwatch.transport.subscriber import EndpointError, validate_endpoint
-
-    for option in ("endpoint", "connect"):
-        if getattr(args, option, None) is not None:
-            try:
-                setattr(args, option, validate_endpoint(getattr(args, option)))
-            except EndpointError as exc:
-                raise UserError(f"--{option}: {exc}") from None
-    options = {"name": args.name, "every": args.every, "budget": args.budget,
-               "full_every": args.full_every, "endpoint": args.endpoint, "record": args.record, "quiet": args.quiet,
-               "connect": getattr(args, "connect", None)}
-    try:
-        p = plan(args.command, options)
-    except LaunchError as exc:
-        raise UserError(str(exc)) from None
-    for note in p.notes:
-        print(f"symwatch run: note: {note}", file=sys.stderr)
-    return execute(p)

@@ -58,7 +58,7 @@ def serve(command: str, *, host: str = DEFAULT_HOST, port: int = 0, title: str =
           announce: Sequence[str] = ()) -> int:
     """Serve `command` until Ctrl+C / SIGTERM. Prints the URL first (stderr, flushed)."""
     try:
-        from textual_serve.server import Server
+        from textual_serve.server import Server  # noqa: PLC0415 (lazy: an optional extra, only for --web)
     except ImportError:
         raise WebError("--web needs textual-serve: pip install textual-serve") from None
     if port == 0:

@@ -32,6 +32,12 @@ def compact(value: Any, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def with_unit(value: Any, unit: str) -> str:
+    """Three significant figures and the unit ('87%', '250 W'); N/A alone, without a unit."""
+    s = compact(value, 3)
+    return s if s == NA else f"{s}{unit}"
+
+
 def percent(fraction: Any, digits: int = 1) -> str:
     """A fraction (0.0123) as a percentage ('1.2%')."""
     if not _is_number(fraction):

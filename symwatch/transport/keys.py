@@ -1,15 +1,15 @@
-"""CurveZMQ keys on the observer side: `symwatch keygen`, and the client settings of
+"""CurveZMQ keys on the observer side: making them (`symwatch keygen`, whose command line is
+symwatch/cli/keygen.py), and the client settings of
 `symwatch attach --server-key FILE --client-key FILE` (docs/security.md)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -36,7 +36,7 @@ class CurveClient:
 def load_client(server_key: str | os.PathLike[str],
                 client_key: str | os.PathLike[str]) -> CurveClient:
     """Read the server's public key file and this viewer's secret key file."""
-    import zmq.auth
+    import zmq.auth  # noqa: PLC0415 (lazy: ~7 ms; every command imports this module, few load keys)
 
     server_key, client_key = os.fspath(server_key), os.fspath(client_key)
     try:
@@ -66,7 +66,7 @@ def keygen(folder: str | os.PathLike[str], *, client: str = "client",
     """Make a server pair (unless `server` is False) and a client pair named `client` in
     `folder` (0700), secret files 0600, the client's public key also copied into
     `folder/authorized/`. Never overwrites an existing key."""
-    import zmq.auth
+    import zmq.auth  # noqa: PLC0415 (lazy: ~7 ms; only `symwatch keygen` makes keys)
 
     root = Path(folder)
     names = (["server"] if server else []) + [client]
@@ -92,51 +92,3 @@ def keygen(folder: str | os.PathLike[str], *, client: str = "client",
     finally:
         os.umask(old)
     return made
-
-
-# -- the `symwatch keygen` command ---------------------------------------------------------------
-
-def add_keygen_parser(subs: Any, subparser: Callable[..., Any]) -> None:
-    p = subparser(
-        subs, "keygen", "make CurveZMQ keys to publish beyond this machine safely",
-        "Make a CurveZMQ server key pair and a client key pair (secret files mode 0600), "
-        "needed to publish on a network interface: the agent encrypts the stream and admits "
-        "only the client keys in its authorised directory; viewers pin the server key.",
-        "examples:\n"
-        "  symwatch keygen ~/.symwatch-keys\n"
-        "  symwatch keygen ~/.symwatch-keys --client alice   another viewer's key pair\n\n"
-        "See docs/security.md for where each file goes.")
-    p.add_argument("directory", nargs="?", default="symwatch-keys",
-                   help="where to write the keys (default: ./symwatch-keys)")
-    p.add_argument("--client", default=None, metavar="NAME",
-                   help="only make a client pair NAME (the server pair exists already)")
-    p.set_defaults(func=cmd_keygen)
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from symwatch.cli.main import UserError
-
-    try:
-        made = keygen(args.directory, client=args.client or "client",
-                      server=args.client is None)
-    except (KeyFileError, OSError) as exc:
-        raise UserError(str(exc), code=1) from None
-    name = args.client or "client"
-    lines = ["symwatch keygen: made these keys (secret files are mode 0600: never copy or "
-             "share them):", ""]
-    if "server_secret" in made:
-        lines += [f"  {made['server_secret']}",
-                  "      the server's SECRET key: stays on the training host; give it to the "
-                  "agent: watch(..., curve_server_key=...) or $SYMWATCH_CURVE_SERVER_KEY",
-                  f"  {made['server_public']}",
-                  "      the server's public key: copy to every viewer "
-                  "(symwatch attach ... --server-key FILE)"]
-    lines += [f"  {made[name + '_secret']}",
-              "      the viewer's SECRET key: stays with the viewer "
-              "(symwatch attach ... --client-key FILE)",
-              f"  {made['authorized']}/{name}.key",
-              "      the viewer's public key, in the agent's authorised-keys directory: "
-              "watch(..., curve_authorized=DIR) or $SYMWATCH_CURVE_AUTHORIZED (copy it there "
-              "on the training host)"]
-    print("\n".join(lines))
-    return 0

@@ -6,13 +6,14 @@ import re
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from symwatch.core import protocol
 from symwatch.core.protocol import Message, ProtocolError
+from symwatch.transport.late_join import LateJoin
 
 _TCP_RE = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]\s]+):(?P<port>\d{1,5})$")
 
@@ -47,22 +48,6 @@ def validate_endpoint(endpoint: str) -> str:
         host, port = ep.rsplit(":", 1)
         hint = f" (did you mean tcp://{host or '127.0.0.1'}:{port}?)"
     raise EndpointError(f"expected tcp://HOST:PORT or ipc://PATH, got {endpoint!r}{hint}")
-
-
-class MessageSource(Protocol):
-    """What the TUI and the headless printer read from: decoded messages plus receive counters."""
-
-    endpoint: str
-
-    @property
-    def garbage(self) -> int: ...
-
-    @property
-    def last_error(self) -> str | None: ...
-
-    def poll(self, timeout_ms: int = 0) -> list[Message]: ...
-
-    def close(self) -> None: ...
 
 
 class Subscriber:
@@ -261,8 +246,6 @@ class BackgroundFeed:
             return
         join = None
         if self._history:
-            from symwatch.transport.late_join import LateJoin
-
             join = self.late_join = LateJoin(self.endpoint, context=self._context,
                                              history_endpoint=self._history_endpoint,
                                              curve=self._curve)
@@ -322,26 +305,3 @@ class BackgroundFeed:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class ListSource:
-    """A MessageSource over messages already in memory (tests, replays); `push` adds more."""
-
-    def __init__(self, messages: Iterable[Message] = (), *, endpoint: str = "(recorded)",
-                 batch: int | None = None) -> None:
-        self.endpoint = endpoint
-        self.garbage = 0
-        self.last_error: str | None = None
-        self._pending: deque[Message] = deque(messages)
-        self._batch = batch
-        self.closed = False
-
-    def push(self, *messages: Message) -> None:
-        self._pending.extend(messages)
-
-    def poll(self, timeout_ms: int = 0) -> list[Message]:
-        n = len(self._pending) if self._batch is None else min(self._batch, len(self._pending))
-        return [self._pending.popleft() for _ in range(n)]
-
-    def close(self) -> None:
-        self.closed = True

@@ -16,8 +16,11 @@ from textual.notifications import Notification, Notify, SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
 
-from symwatch.transport.subscriber import BackgroundFeed, MessageSource
 from symwatch.core.protocol import Message
+from symwatch.sources import base as sources
+from symwatch.sources.base import MessageSource
+from symwatch.sources.memory import ListSource
+from symwatch.sources.open import open_endpoint
 from symwatch.state.run_state import (DEFAULT_STALE_AFTER, FINISHED, LIVE, RECONNECTING, STALE, WAITING,
                             RunState)
 from symwatch.tui.widgets.banner import ConnectionBanner
@@ -36,31 +39,19 @@ from symwatch.tui.heap import LongLivedHistory
 from symwatch.tui.widgets.layer_table import LayerTable
 from symwatch.tui.main_layout import MainHeights, main_heights
 from symwatch.tui.widgets.panels import EventsLog, GpuLine, LossPanel
+from symwatch.tui.pacing import INPUT_FIRST_S, FramePacer
+from symwatch.tui.screens.runs import RunsConfig, RunsScreen, open_runs_screen
 from symwatch.tui.widgets.ranks_panel import RanksLine, RanksScreen
 
 # The view redraws when data arrives (a source with `on_arrival`, e.g. BackgroundFeed), and on
 # this clock in any case (the stale countdown; sources that cannot wake the app). Redraws for
-# new data are paced: at most one per MIN_FRAME_S, and from a budget of DATA_SHARE of the UI
-# thread's time (a token bucket holding up to BURST_S; each redraw costs what it took: fold,
-# draw and the screen update after it). Cheap redraws go out at once; expensive ones (1,000
-# layers at 10 Hz, a busy machine) are spaced so that a key press is answered within about one
-# redraw however fast messages come.
+# new data are paced by symwatch.tui.pacing.FramePacer.
 TICK_S = 0.2
-MIN_FRAME_S = 1 / 60  # Textual composes at most 60 screen updates a second (TEXTUAL_FPS)
-DATA_SHARE = 0.4
-# Small: a key press reaches the app only when the event loop turns between two pieces of work
-# (the terminal's input thread hands it over with run_coroutine_threadsafe), so redraws must
-# not run back to back. 0.25 s let five 50 ms redraws of a 1,000-layer table go in a row, and a
-# key waited behind all of them; 0.06 s is one such redraw, or several cheap ones.
-BURST_S = 0.06
 # Time one go of folding may take. What is left (the rest of a large message, in slices, then
 # the app's backlog, then the source, where ZeroMQ drops at its high-water mark and the gap
 # shows as "dropped") is folded by the next go, queued behind any key press that came
 # meanwhile: a key waits for at most one go, not for a whole 1,000-layer message.
 FOLD_SLICE_S = 0.012
-# With input waiting, a tick comes back this much later, at most MAX_DEFERRALS times in a row.
-INPUT_FIRST_S = 0.004
-MAX_DEFERRALS = 10
 FOLD_PAUSE_S = 0.006  # between goes: folding a backlog takes at most 2/3 of the UI thread
 NOTIFY_SEVERITIES = ("warning", "error", "transition")
 # Event toasts on screen at once: a burst of transitions (a weight-decay switch moves every
@@ -84,7 +75,7 @@ def toast_text(message: str) -> str:
 
 class SymwatchApp(App[None]):
     """Drains `source.poll(0)` into a RunState (when the source says data arrived, and every
-    TICK_S) and redraws the widgets from it, paced (see DATA_SHARE)."""
+    TICK_S) and redraws the widgets from it, paced (symwatch.tui.pacing)."""
 
     CSS_PATH = "app.tcss"
     BINDINGS = [
@@ -134,23 +125,17 @@ class SymwatchApp(App[None]):
         self.ring_bell = bell  # the terminal bell on each transition, for who looks away
         self.source = source
         # what the header names: a source's `where` (e.g. ssh://host/run), else its endpoint
-        self.endpoint: str = getattr(source, "where", None) or getattr(source, "endpoint", "?")
+        self.endpoint: str = sources.where(source)
         self.state = RunState(stale_after=stale_after)
         self.paused = False  # paused or scrolled back: `window` is not live
         self.window = HistoryWindow()  # the stretch of the run shown (live: the newest)
         self._window_run: str | None = None  # the run the window was set on
         self._wake_pending = False  # a redraw is scheduled because data arrived
-        self._last_tick_at = 0.0
-        self._last_draw_end = 0.0  # when the last redraw of new data ended (monotonic)
-        self._last_draw_wall = 0.0  # and the wall-clock time it took
-        self.frame_cost = 0.0  # CPU seconds a redraw takes, tick to screen update (smoothed)
-        self._budget = BURST_S  # seconds of UI time data redraws may use now (token bucket)
-        self._budget_at = time.monotonic()
+        self.pacer = FramePacer()  # when redraws for new data may go out
         self.long_lived = LongLivedHistory()  # the run's series kept out of full GC passes
         self._heap_checked_at = 0.0
         self._tick_deferred = False  # a tick waits for input to be handled first
         self._deferred_draw = False  # ... and one of the ticks it stands for was to draw
-        self._deferrals = 0  # ticks deferred in a row (bounded: data must show in the end)
         self._folding: Iterator[None] | None = None  # a message folded in slices, part-way
         self._fold_queued = False  # a go of folding is queued behind the app's other messages
         self.owns_source = owns_source
@@ -168,9 +153,10 @@ class SymwatchApp(App[None]):
         self.title = title or f"symwatch — {self.endpoint}"
         # A replay source ages the state on its own clock (recording time), so a paused replay
         # is not "stale"; `generation` changes when it seeks back and the state must restart.
-        self._clock = getattr(source, "now", None) or time.monotonic
-        self._generation = getattr(source, "generation", 0)
-        self.runs_config: Any = None  # the Runs screen's hosts and ssh options (runs_screen.py)
+        self._clock = sources.clock(source)
+        self._generation = sources.generation(source)
+        # the Runs screen's hosts and ssh options (symwatch.tui.screens.runs)
+        self.runs_config: RunsConfig | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="main"):
@@ -194,8 +180,7 @@ class SymwatchApp(App[None]):
 
     def _listen(self, source: MessageSource) -> None:
         """Be woken by the source when data arrives (if it can), instead of waiting a tick."""
-        if hasattr(source, "on_arrival"):
-            source.on_arrival = self._data_arrived  # type: ignore[attr-defined]
+        sources.listen(source, self._data_arrived)
 
     class DataArrived(UiMessage):
         """Posted from the source's thread when messages are queued."""
@@ -208,7 +193,7 @@ class SymwatchApp(App[None]):
 
     def on_symwatch_app_data_arrived(self, _: DataArrived) -> None:
         # Coalesced and paced: at once when the last redraw is old enough, else when it will be.
-        delay = self._next_frame_at() - time.monotonic()
+        delay = self.pacer.delay()
         if delay > 0.001:
             self.set_timer(delay, self._woken_tick)
         else:  # (a zero-delay Textual timer divides by zero)
@@ -217,7 +202,7 @@ class SymwatchApp(App[None]):
     def _woken_tick(self) -> None:
         # The pace is looked at again: another redraw may have gone out since this one was
         # timed (a fold's last go, the clock), and two in a row leave a key press waiting.
-        delay = self._next_frame_at() - time.monotonic()
+        delay = self.pacer.delay()
         if delay > 0.001:
             self.set_timer(delay, self._woken_tick)  # still pending: data wakes nobody else
             self.tick(draw=False)
@@ -232,44 +217,19 @@ class SymwatchApp(App[None]):
 
     # -- the clock -----------------------------------------------------------------------------
 
-    def _refill(self) -> float:
-        now = time.monotonic()
-        self._budget = min(BURST_S, self._budget + (now - self._budget_at) * DATA_SHARE)
-        self._budget_at = now
-        return now
-
-    def _next_frame_at(self) -> float:
-        now = self._refill()
-        # Also by the clock on the wall: after a redraw that took w seconds, none for
-        # w·(1/DATA_SHARE − 1). On a busy machine CPU time undercounts a redraw (waiting for
-        # the GIL, for a core), and redraws back to back leave no turn of the event loop in
-        # which a key press could arrive.
-        at = max(self._last_tick_at + MIN_FRAME_S,
-                 self._last_draw_end + self._last_draw_wall * (1 / DATA_SHARE - 1))
-        return max(at, now - self._budget / DATA_SHARE) if self._budget < 0 else at
+    @property
+    def frame_cost(self) -> float:
+        """CPU seconds a redraw takes, tick to screen update (smoothed)."""
+        return self.pacer.frame_cost
 
     def _clock_tick(self) -> None:
         # Folds what arrived in any case; redraws when the pace allows (and no redraw woken by
         # data is waiting already).
-        self.tick(draw=not self._wake_pending and time.monotonic() >= self._next_frame_at())
+        self.tick(draw=not self._wake_pending and self.pacer.due())
         now = time.monotonic()
         if now >= self._heap_checked_at + 1.0:
             self._heap_checked_at = now
             self.long_lived.update(self.state.series_count())
-
-    def _charge(self, cpu_started: float) -> float:
-        """Take the UI thread's CPU time since `cpu_started` from the redraw budget. CPU time,
-        not wall time: on a busy machine waiting for a core is not work of ours, and charging
-        it would slow the view down for nothing."""
-        self._refill()
-        cost = time.thread_time() - cpu_started
-        self._budget -= cost
-        return cost
-
-    def _frame_shown(self, drawn_cost: float, cpu_drawn: float) -> None:
-        """The screen update after a redraw: the rest of the redraw's cost."""
-        cost = drawn_cost + self._charge(cpu_drawn)
-        self.frame_cost = 0.7 * self.frame_cost + 0.3 * cost
 
     def tick(self, draw: bool = True) -> None:
         """Drain the source, fold, redraw (if `draw`). Anything unexpected is counted, not
@@ -278,18 +238,15 @@ class SymwatchApp(App[None]):
         self._deferred_draw |= draw
         if self._tick_deferred:
             return  # a deferred tick is on its way and will do this one's work
-        if self._input_waiting() and self._deferrals < MAX_DEFERRALS:
-            self._deferrals += 1
+        if self.pacer.defer_for_input(self._input_waiting()):
             self._tick_deferred = True
             self.set_timer(INPUT_FIRST_S, self._deferred_tick)
             return
-        self._deferrals = 0
         draw, self._deferred_draw = self._deferred_draw, False
         now = self._clock()
-        started = time.monotonic()
-        cpu_started = time.thread_time()
+        frame = self.pacer.begin()
         try:
-            if getattr(self.source, "generation", 0) != self._generation:
+            if sources.generation(self.source) != self._generation:
                 self._restart_state()
             if self._drain(now) and not self._fold_queued:
                 # A timer, not call_later: the app's queue is served without yielding to the
@@ -301,19 +258,12 @@ class SymwatchApp(App[None]):
                 self.set_timer(FOLD_PAUSE_S, self._fold_more)
             if not draw:
                 return
-            self._last_tick_at = started
             drawn = self._drawn_revision
-            drawn_started = time.monotonic()
+            self.pacer.drawing(frame)
             self._draw(now)
             if self._drawn_revision != drawn:  # new data drawn: time it to the screen update
-                # Charged now, not only once the screen has updated: redraws scheduled before
-                # that would otherwise run back to back, uncharged, with no screen update (and
-                # no turn of the event loop for a key press) in between.
-                cpu_drawn = time.thread_time()
-                drawn_cost = self._charge(cpu_started)
-                self._last_draw_end = time.monotonic()
-                self._last_draw_wall = self._last_draw_end - drawn_started
-                self.call_after_refresh(self._frame_shown, drawn_cost, cpu_drawn)
+                self.pacer.drawn(frame)
+                self.call_after_refresh(self.pacer.shown, frame)
         except Exception as exc:  # noqa: BLE001 - the view must outlive any bad input
             self.tick_errors += 1
             self.last_tick_error = f"{type(exc).__name__}: {exc}"
@@ -341,7 +291,7 @@ class SymwatchApp(App[None]):
         self._fold_queued = False
         self.tick(draw=False)
         all_in = self._folding is None and not self._backlog
-        if all_in and not self._wake_pending and time.monotonic() >= self._next_frame_at():
+        if all_in and not self._wake_pending and self.pacer.due():
             self.tick()
 
     def _drain(self, now: float) -> bool:
@@ -363,12 +313,12 @@ class SymwatchApp(App[None]):
                 self._folding = None
                 self.tick_errors += 1
                 self.last_tick_error = f"{type(exc).__name__}: {exc}"
-        self.state.garbage = int(getattr(self.source, "garbage", 0))
-        self.state.last_error = getattr(self.source, "last_error", None)
+        self.state.garbage = int(self.source.garbage)
+        self.state.last_error = self.source.last_error
         return self._folding is not None or bool(self._backlog)
 
     def _restart_state(self) -> None:
-        self._generation = getattr(self.source, "generation", 0)
+        self._generation = sources.generation(self.source)
         self.state = RunState(stale_after=self.state.stale_after)
         self._backlog.clear()
         self._folding = None
@@ -454,7 +404,7 @@ class SymwatchApp(App[None]):
         """The state's waiting/live/stale/finished, or reconnecting while the source says its
         connection dropped (a crashed or restarting agent: known before the stale timeout)."""
         state = self.state.connection(now if now is not None else self._clock())
-        if state in (LIVE, STALE) and getattr(self.source, "connected", None) is False:
+        if state in (LIVE, STALE) and sources.disconnected(self.source):
             return RECONNECTING
         return state
 
@@ -512,8 +462,6 @@ class SymwatchApp(App[None]):
 
     def action_runs(self) -> None:
         """The Runs screen: runs here and on SSH hosts, recordings; Enter shows one here."""
-        from symwatch.tui.screens.runs import RunsScreen, open_runs_screen
-
         if not isinstance(self.screen, RunsScreen):
             open_runs_screen(self)
 
@@ -522,9 +470,9 @@ class SymwatchApp(App[None]):
         closed on a thread (a tunnel takes a moment to end)."""
         old, owned = self.source, self.owns_source
         self.source, self.owns_source = source, True
-        self.endpoint = getattr(source, "where", None) or getattr(source, "endpoint", "?")
+        self.endpoint = sources.where(source)
         self.title = title or f"symwatch — {self.endpoint}"
-        self._clock = getattr(source, "now", None) or time.monotonic
+        self._clock = sources.clock(source)
         self._restart_state()
         self._listen(source)
         self.refresh_bindings()  # the replay keys follow the source
@@ -560,7 +508,8 @@ class SymwatchApp(App[None]):
         if action == "replay":  # bound (and shown) only for a source with that control
             if isinstance(self.focused, Input):
                 return False  # its keys (space, +, -, Home, End) are the filter's text then
-            return bool(parameters) and callable(getattr(self.source, str(parameters[0]), None))
+            return bool(parameters) and sources.replay_control(self.source,
+                                                               str(parameters[0])) is not None
         return True
 
     # -- sorting, filtering, themes, the palette ----------------------------------------------
@@ -646,10 +595,13 @@ class SymwatchApp(App[None]):
             self.push_screen(LayerDetailScreen(self.state, str(row.value)))
 
     def action_replay(self, control: str) -> None:
-        getattr(self.source, control)()
-        status = getattr(self.source, "status", None)
-        if callable(status):
-            self.notify(str(status()), timeout=2.0)
+        run = sources.replay_control(self.source, control)
+        if run is None:
+            raise AttributeError(f"{type(self.source).__name__} has no replay control {control!r}")
+        run()
+        status = sources.status(self.source)
+        if status is not None:
+            self.notify(status, timeout=2.0)
         self.tick()
 
     def action_pause(self) -> None:
@@ -692,12 +644,27 @@ class SymwatchApp(App[None]):
         self._set_window(HistoryWindow(span=self.window.span))
 
 
+class RunsApp(SymwatchApp):
+    """The dashboard with no run yet, starting on the Runs screen (`symwatch attach` with
+    several runs, or with --ssh-host); Esc there quits."""
+
+    def __init__(self, config: RunsConfig, **options: Any) -> None:
+        super().__init__(ListSource(endpoint="(no run chosen)"), title="symwatch — runs",
+                         owns_source=True, **options)
+        self.runs_config = config
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        open_runs_screen(self, first=True)
+
+
 def make_app(endpoint: str, *, title: str | None = None,
              stale_after: float = DEFAULT_STALE_AFTER, bell: bool = False,
              curve: Any = None, theme: str | None = None) -> SymwatchApp:
-    """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source;
-    `curve` (symwatch.transport.keys.CurveClient) for an agent that requires CurveZMQ; `theme` a Textual
-    theme name (symwatch.tui.themes.resolve_theme)."""
-    feed = BackgroundFeed(endpoint, curve=curve)
+    """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source
+    (symwatch.sources.open; SourceError for an endpoint it cannot use); `curve`
+    (symwatch.transport.keys.CurveClient) for an agent that requires CurveZMQ; `theme` a
+    Textual theme name (symwatch.tui.themes.resolve_theme)."""
+    feed = open_endpoint(endpoint, curve=curve)
     return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True, bell=bell,
                        theme=theme)

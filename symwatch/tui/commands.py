@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator, Protocol
 
 from textual.actions import parse
 from textual.app import SystemCommand
@@ -14,8 +14,21 @@ from textual.app import SystemCommand
 from symwatch.tui.columns import label
 from symwatch.tui.layer_order import INDICATOR_PREFIX, TEXT_COLUMNS
 
-if TYPE_CHECKING:
-    from symwatch.tui.app import SymwatchApp
+
+class CommandHost(Protocol):
+    """What the palette needs of the app (symwatch.tui.app.SymwatchApp)."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None: ...
+
+    async def run_action(self, action: str, default_namespace: Any = None) -> bool: ...
+
+    def indicator_columns(self) -> list[str]: ...
+
+    def sort_by(self, column: str | None) -> None: ...
+
+    def layer_filter(self) -> str: ...
+
+    def set_layer_filter(self, pattern: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ def action_name(action: str) -> str:
     return parse(action)[1]
 
 
-def palette_commands(app: SymwatchApp) -> Iterator[SystemCommand]:
+def palette_commands(app: CommandHost) -> Iterator[SystemCommand]:
     """The app's commands for Textual's command palette (those the app can run now), and a
     "Sort by …" command for each column on screen."""
     for command in COMMANDS:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-import socket
 import time
 
 import pytest
@@ -17,15 +16,10 @@ from torch import nn
 
 import symwatch
 from symwatch.core import protocol
+from symwatch.core.processes import free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, world: int, master_port: int, ports: list[int], runtime: str) -> None:
@@ -51,9 +45,9 @@ def _rank_main(rank: int, world: int, master_port: int, ports: list[int], runtim
 
 
 def test_ddp_ranks_publish_tagged_and_replicas_are_measured_once(collector, runtime_dir):
-    world, ports = 2, [_free_port(), _free_port()]
+    world, ports = 2, [free_port(), free_port()]
     subs = [collector(f"tcp://127.0.0.1:{port}") for port in ports]
-    mp.spawn(_rank_main, args=(world, _free_port(), ports, runtime_dir), nprocs=world,
+    mp.spawn(_rank_main, args=(world, free_port(), ports, runtime_dir), nprocs=world,
              join=True)
     for sub in subs:
         sub.drain(0.5)
@@ -84,7 +78,7 @@ def test_the_ranks_of_a_job_share_a_run_id_and_keep_their_own_files(monkeypatch,
     assert not node_leader(3, None)
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")  # torchrun restarted the workers
     agents = [symwatch.watch(nn.Linear(2, 2), rank=r, world_size=2, local_rank=r,

@@ -23,6 +23,7 @@ from torch import nn
 
 import symwatch
 from symwatch.core import protocol
+from symwatch.core.processes import free_port
 from symwatch.transport.subscriber import BackgroundFeed
 from symwatch.transport.relay import Relay
 from symwatch.state.run_state import RunState
@@ -31,12 +32,6 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with gloo is not available")
 
 STEPS = 40
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model() -> nn.Module:
@@ -97,7 +92,7 @@ def _run_job(flavour: str, runtime_dir: str, tmp_path: Path, view) -> None:
     """Start the relay and two ranks; `view(relay, out)` watches while they train."""
     with Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:0") as relay:
         out = str(tmp_path / f"{flavour}.json")
-        ctx = mp.spawn(_rank_main, args=(2, _free_port(), relay.bind_endpoint, runtime_dir, out,
+        ctx = mp.spawn(_rank_main, args=(2, free_port(), relay.bind_endpoint, runtime_dir, out,
                                          flavour), nprocs=2, join=False)
         try:
             view(relay, out)
@@ -189,7 +184,7 @@ async def test_the_tui_shows_both_ranks_of_a_real_two_rank_run(runtime_dir, tmp_
 
     with Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:0") as relay:
         out = str(tmp_path / "tui.json")
-        ctx = mp.spawn(_rank_main, args=(2, _free_port(), relay.bind_endpoint, runtime_dir, out,
+        ctx = mp.spawn(_rank_main, args=(2, free_port(), relay.bind_endpoint, runtime_dir, out,
                                          "fsdp2"), nprocs=2, join=False)
         try:
             app = SymwatchApp(BackgroundFeed(relay.publish_endpoint), owns_source=True,

@@ -4,71 +4,12 @@ The real "library not found" path runs against the real pynvml installed here.""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 
 from symwatch.core import protocol
+from fake_nvml import FakeNVML, NotSupported, NVMLError, fake_device
 from symwatch_agent.measure.gpu import GpuSampler
-
-
-class NVMLError(Exception):
-    pass
-
-
-class NotSupported(NVMLError):
-    pass
-
-
-class FakeNVML:
-    """Devices as dicts; a field set to NotSupported raises it, as real NVML does."""
-
-    NVML_TEMPERATURE_GPU = 0
-
-    def __init__(self, devices: list[dict], init_error: Exception | None = None) -> None:
-        self.devices = devices
-        self.init_error = init_error
-        self.shutdowns = 0
-
-    def nvmlInit(self) -> None:
-        if self.init_error:
-            raise self.init_error
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.devices)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> dict:
-        return self.devices[i]
-
-    def _get(self, handle: dict, key: str):
-        if handle.get("lost"):
-            raise NVMLError("GPU is lost")
-        value = handle[key]
-        if value is NotSupported:
-            raise NotSupported("Not Supported")
-        return value
-
-    def nvmlDeviceGetName(self, h): return self._get(h, "name")
-    def nvmlDeviceGetUUID(self, h): return self._get(h, "uuid")
-    def nvmlDeviceGetUtilizationRates(self, h): return SimpleNamespace(gpu=self._get(h, "util"))
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return SimpleNamespace(used=self._get(h, "used"), total=self._get(h, "total"))
-    def nvmlDeviceGetTemperature(self, h, sensor): return self._get(h, "temp")
-    def nvmlDeviceGetPowerUsage(self, h): return self._get(h, "power_mw")
-    def nvmlDeviceGetEnforcedPowerLimit(self, h): return self._get(h, "limit_mw")
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        self.process_calls = getattr(self, "process_calls", 0) + 1
-        return [SimpleNamespace(pid=pid, usedGpuMemory=used)
-                for pid, used in self._get(h, "processes")]
-
-
-def _device(i: int, **over) -> dict:
-    return {"name": b"NVIDIA H200", "uuid": f"GPU-{i}aaa", "util": 87, "used": 40 * 2**30,
-            "total": 141 * 2**30, "temp": 61, "power_mw": 450_000, "limit_mw": 700_000,
-            "processes": [], **over}
 
 
 def _valid(payload: dict) -> dict:
@@ -80,7 +21,7 @@ def _valid(payload: dict) -> dict:
 
 def test_two_gpus_are_reported_in_natural_units(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    sampler = GpuSampler(FakeNVML([_device(0), _device(1, util=3)]))
+    sampler = GpuSampler(FakeNVML([fake_device(0), fake_device(1, util=3)]))
     payload = _valid(sampler.sample())
     assert payload["available"] is True
     assert [(d["index"], d["name"], d["util"]) for d in payload["devices"]] == [
@@ -91,23 +32,23 @@ def test_two_gpus_are_reported_in_natural_units(monkeypatch):
 
 def test_an_unsupported_field_is_null_never_zero(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    sampler = GpuSampler(FakeNVML([_device(0, power_mw=NotSupported, temp=NotSupported)]))
+    sampler = GpuSampler(FakeNVML([fake_device(0, power_mw=NotSupported, temp=NotSupported)]))
     dev = _valid(sampler.sample())["devices"][0]
     assert dev["power"] is None and dev["temp"] is None and dev["util"] == 87
 
 
 def test_cuda_visible_devices_is_respected_by_index_and_uuid(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1")
-    sampler = GpuSampler(FakeNVML([_device(0), _device(1), _device(2)]))
+    sampler = GpuSampler(FakeNVML([fake_device(0), fake_device(1), fake_device(2)]))
     assert [d["index"] for d in sampler.sample()["devices"]] == [1]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
-    sampler = GpuSampler(FakeNVML([_device(0), _device(1), _device(2)]))
+    sampler = GpuSampler(FakeNVML([fake_device(0), fake_device(1), fake_device(2)]))
     assert [d["index"] for d in sampler.sample()["devices"]] == [0, 2]
 
 
 def test_a_gpu_lost_mid_run_reads_na_and_the_sampler_survives(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    nvml = FakeNVML([_device(0), _device(1)])
+    nvml = FakeNVML([fake_device(0), fake_device(1)])
     sampler = GpuSampler(nvml)
     assert sampler.sample()["devices"][1]["util"] == 87
     nvml.devices[1]["lost"] = True
@@ -140,7 +81,7 @@ def test_the_real_library_not_found_path_on_this_machine():
 
 def test_close_shuts_nvml_down_once(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    nvml = FakeNVML([_device(0)])
+    nvml = FakeNVML([fake_device(0)])
     sampler = GpuSampler(nvml)
     sampler.close()
     sampler.close()
@@ -160,8 +101,8 @@ class Clock:
 def test_the_process_list_keeps_the_jobs_pids_and_is_read_rarely(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     clock = Clock()
-    nvml = FakeNVML([_device(0, processes=[(11, 5 * 2**30), (99, 7 * 2**30), (12, 2**30)]),
-                     _device(1, processes=[(99, 3 * 2**30)])])
+    nvml = FakeNVML([fake_device(0, processes=[(11, 5 * 2**30), (99, 7 * 2**30), (12, 2**30)]),
+                     fake_device(1, processes=[(99, 3 * 2**30)])])
     sampler = GpuSampler(nvml, process_interval=30.0, job_pids=lambda: {11, 12}, clock=clock)
     first = _valid(sampler.sample())["devices"]
     assert first[0]["processes"] == [{"pid": 11, "mem_used": 5 * 2**30},
@@ -183,8 +124,8 @@ def test_the_process_list_keeps_the_jobs_pids_and_is_read_rarely(monkeypatch):
 
 def test_a_process_list_the_driver_cannot_give_is_absent_and_unknown_memory_is_null(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    nvml = FakeNVML([_device(0, processes=NotSupported),
-                     _device(1, processes=[(11, None), (12, 2**64 - 1)])])
+    nvml = FakeNVML([fake_device(0, processes=NotSupported),
+                     fake_device(1, processes=[(11, None), (12, 2**64 - 1)])])
     devices = _valid(GpuSampler(nvml, job_pids=lambda: {11, 12}).sample())["devices"]
     assert "processes" not in devices[0] and "job_mem_used" not in devices[0]
     assert devices[1]["processes"] == [{"pid": 11, "mem_used": None},
@@ -196,7 +137,7 @@ def test_devices_carry_their_uuid_and_torchs_uuids_choose_them_exactly(monkeypat
     # torch named the devices it sees (CUDA order may differ from NVML's): exact by UUID,
     # whatever CUDA_VISIBLE_DEVICES says in indices.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    nvml = FakeNVML([_device(0), _device(1), _device(2)])
+    nvml = FakeNVML([fake_device(0), fake_device(1), fake_device(2)])
     sampler = GpuSampler(nvml, visible_uuids=["GPU-2aaa", "GPU-0aaa"])
     devices = sampler.sample()["devices"]
     assert [(d["index"], d["uuid"]) for d in devices] == [(0, "GPU-0aaa"), (2, "GPU-2aaa")]
@@ -245,7 +186,7 @@ def test_one_poller_per_node_and_the_nvml_seam_through_the_agent(monkeypatch, co
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     nvmls, agents = [], []
     for local in (0, 1):
-        nvml = FakeNVML([_device(0)])
+        nvml = FakeNVML([fake_device(0)])
         nvmls.append(nvml)
         agents.append(symwatch.watch(torch.nn.Linear(2, 2), endpoint="tcp://127.0.0.1:0",
                                      rank=local, world_size=2, local_rank=local, nvml=nvml,
@@ -267,7 +208,7 @@ def test_one_poller_per_node_and_the_nvml_seam_through_the_agent(monkeypatch, co
 def test_a_gpu_lost_mid_run_loses_its_process_list_too(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     clock = Clock()
-    nvml = FakeNVML([_device(0, processes=[(11, 2**30)]), _device(1, processes=[(11, 2**30)])])
+    nvml = FakeNVML([fake_device(0, processes=[(11, 2**30)]), fake_device(1, processes=[(11, 2**30)])])
     sampler = GpuSampler(nvml, process_interval=30.0, job_pids=lambda: {11}, clock=clock)
     assert _valid(sampler.sample())["devices"][1]["job_mem_used"] == 2**30
     nvml.devices[1]["lost"] = True

@@ -4,8 +4,6 @@ capped; the observer keeps the latest detail per layer; the protocol validates t
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -17,6 +15,7 @@ from symwatch_agent.measure import detail as layer_detail
 from symwatch_agent.measure.indicators import IndicatorEngine
 from symwatch_agent.measure.layers import discover
 from symwatch_agent.measure.schedule import CHEAP, FULL
+from waiting import pilot_until as _until
 
 DEAD = [3, 7, 20]
 DUPLICATE = {5: [11, 12], 9: [30]}  # source row → copies
@@ -153,16 +152,6 @@ def test_protocol_rejects_malformed_detail(detail, error):
     with pytest.raises(protocol.ProtocolError, match=error.replace("[", r"\[")):
         protocol.encode(protocol.METRICS, run="r", rank=0, restart=0, seq=1, time=0.0, step=1,
                         payload={"values": {}, "detail": detail})
-
-
-async def _until(pilot, predicate, what: str, timeout: float = 15.0, tick=None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        if tick is not None:
-            tick()
-        await pilot.pause(0.05)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (250, 50)])

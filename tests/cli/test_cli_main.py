@@ -15,10 +15,10 @@ import time
 import pytest
 
 from symwatch import __version__
-from symwatch.cli import main as cli
-from symwatch.launch import demo as launcher
+from symwatch.cli.common import NO_RUNS, UserError, resolve_target
+from symwatch.cli.main import main
 from symwatch.core import protocol, runtime
-from symwatch.cli.main import NO_RUNS, main
+from symwatch.launch import demo as launcher
 
 TORCH_BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
@@ -167,14 +167,14 @@ def test_resolve_target_by_id_prefix_and_name():
             _register("abd000000002", "beta", "tcp://127.0.0.1:1002"),
             _register("ffff00000003", "beta", "tcp://127.0.0.1:1003")]
     runs = runtime.live_runs()
-    assert cli.resolve_target("abc000000001", runs) == ("tcp://127.0.0.1:1001", "alpha")
-    assert cli.resolve_target("abd", runs) == ("tcp://127.0.0.1:1002", "beta")
-    assert cli.resolve_target("alpha", runs) == ("tcp://127.0.0.1:1001", "alpha")
-    assert cli.resolve_target("ipc:///tmp/x.sock", runs) == ("ipc:///tmp/x.sock", None)
-    with pytest.raises(cli.UserError, match="matches several live runs"):
-        cli.resolve_target("ab", runs)
-    with pytest.raises(cli.UserError, match="matches several live runs"):
-        cli.resolve_target("beta", runs)
+    assert resolve_target("abc000000001", runs) == ("tcp://127.0.0.1:1001", "alpha")
+    assert resolve_target("abd", runs) == ("tcp://127.0.0.1:1002", "beta")
+    assert resolve_target("alpha", runs) == ("tcp://127.0.0.1:1001", "alpha")
+    assert resolve_target("ipc:///tmp/x.sock", runs) == ("ipc:///tmp/x.sock", None)
+    with pytest.raises(UserError, match="matches several live runs"):
+        resolve_target("ab", runs)
+    with pytest.raises(UserError, match="matches several live runs"):
+        resolve_target("beta", runs)
 
 
 def test_attach_with_several_runs_and_no_terminal_lists_them(capsys):
@@ -281,21 +281,25 @@ def test_demo_that_fails_to_start_prints_its_stderr_and_a_hint(fake_demo, monkey
 
 def _cli_with_fake_demo(*args: str) -> subprocess.Popen[str]:
     """`symwatch ARGS` in a subprocess whose demo module is the stand-in (PYTHONPATH has it)."""
-    code = ("import sys; from symwatch import cli, launcher; "
-            "launcher.DEMO_MODULE = 'fake_demo_mod'; sys.exit(cli.main(sys.argv[1:]))")
+    code = ("import sys; from symwatch.cli.main import main; "
+            "from symwatch.launch import demo as launcher; "
+            "launcher.DEMO_MODULE = 'fake_demo_mod'; sys.exit(main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
 
 
 def _wait_for_line(proc: subprocess.Popen[str], fragment: str, timeout: float = 30) -> None:
-    """Read stdout lines until one contains `fragment`; a reader thread keeps it deadline-bound."""
+    """Wait until a stdout line contains `fragment`; a reader thread keeps it deadline-bound.
+
+    The thread reads the pipe to its end, not just to that line: `--headless` keeps printing,
+    and a child whose pipe fills blocks in write() and in its exit-time flush, so it could
+    never exit after Ctrl-C (the cause of this test's failures on a loaded machine)."""
     found = threading.Event()
 
     def read() -> None:
         for line in proc.stdout:
             if fragment in line:
                 found.set()
-                return
 
     threading.Thread(target=read, daemon=True).start()
     assert found.wait(timeout), f"no line with {fragment!r} within {timeout} s"

@@ -21,13 +21,16 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from symwatch.core import protocol, runtime
+from symwatch.core.processes import free_port
 from symwatch.cli.alert import plan_target
 from symwatch.consumers.alerts.follow import LIVE, RunFollower, run_alerts
 from symwatch.consumers.alerts.sinks import (ExecSink, WebhookSink, alert_env, parse_retry_after,
                                   redact_url, slack_escape)
 from symwatch.consumers.alerts.rules import (Alert, AlertRule, Deduplicator, Dispatcher, RateLimiter,
                                SUMMARY)
-from symwatch.cli.main import UserError, main
+from symwatch.cli.common import UserError
+from symwatch.cli.main import main
+from waiting import until
 
 _seq = itertools.count()
 
@@ -69,14 +72,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 # -- the rule ----------------------------------------------------------------------------------
@@ -274,7 +269,7 @@ def test_exec_sink_queue_is_bounded_and_close_has_a_deadline(tmp_path):
                     log=logs.append)
     start = time.monotonic()
     sink.submit(sink_alert())
-    wait_until(lambda: sink._busy, what="the first command to start")
+    assert until(lambda: sink._busy), "the first command never started"
     for _ in range(4):
         sink.submit(sink_alert())  # never waits on the running command
     assert time.monotonic() - start < 5.0
@@ -288,7 +283,7 @@ def test_abort_kills_a_running_command_at_once(tmp_path):
     sink = ExecSink([sys.executable, "-c", "import time; time.sleep(60)"], log=lambda _: None)
     sink.submit(sink_alert())
     sink.submit(sink_alert())
-    wait_until(lambda: sink._busy, what="the command to start")
+    assert until(lambda: sink._busy), "the command never started"
     begun = time.monotonic()
     Dispatcher([sink]).abort()
     assert sink.wait_idle(10) and time.monotonic() - begun < 5
@@ -397,11 +392,7 @@ def test_webhook_gives_up_after_bounded_attempts_and_logs_once(receiver):
 
 
 def test_webhook_connection_refused_is_retried_then_given_up():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     logs: list[str] = []
     sink = WebhookSink(f"http://127.0.0.1:{port}/x", attempts=2, base_delay=0.05,
                        log=logs.append)
@@ -759,7 +750,7 @@ def test_cli_follows_restart_by_name_and_stops_cleanly_on_sigterm(fake_agent, re
     try:
         _heartbeats(a, p)
         a.send(protocol.EVENT, 5, **transition(layer="fc1"))
-        wait_until(lambda: len(read_calls(out)) == 1, what="the alert from run A")
+        assert until(lambda: len(read_calls(out)) == 1), "no alert from run A"
         a.sock.close(0)
         runtime.remove_entry(a.run)
         b = fake_agent("runB00000002")
@@ -770,7 +761,7 @@ def test_cli_follows_restart_by_name_and_stops_cleanly_on_sigterm(fake_agent, re
             b.heartbeat()
             time.sleep(0.05)
         b.send(protocol.EVENT, 8, **transition(layer="fc2"))
-        wait_until(lambda: len(read_calls(out)) == 2, what="the alert from run B")
+        assert until(lambda: len(read_calls(out)) == 2), "no alert from run B"
         p.proc.send_signal(signal.SIGTERM)
         assert p.proc.wait(20) == 0
     finally:
@@ -779,7 +770,7 @@ def test_cli_follows_restart_by_name_and_stops_cleanly_on_sigterm(fake_agent, re
     assert [(c["env"]["SYMWATCH_RUN"], c["env"]["SYMWATCH_LAYER"]) for c in calls] == [
         ("runA00000001", "fc1"), ("runB00000002", "fc2")]
     assert all(c["env"]["SYMWATCH_RUN_NAME"] == "job" for c in calls)
-    wait_until(lambda: p.has(p.err, "stopped by SIGTERM"), timeout=5)
+    assert until(lambda: p.has(p.err, "stopped by SIGTERM"), 5), "\n".join(p.err)
     assert p.has(p.err, "2 alerts dispatched") and not p.has(p.err, "Traceback")
 
 

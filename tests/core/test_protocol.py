@@ -566,8 +566,8 @@ PROBE = [b"heartbeat", json.dumps(_body(run="probe")).encode()]
 
 
 @pytest.fixture
-def pub_sub() -> Any:
-    ctx = zmq.Context()
+def pub_sub(zmq_ctx: zmq.Context) -> Any:
+    ctx = zmq_ctx
     pub = ctx.socket(zmq.PUB)
     sub = ctx.socket(zmq.SUB)
     try:
@@ -582,7 +582,6 @@ def pub_sub() -> Any:
     finally:
         pub.close(linger=0)
         sub.close(linger=0)
-        ctx.term()
 
 
 def _wait_until_subscribed(pub: Any, sub: Any) -> None:

@@ -17,6 +17,7 @@ import pytest
 from symwatch.core import protocol
 from symwatch.core.recording import Downsample, Recorder, RecordingError, RecordingReader
 from symwatch.state.run_state import RunState
+from waiting import until
 
 RUN = "rec0000run01"
 
@@ -70,14 +71,6 @@ def make_recording(path, steps: int = 50, *, goodbye: bool = True, **kw) -> list
     return s.sent
 
 
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def count_rows(path) -> int:
     try:
         db = sqlite3.connect(path, timeout=5)
@@ -123,7 +116,7 @@ def test_rows_are_committed_while_the_recorder_runs(tmp_path):
         s.meta()
         for step in range(1, 30):
             s.send(protocol.STATS, step, loss=1.0)
-        wait_until(lambda: count_rows(path) == 30, what="30 committed rows")
+        assert until(lambda: count_rows(path) == 30, 20), "not 30 committed rows"
         with RecordingReader(path) as reader:
             assert [m.step for m in reader] == list(range(30))
     finally:

@@ -20,9 +20,13 @@ from typing import Iterator
 
 import pytest
 
-from symwatch.launch import inject as injector
-from symwatch.core import protocol
+from symwatch.cli import inject as inject_cli
 from symwatch.cli.main import main
+from symwatch.core import protocol
+from symwatch.launch.inject import debuggers, injection
+from symwatch.launch.inject import remote_exec as remote
+from symwatch.launch.inject import snippet as snippets
+from symwatch.launch.inject import target as targets
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TRAIN = str(FIXTURES / "inject_train.py")
@@ -66,8 +70,8 @@ def _ptrace_works() -> str | None:
 def _lldb_attach_works() -> str | None:
     """None if lldb can attach to a child of ours and evaluate there, else why not."""
     try:
-        lldb = injector.find_lldb()
-    except injector.InjectError:
+        lldb = debuggers.find_lldb()
+    except targets.InjectError:
         return "lldb is not installed (tests/setup.sh installs it)"
     out = _attach_output([lldb, "--batch", "--no-lldbinit", "-o", 'p "ATTACHED"', "-o",
                           "process detach", "-p"])
@@ -212,10 +216,10 @@ def test_injected_mid_run_publishes_once_and_trains_the_same_weights(
         run.wait_paused(100)
         # Injecting again starts no second agent: answered from the registry without touching
         # the process, or (a registry elsewhere) by the process's own agent.
-        again = injector.inject(run.pid, method=method)
+        again = injection.inject(run.pid, method=method)
         assert again.already and again.endpoint == endpoint
         monkeypatch.setenv("SYMWATCH_RUNTIME_DIR", str(tmp_path / "elsewhere"))
-        inside = injector.inject(run.pid, method=method)
+        inside = injection.inject(run.pid, method=method)
         assert inside.already and inside.endpoint == endpoint and inside.run_id == again.run_id
 
         sub = collector(endpoint)
@@ -271,7 +275,7 @@ def test_tracer_named_then_models_named_by_expression(method, gdb_attach, tmp_pa
                      method]) == 1
         error = capsys.readouterr().err
         assert "--model 'nosuch_model': NameError" in error
-        monkeypatch.setattr(injector, "_stderr", _resume_when_armed(run, 20))
+        monkeypatch.setattr(inject_cli, "_stderr", _resume_when_armed(run, 20))
         assert main(["inject", str(run.pid), "--model", "model[3]", "--optimizer", "opt",
                      "--name", "by-expression", "--method", method]) == 0
         said = "\n".join(_resume_when_armed.said)
@@ -329,7 +333,7 @@ def _woke_unharmed(proc: subprocess.Popen) -> None:
 
 def test_process_blocked_in_c_is_left_untouched(method, monkeypatch, capsys):
     # The main thread sits in read(2) on a pipe: no Python code runs, so no safe point comes.
-    monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
+    monkeypatch.setattr(injection, "SAFE_POINT_WAIT_S", 1.0)
     with _blocked_in_read("print('woke', flush=True)") as proc:
         assert main(["inject", str(proc.pid), "--method", method]) == 1
         assert "ran no Python code in its main thread" in capsys.readouterr().err
@@ -345,8 +349,8 @@ def test_lldb_that_goes_on_waiting_is_stopped_without_leaving_its_breakpoint(
     # Where the signal to the process cannot end lldb's wait (a process stopped by job
     # control), lldb itself is interrupted: here at once. It must detach and take its trap out
     # of PyCallable_Check, or the process dies of SIGTRAP at its next pending call.
-    monkeypatch.setattr(injector, "SAFE_POINT_WAIT_S", 1.0)
-    monkeypatch.setattr(injector, "LLDB_GIVE_UP_S", -1.0)
+    monkeypatch.setattr(injection, "SAFE_POINT_WAIT_S", 1.0)
+    monkeypatch.setattr(debuggers, "LLDB_GIVE_UP_S", -1.0)
     with _blocked_in_read("callable(len); print('woke', flush=True)") as proc:
         assert main(["inject", str(proc.pid), "--method", "lldb"]) == 1
         assert "ran no Python code in its main thread" in capsys.readouterr().err
@@ -456,56 +460,56 @@ def test_attach_pid_and_target_exclude_each_other(capsys):
 
 # -- parsing gdb's answers, and what is sent ----------------------------------------------
 
-def _target() -> injector.Target:
-    return injector.Target(4321, "/usr/bin/python3.11", ["python", "train.py"], (3, 11), True,
+def _target() -> targets.Target:
+    return targets.Target(4321, "/usr/bin/python3.11", ["python", "train.py"], (3, 11), True,
                            os.getuid())
 
 
 def test_ptrace_refusal_says_what_to_change():
-    message = injector.gdb_failure(GDB_PTRACE_EPERM, _target())
+    message = debuggers.gdb_failure(GDB_PTRACE_EPERM, _target())
     assert "ptrace is not permitted" in message
     for advice in ("same user", "kernel.yama.ptrace_scope", "CAP_SYS_PTRACE"):
         assert advice in message
-    other = injector.gdb_failure(GDB_ALREADY_TRACED, _target())
+    other = debuggers.gdb_failure(GDB_ALREADY_TRACED, _target())
     assert "(process 4400) is attached" in other
 
 
 def test_gdb_outcomes_are_told_apart():
-    mark = injector.MARK
-    assert injector.gdb_failure(f"{mark} attached\n{mark} python\n{mark} waiting\n"
+    mark = debuggers.MARK
+    assert debuggers.gdb_failure(f"{mark} attached\n{mark} python\n{mark} waiting\n"
                                 f"{mark} safe point\n{mark} ran\n", _target()) is None
     not_python = f'{mark} attached\nNo symbol "Py_AddPendingCall" in current context.\n'
-    assert "is not a Python process" in injector.gdb_failure(not_python, _target())
+    assert "is not a Python process" in debuggers.gdb_failure(not_python, _target())
     gone = "ptrace: No such process.\n"
-    assert "has exited" in injector.gdb_failure(gone, _target())
+    assert "has exited" in debuggers.gdb_failure(gone, _target())
     blocked = f"{mark} attached\n{mark} python\n{mark} waiting\n{mark} no safe point\n"
-    assert "ran no Python code" in injector.gdb_failure(blocked, _target())
+    assert "ran no Python code" in debuggers.gdb_failure(blocked, _target())
 
 
 def test_lldb_refusal_and_outcomes_are_told_apart():
-    alive = injector.Target(os.getpid(), sys.executable, ["python", "train.py"], (3, 11), True,
+    alive = targets.Target(os.getpid(), sys.executable, ["python", "train.py"], (3, 11), True,
                             os.getuid())  # a live process no debugger traces: this one
-    message = injector.lldb_failure(LLDB_PTRACE_EPERM, alive)
+    message = debuggers.lldb_failure(LLDB_PTRACE_EPERM, alive)
     assert "ptrace is not permitted" in message
     for advice in ("same user", "kernel.yama.ptrace_scope", "CAP_SYS_PTRACE"):
         assert advice in message
 
     def printed(*marks: str) -> str:  # what lldb prints for `p "SYMWATCH: ..."`, echo first
-        return "".join(f'(lldb) p "{injector.MARK} {mark}"\n(const char[30]) $0 = '
-                       f'"{injector.MARK} {mark}"\n' for mark in marks)
-    assert injector.lldb_failure(printed("attached", "python", "queued", "waiting",
+        return "".join(f'(lldb) p "{debuggers.MARK} {mark}"\n(const char[30]) $0 = '
+                       f'"{debuggers.MARK} {mark}"\n' for mark in marks)
+    assert debuggers.lldb_failure(printed("attached", "python", "queued", "waiting",
                                          "safe point", "ran"), alive) is None
     not_python = printed("attached") + "error: use of undeclared identifier 'Py_AddPendingCall'\n"
-    assert "is not a Python process" in injector.lldb_failure(not_python, alive)
+    assert "is not a Python process" in debuggers.lldb_failure(not_python, alive)
     full = printed("attached", "python") + (f'(const char *) $5 = 0x00007f29eeecd420 '
-                                            f'"{injector.MARK} pending calls full"\n')
-    assert "too many pending calls" in injector.lldb_failure(full, alive)
+                                            f'"{debuggers.MARK} pending calls full"\n')
+    assert "too many pending calls" in debuggers.lldb_failure(full, alive)
     # The commands lldb echoes carry the marks' words: only what `p` printed counts.
     echoed_only = printed("attached", "python", "waiting") + (
-        f'(lldb)  p "{injector.MARK} safe point"\n(lldb)  p "{injector.MARK} ran"\n')
-    assert "ran no Python code" in injector.lldb_failure(echoed_only, alive)
-    gone = injector.Target(4194304, "/usr/bin/python3.11", [], (3, 11), True, os.getuid())
-    assert "has exited" in injector.lldb_failure("error: attach failed: Cannot get process "
+        f'(lldb)  p "{debuggers.MARK} safe point"\n(lldb)  p "{debuggers.MARK} ran"\n')
+    assert "ran no Python code" in debuggers.lldb_failure(echoed_only, alive)
+    gone = targets.Target(4194304, "/usr/bin/python3.11", [], (3, 11), True, os.getuid())
+    assert "has exited" in debuggers.lldb_failure("error: attach failed: Cannot get process "
                                                  "architecture\n", gone)
 
 
@@ -513,46 +517,46 @@ def test_lldb_chosen_where_gdb_is_missing(tmp_path, monkeypatch):
     # Only a versioned lldb-NN, as Debian's lldb-14 package alone installs, on the PATH.
     (tmp_path / "lldb-14").symlink_to(shutil.which("true") or "/bin/true")
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert injector._choose_route(_target(), "auto") == "lldb"
-    assert injector.find_lldb() == str(tmp_path / "lldb-14")
-    assert injector._choose_route(_target(), "gdb") == "gdb"  # asked for, even if missing
+    assert injection._choose_route(_target(), "auto") == "lldb"
+    assert debuggers.find_lldb() == str(tmp_path / "lldb-14")
+    assert injection._choose_route(_target(), "gdb") == "gdb"  # asked for, even if missing
     (tmp_path / "gdb").symlink_to(shutil.which("true") or "/bin/true")
-    assert injector._choose_route(_target(), "auto") == "gdb"
+    assert injection._choose_route(_target(), "auto") == "gdb"
 
 
 def test_python_version_read_from_the_mapped_files():
-    assert injector._python_version("/usr/bin/python3", {
+    assert targets._python_version("/usr/bin/python3", {
         "/usr/lib/libpython3.12.so.1.0", "/usr/lib/libc.so.6"}) == (3, 12)
-    assert injector._python_version("/opt/py/bin/python3.13t", set()) == (3, 13)
-    assert injector._python_version("/usr/bin/myapp", {"/usr/lib/libc.so.6"}) is None
+    assert targets._python_version("/opt/py/bin/python3.13t", set()) == (3, 13)
+    assert targets._python_version("/usr/bin/myapp", {"/usr/lib/libc.so.6"}) is None
 
 
 def test_old_python_refused():
-    old = injector.Target(1, "/usr/bin/python3.8", [], (3, 8), True, 0)
-    with pytest.raises(injector.InjectError, match="needs Python 3.10 or newer"):
-        injector.check_target(old)
+    old = targets.Target(1, "/usr/bin/python3.8", [], (3, 8), True, 0)
+    with pytest.raises(targets.InjectError, match="needs Python 3.10 or newer"):
+        targets.check_target(old)
 
 
 def test_snippet_is_valid_python_and_survives_gdb_quoting():
     request = {"result": "/tmp/x/result.json", "options": {"name": 'a "quoted" \\ name'}}
-    code = injector.snippet(request, ["/opt/sym watch"])
+    code = snippets.snippet(request, ["/opt/sym watch"])
     compile(code, "<test>", "exec")
-    script = injector.gdb_script(code, "x86_64")
+    script = debuggers.gdb_script(code, "x86_64")
     literal = script.split("PyRun_SimpleString(", 1)[1].rsplit(")", 1)[0]
     # gdb reads C string literals: undoing the escapes gives the code back.
     assert json.loads(literal) == code
-    assert "$rdi == 0" in script and injector.gdb_script(code, "aarch64").count("$x0") == 1
-    with pytest.raises(injector.InjectError, match="not supported on mips"):
-        injector.gdb_script(code, "mips")
+    assert "$rdi == 0" in script and debuggers.gdb_script(code, "aarch64").count("$x0") == 1
+    with pytest.raises(targets.InjectError, match="not supported on mips"):
+        debuggers.gdb_script(code, "mips")
     # lldb: the same literal, read from the line its breakpoint command runs; a backtick
     # (which lldb evaluates in a command line) written as an octal escape.
-    ticked = injector.snippet({**request, "options": {"name": "`rm -rf`"}}, ["/opt/x"])
-    script = injector.lldb_script(ticked, "x86_64")
+    ticked = snippets.snippet({**request, "options": {"name": "`rm -rf`"}}, ["/opt/x"])
+    script = debuggers.lldb_script(ticked, "x86_64")
     line = next(line for line in script.splitlines() if "PyRun_SimpleString)(" in line)
     literal = line.split("PyRun_SimpleString)(", 1)[1].rsplit(")", 1)[0]
     assert "`" not in literal and json.loads(literal.replace("\\140", "`")) == ticked
     assert "--condition '$rdi == 0'" in script
-    assert "--condition '$x0 == 0'" in injector.lldb_script(code, "aarch64")
+    assert "--condition '$x0 == 0'" in debuggers.lldb_script(code, "aarch64")
     # Our lines run only as the breakpoint's commands, after the wait is no longer
     # interruptible; then lldb detaches.
     body = script.split("breakpoint command add\n", 1)[1].split("DONE\n", 1)[0]
@@ -562,12 +566,12 @@ def test_snippet_is_valid_python_and_survives_gdb_quoting():
 
 
 def test_remote_exec_route_needs_the_same_python():
-    py314 = injector.Target(1, "/usr/bin/python3.14", [], (3, 14), True, os.getuid())
+    py314 = targets.Target(1, "/usr/bin/python3.14", [], (3, 14), True, os.getuid())
     if sys.version_info[:2] != (3, 14):
-        assert injector._choose_route(py314, "auto") == "gdb"
-        with pytest.raises(injector.InjectError, match="same Python 3.14"):
-            injector._choose_route(py314, "remote-exec")
-    assert injector._choose_route(_target(), "gdb") == "gdb"
+        assert injection._choose_route(py314, "auto") == "gdb"
+        with pytest.raises(targets.InjectError, match="same Python 3.14"):
+            injection._choose_route(py314, "remote-exec")
+    assert injection._choose_route(_target(), "gdb") == "gdb"
 
 
 @pytest.mark.parametrize("raised, said", [
@@ -582,8 +586,8 @@ def test_remote_exec_refusals_are_explained(monkeypatch, tmp_path, raised, said)
     def remote_exec(pid, script):
         raise raised
     monkeypatch.setattr(sys, "remote_exec", remote_exec, raising=False)
-    with pytest.raises(injector.InjectError, match=said):
-        injector.run_remote_exec(_target(), tmp_path / "inject.py")
+    with pytest.raises(targets.InjectError, match=said):
+        remote.run_remote_exec(_target(), tmp_path / "inject.py")
 
 
 # -- the in-target part, in this process (no debugger) --------------------------------------------

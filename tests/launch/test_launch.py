@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from symwatch.core import protocol
+from symwatch.core.processes import free_port
 from symwatch.launch.run import LaunchError, build_env, check_command, execute, plan
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -22,12 +22,6 @@ TRAIN = str(FIXTURES / "thirdparty_train.py")
 SYMWATCH_RUN = [sys.executable, "-m", "symwatch", "run"]
 DEADLINE_S = 100  # a cold torch import on a loaded machine can take a while
 WATCHING = "symwatch: watching"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
@@ -68,7 +62,7 @@ def test_third_party_script_is_watched_and_unchanged(collector, tmp_path):
     assert plain.returncode == 3, plain.stderr.decode()
     stop.unlink()
 
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     sub = collector(endpoint)  # connect before the run binds: ZeroMQ reconnects until it does
     with _training([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1", "--budget", "1",
                     "--", sys.executable, TRAIN, *args]) as proc:
@@ -95,7 +89,7 @@ def test_full_every_from_the_command_line_spaces_the_full_tier(collector, tmp_pa
     """`symwatch run --every 1 --budget 1 --full-every 3`: every step sampled, and exactly
     one sample in three is full (spectra and unit detail), the others cheap."""
     stop = tmp_path / "stop"
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     sub = collector(endpoint)
     with _training([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1", "--budget", "1",
                     "--full-every", "3", "--quiet", "--", sys.executable, TRAIN, "--steps",
@@ -131,7 +125,7 @@ def test_dataloader_workers_start_no_agent():
 def test_module_form_with_two_models_named(collector, monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", str(FIXTURES))
     stop = tmp_path / "stop"
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     sub = collector(endpoint)
     with _training([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1", "--name", "gan",
                     "--", sys.executable, "-m", "gan_train", str(stop)]) as proc:

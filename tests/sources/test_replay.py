@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 
 from symwatch.core import protocol
-from symwatch.transport.subscriber import ListSource
+from symwatch.sources.memory import ListSource
 from symwatch.sources.replay import ReplaySource
 from symwatch.state.run_state import FINISHED, LIVE, STALE
 from symwatch.tui.app import SymwatchApp
 from symwatch.tui.widgets.layer_table import LayerTable, column_key
+from waiting import pilot_until as until
 from tests.core.test_recording import make_recording
 
 
@@ -77,14 +77,6 @@ def test_max_speed_releases_everything():
     assert len(got) == 100
     with pytest.raises(ValueError):
         ReplaySource([], speed=0)
-
-
-async def until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.03)
 
 
 def cell(app, layer: str, indicator: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from symwatch.state import numbers
 from symwatch.core import protocol
-from symwatch.transport.subscriber import ListSource
+from symwatch.sources.memory import ListSource
 from symwatch.state.run_state import RunState
 from symwatch.consumers.summary import follow, summary_lines
 

@@ -122,8 +122,8 @@ def test_a_late_join_without_history_lets_live_messages_through(fake_agent):
         assert feed.late_join.done and feed.late_join.error == "the agent serves no history"
 
 
-def test_a_history_socket_that_never_answers_costs_a_deadline_only():
-    ctx = zmq.Context()
+def test_a_history_socket_that_never_answers_costs_a_deadline_only(zmq_ctx):
+    ctx = zmq_ctx
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
     port = router.bind_to_random_port("tcp://127.0.0.1")
@@ -136,7 +136,6 @@ def test_a_history_socket_that_never_answers_costs_a_deadline_only():
         assert join.process([hb]) == [hb] and join.done and "no history" in join.error
     finally:
         router.close(0)
-        ctx.term()
 
 
 def test_pruning_a_killed_run_removes_its_history_socket_too(runtime_dir):
@@ -281,9 +280,9 @@ async def test_the_tui_attached_late_shows_the_history(late_run):
 
 
 @needs_torch
-def test_the_history_socket_counts_and_ignores_anything_but_a_request(late_run):
+def test_the_history_socket_counts_and_ignores_anything_but_a_request(late_run, zmq_ctx):
     publisher = late_run.agent._publisher
-    ctx = zmq.Context()
+    ctx = zmq_ctx
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
     try:
@@ -299,7 +298,6 @@ def test_the_history_socket_counts_and_ignores_anything_but_a_request(late_run):
         assert result.messages[0].kind == protocol.META and result.garbage == 0
     finally:
         dealer.close(0)
-        ctx.term()
 
 
 @needs_torch

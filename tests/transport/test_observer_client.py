@@ -9,7 +9,8 @@ import time
 import pytest
 
 from symwatch.core import protocol
-from symwatch.transport.subscriber import BackgroundFeed, EndpointError, ListSource, Subscriber, validate_endpoint
+from symwatch.sources.memory import ListSource
+from symwatch.transport.subscriber import BackgroundFeed, EndpointError, Subscriber, validate_endpoint
 from waiting import until
 
 

@@ -18,6 +18,7 @@ from symwatch.core import protocol, runtime
 from symwatch.cli.main import main
 from symwatch.transport.subscriber import BackgroundFeed, Subscriber
 from symwatch.transport.relay import Relay, RelayError
+from waiting import until
 
 AGENT = textwrap.dedent("""
     import os, sys, time
@@ -119,10 +120,10 @@ def test_several_agent_processes_two_viewers_and_a_late_one(tmp_path, runtime_di
     assert runtime.live_runs() == []  # the relay unregistered itself
 
 
-def test_garbage_from_a_sender_is_dropped_not_passed_on():
+def test_garbage_from_a_sender_is_dropped_not_passed_on(zmq_ctx):
     with Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:0") as relay:
         viewer = Subscriber(relay.publish_endpoint)
-        ctx = zmq.Context()
+        ctx = zmq_ctx
         pub = ctx.socket(zmq.PUB)
         pub.linger = 0
         pub.connect(relay.bind_endpoint)
@@ -141,7 +142,6 @@ def test_garbage_from_a_sender_is_dropped_not_passed_on():
             assert relay.garbage >= 2 and relay.garbage % 2 == 0
         finally:
             pub.close(0)
-            ctx.term()
             viewer.close()
 
 
@@ -210,14 +210,14 @@ def test_symwatch_run_connect_reaches_every_process_and_bad_endpoints_are_refuse
     assert "did you mean tcp://127.0.0.1:5557" in capsys.readouterr().err
 
 
-def test_the_relay_keeps_a_bounded_set_of_publishers():
+def test_the_relay_keeps_a_bounded_set_of_publishers(zmq_ctx):
     """At most `max_publishers` histories (the least recently heard go first), and a publisher
     that said goodbye is forgotten `forget_after` seconds later (the relay's clock is a stand-in
     here, so the test need not wait)."""
     now = [0.0]
     with Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", max_publishers=2, forget_after=60,
                clock=lambda: now[0], register=False) as relay:
-        ctx = zmq.Context()
+        ctx = zmq_ctx
         pub = ctx.socket(zmq.PUB)
         pub.linger = 0
         pub.connect(relay.bind_endpoint)
@@ -227,26 +227,19 @@ def test_the_relay_keeps_a_bounded_set_of_publishers():
             pub.send_multipart(list(protocol.encode(kind, run=run, rank=0, restart=0, seq=seq,
                                                     time=0.0, step=0, payload=payload)))
 
-        def until(predicate, what: str) -> None:
-            deadline = time.monotonic() + 10
-            while not predicate():
-                assert time.monotonic() < deadline, what
-                time.sleep(0.02)
-
         try:
-            until(lambda: (send("a"), relay.received > 0)[1], "the relay never heard run a")
+            assert until(lambda: (send("a"), relay.received > 0)[1]), "the relay never heard run a"
             now[0] = 1.0
             send("b")
-            until(lambda: ("b", 0, 0) in relay.publishers, "run b")
+            assert until(lambda: ("b", 0, 0) in relay.publishers), "run b"
             now[0] = 2.0
             send("c")  # a third publisher: a, heard longest ago, is dropped
-            until(lambda: ("c", 0, 0) in relay.publishers, "run c")
+            assert until(lambda: ("c", 0, 0) in relay.publishers), "run c"
             assert set(relay.publishers) == {("b", 0, 0), ("c", 0, 0)}
             send("b", protocol.GOODBYE, seq=1, reason="finished")
-            until(lambda: relay.publishers[("b", 0, 0)].said_goodbye, "b's goodbye")
+            assert until(lambda: relay.publishers[("b", 0, 0)].said_goodbye), "b's goodbye"
             now[0] = 100.0  # past forget_after since b's goodbye (checked every 2 s of clock)
-            until(lambda: ("b", 0, 0) not in relay.publishers, "b forgotten")
+            assert until(lambda: ("b", 0, 0) not in relay.publishers), "b forgotten"
             assert ("c", 0, 0) in relay.publishers  # no goodbye: kept
         finally:
             pub.close(0)
-            ctx.term()

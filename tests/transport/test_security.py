@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-import zmq
 
 from symwatch.core import protocol
 from symwatch.cli.main import main
@@ -101,14 +100,14 @@ def _agent(**options):
 
 
 @needs_torch
-def test_only_an_authorised_client_receives_anything(keys):
+def test_only_an_authorised_client_receives_anything(keys, zmq_ctx):
     agent = _agent(endpoint="tcp://127.0.0.1:0", curve_server_key=keys["server_secret"],
                    curve_authorized=keys["authorized"])
     try:
         assert agent.error is None and agent.endpoint.startswith("tcp://127.0.0.1:")
         good = load_client(keys["server_public"], keys["client_secret"])
         stranger = load_client(keys["server_public"], keys["stranger_secret"])
-        ctx = zmq.Context()
+        ctx = zmq_ctx
         with Subscriber(agent.endpoint, context=ctx, curve=good) as sub:
             assert _receives(sub, 10), "the authorised client received nothing"
         for curve in (stranger, None):  # a key the agent does not list; no CURVE at all
@@ -128,7 +127,6 @@ def test_only_an_authorised_client_receives_anything(keys):
         with BackgroundFeed(agent.endpoint, context=ctx, curve=good) as feed:
             assert feed.wait_for_message(10)
             assert feed.late_join.error is None and feed.late_join.snapshot_messages > 0
-        ctx.term()
     finally:
         agent.close()
 

@@ -20,8 +20,9 @@ import pytest
 from symwatch.core import protocol, runtime
 from symwatch.cli.main import main
 from symwatch.core.runtime import RunEntry
-from symwatch.transport.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed, choose_run,
-                          list_remote_runs, open_run)
+from symwatch.sources.tunnel import TunnelFeed
+from symwatch.transport.ssh import (SshError, SshOptions, SshTarget, Tunnel, choose_run,
+                                    list_remote_runs, open_run)
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from sshd import Sshd, SshdUnavailable, missing_tools  # noqa: E402
@@ -264,7 +265,7 @@ def test_wrong_key_is_an_authentication_error(sshd, monkeypatch, capsys, tmp_pat
 
 
 def test_closed_port_is_unreachable(sshd, monkeypatch, capsys, tmp_path):
-    from sshd import free_port
+    from symwatch.core.processes import free_port
 
     monkeypatch.setenv("SYMWATCH_SSH", sshd.ssh_command)
     line = _fails(capsys, ["ls", f"ssh://127.0.0.1:{free_port()}", *cli_args(sshd, "/x")],
@@ -333,7 +334,8 @@ def test_record_over_ssh_until_interrupted(sshd, remote_run, tmp_path):
 async def test_runs_screen_lists_the_remote_run_and_enter_attaches_through_ssh(
         sshd, remote_run, tmp_path, monkeypatch):
     from symwatch.tui.widgets.layer_table import LayerTable
-    from symwatch.tui.screens.runs import RunsApp, RunsConfig, RunsScreen
+    from symwatch.tui.app import RunsApp
+    from symwatch.tui.screens.runs import RunsConfig, RunsScreen
 
     root, entry = remote_run
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
@@ -390,7 +392,7 @@ def test_ssh_children_die_with_a_killed_symwatch(sshd, remote_run, tmp_path):
             time.sleep(0.1)
         # its forwarded sockets' directory is left behind; the next tunnel removes it
         from symwatch.core import runtime
-        from symwatch.transport.ssh import _local_socket_dir
+        from symwatch.transport.ssh.tunnel import _local_socket_dir
 
         left = list(runtime.runtime_dir().glob(f"ssh-{proc.pid}-*"))
         assert left
@@ -414,7 +416,8 @@ def test_unknown_host_key_is_never_accepted_silently(sshd, monkeypatch, capsys):
 def test_a_remote_run_that_died_is_listed_lost_not_finished(sshd, remote_run, monkeypatch):
     """`symwatch ls --json --all` over ssh keeps a dead run's entry (alive: false), so the
     Runs screen calls it lost; the plain listing still shows only live runs."""
-    from symwatch.tui.screens.runs import LOST, RUNNING, RunsModel, scan_host
+    from symwatch.sources.discovery import scan_host
+    from symwatch.tui.screens.runs import LOST, RUNNING, RunsModel
 
     root, entry = remote_run
     monkeypatch.setenv("SYMWATCH_RUNTIME_DIR", root)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from symwatch.state import numbers
 from symwatch.core import protocol
-from symwatch.transport.subscriber import ListSource
+from symwatch.sources.memory import ListSource
 from symwatch.core.downsample import VIEWER, Downsample, TieredSeries
 from symwatch.state.run_state import DEFAULT_MAX_EVENTS, RunState
 from symwatch.tui.app import SymwatchApp

@@ -7,7 +7,8 @@ import json
 import time
 
 from symwatch.core import protocol
-from symwatch.transport.subscriber import ListSource, Subscriber
+from symwatch.sources.memory import ListSource
+from symwatch.transport.subscriber import Subscriber
 from symwatch.state.run_state import FINISHED, LIVE, STALE, WAITING
 from symwatch.tui.app import SymwatchApp, make_app
 from symwatch.tui.widgets.banner import ConnectionBanner
@@ -15,25 +16,14 @@ from symwatch.tui.widgets.header import RunHeader
 from symwatch.tui.screens.help import HelpScreen
 from symwatch.tui.widgets.layer_table import LayerTable, column_key
 from symwatch.tui.widgets.panels import EventsLog, GpuLine, LossPanel
-
-
-async def until(pilot, predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.03)
+from waiting import pilot_until as until
 
 
 async def join(pilot, agent, app, timeout: float = 5.0) -> None:
     """Heartbeats until the app has received one: the slow-joiner window is over."""
     before = app.state.messages
-    deadline = time.monotonic() + timeout
-    while app.state.messages == before:
-        if time.monotonic() > deadline:
-            raise AssertionError("the app never received a heartbeat")
-        agent.heartbeat()
-        await pilot.pause(0.05)
+    await until(pilot, lambda: app.state.messages != before, "a heartbeat", timeout,
+                step=0.05, tick=agent.heartbeat)
 
 
 def text_of(widget) -> str:

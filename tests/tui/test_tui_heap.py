@@ -60,7 +60,7 @@ def test_the_apps_own_objects_are_frozen_once_and_handed_back_when_it_ends(unfro
 
 
 async def test_the_app_settles_after_its_first_screen_and_releases_on_exit(unfrozen):
-    from symwatch.transport.subscriber import ListSource
+    from symwatch.sources.memory import ListSource
     from symwatch.tui.app import SymwatchApp
 
     app = SymwatchApp(ListSource(), tick_s=3600)

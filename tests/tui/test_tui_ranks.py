@@ -10,7 +10,8 @@ import time
 
 import pytest
 import zmq
-from test_gpu import FakeNVML, NotSupported, _device
+
+from fake_nvml import FakeNVML, NotSupported, fake_device  # noqa: E402
 
 from symwatch.core import protocol
 from symwatch.transport.subscriber import Subscriber
@@ -22,6 +23,7 @@ from symwatch.tui.app import SymwatchApp
 from symwatch.tui.widgets.ranks_panel import (RanksLine, RanksScreen, gpu_panel_text, ranks_line_text,
                                       ranks_table)
 from symwatch_agent.measure.gpu import GpuSampler
+from waiting import pilot_until
 
 HOSTS = {0: "node-a", 1: "node-a", 2: "node-b"}
 
@@ -60,7 +62,7 @@ def msg(kind: str, rank: int, step: int, seq: int = 0, run: str = "r", **payload
 
 def _two_gpus() -> dict:
     """A GPU payload from the real sampler over a fake NVML: device 1 reports no power."""
-    nvml = FakeNVML([_device(0), _device(1, power_mw=NotSupported, limit_mw=NotSupported,
+    nvml = FakeNVML([fake_device(0), fake_device(1, power_mw=NotSupported, limit_mw=NotSupported,
                                          util=12)])
     return GpuSampler(nvml).sample()
 
@@ -126,20 +128,11 @@ def test_shards_combine_into_the_whole_layers_norm_once_every_shard_is_in():
 
 # -- the app -----------------------------------------------------------------------------------
 
-async def _until(pilot, predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.03)
-
-
 @pytest.fixture
-def job():
-    ctx = zmq.Context()
-    made = Job(ctx)
+def job(zmq_ctx):
+    made = Job(zmq_ctx)
     yield made
     made.sock.close(0)
-    ctx.term()
 
 
 async def test_the_ranks_view_and_gpu_panel_of_a_two_rank_run(job):
@@ -147,23 +140,18 @@ async def test_the_ranks_view_and_gpu_panel_of_a_two_rank_run(job):
     gpu = _two_gpus()
     gpu["devices"][0]["uuid"] = "GPU-0aaa"  # rank 0 trains on device 0, rank 1 on device 1
     async with app.run_test(size=(150, 40)) as pilot:
-        async def publish_until(predicate, what):
-            deadline = time.monotonic() + 10
-            while not predicate():
-                assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                for rank in (0, 1):
-                    job.meta(rank)
-                    job.send(rank, protocol.STATS, 120 if rank == 0 else 80,
-                             loss=0.4 if rank == 0 else 7.5, step_time=0.1, steps_per_s=10.0,
-                             memory={"allocated": 2 * 2**30, "reserved": 3 * 2**30,
-                                     "peak": 5 * 2**30, "device": rank,
-                                     "uuid": f"GPU-{rank}aaa"})
-                job.send(0, protocol.GPU, 120, **gpu)
-                await pilot.pause(0.05)
+        def publish() -> None:
+            for rank in (0, 1):
+                job.meta(rank)
+                job.send(rank, protocol.STATS, 120 if rank == 0 else 80,
+                         loss=0.4 if rank == 0 else 7.5, step_time=0.1, steps_per_s=10.0,
+                         memory={"allocated": 2 * 2**30, "reserved": 3 * 2**30,
+                                 "peak": 5 * 2**30, "device": rank, "uuid": f"GPU-{rank}aaa"})
+            job.send(0, protocol.GPU, 120, **gpu)
 
-        await publish_until(lambda: len(app.state.ranks) == 2 and app.state.ranks.gpu_reports()
-                            and all(v.loss_smooth for v in app.state.ranks.views()),
-                            "both ranks")
+        await pilot_until(pilot, lambda: len(app.state.ranks) == 2 and app.state.ranks.gpu_reports()
+                          and all(v.loss_smooth for v in app.state.ranks.views()),
+                          "both ranks", 10, step=0.05, tick=publish)
         await pilot.pause(0.2)
         line = app.query_one(RanksLine)
         assert line.display
@@ -172,7 +160,7 @@ async def test_the_ranks_view_and_gpu_panel_of_a_two_rank_run(job):
         assert "rank 1 diverging" in text
 
         await pilot.press("g")
-        await _until(pilot, lambda: isinstance(app.screen, RanksScreen), "the ranks screen")
+        await pilot_until(pilot, lambda: isinstance(app.screen, RanksScreen), "the ranks screen")
         await pilot.pause(0.3)
         table = _plain(ranks_table(app.state))
         rows = [r for r in table.splitlines() if r.strip()[:1].isdigit()]
@@ -188,7 +176,7 @@ async def test_the_ranks_view_and_gpu_panel_of_a_two_rank_run(job):
         screen_text = _plain(app.screen.query_one("#gpu-panel").content)
         assert screen_text == panel  # what the screen shows is this panel
         await pilot.press("escape")
-        await _until(pilot, lambda: not isinstance(app.screen, RanksScreen), "closing")
+        await pilot_until(pilot, lambda: not isinstance(app.screen, RanksScreen), "closing")
 
 
 def test_the_gpu_panel_says_no_gpu_when_that_is_what_the_stream_says():

@@ -8,22 +8,21 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from symwatch.core import runtime
+from symwatch.core.processes import free_port
 from symwatch.core.runtime import RunEntry
-from symwatch.transport.ssh import SshOptions
+from symwatch.transport.ssh import SshOptions, load_hosts
 from symwatch.tui.widgets.layer_table import LayerTable
-from symwatch.tui.screens.runs import (FINISHED, IDLE, LOST, RUNNING, RunsApp, RunsConfig,
-                                      RunsModel, RunsScreen, load_hosts)
+from symwatch.tui.app import RunsApp
+from symwatch.tui.screens.runs import (FINISHED, IDLE, LOST, RUNNING, RunsConfig, RunsModel,
+                                      RunsScreen)
 from symwatch_agent import watch
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from sshd import free_port  # noqa: E402
+from waiting import pilot_until as wait_for
 
 
 class Training:
@@ -80,14 +79,6 @@ def dead_entry() -> RunEntry:
                      updated=time.time() - 50)
     runtime.write_entry(entry)
     return entry
-
-
-async def wait_for(pilot, predicate, timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def table_rows(screen: RunsScreen) -> dict[str, list[str]]:
@@ -206,7 +197,7 @@ def test_model_states_idle_finished_lost():
 
 
 async def test_the_dashboard_lists_r_in_help_and_palette(config):
-    from symwatch.transport.subscriber import ListSource
+    from symwatch.sources.memory import ListSource
     from symwatch.tui.app import SymwatchApp
     from symwatch.tui.commands import palette_commands
     from symwatch.tui.screens.help import KEYS

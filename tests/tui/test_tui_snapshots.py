@@ -9,20 +9,18 @@ After a deliberate change to what the view shows, rewrite the snapshots and revi
 from __future__ import annotations
 
 import itertools
-import time
 
 from symwatch.tui.app import SymwatchApp
 from symwatch.tui.widgets.layer_table import LayerTable
 from symwatch.tui.themes import DARK
 from tui_snapshots import assert_snapshot, settled_screen
 from tui_stream import LAYERS, STAIRCASE_LAYER, frozen_source
+from waiting import pilot_until
 
 
 async def _loaded(pilot, app) -> None:
-    deadline = time.monotonic() + 10
-    while app.query_one(LayerTable).row_count < len(LAYERS):
-        assert time.monotonic() < deadline, "the fixed stream never filled the table"
-        await pilot.pause(0.05)
+    await pilot_until(pilot, lambda: app.query_one(LayerTable).row_count >= len(LAYERS),
+                      "the fixed stream to fill the table", 10, step=0.05)
 
 
 def _app(steps: int = 105, goodbye: bool = False) -> SymwatchApp:

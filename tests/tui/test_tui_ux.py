@@ -5,8 +5,6 @@ tests/tui_stream.py (and, where said, a real PUB socket)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from textual.actions import parse
 from textual.command import CommandPalette
@@ -23,18 +21,11 @@ from symwatch.tui.layer_order import TableOrder, matches, next_sort_column, orde
 from symwatch.tui.widgets.layer_table import LayerTable, column_key
 from symwatch.tui.themes import DARK, LIGHT, ThemeError, background_from_colorfgbg, resolve_theme
 from tui_snapshots import screen_text, settled_screen
+from waiting import pilot_until as until
 from tui_stream import DEAD_LAYER, LAYERS, STAIRCASE_LAYER, UNMEASURED_LAYER, frozen_source
 from tui_stream import messages as stream_messages
 
 NAMES = [name for name, _, _ in LAYERS]
-
-
-async def until(pilot, predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.03)
 
 
 def rows(app) -> list[str]:
@@ -117,11 +108,8 @@ async def test_a_live_sorted_table_reorders_as_values_change(fake_agent):
     agent = fake_agent()
     app = SymwatchApp(Subscriber(agent.endpoint), owns_source=True, tick_s=0.05, theme=DARK)
     async with app.run_test(size=(120, 40)) as pilot:
-        deadline = time.monotonic() + 5
-        while app.state.messages == 0:
-            assert time.monotonic() < deadline, "no heartbeat reached the app"
-            agent.heartbeat()
-            await pilot.pause(0.05)
+        await until(pilot, lambda: app.state.messages, "a heartbeat", 5, step=0.05,
+                    tick=agent.heartbeat)
         agent.meta()
         agent.send(protocol.METRICS, 1, values={
             "conv1": {"stable_rank": 1.0}, "fc1": {"stable_rank": 2.0},

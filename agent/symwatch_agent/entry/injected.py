@@ -1,7 +1,7 @@
 """The part of `symwatch inject` that runs inside the target process (see docs/launch.md,
 "Attach to a run already going").
 
-The observer (symwatch/launch/inject.py) gets a few lines of Python run in the target's main thread
+The observer (symwatch/launch/inject/) gets a few lines of Python run in the target's main thread
 at a safe point (between two bytecodes, with the GIL held: a pending call reached through
 gdb, or `sys.remote_exec` on Python 3.14+). Those lines import this module and call
 `inject(request)`, which must be quick and never raise: it only checks, evaluates the user's
@@ -26,6 +26,14 @@ import sys
 import time
 from typing import Any
 
+from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.optim import Optimizer
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from symwatch_agent.agent import open_agents, watch
+from symwatch_agent.hooks.models import find_models, name_models
+
 _pending: _Arming | None = None  # an injection whose hook waits for its first step
 
 
@@ -43,8 +51,6 @@ def inject(request_json: str) -> None:
 
 def _inject(request: dict[str, Any]) -> None:
     global _pending
-    from symwatch_agent.agent import open_agents
-
     result = request["result"]
     waiting = request.get("waiting")
     if (time.time() > float(request.get("arm_deadline") or float("inf"))
@@ -93,14 +99,10 @@ class _Arming:
                 or (self.deadline is not None and time.time() > self.deadline))
 
     def register(self) -> None:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
         if _inside_optimizer_step():
             # Adding to torch's hook table while it iterates it would raise in the training
             # loop: register at the next forward call instead (forward hooks are iterated
             # over a copy).
-            from torch.nn.modules.module import register_module_forward_pre_hook
-
             def later(module: Any, args: Any) -> None:
                 self.forward_handle.remove()
                 self.forward_handle = None
@@ -132,8 +134,6 @@ class _Arming:
             _say(f"not watching this run: {message} (training continues)")
 
     def _withdraw_at_next_forward(self) -> None:
-        from torch.nn.modules.module import register_module_forward_pre_hook
-
         def withdraw(module: Any, args: Any) -> None:
             for handle in (self.step_handle, self.forward_handle):
                 if handle is not None:
@@ -143,9 +143,6 @@ class _Arming:
         self.forward_handle = register_module_forward_pre_hook(withdraw)
 
     def _start(self, stepped: Any) -> None:
-        from symwatch_agent.agent import open_agents, watch
-        from symwatch_agent.hooks.models import find_models, name_models
-
         agents = open_agents()  # the script may have called watch() since the injection
         if agents:
             write_result(self.result, _already(agents[0]))
@@ -224,8 +221,6 @@ def _as_models(value: Any) -> Any:
     """None (find them), a {name: module} dict, or a list of modules to name."""
     if value is None:
         return None
-    from torch import nn
-
     if isinstance(value, nn.Module):
         return {"": value}
     if isinstance(value, dict):
@@ -241,8 +236,6 @@ def _as_models(value: Any) -> Any:
 def _as_optimizers(value: Any) -> Any:
     if value is None:
         return None
-    from torch.optim import Optimizer
-
     if isinstance(value, Optimizer):
         return [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, Optimizer)

@@ -55,7 +55,7 @@ class StateDict(nn.Module):
 def load(path: str, trust: bool = False) -> nn.Module | dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         try:
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # noqa: PLC0415 (lazy: optional package)
         except ImportError:
             raise SystemExit(f"{path}: reading .safetensors needs the safetensors package "
                              "(pip install safetensors)") from None

@@ -16,6 +16,9 @@ import gc
 import sys
 from typing import Any, Sequence
 
+from torch import nn
+from torch.optim import Optimizer
+
 
 def find_models(first_optimizer: Any, first_module: Any = None,
                 optimizers: Sequence[Any] | None = None) -> tuple[dict[str, Any], list[Any]]:
@@ -23,9 +26,6 @@ def find_models(first_optimizer: Any, first_module: Any = None,
     plus `first_module`'s outermost module when given (a frozen teacher, say). `optimizers`:
     the ones to use; default: `first_optimizer` and every other live optimizer. The first
     optimizer of the result is `first_optimizer` (the agent counts steps on it)."""
-    from torch import nn
-    from torch.optim import Optimizer
-
     modules: list = []
     found = [first_optimizer] if first_optimizer is not None else []
     # A model and optimizer replaced earlier (a notebook cell run twice) may linger in cyclic

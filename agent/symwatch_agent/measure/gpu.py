@@ -24,7 +24,7 @@ PROCESS_INTERVAL_S = 30.0
 
 
 def _import_pynvml() -> Any:
-    import pynvml  # nvidia-ml-py
+    import pynvml  # noqa: PLC0415 (lazy: nvidia-ml-py, optional at run time; NVML at first poll)
 
     return pynvml
 

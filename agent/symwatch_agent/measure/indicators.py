@@ -48,7 +48,7 @@ from symwatch_agent.measure import detail as layer_detail
 from symwatch_agent.measure import pairing, spectra, units
 from symwatch_agent.measure.activity import ActivityProbe
 from symwatch_agent.measure.layers import EMBEDDING, NORM, Layer, unwrap
-from symwatch_agent.measure.schedule import CHEAP, FULL, TierScheduler
+from symwatch_agent.measure.schedule import FULL, TierScheduler
 
 INDICATORS = (
     "weight_norm", "stable_rank", "effective_rank", "participation_ratio", "numerical_rank",

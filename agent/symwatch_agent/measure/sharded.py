@@ -141,7 +141,7 @@ def _global_shape(layer: Layer) -> list[int] | None:
 
 def _is_dtensor(t: Any) -> bool:
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor  # noqa: PLC0415 (lazy: torch.distributed)
     except ImportError:  # a torch without distributed support: no FSDP2 either
         return False
     return isinstance(t, DTensor)

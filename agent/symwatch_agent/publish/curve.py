@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-
-ENV_SERVER_KEY = "SYMWATCH_CURVE_SERVER_KEY"  # the server's secret certificate file
-ENV_AUTHORIZED = "SYMWATCH_CURVE_AUTHORIZED"  # a directory of authorised client public keys
-# Publishing to a relay (`connect=`): the agent is the CURVE *client* of the relay.
-ENV_RELAY_KEY = "SYMWATCH_CURVE_RELAY_KEY"  # the relay's public key file
-ENV_CLIENT_KEY = "SYMWATCH_CURVE_CLIENT_KEY"  # this agent's secret key file
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 
 class CurveError(ValueError):
@@ -42,8 +38,6 @@ class CurveServer:
     def authenticator(self, ctx: zmq.Context) -> Any:
         """A started ZAP handler admitting only the authorised client keys; stop() it after
         the sockets are closed. The key directory is read now (restart to add a key)."""
-        from zmq.auth.thread import ThreadAuthenticator
-
         auth = ThreadAuthenticator(ctx, log=_QuietLog())
         auth.start()
         auth.configure_curve(domain="*", location=self.authorized)
@@ -52,16 +46,17 @@ class CurveServer:
 
 def load_server(server_key: str | os.PathLike[str] | None = None,
                 authorized: str | os.PathLike[str] | None = None) -> CurveServer | None:
-    """The CURVE settings from the arguments or the environment; None when neither names a
-    server key. Raises CurveError for keys that are given but unusable."""
-    key = server_key if server_key is not None else os.environ.get(ENV_SERVER_KEY) or None
-    folder = authorized if authorized is not None else os.environ.get(ENV_AUTHORIZED) or None
+    """The CURVE settings: `server_key` and `authorized` as given, or as AgentOptions found
+    them in $SYMWATCH_CURVE_SERVER_KEY and $SYMWATCH_CURVE_AUTHORIZED; None when neither names
+    a server key. Raises CurveError for keys that are given but unusable."""
+    key, folder = server_key, authorized
     if key is None and folder is None:
         return None
     if key is None or folder is None:
         raise CurveError("CurveZMQ needs both a server secret key (curve_server_key= or "
-                         f"${ENV_SERVER_KEY}) and a directory of authorised client keys "
-                         f"(curve_authorized= or ${ENV_AUTHORIZED}); run `symwatch keygen`")
+                         "$SYMWATCH_CURVE_SERVER_KEY) and a directory of authorised client keys "
+                         "(curve_authorized= or $SYMWATCH_CURVE_AUTHORIZED); run `symwatch "
+                         "keygen`")
     key, folder = os.fspath(key), os.fspath(folder)
     public, secret = _load_secret(key)
     if not os.path.isdir(folder):
@@ -72,8 +67,6 @@ def load_server(server_key: str | os.PathLike[str] | None = None,
 
 
 def _load_secret(path: str) -> tuple[bytes, bytes]:
-    import zmq.auth
-
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -111,19 +104,16 @@ class CurveClient:
 def load_relay_client(relay_key: str | os.PathLike[str] | None = None,
                       client_key: str | os.PathLike[str] | None = None) -> CurveClient | None:
     """The CURVE settings to publish to a relay that requires keys (`symwatch relay
-    --server-key/--authorized`), from the arguments or $SYMWATCH_CURVE_RELAY_KEY (the relay's
-    public key) and $SYMWATCH_CURVE_CLIENT_KEY (this agent's secret key); None when neither is
-    given."""
-    import zmq.auth
-
-    relay = relay_key if relay_key is not None else os.environ.get(ENV_RELAY_KEY) or None
-    mine = client_key if client_key is not None else os.environ.get(ENV_CLIENT_KEY) or None
+    --server-key/--authorized`): the relay's public key and this agent's secret key, as
+    AgentOptions found them in $SYMWATCH_CURVE_RELAY_KEY and $SYMWATCH_CURVE_CLIENT_KEY; None
+    when neither is given."""
+    relay, mine = relay_key, client_key
     if relay is None and mine is None:
         return None
     if relay is None or mine is None:
-        raise CurveError(f"publishing to a relay with CurveZMQ needs both the relay's public key "
-                         f"(${ENV_RELAY_KEY}) and this agent's secret key (${ENV_CLIENT_KEY}); "
-                         "run `symwatch keygen`")
+        raise CurveError("publishing to a relay with CurveZMQ needs both the relay's public key "
+                         "($SYMWATCH_CURVE_RELAY_KEY) and this agent's secret key "
+                         "($SYMWATCH_CURVE_CLIENT_KEY); run `symwatch keygen`")
     try:
         server_public, _ = zmq.auth.load_certificate(os.fspath(relay))
     except (OSError, ValueError) as exc:

@@ -1,7 +1,8 @@
 """The Runs screen: every run known here or on added SSH hosts; Enter attaches, `o` a recording.
 
 Local runs come from the registry (`runtime.registered_runs`, dead entries included), remote
-ones from `symwatch ls --json` over ssh (symwatch/transport/ssh.py). A worker thread scans every
+ones from `symwatch ls --json` over ssh (both through symwatch.sources.discovery). A worker
+thread scans every
 REFRESH_S, so ssh never blocks the UI; a host that fails shows its error as a row of its own.
 States: *running*; *idle* (its step count has not moved, or its registry entry has not been
 rewritten, for IDLE_AFTER_S); *lost* (its process died without unregistering); *finished*
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from rich.text import Text
 from textual import on
@@ -26,12 +27,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from symwatch.core import runtime
-from symwatch.transport.subscriber import ListSource
 from symwatch.core.runtime import RunEntry
-from symwatch.transport.ssh import (SshError, SshOptions, SshTarget, Tunnel, TunnelFeed,
-                          list_remote_registered, load_hosts, normalise_host, save_hosts)
-from symwatch.tui.app import SymwatchApp
+from symwatch.sources import discovery
+from symwatch.sources.base import MessageSource, SourceError
+from symwatch.sources.discovery import SshOptions, scan_host, scan_local
+from symwatch.sources.open import open_recording
 from symwatch.tui.run_text import started_text
 
 REFRESH_S = 2.0  # the agent rewrites its registry entry every 2 s
@@ -57,33 +57,27 @@ class RunsConfig:
     model: Any = None  # the RunsModel, kept across visits (a run seen, then gone: finished)
 
     def __post_init__(self) -> None:
+        """SourceError for a given host that is not one."""
         if self.model is None:
             self.model = RunsModel()
-        given = [normalise_host(h) for h in self.hosts]
-        known = load_hosts(self.hosts_path)
-        self.hosts = list(dict.fromkeys(known + given))
-        if any(h not in known for h in given):
-            try:
-                save_hosts(self.hosts, self.hosts_path)
-            except OSError:
-                pass  # remembering is a convenience; listing them still works
+        self.hosts = discovery.remembered_hosts(self.hosts, self.hosts_path)
         if self.options is None:
-            try:
-                self.options = SshOptions.from_env()
-            except SshError:
-                self.options = None  # no ssh here: hosts show that error
+            self.options = discovery.default_ssh_options()  # None: hosts show that error
 
     def add_host(self, text: str) -> str:
-        url = normalise_host(text)
-        if url not in self.hosts:
-            self.hosts.append(url)
-            save_hosts(self.hosts, self.hosts_path)
-        return url
+        """SourceError when `text` is not a host, OSError when it cannot be remembered."""
+        return discovery.add_host(self.hosts, text, self.hosts_path)
 
     def remove_host(self, url: str) -> None:
-        if url in self.hosts:
-            self.hosts.remove(url)
-            save_hosts(self.hosts, self.hosts_path)
+        discovery.remove_host(self.hosts, url, self.hosts_path)
+
+
+class RunsHost(Protocol):
+    """What the Runs screen needs of the app it is pushed on (symwatch.tui.app.SymwatchApp)."""
+
+    runs_config: RunsConfig | None
+
+    def attach_source(self, source: MessageSource, title: str | None = None) -> None: ...
 
 
 @dataclass
@@ -149,20 +143,6 @@ class RunsModel:
         order = {LOCAL: 0}
         return sorted((replace(s.row) for s in self._seen.values()),
                       key=lambda r: (order.get(r.where, 1), r.where, r.entry.started))
-
-
-def scan_local() -> list[tuple[RunEntry, bool]]:
-    return [(e, runtime.pid_alive(e.pid)) for e in runtime.registered_runs()]
-
-
-def scan_host(url: str, options: SshOptions | None) -> list[tuple[RunEntry, bool]] | str:
-    """A host's registered runs, each with whether its process is alive, or its error line."""
-    if options is None:
-        return "no ssh program here (set $SYMWATCH_SSH)"
-    try:
-        return list_remote_registered(SshTarget.parse(url), options)
-    except SshError as exc:
-        return str(exc)
 
 
 def last_transition_text(entry: RunEntry) -> str:
@@ -289,14 +269,14 @@ class RunsScreen(Screen[None]):
         cells = []
         for row in rows:
             e = row.entry
-            where = "local" if row.where == LOCAL else SshTarget.parse(row.where).label
+            where = "local" if row.where == LOCAL else discovery.host_label(row.where)
             cells.append((row.key, [
                 _clip(where, 16), e.run_id, _clip(e.name, 20),
                 Text(row.state, style=STATE_STYLES.get(row.state, "")), f"{e.steps:,}",
                 last_transition_text(e), started_text(e.started)]))
         for host, error in self.host_errors.items():  # inline, and in full below the table
             cells.append((f"error:{host}", [
-                _clip(SshTarget.parse(host).label, 16), "", "", Text("error", style="bold red"),
+                _clip(discovery.host_label(host), 16), "", "", Text("error", style="bold red"),
                 "", Text(error, style="red"), ""]))
         # The last transition (or error) takes the width the other columns leave, so the row
         # fits the screen (a DataTable pads each cell by one column on each side).
@@ -309,7 +289,7 @@ class RunsScreen(Screen[None]):
                          if isinstance(text, Text) else _clip(text, room))
             table.add_row(*values, key=key)
         self.query_one("#runs-errors", Static).update(Text("\n".join(
-            f"{SshTarget.parse(h).label}: {e}" for h, e in self.host_errors.items())))
+            f"{discovery.host_label(h)}: {e}" for h, e in self.host_errors.items())))
         if keep is not None:
             index = next((i for i, key in enumerate(self._row_keys()) if key == keep), None)
             if index is not None:
@@ -355,42 +335,37 @@ class RunsScreen(Screen[None]):
                         "if it made one, opens with o)", severity="warning")
             return
         if row.where == LOCAL:
-            from symwatch.transport.subscriber import BackgroundFeed, EndpointError
-
             try:
-                source = BackgroundFeed(row.entry.endpoint, curve=self.config.curve)
-            except EndpointError as exc:
+                source = discovery.open_local_run(row.entry, curve=self.config.curve)
+            except SourceError as exc:
                 self.notify(str(exc), severity="error")
                 return
             self._show_source(source, f"symwatch — {row.entry.name}")
             return
-        self.notify(f"connecting to {row.entry.name} on {SshTarget.parse(row.where).label}…",
+        self.notify(f"connecting to {row.entry.name} on {discovery.host_label(row.where)}…",
                     timeout=3)
         threading.Thread(target=self._open_remote, args=(row,), name="symwatch-runs-attach",
                          daemon=True).start()
 
     def _open_remote(self, row: RunRow) -> None:
         """Worker thread: ssh may take seconds to authenticate and forward."""
-        target = SshTarget.parse(row.where)
         try:
-            if self.config.options is None:
-                raise SshError("no ssh program here (set $SYMWATCH_SSH)")
-            tunnel = Tunnel(target, row.entry, self.config.options).start()
-            source = TunnelFeed(tunnel, curve=self.config.curve)
-        except (SshError, OSError) as exc:
+            source = discovery.open_host_run(row.where, row.entry, self.config.options,
+                                             curve=self.config.curve)
+        except SourceError as exc:
             try:
                 self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
             except RuntimeError:
                 pass  # the app has gone
             return
-        title = f"symwatch — {row.entry.name} on {target.label}"
+        title = f"symwatch — {row.entry.name} on {discovery.host_label(row.where)}"
         try:
             self.app.call_from_thread(self._show_source, source, title)
         except RuntimeError:
             source.close()  # the app quit while ssh connected: end the tunnel
 
-    def _show_source(self, source: Any, title: str) -> None:
-        app: SymwatchApp = self.app  # type: ignore[assignment]
+    def _show_source(self, source: MessageSource, title: str) -> None:
+        app: RunsHost = self.app  # type: ignore[assignment]
         self.dismiss(None)
         app.attach_source(source, title)
 
@@ -435,7 +410,7 @@ class RunsScreen(Screen[None]):
         if mode == "host":
             try:
                 url = self.config.add_host(text)
-            except SshError as exc:
+            except SourceError as exc:
                 self.notify(str(exc), severity="error")
                 return
             except OSError as exc:
@@ -447,12 +422,9 @@ class RunsScreen(Screen[None]):
             self._open_recording(os.path.expanduser(text))
 
     def _open_recording(self, path: str) -> None:
-        from symwatch.core.recording import RecordingError
-        from symwatch.sources.replay import ReplaySource
-
         try:
-            source = ReplaySource.open(path)
-        except (RecordingError, OSError) as exc:
+            source = open_recording(path)
+        except SourceError as exc:
             self.notify(str(exc), severity="error")
             return
         self._show_source(source, f"symwatch — replay of {path}")
@@ -477,23 +449,10 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def open_runs_screen(app: SymwatchApp, *, first: bool = False) -> None:
-    """Push the Runs screen over `app` (the dashboard's `r`)."""
-    config = getattr(app, "runs_config", None)
+def open_runs_screen(app: Any, *, first: bool = False) -> None:
+    """Push the Runs screen over `app` (a Textual App that is a RunsHost: the dashboard's
+    `r`)."""
+    config = app.runs_config
     if config is None:
         config = app.runs_config = RunsConfig()
     app.push_screen(RunsScreen(config, first=first))
-
-
-class RunsApp(SymwatchApp):
-    """The dashboard with no run yet, starting on the Runs screen (`symwatch attach` with
-    several runs, or with --ssh-host); Esc there quits."""
-
-    def __init__(self, config: RunsConfig, **options: Any) -> None:
-        super().__init__(ListSource(endpoint="(no run chosen)"), title="symwatch — runs",
-                         owns_source=True, **options)
-        self.runs_config = config
-
-    def on_mount(self) -> None:
-        super().on_mount()
-        open_runs_screen(self, first=True)

@@ -81,20 +81,16 @@ def gpu_text(gpu: dict[str, Any] | None) -> Text:
             text.append(f"{dev.get('index', '?')}: {dev.get('name', '?')}  ", "bold")
         else:
             text.append(f"{dev.get('index', '?')} ", "bold")
-        text.append(f"util {_num(dev.get('util'), '%')}  ")
+        text.append(f"util {numbers.with_unit(dev.get('util'), '%')}  ")
         used, total = numbers.gib(dev.get("mem_used")), numbers.gib(dev.get("mem_total"))
         text.append(f"mem {used}/{total} GiB")
         if len(devices) == 1:
-            text.append(f"  {_num(dev.get('temp'), '°C')}  "
-                        f"{_num(dev.get('power'), '')}/{_num(dev.get('power_limit'), ' W')}")
+            power = numbers.with_unit(dev.get("power"), "")
+            limit = numbers.with_unit(dev.get("power_limit"), " W")
+            text.append(f"  {numbers.with_unit(dev.get('temp'), '°C')}  {power}/{limit}")
     if len(devices) > 4:
         text.append(f"  … +{len(devices) - 4} more", "dim")
     return text
-
-
-def _num(value: Any, unit: str) -> str:
-    s = numbers.compact(value, 3)
-    return s if s == numbers.NA else f"{s}{unit}"
 
 
 def events_text(state: RunState, lines: int) -> Text:

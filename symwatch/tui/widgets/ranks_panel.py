@@ -21,7 +21,6 @@ from textual.widgets import Static
 from symwatch.state import numbers
 from symwatch.state.ranks import RankView
 from symwatch.state.run_state import RunState
-from symwatch.tui.widgets.panels import _num  # a number with its unit, N/A alone
 
 NO_GPU = "no NVIDIA GPU visible"
 REDRAW_S = 0.25
@@ -127,10 +126,11 @@ def _node_text(view: RankView, gpu: dict[str, Any], state: RunState) -> Text:
         text.append("  no devices reported", "dim")
     for dev in devices:
         text.append(f"\n  {dev.get('index', '?')}: {dev.get('name', '?')}", "bold")
-        text.append(f"  util {_num(dev.get('util'), '%')}")
+        text.append(f"  util {numbers.with_unit(dev.get('util'), '%')}")
         text.append(f"  mem {_gib(dev.get('mem_used'))}/{_gib(dev.get('mem_total'))} GiB")
-        text.append(f"  {_num(dev.get('temp'), '°C')}")
-        text.append(f"  {_num(dev.get('power'), '')}/{_num(dev.get('power_limit'), ' W')}")
+        text.append(f"  {numbers.with_unit(dev.get('temp'), '°C')}")
+        power = numbers.with_unit(dev.get("power"), "")
+        text.append(f"  {power}/{numbers.with_unit(dev.get('power_limit'), ' W')}")
         if "job_mem_used" in dev:  # NVML's process list: this job's processes on the device
             used = dev.get("job_mem_used")
             text.append(f"  job {_gib(used) + ' GiB' if used is not None else numbers.NA} "

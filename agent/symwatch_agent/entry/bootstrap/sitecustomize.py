@@ -21,12 +21,14 @@ must stay cheap and harmless:
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import sys
 
+# Read here, at start-up (before symwatch_agent may be imported): whether to watch at all, and
+# where the agent lives. The agent's own options are read by symwatch_agent.options, at arming.
 _ENV_LAUNCH = "SYMWATCH_LAUNCH"
-_ENV_BUDGET = "SYMWATCH_BUDGET"
-_ENV_QUIET = "SYMWATCH_QUIET"
 _ENV_AGENT_PATH = "SYMWATCH_AGENT_PATH"  # where symwatch_agent lives, if not importable here
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -46,9 +48,6 @@ def _say(text: str) -> None:
 def _chain() -> None:
     """Run the next `sitecustomize` on sys.path, as `site` would have (errors reported the way
     `site` reports them, then start-up continues)."""
-    import importlib.machinery
-    import importlib.util
-
     here = os.path.normcase(_HERE)
     path = [p for p in sys.path if os.path.normcase(os.path.abspath(p or os.curdir)) != here]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
@@ -84,8 +83,6 @@ class _TorchImportWatcher:
         if name != "torch":
             return None
         _remove_watcher()
-        import importlib.util
-
         spec = importlib.util.find_spec(name)  # the rest of the path decides, as usual
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
@@ -125,9 +122,10 @@ def _on_torch() -> None:
     """torch is imported: register the global hooks (each call is cheap; nothing else runs
     until a module is called or an optimizer steps)."""
     try:
-        import torch  # noqa: F401 - already in sys.modules
-        from torch.nn.modules.module import register_module_forward_pre_hook
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
+        # The script imported torch (this runs right after it): never at start-up.
+        import torch  # noqa: F401, PLC0415 (lazy: torch-free start-up)
+        from torch.nn.modules.module import register_module_forward_pre_hook  # noqa: PLC0415 (lazy: torch-free start-up)
+        from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: PLC0415 (lazy: torch-free start-up)
 
         _state["forward_hook"] = register_module_forward_pre_hook(_on_forward)
         _state["step_hook"] = register_optimizer_step_pre_hook(_on_step)
@@ -137,7 +135,7 @@ def _on_torch() -> None:
 
 def _in_dataloader_worker() -> bool:
     try:
-        from torch.utils.data import get_worker_info
+        from torch.utils.data import get_worker_info  # noqa: PLC0415 (lazy: torch-free start-up)
 
         return get_worker_info() is not None
     except Exception:
@@ -173,7 +171,7 @@ def _start_loss_capture() -> None:
     has its loss too. Imported here, not at start-up: this process runs a model."""
     try:
         _ensure_agent_importable()
-        from symwatch_agent.hooks import loss_capture
+        from symwatch_agent.hooks import loss_capture  # noqa: PLC0415 (lazy: torch-free start-up)
 
         def remember(loss):  # noqa: ANN001
             _state["last_loss"] = loss
@@ -188,7 +186,7 @@ def _stop_loss_capture() -> None:
     listener = _state.pop("loss_listener", None)
     if listener is not None:
         try:
-            from symwatch_agent.hooks import loss_capture
+            from symwatch_agent.hooks import loss_capture  # noqa: PLC0415 (lazy: torch-free start-up)
 
             loss_capture.remove_listener(listener)
         except Exception:
@@ -196,8 +194,6 @@ def _stop_loss_capture() -> None:
 
 
 def _ensure_agent_importable() -> None:
-    import importlib.util
-
     if importlib.util.find_spec("symwatch_agent") is not None:
         return
     for entry in os.environ.get(_ENV_AGENT_PATH, "").split(os.pathsep):
@@ -226,7 +222,8 @@ def _on_step(optimizer, args, kwargs):  # noqa: ANN001 - torch's hook signature
 
 def _arm(first_optimizer) -> None:  # noqa: ANN001
     _ensure_agent_importable()
-    from symwatch_agent.agent import Agent, watch
+    from symwatch_agent.agent import Agent, watch  # noqa: PLC0415 (lazy: torch-free start-up)
+    from symwatch_agent.options import launch_quiet  # noqa: PLC0415 (lazy: torch-free start-up)
 
     if any(isinstance(getattr(hook, "__self__", None), Agent)
            for hook in getattr(first_optimizer, "_optimizer_step_post_hooks", {}).values()):
@@ -244,76 +241,34 @@ def _arm(first_optimizer) -> None:  # noqa: ANN001
         agent._on_backward(loss)  # the loss of the step that armed us
     if agent.error:
         return  # the agent said why, once
-    if not os.environ.get(_ENV_QUIET):
+    if not launch_quiet():
         names = ", ".join(name for name in models if name) or "model"
         _say(f"watching {names} ({len(agent.layers)} layers) on {agent.endpoint} "
              f"(rank {agent.rank}); `symwatch attach` to view")
 
 
 def _options() -> dict:
-    options: dict = {}
-    budget = os.environ.get(_ENV_BUDGET)
-    if budget:
-        try:
-            value = float(budget)
-            if not 0 < value <= 1:
-                raise ValueError
-            options["budget"] = value
-        except ValueError:
-            _say(f"ignoring ${_ENV_BUDGET}={budget!r}: expected a fraction in (0, 1]")
-    every = os.environ.get("SYMWATCH_EVERY")
-    if every:
-        try:
-            options["every"] = max(1, int(every))
-        except ValueError:
-            _say(f"ignoring $SYMWATCH_EVERY={every!r}: expected a whole number of steps")
-            options["every"] = 10
-    full_every = os.environ.get("SYMWATCH_FULL_EVERY", "").strip()
-    if full_every:
-        try:
-            value = int(full_every)
-            if value < 1:
-                raise ValueError
-            options["full_every"] = value
-        except ValueError:
-            _say(f"ignoring $SYMWATCH_FULL_EVERY={full_every!r}: expected a whole number of "
-                 f"samples")
-    local_rank = _int_env("LOCAL_RANK")
-    endpoint = os.environ.get("SYMWATCH_ENDPOINT")
-    if endpoint and local_rank:
-        options["endpoint"] = rank_endpoint(endpoint, local_rank)
-    record = os.environ.get("SYMWATCH_RECORD")
-    if record and _int_env("WORLD_SIZE") > 1 and "{rank}" not in record:
-        root, ext = os.path.splitext(record)
-        options["record"] = f"{root}.rank{{rank}}{ext}"
-    return options
+    """watch()'s keyword arguments from the variables `symwatch run` set (a malformed one is
+    reported and ignored): symwatch_agent.options.launch_options."""
+    _ensure_agent_importable()
+    from symwatch_agent.options import launch_options  # noqa: PLC0415 (lazy: torch-free start-up)
 
-
-def _int_env(name: str) -> int:
-    try:
-        return int(os.environ.get(name, "0") or 0)
-    except ValueError:
-        return 0
+    return launch_options(_say)
 
 
 def rank_endpoint(endpoint: str, local_rank: int) -> str:
-    """Several ranks on one machine cannot bind one endpoint: local rank r binds the TCP port
-    + r, or the ipc path with `.r` appended. `{rank}` in the endpoint is replaced instead."""
-    if "{rank}" in endpoint:
-        return endpoint.replace("{rank}", str(local_rank))
-    if endpoint.startswith("tcp://"):
-        host, _, port = endpoint.rpartition(":")
-        if port.isdigit() and int(port) != 0:
-            return f"{host}:{int(port) + local_rank}"
-        return endpoint
-    return f"{endpoint}.{local_rank}"
+    """The endpoint local rank `local_rank` binds: symwatch_agent.options.rank_endpoint."""
+    _ensure_agent_importable()
+    from symwatch_agent.options import rank_endpoint as for_rank  # noqa: PLC0415 (lazy: torch-free start-up)
+
+    return for_rank(endpoint, local_rank)
 
 
 def discover(first_optimizer, first_module):  # noqa: ANN001
     """(named models, optimizers): the outermost modules owning the optimizers' parameters,
     plus the first module called (a frozen teacher, say); every live optimizer, the one that
     stepped first (the agent counts steps on it). Shared with `symwatch inject`."""
-    from symwatch_agent.hooks.models import find_models
+    from symwatch_agent.hooks.models import find_models  # noqa: PLC0415 (lazy: torch-free start-up)
 
     return find_models(first_optimizer, first_module)
 

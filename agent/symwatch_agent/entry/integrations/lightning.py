@@ -20,17 +20,18 @@ The standalone `pytorch_lightning` package has its own `Callback` class: use
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
+
+from torch.nn.parallel import DistributedDataParallel
 
 from symwatch_agent.entry.integrations.session import CallbackSession
 
-__all__ = ["SymwatchCallback"]
+__all__ = ["SymwatchCallback"]  # noqa: F822 - made on first use, by __getattr__
 
 
 def build_callback(package: str) -> type:
     """The callback class for `package` ("lightning.pytorch" or "pytorch_lightning")."""
-    import importlib
-
     try:
         base = importlib.import_module(package).Callback
     except ImportError as exc:
@@ -93,8 +94,6 @@ def build_callback(package: str) -> type:
 def _ddp_replicas(trainer: Any) -> bool:
     """Under a DDP strategy the ranks hold copies of the same weights (FSDP and DeepSpeed
     wrap the model in something else: shards, measured on every rank)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     model = getattr(getattr(trainer, "strategy", None), "model", None)
     return trainer.world_size > 1 and isinstance(model, DistributedDataParallel)
 

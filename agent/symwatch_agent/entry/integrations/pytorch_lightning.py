@@ -8,7 +8,7 @@ from typing import Any
 
 from symwatch_agent.entry.integrations.lightning import build_callback
 
-__all__ = ["SymwatchCallback"]
+__all__ = ["SymwatchCallback"]  # noqa: F822 - made on first use, by __getattr__
 
 
 def __getattr__(name: str) -> Any:

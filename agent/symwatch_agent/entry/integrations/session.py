@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import torch
 
 from symwatch_agent.agent import Agent, watch
+from symwatch_agent.options import AgentOptions
 
 # Options the callbacks set from the trainer; a user who passes one explicitly wins.
 PLACEMENT = ("rank", "world_size", "local_rank", "node_rank", "replica")
@@ -95,10 +96,8 @@ class CallbackSession:
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    import inspect
-
-    accepted = inspect.signature(Agent.__init__).parameters
-    unknown = sorted(set(options) - set(accepted) - {"self"})
+    accepted = {"self", "model", "optimizer", *AgentOptions.keywords()}  # Agent's parameters
+    unknown = sorted(set(options) - accepted)
     if unknown or "model" in options or "optimizer" in options:
         bad = unknown or [k for k in ("model", "optimizer") if k in options]
         raise TypeError(f"SymwatchCallback: unknown option(s) {', '.join(bad)}; it takes "

@@ -26,7 +26,7 @@ from typing import Any
 
 from symwatch_agent.entry.integrations.session import CallbackSession
 
-__all__ = ["SymwatchCallback"]
+__all__ = ["SymwatchCallback"]  # noqa: F822 - made on first use, by __getattr__
 
 
 def _data_parallel_replicas(args: Any) -> bool:
@@ -36,7 +36,7 @@ def _data_parallel_replicas(args: Any) -> bool:
             getattr(args, "deepspeed", None):
         return False
     try:
-        from accelerate.state import AcceleratorState
+        from accelerate.state import AcceleratorState  # noqa: PLC0415 (lazy: optional extra)
 
         kind = AcceleratorState().distributed_type
     except Exception:
@@ -46,7 +46,7 @@ def _data_parallel_replicas(args: Any) -> bool:
 
 def _build() -> type:
     try:
-        from transformers import TrainerCallback
+        from transformers import TrainerCallback  # noqa: PLC0415 (lazy: optional extra)
     except ImportError as exc:
         raise ImportError("symwatch's transformers callback needs transformers: "
                           "pip install 'symwatch[integrations]'") from exc

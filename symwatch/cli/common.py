@@ -1,0 +1,208 @@
+"""What every `symwatch` command shares: the user-facing error, argument types, option groups
+(view, CurveZMQ keys, ssh://) and the lookups of a run named on the command line.
+
+Every cli module imports this one, never `symwatch.cli.main` (which imports them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from symwatch.core import runtime
+from symwatch.core.runtime import RunEntry
+from symwatch.transport.keys import CurveClient, KeyFileError, load_client
+from symwatch.transport.ssh import ENV_REMOTE_RUNTIME_DIR, ENV_REMOTE_SYMWATCH, ENV_SSH, SshOptions
+from symwatch.transport.subscriber import EndpointError, validate_endpoint
+from symwatch.tui.themes import CHOICES, ENV_THEME, ThemeError, resolve_theme
+
+NO_RUNS = ("no live symwatch runs on this machine; start one with `symwatch demo`, "
+           "`symwatch run -- python train.py` or `symwatch.watch(model, optimizer)` in your "
+           "script, or pass an endpoint: "
+           "symwatch attach tcp://127.0.0.1:PORT")
+
+
+class UserError(Exception):
+    """A mistake on the command line: printed as one line, no traceback."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def err(message: str) -> None:
+    """One line (or a few) for the user, on stderr, at once."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def subparser(subs: Any, name: str, help_: str, description: str, epilog: str) -> Any:
+    """A command's parser, its description and examples shown as written."""
+    return subs.add_parser(name, help=help_, description=description, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# -- argument types ----------------------------------------------------------------------------
+
+def number(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) -> Any:
+    """An argparse type: `kind(text)` that passes `check`, else "expected WHAT, got TEXT"."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+non_negative_int = number(int, lambda v: v >= 0, "an integer >= 0")
+positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_seconds = number(float, lambda v: v >= 0 and v < float("inf"), "seconds >= 0")
+positive_float = number(float, lambda v: 0 < v < float("inf"), "a number > 0")
+non_negative_float = number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
+finite_float = number(float, math.isfinite, "a number")
+
+
+def fraction(text: str) -> float:
+    """A fraction in (0, 1], e.g. a time budget."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
+
+
+def absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
+# -- the view: --theme, --title, --web ---------------------------------------------------------
+
+def add_view_options(parser: argparse.ArgumentParser) -> None:
+    """--theme, --title and --web/--host/--port/--allow-remote (docs/tui.md)."""
+    parser.add_argument("--theme", choices=CHOICES, default=None,
+                        help=f"colours: auto follows the terminal's background (COLORFGBG), "
+                             f"else dark; terminal uses its own palette (default: "
+                             f"${ENV_THEME}, else auto)")
+    parser.add_argument("--title", default=None, help="the view's title (default: the run)")
+    parser.add_argument("--web", action="store_true",
+                        help="serve the view to a browser (textual-serve) instead of this "
+                             "terminal; prints the URL")
+    parser.add_argument("--host", default=None, metavar="HOST",
+                        help="with --web: the address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=non_negative_int, default=0, metavar="N",
+                        help="with --web: the port (default 0: a free one)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="with --web: allow a --host that is not loopback")
+
+
+def theme_from_args(args: argparse.Namespace) -> str:
+    """The Textual theme for --theme / $SYMWATCH_THEME; a bad $SYMWATCH_THEME is a UserError."""
+    try:
+        return resolve_theme(getattr(args, "theme", None))
+    except ThemeError as exc:
+        raise UserError(str(exc)) from None
+
+
+# -- CurveZMQ keys: --server-key, --client-key -------------------------------------------------
+
+def add_curve_arguments(parser: argparse.ArgumentParser) -> None:
+    """A viewer's CurveZMQ keys (docs/security.md)."""
+    parser.add_argument("--server-key", metavar="FILE", default=None,
+                        help="CurveZMQ: the agent's public key file (from `symwatch keygen`); "
+                             "needed for an agent that publishes with keys (docs/security.md)")
+    parser.add_argument("--client-key", metavar="FILE", default=None,
+                        help="CurveZMQ: your secret key file (*.key_secret), whose public key "
+                             "the agent authorises")
+
+
+def curve_client(args: argparse.Namespace) -> CurveClient | None:
+    """The CurveZMQ client settings from --server-key/--client-key, or None."""
+    server_key = getattr(args, "server_key", None)
+    client_key = getattr(args, "client_key", None)
+    if server_key is None and client_key is None:
+        return None
+    if server_key is None or client_key is None:
+        raise UserError("CurveZMQ needs both --server-key (the agent's public key) and "
+                        "--client-key (your secret key); see `symwatch keygen`")
+    try:
+        return load_client(server_key, client_key)
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+
+
+# -- ssh:// targets ----------------------------------------------------------------------------
+
+def add_ssh_arguments(parser: argparse.ArgumentParser, short: bool = True) -> None:
+    """The options every command that takes an ssh:// target shares (`short`: also `-o` for
+    --ssh-option, where -o does not already mean --output)."""
+    group = parser.add_argument_group(
+        "remote runs (ssh://)", f"ssh is the system's (${ENV_SSH} overrides the command, e.g. "
+        "'ssh -F ~/.ssh/cluster'), so ~/.ssh/config, agents and jump hosts apply")
+    group.add_argument(*(("-o",) if short else ()), "--ssh-option", action="append",
+                       default=[], metavar="OPT",
+                       help="an ssh -o option, repeatable: --ssh-option Port=2222 "
+                            "--ssh-option IdentityFile=~/.ssh/cluster")
+    group.add_argument("--remote-symwatch", metavar="CMD", default=None,
+                       help="symwatch on the host, when not on its PATH: "
+                            "/opt/venv/bin/symwatch or '/opt/venv/bin/python -m symwatch' "
+                            f"(also ${ENV_REMOTE_SYMWATCH}; default: symwatch, then "
+                            "python3 -m symwatch)")
+    group.add_argument("--remote-runtime-dir", metavar="DIR", default=None,
+                       help="the host's symwatch runtime directory, when its runs set "
+                            f"{runtime.ENV_RUNTIME_DIR} (also ${ENV_REMOTE_RUNTIME_DIR})")
+
+
+def ssh_options_from_args(args: argparse.Namespace) -> SshOptions:
+    """How to call ssh, from the options `add_ssh_arguments` adds (and the environment);
+    raises SshError where there is no ssh program."""
+    return SshOptions.from_env(options=getattr(args, "ssh_option", None) or (),
+                               remote_symwatch=getattr(args, "remote_symwatch", None),
+                               remote_runtime_dir=getattr(args, "remote_runtime_dir", None))
+
+
+# -- the run named on the command line ---------------------------------------------------------
+
+def resolve_target(target: str, runs: Sequence[RunEntry]) -> tuple[str, str | None]:
+    """(endpoint, run name) for an endpoint, a run id, a unique run id prefix or a run name."""
+    if "://" in target:
+        try:
+            return validate_endpoint(target), None
+        except EndpointError as exc:
+            raise UserError(str(exc)) from None
+    for matches in ([r for r in runs if r.run_id == target],
+                    [r for r in runs if r.name == target],
+                    [r for r in runs if r.run_id.startswith(target)]):
+        if len(matches) == 1:
+            return matches[0].endpoint, matches[0].name
+        if len(matches) > 1:
+            ids = ", ".join(f"{r.run_id} ({r.name})" for r in matches)
+            raise UserError(f"{target!r} matches several live runs: {ids}; pass a run id")
+    try:
+        validate_endpoint(target)
+    except EndpointError as exc:
+        raise UserError(f"{target!r} is not the id or name of a live run (see `symwatch ls`), "
+                        f"nor an endpoint: {exc}") from None
+    raise AssertionError("unreachable: an endpoint always contains ://")
+
+
+def several_runs(runs: Sequence[RunEntry]) -> UserError:
+    """The error for a command that follows one run, given none while several are live."""
+    listing = "\n".join(f"  {r.run_id}  {r.name}  {r.endpoint}" for r in runs)
+    return UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
+
+
+def read_recording(path: str) -> Any:
+    """A RecordingReader on `path`, or a UserError (exit status 1) saying why not."""
+    from symwatch.core.recording import RecordingError, RecordingReader  # noqa: PLC0415 (lazy: sqlite3 only for the commands that read a recording)
+
+    try:
+        return RecordingReader(path)
+    except RecordingError as exc:
+        raise UserError(str(exc), code=1) from None

@@ -1,0 +1,80 @@
+"""`symwatch run [options] -- COMMAND [ARGS...]`: the command line of symwatch/launch/run.py
+(which builds the environment and becomes the command)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from symwatch.cli.common import UserError, fraction, positive_int, subparser
+from symwatch.launch.run import LaunchError, execute, plan
+from symwatch.transport.subscriber import EndpointError, validate_endpoint
+
+RUN_EPILOG = (
+    "examples:\n"
+    "  symwatch run -- python train.py --lr 3e-4\n"
+    "  symwatch run --every 5 --name gan -- python -m mypkg.train\n"
+    "  symwatch run --every 1 --budget 1 --full-every 100 -- python train.py\n"
+    "                                every step sampled, spectra every 100th\n"
+    "  symwatch run --endpoint tcp://127.0.0.1:5555 -- torchrun --nproc-per-node 4 train.py\n"
+    "  symwatch run --record run.db -- ./train.py        an entry-point or #!python script\n"
+    "  symwatch run --connect tcp://127.0.0.1:5557 -- torchrun --nproc-per-node 4 train.py\n"
+    "                                every rank publishes to a `symwatch relay`\n\n"
+    "Then, in another terminal: symwatch attach\n\n"
+    "The command runs exactly as without symwatch: same exit status, signals, stdin and\n"
+    "stdout (symwatch writes only to stderr). The agent starts on the first optimizer.step()\n"
+    "of each training process; the models are the modules owning the optimizers' parameters,\n"
+    "the loss is the scalar .backward() is called on. Options can also be set as environment\n"
+    "variables: SYMWATCH_NAME, SYMWATCH_EVERY, SYMWATCH_BUDGET, SYMWATCH_FULL_EVERY,\n"
+    "SYMWATCH_ENDPOINT, SYMWATCH_RECORD. Not possible with python -I, -E or -S (the command still runs).")
+
+
+def add_run_parser(subs: Any) -> None:
+    run = subparser(
+        subs, "run", "run a training command with the agent injected, no code change",
+        "Run any Python training command (python train.py, python -m pkg.train, torchrun ..., "
+        "an entry-point script) with the symwatch agent injected at interpreter start-up. "
+        "The model(s), optimizer(s) and loss are found automatically.",
+        RUN_EPILOG)
+    run.add_argument("--name", default=None, help="run name shown in the UI and `ls` "
+                                                  "(default: the script's file name)")
+    run.add_argument("--every", type=positive_int, default=None, metavar="K",
+                     help="sample the indicators at most every K optimizer steps (default 10)")
+    run.add_argument("--budget", type=fraction, default=None, metavar="F",
+                     help="largest fraction of wall time the agent may take (default 0.01)")
+    run.add_argument("--full-every", type=positive_int, default=None, metavar="K",
+                     help="at most one full sample (exact spectra, duplicate units) in every K "
+                          "samples, the rest cheap (default: as often as the budget allows)")
+    run.add_argument("--endpoint", default=None,
+                     help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: a "
+                          "private Unix socket per process, listed by `symwatch ls`)")
+    run.add_argument("--connect", default=None, metavar="ENDPOINT",
+                     help="publish to a `symwatch relay` at ENDPOINT (its --bind address) "
+                          "instead of a socket of each process's own; for multi-node jobs")
+    run.add_argument("--record", default=None, metavar="PATH",
+                     help="also record every message to this SQLite file ({run}, {rank} expand)")
+    run.add_argument("--quiet", action="store_true",
+                     help="no `symwatch: watching ...` line on stderr when the agent starts")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+                     help="the command to run")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    for option in ("endpoint", "connect"):
+        if getattr(args, option, None) is not None:
+            try:
+                setattr(args, option, validate_endpoint(getattr(args, option)))
+            except EndpointError as exc:
+                raise UserError(f"--{option}: {exc}") from None
+    options = {"name": args.name, "every": args.every, "budget": args.budget,
+               "full_every": args.full_every, "endpoint": args.endpoint, "record": args.record,
+               "quiet": args.quiet, "connect": getattr(args, "connect", None)}
+    try:
+        p = plan(args.command, options)
+    except LaunchError as exc:
+        raise UserError(str(exc)) from None
+    for note in p.notes:
+        print(f"symwatch run: note: {note}", file=sys.stderr)
+    return execute(p)
