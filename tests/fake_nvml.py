@@ -1,7 +1,11 @@
 """A stand-in for the `pynvml` module, for a machine without a GPU (this one, CI).
 
 It is faked at the narrowest seam: GpuSampler's `nvml` argument takes a module, and this class
-has the NVML calls the sampler makes, reading devices described as dicts. Shared by the
+has the NVML calls the sampler makes, reading devices described as dicts. Faked too: the SM
+clock (`nvmlDeviceGetClockInfo`/`nvmlDeviceGetMaxClockInfo` with NVML_CLOCK_SM) and the
+clock-throttle reasons, a bit mask read by `nvmlDeviceGetCurrentClocksEventReasons` (newer
+nvidia-ml-py) or, with `event_names=False`, only by the older
+`nvmlDeviceGetCurrentClocksThrottleReasons`, with NVML's reason constants under both names. Shared by the
 sampler's tests (tests/agent/test_gpu.py) and the GPU panel's (tests/tui/test_tui_ranks.py)."""
 
 from __future__ import annotations
@@ -17,15 +21,38 @@ class NotSupported(NVMLError):
     pass
 
 
+# NVML's clock-throttle reason bits (nvml.h), set below as nvmlClocksEventReason* and
+# nvmlClocksThrottleReason* class constants, as pynvml has them.
+THROTTLE_BITS = {"GpuIdle": 0x1, "ApplicationsClocksSetting": 0x2, "SwPowerCap": 0x4,
+                 "HwSlowdown": 0x8, "SyncBoost": 0x10, "SwThermalSlowdown": 0x20,
+                 "HwThermalSlowdown": 0x40, "HwPowerBrakeSlowdown": 0x80,
+                 "DisplayClockSetting": 0x100}
+
+
 class FakeNVML:
     """Devices as dicts; a field set to NotSupported raises it, as real NVML does."""
 
     NVML_TEMPERATURE_GPU = 0
+    NVML_CLOCK_SM = 1
 
-    def __init__(self, devices: list[dict], init_error: Exception | None = None) -> None:
+    def __init__(self, devices: list[dict], init_error: Exception | None = None,
+                 event_names: bool = True) -> None:
         self.devices = devices
         self.init_error = init_error
         self.shutdowns = 0
+        if not event_names:  # an older nvidia-ml-py: only the ...Throttle... names
+            self.nvmlDeviceGetCurrentClocksEventReasons = None
+            for name in THROTTLE_BITS:
+                setattr(self, f"nvmlClocksEventReason{name}", None)
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h): return self._get(h, "throttle_mask")
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h): return self._get(h, "throttle_mask")
+    def nvmlDeviceGetClockInfo(self, h, clock):
+        assert clock == self.NVML_CLOCK_SM
+        return self._get(h, "sm_clock")
+    def nvmlDeviceGetMaxClockInfo(self, h, clock):
+        assert clock == self.NVML_CLOCK_SM
+        return self._get(h, "sm_clock_max")
 
     def nvmlInit(self) -> None:
         if self.init_error:
@@ -62,7 +89,13 @@ class FakeNVML:
                 for pid, used in self._get(h, "processes")]
 
 
+for _name, _bit in THROTTLE_BITS.items():
+    setattr(FakeNVML, f"nvmlClocksEventReason{_name}", _bit)
+    setattr(FakeNVML, f"nvmlClocksThrottleReason{_name}", _bit)
+
+
 def fake_device(i: int, **over) -> dict:
     return {"name": b"NVIDIA H200", "uuid": f"GPU-{i}aaa", "util": 87, "used": 40 * 2**30,
             "total": 141 * 2**30, "temp": 61, "power_mw": 450_000, "limit_mw": 700_000,
+            "sm_clock": 1980, "sm_clock_max": 1980, "throttle_mask": 0,
             "processes": [], **over}

@@ -35,7 +35,7 @@ LAYERS = (
     ("head", "Linear", [10, 64]),
 )
 INDICATORS = ("weight_norm", "stable_rank", "effective_rank", "participation_ratio",
-              "numerical_rank", "dead_fraction", "duplicate_fraction", "distinct_units",
+              "numerical_rank", "modes", "dead_fraction", "duplicate_fraction", "distinct_units",
               "balance", "angular_update", "delta_perm", "delta_rank", "broken")
 STAIRCASE_LAYER = "blocks.0.mlp.fc1"  # its numerical rank climbs 4 → 8 → 12
 DEAD_LAYER = "blocks.1.mlp.fc1"  # a quarter of its units die at step 90
@@ -76,6 +76,7 @@ def _values(i: int, name: str, step: int) -> dict[str, float | int | None]:
         "effective_rank": round(rank * 0.9 + 0.2 * wave, 4),
         "participation_ratio": round(rank * 0.6 + 0.1 * wave, 4),
         "numerical_rank": rank,
+        "modes": rank,
         "dead_fraction": dead,
         "duplicate_fraction": duplicate,
         "distinct_units": int(width * (1 - dead - duplicate)),

@@ -2,8 +2,9 @@
 publisher. `Agent` is the handle `symwatch.watch()` returns.
 
 The hot path is `_on_step` (an optimizer post-step hook). When it does not sample it does a
-counter increment, one `perf_counter()` and a few comparisons: no allocation, no device sync,
-no lock. Everything that reads values back from tensors happens on the publisher thread.
+counter increment, one `perf_counter()`, a few comparisons and one list append (a reference to
+this step's loss, for STATS `per_step`): no copy, no device sync, no lock.
+Everything that reads values back from tensors happens on the publisher thread.
 Any failure inside the agent is reported once (stderr and the stream) and switches off the
 part that failed; it never propagates into the training loop.
 """
@@ -11,6 +12,7 @@ part that failed; it never propagates into the training loop.
 from __future__ import annotations
 
 import atexit
+import collections
 import inspect
 import os
 import socket
@@ -45,6 +47,10 @@ from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparame
 # training loses (docs/benchmarks.md, "Training overhead": planning 80 % of a 1 % budget
 # measured +1.1 to +2.2 %, budget-limited, in four runs): 40 % keeps the whole within budget.
 PLANNED_SHARE_OF_BUDGET = 0.4
+
+# At most this many per-step values (loss and scalars) wait for a STATS message: a full buffer
+# sends one before its interval is up (fast steps: ~60 kB of JSON each).
+PER_STEP_MAX = 4096
 
 # Agents not yet closed in this process: an injector asks before adding a second one, and a
 # test harness closes what a failed test left behind.
@@ -154,6 +160,15 @@ class Agent:
         self._loss: torch.Tensor | float | None = None
         self._loss_from_log = False
         self._scalars: dict[str, Any] = {}
+        # Every step's loss and logged scalars since the last STATS message, as references (no
+        # copy, no sync): name -> (steps, values); sent in STATS `per_step` (docs/protocol.md).
+        self._per_step: dict[str, tuple[list[int], list[Any]]] = {}
+        self._per_step_kept = 0  # entries in _per_step (a full buffer sends STATS early)
+        self._loss_pending = False  # a loss captured from .backward() not yet given a step
+        # The latest samples taken on schedule, as (step, budget skips so far): what STATS
+        # `sampling` reports as the interval between samples and what limits it.
+        self._sampled_at: collections.deque[tuple[int, int]] = collections.deque(maxlen=17)
+        self._budget_skips = 0
         self._last_step_at = time.perf_counter()
         self._step_time: float | None = None  # EMA of wall time per step
         self._sample_cost_s = 0.0  # EMA of one sample's cost on the training thread
@@ -228,7 +243,7 @@ class Agent:
                                         restart=self.restart, report=self._report,
                                         insecure=opts.insecure, recorder=self.recorder,
                                         history=self.history, curve=curve,
-                                        connect=bool(self.connect))
+                                        connect=bool(self.connect), launcher=opts.launcher)
             self._publisher.add_periodic(opts.heartbeat_interval, self._heartbeat)
             self._publisher.add_periodic(opts.meta_interval, self._meta_message)
             self._publisher.add_periodic(opts.gpu_interval, self._gpu_message)
@@ -287,8 +302,21 @@ class Agent:
         if loss is not None:
             self._loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
             self._loss_from_log = True
+            self._keep("loss", self._loss)
         for key, value in scalars.items():
             self._scalars[key] = value.detach() if isinstance(value, torch.Tensor) else value
+            self._keep(key, self._scalars[key])
+
+    def _keep(self, name: str, value: Any) -> None:
+        """Keep a value for this step's entry of `name` in the next STATS `per_step` (the last
+        one logged in a step wins). A reference only: read on the publisher thread."""
+        steps, values = self._per_step.setdefault(name, ([], []))
+        if steps and steps[-1] == self.steps:
+            values[-1] = value
+        else:
+            steps.append(self.steps)
+            values.append(value)
+            self._per_step_kept += 1
 
     def mark(self, reason: str) -> None:
         """Declare a known external change at the current step (a schedule boundary, a data
@@ -299,6 +327,33 @@ class Agent:
     def step(self) -> None:
         """Count one training step; only needed when no optimizer was given to `watch`."""
         self._on_step()
+
+    def sampling(self) -> dict[str, Any]:
+        """What sets the interval between samples (STATS `sampling`, docs/protocol.md):
+        `interval`, the median steps between the latest samples taken on schedule (or the
+        steps since the last one, when that is longer: a budget that allows none for a long
+        while); `limit`, "budget" when the time budget skipped samples `every` allowed among
+        them, else "every"; with `every` and `budget` themselves."""
+        taken = list(self._sampled_at.copy())  # copy(): atomic, also off the training thread
+        gaps = sorted(b[0] - a[0] for a, b in zip(taken, taken[1:]))
+        interval: float | None = float(gaps[len(gaps) // 2]) if gaps else None
+        last = taken[-1][0] if taken else 0
+        waiting = self.steps - last
+        skips = self._budget_skips - (taken[0][1] if taken else 0)
+        if waiting > self.every and (interval is None or waiting > interval) and (
+                self._budget_skips > (taken[-1][1] if taken else 0)):
+            interval = float(waiting)  # nothing sampled for longer than the usual gap
+        budget_limited = not self._unlimited and skips > 0
+        return {"interval": interval, "every": self.every, "budget": self.budget,
+                "limit": "budget" if budget_limited else "every"}
+
+    def cadence_text(self) -> str:
+        """What sets the sampling interval, for the launch line on stderr."""
+        if self._unlimited:
+            return f"sampling every {self.every} steps (budget 1: no time limit)"
+        return (f"sampling at most every {self.every} steps, stretched to stay within a "
+                f"{self.budget * 100:.3g} % time budget (the viewer shows the interval); "
+                f"--every N --budget 1 forces a cadence")
 
     @property
     def dropped(self) -> int:
@@ -315,6 +370,11 @@ class Agent:
         self.engine.close()  # pairing-pass and dead-ReLU hooks, if still registered
         loss_capture.remove_listener(self._on_backward)
         atexit.unregister(self.close)
+        if self._per_step_kept:  # the last steps' values: one more STATS before the goodbye
+            try:
+                self._emit_per_step()
+            except Exception as exc:
+                self._report("stats", exc)
         self._publisher.close(goodbye={"reason": reason, "exit_code": None}, step=self.steps)
         if self.recorder is not None:
             self.recorder.close()  # writes what is queued (the goodbye too), at most ~2 s
@@ -348,11 +408,17 @@ class Agent:
                     cap = 4.0 * step_time + 0.05
                     self._training_s += dt if dt < cap else cap
             self._last_step_at = now
-            if (self.steps % self.every == 0 and
+            if self._loss_pending:  # the loss .backward() was called on in this step
+                self._loss_pending = False
+                self._keep("loss", self._loss)
+            due = self.steps % self.every == 0
+            if (due and
                     (self._unlimited or
                      self._budgeted_cost_s + self._publisher.cpu_s + self._sample_cost_s
                      <= self._planned * self._training_s)) \
                     or self.steps == 1:
+                if due:  # for STATS `sampling`: which steps sampled, and skips before each
+                    self._sampled_at.append((self.steps, self._budget_skips))
                 self._sample()
                 cost = time.perf_counter() - now
                 self._cost_s += cost
@@ -362,8 +428,10 @@ class Agent:
                 else:
                     self._sample_cost_s = cost / 4  # a guess until a warmed-up one is measured
                 self._emit_stats(now)
-            elif now >= self._next_stats_at:
-                self._emit_stats(now)
+            else:
+                self._budget_skips += due  # a sample `every` allowed and the budget did not
+                if now >= self._next_stats_at or self._per_step_kept >= PER_STEP_MAX:
+                    self._emit_stats(now)
             if self.sharded and self.steps % self.every == 0:
                 # Every rank at the same steps, whatever its own budget says: the viewer needs
                 # every shard of a step. One small reduction per layer.
@@ -376,6 +444,7 @@ class Agent:
     def _on_backward(self, loss: torch.Tensor) -> None:
         if not self._loss_from_log:
             self._loss = loss
+            self._loss_pending = True
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -383,6 +452,7 @@ class Agent:
         if not self.layers:
             return
         self.samples += 1
+        self.engine.step = self.steps  # for `modes`: weight decay since the layer's last sample
         if self._side_stream is not None:
             rows, ready = self._sample_cuda()
         else:
@@ -490,6 +560,10 @@ class Agent:
         self._next_stats_at = now + self._stats_interval
         loss = _to_host_async(self._loss)
         scalars = {k: _to_host_async(v) for k, v in self._scalars.items()}
+        per_step = {name: (steps, _batch_to_host_async(values))
+                    for name, (steps, values) in self._per_step.items()}
+        self._per_step, self._per_step_kept = {}, 0
+        sampling = self.sampling()
         step_time = self._step_time
         wall = max(time.time() - self.started, 1e-9)
 
@@ -502,7 +576,24 @@ class Agent:
                     "steps_per_s": 1.0 / step_time if step_time else None,
                     "overhead": (self._cost_s + self._publisher.cpu_s) / wall,
                     "dropped": self._publisher.dropped,
-                    "scalars": {k: _host_number(v) for k, v in scalars.items()}}
+                    "scalars": {k: _host_number(v) for k, v in scalars.items()},
+                    "sampling": sampling,
+                    **({"per_step": {name: {"steps": steps, "values": _host_numbers(values)}
+                                     for name, (steps, values) in per_step.items()}}
+                       if per_step else {})}
+
+        self._publisher.submit(protocol.STATS, build, self.steps)
+
+    def _emit_per_step(self) -> None:
+        """A STATS with only the per-step values not yet sent (at close): its step may equal
+        the last STATS's, and it leaves that one's latest loss and scalars as they were."""
+        per_step = {name: (steps, _batch_to_host_async(values))
+                    for name, (steps, values) in self._per_step.items()}
+        self._per_step, self._per_step_kept = {}, 0
+
+        def build() -> dict[str, Any]:
+            return {"per_step": {name: {"steps": steps, "values": _host_numbers(values)}
+                                 for name, (steps, values) in per_step.items()}}
 
         self._publisher.submit(protocol.STATS, build, self.steps)
 
@@ -560,7 +651,8 @@ class Agent:
                    if self._publisher.history_endpoint else {})
             | ({"job": self.run_id, "rank": self.rank, "world_size": self.world_size}
                if self.job else {})
-            | ({"last_transition": self._last_transition} if self._last_transition else {})),
+            | ({"last_transition": self._last_transition} if self._last_transition else {})
+            | {"sampling": self.sampling()}),
             self._registry_root)
         return None
 
@@ -665,6 +757,36 @@ def _to_host_async(value: Any) -> Any:
     return value
 
 
+def _batch_to_host_async(values: list[Any]) -> Any:
+    """Start copying a list of scalars (CUDA tensors, CPU tensors, numbers) to the host without
+    waiting: the CUDA ones stacked per device into one tensor and copied to pinned memory
+    (one small kernel and one copy per device, however many steps). `_host_numbers` reads it
+    on the publisher thread."""
+    on: dict[torch.device, list[int]] = {}
+    for i, value in enumerate(values):
+        if isinstance(value, torch.Tensor) and value.is_cuda and value.numel() == 1:
+            on.setdefault(value.device, []).append(i)
+    copies = []
+    for idx in on.values():
+        stacked = torch.stack([values[i].reshape(()).to(torch.float64) for i in idx])
+        host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+        host.copy_(stacked, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        copies.append((idx, host, done))
+    return values, copies
+
+
+def _host_numbers(batch: Any) -> list[float | None]:
+    values, copies = batch
+    values = list(values)
+    for idx, host, done in copies:
+        done.synchronize()
+        for i, number in zip(idx, host.tolist()):
+            values[i] = number
+    return [_host_number(value) for value in values]
+
+
 def _host_number(value: Any) -> float | None:
     if isinstance(value, tuple):
         host, done = value
@@ -704,8 +826,9 @@ def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
     bounded history for viewers that attach late; default True; `history_samples`,
     `history_events`, `history_bytes` bound it), `curve_server_key` and `curve_authorized`
     (also `$SYMWATCH_CURVE_SERVER_KEY`/`$SYMWATCH_CURVE_AUTHORIZED`: CurveZMQ, required to
-    publish on a network interface; see docs/security.md), `insecure` (publish on a network
-    interface without keys: anyone who can reach it reads the stream; warned on every start),
+    publish on a network interface; see docs/security.md), `insecure` (also
+    `$SYMWATCH_INSECURE=1`: publish on a network interface without keys: anyone who can reach
+    it reads the stream; warned on every start),
     `rank`, `world_size`, `local_rank`, `node_rank` (where this process sits in a distributed
     run; default: `$RANK`, `$WORLD_SIZE`, `$LOCAL_RANK`, `$GROUP_RANK`/`$NODE_RANK`, else the
     initialised torch.distributed group, else 0 of 1), `replica` (True: this rank's weights

@@ -15,6 +15,7 @@ The variables:
   `$SYMWATCH_RECORD`, `$SYMWATCH_CURVE_SERVER_KEY`, `$SYMWATCH_CURVE_AUTHORIZED`: what the
   keyword of the same name does, when it is not given;
 - `$SYMWATCH_CURVE_RELAY_KEY`, `$SYMWATCH_CURVE_CLIENT_KEY`: CurveZMQ keys to publish to a relay;
+- `$SYMWATCH_INSECURE` (1/true/yes/on): what `insecure=True` does, when `insecure` is not given;
 - `$SYMWATCH_JOB_ID` (hooks/distributed.py), `$RANK`, `$WORLD_SIZE`, `$LOCAL_RANK`,
   `$GROUP_RANK`/`$NODE_RANK`, `$TORCHELASTIC_RESTART_COUNT`: where this process sits;
 - `$SYMWATCH_BUDGET`, `$SYMWATCH_FULL_EVERY`, `$SYMWATCH_QUIET` and (leniently) `$SYMWATCH_EVERY`:
@@ -28,11 +29,14 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from collections import ChainMap
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
+from symwatch.core import exposure
 from symwatch_agent.hooks import distributed
 
 ENV_NAME = "SYMWATCH_NAME"
@@ -45,6 +49,8 @@ ENV_CURVE_AUTHORIZED = "SYMWATCH_CURVE_AUTHORIZED"  # a directory of authorised 
 # Publishing to a relay (`connect=`): the agent is the CURVE *client* of the relay.
 ENV_CURVE_RELAY_KEY = "SYMWATCH_CURVE_RELAY_KEY"  # the relay's public key file
 ENV_CURVE_CLIENT_KEY = "SYMWATCH_CURVE_CLIENT_KEY"  # this agent's secret key file
+ENV_INSECURE = exposure.ENV_INSECURE  # "1": bind a network interface (or reach a relay) in clear
+ENV_LAUNCH = "SYMWATCH_LAUNCH"  # set by `symwatch run` (its start-up hook reads it too)
 # `symwatch run` only (its start-up hook passes them on as keyword arguments).
 ENV_BUDGET = "SYMWATCH_BUDGET"
 ENV_FULL_EVERY = "SYMWATCH_FULL_EVERY"
@@ -65,7 +71,7 @@ class AgentOptions:
     endpoint: str | None = None  # None: $SYMWATCH_ENDPOINT, else the agent's default
     capture_backward: bool = True
     register: bool = True
-    insecure: bool = False
+    insecure: bool | None = None  # None: $SYMWATCH_INSECURE, else False
     rel_tol: float = 0.3
     abs_tol: float = 0.1
     dead_eps: float = 1e-2
@@ -101,9 +107,17 @@ class AgentOptions:
     curve_client_key: str | None = field(init=False, default=None)
     job: str | None = field(init=False, default=None)  # the ranks' shared run id, if several
     restart: int = field(init=False, default=0)  # torchelastic's restart count
+    # How the agent was started (symwatch.core.exposure: watch, run, inject), so that a
+    # refusal to publish says what to type: a keyword, or the command's flags and variables.
+    launcher: str = field(init=False, default=exposure.WATCH)
 
     def __post_init__(self) -> None:
-        env = os.environ
+        env: Mapping[str, str] = (ChainMap(dict(_injected), os.environ)  # type: ignore[arg-type]
+                                  if _injected is not None else os.environ)
+        self.launcher = (exposure.INJECT if _injected is not None
+                         else exposure.RUN if env.get(ENV_LAUNCH) else exposure.WATCH)
+        if self.insecure is None:
+            self.insecure = exposure.truthy(env.get(ENV_INSECURE))
         if self.every is None:
             self.every = int(env.get(ENV_EVERY, str(DEFAULT_EVERY)))
         if self.every < 1:
@@ -152,6 +166,22 @@ class AgentOptions:
                                       annotation=f.type)
                     for f in fields(cls) if f.init]
         return inspect.Signature([*leading, *keywords], return_annotation="None")
+
+
+_injected: Mapping[str, str] | None = None  # see `injected`
+
+
+@contextmanager
+def injected(variables: Mapping[str, str]) -> Iterator[None]:
+    """`symwatch inject`: an agent built in this block reads `variables` (the `SYMWATCH_*`
+    variables `symwatch run` would set: keys, insecure) over the process's own environment,
+    which stays untouched, and says `symwatch inject` in its refusals."""
+    global _injected
+    previous, _injected = _injected, dict(variables)
+    try:
+        yield
+    finally:
+        _injected = previous
 
 
 def default_name() -> str:

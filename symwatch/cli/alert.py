@@ -15,9 +15,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from symwatch.cli.common import (NO_RUNS, UserError, finite_float, non_negative_float,
-                                 non_negative_int, positive_float, positive_int,
-                                 resolve_target, several_runs, subparser)
+from symwatch.cli.common import (NO_RUNS, UserError, add_security_arguments, curve_client,
+                                 finite_float, non_negative_float, non_negative_int,
+                                 positive_float, positive_int, resolve_target, several_runs,
+                                 subparser)
 from symwatch.core import runtime
 from symwatch.transport.subscriber import EndpointError
 
@@ -38,6 +39,8 @@ examples:
   symwatch alert tcp://127.0.0.1:5555 --severity transition,warning,error --exec 'cat >> log'
   symwatch alert --once --timeout 600 && echo "something changed"
   symwatch alert --dry-run --webhook https://example.com/hook   show what would be sent
+  symwatch alert tcp://trainhost:5555 --server-key server.key --client-key client.key_secret
+                                          a run published with CurveZMQ keys
 
 Commands run through /bin/sh with the event JSON on stdin and SYMWATCH_RUN, SYMWATCH_RUN_NAME,
 SYMWATCH_STEP, SYMWATCH_LAYER, SYMWATCH_METRIC, SYMWATCH_DIRECTION, SYMWATCH_BEFORE,
@@ -147,6 +150,7 @@ def add_alert_parser(subs: Any) -> Any:
                      help="print what would be run or posted instead of doing it")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="print nothing but errors (no alert lines, no status lines)")
+    add_security_arguments(p)
     p.set_defaults(func=cmd_alert)
     return p
 
@@ -272,9 +276,10 @@ def cmd_alert(args: argparse.Namespace) -> int:
     max_alerts = 1 if args.once else args.max_alerts
     say = _printer(args.quiet)
     endpoint, name, any_run = plan_target(args.target, runtime.live_runs(), wait=args.wait)
+    curve = curve_client(args)
     try:
         follower = RunFollower(endpoint, name, any_run=any_run, stale_after=args.stale,
-                               status=say)
+                               status=say, curve=curve)
     except EndpointError as exc:
         raise UserError(str(exc)) from None
     dispatcher = build_dispatcher(args, log=lambda line: _write(sys.stderr,

@@ -33,6 +33,7 @@ def add_attach_parser(subs: Any) -> None:
         "  symwatch attach ipc:///run/user/1000/symwatch/3f9c.sock\n"
         "  symwatch attach --headless             print a text summary once a second instead\n"
         "  symwatch attach --bell                 ring the terminal bell on each transition\n"
+        "  symwatch attach my-run --follow        on into each restart of the script\n"
         "  symwatch attach --pid 12345            a training process started without symwatch\n"
         "  symwatch attach --theme light          the light theme (default: follow the terminal)\n"
         "  symwatch attach --web                  serve the same view to a browser on localhost\n"
@@ -51,6 +52,10 @@ def add_attach_parser(subs: Any) -> None:
                              "hosts added in the screen are remembered)")
     attach.add_argument("--bell", action="store_true",
                         help="ring the terminal bell on each detected transition")
+    attach.add_argument("--follow", action="store_true",
+                        help="when the run ends or goes silent and a new run of the same name "
+                             "starts (a restarted script), switch to it (without: offered, "
+                             "key f)")
     add_curve_arguments(attach)
     add_view_options(attach)
     add_ssh_arguments(attach)
@@ -100,7 +105,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return serve_web(args, endpoint, title)
     from symwatch.tui.app import make_app  # noqa: PLC0415 (lazy: Textual, only when the UI opens)
 
-    app = make_app(endpoint, title=title, bell=args.bell, curve=curve, theme=theme)
+    app = make_app(endpoint, title=title, bell=args.bell, curve=curve, theme=theme,
+                   follow=args.follow)
     app.run()
     return 0
 

@@ -10,11 +10,11 @@ import argparse
 import math
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from symwatch.core import runtime
+from symwatch.core import exposure, runtime
 from symwatch.core.runtime import RunEntry
-from symwatch.transport.keys import CurveClient, KeyFileError, load_client
+from symwatch.transport.keys import CurveClient, KeyFileError, load_client, load_server
 from symwatch.transport.ssh import ENV_REMOTE_RUNTIME_DIR, ENV_REMOTE_SYMWATCH, ENV_SSH, SshOptions
 from symwatch.transport.subscriber import EndpointError, validate_endpoint
 from symwatch.tui.themes import CHOICES, ENV_THEME, ThemeError, resolve_theme
@@ -110,16 +110,59 @@ def theme_from_args(args: argparse.Namespace) -> str:
         raise UserError(str(exc)) from None
 
 
-# -- CurveZMQ keys: --server-key, --client-key -------------------------------------------------
+# -- security: CurveZMQ keys and --insecure, one group for every command ---------------------
+
+VIEW, PUBLISH, RELAY = "view", "publish", "relay"  # the roles of `add_security_arguments`
+ENV_CURVE_SERVER_KEY = "SYMWATCH_CURVE_SERVER_KEY"  # the variables the agent reads
+ENV_CURVE_AUTHORIZED = "SYMWATCH_CURVE_AUTHORIZED"  # (symwatch_agent/options.py)
+ENV_CURVE_RELAY_KEY = "SYMWATCH_CURVE_RELAY_KEY"
+ENV_CURVE_CLIENT_KEY = "SYMWATCH_CURVE_CLIENT_KEY"
+
+_SECURITY_HELP = {
+    VIEW: "CurveZMQ keys for a run (or relay) that publishes with keys (`symwatch keygen`; "
+          "docs/security.md)",
+    PUBLISH: "by default the agent publishes on loopback or ipc only; a network interface "
+             "(or a relay on another host) needs CurveZMQ keys (`symwatch keygen`) or "
+             f"--insecure. Variables: {ENV_CURVE_SERVER_KEY} and {ENV_CURVE_AUTHORIZED} "
+             f"(binding), {ENV_CURVE_RELAY_KEY} and {ENV_CURVE_CLIENT_KEY} (--connect), "
+             f"{exposure.ENV_INSECURE}=1 (docs/security.md)",
+    RELAY: "the relay binds loopback or ipc only, unless given CurveZMQ keys (`symwatch "
+           "keygen`) or --insecure (docs/security.md)",
+}
+
+
+def add_security_arguments(parser: argparse.ArgumentParser, role: str = VIEW) -> None:
+    """The CurveZMQ keys and --insecure, the same names for every command (docs/security.md).
+    `role`: VIEW (attach, record, alert: a CURVE client of a run or relay), PUBLISH (run,
+    inject: the agent binds, or connects to a relay with --connect), RELAY."""
+    group = parser.add_argument_group("security", _SECURITY_HELP[role])
+    server = {
+        VIEW: "the public key file (*.key) of the agent, or relay, you subscribe to",
+        PUBLISH: "binding: the agent's secret key file (*.key_secret); with --connect: the "
+                 "relay's public key file (*.key)",
+        RELAY: "the relay's secret key file (*.key_secret)",
+    }[role]
+    group.add_argument("--server-key", metavar="FILE", default=None, help=server)
+    if role in (VIEW, PUBLISH):
+        group.add_argument("--client-key", metavar="FILE", default=None,
+                           help="your secret key file (*.key_secret), whose public key the "
+                                "agent (or relay) authorises" if role == VIEW else
+                                "with --connect: the agent's secret key file (*.key_secret), "
+                                "whose public key the relay authorises")
+    if role in (PUBLISH, RELAY):
+        group.add_argument("--authorized", metavar="DIR", default=None,
+                           help="the directory of the public keys (*.key) allowed to connect"
+                                + (" (binding)" if role == PUBLISH else
+                                   ": the agents' and the viewers'"))
+        group.add_argument("--insecure", action="store_true",
+                           help="publish on a network interface WITHOUT keys: anyone who can "
+                                "reach it reads the stream" + (" and can send into it"
+                                                               if role == RELAY else ""))
+
 
 def add_curve_arguments(parser: argparse.ArgumentParser) -> None:
-    """A viewer's CurveZMQ keys (docs/security.md)."""
-    parser.add_argument("--server-key", metavar="FILE", default=None,
-                        help="CurveZMQ: the agent's public key file (from `symwatch keygen`); "
-                             "needed for an agent that publishes with keys (docs/security.md)")
-    parser.add_argument("--client-key", metavar="FILE", default=None,
-                        help="CurveZMQ: your secret key file (*.key_secret), whose public key "
-                             "the agent authorises")
+    """A viewer's CurveZMQ keys: `add_security_arguments(parser, VIEW)`."""
+    add_security_arguments(parser, VIEW)
 
 
 def curve_client(args: argparse.Namespace) -> CurveClient | None:
@@ -135,6 +178,66 @@ def curve_client(args: argparse.Namespace) -> CurveClient | None:
         return load_client(server_key, client_key)
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
+
+
+def publisher_environment(args: argparse.Namespace, launcher: str,
+                          environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The `SYMWATCH_*` variables an agent started by `symwatch run` or `symwatch inject`
+    (`launcher`) gets for the security options given (keys as absolute paths), after checking
+    them and the endpoint the agent will bind (or, with --connect, reach): a UserError saying
+    what to type rather than an agent that refuses to publish later."""
+    environ = os.environ if environ is None else environ
+    connect = getattr(args, "connect", None) or environ.get("SYMWATCH_CONNECT") or None
+    endpoint = (connect or getattr(args, "endpoint", None)
+                or environ.get("SYMWATCH_ENDPOINT") or "")
+    server_key = absolute(getattr(args, "server_key", None))
+    client_key = absolute(getattr(args, "client_key", None))
+    authorized = absolute(getattr(args, "authorized", None))
+    command = f"symwatch {launcher}"
+    env: dict[str, str] = {}
+    if connect:
+        if authorized is not None:
+            raise UserError(f"{command} --connect: --authorized is for an agent that binds; "
+                            "to a relay, give --server-key RELAY.key and --client-key "
+                            "CLIENT.key_secret")
+        if (server_key is None) != (client_key is None):
+            raise UserError(f"{command} --connect needs both --server-key (the relay's public "
+                            "key) and --client-key (the agent's secret key); see `symwatch "
+                            "keygen`")
+        if server_key is not None and client_key is not None:
+            try:
+                load_client(server_key, client_key)
+            except KeyFileError as exc:
+                raise UserError(str(exc)) from None
+            env = {ENV_CURVE_RELAY_KEY: server_key, ENV_CURVE_CLIENT_KEY: client_key}
+        secured = bool(env) or bool(environ.get(ENV_CURVE_RELAY_KEY)
+                                    and environ.get(ENV_CURVE_CLIENT_KEY))
+    else:
+        if client_key is not None:
+            raise UserError(f"{command}: --client-key goes with --connect (a relay); an agent "
+                            "that binds takes --server-key SERVER.key_secret and --authorized "
+                            "DIR")
+        if (server_key is None) != (authorized is None):
+            raise UserError(f"{command} needs both --server-key (the agent's secret key) and "
+                            "--authorized (the viewers' public keys); see `symwatch keygen`")
+        if server_key is not None and authorized is not None:
+            try:
+                load_server(server_key, authorized)
+            except KeyFileError as exc:
+                raise UserError(str(exc)) from None
+            env = {ENV_CURVE_SERVER_KEY: server_key, ENV_CURVE_AUTHORIZED: authorized}
+        secured = bool(env) or bool(environ.get(ENV_CURVE_SERVER_KEY)
+                                    and environ.get(ENV_CURVE_AUTHORIZED))
+    insecure = bool(getattr(args, "insecure", False))
+    if insecure:
+        env[exposure.ENV_INSECURE] = "1"
+    refused = exposure.check(endpoint, secured=secured,
+                             insecure=insecure or exposure.truthy(
+                                 environ.get(exposure.ENV_INSECURE)),
+                             launcher=launcher, connect=bool(connect))
+    if refused is not None:
+        raise UserError(refused)
+    return env
 
 
 # -- ssh:// targets ----------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import argparse
 import sys
 from typing import Any
 
-from symwatch.cli.common import UserError, fraction, positive_float, positive_int, subparser
+from symwatch.cli.common import (PUBLISH, UserError, add_security_arguments, fraction,
+                                 positive_float, positive_int, publisher_environment,
+                                 subparser)
 from symwatch.launch.inject import InjectError, inject
 from symwatch.launch.inject.injection import DEFAULT_WAIT_S, Outcome
 from symwatch.transport.subscriber import EndpointError, validate_endpoint
@@ -18,6 +20,7 @@ INJECT_EPILOG = (
     "  symwatch inject 12345 --every 5 --name run-a --record run.db\n"
     "  symwatch inject 12345 --model 'trainer.model' --optimizer 'opt'\n"
     "  symwatch inject 12345 --method lldb           through lldb instead of gdb\n"
+    "  symwatch inject 12345 --connect tcp://127.0.0.1:5557   publish to a `symwatch relay`\n"
     "  symwatch attach --pid 12345                   inject if needed, then open the UI\n\n"
     "The process keeps training: the agent starts after its next optimizer.step() and\n"
     "publishes from then on, and the weights it trains are exactly those it would have\n"
@@ -50,9 +53,13 @@ def add_inject_parser(subs: Any) -> None:
     inject_.add_argument("--endpoint", default=None,
                          help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: "
                               "a private Unix socket)")
+    inject_.add_argument("--connect", default=None, metavar="ENDPOINT",
+                         help="publish to a `symwatch relay` at ENDPOINT (its --bind address) "
+                              "instead of a socket of the process's own")
     inject_.add_argument("--record", default=None, metavar="PATH",
                          help="also record every message to this SQLite file")
     add_target_options(inject_)
+    add_security_arguments(inject_, PUBLISH)
     inject_.add_argument("--quiet", action="store_true",
                          help="no `symwatch: injected ...` line on the process's stderr")
     inject_.set_defaults(func=cmd_inject)
@@ -82,18 +89,24 @@ def _stderr(text: str) -> None:
 
 def inject_from_args(args: argparse.Namespace, pid: int, command: str) -> Outcome:
     """Run `inject` with the CLI's options; InjectError becomes the CLI's one-line error."""
-    endpoint = getattr(args, "endpoint", None)
-    if endpoint is not None:
-        try:
-            endpoint = validate_endpoint(endpoint)
-        except EndpointError as exc:
-            raise UserError(str(exc)) from None
+    for option in ("endpoint", "connect"):
+        if getattr(args, option, None) is not None:
+            try:
+                setattr(args, option, validate_endpoint(getattr(args, option)))
+            except EndpointError as exc:
+                raise UserError(f"--{option}: {exc}") from None
+    # `attach --pid` has a viewer's keys, not an agent's: its agent publishes privately.
+    environment = (publisher_environment(args, "inject", environ={}) if command == "inject"
+                   else {})
     options = {"name": getattr(args, "name", None), "every": getattr(args, "every", None),
                "budget": getattr(args, "budget", None),
-               "full_every": getattr(args, "full_every", None), "endpoint": endpoint,
+               "full_every": getattr(args, "full_every", None),
+               "endpoint": getattr(args, "endpoint", None),
+               "connect": getattr(args, "connect", None),
                "record": getattr(args, "record", None)}
     try:
-        return inject(pid, options, model=args.model, optimizer=args.optimizer,
+        return inject(pid, options, environment=environment, model=args.model,
+                      optimizer=args.optimizer,
                       wait_s=args.wait, method=args.method,
                       quiet=getattr(args, "quiet", False),
                       progress=lambda text: _stderr(f"symwatch {command}: {text}"),
@@ -109,6 +122,11 @@ def cmd_inject(args: argparse.Namespace) -> int:
     if outcome.already:
         _stderr(f"symwatch inject: process {args.pid} already publishes on "
                 f"{outcome.endpoint}{run}; nothing injected")
+    elif args.connect:
+        layers = f", {outcome.layers} layers" if outcome.layers is not None else ""
+        _stderr(f"symwatch inject: process {args.pid} publishes to the relay at "
+                f"{outcome.endpoint}{run}{layers}; view it: symwatch attach with the relay's "
+                "--publish address")
     else:
         layers = f", {outcome.layers} layers" if outcome.layers is not None else ""
         _stderr(f"symwatch inject: process {args.pid} publishes on {outcome.endpoint}"

@@ -10,7 +10,7 @@ from symwatch.cli.common import UserError, add_ssh_arguments, subparser
 from symwatch.cli.remote import remote_runs
 from symwatch.core import runtime
 from symwatch.transport.ssh import is_ssh_target
-from symwatch.tui.run_text import command_text, started_text
+from symwatch.tui.run_text import command_text, sampling_text, started_text
 
 
 def add_ls_parser(subs: Any) -> None:
@@ -56,13 +56,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table  # noqa: PLC0415 (lazy: rich only for the table, not for --json)
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    columns = ("run id", "name", "pid", "command", "endpoint", "started", "steps")
+    columns = ("run id", "name", "pid", "command", "endpoint", "started", "steps", "sampling")
     for col in columns + (("state",) if args.all else ()):
         table.add_column(col, overflow="fold",
                          justify="right" if col in ("pid", "steps") else "left")
     for r, a in zip(runs, alive):
         table.add_row(r.run_id, r.name, str(r.pid), command_text(r.command), r.endpoint,
                       started_text(r.started), f"{r.steps:,}",
+                      sampling_text((r.extra or {}).get("sampling"), hint=False) or "?",
                       *((("alive" if a else "[bold red]lost[/]"),) if args.all else ()))
     console = Console()
     if not console.is_terminal:  # piped: never fold the endpoint or command over two lines

@@ -7,22 +7,27 @@ import math
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
-from symwatch.cli.common import (NO_RUNS, UserError, add_ssh_arguments, err, read_recording,
+from symwatch.cli.common import (NO_RUNS, UserError, add_security_arguments, add_ssh_arguments,
+                                 curve_client, err, positive_float, read_recording,
                                  resolve_target, several_runs, subparser)
 from symwatch.cli.remote import open_remote
 from symwatch.core import runtime
 from symwatch.transport.ssh import is_ssh_target
 from symwatch.sources.base import SourceError
 from symwatch.sources.open import open_endpoint, open_recording, tunnel_feed
+from symwatch.transport.subscriber import EndpointError
 
 RECORD_EPILOG = (
     "examples:\n"
     "  symwatch record -o run.db                 the only live run, until it ends or Ctrl-C\n"
     "  symwatch record my-experiment -o run.db   a run name or id from `symwatch ls`\n"
     "  symwatch record tcp://127.0.0.1:5555 -o run.db\n"
-    "  symwatch record ssh://gpu-box/my-run -o run.db   a run on another machine, over ssh\n\n"
+    "  symwatch record ssh://gpu-box/my-run -o run.db   a run on another machine, over ssh\n"
+    "  symwatch record tcp://trainhost:5555 -o run.db --server-key server.key \\\n"
+    "      --client-key client.key_secret       a run published with CurveZMQ keys\n"
+    "  symwatch record my-experiment -o run.db --follow   on into each restart of the run\n\n"
     "In a script, the agent can record by itself (nothing to keep running):\n"
     "  symwatch.watch(model, optimizer, record='run.db')   or  SYMWATCH_RECORD=run.db\n"
     "An existing recording is appended to. See docs/recording.md.")
@@ -37,7 +42,8 @@ REPLAY_EPILOG = (
     "  symwatch replay run.db                  in the terminal UI, at the recorded pace\n"
     "  symwatch replay run.db --speed 16\n"
     "  symwatch replay run.db --headless       print the summary of the recorded run\n\n"
-    "keys in the UI: space play/pause, + faster, - slower, Home start, End end, q quit")
+    "keys in the UI: space play/pause, + faster, - slower, Home start, End end,\n"
+    "[ ] { } back/forward to a step, G go to a step, q quit")
 
 
 REPORT_EPILOG = (
@@ -69,6 +75,14 @@ def add_recording_parsers(subs: Any) -> None:
                              "run name")
     record.add_argument("-o", "--output", required=True, metavar="PATH",
                         help="the recording (SQLite; appended to if it exists)")
+    record.add_argument("--follow", action="store_true",
+                        help="when the run ends or goes silent, go on recording the newest "
+                             "live run of the same name (a restarted script) until Ctrl-C; "
+                             "each run keeps its run id in the file")
+    record.add_argument("--stale", type=positive_float, default=5.0, metavar="S",
+                        help="with --follow: after S seconds without a message, look the run "
+                             "name up again (default 5)")
+    add_security_arguments(record)
     add_ssh_arguments(record, short=False)
     record.set_defaults(func=cmd_record)
 
@@ -128,7 +142,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     from symwatch.core.recording import Recorder  # noqa: PLC0415 (lazy: sqlite3 only for the commands that write or read a recording)
     from symwatch.state.run_state import RunState  # noqa: PLC0415 (lazy: only the commands that follow a run fold its state; keeps start-up fast)
 
+    curve = curve_client(args)
     tunnel = None
+    if args.follow and is_ssh_target(args.target):
+        raise UserError("--follow follows the runs of this machine's registry; on another "
+                        "host, run `symwatch record --follow` there")
     if is_ssh_target(args.target):  # the run's sockets forwarded over ssh (cli/remote.py)
         entry, tunnel = open_remote(args, "record")
         endpoint, name = tunnel.endpoint, f"{entry.name} on {tunnel.target.label}"
@@ -151,23 +169,69 @@ def cmd_record(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     interrupted = False
     try:
-        try:
-            feed = (tunnel_feed(tunnel, on_messages=on_messages) if tunnel is not None
-                    else open_endpoint(endpoint, on_messages=on_messages))
-        except SourceError as exc:  # tunnel_feed has closed the tunnel
-            raise UserError(str(exc)) from None
-        err(f"symwatch record: recording {name or endpoint} to {args.output} "
-             "(until the run ends; Ctrl-C to stop)")
-        try:
-            while not state.finished and recorder.failed is None:
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            feed.close()
+        if args.follow:  # the follower of `symwatch alert` (consumers/alerts/follow.py)
+            interrupted = _record_following(args, endpoint, name, curve, recorder,
+                                            on_messages)
+        else:
+            interrupted = _record_one(args, endpoint, name, curve, tunnel, state, recorder,
+                                      on_messages)
     finally:
         signal.signal(signal.SIGTERM, previous)
         recorder.close(timeout=10.0)
+    return _recorded(args, recorder, warnings, interrupted, state)
+
+
+def _record_one(args: argparse.Namespace, endpoint: str, name: str | None, curve: Any,
+                tunnel: Any, state: Any, recorder: Any,
+                on_messages: Callable[[list[Any]], None]) -> bool:
+    """Record one run until it ends, Ctrl-C (True) or a write failure."""
+    try:
+        feed = (tunnel_feed(tunnel, curve=curve, on_messages=on_messages)
+                if tunnel is not None
+                else open_endpoint(endpoint, curve=curve, on_messages=on_messages))
+    except SourceError as exc:  # tunnel_feed has closed the tunnel
+        raise UserError(str(exc)) from None
+    err(f"symwatch record: recording {name or endpoint} to {args.output} "
+        "(until the run ends; Ctrl-C to stop)")
+    try:
+        while not state.finished and recorder.failed is None:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        feed.close()
+    return False
+
+
+def _record_following(args: argparse.Namespace, endpoint: str, name: str | None, curve: Any,
+                      recorder: Any, on_messages: Callable[[list[Any]], None]) -> bool:
+    """`record --follow`: record through a RunFollower, which moves to the newest live run of
+    the name when the run ends or goes silent, until Ctrl-C (True) or a write failure."""
+    from symwatch.consumers.alerts.follow import RunFollower  # noqa: PLC0415 (lazy: only `record --follow` follows a run's name)
+
+    try:
+        follower = RunFollower(endpoint, name, any_run=name is None, stale_after=args.stale,
+                               status=lambda line: err(f"symwatch record: {line}"),
+                               curve=curve)
+    except EndpointError as exc:
+        raise UserError(str(exc)) from None
+    err(f"symwatch record: recording {name or endpoint} to {args.output}, and each restart "
+        "of it (Ctrl-C to stop)")
+    try:
+        while recorder.failed is None:
+            batch = follower.poll(100)
+            if batch:
+                on_messages(batch)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        follower.close()
+    return False
+
+
+def _recorded(args: argparse.Namespace, recorder: Any, warnings: list[str], interrupted: bool,
+              state: Any) -> int:
+    """Say how the recording (closed) ended; the exit status."""
     if recorder.failed is not None:
         err(f"symwatch record: {warnings[0] if warnings else recorder.failed}")
         return 1

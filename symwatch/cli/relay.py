@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from symwatch.cli.common import UserError, subparser
+from symwatch.cli.common import RELAY, UserError, add_security_arguments, subparser
 from symwatch.transport import relay as relay_mod
 
 EPILOG = (
@@ -41,15 +41,7 @@ def add_relay_parser(subs: Any) -> None:
     p.add_argument("--name", default="relay", help="its name in `symwatch ls` (default relay)")
     p.add_argument("--no-history", action="store_true",
                    help="keep no history for viewers that attach late")
-    p.add_argument("--server-key", metavar="FILE", default=None,
-                   help="CurveZMQ: the relay's secret key file (symwatch keygen); needed to "
-                        "bind anything but loopback or ipc")
-    p.add_argument("--authorized", metavar="DIR", default=None,
-                   help="CurveZMQ: directory of the public keys (*.key) of the agents and "
-                        "viewers allowed to connect")
-    p.add_argument("--insecure", action="store_true",
-                   help="bind a network interface WITHOUT keys: anyone who can reach it reads "
-                        "the stream and can send into it")
+    add_security_arguments(p, RELAY)
     p.add_argument("--status-every", type=float, default=10.0, metavar="S",
                    help="print a status line every S seconds (0: never; default 10)")
     p.set_defaults(func=cmd_relay)

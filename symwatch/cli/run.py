@@ -7,7 +7,8 @@ import argparse
 import sys
 from typing import Any
 
-from symwatch.cli.common import UserError, fraction, positive_int, subparser
+from symwatch.cli.common import (PUBLISH, UserError, add_security_arguments, fraction,
+                                 positive_int, publisher_environment, subparser)
 from symwatch.launch.run import LaunchError, execute, plan
 from symwatch.transport.subscriber import EndpointError, validate_endpoint
 
@@ -20,14 +21,16 @@ RUN_EPILOG = (
     "  symwatch run --endpoint tcp://127.0.0.1:5555 -- torchrun --nproc-per-node 4 train.py\n"
     "  symwatch run --record run.db -- ./train.py        an entry-point or #!python script\n"
     "  symwatch run --connect tcp://127.0.0.1:5557 -- torchrun --nproc-per-node 4 train.py\n"
-    "                                every rank publishes to a `symwatch relay`\n\n"
+    "                                every rank publishes to a `symwatch relay`\n"
+    "  symwatch run --endpoint tcp://0.0.0.0:5555 --server-key keys/server.key_secret \\\n"
+    "      --authorized keys/authorized -- python train.py   on the network, CurveZMQ\n\n"
     "Then, in another terminal: symwatch attach\n\n"
     "The command runs exactly as without symwatch: same exit status, signals, stdin and\n"
     "stdout (symwatch writes only to stderr). The agent starts on the first optimizer.step()\n"
     "of each training process; the models are the modules owning the optimizers' parameters,\n"
     "the loss is the scalar .backward() is called on. Options can also be set as environment\n"
     "variables: SYMWATCH_NAME, SYMWATCH_EVERY, SYMWATCH_BUDGET, SYMWATCH_FULL_EVERY,\n"
-    "SYMWATCH_ENDPOINT, SYMWATCH_RECORD. Not possible with python -I, -E or -S (the command still runs).")
+    "SYMWATCH_ENDPOINT, SYMWATCH_RECORD, SYMWATCH_INSECURE. Not possible with python -I, -E or -S (the command still runs).")
 
 
 def add_run_parser(subs: Any) -> None:
@@ -56,6 +59,7 @@ def add_run_parser(subs: Any) -> None:
                      help="also record every message to this SQLite file ({run}, {rank} expand)")
     run.add_argument("--quiet", action="store_true",
                      help="no `symwatch: watching ...` line on stderr when the agent starts")
+    add_security_arguments(run, PUBLISH)
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                      help="the command to run")
     run.set_defaults(func=cmd_run)
@@ -71,10 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = {"name": args.name, "every": args.every, "budget": args.budget,
                "full_every": args.full_every, "endpoint": args.endpoint, "record": args.record,
                "quiet": args.quiet, "connect": getattr(args, "connect", None)}
+    security = publisher_environment(args, "run")
     try:
         p = plan(args.command, options)
     except LaunchError as exc:
         raise UserError(str(exc)) from None
+    p.env.update(security)
     for note in p.notes:
         print(f"symwatch run: note: {note}", file=sys.stderr)
     return execute(p)

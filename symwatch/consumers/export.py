@@ -18,7 +18,9 @@ METRIC_FIELDS = ("kind", "time", "rank", "step", "layer", "metric", "value")
 EVENT_FIELDS = ("kind", "time", "rank", "step", "layer", "metric", "direction", "before",
                 "after", "score", "message")
 GPU_FIELDS = ("kind", "time", "rank", "step", "index", "name", "util", "mem_used", "mem_total",
-              "temp", "power", "power_limit")
+              "temp", "power", "power_limit", "sm_clock_mhz", "sm_clock_max_mhz", "throttle")
+_GPU_NUMBERS = ("util", "mem_used", "mem_total", "temp", "power", "power_limit", "sm_clock_mhz",
+                "sm_clock_max_mhz")
 
 FIELDS = {"metrics": METRIC_FIELDS, "events": EVENT_FIELDS, "gpu": GPU_FIELDS}
 # `--kind all` in CSV: the union of the columns, in this order.
@@ -45,6 +47,14 @@ def _text(value: Any) -> str | None:
     return value.encode("utf-8", "replace").decode("utf-8")
 
 
+def _reasons(value: Any) -> str | None:
+    """A device's clock-throttle reasons as one text ("power cap, sw thermal"; "" when none is
+    active); None when NVML could not say or the agent did not send them."""
+    if not isinstance(value, list):
+        return None
+    return ", ".join(t for t in (_text(r) for r in value) if t is not None)
+
+
 def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str, Any]]:
     """The export records of `messages` (recorded order), for `kind` in KIND_CHOICES."""
     want_metrics = kind in ("metrics", "all")
@@ -61,15 +71,25 @@ def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str
                     yield {"kind": "metric", **head, "layer": _text(layer),
                            "metric": _text(metric), "value": _number(value)}
         elif msg.kind == protocol.STATS and want_metrics:
+            # every step's loss and scalars (`per_step`), one record per step; the message's
+            # own latest value of such a series would repeat one of them
+            per_step = p.get("per_step") if isinstance(p.get("per_step"), dict) else {}
+            for name, series in per_step.items():
+                if not isinstance(series, dict):
+                    continue
+                for step, value in zip(series.get("steps") or (), series.get("values") or ()):
+                    yield {"kind": "metric", "time": msg.time, "rank": msg.rank, "step": step,
+                           "layer": None, "metric": _text(name), "value": _number(value)}
             for name in STATS_SCALARS:
-                if name in p:
+                if name in p and name not in per_step:
                     yield {"kind": "metric", **head, "layer": None, "metric": name,
                            "value": _number(p[name])}
             scalars = p.get("scalars")
             if isinstance(scalars, dict):
                 for name, value in scalars.items():
-                    yield {"kind": "metric", **head, "layer": None, "metric": _text(name),
-                           "value": _number(value)}
+                    if name not in per_step:
+                        yield {"kind": "metric", **head, "layer": None,
+                               "metric": _text(name), "value": _number(value)}
         elif msg.kind == protocol.EVENT and want_events:
             yield {"kind": "event", **head, "layer": _text(p.get("layer")),
                    "metric": _text(p.get("metric")), "direction": _text(p.get("direction")),
@@ -81,7 +101,8 @@ def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str
                     continue
                 yield {"kind": "gpu", **head, "index": _number(dev.get("index")),
                        "name": _text(dev.get("name")),
-                       **{k: _number(dev.get(k)) for k in GPU_FIELDS[6:]}}
+                       **{k: _number(dev.get(k)) for k in _GPU_NUMBERS},
+                       "throttle": _reasons(dev.get("throttle"))}
 
 
 def write_jsonl(recs: Iterable[dict[str, Any]], out: TextIO) -> int:

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from symwatch.core import protocol
 from symwatch.consumers.export import records
+from symwatch.state.gpu_clocks import throttle_reasons, throttled
 
 Point = tuple[float, float | None]
 
@@ -77,6 +78,52 @@ def svg_chart(points: list[Point], marks: Iterable[float] = (), *, width: int = 
     return "".join(parts)
 
 
+def _throttle_section(messages: list[protocol.Message]) -> list[str]:
+    """A table of the GPUs whose clocks were held down (power cap, thermal, …: any reason but
+    idle and application clocks) in some sample of the run; nothing when none was."""
+    seen: dict[tuple[Any, Any], dict[str, Any]] = {}  # (rank, device index) -> what was seen
+    for message in messages:
+        if message.kind != protocol.GPU:
+            continue
+        for dev in message.payload.get("devices") or []:
+            if not isinstance(dev, dict) or throttle_reasons(dev) is None:
+                continue
+            entry = seen.setdefault((message.rank, dev.get("index")), {
+                "name": dev.get("name"), "samples": 0, "throttled": 0, "reasons": {},
+                "first": None, "last": None, "lowest": None})
+            entry["samples"] += 1
+            slowing = throttled(dev)
+            if not slowing:
+                continue
+            entry["throttled"] += 1
+            for reason in slowing:
+                entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
+            entry["first"] = message.step if entry["first"] is None else entry["first"]
+            entry["last"] = message.step
+            clock = dev.get("sm_clock_mhz")
+            if isinstance(clock, (int, float)) and not isinstance(clock, bool) and (
+                    entry["lowest"] is None or clock < entry["lowest"]):
+                entry["lowest"] = clock
+    hit = {k: v for k, v in seen.items() if v["throttled"]}
+    if not hit:
+        return []
+    out = ["<h2>GPU throttling</h2>",
+           "<p>Clocks were held down during the run (NVML's clock-throttle reasons; idle and "
+           "application clocks are not counted):</p>",
+           "<table><tr><th>rank</th><th>GPU</th><th>throttled samples</th><th>reasons</th>"
+           "<th>steps</th><th>lowest SM clock while throttled</th></tr>"]
+    for (rank, index), e in sorted(hit.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+        reasons = ", ".join(f"{r} ({n})" for r, n in sorted(e["reasons"].items(),
+                                                             key=lambda rn: -rn[1]))
+        lowest = f"{round(e['lowest'])} MHz" if e["lowest"] is not None else "N/A"
+        out.append(f"<tr><td>{html.escape(str(rank))}</td><td>{html.escape(str(index))} "
+                   f"{html.escape(str(e['name'] or ''))}</td>"
+                   f"<td>{e['throttled']} of {e['samples']}</td><td>{html.escape(reasons)}</td>"
+                   f"<td>{e['first']:,}–{e['last']:,}</td><td>{lowest}</td></tr>")
+    out.append("</table>")
+    return out
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
@@ -95,8 +142,11 @@ def build_report(messages: Iterable[protocol.Message], *, source: str = "") -> s
         elif rec["kind"] == "event":
             events.append(rec)
         elif rec["kind"] == "gpu":
-            for field in ("util", "mem_used"):
+            for field in ("util", "mem_used", "sm_clock_mhz"):
                 gpus[(int(rec["index"] or 0), field)].append((rec["step"], rec[field]))
+    for key in [k for k, pts in gpus.items() if k[1] == "sm_clock_mhz"]:
+        if all(v is None for _, v in gpus[key]):  # an agent without clocks, or N/A throughout
+            del gpus[key]
     marks_by_layer: dict[str | None, list[float]] = defaultdict(list)
     for message in messages:  # every layer a grouped transition names, not only its top one
         if message.kind == protocol.EVENT and message.payload.get("severity") == "transition":
@@ -148,6 +198,7 @@ def build_report(messages: Iterable[protocol.Message], *, source: str = "") -> s
             out.append(f"<div class='cell'><b>GPU {index} {field}</b><br>"
                        f"{svg_chart(points)}</div>")
         out.append("</div>")
+    out.extend(_throttle_section(messages))
     out.append("<p class='muted'>Made by symwatch report. Missing values are gaps, never 0."
                "</p></body></html>")
     return "\n".join(out)

@@ -9,12 +9,15 @@ from symwatch.state import numbers
 from symwatch.sources.base import MessageSource
 from symwatch.state.run_state import RunState
 
-SUMMARY_INDICATORS = ("numerical_rank", "stable_rank")
+SUMMARY_INDICATORS = ("modes", "stable_rank")
+# an agent from before `modes` publishes numerical_rank in its place
+FALLBACK = {"modes": "numerical_rank"}
 
 
 def summary_lines(state: RunState, now: float | None = None, *, max_layers: int = 16,
                   name: str | None = None) -> list[str]:
-    """One status line, then one line per layer with its numerical and stable rank. `name`
+    """One status line, then one line per layer with its modes (singular values above the
+    random bulk; numerical_rank from an agent without it) and stable rank. `name`
     stands in for the run's own until its META arrives (re-sent every few seconds)."""
     step = f"{state.step}" if state.step is not None else numbers.NA
     head = (f"[{state.connection(now)}] {state.name or name or '-'} step {step} "
@@ -26,8 +29,10 @@ def summary_lines(state: RunState, now: float | None = None, *, max_layers: int 
     layers = list(state.layers.values())
     width = max([len(x.name) for x in layers[:max_layers]] + [5])
     for layer in layers[:max_layers]:
+        shown = [FALLBACK[ind] if ind in FALLBACK and ind not in layer.indicators
+                 and FALLBACK[ind] in layer.indicators else ind for ind in SUMMARY_INDICATORS]
         cells = "  ".join(f"{ind} {numbers.indicator(ind, layer.value(ind)):>7}"
-                          for ind in SUMMARY_INDICATORS)
+                          for ind in shown)
         lines.append(f"  {layer.name:<{width}}  {cells}")
     if len(layers) > max_layers:
         lines.append(f"  … {len(layers) - max_layers} more layers")

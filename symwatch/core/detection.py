@@ -232,7 +232,7 @@ def fmt_relative(change: float) -> str:
 
 
 def describe_jump(jump: Jump) -> str:
-    """'fc1: numerical_rank 2 → 3' or 'loss 0.52 → 0.31 (−41 %)'."""
+    """'fc1: modes 2 → 3' or 'loss 0.52 → 0.31 (−41 %)'."""
     layer, metric = _name(jump.key)
     text = f"{metric} {fmt_value(jump.before, metric)} → {fmt_value(jump.after, metric)}"
     if jump.transform == "log" and jump.before > 0:

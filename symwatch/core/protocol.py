@@ -99,7 +99,7 @@ _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     METRICS: {"nonfinite": (list,), "cost_s": Number, "sharded": (dict,), "detail": (dict,)},
     STATS: {"loss": _OptNumber, "step_time": _OptNumber, "steps_per_s": _OptNumber,
             "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,),
-            "memory": (dict, type(None))},
+            "memory": (dict, type(None)), "per_step": (dict,), "sampling": (dict,)},
     GPU: {"reason": (str,)},
     EVENT: {"layer": (str, type(None)), "metric": (str, type(None)), "direction": (str, type(None)),
             "before": _OptNumber, "after": _OptNumber, "score": _OptNumber,
@@ -120,14 +120,21 @@ _JUMP_OPTIONAL: dict[str, tuple[type, ...]] = {"layer": (str, type(None)), "befo
 # One device in a GPU message; every numeric field may be null ("N/A"), never a fake zero.
 _GPU_DEVICE_REQUIRED: dict[str, tuple[type, ...]] = {"index": (int,), "name": (str,)}
 _GPU_DEVICE_NUMERIC = ("util", "mem_used", "mem_total", "temp", "power", "power_limit",
-                       "job_mem_used")
-_GPU_DEVICE_OTHER: dict[str, tuple[type, ...]] = {"uuid": (str,), "processes": (list,)}
+                       "job_mem_used", "sm_clock_mhz", "sm_clock_max_mhz")
+# `throttle`: the active clock-throttle reasons by short name, null when NVML cannot say.
+_GPU_DEVICE_OTHER: dict[str, tuple[type, ...]] = {"uuid": (str,), "processes": (list,),
+                                                  "throttle": (list, type(None))}
 # A process on a device (the job's own, from NVML's process list).
 _GPU_PROCESS_REQUIRED: dict[str, tuple[type, ...]] = {"pid": (int,), "mem_used": _OptNumber}
 # The rank's allocator figures in `stats.memory` (bytes; the CUDA device index, its NVML UUID).
 _MEMORY_OPTIONAL: dict[str, tuple[type, ...]] = {"allocated": _OptNumber, "reserved": _OptNumber,
                                                  "peak": _OptNumber, "device": (int,),
                                                  "uuid": (str,)}
+# One series of STATS `per_step`: every step's value since the previous STATS message.
+_PER_STEP_REQUIRED: dict[str, tuple[type, ...]] = {"steps": (list,), "values": (list,)}
+# STATS `sampling`: what sets the interval between samples.
+_SAMPLING_OPTIONAL: dict[str, tuple[type, ...]] = {"interval": _OptNumber, "every": (int,),
+                                                   "budget": Number, "limit": (str,)}
 # One layer's entry in METRICS `detail` (full-tier samples): its singular values (capped) and
 # unit-level facts. Index lists: integers; `duplicates`: a list of lists of them.
 _DETAIL_OPTIONAL: dict[str, tuple[type, ...]] = {
@@ -213,11 +220,23 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
             _check_fields(payload["sharded"], _SHARDED_REQUIRED, {}, "metrics.sharded")
             if not 0 <= payload["sharded"]["index"] < payload["sharded"]["shards"]:
                 raise ProtocolError("metrics.sharded: index must be in [0, shards)")
-    elif kind == STATS and ("scalars" in payload or payload.get("memory") is not None):
+    elif kind == STATS and ("scalars" in payload or payload.get("memory") is not None
+                            or "per_step" in payload or "sampling" in payload):
         for name, value in (payload.get("scalars") or {}).items():
             _check_type(value, _OptNumber, f"stats.scalars[{name!r}]")
         if payload.get("memory") is not None:
             _check_fields(payload["memory"], {}, _MEMORY_OPTIONAL, "stats.memory")
+        for name, series in (payload.get("per_step") or {}).items():
+            where = f"stats.per_step[{name!r}]"
+            if not isinstance(series, dict):
+                raise ProtocolError(f"{where}: expected object")
+            _check_fields(series, _PER_STEP_REQUIRED, {}, where)
+            _check_items(series["steps"], (int,), f"{where}.steps")
+            _check_items(series["values"], _OptNumber, f"{where}.values")
+            if len(series["steps"]) != len(series["values"]):
+                raise ProtocolError(f"{where}: steps and values differ in length")
+        if "sampling" in payload:
+            _check_fields(payload["sampling"], {}, _SAMPLING_OPTIONAL, "stats.sampling")
     elif kind == EVENT and "jumps" in payload:
         for i, jump in enumerate(payload["jumps"]):
             if not isinstance(jump, dict):
@@ -230,6 +249,7 @@ def _validate_payload(kind: str, payload: Mapping[str, Any]) -> None:
             _check_fields(dev, _GPU_DEVICE_REQUIRED,
                           {**{k: _OptNumber for k in _GPU_DEVICE_NUMERIC}, **_GPU_DEVICE_OTHER},
                           f"gpu.devices[{i}]")
+            _check_items(dev.get("throttle") or (), (str,), f"gpu.devices[{i}].throttle")
             for j, proc in enumerate(dev.get("processes") or ()):
                 if not isinstance(proc, dict):
                     raise ProtocolError(f"gpu.devices[{i}].processes[{j}]: expected object")

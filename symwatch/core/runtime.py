@@ -146,6 +146,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def newest_run(runs: list[RunEntry], name: str | None, *, started_after: float | None = None,
+               not_endpoint: str | None = None) -> RunEntry | None:
+    """The newest of `runs` named `name` (any name: None): a restarted run is newer than what
+    it replaced. With `started_after`, only one that started later (a restart, not another
+    run of that name that was already going); `not_endpoint`: not the one followed now."""
+    if name is not None:
+        runs = [r for r in runs if r.name == name]
+    if started_after is not None:
+        runs = [r for r in runs if r.started > started_after]
+    if not_endpoint is not None:
+        runs = [r for r in runs if r.endpoint != not_endpoint]
+    return max(runs, key=lambda r: r.started) if runs else None
+
+
 def live_runs(prune: bool = True) -> list[RunEntry]:
     """Every registered run whose process is alive, oldest first. Entries of dead processes are
     deleted when `prune` is true; unreadable entries are skipped (and pruned) rather than

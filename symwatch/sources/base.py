@@ -13,17 +13,19 @@ Every source has an `endpoint`, `garbage` and `last_error` counters, `poll` and 
   recording time), and a counter that changes when a consumer must start again from an
   empty state (a replay seeked back).
 - `toggle_play`, `faster`, `slower`, `seek_start`, `seek_end` and `status()` (`Replayable`):
-  the controls of a replay, and where it stands.
+  the controls of a replay, and where it stands; `seek_step(step)`, `steps` and `step`
+  (`StepSeekable`): standing at any step of it.
 
 The live sources (symwatch.transport.subscriber's Subscriber and BackgroundFeed) sit below this
 package and cannot inherit from it, so views read the optional capabilities through the
 functions here (`where`, `clock`, `generation`, `disconnected`, `listen`, `replay_control`,
-`status`), never with getattr of their own.
+`step_seek`, `status`), never with getattr of their own.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from symwatch.core.protocol import Message
@@ -88,6 +90,15 @@ class Replayable(Protocol):
     def status(self) -> str: ...
 
 
+class StepSeekable(Protocol):
+    """A source that can stand at any step of a run known in advance (a replay)."""
+
+    @property
+    def steps(self) -> tuple[int, int] | None: ...
+
+    def seek_step(self, step: int) -> None: ...
+
+
 # -- reading them from any source --------------------------------------------------------------
 
 def where(source: MessageSource) -> str:
@@ -122,6 +133,26 @@ def replay_control(source: MessageSource, name: str) -> Callable[[], object] | N
     """The source's replay control `name` (one of REPLAY_CONTROLS), or None without it."""
     control = getattr(source, name, None) if name in REPLAY_CONTROLS else None
     return control if callable(control) else None
+
+
+@dataclass(frozen=True)
+class StepSeek:
+    """A source's step seek, read now: `seek(step)`, the run's (first, last) step, and the step
+    of the last message released (`at`, None before the first)."""
+
+    seek: Callable[[int], None]
+    steps: tuple[int, int]
+    at: int | None
+
+
+def step_seek(source: MessageSource) -> StepSeek | None:
+    """The step seek of a source that can stand at any step (a replay with messages), else
+    None: the scroll-back keys and "Go to step" then move the replay instead of the view."""
+    seek = getattr(source, "seek_step", None)
+    steps = getattr(source, "steps", None)
+    if not callable(seek) or steps is None:
+        return None
+    return StepSeek(seek, steps, getattr(source, "step", None))
 
 
 def status(source: MessageSource) -> str | None:

@@ -11,8 +11,10 @@ state with it, so a paused replay does not turn "stale", while a recording that 
 a goodbye (a killed run) does, as the live view did.
 
 Optional controls the TUI binds when a source has them: `toggle_play`, `faster`, `slower`,
-`seek_start`, `seek_end`; `generation` changes when the consumer must start from an empty
-state (after `seek_start`); `status()` says where the replay is.
+`seek_start`, `seek_end`, and `seek_step(step)` with `steps` (the recording's first and last
+step) for the scroll-back keys and "Go to step"; `generation` changes when the consumer must
+start from an empty state (after `seek_start`, or a seek back); `status()` says where the
+replay is.
 """
 
 from __future__ import annotations
@@ -150,13 +152,40 @@ class ReplaySource:
         self._last_clock = None
         self.generation += 1
 
+    @property
+    def steps(self) -> tuple[int, int] | None:
+        """(first, last) step of the recording, or None when it has no message."""
+        if not self._messages:
+            return None
+        steps = [m.step for m in self._messages]
+        return min(steps), max(steps)
+
+    def seek_step(self, step: int) -> None:
+        """Stand paused at `step`: every message before the first one of a later step is
+        released at the next poll, so the view shows that step exactly. Behind what was
+        released already, the replay starts again (`generation`) and releases up to there."""
+        end = next((i for i, m in enumerate(self._messages) if m.step > step),
+                   len(self._messages))
+        if end < self._i:
+            self._i = 0
+            self.generation += 1
+        self._pos = self._messages[end - 1].time if end > 0 else self._start
+        self.playing = False
+        self._last_clock = None
+
+    @property
+    def step(self) -> int | None:
+        """The step of the last message released (None before the first)."""
+        return self._messages[self._i - 1].step if self._i else None
+
     def status(self) -> str:
         speed = "max" if math.isinf(self.speed) else f"{self.speed:g}×"
         state = "playing" if self.playing else "paused"
         if self.exhausted:
             state = "at the end" if self.playing else "paused at the end"
         elapsed = max(0.0, min(self._pos, self._end) - self._start)
-        return (f"replay {state}, {speed}, {_clock_text(elapsed)} / "
+        at = f"step {self.step:,}, " if self.step is not None else ""
+        return (f"replay {state}, {speed}, {at}{_clock_text(elapsed)} / "
                 f"{_clock_text(self._end - self._start)}, {self._i:,}/{len(self._messages):,}")
 
 

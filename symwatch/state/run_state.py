@@ -170,6 +170,12 @@ class RunState:
     # -- per-run data --------------------------------------------------------------------------
 
     def _reset_run(self, run_id: str | None) -> None:
+        # The loss of the run this one replaces (a restart seen on this source, or a view that
+        # followed the restart to another source), so the loss chart can show both with the
+        # boundary marked; None for the first run, or one that replaced a run without loss.
+        previous = getattr(self, "loss", None)
+        self.previous_loss: Series | None = (previous if previous is not None
+                                              and previous.store.count else None)
         self.run_id = run_id
         self.name: str | None = None
         self.host: str | None = None
@@ -189,6 +195,9 @@ class RunState:
         self.step_time: Value = None
         self.overhead: Value = None  # fraction of wall time spent in the agent (0.01 = 1 %)
         self.scalars: dict[str, Value] = {}
+        # STATS `sampling`: the interval between samples and what limits it ("budget" or
+        # "every"), with `every` and `budget` (docs/protocol.md); None until a STATS has it
+        self.sampling: dict[str, Any] | None = None
         self.samples: int | None = None
         self.gpu: dict[str, Any] | None = None
         self.goodbye_reason: str | None = None
@@ -203,6 +212,7 @@ class RunState:
         self.ranks = RankTable()
         self.shards = ShardCombiner()
         self._stats_rate_seen = False
+        self._loss_per_step = False  # STATS carried `per_step` losses: `loss` adds no point
         self._rate_anchor: tuple[float, int] | None = None
 
     @property
@@ -383,8 +393,21 @@ class RunState:
             if "dropped" in p:
                 self._agent_dropped(msg, p["dropped"])
             return
-        if "loss" in p:
+        per_step = p.get("per_step") or {}
+        losses = per_step.get("loss")
+        if isinstance(losses, dict):  # every step's loss since the previous STATS
+            self._loss_per_step = True
+            last = self.loss.step
+            for step, value in zip(losses.get("steps", ()), losses.get("values", ())):
+                if last is None or step > last:
+                    self.loss.add(step, value)
+                    last = step
+        elif "loss" in p and (not self._loss_per_step or self.loss.step is None
+                              or msg.step > self.loss.step):
+            # an agent sending every step's loss repeats its latest here: not a new point
             self.loss.add(msg.step, p["loss"])
+        if isinstance(p.get("sampling"), dict):
+            self.sampling = dict(p["sampling"])
         if "steps_per_s" in p:
             self._stats_rate_seen = True
             self.steps_per_s = _finite(p["steps_per_s"])

@@ -61,6 +61,28 @@ def load_client(server_key: str | os.PathLike[str],
     return CurveClient(server_public=server_public, public=public, secret=secret)
 
 
+def load_server(server_key: str | os.PathLike[str], authorized: str | os.PathLike[str]) -> None:
+    """Check an agent's CURVE server settings before it starts (`symwatch run`, `symwatch
+    inject` with --server-key and --authorized): the secret key file is private and holds a
+    secret key, the directory holds public keys. KeyFileError says what is wrong."""
+    import zmq.auth  # noqa: PLC0415 (lazy: ~7 ms; every command imports this module, few load keys)
+
+    server_key, authorized = os.fspath(server_key), os.fspath(authorized)
+    try:
+        mode = stat.S_IMODE(os.stat(server_key).st_mode)
+        _, secret = zmq.auth.load_certificate(server_key)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot load the server key {server_key}: {exc}") from None
+    if mode & 0o077:
+        raise KeyFileError(f"the secret key {server_key} is readable by others (mode {mode:o}); "
+                           "chmod 600 it")
+    if not secret:
+        raise KeyFileError(f"{server_key} holds no secret key: pass a *.key_secret file")
+    if not os.path.isdir(authorized) or not any(n.endswith(".key")
+                                                for n in os.listdir(authorized)):
+        raise KeyFileError(f"no public keys (*.key) in {authorized}: nobody could connect")
+
+
 def keygen(folder: str | os.PathLike[str], *, client: str = "client",
            server: bool = True) -> dict[str, Path]:
     """Make a server pair (unless `server` is False) and a client pair named `client` in

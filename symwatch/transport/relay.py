@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import zmq
 
-from symwatch.core import protocol, runtime
+from symwatch.core import exposure, protocol, runtime
 from symwatch.core.history import History
 
 DEFAULT_BIND = "tcp://127.0.0.1:5557"
@@ -113,10 +113,7 @@ def check_endpoint(endpoint: str, *, secured: bool, insecure: bool, what: str) -
     if port == "0":
         endpoint = f"tcp://{host}:*"
     if not secured and not insecure and not runtime.is_loopback_host(host):
-        raise RelayError(f"refusing to {what.split()[0]} on {host!r} without encryption: give "
-                         "CurveZMQ keys (--server-key, --authorized; `symwatch keygen`), use "
-                         "127.0.0.1 with SSH tunnels, or pass --insecure if anyone on the "
-                         "network may read (and send into) the stream")
+        raise RelayError(f"{what}: " + exposure.refusal(host, launcher=exposure.RELAY))
     return endpoint
 
 

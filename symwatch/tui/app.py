@@ -16,8 +16,11 @@ from textual.notifications import Notification, Notify, SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
 
+from symwatch.core import runtime
 from symwatch.core.protocol import Message
+from symwatch.core.runtime import RunEntry
 from symwatch.sources import base as sources
+from symwatch.sources.base import SourceError
 from symwatch.sources.base import MessageSource
 from symwatch.sources.memory import ListSource
 from symwatch.sources.open import open_endpoint
@@ -32,6 +35,7 @@ from symwatch.tui.themes import DARK, ThemeError, resolve_theme, toggled
 from symwatch.tui.screens.events import EventsScreen
 from symwatch.tui.screens.layer_detail import LayerDetailScreen
 from symwatch.tui.widgets.header import RunHeader
+from symwatch.tui.screens.goto_step import GoToStepScreen
 from symwatch.tui.screens.help import HelpScreen
 from symwatch.tui import history_view
 from symwatch.tui.history_view import HistoryWindow
@@ -60,6 +64,8 @@ NOTIFY_SEVERITIES = ("warning", "error", "transition")
 # screen's width: one at a time.
 EVENT_TOASTS = 2
 WIDE_COLUMNS = 120
+# How often a view whose run ended (or went silent) looks for a restart of it in the registry.
+FOLLOW_CHECK_S = 1.0
 
 
 def toast_text(message: str) -> str:
@@ -80,6 +86,14 @@ class SymwatchApp(App[None]):
     CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        # Replay controls: live only when the source has them (see check_action); first, so
+        # that a replay's footer shows its speed keys however narrow the terminal.
+        Binding("space", "replay('toggle_play')", "Play/pause", priority=True),
+        Binding("plus,equals_sign", "replay('faster')", "Faster", key_display="+",
+                priority=True),
+        Binding("minus", "replay('slower')", "Slower", key_display="-", priority=True),
+        Binding("home", "replay('seek_start')", "Start", priority=True),
+        Binding("end", "replay('seek_end')", "End", priority=True),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("p", "pause", "Pause/resume"),
@@ -91,13 +105,6 @@ class SymwatchApp(App[None]):
         Binding("S", "reverse_sort", "Reverse sort", show=False),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("t", "toggle_theme", "Theme", show=False),
-        # Replay controls: live only when the source has them (see check_action).
-        Binding("space", "replay('toggle_play')", "Play/pause", priority=True),
-        Binding("plus,equals_sign", "replay('faster')", "Faster", key_display="+",
-                priority=True),
-        Binding("minus", "replay('slower')", "Slower", key_display="-", priority=True),
-        Binding("home", "replay('seek_start')", "Start", priority=True),
-        Binding("end", "replay('seek_end')", "End", priority=True),
         # Scroll-back through the run's history (symwatch.tui.history_view).
         Binding("left_square_bracket", "history_pan(-0.5)", "Back", key_display="["),
         Binding("right_square_bracket", "history_pan(0.5)", "Forward", key_display="]",
@@ -109,13 +116,25 @@ class SymwatchApp(App[None]):
         Binding("z", "history_zoom(2)", "Zoom out", show=False),
         Binding("Z", "history_zoom(0.5)", "Zoom in", show=False),
         Binding("L", "history_live", "Live", show=False),
+        Binding("G", "goto_step", "Go to step", show=False),
+        # A restart of the run (same name, new process): shown only when there is one.
+        Binding("f", "follow_run", "Follow restart"),
         Binding("end", "history_live", "Live", show=False, priority=True),  # if no replay
     ]
 
     def __init__(self, source: MessageSource, *, title: str | None = None,
                  stale_after: float = DEFAULT_STALE_AFTER, owns_source: bool = False,
-                 tick_s: float = TICK_S, bell: bool = False, theme: str | None = None) -> None:
+                 tick_s: float = TICK_S, bell: bool = False, theme: str | None = None,
+                 follow: bool | None = None, curve: Any = None) -> None:
         super().__init__()
+        # A restarted run (same name, new process and socket, in this machine's registry):
+        # None: not looked for (a replay, a recording); False: offered (a notification naming
+        # `f`); True: followed at once (`symwatch attach --follow`). `curve`: the CurveZMQ
+        # client settings the new run's socket is opened with, as this one's was.
+        self.follow = follow
+        self.curve = curve
+        self.restart_offer: RunEntry | None = None
+        self.follows = 0  # switches to a restarted run so far
         # a Textual theme name; None: $SYMWATCH_THEME, else the terminal's background (the
         # command line reports a bad $SYMWATCH_THEME; here it falls back to the dark theme)
         try:
@@ -175,6 +194,8 @@ class SymwatchApp(App[None]):
         self._listen(self.source)
         self.tick()
         self.set_interval(self.tick_s, self._clock_tick)
+        if self.follow is not None:
+            self.set_interval(FOLLOW_CHECK_S, self._look_for_restart)
         # The app's own objects out of the collector's full passes (symwatch.tui.heap).
         self.call_after_refresh(self.long_lived.settle)
 
@@ -465,20 +486,76 @@ class SymwatchApp(App[None]):
         if not isinstance(self.screen, RunsScreen):
             open_runs_screen(self)
 
-    def attach_source(self, source: MessageSource, title: str | None = None) -> None:
+    def attach_source(self, source: MessageSource, title: str | None = None, *,
+                      keep_state: bool = False) -> None:
         """Show another run (or recording) in this view; the previous source, if ours, is
-        closed on a thread (a tunnel takes a moment to end)."""
+        closed on a thread (a tunnel takes a moment to end). `keep_state`: the new source
+        continues the run shown (a restart of it): the state folds its new run id as a
+        restart (the loss chart marks the boundary) instead of starting empty."""
         old, owned = self.source, self.owns_source
         self.source, self.owns_source = source, True
         self.endpoint = sources.where(source)
         self.title = title or f"symwatch — {self.endpoint}"
         self._clock = sources.clock(source)
-        self._restart_state()
+        self.restart_offer = None
+        if keep_state:
+            self._generation = sources.generation(source)
+            self._backlog.clear()
+            self._folding = None
+            self._set_window(HistoryWindow(span=self.window.span), redraw=False)
+        else:
+            self._restart_state()
         self._listen(source)
         self.refresh_bindings()  # the replay keys follow the source
         if owned and old is not source:
             threading.Thread(target=old.close, name="symwatch-close-source", daemon=True).start()
         self.tick()
+
+    # -- a restarted run (same name, new process) ----------------------------------------------
+
+    def _look_for_restart(self) -> None:
+        """Every FOLLOW_CHECK_S: once the run has ended or gone silent, a newer live run of its
+        name in the registry is followed (`follow`) or offered (a notification naming `f`)."""
+        state = self.state
+        if (state.name is None or state.started is None or self.restart_offer is not None
+                or state.connection(self._clock()) not in (FINISHED, STALE)):
+            return
+        try:
+            newer = runtime.newest_run(runtime.live_runs(prune=False), state.name,
+                                       started_after=state.started,
+                                       not_endpoint=self.endpoint)
+        except OSError:
+            return
+        if newer is None:
+            return
+        if self.follow:
+            self.follow_run(newer)
+            return
+        self.restart_offer = newer
+        self.refresh_bindings()
+        self.notify(f"{state.name} restarted: run {newer.run_id} is live; press f to follow "
+                    "it", title="restarted", timeout=30)
+
+    def action_follow_run(self) -> None:
+        """`f`: show the restarted run offered (its boundary marked in the loss chart)."""
+        if self.restart_offer is not None:
+            self.follow_run(self.restart_offer)
+
+    def follow_run(self, entry: RunEntry) -> None:
+        """Switch this view to `entry` (a restart of the run shown), keeping the run's loss
+        before it in the chart with the switch marked."""
+        try:
+            source = open_endpoint(entry.endpoint, curve=self.curve)
+        except SourceError as exc:
+            self.restart_offer = None
+            self.notify(f"cannot follow run {entry.run_id}: {exc}", severity="error")
+            return
+        old = self.state.run_id
+        self.follows += 1
+        self.attach_source(source, title=self.title, keep_state=True)
+        self.refresh_bindings()
+        self.notify(f"following run {entry.run_id} ({entry.name} restarted; was {old})",
+                    timeout=5)
 
     def action_ranks(self) -> None:
         """Every rank (stragglers, diverging losses) and every node's GPUs."""
@@ -503,6 +580,8 @@ class SymwatchApp(App[None]):
         self.tick()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "follow_run":  # shown only while a restart is offered
+            return self.restart_offer is not None
         if action == "history_live":  # End: the replay's when there is one; L always
             return not self.window.live and not isinstance(self.focused, Input)
         if action == "replay":  # bound (and shown) only for a source with that control
@@ -625,12 +704,58 @@ class SymwatchApp(App[None]):
         self._draw(self._clock())  # the key's effect first; new data waits for its tick
 
     def action_history_pan(self, windows: float) -> None:
-        """`[` / `]`: half a window back / forward (pausing the view)."""
+        """`[` / `]`: half a window back / forward (pausing the view; a replay seeks)."""
+        seek = sources.step_seek(self.source)
+        if seek is not None:
+            span = history_view.span_of(self.window, self.state)
+            self._seek_replay(self._replay_step(seek) + (round(windows * span)
+                                                         or (1 if windows > 0 else -1)))
+            return
         self._set_window(history_view.pan(self.window, self.state, windows))
 
     def action_history_jump(self, direction: int) -> None:
-        """`{` / `}`: a tenth of the run back / forward."""
+        """`{` / `}`: a tenth of the run back / forward (a replay: of the recording)."""
+        seek = sources.step_seek(self.source)
+        if seek is not None:
+            first, last = seek.steps
+            span = history_view.span_of(self.window, self.state)
+            self._seek_replay(self._replay_step(seek) + direction * max(
+                span, (last - first + 1) // history_view.BIG_JUMP))
+            return
         self._set_window(history_view.jump(self.window, self.state, direction))
+
+    def action_goto_step(self) -> None:
+        """`G` ("Go to step…"): the view at a step typed in; a replay moves there."""
+        seek = sources.step_seek(self.source)
+        bounds = seek.steps if seek is not None else history_view.run_bounds(self.state)
+
+        def chosen(step: int | None) -> None:
+            if step is not None:
+                self.goto_step(step)
+        self.push_screen(GoToStepScreen(bounds), chosen)
+
+    def goto_step(self, step: int) -> None:
+        """Show `step`: a replay seeks there (paused); a live run scrolls back to it."""
+        if sources.step_seek(self.source) is not None:
+            self._seek_replay(step)
+        else:
+            self._set_window(history_view.at_step(self.window, self.state, step))
+
+    def _replay_step(self, seek: sources.StepSeek) -> int:
+        """Where the replay stands: the step of its last message released, else its first."""
+        return seek.at if seek.at is not None else seek.steps[0]
+
+    def _seek_replay(self, step: int) -> None:
+        seek = sources.step_seek(self.source)
+        if seek is None:
+            return
+        first, last = seek.steps
+        seek.seek(max(first, min(last, step)))
+        self._set_window(HistoryWindow(span=self.window.span), redraw=False)
+        status = sources.status(self.source)
+        if status is not None:
+            self.notify(status, timeout=2.0)
+        self.tick()
 
     def action_history_zoom(self, factor: float) -> None:
         """`z` / `Z`: a window twice / half as wide."""
@@ -660,11 +785,12 @@ class RunsApp(SymwatchApp):
 
 def make_app(endpoint: str, *, title: str | None = None,
              stale_after: float = DEFAULT_STALE_AFTER, bell: bool = False,
-             curve: Any = None, theme: str | None = None) -> SymwatchApp:
+             curve: Any = None, theme: str | None = None, follow: bool = False) -> SymwatchApp:
     """The app on a live endpoint: a BackgroundFeed (its own thread and socket) as the source
     (symwatch.sources.open; SourceError for an endpoint it cannot use); `curve`
     (symwatch.transport.keys.CurveClient) for an agent that requires CurveZMQ; `theme` a
-    Textual theme name (symwatch.tui.themes.resolve_theme)."""
+    Textual theme name (symwatch.tui.themes.resolve_theme); `follow`: switch to a restart of
+    the run at once (`attach --follow`) instead of offering it."""
     feed = open_endpoint(endpoint, curve=curve)
     return SymwatchApp(feed, title=title, stale_after=stale_after, owns_source=True, bell=bell,
-                       theme=theme)
+                       theme=theme, follow=follow, curve=curve)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 VIEWS: dict[str, tuple[str, ...]] = {
     # few enough columns that each keeps a sparkline at 120 columns
-    "overview": ("broken", "numerical_rank", "stable_rank", "effective_rank", "dead_fraction",
+    "overview": ("broken", "modes", "stable_rank", "effective_rank", "dead_fraction",
                  "duplicate_fraction"),
-    "rank": ("numerical_rank", "stable_rank", "effective_rank", "participation_ratio",
+    "rank": ("modes", "stable_rank", "effective_rank", "participation_ratio",
              "mirror_rank", "delta_rank", "delta_rotation"),
     "units": ("dead_fraction", "relu_dead", "duplicate_fraction", "distinct_units",
               "delta_sign", "delta_perm"),
@@ -32,6 +32,7 @@ LABELS = {
     "weight_norm": ("weight norm", "norm"),
     "stable_rank": ("stable rank", "srank"),
     "numerical_rank": ("numerical rank", "rank"),
+    "modes": ("modes", "modes"),
     "dead_fraction": ("dead fraction", "dead"),
     "effective_rank": ("effective rank", "erank"),
     "participation_ratio": ("participation ratio", "PR"),

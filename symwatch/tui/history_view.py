@@ -123,6 +123,23 @@ def _move(window: HistoryWindow, state: RunState, steps: int) -> HistoryWindow:
     return replace(window, end=end, span=span)
 
 
+def at_step(window: HistoryWindow, state: RunState, step: int) -> HistoryWindow:
+    """The window ending at `step` ("Go to step"), on the stored step at or before it (the
+    first one, before the run's first sample), within the run; narrower where the run before
+    that step is shorter than the window."""
+    bounds = run_bounds(state)
+    if bounds is None:
+        return window
+    end = max(bounds[0], min(step, bounds[1]))
+    series = reference_series(state)
+    if series is not None:
+        found = series.store.at(end)
+        if found is not None:
+            end = found[0]
+    span = max(MIN_SPAN, min(span_of(window, state), end - bounds[0] + 1))
+    return replace(window, end=_clamp_end(end, span, bounds), span=span)
+
+
 def zoom(window: HistoryWindow, state: RunState, factor: float) -> HistoryWindow:
     """Widen (factor > 1) or narrow the window around its last step, up to the whole run."""
     bounds = run_bounds(state)

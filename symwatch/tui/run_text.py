@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def started_text(started: float, now: float | None = None) -> str:
@@ -17,6 +17,26 @@ def started_text(started: float, now: float | None = None) -> str:
     if when[:3] == today[:3]:
         return time.strftime("%H:%M:%S", when)
     return time.strftime("%Y-%m-%d %H:%M", when)
+
+
+def sampling_text(sampling: Any, hint: bool = True) -> str:
+    """What sets the interval between samples, from STATS/the registry's `sampling`:
+    "every ~190 steps: 1 % budget; --budget to change", "every 10 steps (--every)"; "" when
+    unknown. `hint`: say which option changes it."""
+    if not isinstance(sampling, dict):
+        return ""
+    interval, every = sampling.get("interval"), sampling.get("every")
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool):
+        interval = every
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool):
+        return ""
+    steps = f"{round(interval):,} step" + ("" if round(interval) == 1 else "s")
+    if sampling.get("limit") == "budget":
+        budget = sampling.get("budget")
+        share = (f"{budget * 100:.3g} % budget" if isinstance(budget, (int, float))
+                 and not isinstance(budget, bool) else "time budget")
+        return f"every ~{steps}: {share}" + ("; --budget to change" if hint else "")
+    return f"every {steps}" + (" (--every)" if hint else "")
 
 
 def command_text(command: Sequence[str], width: int = 32) -> str:

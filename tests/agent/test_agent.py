@@ -58,7 +58,7 @@ def _expected(weight: torch.Tensor, bias: torch.Tensor | None, next_weight: torc
         unit2 += next_weight.detach().double().square().sum(0)
     unit = unit2.sqrt()
     rms = unit2.mean().sqrt()
-    tau = max(0.3 * max_sigma_seen, 0.1)
+    tau = sv[0].item() * max(w.shape) * torch.finfo(torch.float32).eps  # matrix_rank's
     return {"weight_norm": w.norm().item(),
             "stable_rank": (w.square().sum() / sv[0] ** 2).item(),
             "numerical_rank": int((sv > tau).sum()),
@@ -329,7 +329,7 @@ def test_demo_rank_staircase_climbs_one_step_at_a_time(collector):
     thread.join(120)
     assert not thread.is_alive()
     sub.drain()
-    ranks = [(m.step, m.payload["values"]["linear.0"]["numerical_rank"])
+    ranks = [(m.step, m.payload["values"]["linear.0"]["modes"])
              for m in sub.of_kind(protocol.METRICS)]
     values = [r for _, r in ranks]
     assert values[0] == 0 and values[-1] == 5, ranks

@@ -16,7 +16,6 @@ from symwatch_agent.measure.layers import discover
 
 S = (8.0, 4.0, 2.5, 1.5, 1.0)  # target singular values (the demo's)
 D, SIGMA, LR = 16, 1e-3, 0.02
-REL_TOL, ABS_TOL = 0.3, 0.1  # the engine's defaults
 
 
 def _engine(net: nn.Module) -> IndicatorEngine:
@@ -26,29 +25,21 @@ def _engine(net: nn.Module) -> IndicatorEngine:
     return engine
 
 
-def predicted_crossings() -> list[float]:
-    """Step at which numerical_rank should count mode i, from the logistic solution.
+def predicted_halves() -> list[float]:
+    """Step at which mode i reaches half its strength, from the logistic solution.
 
     Mode i's strength u_i (= σ_i(W₁)², the pair staying balanced from small init) follows
     u(t) = s / (1 + (s − u₀)/u₀ · (1 + η s)^(−2t)), u₀ = hσ²/2: it reaches half of s at
-    t_i = ln((s − u₀)/u₀) / (2 ln(1 + η s)) (SCIENCE.md) and a fraction f of s at
-    t_i + ln(f/(1 − f)) / (2 ln(1 + η s)). numerical_rank counts σ_i(W₁) > τ with
-    τ = max(0.3 · max σ₁ seen, 0.1): mode 1 counts once u₁ > 0.1², and mode i ≥ 2, learned
-    after mode 1 has converged (σ₁ ≈ √s₁), once u_i > (0.3 √s₁)², i.e. f = 0.09 s₁ / s_i.
-    """
+    t_i = ln((s − u₀)/u₀) / (2 ln(1 + η s)) (SCIENCE.md)."""
     u0 = D * SIGMA ** 2 / 2
-    out = []
-    for i, s in enumerate(S):
-        rate = 2 * math.log(1 + LR * s)
-        half = math.log((s - u0) / u0) / rate
-        tau = ABS_TOL if i == 0 else max(REL_TOL * math.sqrt(S[0]), ABS_TOL)
-        f = tau ** 2 / s
-        out.append(half + math.log(f / (1 - f)) / rate)
-    return out
+    return [math.log((s - u0) / u0) / (2 * math.log(1 + LR * s)) for s in S]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_numerical_rank_climbs_one_step_at_a_time_when_theory_says(seed):
+def test_modes_climb_one_step_at_a_time_in_the_order_theory_says(seed):
+    """`modes` (σ above the random bulk) climbs 0 → 5 one mode at a time, never down. A mode
+    leaves the init's tiny bulk well before it reaches half its strength (the loss drop), and
+    the modes leave in the order of their strengths: the i-th rise comes before t_i."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     u, _ = torch.linalg.qr(torch.randn(D, D, generator=gen))
@@ -60,25 +51,20 @@ def test_numerical_rank_climbs_one_step_at_a_time_when_theory_says(seed):
         nn.init.normal_(layer.weight, std=SIGMA)
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     engine = _engine(net)
-    ranks, mirror = [], []
+    modes = []
     for _ in range(400):
         loss = 0.5 * (net(torch.eye(D)).T - target).square().sum()  # whitened inputs X = I
         opt.zero_grad()
         loss.backward()
         opt.step()
         values, _ = engine.decode(engine.compute().tolist())
-        ranks.append(values["0"]["numerical_rank"])
-        mirror.append(values["0"]["mirror_rank"])
-    changes = [(t + 1, ranks[t] - ranks[t - 1]) for t in range(1, len(ranks))
-               if ranks[t] != ranks[t - 1]]
-    assert ranks[0] == 0 and ranks[-1] == k
+        modes.append(values["0"]["modes"])
+    changes = [(t + 1, modes[t] - modes[t - 1]) for t in range(1, len(modes))
+               if modes[t] != modes[t - 1]]
+    assert modes[0] == 0 and modes[-1] == k, modes
     assert [c for _, c in changes] == [1] * k  # a staircase: one mode at a time, never down
-    # Tolerance 12 %: each mode starts from a random projection of the init, not exactly u₀;
-    # its log fluctuates by O(1) around ln u₀, which moves the step by about
-    # 1/(2 ln(1+ηs_i)) ≈ 3–8 % of t_i (seen over seeds: at most 7 %).
-    for (step, _), want in zip(changes, predicted_crossings()):
-        assert step == pytest.approx(want, rel=0.12), (step, want)
-    assert mirror == ranks  # balanced from small init: √(λ/2) are W₁'s singular values
+    for (step, _), half in zip(changes, predicted_halves()):
+        assert step < half, (changes, predicted_halves())
 
 
 @pytest.mark.parametrize("gamma", [0.5, 0.0])

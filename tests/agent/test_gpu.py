@@ -9,7 +9,7 @@ import pytest
 
 from symwatch.core import protocol
 from fake_nvml import FakeNVML, NotSupported, NVMLError, fake_device
-from symwatch_agent.measure.gpu import GpuSampler
+from symwatch_agent.measure.gpu import GpuSampler, decode_throttle
 
 
 def _valid(payload: dict) -> dict:
@@ -226,3 +226,57 @@ def test_bad_memory_and_process_fields_are_refused_by_the_protocol():
         protocol.encode(protocol.GPU, run="r", rank=0, restart=0, seq=0, time=0.0, step=0,
                         payload={"available": True, "devices": [
                             {"index": 0, "name": "x", "processes": [{"mem_used": 1}]}]})
+
+
+# -- SM clock and clock-throttle reasons (issue #17) -------------------------------------------
+
+POWER_CAP, SW_THERMAL, HW_SLOWDOWN, IDLE = 0x4, 0x20, 0x8, 0x1
+
+
+def test_the_sm_clock_and_several_throttle_reasons_at_once_are_sampled(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML([fake_device(0, sm_clock=1410, sm_clock_max=1980,
+                                 throttle_mask=POWER_CAP | SW_THERMAL | HW_SLOWDOWN)])
+    dev = _valid(GpuSampler(nvml).sample())["devices"][0]
+    assert dev["sm_clock_mhz"] == 1410 and dev["sm_clock_max_mhz"] == 1980
+    assert dev["throttle"] == ["power cap", "hw slowdown", "sw thermal"]
+
+
+def test_idle_alone_and_no_reason_at_all(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML([fake_device(0, throttle_mask=IDLE, sm_clock=210), fake_device(1)])
+    idle, busy = _valid(GpuSampler(nvml).sample())["devices"]
+    assert idle["throttle"] == ["idle"] and idle["sm_clock_mhz"] == 210
+    assert busy["throttle"] == []  # read, and nothing holds the clock down
+
+
+def test_clocks_and_reasons_nvml_cannot_give_are_null_never_zero(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML([fake_device(0, sm_clock=NotSupported, sm_clock_max=NotSupported,
+                                 throttle_mask=NotSupported)])
+    dev = _valid(GpuSampler(nvml).sample())["devices"][0]
+    assert dev["sm_clock_mhz"] is None and dev["sm_clock_max_mhz"] is None
+    assert dev["throttle"] is None and dev["util"] == 87
+
+
+def test_an_older_nvidia_ml_py_with_only_the_throttle_names(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML([fake_device(0, throttle_mask=POWER_CAP | 0x4000)], event_names=False)
+    assert nvml.nvmlDeviceGetCurrentClocksEventReasons is None
+    dev = _valid(GpuSampler(nvml).sample())["devices"][0]
+    assert dev["throttle"] == ["power cap", "other"]  # an unknown bit is not dropped
+
+
+def test_a_library_without_either_reasons_call_reports_them_na(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = FakeNVML([fake_device(0, throttle_mask=POWER_CAP)], event_names=False)
+    nvml.nvmlDeviceGetCurrentClocksThrottleReasons = None
+    assert _valid(GpuSampler(nvml).sample())["devices"][0]["throttle"] is None
+
+
+def test_the_real_pynvml_constants_decode_as_the_table_says():
+    pynvml = pytest.importorskip("pynvml")
+    mask = (pynvml.nvmlClocksThrottleReasonSwPowerCap
+            | pynvml.nvmlClocksThrottleReasonHwThermalSlowdown)
+    assert decode_throttle(mask, pynvml) == ["power cap", "hw thermal"]
+    assert decode_throttle(0, pynvml) == []

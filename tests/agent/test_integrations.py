@@ -21,6 +21,15 @@ from symwatch.core import protocol
 from symwatch.core.recording import RecordingReader
 
 
+def _stats_by_step(messages) -> dict[int, dict]:
+    """STATS payloads by step, merged: at close the agent sends one more STATS with only the
+    last steps' `per_step` values, at the step of the STATS before it."""
+    out: dict[int, dict] = {}
+    for m in messages:
+        out.setdefault(m.step, {}).update(m.payload)
+    return out
+
+
 def _installed(*names: str) -> bool:
     return all(importlib.util.find_spec(name) is not None for name in names)
 
@@ -162,7 +171,7 @@ def test_transformers_trainer_streams_gpt2_conv1d_layers_loss_lr_and_goodbye(col
             assert last[name][key] == pytest.approx(value, rel=1e-4), (name, key)
         assert last[name]["numerical_rank"] <= min(weight.shape)
 
-    stats = {m.step: m.payload for m in sub.of_kind(protocol.STATS)}
+    stats = _stats_by_step(sub.of_kind(protocol.STATS))
     assert set(range(1, 21)) <= set(stats)
     # The loss is the scalar the Trainer called .backward() on, step by step: the Trainer's
     # logged loss is their mean over each logging window.
@@ -192,7 +201,7 @@ def test_transformers_with_gradient_accumulation_records_the_trainers_loss(tmp_p
     goodbye = _of_kind(messages, protocol.GOODBYE)
     assert len(goodbye) == 1 and goodbye[0].step == 10
     assert goodbye[0].payload["reason"] == "finished"
-    stats = {m.step: m.payload for m in _of_kind(messages, protocol.STATS)}
+    stats = _stats_by_step(_of_kind(messages, protocol.STATS))
     # The backward scalar is a scaled share of a micro-batch here: it is not used; the
     # Trainer's logged loss (at step 5) is, from the next step on.
     assert all(stats[step]["loss"] is None for step in range(1, 6))
@@ -307,7 +316,7 @@ def test_lightning_trainer_streams_layers_each_steps_loss_lr_rank_and_goodbye(co
         for key, value in _direct(module.get_submodule(name).weight).items():
             assert last[name][key] == pytest.approx(value, rel=1e-4), (name, key)
 
-    stats = {m.step: m.payload for m in sub.of_kind(protocol.STATS)}
+    stats = _stats_by_step(sub.of_kind(protocol.STATS))
     assert len(module.losses) == 20
     for step in range(1, 21):  # the scalar Lightning called .backward() on, at its step
         assert stats[step]["loss"] == pytest.approx(module.losses[step - 1], rel=1e-6)
@@ -344,7 +353,7 @@ def test_lightning_gradient_accumulation_reports_the_undivided_batch_loss(tmp_pa
                        accumulate_grad_batches=2).fit(module, _regression_data())
     messages = _recorded(path)
     assert _of_kind(messages, protocol.GOODBYE)[0].step == 6  # 12 batches, 6 updates
-    stats = {m.step: m.payload for m in _of_kind(messages, protocol.STATS)}
+    stats = _stats_by_step(_of_kind(messages, protocol.STATS))
     # Update k runs batches 2k-2 and 2k-1 (from 0); the optimizer steps inside the second
     # one, before its batch-end hook: the latest loss known then is batch 2k-2's, undivided
     # (the backward scalar would be half of it).
@@ -364,7 +373,7 @@ def test_lightning_manual_optimization_is_watched_through_its_wrappers(tmp_path)
     messages = _recorded(path)
     # `self.optimizers()` is a LightningOptimizer; the agent hooked the torch one inside it.
     assert [m.step for m in _of_kind(messages, protocol.METRICS)] == [1, 5, 10]
-    stats = {m.step: m.payload for m in _of_kind(messages, protocol.STATS)}
+    stats = _stats_by_step(_of_kind(messages, protocol.STATS))
     for step in range(1, 13):  # manual_backward's scalar, at its step
         assert stats[step]["loss"] == pytest.approx(module.losses[step - 1], rel=1e-6)
     assert stats[11]["scalars"]["lr"] == pytest.approx(0.05)

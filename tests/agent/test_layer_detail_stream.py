@@ -63,7 +63,9 @@ def test_agent_publishes_the_spectrum_and_exactly_the_dead_and_duplicated_units(
     sv = torch.linalg.svdvals(model[0].weight.detach().double())
     assert first["count"] == 8
     assert first["spectrum"] == pytest.approx(sv.tolist(), rel=1e-4, abs=1e-5)
-    assert first["rank_threshold"] == pytest.approx(max(0.3 * sv[0].item(), 0.1), rel=1e-4)
+    # numerical_rank's tolerance: σ₁·max(m, n)·eps₃₂ (matrix_rank's)
+    assert first["rank_threshold"] == pytest.approx(
+        sv[0].item() * max(model[0].weight.shape) * torch.finfo(torch.float32).eps, rel=1e-4)
     assert msg.payload["values"]["0"]["numerical_rank"] == sum(
         s > first["rank_threshold"] for s in first["spectrum"])
     # the other layers: no dead unit, no duplicate (random init)

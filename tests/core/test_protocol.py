@@ -72,9 +72,11 @@ REFERENCE_INPUTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
             {"run": RUN, "rank": 0, "restart": 0, "seq": 3, "time": 1735732802.0, "step": 12},
             {"available": True, "devices": [
                 {"index": 0, "name": "NVIDIA H100 80GB HBM3", "util": 97, "mem_used": 61203283968,
-                 "mem_total": 85520809984, "temp": 71, "power": 612.5, "power_limit": 700.0},
+                 "mem_total": 85520809984, "temp": 71, "power": 612.5, "power_limit": 700.0,
+                 "sm_clock_mhz": 1410, "sm_clock_max_mhz": 1980, "throttle": ["power cap"]},
                 {"index": 1, "name": "NVIDIA H100 80GB HBM3", "util": None, "mem_used": 1048576,
-                 "mem_total": 85520809984, "temp": None, "power": None, "power_limit": None},
+                 "mem_total": 85520809984, "temp": None, "power": None, "power_limit": None,
+                 "sm_clock_mhz": None, "sm_clock_max_mhz": None, "throttle": None},
             ]}),
     "gpu_unavailable": ("gpu",
                         {"run": RUN, "rank": 0, "restart": 0, "seq": 4, "time": 1735732802.0,
@@ -177,6 +179,18 @@ def test_null_means_not_available_and_nan_becomes_null() -> None:
     assert protocol.clean_number(3) == 3
     message = decode(list(_frames("gpu")))
     assert message.payload["devices"][1]["util"] is None  # not 0
+    assert message.payload["devices"][1]["throttle"] is None  # N/A, not "no reason"
+
+
+def test_gpu_clocks_and_throttle_reasons_are_optional_and_accepted() -> None:
+    for dev in ({"index": 0, "name": "H100"},  # an older agent: none of them
+                {"index": 0, "name": "H100", "sm_clock_mhz": 1410.0, "sm_clock_max_mhz": 1980,
+                 "throttle": ["power cap", "sw thermal", "a reason not known yet"]},
+                {"index": 0, "name": "H100", "throttle": []},
+                {"index": 0, "name": "H100", "sm_clock_mhz": None, "throttle": None}):
+        frames = encode("gpu", run=RUN, rank=0, restart=0, seq=0, time=0.0, step=0,
+                        payload={"available": True, "devices": [dev]})
+        assert decode(list(frames)).payload["devices"][0] == dev
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +304,18 @@ REJECTED: dict[str, tuple[list[bytes], str]] = {
     "gpu device temp is bool": (
         _raw(_body("gpu", devices=[{"index": 0, "name": "H100", "temp": True}])), "got bool"),
     "gpu available is int": (_raw(_body("gpu", available=1)), "gpu.available: expected bool"),
+    "gpu sm clock is string": (
+        _raw(_body("gpu", devices=[{"index": 0, "name": "H100", "sm_clock_mhz": "1410"}])),
+        "gpu.devices[0].sm_clock_mhz"),
+    "gpu sm clock max is bool": (
+        _raw(_body("gpu", devices=[{"index": 0, "name": "H100", "sm_clock_max_mhz": True}])),
+        "got bool"),
+    "gpu throttle is a string": (
+        _raw(_body("gpu", devices=[{"index": 0, "name": "H100", "throttle": "power cap"}])),
+        "gpu.devices[0].throttle"),
+    "gpu throttle holds a number": (
+        _raw(_body("gpu", devices=[{"index": 0, "name": "H100", "throttle": ["idle", 4]}])),
+        "gpu.devices[0].throttle[1]"),
     "event severity missing": (_raw(_body("event", severity=...)), "missing field 'severity'"),
     "event layer is int": (_raw(_body("event", layer=3)), "event.layer"),
     "goodbye exit_code is string": (_raw(_body("goodbye", exit_code="0")), "goodbye.exit_code"),

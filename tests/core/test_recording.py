@@ -362,7 +362,8 @@ def test_export_jsonl_records(tmp_path):
     [gpu] = [r for r in recs if r["kind"] == "gpu"]
     assert gpu == {"kind": "gpu", "time": gpu["time"], "rank": 0, "step": 20, "index": 0,
                    "name": "H100", "util": 55.0, "mem_used": None, "mem_total": 8.0e10,
-                   "temp": None, "power": 200.0, "power_limit": None}
+                   "temp": None, "power": 200.0, "power_limit": None, "sm_clock_mhz": None,
+                   "sm_clock_max_mhz": None, "throttle": None}  # an older agent: no clocks
     only_events = symwatch("export", str(path), "--format", "jsonl", "--kind", "events")
     assert [json.loads(x)["kind"] for x in only_events.stdout.splitlines()] == ["event"]
 

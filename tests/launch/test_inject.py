@@ -304,6 +304,43 @@ def test_agent_that_cannot_be_imported_leaves_the_run_as_it_was(gdb_attach, unin
     assert "symwatch" not in err
 
 
+def test_inject_connect_publishes_to_a_relay(gdb_attach, tmp_path, capsys, zmq_ctx):
+    from symwatch.transport.relay import Relay
+    from symwatch.transport.subscriber import Subscriber
+
+    run = Run(tmp_path, "--without-symwatch", pauses=(30,))
+    with Relay("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", register=False) as relay:
+        viewer = Subscriber(relay.publish_endpoint, context=zmq_ctx)
+        try:
+            run.wait_paused(30)
+            done: list[int] = []
+            thread = threading.Thread(target=lambda: done.append(main(
+                ["inject", str(run.pid), "--every", "1", "--budget", "1", "--method", "gdb",
+                 "--connect", relay.bind_endpoint])), daemon=True)
+            thread.start()
+            deadline = time.monotonic() + DEADLINE_S
+            got: list[protocol.Message] = []
+            while not any(m.kind == protocol.METRICS for m in got):
+                assert time.monotonic() < deadline, f"nothing reached the relay: {got[:3]}"
+                if not run.go[30].exists() and "armed" in capsys.readouterr().err:
+                    run.resume(30)  # the hook is in; the agent starts after the next step
+                got.extend(viewer.poll(50))
+            thread.join(DEADLINE_S)
+            assert done == [0]
+            assert "to the relay at" in capsys.readouterr().err
+            run.finish()
+        finally:
+            viewer.close()
+            run.kill()
+    assert any(m.kind == protocol.META for m in got)
+
+
+def test_inject_connect_refuses_a_relay_on_another_host_without_keys(capsys):
+    assert main(["inject", str(os.getpid()), "--connect", "tcp://10.11.12.13:5557"]) == 2
+    err = capsys.readouterr().err
+    assert "`symwatch inject --insecure`" in err and "--client-key" in err
+
+
 @contextlib.contextmanager
 def _blocked_in_read(then: str) -> Iterator[subprocess.Popen]:
     """A Python process (torch loaded) whose main thread sits in read(2) on its stdin pipe, so

@@ -270,3 +270,11 @@ def test_bootstrap_reads_full_every_and_ignores_a_bad_value(monkeypatch, capsys,
     assert boot._options().get("full_every") == expected
     err = capsys.readouterr().err
     assert ("ignoring $SYMWATCH_FULL_EVERY" in err) == (value in ("0", "often"))
+
+
+def test_the_first_stderr_line_says_what_sets_the_sampling_interval():
+    result = _run([*SYMWATCH_RUN, "--every", "7", "--", sys.executable, TRAIN, "--steps", "8"])
+    err = result.stderr.decode()
+    line = next(text for text in err.splitlines() if WATCHING in text)
+    assert "sampling at most every 7 steps" in line and "1 % time budget" in line, line
+    assert "--every N --budget 1 forces a cadence" in line, line

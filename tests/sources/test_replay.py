@@ -146,3 +146,100 @@ async def test_replay_keys_are_not_bound_for_a_live_source():
         await pilot.press("space", "end", "home", "plus")
         await pilot.pause(0.1)
         assert app.tick_errors == 0
+
+
+# -- seeking to a step (the scroll-back keys, "Go to step") --------------------------------------
+
+def test_seek_step_stands_paused_at_a_step_and_starts_again_when_behind():
+    clock = Clock()
+    msgs = [msg("heartbeat", 100.0 + i, i, i, dropped=0, samples=0) for i in range(10)]
+    src = ReplaySource(msgs, clock=clock)
+    assert src.steps == (0, 9) and src.step is None
+    src.seek_step(6)
+    assert not src.playing and [m.step for m in src.poll()] == [0, 1, 2, 3, 4, 5, 6]
+    clock.t = 100.0  # paused there: nothing more comes
+    assert src.poll() == [] and src.step == 6 and "step 6" in src.status()
+    generation = src.generation
+    src.seek_step(8)  # ahead: the rest up to 8, no restart
+    assert [m.step for m in src.poll()] == [7, 8] and src.generation == generation
+    src.seek_step(2)  # behind: from the start again
+    assert src.generation == generation + 1
+    assert [m.step for m in src.poll()] == [0, 1, 2]
+    assert ReplaySource([]).steps is None
+
+
+def _footer_keys(app) -> dict[str, object]:
+    from textual.widgets._footer import FooterKey
+
+    return {key.description: key.region for key in app.screen.query(FooterKey)}
+
+
+async def test_replay_seeks_with_the_history_keys_and_go_to_step(tmp_path):
+    from symwatch.tui.screens.goto_step import GoToStepScreen
+
+    path = tmp_path / "run.db"
+    make_recording(path, 50)  # steps 1..50; fc1's numerical rank is min(step // 10, 4)
+    clock = Clock()
+    source = ReplaySource.open(path, clock=clock)
+    app = SymwatchApp(source, tick_s=0.05, owns_source=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.state.step == 0, what="the first message")
+        # The replay's speed keys are in the footer, on screen even 80 columns wide.
+        await until(pilot, lambda: all(_footer_keys(app).get(name) for name in
+                                       ("Play/pause", "Faster", "Slower")),
+                    what="the speed keys in the footer, laid out")
+        for name in ("Play/pause", "Faster", "Slower"):
+            region = _footer_keys(app)[name]
+            assert region.width and region.right <= 80, (name, region)
+
+        await pilot.press("right_square_bracket")  # forward: the replay moves, paused
+        await until(pilot, lambda: (app.state.step or 0) > 0, what="a step forward")
+        assert not source.playing and app.window.live
+        forward = app.state.step
+        await pilot.press("right_curly_bracket")  # a tenth of the recording at least
+        await until(pilot, lambda: (app.state.step or 0) > forward, what="a jump forward")
+        jumped = app.state.step
+        generation = source.generation
+        await pilot.press("left_curly_bracket")  # back: from the start again, up to there
+        await until(pilot, lambda: source.generation > generation
+                    and app.state.step is not None and app.state.step < jumped,
+                    what="a jump back")
+        assert app.state.step == source.step and not source.playing
+
+        await pilot.press("G")
+        await until(pilot, lambda: isinstance(app.screen, GoToStepScreen), what="the prompt")
+        await pilot.press("3", "0", "enter")
+        await until(pilot, lambda: app.state.step == 30, what="step 30")
+        await until(pilot, lambda: cell(app, "fc1", "numerical_rank").strip().endswith("3"),
+                    what="step 30's value in the table")
+        clock.t += 100.0
+        await pilot.pause(0.2)
+        assert app.state.step == 30  # paused there
+        await pilot.press("space")  # and it plays on from there
+        clock.t += 100.0
+        await until(pilot, lambda: app.state.step == 50, what="the rest")
+        assert app.tick_errors == 0, app.last_tick_error
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Go to step…" in titles
+
+
+async def test_go_to_step_scrolls_a_live_view_back(tmp_path):
+    from symwatch.core.recording import RecordingReader
+    from symwatch.tui.screens.goto_step import GoToStepScreen, parse_step
+
+    path = tmp_path / "run.db"
+    make_recording(path, 50, goodbye=False)
+    with RecordingReader(path) as reader:
+        messages = list(reader)
+    app = SymwatchApp(ListSource(messages), tick_s=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step == 50, what="every message")
+        await pilot.press("G")
+        await until(pilot, lambda: isinstance(app.screen, GoToStepScreen), what="the prompt")
+        await pilot.press("2", "5", "enter")
+        await until(pilot, lambda: app.window.end == 25, what="the view at step 25")
+        assert app.paused and app.state.step == 50  # a live source: the view scrolled back
+        await until(pilot, lambda: cell(app, "fc1", "numerical_rank").strip().endswith("2"),
+                    what="step 25's value in the table")
+        assert app.tick_errors == 0, app.last_tick_error
+    assert parse_step(" 1,200 ") == 1200 and parse_step("x") is None

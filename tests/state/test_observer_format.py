@@ -43,11 +43,12 @@ def test_summary_lines_show_step_loss_state_and_ranks():
     s = RunState()
     s.fold(_msg(protocol.STATS, 42, 0, loss=0.25))
     s.fold(_msg(protocol.METRICS, 42, 1, values={
-        "fc1": {"numerical_rank": 3, "stable_rank": 2.5},
-        "fc2": {"numerical_rank": None}}))
+        "fc1": {"modes": 3, "numerical_rank": 8, "stable_rank": 2.5},
+        "fc2": {"modes": None}}))
     lines = summary_lines(s, name="demo")
     assert lines[0].startswith("[live] demo step 42 loss 0.25")
-    assert "fc1" in lines[1] and "numerical_rank       3" in lines[1] and "2.5" in lines[1]
+    assert "fc1" in lines[1] and "modes" in lines[1] and " 3 " in lines[1] + " "
+    assert "2.5" in lines[1] and "numerical_rank" not in lines[1]
     assert "N/A" in lines[2]
 
 

@@ -191,3 +191,227 @@ def test_attach_with_keys_from_the_command_line(keys, tmp_path):
         assert half.returncode == 2 and "--client-key" in half.stderr
     finally:
         agent.close()
+
+
+# -- one set of security options for every command (issue #17) ------------------------------
+
+def _train_until(agent_parts, done, timeout: float = 30.0) -> bool:
+    """Step the model until `done()` (True) or the deadline (False)."""
+    import torch
+
+    model, opt = agent_parts
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        time.sleep(0.02)
+    return bool(done())
+
+
+def _keyed_agent(keys):
+    import torch
+    from torch import nn
+
+    from symwatch_agent.agent import watch
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    agent = watch(model, opt, every=1, budget=1.0, heartbeat_interval=0.1, register=False,
+                  endpoint="tcp://127.0.0.1:0", curve_server_key=keys["server_secret"],
+                  curve_authorized=keys["authorized"])
+    assert agent.error is None, agent.error
+    return agent, (model, opt)
+
+
+def _viewer_keys(keys) -> list[str]:
+    return ["--server-key", str(keys["server_public"]), "--client-key", str(keys["client_secret"])]
+
+
+@needs_torch
+def test_record_subscribes_to_a_keyed_run_with_the_viewer_keys(keys, tmp_path):
+    from symwatch.core.recording import RecordingReader
+
+    agent, parts = _keyed_agent(keys)
+    out = tmp_path / "keyed.db"
+    proc = subprocess.Popen([sys.executable, "-m", "symwatch", "record", agent.endpoint,
+                             "-o", str(out), *_viewer_keys(keys)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "recording" in proc.stderr.readline()
+
+        def recorded_live() -> bool:  # a few samples in the file
+            try:
+                with RecordingReader(out) as reader:
+                    return sum(1 for _ in reader.messages((protocol.METRICS,))) >= 3
+            except Exception:  # noqa: BLE001 - not written yet
+                return False
+
+        assert _train_until(parts, recorded_live), "nothing recorded through CURVE"
+        agent.close()  # goodbye: the recording ends by itself
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "the run ended" in err
+    finally:
+        agent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    with RecordingReader(out) as reader:
+        kinds = {m.kind for m in reader.messages()}
+        assert {protocol.META, protocol.METRICS, protocol.GOODBYE} <= kinds
+
+
+@needs_torch
+def test_alert_subscribes_to_a_keyed_run_with_the_viewer_keys(keys):
+    agent, parts = _keyed_agent(keys)
+    proc = subprocess.Popen([sys.executable, "-m", "symwatch", "alert", agent.endpoint,
+                             "--severity", "warning", "--once", "--timeout", "60",
+                             *_viewer_keys(keys)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def warned() -> bool:
+            agent._publisher.submit(protocol.EVENT, {"message": "keyed warning",
+                                                     "severity": "warning"}, 0)
+            return proc.poll() is not None
+        assert _train_until(parts, warned, timeout=60), "alert never fired through CURVE"
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "[warning]" in out and "keyed warning" in out
+    finally:
+        agent.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def test_record_and_alert_want_both_viewer_keys(keys, capsys):
+    for command in (["record", "tcp://127.0.0.1:5", "-o", "x.db"], ["alert", "tcp://127.0.0.1:5"]):
+        assert main(command + ["--server-key", str(keys["server_public"])]) == 2
+        assert "--client-key" in capsys.readouterr().err
+
+
+@needs_torch
+@pytest.mark.parametrize("launcher, expected", [
+    ("watch", "insecure=True (or SYMWATCH_INSECURE=1)"),
+    ("run", "`symwatch run --insecure` (or SYMWATCH_INSECURE=1)"),
+    ("inject", "`symwatch inject --insecure`"),
+])
+def test_the_agent_refusal_says_what_to_type_for_how_it_was_started(launcher, expected,
+                                                                    monkeypatch):
+    from symwatch_agent.options import injected
+
+    monkeypatch.delenv("SYMWATCH_INSECURE", raising=False)
+    monkeypatch.delenv("SYMWATCH_LAUNCH", raising=False)
+    if launcher == "run":
+        monkeypatch.setenv("SYMWATCH_LAUNCH", "1")  # what `symwatch run` sets
+    if launcher == "inject":
+        with injected({}):
+            agent = _agent(endpoint="tcp://0.0.0.0:0")
+    else:
+        agent = _agent(endpoint="tcp://0.0.0.0:0")
+    assert agent.error and expected in agent.error
+    others = {"watch": "insecure=True", "run": "symwatch run", "inject": "symwatch inject"}
+    assert all(text not in agent.error for name, text in others.items() if name != launcher)
+    connect = _agent(connect="tcp://10.11.12.13:5557") if launcher != "inject" else None
+    if connect is not None:
+        assert connect.error and expected in connect.error
+
+
+@needs_torch
+def test_symwatch_insecure_is_read_by_the_agent_and_an_injection_keeps_the_environment(
+        monkeypatch):
+    from symwatch_agent.options import AgentOptions, injected
+
+    monkeypatch.delenv("SYMWATCH_INSECURE", raising=False)
+    assert AgentOptions().insecure is False
+    monkeypatch.setenv("SYMWATCH_INSECURE", "1")
+    assert AgentOptions().insecure is True
+    assert AgentOptions(insecure=False).insecure is False  # the keyword wins
+    monkeypatch.delenv("SYMWATCH_INSECURE")
+    with injected({"SYMWATCH_INSECURE": "1", "SYMWATCH_CURVE_RELAY_KEY": "/k/relay.key"}):
+        options = AgentOptions()
+    assert options.insecure is True and options.curve_relay_key == "/k/relay.key"
+    assert options.launcher == "inject"
+    assert "SYMWATCH_INSECURE" not in os.environ and AgentOptions().launcher == "watch"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--endpoint", "tcp://0.0.0.0:5555", "--", sys.executable, "-c", "0"],
+     "`symwatch run --insecure` (or SYMWATCH_INSECURE=1)"),
+    (["run", "--connect", "tcp://10.11.12.13:5557", "--", sys.executable, "-c", "0"],
+     "`symwatch run --insecure`"),
+    (["inject", str(os.getpid()), "--endpoint", "tcp://0.0.0.0:5555"],
+     "`symwatch inject --insecure`"),
+])
+def test_run_and_inject_refuse_before_starting_and_say_what_to_type(argv, expected, capsys,
+                                                                  monkeypatch):
+    monkeypatch.delenv("SYMWATCH_INSECURE", raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "insecure=True" not in err
+    assert ("--server-key" in err) and ("--client-key" in err if "--connect" in argv
+                                         else "--authorized" in err)
+
+
+def test_relay_refusal_says_what_to_type(capsys):
+    assert main(["relay", "--bind", "tcp://0.0.0.0:5557"]) == 1
+    err = capsys.readouterr().err
+    assert "`symwatch relay --insecure`" in err and "insecure=True" not in err
+
+
+def test_run_puts_the_keys_and_insecure_in_the_commands_environment(keys, tmp_path):
+    import argparse
+
+    from symwatch.cli.common import UserError, publisher_environment
+
+    def args(**given):
+        base = {"endpoint": None, "connect": None, "server_key": None, "client_key": None,
+                "authorized": None, "insecure": False}
+        return argparse.Namespace(**{**base, **given})
+
+    env = publisher_environment(args(endpoint="tcp://0.0.0.0:0",
+                                     server_key=str(keys["server_secret"]),
+                                     authorized=str(keys["authorized"])), "run", environ={})
+    assert env == {"SYMWATCH_CURVE_SERVER_KEY": str(keys["server_secret"]),
+                   "SYMWATCH_CURVE_AUTHORIZED": str(keys["authorized"])}
+    env = publisher_environment(args(connect="tcp://10.1.2.3:5557",
+                                     server_key=str(keys["server_public"]),
+                                     client_key=str(keys["client_secret"])), "run", environ={})
+    assert env == {"SYMWATCH_CURVE_RELAY_KEY": str(keys["server_public"]),
+                   "SYMWATCH_CURVE_CLIENT_KEY": str(keys["client_secret"])}
+    assert publisher_environment(args(endpoint="tcp://0.0.0.0:0", insecure=True), "run",
+                                 environ={}) == {"SYMWATCH_INSECURE": "1"}
+    # The variables count as given: no refusal when the environment has them.
+    assert publisher_environment(args(endpoint="tcp://0.0.0.0:0"), "run",
+                                 environ={"SYMWATCH_INSECURE": "1"}) == {}
+    with pytest.raises(UserError, match="--client-key goes with --connect"):
+        publisher_environment(args(client_key=str(keys["client_secret"])), "run", environ={})
+    with pytest.raises(UserError, match="--authorized"):
+        publisher_environment(args(server_key=str(keys["server_secret"])), "run", environ={})
+
+
+@needs_torch
+def test_symwatch_run_insecure_reaches_the_agent(tmp_path, monkeypatch):
+    # 0.0.0.0 is bound for real, but only for a 3-step run.
+    monkeypatch.delenv("SYMWATCH_INSECURE", raising=False)
+    script = tmp_path / "train.py"
+    script.write_text("import torch\n"
+                      "m = torch.nn.Linear(2, 2)\n"
+                      "o = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+                      "for _ in range(3):\n"
+                      "    m(torch.randn(1, 2)).sum().backward(); o.step()\n")
+    import socket
+
+    with socket.socket() as probe:  # a free port (the CLI takes no port 0)
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    base = [sys.executable, "-m", "symwatch", "run", "--endpoint", f"tcp://0.0.0.0:{port}"]
+    done = subprocess.run(base + ["--insecure", "--", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "WITHOUT encryption or authentication" in done.stderr
+    refused = subprocess.run(base + ["--", sys.executable, str(script)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "`symwatch run --insecure`" in refused.stderr

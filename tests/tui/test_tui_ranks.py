@@ -20,6 +20,7 @@ from symwatch.state.ranks import RankTable
 from symwatch.state.shards import ShardCombiner
 from symwatch.state.run_state import RunState
 from symwatch.tui.app import SymwatchApp
+from symwatch.tui.widgets.panels import GpuLine
 from symwatch.tui.widgets.ranks_panel import (RanksLine, RanksScreen, gpu_panel_text, ranks_line_text,
                                       ranks_table)
 from symwatch_agent.measure.gpu import GpuSampler
@@ -177,6 +178,43 @@ async def test_the_ranks_view_and_gpu_panel_of_a_two_rank_run(job):
         assert screen_text == panel  # what the screen shows is this panel
         await pilot.press("escape")
         await pilot_until(pilot, lambda: not isinstance(app.screen, RanksScreen), "closing")
+
+
+async def test_a_throttled_gpu_shows_its_clock_and_reasons_in_warning_colour(job):
+    """Issue #17: device 0 is held down by its power cap and a software thermal slowdown,
+    device 1 is idle (not a warning), device 2 cannot say (N/A, never "no reason")."""
+    nvml = FakeNVML([fake_device(0, sm_clock=1410, sm_clock_max=1980, throttle_mask=0x4 | 0x20),
+                     fake_device(1, sm_clock=210, throttle_mask=0x1),
+                     fake_device(2, sm_clock=NotSupported, throttle_mask=NotSupported)])
+    gpu = GpuSampler(nvml).sample()
+    app = SymwatchApp(Subscriber(job.endpoint), owns_source=True, tick_s=0.05)
+    async with app.run_test(size=(150, 40)) as pilot:
+        def publish() -> None:
+            for rank in (0, 1):
+                job.meta(rank)
+                job.send(rank, protocol.STATS, 50, loss=0.4, step_time=0.1, steps_per_s=10.0)
+            job.send(0, protocol.GPU, 50, **gpu)
+
+        await pilot_until(pilot, lambda: app.state.ranks.gpu_reports() and app.state.gpu,
+                          "the GPU report", 10, step=0.05, tick=publish)
+        await pilot.pause(0.2)
+        line = app.query_one(GpuLine).content
+        assert "throttled: power cap, sw thermal" in str(line)
+        assert any("yellow" in str(span.style) and "throttled" in str(line)[span.start:span.end]
+                   for span in line.spans)
+
+        await pilot.press("g")
+        await pilot_until(pilot, lambda: isinstance(app.screen, RanksScreen), "the ranks screen")
+        await pilot.pause(0.3)
+        panel = app.screen.query_one("#gpu-panel").content
+        plain = str(panel)
+        assert "450/700 W  1410/1980 MHz  throttled: power cap, sw thermal" in plain
+        assert "210/1980 MHz  idle" in plain and "throttled: idle" not in plain
+        assert "N/A/1980 MHz  throttle N/A" in plain
+        warned = [plain[span.start:span.end] for span in panel.spans
+                  if "yellow" in str(span.style)]
+        assert any("throttled: power cap" in w for w in warned)
+        assert not any("idle" in w for w in warned)  # idle is not a warning
 
 
 def test_the_gpu_panel_says_no_gpu_when_that_is_what_the_stream_says():

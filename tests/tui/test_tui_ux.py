@@ -319,7 +319,7 @@ async def test_80x24_shows_whole_layer_names_every_overview_value_and_the_footer
         for name in NAMES:  # no "…" prefix: blocks.0 and blocks.1 stay apart
             assert any(line.split()[:1] == [name] for line in screen), name
         head = next(line for line in screen if line.split()[:1] == ["Layer"])
-        for short in ("brkn", "rank", "srank", "erank", "dead", "dup"):
+        for short in ("brkn", "modes", "srank", "erank", "dead", "dup"):
             assert short in head.split()
         assert "step 150" in screen[1] and "loss" in screen[1]
         assert "Quit" in screen[-1]

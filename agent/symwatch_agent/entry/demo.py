@@ -4,10 +4,14 @@ Two small models train side by side on the CPU, in one process, with the agent i
 
 - `linear`: the two-layer linear network of Saxe et al. (SCIENCE.md, "stepwise rank growth"):
   whitened inputs, a rank-5 target with singular values 8, 4, 2.5, 1.5, 1, initial weights
-  N(0, 1e-3²), plain gradient descent. Each target mode is learned after its own plateau, so
-  the numerical rank of `linear.0` climbs 0 → 1 → 2 → 3 → 4 → 5 near steps 25, 72, 125, 214
-  and 327 (seed 0). Then weight decay is switched on and the smallest modes are restored (rank falls),
-  then off again and they are relearned: breaking, restoration, breaking, for as long as it runs.
+  N(0, 1e-3²), plain gradient descent. Each target mode is learned after its own plateau; it
+  leaves the tiny random bulk early in its exponential rise, so `modes` of `linear.0` (σ above
+  the bulk) climbs 0 → 1 → 2 → 3 → 4 → 5 near steps 7, 9, 19, 48 and 61 (seed 0), ahead of the
+  loss drops. Then weight decay is switched on and the smallest mode (s = 1 < γ = 1.5) shrinks
+  towards the symmetric state (weight_norm, stable_rank and delta_rank fall), then off again
+  and it is relearned. `modes` stays 5 through that phase: without gradient noise weight decay
+  shrinks the bulk (rate ηγ) faster than the mode it restores (η(γ − s)), so the mode never
+  re-enters the bulk in 200 steps (docs/metrics.md, *Counting modes*).
 - `mlp`: a small ReLU MLP classifying inputs by the arg-max of a random ReLU teacher
   (cross-entropy, SGD), for a network whose indicators drift rather than step; its last
   layer is the classifier whose softmax-translation order parameter is watched.

@@ -33,6 +33,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from symwatch_agent.agent import open_agents, watch
 from symwatch_agent.hooks.models import find_models, name_models
+from symwatch_agent.options import injected as injected_environment
 
 _pending: _Arming | None = None  # an injection whose hook waits for its first step
 
@@ -163,8 +164,11 @@ class _Arming:
             models = name_models(models)
         options = {k: v for k, v in (self.request.get("options") or {}).items()
                    if v is not None}
-        agent = watch(models if len(models) > 1 else next(iter(models.values())),
-                      optimizers, **options)
+        # The keys and `insecure`, as the SYMWATCH_* variables `symwatch run` would set: read
+        # by this agent only, the process's environment untouched (symwatch_agent.options).
+        with injected_environment(self.request.get("environment") or {}):
+            agent = watch(models if len(models) > 1 else next(iter(models.values())),
+                          optimizers, **options)
         if agent.error:
             write_result(self.result, {"state": "error", "error": agent.error})
             return

@@ -11,8 +11,9 @@ A module is measured exactly as the live agent measures it, with the static pair
 order, LoRA factors): no forward pass is run. A state_dict has no modules, so each `*.weight`
 tensor becomes a layer by its shape (2-D: Linear, or Embedding when the name says so — its
 units are then the embedding dims; >2-D: Conv; 1-D: a norm gain), and a layer is paired with
-the next `*.weight` whose input width equals its output width (for dead and duplicate units
-only: what lies in between is unknown, so balance and mirror_rank are not computed).
+the next `*.weight` whose input width equals its output width (for dead units only: what lies
+in between is unknown, so balance and mirror_rank are not computed, and duplicate units, which
+need a nonlinearity in between, read N/A).
 Not computed offline: relu_dead (needs activations), angular_update and effective_lr (need two
 samples and an optimizer).
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,7 @@ def layers_of_state_dict(state: dict[str, torch.Tensor]) -> tuple[list[Layer], l
     matrices = [layer for layer in layers if layer.kind in (LINEAR, CONV)]
     for layer, following in zip(matrices, matrices[1:]):
         if following.input_weight is not None and following.input_weight.shape[1] == layer.units:
-            layer.consumers = [following]  # dead/duplicate outgoing weights only
+            layer.consumers = [following]  # dead units' outgoing weights only
     return layers, skipped
 
 
@@ -216,10 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         heads = heads_from_config(args.path)
     with torch.no_grad():
         result = inspect(load(args.path, args.trust), heads)
-    if args.json:
-        print(json.dumps({"path": args.path, **result}, indent=1))
-    else:
-        print(render(result))
+    text = json.dumps({"path": args.path, **result}, indent=1) if args.json else render(result)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `symwatch inspect PATH --json | head`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail
+        return 1
     return 0
 
 

@@ -5,7 +5,8 @@ sampler reports `available: false` with a reason, and a field NVML cannot give i
 The `nvml` constructor argument is the seam tests use to stand in for a GPU this machine lacks.
 
 Cost: NVML is initialised once and the device handles are kept open until `close`. The cheap
-reads (utilisation, memory, temperature, power: tens of µs each) run at every sample (2 s);
+reads (utilisation, memory, temperature, power, SM clock and its maximum, the clock-throttle
+reasons: tens of µs each) run at every sample (2 s);
 the process list (`nvmlDeviceGetComputeRunningProcesses`, milliseconds per call) only every
 `process_interval` seconds (30 s), its last answer repeated in between. In a distributed job
 only each node's local rank 0 runs a sampler (one poller per node; the agent decides).
@@ -21,6 +22,23 @@ import time
 from typing import Any, Callable, Iterable
 
 PROCESS_INTERVAL_S = 30.0
+
+# NVML's clock-throttle ("clocks event" since nvidia-ml-py 12.535) reasons: the bit, by the
+# module's constant when it has one (either name), else NVML's documented value, and the short
+# name the payload's `throttle` list carries (docs/protocol.md).
+THROTTLE_REASONS: tuple[tuple[str, int, str], ...] = (
+    ("GpuIdle", 0x1, "idle"),
+    ("ApplicationsClocksSetting", 0x2, "app clocks"),
+    ("SwPowerCap", 0x4, "power cap"),
+    ("HwSlowdown", 0x8, "hw slowdown"),
+    ("SyncBoost", 0x10, "sync boost"),
+    ("SwThermalSlowdown", 0x20, "sw thermal"),
+    ("HwThermalSlowdown", 0x40, "hw thermal"),
+    ("HwPowerBrakeSlowdown", 0x80, "power brake"),
+    ("DisplayClockSetting", 0x100, "display clocks"),
+    ("BoardLimit", 0x200, "board limit"),
+    ("Reliability", 0x400, "reliability"),
+)
 
 
 def _import_pynvml() -> Any:
@@ -93,6 +111,10 @@ class GpuSampler:
                 "temp": _field(lambda: lib.nvmlDeviceGetTemperature(handle, lib.NVML_TEMPERATURE_GPU)),
                 "power": power / 1000.0 if power is not None else None,
                 "power_limit": limit / 1000.0 if limit is not None else None,
+                "sm_clock_mhz": _field(lambda: lib.nvmlDeviceGetClockInfo(handle, self._clock_sm)),
+                "sm_clock_max_mhz": _field(
+                    lambda: lib.nvmlDeviceGetMaxClockInfo(handle, self._clock_sm)),
+                "throttle": self._throttle(handle),
             })
             uuid = self._uuids.get(index)
             if uuid:
@@ -103,6 +125,24 @@ class GpuSampler:
                 known = [p["mem_used"] for p in processes if p["mem_used"] is not None]
                 devices[-1]["job_mem_used"] = sum(known) if known else None
         return {"available": True, "devices": devices}
+
+    @property
+    def _clock_sm(self) -> int:
+        return getattr(self._nvml, "NVML_CLOCK_SM", 1)
+
+    def _throttle(self, handle: Any) -> list[str] | None:
+        """The active clock-throttle reasons by short name ([] when none), None (N/A) when the
+        device or driver cannot say. Newer nvidia-ml-py names the call ...ClocksEventReasons,
+        older ...ClocksThrottleReasons; either is used. Bits this table does not know: "other"."""
+        lib = self._nvml
+        read = (getattr(lib, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                or getattr(lib, "nvmlDeviceGetCurrentClocksThrottleReasons", None))
+        if read is None:
+            return None
+        mask = _field(lambda: read(handle))
+        if not isinstance(mask, int) or isinstance(mask, bool) or mask < 0:
+            return None
+        return decode_throttle(mask, lib)
 
     def _read_processes(self) -> None:
         """The job's processes on each device with their memory: the costly NVML call, kept
@@ -184,6 +224,24 @@ def sibling_pids() -> set[int]:
         except (OSError, ValueError, IndexError):
             continue
     return pids
+
+
+def decode_throttle(mask: int, lib: Any = None) -> list[str]:
+    """The short names of the reasons set in NVML's bit mask, in THROTTLE_REASONS' order."""
+    names, known = [], 0
+    for const, default, name in THROTTLE_REASONS:
+        bit = default
+        for prefix in ("nvmlClocksEventReason", "nvmlClocksThrottleReason"):
+            value = getattr(lib, prefix + const, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                bit = value
+                break
+        known |= bit
+        if mask & bit:
+            names.append(name)
+    if mask & ~known:
+        names.append("other")
+    return names
 
 
 def _memory(value: Any) -> int | None:

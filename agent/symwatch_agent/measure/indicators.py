@@ -12,25 +12,40 @@ the weights grouped by shape, runs each group's batched computations, and keeps 
 indicators need between samples (largest σ₁ seen, warm power-iteration vectors, the previous
 weights of norm-fed layers, the last Δ_G of each family).
 
-Thresholds: numerical_rank counts σ_k > τ, τ = max(rel_tol · largest σ₁ seen so far in this
-layer, abs_tol) — relative to the largest σ₁ *seen*, not the current one, so a rank drop under
-weight decay reads as a drop; the absolute floor keeps a tiny initialisation's directions from
-counting, so a small-init network's staircase climbs from 0. mirror_rank is the same count on
-√(λ_k/2), λ_k the mirror eigenvalues (for a balanced pair √(λ_k/2) is each factor's σ_k).
+Thresholds: `modes` counts the σ_k above the layer's random bulk (bulk.py: the bulk's
+Marchenko–Pastur edge fit to the spectrum, or a reference carried from earlier samples and
+shrunk by the optimizer's weight decay where the spectrum shows no bulk; hysteresis against
+flicker): the number of learned modes, right at any init scale. numerical_rank is the
+linear-algebra rank, numpy.linalg.matrix_rank's tolerance relative to the current σ₁:
+σ_k > σ₁ · max(m, n) · eps(float32). mirror_rank counts √(λ_k/2) > τ_m, λ_k the mirror
+eigenvalues (for a balanced pair √(λ_k/2) is each factor's σ_k), τ_m = max(rel_tol · largest
+√(λ₁/2) seen so far, abs_tol); the heads' ranks likewise (heads.py).
 
 Wire encoding of the columns: NaN means "not computed this sample" (the key is left out of the
-METRICS message, so the observer keeps the last value); ±inf means "computed but undefined"
-(published as null, N/A). Never a fake 0.
+METRICS message, so the observer keeps the last value); ±inf means "computed but undefined",
+or "does not apply to this layer" (published as null, N/A; e.g. duplicate_fraction of a
+Linear → Linear pair, whose symmetry is a rotation, not a permutation). Never a fake 0.
 
-Δ_G (distance from each symmetry's fixed set, normalised to [0, 1]; 0 = symmetric state):
-  delta_perm     = 1 − duplicate_fraction          (all live units distinct → 1)
-  delta_sign     = 1 − dead_fraction               (no dead unit → 1)
-  delta_rank     = numerical_rank / min(m, n)      (full rank → 1; rank 0 → 0)
-  delta_rotation = mirror_rank / h                 (every hidden direction of a factor pair used)
-  delta_rescale  = 1 − |balance_norm|              (|balance_norm| = 1: one side of the units is
-                                                    zero, the rescaling orbit's limit point)
-  delta_softmax  = softmax_translation             (rows sum to zero → 0)
-  broken         = mean of the layer's latest Δ of each family that applies to it.
+Δ_G (units.py, formulas there): the distance from each symmetry's fixed set, normalised into
+[0, 1], reading 0 at that set *and at θ = 0* (the most symmetric point, which every fixed set
+contains), rising as the symmetry breaks. Units and modes are weighed by soft(x²) =
+x²/(x² + κ²) with the absolute scale κ = abs_tol (numerical_rank's floor): a tiny
+initialisation (all strengths ≪ κ) reads ≈ 0, strong generic weights ≈ 1. u_i = [w_in,i; b_i;
+w_out,i], C_i = ‖w_in,i‖² + b_i² − ‖w_out,i‖², m units, k = min(m, n):
+  delta_sign     = (1/m) Σ_i soft(‖u_i‖²)                      (fixed set: dead units, u_i = 0)
+  delta_perm     = Σ_i ρ_i²(1 − c_i) / Σ_i (ρ_i² + κ²)         (fixed set: merged units)
+                   c_i = similarity to the nearest other unit (cosine of the per-side unit
+                   directions through ReLU-like maps, ρ_i² = 2‖[w_in,i; b_i]‖‖w_out,i‖; the
+                   exact-match similarity otherwise, ρ_i² = ‖u_i‖²); N/A without the symmetry
+  delta_rescale  = Σ_i |C_i| / Σ_i (‖u_i‖² + κ²)                (fixed set: balanced, C = 0)
+  delta_rank     = (1/k) Σ_{σ_j above the bulk} soft(σ_j²)     (fixed set: rank deficient;
+                   the count is the `modes` column where there is one, else bulk.py's edge)
+  delta_rotation = the same on √(λ/2) of the mirror spectrum, bulk of [W₁ | W₂ᵀ]; attention
+                   rows: mean per-head (qk + vo rank) / (2d)
+  delta_softmax  = ‖1ᵀW‖ / √(C (‖W‖²_F + C κ²))                (fixed set: rows sum to zero)
+  broken         = mean of the layer's latest Δ of each family that applies to it (a Δ
+                   published N/A drops out); tests/agent/test_order_parameters.py checks it
+                   rises along the small-init staircase and falls under weight decay.
 """
 
 from __future__ import annotations
@@ -46,19 +61,20 @@ from torch import nn
 from symwatch_agent.measure import heads as attention
 from symwatch_agent.measure import detail as layer_detail
 from symwatch_agent.measure import pairing, spectra, units
+from symwatch_agent.measure import bulk as bulk_edges
 from symwatch_agent.measure.activity import ActivityProbe
 from symwatch_agent.measure.layers import EMBEDDING, NORM, Layer, unwrap
 from symwatch_agent.measure.schedule import FULL, TierScheduler
 
 INDICATORS = (
     "weight_norm", "stable_rank", "effective_rank", "participation_ratio", "numerical_rank",
-    "dead_fraction", "relu_dead", "balance", "balance_norm", "duplicate_fraction",
+    "modes", "dead_fraction", "relu_dead", "balance", "balance_norm", "duplicate_fraction",
     "distinct_units", "mirror_rank", "qk_rank", "vo_rank", "qk_rank_min", "vo_rank_min",
     "dead_heads", "softmax_translation", "angular_update", "effective_lr",
     "delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
     "delta_softmax", "broken")
 COL = {name: k for k, name in enumerate(INDICATORS)}
-INTEGER_INDICATORS = frozenset({"numerical_rank", "distinct_units", "mirror_rank",
+INTEGER_INDICATORS = frozenset({"numerical_rank", "modes", "distinct_units", "mirror_rank",
                                 "qk_rank_min", "vo_rank_min"})
 DELTAS = ("delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
           "delta_softmax")
@@ -77,6 +93,7 @@ class Group:
     finite: torch.Tensor  # (B,) bool: bias and outgoing weights finite (weights: see measure)
     owned: bool = True  # False: `weights` is a view of the live parameter, never written to
     unit2: torch.Tensor | None = None  # (B, m) ‖w_in,i‖²+b_i²+‖w_out,i‖², set by measure
+    in2: torch.Tensor | None = None  # (B, m) ‖w_in,i‖²+b_i², set by measure
 
 
 @dataclass
@@ -90,10 +107,12 @@ class Snapshot:
     outgoing: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # full: [(m, k_c)]
     second: dict[int, torch.Tensor] = field(default_factory=dict)  # mirror pairs: W₂ (o, h)
     activity: dict[int, torch.Tensor] = field(default_factory=dict)  # relu: (m,) ever active
-    lrs: dict[int, Any] = field(default_factory=dict)  # norm-fed layers: η
+    lrs: dict[int, Any] = field(default_factory=dict)  # norm-fed layers: (η, power of ‖w‖)
     event: Any = None  # CUDA event recorded before the snapshot (for the scheduler)
     # full tier: spectra and unit facts kept for METRICS `detail` (detail.py), device tensors
     detail: list[layer_detail.GroupDetail] = field(default_factory=list)
+    # full tier: (layer indices, σ descending (B, k), m, n) per group, for delta_rank
+    spectra: list[tuple[list[int], torch.Tensor, int, int]] = field(default_factory=list)
 
 
 class IndicatorEngine:
@@ -131,6 +150,13 @@ class IndicatorEngine:
         self._device = device
         n = len(self.layers)
         self._max_s1 = torch.zeros(n, device=device)  # largest σ₁ seen, per layer
+        # `modes` (bulk.py): per layer the last count (hysteresis) and the carried reference
+        # bulk top, NaN before the first full sample; the step each reference was taken at,
+        # for the weight decay that shrinks it until the next one.
+        self._modes = torch.full((n,), float("nan"), device=device)
+        self._bulk_ref = torch.full((n,), float("nan"), device=device)
+        self._bulk_step: dict[int, int] = {}
+        self.step: int | None = None  # the optimizer step being sampled (set by the agent)
         self._max_mirror = torch.zeros(n, device=device)  # largest √(λ₁/2) seen
         self._delta = torch.full((n, len(DELTAS)), float("nan"), device=device)
         # Attention modules measured per head (heads.py): one extra row each, after the layers,
@@ -313,7 +339,7 @@ class IndicatorEngine:
         for i, active in snap.activity.items():
             if i not in self.failed:
                 self._put(out, [i], "relu_dead", 1 - active.float().mean().reshape(1))
-        self._guarded("deltas", self._deltas, out)
+        self._guarded("deltas", self._deltas, snap, out)
         # Layers whose weights hold NaN/inf: every computed value becomes null (N/A).
         bad = out[:, _FINITE] == 0
         flag = out[:, _FINITE].clone()
@@ -379,10 +405,12 @@ class IndicatorEngine:
         if layers[0].has_rank:
             if snap.tier == FULL and min(m, n) <= self.max_svd_dim:
                 eig, count = self._spectrum(w, idxs)
-                sv = eig.sqrt()
-                s1 = sv[:, 0]
-                for name, values in spectra.rank_family(sv).items():
+                # the rank family from float64 σ (cold path), the rest from float32 ones
+                for name, values in spectra.rank_family(eig.double().sqrt()).items():
                     self._put(out, idxs, name, values)
+                sv = eig.float().sqrt()
+                s1 = sv[:, 0]
+                snap.spectra.append((idxs, sv, m, n))  # for delta_rank (_deltas)
             else:
                 sv = None
                 s1 = self._power_sigma1(w, idxs)
@@ -391,16 +419,19 @@ class IndicatorEngine:
             seen = torch.maximum(self._max_s1[idx], torch.where(g.finite, s1, 0.0))
             self._max_s1[idx] = seen
             if sv is not None:
-                tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+                tau = _rank_tol(s1, m, n)
                 if count is None:
                     count = spectra.count_above(sv, tau)
                 self._put(out, idxs, "numerical_rank", count)
+                self._put(out, idxs, "modes", self._count_modes(sv, m, n, idxs, g.finite))
                 snap.detail.append(layer_detail.GroupDetail(
                     idxs, spectrum=layer_detail.cap_spectrum(sv), count=sv.shape[1], tau=tau))
 
         in2 = row2 + bias.square()
         g.unit2 = in2 + out2  # ‖u_i‖², reused by the duplicate search
+        g.in2 = in2
         self._put(out, idxs, "dead_fraction", units.dead_fraction(in2 + out2, self.dead_eps))
+        self._put(out, idxs, "delta_sign", units.delta_sign(g.unit2, self.abs_tol))
         if snap.tier == FULL:  # which units are dead, as dead_fraction counts them
             rms = g.unit2.mean(1, keepdim=True).sqrt()
             snap.detail.append(layer_detail.GroupDetail(
@@ -411,10 +442,14 @@ class IndicatorEngine:
             total, norm = units.balance(in2[sel], out2[sel])
             self._put(out, [idxs[j] for j in sel], "balance", total)
             self._put(out, [idxs[j] for j in sel], "balance_norm", norm)
+            self._put(out, [idxs[j] for j in sel], "delta_rescale",
+                      units.delta_rescale(in2[sel], out2[sel], self.abs_tol))
         sel = [j for j, layer in enumerate(layers) if layer.classifier]
         if sel:
             self._put(out, [idxs[j] for j in sel], "softmax_translation",
                       units.softmax_translation(w[sel]))
+            self._put(out, [idxs[j] for j in sel], "delta_softmax",
+                      units.delta_softmax(w[sel], self.abs_tol))
         for j, layer in enumerate(layers):
             if layer.normed_by:
                 # kept until the next sample: our own copy, never a view of the live weight
@@ -439,7 +474,7 @@ class IndicatorEngine:
         k = min(w.shape[1:])
         if self.spectra_refresh <= 0 or k < self.warm_min_dim:
             return spectra.gram_eigvals(w), None
-        g = spectra.gram(w)
+        g = spectra.gram(w.double())  # float64: a float32 Gram loses the tail (gram_eigvals)
         key = tuple(idxs)
         kept = self._eigvecs.get(key)
         if kept is None or kept[0].shape != g.shape:
@@ -453,10 +488,9 @@ class IndicatorEngine:
         redo = old | (drift > self.warm_tol) | ~torch.isfinite(drift)
         # the threshold numerical_rank will use (as _measure_group computes it), and how far
         # σ₁'s own error may move it
-        idx = torch.tensor(idxs, device=self._max_s1.device)
-        seen = torch.maximum(self._max_s1[idx], eig[:, 0].sqrt())
-        tau2 = torch.clamp(self.rel_tol * seen, min=self.abs_tol).square()
-        slack = band + self.rel_tol ** 2 * band[:, :1]
+        m, n = w.shape[1:]
+        tau2 = _rank_tol(eig[:, 0].clamp_min(0).sqrt(), m, n).square()
+        slack = band + (max(m, n) * torch.finfo(torch.float32).eps) ** 2 * band[:, :1]
         ambiguous = ((eig - tau2[:, None]).abs() <= slack).any(1) & ~redo
         flags = torch.stack([redo, ambiguous]).tolist()  # the one host read of the warm path
         rows = [j for j, r in enumerate(flags[0]) if r]
@@ -468,16 +502,48 @@ class IndicatorEngine:
         self.spectra_counts["inertia"] += len(unsure)
         if rows:
             exact, fresh = spectra.gram_eigh(g[rows])
-            eig[rows] = exact
+            eig[rows] = exact.to(eig.dtype)
             vec[rows] = fresh
         if not unsure:
             return eig, None
         # τ again after the exact rows replaced their σ₁, exactly as _measure_group computes it
-        seen = torch.maximum(self._max_s1[idx], eig[:, 0].sqrt())
-        tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
+        tau = _rank_tol(eig[:, 0].clamp_min(0).sqrt(), m, n)
         count = spectra.count_above(eig.sqrt(), tau)
-        count[unsure] = spectra.count_eigvals_above(g[unsure], tau[unsure].square())
+        count[unsure] = spectra.count_eigvals_above(
+            g[unsure], tau[unsure].square().to(g.dtype)).to(count.dtype)
         return eig, count
+
+    def _count_modes(self, sv: torch.Tensor, m: int, n: int, idxs: list[int],
+                     finite: torch.Tensor) -> torch.Tensor:
+        """`modes`: #{σ above the layer's random bulk} (bulk.py), with hysteresis against the
+        layer's last count, and its reference bulk top carried from the last sample, shrunk by
+        the weight decay its optimizer applied since, (1 − lr·wd) per step. A non-finite
+        layer keeps its state (it publishes null)."""
+        idx = torch.tensor(idxs, device=self._modes.device)
+        step = self.step
+        decay = []
+        for i in idxs:
+            lr, wd = self._lr_wd(self.layers[i])
+            last = self._bulk_step.get(i)
+            steps = step - last if step is not None and last is not None else 0
+            decay.append(bulk_edges.decay_factor(lr, wd, steps))
+            if step is not None:
+                self._bulk_step[i] = step
+        carried = self._bulk_ref[idx] * torch.tensor(decay, device=sv.device)
+        previous = self._modes[idx]
+        enter, stay, ref = bulk_edges.bulk_edge(sv, m, n, previous, carried)
+        count = bulk_edges.hysteresis(sv, enter, stay, previous)
+        self._modes[idx] = torch.where(finite, count, previous)
+        self._bulk_ref[idx] = torch.where(finite, ref, self._bulk_ref[idx])
+        return count
+
+    def _lr_wd(self, layer: Layer) -> tuple[Any, Any]:
+        """(lr, weight_decay) of the optimizer param group holding the layer's weight."""
+        for opt in self._optimizers:
+            for group in opt.param_groups:
+                if any(p is layer.weight for p in group["params"]):
+                    return group.get("lr"), group.get("weight_decay")
+        return None, None
 
     def _power_sigma1(self, w: torch.Tensor, idxs: list[int]) -> torch.Tensor:
         """σ₁ by power iteration, warm-started from the previous sample's vector (the first
@@ -506,43 +572,74 @@ class IndicatorEngine:
         if prev is not None and prev.shape == now.shape:
             self._put(out, [i], "angular_update", units.angle(prev, now, dim=1).mean().reshape(1))
         self._prev[i] = now
-        lr = snap.lrs.get(i)
-        if lr is not None:
+        found = snap.lrs.get(i)
+        if found is not None:
+            lr, power = found  # SGD: η/‖w‖², Adam family: η/‖w‖ (units.lr_power)
             norm2 = now.square().sum(1)
-            eff = torch.where(norm2 > 0, lr / norm2.clamp_min(1e-38), float("nan"))
+            scale = norm2 if power == 2 else norm2.sqrt()
+            eff = torch.where(norm2 > 0, lr / scale.clamp_min(1e-38), float("nan"))
             self._put(out, [i], "effective_lr", eff.mean().reshape(1))
 
     # -- the full tier across groups ----------------------------------------------------------
 
     def _duplicates(self, snap: Snapshot, out: torch.Tensor) -> None:
         """Unit vectors [w_in; b; w_out] as parts (never concatenated: units.duplicates
-        projects each part on its own), batched by the parts' shapes; a large layer alone."""
+        projects each part on its own), batched by the parts' shapes; a large layer alone.
+
+        Only where the units have the permutation symmetry and no rotation one
+        (pairing.permutes: an elementwise nonlinearity, dropout or max pooling between the
+        layer and its consumers). Through a positively homogeneous map (ReLU, LeakyReLU, …)
+        units are compared up to a positive scale of each side (the rescaling symmetry:
+        `w_in·a, b·a, w_out/a` is the same unit), through any other one exactly. Every other
+        matrix layer (Linear → Linear, whose symmetry is a rotation, measured by the rank and
+        mirror family; unpaired layers) publishes N/A for them and delta_perm, never 0."""
         by_shape: dict[tuple, list[tuple[int, list[torch.Tensor]]]] = defaultdict(list)
+        absent: list[int] = []
         for i, (gi, j) in snap.where.items():
             layer = self.layers[i]
             if layer.kind == NORM or (not layer.has_rank and layer.kind != EMBEDDING):
                 continue
             g = snap.groups[gi]
-            parts = [g.weights[j], g.bias[j].unsqueeze(1), *snap.outgoing.get(i, ())]
-            if g.unit2 is None:
+            if g.unit2 is None or g.in2 is None:
                 continue  # its group failed: the layer publishes N/A
+            if not pairing.permutes(layer):
+                absent.append(i)
+                continue
+            parts = [g.weights[j], g.bias[j].unsqueeze(1), *snap.outgoing.get(i, ())]
             # NaN/inf outgoing weights only make this layer's cosines NaN: it is null anyway
-            shapes = tuple(tuple(p.shape) for p in parts)
+            shapes = (tuple(tuple(p.shape) for p in parts), layer.rescale)
             size = sum(p.numel() for p in parts)
-            key = (shapes, i) if size >= self.view_elements else shapes
-            by_shape[key].append((i, parts + [g.unit2[j]]))
-        for rows in by_shape.values():
+            key = (shapes, i) if size >= self.view_elements else (shapes, -1)
+            by_shape[key].append((i, parts + [g.unit2[j], g.in2[j]]))
+        if absent:
+            none = torch.full((len(absent),), float("-inf"), device=out.device)
+            for name in ("duplicate_fraction", "distinct_units", "delta_perm"):
+                self._put(out, absent, name, none)
+        for ((_, homogeneous), _), rows in by_shape.items():
             idxs = [i for i, _ in rows]
             if len(rows) == 1:
                 parts = [p.unsqueeze(0) for p in rows[0][1]]
             else:
                 parts = [torch.stack([r[1][k] for r in rows]) for k in range(len(rows[0][1]))]
-            unit2 = parts.pop()  # computed by _measure_group from the same weights
+            in2 = parts.pop()  # both computed by _measure_group from the same weights
+            unit2 = parts.pop()
             live = unit2.sqrt() > self.dead_eps * unit2.mean(1, keepdim=True).sqrt()
-            fraction, distinct, links = units.duplicates(parts, self.dup_eps, live, links=True)
+            scales = None
+            rho2 = unit2
+            if homogeneous:  # each side to unit norm: directions up to a positive scale
+                r_in, r_out = in2.sqrt(), (unit2 - in2).clamp_min(0).sqrt()
+                inv_in = torch.where(r_in > 0, 1 / r_in.clamp_min(1e-30), 0.0)
+                inv_out = torch.where(r_out > 0, 1 / r_out.clamp_min(1e-30), 0.0)
+                scales = [inv_in, inv_in] + [inv_out] * (len(parts) - 2)
+                rho2 = 2 * r_in * r_out  # ‖u‖² of the balanced representative: rescaling-free
+            fraction, distinct, near, links = units.duplicates(
+                parts, self.dup_eps, live, links=True, scales=scales,
+                exact=not homogeneous, nearest=True)
             snap.detail.append(layer_detail.GroupDetail(idxs, links=links))
             self._put(out, idxs, "duplicate_fraction", fraction)
             self._put(out, idxs, "distinct_units", distinct)
+            self._put(out, idxs, "delta_perm",
+                      units.delta_perm(rho2[:, :near.shape[1]], near, self.abs_tol))
 
     def _mirrors(self, snap: Snapshot, out: torch.Tensor) -> None:
         by_shape: dict[tuple, list[int]] = defaultdict(list)
@@ -561,6 +658,34 @@ class IndicatorEngine:
             self._max_mirror[idx] = seen
             tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
             self._put(out, idxs, "mirror_rank", spectra.count_above(root, tau))
+            # Δ_rotation: the mirror modes above their bulk, weighed by strength.
+            self._put(out, idxs, "delta_rotation", units.delta_modes(
+                root, self._mirror_modes(snap, idxs, root, w1, w2), self.abs_tol))
+
+    def _mirror_modes(self, snap: Snapshot, idxs: list[int], root: torch.Tensor,
+                      w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        """#{√(λ_j/2) above the bulk} per pair. M = W₁W₁ᵀ + W₂ᵀW₂ is the sum of the two
+        factors' Grams, whose random bulks have different scales (torch's init: variance
+        1/fan_in each), so no single Marchenko–Pastur law fits it: the edge is
+        √((e₁² + e₂²)/2), e_f the entry threshold above factor f's own bulk (its spectrum from
+        this sample, bulk.py), which bounds λ_max of the two bulks' sum. Where a factor's
+        spectrum was not computed (above max_svd_dim), the bulk of [W₁ | W₂ᵀ] as one matrix
+        (√λ are its singular values)."""
+        found = {i: (sv[j:j + 1], m, n) for rows, sv, m, n in snap.spectra
+                 for j, i in enumerate(rows)}
+        index = {id(layer): i for i, layer in enumerate(self.layers)}
+        h, width = w1.shape[1], w1.shape[2] + w2.shape[1]
+        k = min(h, width)
+        counts = _modes_above(root[:, :k], h, width)
+        for j, i in enumerate(idxs):
+            first = found.get(i)
+            second = found.get(index.get(id(self.layers[i].consumers[0]), -1))
+            if first is None or second is None:
+                continue
+            e1, e2 = (bulk_edges.bulk_edge(sv, m, n)[0] for sv, m, n in (first, second))
+            edge = ((e1.square() + e2.square()) / 2).sqrt()
+            counts[j] = (root[j] > edge).sum().to(counts.dtype)
+        return counts
 
     def _heads(self, snap: Snapshot, out: torch.Tensor) -> None:
         """Per-head QK/VO product ranks of each attention module (heads.py), from the rows of
@@ -622,25 +747,26 @@ class IndicatorEngine:
         if pair == "vo":
             out[row, COL["dead_heads"]] = (ranks == 0).to(out.dtype).mean()
 
-    def _deltas(self, out: torch.Tensor) -> None:
-        """Δ_G per family from this sample's columns, and `broken` from each family's latest."""
-        c = {name: out[:, COL[name]] for name in INDICATORS}
-        rotation = c["mirror_rank"] / self._rows_units
-        fresh = {
-            "delta_perm": 1 - c["duplicate_fraction"],
-            "delta_sign": 1 - c["dead_fraction"],
-            "delta_rank": c["numerical_rank"] / self._rows_dims,
-            # attention rows: _heads() wrote their delta_rotation (mean per-head rank / d)
-            "delta_rotation": torch.where(torch.isnan(rotation), c["delta_rotation"], rotation),
-            "delta_rescale": 1 - c["balance_norm"].abs(),
-            "delta_softmax": c["softmax_translation"],
-        }
+    def _deltas(self, snap: Snapshot, out: torch.Tensor) -> None:
+        """delta_rank from this sample's spectra, and `broken` from each family's latest Δ.
+        The other Δ were computed with the indicators they derive from (units.delta_*:
+        _measure_group, _duplicates, _mirrors; attention rows: _heads). A Δ published as N/A
+        (−inf: the symmetry does not hold for this layer, e.g. delta_perm of Linear → Linear)
+        drops out of `broken`."""
+        for idxs, sv, m, n in snap.spectra:
+            idx = torch.tensor(idxs, device=out.device)
+            count = out[idx, COL["modes"]] if "modes" in COL else torch.full(
+                (len(idxs),), float("nan"), device=out.device)
+            count = torch.where(torch.isfinite(count), count.to(sv.dtype),
+                                _modes_above(sv, m, n).to(out.device))
+            self._put(out, idxs, "delta_rank", units.delta_modes(sv, count, self.abs_tol))
         good = out[:, _FINITE] == 1
         for k, name in enumerate(DELTAS):
-            value = fresh[name]
+            value = out[:, COL[name]]
             ok = torch.isfinite(value) & good
-            out[:, COL[name]] = torch.where(ok, value, out[:, COL[name]])
-            self._delta[:, k] = torch.where(ok, value, self._delta[:, k])
+            absent = (value == float("-inf")) & good
+            self._delta[:, k] = torch.where(
+                ok, value, torch.where(absent, float("nan"), self._delta[:, k]))
         known = ~torch.isnan(self._delta)
         broken = self._delta.nan_to_num(0).sum(1) / known.sum(1).clamp_min(1)
         out[:, COL["broken"]] = torch.where(known.any(1) & good, broken, out[:, COL["broken"]])
@@ -663,10 +789,17 @@ class IndicatorEngine:
         return total
 
     def _lr(self, layer: Layer) -> Any:
+        """(η, power) for the layer's param group: effective_lr = η/‖w‖^power, by the
+        optimizer's family (units.lr_power); None when no optimizer holds the weight or its
+        family's scaling is not known."""
         for opt in self._optimizers:
             for group in opt.param_groups:
                 if any(p is layer.weight for p in group["params"]):
-                    return group.get("lr")
+                    power = units.lr_power(opt)
+                    lr = group.get("lr")
+                    if power is None or lr is None:
+                        return None
+                    return float(lr), power
         return None
 
     # -- decoding (publisher thread) -----------------------------------------------------------
@@ -705,6 +838,20 @@ class IndicatorEngine:
             if head_values:
                 values[hs.name] = head_values
         return values, nonfinite
+
+
+def _modes_above(sv: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """#{σ above the random bulk's edge} per matrix (B,) for descending σ (B, k) of m × n
+    matrices (bulk.py's self-consistent edge, entry threshold, no state between samples):
+    the fallback count for Δ_rank / Δ_rotation where no `modes` column gives it."""
+    enter = bulk_edges.bulk_edge(sv, m, n)[0]
+    return (sv > enter[:, None]).sum(1).to(sv.dtype)
+
+
+def _rank_tol(s1: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """numerical_rank's tolerance, numpy.linalg.matrix_rank's: σ₁·max(m, n)·eps(float32)
+    (the weights' own float32 rounding), relative to the current σ₁ (B,)."""
+    return s1 * max(m, n) * torch.finfo(torch.float32).eps
 
 
 def _row_values(row: list[float], columns: Any) -> dict[str, float | None]:

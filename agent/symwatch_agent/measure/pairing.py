@@ -4,7 +4,9 @@ Several symmetries act on a *pair* of layers: a hidden unit's incoming weights (
 producer, its bias) and its outgoing weights (a column of each consumer):
 
 - dead units and duplicated units need the outgoing weights (a unit is dead only if it is off
-  on both sides; two units are interchangeable only if they match on both sides);
+  on both sides; two units are interchangeable only if they match on both sides); duplicates
+  only mean something where a nonlinearity lies in between (`permutes`): with only linear
+  maps the pair's symmetry is a rotation, not a permutation;
 - positive rescaling `(w_in·a, b·a, w_out/a)` holds when only positively homogeneous maps
   (ReLU, LeakyReLU, dropout, pooling, a positive constant) lie in between: `balance`;
 - rotation `W₁ → RW₁, W₂ → W₂Rᵀ` holds when *nothing* lies in between: `mirror_rank`;
@@ -51,6 +53,10 @@ ELEMENTWISE_OPS = frozenset({"gelu", "silu", "tanh", "sigmoid", "elu", "selu", "
                              "softplus", "mish", "hardtanh", "relu6", "hardswish",
                              "hardsigmoid", "logsigmoid", "softsign", "shift", "negscale"})
 RELU_FAMILY = frozenset({"relu", "relu6"})  # outputs exactly 0 when the unit is off
+# linear maps of each unit's output that commute with mixing the units (up to a bias the
+# consumer absorbs): with only these in between, the pair's symmetry is a rotation, not a
+# permutation (no duplicate units to count)
+LINEAR_OPS = IDENTITY_OPS | frozenset({"scale", "negscale", "shift", "avg_pool"})
 SHAPE_OPS = frozenset({"transpose", "swapaxes", "t", "permute", "view", "reshape", "flatten",
                        "unsqueeze", "squeeze", "unflatten"})
 
@@ -411,6 +417,20 @@ def apply(layers: list[Layer], sources: Iterable[Observed],
         p.mirror = observed_mirror
         p.ops = p.ops if observed_mirror else ()
     _choose_classifier(layers, classifier, by_name, list(models))
+
+
+def permutes(layer: Layer) -> bool:
+    """Whether `layer`'s units have the permutation symmetry and no larger rotation one: it
+    has consumers, and something other than a linear map lies in between (an elementwise
+    nonlinearity, dropout, max pooling; a user pair counts as a ReLU pair unless it is an
+    observed factor pair). Only such layers have duplicate units to count: two units of a
+    Linear → Linear pair that are parallel are one direction of a low-rank product, which the
+    rank and mirror family measure."""
+    if not layer.consumers:
+        return False
+    if layer.user_paired and not layer.mirror:
+        return True
+    return any(op not in LINEAR_OPS for op in layer.ops)
 
 
 def _choose_classifier(layers: list[Layer], classifier: bool | str | list[str] | None,

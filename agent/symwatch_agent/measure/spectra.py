@@ -22,8 +22,9 @@ For a balanced pair (W₁W₁ᵀ = W₂ᵀW₂, what gradient flow from small in
 are 2·s_i, twice the product's singular values; a direction with λ ≈ 0 is a hidden direction
 that neither factor uses: the rotation symmetry is restored there.
 
-Cost: `gram_eigvals` is one batched Gram product O(B·m·n·k) plus eigvalsh O(B·k³), about half
-an SVD; `warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver;
+Cost: `gram_eigvals` is one batched Gram product O(B·m·n·k) plus eigvalsh O(B·k³), both in
+float64 (accuracy: see gram_eigvals), about a third of an SVD of the matrix;
+`warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver;
 `count_eigvals_above` one LDLᵀ, O(B·k³/3); `power_sigma1` is 2·iters matrix-vector products,
 O(iters·B·m·n); `lanczos_sigma1` (the first sample's σ₁) the same plus O(B·steps²·n) for
 reorthogonalisation.
@@ -65,18 +66,86 @@ def _floored(eig: torch.Tensor) -> torch.Tensor:
     """Descending eigenvalues with those below eigvalsh's noise floor set to exactly 0.
 
     eigvalsh is accurate to about k·eps·σ₁² in absolute terms, so an eigenvalue below that is
-    noise (in float32, σ ≲ 1e-3·σ₁ for k ~ 10): such values are set to exactly 0. Without this
-    a rank-r matrix's zero singular values read as ~3e-4·σ₁ each and push its effective rank
-    above r; with it, only genuine singular values below that floor are lost."""
+    noise: such values are set to exactly 0, so a rank-r matrix reads effective rank r, not r
+    plus noise. In float64 (gram_eigvals) the floor is σ ≲ √(k·1.1e-16)·σ₁ ≈ 4e-7·σ₁ at
+    k = 768, below the float32 rounding of the weights themselves; in float32 (the warm path's
+    eigh) it is σ ≲ √(k·1.2e-7)·σ₁, ≈ 1e-2·σ₁ at k = 768, which drops a heavy tail."""
     floor = eig.shape[-1] * torch.finfo(eig.dtype).eps * eig[..., :1].clamp_min(0)
     return torch.where(eig > floor, eig, torch.zeros_like(eig))
 
 
+# The float64 copy gram_eigvals makes of a batch is taken this many bytes at a time.
+FLOAT64_CHUNK_BYTES = 1 << 26
+# A float32 Gram's eigenvalues are off by up to ~eps₃₂·σ₁² each (measured 2–8e-8·σ₁² on
+# rank-8 matrices, k = 64–768): this many times eps₃₂·σ₁² is the error gram_eigvals assumes.
+GRAM32_NOISE = 4.0
+# The float32 Gram is kept where that error moves the rank family by less than this bound.
+GRAM32_TOLERANCE = 1e-3
+# Matrices with k up to this go to float64 at once (they cost little either way, and a
+# rank-deficient one then reads its rank exactly).
+GRAM32_MIN_DIM = 128
+
+
+def rank_error_bound(eig: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """How far (relative) the effective rank of descending eigenvalues σ² (B, k) may be off
+    when each may be off by δ (B, 1) or (B, k) in σ² units. σ_i moves by up to
+    q_i·Σσ, q_i = min(σ_i, δ/(2σ_i))/Σσ, and the entropy by q_i·|1 + ln p_i| (its derivative
+    in p_i), plus (Σq)·(1 + H) from renormalising the rest (H the entropy; Σq summed as
+    below). Where σ_i² ≤ δ the
+    value may be all noise, of one sign (the zeros of a rank-deficient matrix read as positive
+    noise): those add up linearly. Where σ_i² > δ the errors are rounding errors of the Gram's
+    entries projected on different eigenvectors, of either sign: those add in quadrature. A
+    first-order estimate; it bounds the stable rank and participation ratio's error as well."""
+    sv = eig.double().clamp_min(0).sqrt()
+    delta = delta.double().expand_as(sv)
+    total = sv.sum(-1, keepdim=True).clamp_min(1e-300)
+    noise = sv.square() <= delta
+    q = torch.where(noise, sv, delta / (2 * sv).clamp_min(1e-300)) / total
+    q = q.clamp_min(1e-300)
+    p = (sv / total).clamp_min(1e-300)
+    entropy = -(p * p.log()).sum(-1)
+    # for a noise value p_i ≤ q_i: |1 + ln p_i| ≤ 1 + ln(1/q_i) where it is all noise
+    weight = torch.where(noise, 1 - q.log(), (1 + p.log()).abs())
+    term = q * weight
+    one_sided = torch.where(noise, term, torch.zeros_like(term)).sum(-1)
+    either = torch.where(noise, torch.zeros_like(term), term).square().sum(-1).sqrt()
+    moved = (torch.where(noise, q, torch.zeros_like(q)).sum(-1)
+             + torch.where(noise, torch.zeros_like(q), q).square().sum(-1).sqrt())
+    return one_sided + either + moved * (1 + entropy)
+
+
 def gram_eigvals(w: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues σ² of the smaller (k × k) Gram matrix of each matrix, descending (the cold
-    path: float32 Gram + float32 eigvalsh, which measured fastest of eigvalsh/eigh/svdvals and
-    float32/float64 at GPT-2 sizes, docs/metrics.md *Cost*)."""
-    return _floored(torch.linalg.eigvalsh(gram(w)).flip(-1))
+    """Eigenvalues σ² of the smaller (k × k) Gram matrix of each matrix, descending, float64
+    (the cold path, what the full tier uses): the rank family within 1e-3 relative of a
+    float64 SVD (tests/agent/test_spectra_accuracy.py; docs/metrics.md, error budget).
+
+    eigvalsh is always float64: in float32 its noise floor (k·eps·σ₁², σ ≈ 1e-2·σ₁ at k = 768)
+    wiped out the tail of heavy-tailed spectra (effective rank 40.8 for σ_i = 1/i, k = 768,
+    exact 152). The Gram product is float32 where that is accurate enough and float64 where
+    not: a float32 Gram moves each eigenvalue by up to δ = GRAM32_NOISE·eps₃₂·σ₁², so each σ_i
+    by up to min(σ_i, δ/(2σ_i)); where that could move the effective rank by more than
+    GRAM32_TOLERANCE relative (a rank-deficient matrix, whose zeros read as ~3e-4·σ₁ noise
+    each: +4 % effective rank at rank 8; or a tail under ~1e-3·σ₁), or where k ≤
+    GRAM32_MIN_DIM, that matrix is done again with a float64 Gram. Bulk
+    and GPT-2-like rectangular weights keep the float32 product (its cost is over half the
+    spectra's); on CUDA every matrix takes the float64 Gram (deciding would read back to the
+    host on the training thread). Costs: docs/metrics.md *Cost*. The float64 copy is made
+    FLOAT64_CHUNK_BYTES at a time."""
+    b, m, n = w.shape
+    k = min(m, n)
+    if w.device.type == "cpu" and k > GRAM32_MIN_DIM:
+        eig = torch.linalg.eigvalsh(gram(w).double()).flip(-1)
+        delta = GRAM32_NOISE * torch.finfo(torch.float32).eps * eig[..., :1].clamp_min(0)
+        moved = rank_error_bound(eig, delta)
+        redo = (~(moved <= GRAM32_TOLERANCE)).nonzero().flatten().tolist()
+    else:
+        eig = torch.empty(b, k, dtype=torch.float64, device=w.device)
+        redo = list(range(b))
+    per = max(1, FLOAT64_CHUNK_BYTES // max(1, m * n * 8))
+    for i in range(0, len(redo), per):
+        rows = redo[i:i + per]
+        eig[rows] = torch.linalg.eigvalsh(gram(w[rows].double())).flip(-1)
+    return _floored(eig)
 
 
 def gram_eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +196,7 @@ def warm_eigvals(g: torch.Tensor, vec: torch.Tensor, top: int = 16
     total2 = g.double().square().sum((-1, -2))
     kept2 = block.square().sum((-1, -2)) + rest.square().sum(-1)
     drift = ((total2 - kept2).clamp_min(0) / total2.clamp_min(1e-300)).sqrt()
-    return _floored(est.clamp_min(0).float()), band.float(), drift.float()
+    return _floored(est.clamp_min(0)).float(), band.float(), drift.float()
 
 
 def count_eigvals_above(g: torch.Tensor, tau2: torch.Tensor) -> torch.Tensor:
@@ -146,7 +215,7 @@ def count_eigvals_above(g: torch.Tensor, tau2: torch.Tensor) -> torch.Tensor:
 
 
 def singular_values(w: torch.Tensor) -> torch.Tensor:
-    """σ of each matrix, descending: (B, min(m, n))."""
+    """σ of each matrix, descending: (B, min(m, n)), float64 (gram_eigvals)."""
     return gram_eigvals(w).sqrt()
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import zmq
 
-from symwatch.core import protocol, runtime
+from symwatch.core import exposure, protocol, runtime
 
 Payload = dict[str, Any]
 # A payload, or a function the publisher thread calls to build it (used to read back tensors
@@ -58,12 +58,14 @@ PERIODIC_SLACK_S = 0.005
 WAKE_LOCK_WAIT_S = 0.05
 
 
-def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = False) -> str:
+def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = False,
+                         launcher: str = exposure.WATCH) -> str:
     """Check an endpoint the agent will bind and return the address to pass to zmq.bind.
 
     Port 0 or * means "any free port". Only loopback and Unix sockets are allowed without
     CurveZMQ keys (`curve`) or `insecure`: anything else would let any host on the network
-    read the stream (docs/security.md).
+    read the stream (docs/security.md). `launcher` (symwatch.core.exposure): how the agent was
+    started, so that a refusal says what to type (a keyword, a flag, a variable).
     """
     if endpoint.startswith("ipc://"):
         return endpoint
@@ -76,15 +78,12 @@ def resolve_bind_address(endpoint: str, insecure: bool = False, curve: bool = Fa
     elif not port.isdigit():
         raise PublisherError(f"cannot publish on {endpoint!r}: port {port!r} is not a number")
     if not insecure and not curve and not runtime.is_loopback_host(host):
-        raise PublisherError(f"refusing to publish on {host!r}: only loopback (127.0.0.1) and "
-                             "ipc:// endpoints are private; view remote runs through SSH, give "
-                             "CurveZMQ keys (`symwatch keygen`; curve_server_key= and "
-                             "curve_authorized=), or pass insecure=True if you accept that "
-                             "anyone who can reach the port can read the stream")
+        raise PublisherError(exposure.refusal(host, launcher=launcher))
     return f"tcp://{host}:{port}"
 
 
-def resolve_connect_address(endpoint: str, insecure: bool = False, curve: bool = False) -> str:
+def resolve_connect_address(endpoint: str, insecure: bool = False, curve: bool = False,
+                            launcher: str = exposure.WATCH) -> str:
     """Check the address of a relay the agent will connect its PUB socket to (`connect=`).
     The same rule as for binding: the stream may leave this machine only encrypted (the
     relay's CurveZMQ key) or with `insecure`."""
@@ -98,11 +97,7 @@ def resolve_connect_address(endpoint: str, insecure: bool = False, curve: bool =
         raise PublisherError(f"cannot publish to a relay at {endpoint!r}: port {port!r} is not "
                              "a port number")
     if not insecure and not curve and not runtime.is_loopback_host(host):
-        raise PublisherError(f"refusing to send the stream in clear text to {host!r}: give the "
-                             "relay's CurveZMQ public key and this agent's key "
-                             "($SYMWATCH_CURVE_RELAY_KEY, $SYMWATCH_CURVE_CLIENT_KEY), reach "
-                             "the relay through an SSH tunnel on 127.0.0.1, or pass "
-                             "insecure=True if anyone on the network may read it")
+        raise PublisherError(exposure.refusal(host, launcher=launcher, connect=True))
     return endpoint
 
 
@@ -119,13 +114,16 @@ class Publisher:
     def __init__(self, endpoint: str, *, run: str, rank: int = 0, restart: int = 0,
                  queue_size: int = 256, idle_wait: float = MAX_SLEEP_S, report: Reporter,
                  insecure: bool = False, recorder: Any = None, history: Any = None,
-                 curve: Any = None, connect: bool = False) -> None:
+                 curve: Any = None, connect: bool = False,
+                 launcher: str = exposure.WATCH) -> None:
         # connect: the PUB socket connects to a relay's XSUB socket (docs/distributed.md)
         # instead of binding; the relay then serves viewers and late joiners.
         self._connect = connect
-        self._bind_address = (resolve_connect_address(endpoint, insecure, curve is not None)
+        self._bind_address = (resolve_connect_address(endpoint, insecure, curve is not None,
+                                                      launcher)
                               if connect else
-                              resolve_bind_address(endpoint, insecure, curve is not None))
+                              resolve_bind_address(endpoint, insecure, curve is not None,
+                                                   launcher))
         # A symwatch_agent.publish.curve.CurveServer (or None): both sockets become CURVE servers and a
         # ZAP authenticator thread admits only the authorised client keys.
         self._curve = curve

@@ -11,7 +11,7 @@ reconnecting to it by itself.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from symwatch.core import protocol, runtime
 from symwatch.consumers.alerts.rules import Dispatcher
@@ -31,7 +31,7 @@ class RunFollower:
 
     def __init__(self, endpoint: str | None, name: str | None = None, *, any_run: bool = False,
                  stale_after: float = DEFAULT_STALE_AFTER,
-                 status: Callable[[str], None] | None = None,
+                 status: Callable[[str], None] | None = None, curve: Any = None,
                  list_runs: Callable[[], Sequence[RunEntry]] = runtime.live_runs,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
@@ -43,6 +43,7 @@ class RunFollower:
         self._status = status or (lambda line: None)
         self._list_runs = list_runs
         self._clock = clock
+        self._curve = curve  # CurveZMQ client settings (transport.keys.CurveClient), or None
         self._sub: Subscriber | None = None
         self._since = clock()  # last message, or when the current subscription began
         self._next_resolve = 0.0
@@ -62,7 +63,7 @@ class RunFollower:
         return self._sub.garbage if self._sub is not None else 0
 
     def _connect(self, endpoint: str) -> None:
-        new = Subscriber(endpoint)  # raises EndpointError; the old one stays in use then
+        new = Subscriber(endpoint, curve=self._curve)  # raises EndpointError; the old one stays in use then
         if self._sub is not None:
             self._sub.close()
             self.switches += 1
@@ -122,11 +123,9 @@ class RunFollower:
         except OSError as exc:
             self._status(f"cannot read the run registry: {exc}")
             return
-        if self.name is not None:
-            runs = [r for r in runs if r.name == self.name]
-        if not runs:
+        newest = runtime.newest_run(runs, self.name)
+        if newest is None:
             return
-        newest = max(runs, key=lambda r: r.started)  # a restart is newer than what it replaced
         if newest.endpoint == self.endpoint:
             return  # the same socket: ZeroMQ reconnects on its own
         if self.name is None:

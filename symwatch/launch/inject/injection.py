@@ -39,13 +39,16 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def inject(pid: int, options: dict[str, Any] | None = None, *, model: str | None = None,
+def inject(pid: int, options: dict[str, Any] | None = None, *,
+           environment: dict[str, str] | None = None, model: str | None = None,
            optimizer: str | None = None, wait_s: float = DEFAULT_WAIT_S,
            method: str = "auto", quiet: bool = False,
            progress: Callable[[str], None] = lambda text: None,
            verbose: Callable[[str], None] | None = None) -> Outcome:
     """Put the agent into process `pid`; return where it publishes once it does (after the
-    next optimizer step), or the run it already publishes. Raises InjectError."""
+    next optimizer step), or the run it already publishes. `environment`: `SYMWATCH_*`
+    variables (the keys, insecure) the agent reads over the process's own environment, which
+    stays untouched (symwatch_agent.options.injected). Raises InjectError."""
     entry = registered_run(pid)
     if entry is not None:
         return Outcome(entry.endpoint, entry.run_id, entry.name, already=True)
@@ -68,7 +71,8 @@ def inject(pid: int, options: dict[str, Any] | None = None, *, model: str | None
         request = {"result": str(result), "waiting": str(waiting),
                    "arm_deadline": time.time() + arm_wait_s,
                    "deadline": time.time() + arm_wait_s + wait_s,
-                   "options": dict(options or {}), "model": model, "optimizer": optimizer,
+                   "options": dict(options or {}), "environment": dict(environment or {}),
+                   "model": model, "optimizer": optimizer,
                    "quiet": quiet}
         code = snippet(request, package_roots())
         progress(f"getting into {target.described} ({target.version_text}, via {route})…")

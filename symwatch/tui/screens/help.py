@@ -36,7 +36,8 @@ INDICATORS = (
     ("dead fraction", "share of units whose in+bias+out weight norm is ≤ 1 % of the layer's RMS"),
     ("broken Δ", "how far the layer is from its symmetric states, 0..1 (docs/metrics.md)"),
     ("▲ / ▼ name", "a transition just happened in this layer (up / down)"),
-    ("N/A", "not measured (yet), or not finite; never shown as 0"),
+    ("N/A", "not measured (yet), not finite, or the symmetry does not hold for the layer "
+            "(e.g. duplicates of Linear → Linear); never shown as 0"),
 )
 
 

@@ -8,6 +8,7 @@ from textual.widgets import Static
 from symwatch.state import numbers
 from symwatch.state.run_state import FINISHED, LIVE, RECONNECTING, STALE, WAITING, RunState
 from symwatch.tui.history_view import HistoryWindow, value_at, window_label
+from symwatch.tui.run_text import sampling_text
 
 STATE_STYLES = {
     WAITING: "bold black on yellow",
@@ -61,6 +62,10 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
         _field(line, "garbage", str(state.garbage), "bold red")
     if state.restarts:
         _field(line, "restarts", str(state.restarts), "yellow")
+    sampling = sampling_text(state.sampling)
+    if sampling:  # what sets the cadence, and the option that changes it
+        _field(line, "sampling", sampling,
+               "yellow" if state.sampling and state.sampling.get("limit") == "budget" else "")
     # Each line is cut, never wrapped: a wrapped first line would push the numbers out of view.
     return Text("\n", no_wrap=True, overflow="ellipsis").join([top, line])
 

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from symwatch.state import numbers
+from symwatch.state.gpu_clocks import clock_text, throttled
 from symwatch.state.run_state import RunState
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.main_layout import chart_rows
@@ -16,6 +17,10 @@ from symwatch.tui.widgets.sparkline import sparkline_rows
 
 # A loss chart whose values span this factor or more is drawn on a log scale
 LOG_SCALE_RANGE = 20.0
+
+BOUNDARY_MARK = "┊"  # in the loss chart: where a restarted run replaced the previous one
+
+THROTTLE_STYLE = "bold yellow"  # a GPU whose clocks are held down (power cap, thermal, …)
 
 SEVERITY_STYLES = {"info": "cyan", "notice": "yellow", "warning": "bold yellow",
                    "error": "bold red", "transition": "bold magenta"}
@@ -39,9 +44,12 @@ def loss_text(state: RunState, width: int, rows: int = 1,
         text.append(numbers.compact(state.loss.current), "bold")
     points = store.columns(first, last, chart_w) if first is not None and last is not None \
         else []
+    boundary = None  # the chart column of the restart mark, live after a restart
+    if state.previous_loss is not None and (window is None or window.live) and chart_w >= 3:
+        points, boundary = across_restart(state, chart_w)
     known = [v for v in points if v is not None]
     log_scale = bool(known) and min(known) > 0 and max(known) >= LOG_SCALE_RANGE * min(known)
-    if known:
+    if known and first is not None and last is not None:  # (after a restart: once it has loss)
         text.append(f"  min {numbers.compact(min(known))}  max {numbers.compact(max(known))}"
                     f"  steps {max(first, store.first_step or first):,}–{last:,}"
                     + ("  log scale" if log_scale else ""), "dim")
@@ -50,10 +58,33 @@ def loss_text(state: RunState, width: int, rows: int = 1,
     for name, value in list(state.scalars.items())[:3]:
         text.append(f"  {name} ", "dim")
         text.append(numbers.compact(value))
+    if boundary is not None:
+        text.append(f"  {BOUNDARY_MARK} restarted", "yellow")
     for line in sparkline_rows(points, chart_w, rows):
         text.append("\n ")
-        text.append(line, "bright_cyan")
+        if boundary is None:
+            text.append(line, "bright_cyan")
+            continue
+        text.append(line[:boundary], "bright_cyan")
+        text.append(BOUNDARY_MARK, "bold yellow")
+        text.append(line[boundary + 1:], "bright_cyan")
     return text
+
+
+def across_restart(state: RunState, width: int) -> tuple[list[float | None], int]:
+    """The previous run's loss then this run's, side by side in `width` columns (each its
+    share by steps), and the column between them that marks the restart."""
+    before, now = state.previous_loss.store, state.loss.store  # type: ignore[union-attr]
+    before_span = (before.last_step or 0) - (before.first_step or 0) + 1
+    now_span = ((now.last_step or 0) - (now.first_step or 0) + 1) if now.count else 0
+    usable = width - 1
+    left = round(usable * before_span / (before_span + now_span)) if now_span else usable - 1
+    left = max(1, min(usable - 1, left))
+    points = before.columns(before.first_step or 0, before.last_step or 0, left) + [None]
+    right = usable - left
+    points += (now.columns(now.first_step or 0, now.last_step or 0, right) if now.count
+               else [None] * right)
+    return points, left
 
 
 def gpu_text(gpu: dict[str, Any] | None) -> Text:
@@ -88,6 +119,10 @@ def gpu_text(gpu: dict[str, Any] | None) -> Text:
             power = numbers.with_unit(dev.get("power"), "")
             limit = numbers.with_unit(dev.get("power_limit"), " W")
             text.append(f"  {numbers.with_unit(dev.get('temp'), '°C')}  {power}/{limit}")
+        clocks = clock_text(dev) if len(devices) == 1 else \
+            ("throttled: " + ", ".join(throttled(dev)) if throttled(dev) else "")
+        if clocks:  # the SM clock and why NVML holds it down (warning colour when it slows)
+            text.append(f"  {clocks}", THROTTLE_STYLE if throttled(dev) else "")
     if len(devices) > 4:
         text.append(f"  … +{len(devices) - 4} more", "dim")
     return text

@@ -19,6 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from symwatch.state import numbers
+from symwatch.state.gpu_clocks import clock_text, throttled
 from symwatch.state.ranks import RankView
 from symwatch.state.run_state import RunState
 
@@ -88,7 +89,7 @@ def _seconds(value: float | None) -> str:
 
 def gpu_panel_text(state: RunState) -> Text:
     """Per node (its polling rank): each device's utilisation, memory used/total, temperature,
-    power/limit, the ranks training on it with their allocator figures, and the job's own
+    power/limit, SM clock/max and throttle reasons (warning colour when one slows it), the ranks training on it with their allocator figures, and the job's own
     memory on it from NVML's process list. N/A for what a device cannot report."""
     text = Text()
     reports = state.ranks.gpu_reports()
@@ -131,6 +132,9 @@ def _node_text(view: RankView, gpu: dict[str, Any], state: RunState) -> Text:
         text.append(f"  {numbers.with_unit(dev.get('temp'), '°C')}")
         power = numbers.with_unit(dev.get("power"), "")
         text.append(f"  {power}/{numbers.with_unit(dev.get('power_limit'), ' W')}")
+        clocks = clock_text(dev)  # the SM clock and why NVML holds it down
+        if clocks:
+            text.append(f"  {clocks}", "bold yellow" if throttled(dev) else "")
         if "job_mem_used" in dev:  # NVML's process list: this job's processes on the device
             used = dev.get("job_mem_used")
             text.append(f"  job {_gib(used) + ' GiB' if used is not None else numbers.NA} "

@@ -244,7 +244,7 @@ def _arm(first_optimizer) -> None:  # noqa: ANN001
     if not launch_quiet():
         names = ", ".join(name for name in models if name) or "model"
         _say(f"watching {names} ({len(agent.layers)} layers) on {agent.endpoint} "
-             f"(rank {agent.rank}); `symwatch attach` to view")
+             f"(rank {agent.rank}); `symwatch attach` to view; {agent.cadence_text()}")
 
 
 def _options() -> dict:
