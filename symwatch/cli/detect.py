@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from symwatch.cli.common import read_recording, positive_float, subparser
 from symwatch.core import protocol
-from symwatch.core.detection import Transition, TransitionDetector, to_event_payload
+from symwatch.core.detection import Transition, TransitionDetector, detected, to_event_payload
 
 EPILOG = (
     "examples:\n"
@@ -53,13 +53,16 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
     def wanted(name: str, globs: list[str] | None) -> bool:
         return globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs)
 
+    def wanted_metric(name: str) -> bool:  # by default what the agent detects on, as it does
+        return wanted(name, metrics) if metrics is not None else detected(name)
+
     found: list[Transition] = []
     loss: float | None = None
     for message in messages:
         if message.kind == protocol.STATS:
             loss = message.payload.get("loss", loss)
         elif message.kind == protocol.METRICS:
-            values = {layer: {m: v for m, v in row.items() if wanted(m, metrics)}
+            values = {layer: {m: v for m, v in row.items() if wanted_metric(m)}
                       for layer, row in message.payload["values"].items()
                       if wanted(layer, layers)}
             found += detector.update_metrics(message.step, values, loss=loss,

@@ -41,6 +41,18 @@ from symwatch.core.jumps import (DEFAULT_SCALES, RUN_BUDGET, Jump, JumpDetector,
 SeriesKey = Hashable  # (layer, metric) for TransitionDetector.update_metrics; any key works
 LOSS_KEY: tuple[None, str] = (None, "loss")
 
+# Indicators not followed by default. Δ_G and `broken` are functions of the other indicators: a
+# jump in them is already a jump in their source (and would outrank it in the message).
+# `numerical_rank` counts singular values above float32's resolution of σ₁: under weight decay
+# directions at that resolution come and go, so its steps are the arithmetic's, not the
+# training's; `modes` counts what was learned.
+NOT_DETECTED = frozenset({"broken", "numerical_rank"})
+
+
+def detected(metric: str) -> bool:
+    """Whether a change of this indicator can be a transition (see NOT_DETECTED)."""
+    return metric not in NOT_DETECTED and not metric.startswith("delta_")
+
 
 @dataclass(frozen=True)
 class Transition:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 from torch import nn
 
@@ -57,7 +58,7 @@ def test_optimizer_changes_are_labelled_exogenous():
         if step == 150:
             opt.param_groups[0]["lr"] = 0.01
         level = 1.0 if step < 150 else 5.0
-        events = watch.update(step, {"fc": {"numerical_rank": level}}, None,
+        events = watch.update(step, {"fc": {"modes": level}}, None,
                               read_hyperparameters([opt]))
         if events:
             (event_step, payload), = events
@@ -65,6 +66,17 @@ def test_optimizer_changes_are_labelled_exogenous():
             assert event_step == 150
             return
     raise AssertionError("the step at 150 was not reported")
+
+
+@pytest.mark.parametrize("metric, found", [("modes", True), ("numerical_rank", False),
+                                           ("delta_rank", False), ("broken", False)])
+def test_only_indicators_of_the_training_are_detected(metric, found):
+    """numerical_rank's steps come from float32's resolution, Δ_G and broken repeat their
+    sources: the same lasting step in them is no transition; in `modes` it is."""
+    watch = TransitionWatch()
+    steps = [s for s in range(1, 200)
+             if watch.update(s, {"fc": {metric: 3.0 if s < 120 else 8.0}}, None, ())]
+    assert bool(steps) is found, steps
 
 
 def test_detection_can_be_switched_off(collector):
@@ -91,7 +103,7 @@ def test_a_mark_and_a_resume_label_what_they_explain(collector):
         "data switched to the hard split", "resumed from a checkpoint (optimizer state loaded)"]
     for step in range(1, 200):  # the publisher thread's work, done here deterministically
         level = 1.0 if step < 150 else 5.0
-        agent._detect_transitions(step, {"fc": {"numerical_rank": level}}, None, ())
+        agent._detect_transitions(step, {"fc": {"modes": level}}, None, ())
     assert not agent._marks  # consumed by the detector
     event = sub.wait_for(lambda m: m.kind == protocol.EVENT)
     assert event.step == 150 and "data switched to the hard split" in event.payload["exogenous"]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from symwatch.core.detection import TransitionDetector, to_event_payload
+from symwatch.core.detection import TransitionDetector, detected, to_event_payload
 
 # The optimizer settings whose change explains a jump in what follows.
 WATCHED_HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
@@ -25,13 +25,6 @@ WATCHED_HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
 BOUNDARY_CHANGE = 0.25
 
 Hyperparameters = tuple[tuple[str, int, float | None], ...]
-
-
-def is_derived(metric: str) -> bool:
-    """Δ_G columns and the overall `broken` score are functions of the other indicators: a
-    jump in them is already a jump in their source, and feeding them too would only repeat it
-    (and outrank the source in the message)."""
-    return metric == "broken" or metric.startswith("delta_")
 
 
 def read_hyperparameters(optimizers: Sequence[torch.optim.Optimizer]) -> Hyperparameters:
@@ -59,7 +52,7 @@ class TransitionWatch:
                loss: float | None, hyperparameters: Hyperparameters,
                time: float | None = None) -> list[tuple[int, dict[str, Any]]]:
         self._note_hyperparameters(step, hyperparameters)
-        primary = {layer: {m: v for m, v in row.items() if not is_derived(m)}
+        primary = {layer: {m: v for m, v in row.items() if detected(m)}
                    for layer, row in values.items()}
         transitions = self.detector.update_metrics(step, primary, loss=loss, time=time)
         return [(t.step, to_event_payload(t)) for t in transitions]
