@@ -14,6 +14,7 @@ from torch import nn
 
 import symwatch
 from symwatch.core import protocol, runtime
+from symwatch.core.recording import RecordingReader
 from symwatch_agent.entry import demo
 from symwatch_agent.hooks import loss_capture
 from symwatch_agent.publish.publisher import Publisher, PublisherError, resolve_bind_address
@@ -315,22 +316,26 @@ def test_invalid_options_fail_before_training():
         symwatch.watch(_mlp(), None, full_every=0)
 
 
-def test_demo_rank_staircase_climbs_one_step_at_a_time(collector):
-    """The demo's linear network (SCIENCE.md, stepwise rank growth), run for real: the
-    numerical rank of its first layer goes 0 → 1 → 2 → 3 → 4 → 5, one step at a time."""
+def test_demo_rank_staircase_climbs_one_step_at_a_time(tmp_path, monkeypatch):
+    """The demo's linear network (SCIENCE.md, stepwise rank growth), run for real: the count
+    of its first layer's modes goes 0 → 1 → 2 → 3 → 4 → 5, one step at a time. Read from the
+    run's own recording, which holds every sample: a subscriber can miss the first ones while
+    it connects, and the first mode leaves the tiny init's bulk within ten steps."""
     probe = Publisher("tcp://127.0.0.1:0", run="probe", report=lambda *_: None)
     endpoint = probe.start()  # a free loopback port for the demo to bind
     probe.close()
-    sub = collector(endpoint)
+    recording = tmp_path / "demo.db"
+    monkeypatch.setenv("SYMWATCH_RECORD", str(recording))
     thread = threading.Thread(target=demo.run, kwargs=dict(
         steps=400, delay=0.01, every=1, budget=1.0, endpoint=endpoint, name="t"),
         daemon=True)
     thread.start()
     thread.join(120)
     assert not thread.is_alive()
-    sub.drain()
-    ranks = [(m.step, m.payload["values"]["linear.0"]["modes"])
-             for m in sub.of_kind(protocol.METRICS)]
+    with RecordingReader(recording) as reader:
+        ranks = [(m.step, m.payload["values"]["linear.0"]["modes"])
+                 for m in reader if m.kind == protocol.METRICS
+                 and "modes" in m.payload["values"].get("linear.0", {})]
     values = [r for _, r in ranks]
     assert values[0] == 0 and values[-1] == 5, ranks
     changes = [b - a for a, b in zip(values, values[1:]) if b != a]
