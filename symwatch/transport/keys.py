@@ -61,18 +61,20 @@ def load_client(server_key: str | os.PathLike[str],
     return CurveClient(server_public=server_public, public=public, secret=secret)
 
 
-def load_server(server_key: str | os.PathLike[str], authorized: str | os.PathLike[str]) -> None:
+def load_server(server_key: str | os.PathLike[str], authorized: str | os.PathLike[str], *,
+                what: str = "server key") -> tuple[bytes, bytes]:
     """Check an agent's CURVE server settings before it starts (`symwatch run`, `symwatch
     inject` with --server-key and --authorized): the secret key file is private and holds a
-    secret key, the directory holds public keys. KeyFileError says what is wrong."""
+    secret key, the directory holds public keys; also the relay's. Returns the key pair;
+    KeyFileError says what is wrong (`what` names the key in the message)."""
     import zmq.auth  # noqa: PLC0415 (lazy: ~7 ms; every command imports this module, few load keys)
 
     server_key, authorized = os.fspath(server_key), os.fspath(authorized)
     try:
         mode = stat.S_IMODE(os.stat(server_key).st_mode)
-        _, secret = zmq.auth.load_certificate(server_key)
+        public, secret = zmq.auth.load_certificate(server_key)
     except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot load the server key {server_key}: {exc}") from None
+        raise KeyFileError(f"cannot load the {what} {server_key}: {exc}") from None
     if mode & 0o077:
         raise KeyFileError(f"the secret key {server_key} is readable by others (mode {mode:o}); "
                            "chmod 600 it")
@@ -81,6 +83,7 @@ def load_server(server_key: str | os.PathLike[str], authorized: str | os.PathLik
     if not os.path.isdir(authorized) or not any(n.endswith(".key")
                                                 for n in os.listdir(authorized)):
         raise KeyFileError(f"no public keys (*.key) in {authorized}: nobody could connect")
+    return public, secret
 
 
 def keygen(folder: str | os.PathLike[str], *, client: str = "client",

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 import socket
-import stat
 import sys
 import threading
 import time
@@ -47,6 +46,7 @@ import zmq
 
 from symwatch.core import exposure, protocol, runtime
 from symwatch.core.history import History
+from symwatch.transport.keys import KeyFileError, load_server
 
 DEFAULT_BIND = "tcp://127.0.0.1:5557"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5558"
@@ -78,8 +78,6 @@ class RelayCurve:
 def load_curve(server_key: str | None, authorized: str | None) -> RelayCurve | None:
     """The relay's CURVE settings, or None when neither file is given (RelayError when only
     one is, or a key cannot be used)."""
-    import zmq.auth  # noqa: PLC0415 (lazy: ~7 ms; only a relay with CurveZMQ needs it)
-
     if server_key is None and authorized is None:
         return None
     if server_key is None or authorized is None:
@@ -87,18 +85,9 @@ def load_curve(server_key: str | None, authorized: str | None) -> RelayCurve | N
                          "--authorized (a directory of the agents' and viewers' public keys); "
                          "run `symwatch keygen`")
     try:
-        mode = stat.S_IMODE(os.stat(server_key).st_mode)
-        public, secret = zmq.auth.load_certificate(server_key)
-    except (OSError, ValueError) as exc:
-        raise RelayError(f"cannot load the relay key {server_key}: {exc}") from None
-    if mode & 0o077:
-        raise RelayError(f"the secret key {server_key} is readable by others (mode {mode:o}); "
-                         "chmod 600 it")
-    if not secret:
-        raise RelayError(f"{server_key} holds no secret key: pass a *.key_secret file")
-    if not os.path.isdir(authorized) or not any(n.endswith(".key")
-                                                for n in os.listdir(authorized)):
-        raise RelayError(f"no public keys (*.key) in {authorized}: nobody could connect")
+        public, secret = load_server(server_key, authorized, what="relay key")
+    except KeyFileError as exc:
+        raise RelayError(str(exc)) from None
     return RelayCurve(public=public, secret=secret, authorized=authorized)
 
 
