@@ -1,6 +1,13 @@
 """Training overhead of the agent, measured side by side: the same loop with and without it.
 
     .venv/bin/python benchmarks/overhead.py [--trials 15] [--steps 100] [--write docs/benchmarks.md]
+    .venv/bin/python benchmarks/overhead.py --model gpt [--width 256 --depth 4] [--threads 1] …
+
+`--model gpt`: a GPT-style decoder (token and position embeddings, `depth` pre-LN blocks of
+causal attention with q/k/v/o projections and `n_head` 4, a 4× GELU MLP, untied LM head),
+trained on random tokens; it also reports each layer's refresh interval (steps between two
+samples that measured the layer, from the agent's slice ledger, schedule.LayerSlices) and the
+start-up on the training thread (watch() and the first step, less a plain step).
 
 Conditions run interleaved (none, default, every=1, none, default, …) so that a noisy, shared
 machine slows them all alike; each trial is one block of `--steps` optimizer steps and the
@@ -14,22 +21,22 @@ not sample) and one full indicator sample of the model.
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
 import machine
+import torch
 from doc_sections import write_section
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from torch import nn
-
 from symwatch_agent import watch
-
-
+from torch import nn
 
 WARM_STEPS = 200  # untimed steps before every block, in every condition
 
@@ -43,23 +50,88 @@ def make_model(width: int, depth: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class Attention(nn.Module):
+    """Causal self-attention with separate q/k/v/o projections and `n_head` (the agent finds
+    its heads by these names and this attribute, measure/heads.py)."""
+
+    def __init__(self, width: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (p(x).view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, n_head: int) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = Attention(width, n_head)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """A GPT-style decoder: token and position embeddings, pre-LN blocks, untied LM head."""
+
+    def __init__(self, vocab: int, width: int, depth: int, n_head: int, context: int) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, width), nn.Embedding(context, width)
+        self.blocks = nn.ModuleList(Block(width, n_head) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def make_gpt(width: int, depth: int, n_head: int = 4, vocab: int = 256,
+             context: int = 32) -> nn.Module:
+    torch.manual_seed(0)
+    return GPT(vocab, width, depth, n_head, context)
+
+
 def run_block(model: nn.Module, opt: torch.optim.Optimizer, steps: int, batch: torch.Tensor,
               target: torch.Tensor) -> float:
     start = time.perf_counter()
     for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(batch), target)
+        out = model(batch)
+        loss = nn.functional.cross_entropy(out.flatten(0, -2), target.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return time.perf_counter() - start
 
 
-def measure(trials: int, steps: int, width: int, depth: int) -> dict[str, object]:
-    model = make_model(width, depth)
+def measure(trials: int, steps: int, width: int, depth: int, model_kind: str = "mlp",
+            warm_steps: int = WARM_STEPS) -> dict[str, object]:
+    if model_kind == "gpt":
+        model = make_gpt(width, depth)
+        batch = torch.randint(0, 256, (4, 32))
+        target = torch.randint(0, 256, (4, 32))
+        conditions = {"none": None, "symwatch default (every=10)": 10}
+    else:
+        model = make_model(width, depth)
+        batch = torch.randn(64, width)
+        target = torch.randint(0, 10, (64,))
+        conditions = {"none": None, "symwatch default (every=10)": 10, "symwatch every=1": 1}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = torch.randn(64, width)
-    target = torch.randint(0, 10, (64,))
-    conditions = {"none": None, "symwatch default (every=10)": 10, "symwatch every=1": 1}
+    refresh: list[tuple[str, list[int]]] = []  # (layer, steps between its refreshes) per run
+    refresh_full: list[tuple[str, list[int]]] = []
+    plain_ms: list[float] = []
     ratios: dict[str, list[float]] = {name: [] for name in conditions if name != "none"}
     step_ms: dict[str, list[float]] = {name: [] for name in conditions}
     startup_ms: list[float] = []
@@ -75,15 +147,25 @@ def measure(trials: int, steps: int, width: int, depth: int) -> dict[str, object
                     # (thread, pairing pass, the first full sample's library warm-up and its
                     # decoding on the publisher thread) is paid once per run; it is measured
                     # separately below, not smeared over a block.
+                    plain_ms.append(1000 * run_block(model, opt, 1, batch, target))
                     t0 = time.perf_counter()
                     agent = watch(model, opt, every=every, register=False)
                     run_block(model, opt, 1, batch, target)
                     startup_ms.append(1000 * (time.perf_counter() - t0))
-                    run_block(model, opt, WARM_STEPS - 1, batch, target)
+                    run_block(model, opt, warm_steps - 2, batch, target)
                 else:
-                    run_block(model, opt, WARM_STEPS, batch, target)  # the same untimed steps
+                    run_block(model, opt, warm_steps, batch, target)  # the same untimed steps
                 elapsed = run_block(model, opt, steps, batch, target)
                 if agent is not None:
+                    slices = getattr(agent.engine, "slices", None)
+                    if every == 10 and slices is not None:
+                        names = [layer.name for layer in agent.layers]
+                        refresh += [(names[i], list(g)) for i, g in slices.gaps.items()]
+                        refresh_full += [(names[i], list(g)) for i, g in slices.gaps_full.items()]
+                    elif every == 10:  # an agent without slices (before): every layer, every sample
+                        taken = [step for step, _ in agent._sampled_at]
+                        gaps = [b - a for a, b in itertools.pairwise(taken)]
+                        refresh += [(layer.name, gaps) for layer in agent.layers]
                     agent.close()
                 step_ms[name].append(1000 * elapsed / steps)
                 if every is None:
@@ -101,24 +183,46 @@ def measure(trials: int, steps: int, width: int, depth: int) -> dict[str, object
         agent._on_step()
     hot_us = 1e6 * (time.perf_counter() - start) / calls
     sample_ms = []
-    for _ in range(20):
+    for _ in range(20 if model_kind == "mlp" else 5):
         t0 = time.perf_counter()
-        agent.engine.compute()
+        agent.engine.compute("full")  # the whole model (a planned sample measures a slice)
         sample_ms.append(1000 * (time.perf_counter() - t0))
     agent.close()
+    layers = len(agent.layers)
+    never = layers - len({name for name, gaps in refresh if gaps})
     return {"ratios": ratios, "step_ms": step_ms, "hot_us": hot_us,
             "startup_ms": statistics.median(startup_ms),
+            "startup_excess_ms": statistics.median(
+                s - p for s, p in zip(startup_ms, plain_ms)),
+            "refresh": _intervals(refresh), "refresh_full": _intervals(refresh_full),
+            "never_twice": never, "measured_layers": layers,
             "sample_ms": statistics.median(sample_ms),
-            "params": sum(p.numel() for p in model.parameters()), "layers": depth + 1}
+            "params": sum(p.numel() for p in model.parameters()),
+            "layers": depth + 1 if model_kind == "mlp" else layers}
+
+
+def _intervals(runs: list[tuple[str, list[int]]]) -> dict[str, float] | None:
+    """Per layer the median of its steps between refreshes (over all runs), then the median
+    and the largest of those over layers, and the largest single gap."""
+    per_layer: dict[str, list[int]] = {}
+    for name, gaps in runs:
+        per_layer.setdefault(name, []).extend(gaps)
+    medians = [statistics.median(g) for g in per_layer.values() if g]
+    if not medians:
+        return None
+    return {"median": statistics.median(medians), "max_median": max(medians),
+            "max": max(max(g) for g in per_layer.values() if g), "layers": len(medians)}
 
 
 def render(result: dict[str, object], args: argparse.Namespace) -> str:
     ratios = result["ratios"]
     step_ms = result["step_ms"]
+    if args.model == "gpt":
+        return render_gpt(result, args)
     lines = [
-        f"Model: MLP, {result['layers']} Linear layers of width {args.width} "
+        (f"Model: MLP, {result['layers']} Linear layers of width {args.width} "
         f"({result['params']:,} parameters), AdamW, batch 64, CPU; {args.trials} interleaved "
-        f"trials of {args.steps} steps. Machine: {machine.describe()}.",
+        f"trials of {args.steps} steps. Machine: {machine.describe()}."),
         "",
         "| condition | median step (ms) | median time vs. none | spread (min–max ratio) |",
         "|---|---|---|---|",
@@ -130,10 +234,49 @@ def render(result: dict[str, object], args: argparse.Namespace) -> str:
     lines += [
         "",
         f"- Hot path (post-step hook, not sampling): **{result['hot_us']:.2f} µs** per step.",
-        f"- One-off start-up (`watch()` and the first step, which always samples): "
-        f"**{result['startup_ms']:.0f} ms** (median), paid once per run, outside the blocks.",
-        f"- One indicator sample of all {result['layers']} layers (full spectra): "
-        f"**{result['sample_ms']:.2f} ms** (median of 20).",
+        (f"- One-off start-up (`watch()` and the first step, which always samples): "
+        f"**{result['startup_ms']:.0f} ms** (median), paid once per run, outside the blocks."),
+        (f"- One indicator sample of all {result['layers']} layers (full spectra): "
+        f"**{result['sample_ms']:.2f} ms** (median of 20)."),
+    ]
+    return "\n".join(lines)
+
+
+def render_gpt(result: dict[str, Any], args: argparse.Namespace) -> str:
+    ratios, step_ms = result["ratios"], result["step_ms"]
+    lines = [
+        (f"Model: GPT-style decoder, {args.depth} blocks of width {args.width} (4 heads, q/k/v/o "
+        f"projections, LayerNorm, 4× GELU MLP, untied LM head; {result['measured_layers']} "
+        f"measured layers, {result['params']:,} parameters), AdamW, batch 4 × 32 random tokens, "
+        f"CPU, torch {args.threads} thread(s); {args.trials} interleaved trials of {args.steps} "
+        f"steps after {args.warm} untimed ones. Machine: {machine.describe()}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end (other jobs on its 2 cores)."),
+        "",
+        "| condition | median step (ms) | median time vs. none | spread (min–max ratio) |",
+        "|---|---|---|---|",
+        f"| none | {statistics.median(step_ms['none']):.1f} | 1.000 | – |",
+    ]
+    for name, values in ratios.items():
+        lines.append(f"| {name} | {statistics.median(step_ms[name]):.1f} | "
+                     f"{statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} |")
+
+    def interval(found: dict[str, float] | None) -> str:
+        if not found:
+            return "no layer was refreshed twice"
+        return (f"median over layers **{found['median']:.0f}** steps, slowest layer's median "
+                f"{found['max_median']:.0f}, longest gap {found['max']:.0f} "
+                f"({found['layers']} layers refreshed at least twice)")
+
+    lines += [
+        "",
+        (f"- Per-layer refresh interval at the defaults (any tier): {interval(result['refresh'])}; "
+        f"layers never refreshed twice in a run: {result['never_twice']}."),
+        f"- The full tier (spectra, duplicates, heads) per layer: {interval(result['refresh_full'])}.",
+        f"- Hot path (post-step hook, not sampling): **{result['hot_us']:.2f} µs** per step.",
+        (f"- Start-up on the training thread (`watch()` and the first step, less a plain step "
+        f"just before): **{result['startup_excess_ms']:.0f} ms** (median; "
+        f"{result['startup_ms']:.0f} ms in all)."),
+        f"- One whole-model sample, full tier: **{result['sample_ms']:.1f} ms** (median of 5).",
     ]
     return "\n".join(lines)
 
@@ -144,11 +287,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=15)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--depth", type=int, default=None,
+                        help="layers (MLP, default 6) or blocks (GPT, default 4)")
+    parser.add_argument("--model", choices=("mlp", "gpt"), default="mlp")
+    parser.add_argument("--warm", type=int, default=WARM_STEPS,
+                        help="untimed steps before each block")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own)")
     parser.add_argument("--write", type=Path, default=None,
                         help="replace the overhead section of this Markdown file")
     args = parser.parse_args(argv)
-    result = measure(args.trials, args.steps, args.width, args.depth)
+    if args.depth is None:
+        args.depth = 4 if args.model == "gpt" else 6
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()
+    result = measure(args.trials, args.steps, args.width, args.depth, args.model, args.warm)
     text = render(result, args)
     console = Console()
     table = Table(title="symwatch agent overhead")
@@ -160,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{statistics.median(values):.3f}")
     console.print(table)
     console.print(f"hot path {result['hot_us']:.2f} µs/step; one sample {result['sample_ms']:.2f} ms")
+    if args.model == "gpt":
+        console.print(text)
     if args.write:
-        write_section(args.write, "overhead", text)
+        write_section(args.write, "overhead-gpt" if args.model == "gpt" else "overhead", text)
     return 0
 
 

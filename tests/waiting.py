@@ -6,10 +6,13 @@ forever, and none asserts on elapsed time). The one place for it:
   the pilot so the app keeps running; raises at the deadline.
 - `terminate(ctx)`: end a ZeroMQ context without hanging on a socket a test left open (the
   `zmq_ctx` fixture in conftest.py uses it).
+- `interruptible`: the `preexec_fn` of a child a test will SIGINT, so that the wait for its
+  exit waits on something that can happen.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any, Callable
@@ -57,3 +60,14 @@ def terminate(ctx: zmq.Context, timeout: float = 5.0) -> None:
     if not done.wait(timeout):
         raise AssertionError(f"the ZeroMQ context did not terminate within {timeout} s "
                              "(a socket still in use on another thread?)")
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child process a test sends SIGINT (Ctrl-C): SIGINT back to its
+    default action, which Python turns into KeyboardInterrupt.
+
+    A shell without job control starts a background job (`pytest ... &` in a script, some CI
+    runners) with SIGINT and SIGQUIT ignored, and an ignored signal stays ignored through fork
+    and exec; Python then installs no handler, the child never sees the test's SIGINT, and the
+    test waits out its deadline ("did not exit within 20 s of SIGINT")."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -3,7 +3,9 @@ publisher. `Agent` is the handle `symwatch.watch()` returns.
 
 The hot path is `_on_step` (an optimizer post-step hook). When it does not sample it does a
 counter increment, one `perf_counter()`, a few comparisons and one list append (a reference to
-this step's loss, for STATS `per_step`): no copy, no device sync, no lock.
+this step's loss, for STATS `per_step`): no copy, no device sync, no lock. At the steps `every`
+allows a sample it also reads the optimizers' settings (plain floats, a few µs per param group;
+`_watch_settings`).
 Everything that reads values back from tensors happens on the publisher thread.
 Any failure inside the agent is reported once (stderr and the stream) and switches off the
 part that failed; it never propagates into the training loop.
@@ -17,6 +19,7 @@ import inspect
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 import weakref
@@ -29,17 +32,23 @@ from torch.nn.parallel import DistributedDataParallel
 from symwatch.core import protocol, recording, runtime
 from symwatch.core.history import History
 from symwatch.core.version import __version__
-from symwatch_agent.hooks import distributed, loss_capture
-from symwatch_agent.measure import memory, sharded
+from symwatch_agent.hooks import activations, distributed, loss_capture
+from symwatch_agent.measure import memory, representations, sharded
 from symwatch_agent.measure.gpu import GpuSampler
 from symwatch_agent.measure.indicators import INDICATORS, IndicatorEngine
 from symwatch_agent.measure.layers import discover
+from symwatch_agent.measure.schedule import CHEAP
 from symwatch_agent.options import AgentOptions
 from symwatch_agent.publish.curve import CurveError
 from symwatch_agent.publish.curve import load_relay_client as load_relay_curve
 from symwatch_agent.publish.curve import load_server as load_curve
+from symwatch_agent.publish.hyperparameters import FOLLOW_SAMPLES, read_settings
+from symwatch_agent.publish.hyperparameters import changes as setting_changes
+from symwatch_agent.publish.hyperparameters import notice as setting_notice
+from symwatch_agent.publish.hyperparameters import wire_groups as setting_groups
 from symwatch_agent.publish.publisher import Publisher, PublisherError
-from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
+from symwatch_agent.publish.transitions import (TransitionWatch, host_float,
+                                                  read_hyperparameters)
 
 # The share of the time budget the agent plans to use by its own measure (see
 # Agent._set_up_budget).
@@ -48,9 +57,18 @@ from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparame
 # measured +1.1 to +2.2 %, budget-limited, in four runs): 40 % keeps the whole within budget.
 PLANNED_SHARE_OF_BUDGET = 0.4
 
+# The full tier's share (schedule.TierScheduler's `full_share`, of the whole budget): a quarter
+# of what the agent plans to spend. At 0.5 (before) its own ledger allowed more than the
+# agent's whole plan, so on a GPT-style model nearly every sample was full and each layer was
+# refreshed about every 360 steps; the cheap tier now has three quarters of the plan
+# (docs/benchmarks.md, "Training overhead": per-layer refresh interval).
+FULL_SHARE_OF_BUDGET = 0.25 * PLANNED_SHARE_OF_BUDGET
+
 # At most this many per-step values (loss and scalars) wait for a STATS message: a full buffer
 # sends one before its interval is up (fast steps: ~60 kB of JSON each).
 PER_STEP_MAX = 4096
+
+WARM_UP_JOIN_S = 30.0  # how long close() waits for the warm-up thread (one table: < 1 s)
 
 # Agents not yet closed in this process: an injector asks before adding a second one, and a
 # test harness closes what a failed test left behind.
@@ -138,9 +156,12 @@ class Agent:
         self.engine = IndicatorEngine(self.layers, rel_tol=opts.rel_tol, abs_tol=opts.abs_tol,
                                       dead_eps=opts.dead_eps, dup_eps=opts.dup_eps,
                                       max_svd_dim=opts.max_svd_dim, budget=opts.budget,
+                                      full_share=FULL_SHARE_OF_BUDGET,
                                       full_every=opts.full_every,
                                       clock=lambda: self._training_s,
                                       optimizers=_as_list(optimizer))
+        if not self._unlimited:  # step 1 takes a cheap slice: no spectra at start-up
+            self.engine.scheduler.first = CHEAP
         # Static pairing now; the first forward pass refines it (its hooks then remove
         # themselves). Bad `pairs`/`classifier` names raise here, before training starts.
         self.skipped += self.engine.attach(models, pairs=opts.pairs, classifier=opts.classifier,
@@ -169,15 +190,25 @@ class Agent:
         # `sampling` reports as the interval between samples and what limits it.
         self._sampled_at: collections.deque[tuple[int, int]] = collections.deque(maxlen=17)
         self._budget_skips = 0
+        # The optimizers' settings (publish/hyperparameters.py), read at each step `every`
+        # allows: STATS `optimizer`, and a notice at each change. After a change the next
+        # FOLLOW_SAMPLES samples `every` allows are owed: taken even where the budget's ledger
+        # would skip them, within an overdraft of that many samples (_overdraft_s), paid back
+        # later.
+        self._settings: Any = None
+        self._owed_samples = 0
         self._last_step_at = time.perf_counter()
         self._step_time: float | None = None  # EMA of wall time per step
         self._sample_cost_s = 0.0  # EMA of one sample's cost on the training thread
         self._next_stats_at = 0.0
         self._cost_s = 0.0  # time the agent spent on the training thread
         self._budgeted_cost_s = 0.0  # the same, less the first sample: what the budget limits
+        self._publisher_start_s = 0.0  # the publisher's CPU until step 1's sample: not charged
         self._failed_layers_reported = 0
         self._switched_off_reported = 0
         self._hooks: list[Any] = []
+        # Representations: rows of a sampled step's forward pass, armed by the step before
+        self._reps = activations.ActivationCapture()
         self._gpu: GpuSampler | None = None
         self._nvml = opts.nvml
         self._closed = False
@@ -282,8 +313,15 @@ class Agent:
                     lambda *_: self.mark("resumed from a checkpoint (optimizer state loaded)")))
         if opts.capture_backward:
             loss_capture.add_listener(self._on_backward)
+        if self.layers:  # step 1 always samples: copy rows of the first forward pass
+            self._arm_representations()
         atexit.register(self.close)
         _open_agents.add(self)
+        self._warm_thread: threading.Thread | None = None
+        if self.layers:  # the first full sample's one-off work, off the training thread
+            self._warm_thread = threading.Thread(target=self.engine.warm_up,
+                                                 name="symwatch-warm-up", daemon=True)
+            self._warm_thread.start()
         if self._register:
             self._refresh_registry()  # now, so `symwatch ls` sees the run at once
         if self.sharded:
@@ -296,9 +334,13 @@ class Agent:
 
     # -- public API ----------------------------------------------------------------------------
 
-    def log(self, loss: Any = None, **scalars: Any) -> None:
+    def log(self, loss: Any = None, labels: Any = None, **scalars: Any) -> None:
         """Record the loss (a tensor or a number; no device sync) and other run-level scalars.
-        An explicit loss takes precedence over the one captured from `.backward()`."""
+        An explicit loss takes precedence over the one captured from `.backward()`; `labels`
+        (the batch's class labels, one per row of the classifier's input) over those taken
+        from `cross_entropy`, for NC1–NC3 (docs/metrics.md, "Representations")."""
+        if labels is not None and self._reps.armed:
+            self._reps.log_labels(labels)
         if loss is not None:
             self._loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
             self._loss_from_log = True
@@ -328,12 +370,13 @@ class Agent:
         """Count one training step; only needed when no optimizer was given to `watch`."""
         self._on_step()
 
-    def sampling(self) -> dict[str, Any]:
+    def sampling(self, layers: bool = True) -> dict[str, Any]:
         """What sets the interval between samples (STATS `sampling`, docs/protocol.md):
         `interval`, the median steps between the latest samples taken on schedule (or the
         steps since the last one, when that is longer: a budget that allows none for a long
         while); `limit`, "budget" when the time budget skipped samples `every` allowed among
-        them, else "every"; with `every` and `budget` themselves."""
+        them, else "every"; with `every` and `budget` themselves; `layers`: also the per-layer
+        refresh interval (_layer_intervals)."""
         taken = list(self._sampled_at.copy())  # copy(): atomic, also off the training thread
         gaps = sorted(b[0] - a[0] for a, b in zip(taken, taken[1:]))
         interval: float | None = float(gaps[len(gaps) // 2]) if gaps else None
@@ -344,8 +387,26 @@ class Agent:
                 self._budget_skips > (taken[-1][1] if taken else 0)):
             interval = float(waiting)  # nothing sampled for longer than the usual gap
         budget_limited = not self._unlimited and skips > 0
-        return {"interval": interval, "every": self.every, "budget": self.budget,
-                "limit": "budget" if budget_limited else "every"}
+        out: dict[str, Any] = {"interval": interval, "every": self.every, "budget": self.budget,
+                               "limit": "budget" if budget_limited else "every"}
+        return out | (self._layer_intervals() if layers else {})
+
+    def _layer_intervals(self) -> dict[str, Any]:
+        """STATS `sampling`'s per-layer refresh interval (schedule.LayerSlices): the median
+        over layers of a layer's steps between refreshes, the largest gap, and the same
+        median for the full tier. O(layers): computed on the publisher thread."""
+        slices = self.engine.slices
+        if slices is None or not slices.sliced:  # whole samples: `interval` says it all
+            return {}
+        try:
+            median, largest = slices.interval()
+            full, _ = slices.interval(full=True)
+        except (RuntimeError, ValueError):  # the ledger changed under this thread: next time
+            return {}
+        if median is None:
+            return {}
+        return {"layer_interval": median, "layer_interval_max": largest,
+                "full_interval": full}
 
     def cadence_text(self) -> str:
         """What sets the sampling interval, for the launch line on stderr."""
@@ -368,6 +429,13 @@ class Agent:
             handle.remove()
         self._hooks.clear()
         self.engine.close()  # pairing-pass and dead-ReLU hooks, if still registered
+        if self._warm_thread is not None:
+            # A short run can end while the warm-up still runs torch kernels; the interpreter
+            # must not finalise under it (torch aborts: "terminate called without an active
+            # exception", exit −6). engine.close() told it to stop after its current table.
+            self._warm_thread.join(WARM_UP_JOIN_S)
+            self._warm_thread = None
+        self._reps.disarm()
         loss_capture.remove_listener(self._on_backward)
         atexit.unregister(self.close)
         if self._per_step_kept:  # the last steps' values: one more STATS before the goodbye
@@ -412,13 +480,19 @@ class Agent:
                 self._loss_pending = False
                 self._keep("loss", self._loss)
             due = self.steps % self.every == 0
+            settings_s = 0.0  # reading the optimizers' settings: ~1.5 µs per param group
+            if (due or self.steps == 1) and self._optimizers:
+                self._watch_settings()
+                settings_s = time.perf_counter() - now  # a sample's cost below includes it
             if (due and
                     (self._unlimited or
-                     self._budgeted_cost_s + self._publisher.cpu_s + self._sample_cost_s
-                     <= self._planned * self._training_s)) \
+                     self._budgeted_cost_s + self._publisher_spent_s() + self._sample_cost_s
+                     <= self._planned * self._training_s + self._overdraft_s())) \
                     or self.steps == 1:
                 if due:  # for STATS `sampling`: which steps sampled, and skips before each
                     self._sampled_at.append((self.steps, self._budget_skips))
+                    if self._owed_samples:  # one of those owed after a settings change
+                        self._owed_samples -= 1
                 self._sample()
                 cost = time.perf_counter() - now
                 self._cost_s += cost
@@ -430,8 +504,18 @@ class Agent:
                 self._emit_stats(now)
             else:
                 self._budget_skips += due  # a sample `every` allowed and the budget did not
+                self._cost_s += settings_s
+                self._budgeted_cost_s += settings_s
+                if due and self._reps.armed:  # armed for this step; the budget skipped it
+                    self._take_representations()
                 if now >= self._next_stats_at or self._per_step_kept >= PER_STEP_MAX:
                     self._emit_stats(now)
+            if ((self.steps + 1) % self.every == 0 and self.layers and not self._reps.armed
+                    and (self._unlimited or
+                         self._budgeted_cost_s + self._publisher_spent_s() + self._sample_cost_s
+                         <= self._planned * (self._training_s + (self._step_time or 0.0))
+                         + self._overdraft_s())):
+                self._arm_representations()  # the next step is due: copy rows of its forward
             if self.sharded and self.steps % self.every == 0:
                 # Every rank at the same steps, whatever its own budget says: the viewer needs
                 # every shard of a step. One small reduction per layer.
@@ -440,6 +524,44 @@ class Agent:
                 self._cost_s += time.perf_counter() - began
         except Exception as exc:
             self._report("step", exc)
+
+    def _publisher_spent_s(self) -> float:
+        """The publisher thread's CPU time the budget counts: all of it but its start, up to
+        the end of the first sample's message (the thread's start, the first META, the first
+        sample's decoding: one-off, ~0.1 s on a loaded 2-core machine, like the first
+        sample's warm-up on the training thread, which is not charged either). Charged, it
+        left a GPT-style model unsampled for its first ~150 steps."""
+        return self._publisher.cpu_s - self._publisher_start_s
+
+    def _overdraft_s(self) -> float:
+        """How far the budget's ledger may go into debt for this sample: while samples are
+        owed after a hyperparameter change (`_watch_settings`), FOLLOW_SAMPLES + 1 samples'
+        cost (+ 1: a budget-limited ledger is about one sample in debt at any moment). The
+        samples skipped afterwards pay it back, and the debt never exceeds that, however
+        often the settings change. A sample's cost here is the ledger's own, its whole spend
+        per sample taken: `_sample_cost_s` (the training thread's part) leaves out the
+        sample's work on the publisher thread and the representations' capture, and as the
+        allowance it let only 3 of 5 owed samples through. 0 when nothing is owed."""
+        if self._owed_samples <= 0:
+            return 0.0
+        spent = self._budgeted_cost_s + self._publisher_spent_s()
+        per_sample = max(self._sample_cost_s, spent / max(1, self.samples))
+        return (FOLLOW_SAMPLES + 1) * per_sample
+
+    def _watch_settings(self) -> None:
+        """Read the optimizers' settings (a few attribute reads per param group); on a
+        boundary change, owe the next FOLLOW_SAMPLES samples and publish a notice at this
+        step. The first read sets the baseline."""
+        current = read_settings(self._optimizers)
+        previous, self._settings = self._settings, current
+        if previous is None or previous == current:
+            return
+        found = setting_changes(previous, current)
+        if found:
+            self._owed_samples = FOLLOW_SAMPLES
+            self._publisher.submit(protocol.EVENT,
+                                   setting_notice(self.steps, found, len(self._optimizers)),
+                                   self.steps)
 
     def _on_backward(self, loss: torch.Tensor) -> None:
         if not self._loss_from_log:
@@ -453,15 +575,28 @@ class Agent:
             return
         self.samples += 1
         self.engine.step = self.steps  # for `modes`: weight decay since the layer's last sample
+        # The slice of layers this sample measures (schedule.LayerSlices): what `every` steps
+        # earn of the plan, so the per-layer refresh interval is `every` × the slices; before a
+        # step time is known (the first step), one chunk, so start-up stays short.
+        # No limit: every layer, every sample.
+        self.engine.slice_target_s = (None if self._unlimited else
+                                      0.0 if self._step_time is None else
+                                      self._planned * self.every * self._step_time)
         if self._side_stream is not None:
             rows, ready = self._sample_cuda()
         else:
             rows, ready = self.engine.compute(), None
         detail = self.engine.last_detail  # full tier: device tensors, read in build()
+        sliced = (len(self.engine.last_slice) if self.engine.last_slice is not None
+                  else None)
         step, started = self.steps, time.perf_counter()
         loss = _to_host_async(self._loss) if self._transitions is not None else None
         hyperparameters = (read_hyperparameters(self._optimizers)
                            if self._transitions is not None else ())
+        # every scalar passed to `log` (each model's loss, an accuracy) is detected on its own
+        logged = ({k: _to_host_async(v) for k, v in self._scalars.items()}
+                  if self._transitions is not None else {})
+        capture = self._take_representations()  # this step's forward, if it was copied
 
         def build() -> dict[str, Any]:
             if ready is not None:
@@ -469,9 +604,16 @@ class Agent:
             values, nonfinite = self.engine.decode(rows.tolist())
             self._report_failed_layers()
             self._report_switched_off()
-            self._detect_transitions(step, values, _host_number(loss), hyperparameters)
+            self._detect_transitions(step, values, host_float(loss), hyperparameters,
+                                     {k: host_float(v) for k, v in logged.items()})
+            if capture is not None:
+                self._merge_representations(values, capture)
             payload = {"values": values, "nonfinite": nonfinite,
                        "cost_s": time.perf_counter() - started}
+            if step == 1:  # the publisher's one-off start ends here (_publisher_spent_s)
+                self._publisher_start_s = time.thread_time()
+            if sliced is not None:  # the layers left out keep their last values
+                payload["slice"] = {"layers": sliced, "of": len(self.layers)}
             if detail:  # full tier only: spectra and unit facts (docs/protocol.md)
                 try:
                     shown = self.engine.decode_detail(detail)
@@ -484,6 +626,41 @@ class Agent:
             return payload
 
         self._publisher.submit(protocol.METRICS, build, step)
+
+    def _arm_representations(self) -> None:
+        """Copy rows of the next forward pass (hooks/activations.py): the next step is due."""
+        try:
+            self._reps.arm([activations.Target(*p) for p in representations.plan(self.layers)],
+                           self.steps + 1)
+        except Exception as exc:
+            self._reps.disarm()
+            self._report("representations", exc)
+
+    def _take_representations(self) -> activations.Capture | None:
+        """Disarm; what this step's forward copied (None: nothing armed or nothing copied).
+        The hooks' time counts against the budget."""
+        if not self._reps.armed:
+            return None
+        fired = self._reps.fired
+        capture = self._reps.take()
+        if capture is None:
+            return None
+        if capture.errors:
+            self._report("representations", capture.errors[0])
+        self._cost_s += capture.cost_s
+        self._budgeted_cost_s += capture.cost_s
+        return capture if fired else None
+
+    def _merge_representations(self, values: dict[str, dict[str, Any]],
+                               capture: activations.Capture) -> None:
+        """Publisher thread: act_erank, act_modes and NC1–NC3 of the copied forward
+        (measure/representations.py) join the sample's values."""
+        try:
+            acts, features = capture.read()  # waits for the copies
+            for name, found in representations.measure(acts, features).items():
+                values.setdefault(name, {}).update(found)
+        except Exception as exc:  # the weights' indicators still go out
+            self._report("representations", exc)
 
     def _sample_sharded(self) -> None:
         """The additive figures of this rank's shards (symwatch_agent/measure/sharded.py): on CUDA on
@@ -519,7 +696,8 @@ class Agent:
         self._publisher.submit(protocol.METRICS, build, step)
 
     def _detect_transitions(self, step: int, values: dict[str, dict[str, Any]],
-                            loss: float | None, hyperparameters: Any) -> None:
+                            loss: float | None, hyperparameters: Any,
+                            scalars: dict[str, Any] | None = None) -> None:
         """Publisher thread: feed the sample to the detector, publish what it finds."""
         if self._transitions is None:
             return
@@ -528,7 +706,8 @@ class Agent:
                 mark_step, reason = self._marks.pop(0)
                 self._transitions.detector.mark_exogenous(mark_step, reason)
             for event_step, payload in self._transitions.update(step, values, loss,
-                                                                hyperparameters):
+                                                                hyperparameters,
+                                                                scalars=scalars):
                 self._publisher.submit(protocol.EVENT, payload, event_step)
                 if payload.get("severity") == "transition":  # the Runs screen lists it
                     self._last_transition = {"step": event_step, "time": time.time(),
@@ -563,8 +742,9 @@ class Agent:
         per_step = {name: (steps, _batch_to_host_async(values))
                     for name, (steps, values) in self._per_step.items()}
         self._per_step, self._per_step_kept = {}, 0
-        sampling = self.sampling()
+        sampling = self.sampling(layers=False)  # the per-layer part: in build(), off this thread
         step_time = self._step_time
+        settings = self._settings  # a tuple of floats: turned into wire objects in build()
         wall = max(time.time() - self.started, 1e-9)
 
         def build() -> dict[str, Any]:
@@ -577,7 +757,9 @@ class Agent:
                     "overhead": (self._cost_s + self._publisher.cpu_s) / wall,
                     "dropped": self._publisher.dropped,
                     "scalars": {k: _host_number(v) for k, v in scalars.items()},
-                    "sampling": sampling,
+                    "sampling": sampling | self._layer_intervals(),
+                    **({"optimizer": setting_groups(settings, self._optimizers)}
+                       if settings else {}),
                     **({"per_step": {name: {"steps": steps, "values": _host_numbers(values)}
                                      for name, (steps, values) in per_step.items()}}
                        if per_step else {})}
@@ -652,7 +834,9 @@ class Agent:
             | ({"job": self.run_id, "rank": self.rank, "world_size": self.world_size}
                if self.job else {})
             | ({"last_transition": self._last_transition} if self._last_transition else {})
-            | {"sampling": self.sampling()}),
+            | {"sampling": self.sampling()}
+            | ({"optimizer": setting_groups(self._settings, self._optimizers)}
+               if self._settings else {})),
             self._registry_root)
         return None
 

@@ -119,9 +119,12 @@ def add_alert_parser(subs: Any) -> Any:
                      help="only indicators matching GLOB (e.g. numerical_rank, loss); repeatable")
     sel.add_argument("--min-score", type=finite_float, default=None, metavar="X",
                      help="only transitions whose detector score is at least X")
-    sel.add_argument("--include-exogenous", action="store_true",
-                     help="also alert on transitions explained by a known change (an LR step, "
-                          "a resume); left out by default")
+    sel.add_argument("--include-exogenous", dest="include_exogenous", action="store_true",
+                     default=True,
+                     help="alert on transitions explained by a known change (an LR step, "
+                          "weight decay switched on, a resume), with the cause said (default)")
+    sel.add_argument("--exclude-exogenous", dest="include_exogenous", action="store_false",
+                     help="leave out transitions explained by a known change")
     sel.add_argument("--severity", action="append", type=_severities, default=None,
                      metavar="LIST", help="severities to alert on, comma-separated: transition, "
                                           "error, warning, notice, info (default transition)")

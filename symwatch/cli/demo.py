@@ -10,6 +10,7 @@ from typing import Any
 
 from symwatch.cli.common import (UserError, err, non_negative_int, non_negative_seconds,
                                  positive_int, subparser, theme_from_args)
+from symwatch.core import protocol
 from symwatch.launch.demo import DemoProcess, free_endpoint
 from symwatch.sources.base import SourceError
 from symwatch.sources.open import open_endpoint
@@ -20,6 +21,10 @@ DEMO_HINT = ("hint: the demo trains small PyTorch models in a subprocess "
              "by {python}. Install torch (pip install torch) and try again.")
 DEFAULT_HEADLESS_STEPS = 400
 STARTUP_TIMEOUT_S = 60.0  # importing torch on a cold cache can take tens of seconds
+# From its goodbye to its exit the demo closes its agent and unloads torch: a second when idle,
+# over 10 s on a loaded 2-core machine (seen at a load average of 15), where a 10 s limit
+# failed a run that had finished well.
+EXIT_TIMEOUT_S = 60.0
 
 
 def add_demo_parser(subs: Any) -> None:
@@ -32,7 +37,8 @@ def add_demo_parser(subs: Any) -> None:
         "  symwatch demo --steps 2000 --delay 0.01\n"
         "  symwatch demo --headless --steps 200   text summary, exits when the run ends")
     demo.add_argument("--headless", action="store_true",
-                      help="no UI: print a summary about once a second, exit when the run ends")
+                      help="no UI: print each detected event as it comes and a summary about "
+                           "once a second, exit when the run ends")
     demo.add_argument("--steps", type=non_negative_int, default=None, metavar="N",
                       help="training steps; 0 = until stopped (default: 0, or "
                            f"{DEFAULT_HEADLESS_STEPS} with --headless)")
@@ -108,13 +114,34 @@ def _wait_first_message(feed: BackgroundFeed, demo: DemoProcess, timeout_s: floa
     return False
 
 
+class _PrintEvents:
+    """The feed, printing each transition event as it passes (the summary alone, printed once
+    a second, would show the indicators but never say what happened)."""
+
+    def __init__(self, source: Any, out: Any) -> None:
+        self._source, self._out = source, out
+
+    def __getattr__(self, name: str) -> Any:  # endpoint, garbage, last_error, close
+        return getattr(self._source, name)
+
+    def poll(self, timeout_ms: int = 0) -> list[Any]:
+        messages = self._source.poll(timeout_ms)
+        for m in messages:
+            if m.kind == protocol.EVENT and m.payload.get("severity") == "transition":
+                self._out.write(f"event step {m.step}: {m.payload.get('message', '')}\n")
+                self._out.flush()
+        return messages
+
+
 def _demo_headless(feed: BackgroundFeed, demo: DemoProcess, name: str) -> int:
     from symwatch.consumers.summary import follow  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
 
-    state = follow(feed, sys.stdout, should_stop=lambda: demo.poll() is not None, name=name)
-    rc = demo.wait(10.0)
+    state = follow(_PrintEvents(feed, sys.stdout), sys.stdout,
+                   should_stop=lambda: demo.poll() is not None, name=name)
+    rc = demo.wait(EXIT_TIMEOUT_S)
     if rc is None:
-        return _demo_failed(demo, "the demo run said goodbye but did not exit within 10 s")
+        return _demo_failed(demo, "the demo run said goodbye but did not exit within "
+                                  f"{EXIT_TIMEOUT_S:.0f} s")
     if rc != 0:
         return _demo_failed(demo, f"the demo run exited with status {rc}")
     if not state.finished:

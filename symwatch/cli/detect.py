@@ -17,7 +17,8 @@ from typing import Any, Iterable
 
 from symwatch.cli.common import read_recording, positive_float, subparser
 from symwatch.core import protocol
-from symwatch.core.detection import Transition, TransitionDetector, detected, to_event_payload
+from symwatch.core.detection import (Transition, TransitionDetector, detected, detected_scalar,
+                                     to_event_payload)
 
 EPILOG = (
     "examples:\n"
@@ -58,15 +59,19 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
 
     found: list[Transition] = []
     loss: float | None = None
+    scalars: dict[str, Any] = {}
     for message in messages:
         if message.kind == protocol.STATS:
             loss = message.payload.get("loss", loss)
+            # every scalar passed to `log` (each model's loss) is detected on, as the agent does
+            scalars.update({k: v for k, v in (message.payload.get("scalars") or {}).items()
+                            if detected_scalar(k) and k != "loss"})
         elif message.kind == protocol.METRICS:
             values = {layer: {m: v for m, v in row.items() if wanted_metric(m)}
                       for layer, row in message.payload["values"].items()
                       if wanted(layer, layers)}
             found += detector.update_metrics(message.step, values, loss=loss,
-                                             time=message.time)
+                                             time=message.time, scalars=scalars)
     return found + detector.flush()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from symwatch.cli.common import UserError, add_ssh_arguments, subparser
 from symwatch.cli.remote import remote_runs
 from symwatch.core import runtime
+from symwatch.state.optimizer import groups_of, settings_text
 from symwatch.transport.ssh import is_ssh_target
 from symwatch.tui.run_text import command_text, sampling_text, started_text
 
@@ -56,7 +57,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from rich.table import Table  # noqa: PLC0415 (lazy: rich only for the table, not for --json)
 
     table = Table(box=None, header_style="bold", pad_edge=False)
-    columns = ("run id", "name", "pid", "command", "endpoint", "started", "steps", "sampling")
+    columns = ("run id", "name", "pid", "command", "endpoint", "started", "steps", "sampling",
+               "optimizer")
     for col in columns + (("state",) if args.all else ()):
         table.add_column(col, overflow="fold",
                          justify="right" if col in ("pid", "steps") else "left")
@@ -64,6 +66,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         table.add_row(r.run_id, r.name, str(r.pid), command_text(r.command), r.endpoint,
                       started_text(r.started), f"{r.steps:,}",
                       sampling_text((r.extra or {}).get("sampling"), hint=False) or "?",
+                      settings_text(groups_of((r.extra or {}).get("optimizer"))) or "?",
                       *((("alive" if a else "[bold red]lost[/]"),) if args.all else ()))
     console = Console()
     if not console.is_terminal:  # piped: never fold the endpoint or command over two lines

@@ -139,6 +139,20 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    # SIGTERM ends the recording as Ctrl-C does, from the first moment: a signal that came
+    # while the run was looked up or ssh connected would otherwise kill us before the tunnel
+    # and its socket directory are cleaned up.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _record(args)
+    except KeyboardInterrupt:  # before recording began (looking for the run, connecting)
+        err("symwatch record: interrupted")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _record(args: argparse.Namespace) -> int:
     from symwatch.core.recording import Recorder  # noqa: PLC0415 (lazy: sqlite3 only for the commands that write or read a recording)
     from symwatch.state.run_state import RunState  # noqa: PLC0415 (lazy: only the commands that follow a run fold its state; keeps start-up fast)
 
@@ -148,13 +162,19 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise UserError("--follow follows the runs of this machine's registry; on another "
                         "host, run `symwatch record --follow` there")
     if is_ssh_target(args.target):  # the run's sockets forwarded over ssh (cli/remote.py)
-        entry, tunnel = open_remote(args, "record")
+        entry, tunnel = open_remote(args, "record")  # a Ctrl-C in there closes the tunnel
         endpoint, name = tunnel.endpoint, f"{entry.name} on {tunnel.target.label}"
     else:
         endpoint, name = _pick_run(args.target)
     warnings: list[str] = []
-    recorder = Recorder(args.output, warn=warnings.append).start()
-    if not recorder.wait_open(10.0):
+    try:
+        recorder = Recorder(args.output, warn=warnings.append).start()
+        opened = recorder.wait_open(10.0)
+    except BaseException:  # Ctrl-C while the file opens: the feed does not own the tunnel yet
+        if tunnel is not None:
+            tunnel.close()
+        raise
+    if not opened:
         recorder.close()
         if tunnel is not None:
             tunnel.close()
@@ -166,7 +186,6 @@ def cmd_record(args: argparse.Namespace) -> int:
             recorder.submit_message(msg)
         state.fold_all(batch)
 
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     interrupted = False
     try:
         if args.follow:  # the follower of `symwatch alert` (consumers/alerts/follow.py)
@@ -175,8 +194,9 @@ def cmd_record(args: argparse.Namespace) -> int:
         else:
             interrupted = _record_one(args, endpoint, name, curve, tunnel, state, recorder,
                                       on_messages)
+    except KeyboardInterrupt:  # between the file's opening and the feed's loop
+        interrupted = True
     finally:
-        signal.signal(signal.SIGTERM, previous)
         recorder.close(timeout=10.0)
     return _recorded(args, recorder, warnings, interrupted, state)
 
@@ -189,11 +209,11 @@ def _record_one(args: argparse.Namespace, endpoint: str, name: str | None, curve
         feed = (tunnel_feed(tunnel, curve=curve, on_messages=on_messages)
                 if tunnel is not None
                 else open_endpoint(endpoint, curve=curve, on_messages=on_messages))
-    except SourceError as exc:  # tunnel_feed has closed the tunnel
+    except SourceError as exc:  # tunnel_feed has closed the tunnel (on Ctrl-C too)
         raise UserError(str(exc)) from None
-    err(f"symwatch record: recording {name or endpoint} to {args.output} "
-        "(until the run ends; Ctrl-C to stop)")
     try:
+        err(f"symwatch record: recording {name or endpoint} to {args.output} "
+            "(until the run ends; Ctrl-C to stop)")
         while not state.finished and recorder.failed is None:
             time.sleep(0.1)
     except KeyboardInterrupt:

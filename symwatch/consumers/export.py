@@ -60,6 +60,7 @@ def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str
     want_metrics = kind in ("metrics", "all")
     want_events = kind in ("events", "all")
     want_gpu = kind in ("gpu", "all")
+    settings: dict[tuple[int, str], float | int | None] = {}  # (rank, metric) -> last exported
     for msg in messages:
         head = {"time": msg.time, "rank": msg.rank, "step": msg.step}
         p = msg.payload
@@ -90,6 +91,13 @@ def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str
                     if name not in per_step:
                         yield {"kind": "metric", **head, "layer": None,
                                "metric": _text(name), "value": _number(value)}
+            # the optimizers' settings (`optimizer`): a record where one is first seen or
+            # changes, not one per message (they are resent in every `stats`)
+            for metric, value in _settings(p.get("optimizer")):
+                if settings.get((msg.rank, metric), math.nan) != value:
+                    settings[(msg.rank, metric)] = value
+                    yield {"kind": "metric", **head, "layer": None, "metric": metric,
+                           "value": value}
         elif msg.kind == protocol.EVENT and want_events:
             yield {"kind": "event", **head, "layer": _text(p.get("layer")),
                    "metric": _text(p.get("metric")), "direction": _text(p.get("direction")),
@@ -103,6 +111,18 @@ def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str
                        "name": _text(dev.get("name")),
                        **{k: _number(dev.get(k)) for k in _GPU_NUMBERS},
                        "throttle": _reasons(dev.get("throttle"))}
+
+
+def _settings(groups: Any) -> Iterator[tuple[str, float | int | None]]:
+    """STATS `optimizer` as (metric, value): `optimizer.<o>.<g>.<setting>`, e.g.
+    `optimizer.0.0.weight_decay` (optimizer 0, param group 0)."""
+    for group in groups if isinstance(groups, list) else ():
+        if not isinstance(group, dict):
+            continue
+        where = f"optimizer.{_number(group.get('optimizer'))}.{_number(group.get('group'))}"
+        for name, value in group.items():
+            if name not in ("optimizer", "group", "type") and isinstance(name, str):
+                yield f"{where}.{_text(name)}", _number(value)
 
 
 def write_jsonl(recs: Iterable[dict[str, Any]], out: TextIO) -> int:

@@ -12,41 +12,47 @@ from typing import Any, Iterable
 
 from symwatch.core import protocol
 from symwatch.consumers.export import records
+from symwatch.state import axis
 from symwatch.state.gpu_clocks import throttle_reasons, throttled
 
 Point = tuple[float, float | None]
 
 CHART_W, CHART_H, PAD = 320, 110, 6
+Y_TICKS = 5  # labelled y ticks per chart (nice values: symwatch.state.axis)
 LOSS_W, LOSS_H = 760, 200
 
 
 def svg_chart(points: list[Point], marks: Iterable[float] = (), *, width: int = CHART_W,
               height: int = CHART_H, log: bool = False) -> str:
-    """A line chart of (x, y) points; None breaks the line (N/A is a gap, never 0); a dashed
-    vertical line at each mark. log=True plots log10(y) for positive y."""
+    """A line chart of (x, y) points with axes; None breaks the line (N/A is a gap, never 0);
+    a dashed vertical line at each mark. log=True plots log10(y) for positive y.
+
+    The y axis follows symwatch.state.axis, as the TUI's charts do: `Y_TICKS` nice ticks
+    labelled at the left with light grid lines, a minimum range (a 0.8 % move is a small move,
+    a constant a flat line at mid-height with its value as the middle tick, float noise around
+    0 is 0); the x axis labels the first, middle and last step."""
     def ty(v: float | None) -> float | None:
         if v is None or not math.isfinite(v):
             return None
         if log:
             return math.log10(v) if v > 0 else None
-        return v
+        return axis.denoise(v)
 
     pts = [(x, ty(y)) for x, y in points]
-    known = [(x, y) for x, y in pts if y is not None]
-    if not known:
+    ax = axis.axis([y for _, y in pts], Y_TICKS)
+    if ax is None:
         return f'<svg width="{width}" height="{height}"><text x="8" y="20">no data</text></svg>'
     x0, x1 = min(x for x, _ in pts), max(x for x, _ in pts)
-    y0, y1 = min(y for _, y in known), max(y for _, y in known)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    span_x = (x1 - x0) or 1
+    tick_text = [f"{10 ** t:.3g}" for t in ax.ticks] if log else [s.strip() for s in ax.labels]
+    left = PAD + 6 * max(len(t) for t in tick_text) + 4  # room for the y labels (10 px font)
+    top, bottom = PAD, height - PAD - 14  # the plot area; the step labels under it
 
     def sx(x: float) -> float:
-        return PAD + (x - x0) / (x1 - x0) * (width - 2 * PAD)
+        return left + (x - x0) / span_x * (width - left - PAD)
 
     def sy(y: float) -> float:
-        return height - PAD - 14 - (y - y0) / (y1 - y0) * (height - 2 * PAD - 14)
+        return bottom - ax.fraction(y) * (bottom - top)
 
     runs: list[list[tuple[float, float]]] = [[]]  # stretches between gaps
     for x, y in pts:
@@ -56,10 +62,16 @@ def svg_chart(points: list[Point], marks: Iterable[float] = (), *, width: int = 
             runs[-1].append((sx(x), sy(y)))
     parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
              f'<rect width="{width}" height="{height}" fill="#fafafa" stroke="#ddd"/>']
+    for tick, words in zip(ax.ticks, tick_text):  # y ticks: a grid line and its label
+        y = sy(tick)
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - PAD}" y1="{y:.1f}" '
+                     f'y2="{y:.1f}" stroke="#e4e4e4"/>'
+                     f'<text class="ytick" x="{left - 3}" y="{y + 3.5:.1f}" text-anchor="end" '
+                     f'font-size="10" fill="#666">{html.escape(words)}</text>')
     for m in marks:
         if x0 <= m <= x1:
-            parts.append(f'<line x1="{sx(m):.1f}" x2="{sx(m):.1f}" y1="{PAD}" '
-                         f'y2="{height - PAD - 14}" stroke="#d9534f" stroke-dasharray="3,2"/>')
+            parts.append(f'<line x1="{sx(m):.1f}" x2="{sx(m):.1f}" y1="{top}" '
+                         f'y2="{bottom}" stroke="#d9534f" stroke-dasharray="3,2"/>')
     for run in runs:
         if len(run) > 1:
             points_text = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
@@ -68,13 +80,14 @@ def svg_chart(points: list[Point], marks: Iterable[float] = (), *, width: int = 
         elif run:  # an isolated sample between gaps: a dot
             parts.append(f'<circle cx="{run[0][0]:.1f}" cy="{run[0][1]:.1f}" r="1.5" '
                          'fill="#1f77b4"/>')
-    hi, lo = (10 ** y1, 10 ** y0) if log else (y1, y0)
-    parts.append(f'<text x="{width - PAD}" y="{PAD + 10}" text-anchor="end" font-size="10" '
-                 f'fill="#666">max {_fmt(hi)}</text>')
-    parts.append(f'<text x="{PAD}" y="{height - 4}" font-size="10" fill="#666">step '
-                 f'{int(x0):,}</text><text x="{width - PAD}" y="{height - 4}" '
-                 f'text-anchor="end" font-size="10" fill="#666">{int(x1):,} · min {_fmt(lo)}'
-                 f'</text></svg>')
+    first, middle, last = axis.step_labels(int(x0), int(x1))
+    anchors = [(sx(x0), "start", first), (sx(x1), "end", last)]
+    if x1 - x0 >= 2 and middle not in (first, last):
+        anchors.insert(1, (sx((x0 + x1) / 2), "middle", middle))
+    for x, anchor, words in anchors:  # x ticks: the first, middle and last step
+        parts.append(f'<text class="xtick" x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}" '
+                     f'font-size="10" fill="#666">{words}</text>')
+    parts.append("</svg>")
     return "".join(parts)
 
 

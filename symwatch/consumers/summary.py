@@ -7,6 +7,7 @@ from typing import Callable, TextIO
 
 from symwatch.state import numbers
 from symwatch.sources.base import MessageSource
+from symwatch.state.optimizer import settings_text
 from symwatch.state.run_state import RunState
 
 SUMMARY_INDICATORS = ("modes", "stable_rank")
@@ -23,6 +24,9 @@ def summary_lines(state: RunState, now: float | None = None, *, max_layers: int 
     head = (f"[{state.connection(now)}] {state.name or name or '-'} step {step} "
             f"loss {numbers.compact(state.loss.current)} "
             f"steps/s {numbers.compact(state.steps_per_s, 3)} dropped {state.dropped}")
+    settings = settings_text(state.optimizer)
+    if settings:  # the optimizers' lr and weight decay now (STATS `optimizer`)
+        head += f" {settings}"
     if state.garbage:
         head += f" garbage {state.garbage}"
     lines = [head]

@@ -32,11 +32,22 @@ from __future__ import annotations
 import math
 import time as _time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
-from symwatch.core.jumps import (DEFAULT_SCALES, RUN_BUDGET, Jump, JumpDetector, calibrated_threshold,
-                            default_transform, mad_sorted, median_sorted)
+from symwatch.core.jumps import (
+    DEFAULT_SCALES,
+    RUN_BUDGET,
+    Jump,
+    JumpDetector,
+    Spike,
+    SpikeDetector,
+    calibrated_threshold,
+    default_transform,
+    mad_sorted,
+    median_sorted,
+)
 
 SeriesKey = Hashable  # (layer, metric) for TransitionDetector.update_metrics; any key works
 LOSS_KEY: tuple[None, str] = (None, "loss")
@@ -46,12 +57,121 @@ LOSS_KEY: tuple[None, str] = (None, "loss")
 # `numerical_rank` counts singular values above float32's resolution of σ₁: under weight decay
 # directions at that resolution come and go, so its steps are the arithmetic's, not the
 # training's; `modes` counts what was learned.
-NOT_DETECTED = frozenset({"broken", "numerical_rank"})
+# `mirror_rank` is the same kind of count (its threshold is numerical_rank's, on the mirror
+# spectrum): integer events come from `modes`-type counts only.
+NOT_DETECTED = frozenset({"broken", "numerical_rank", "mirror_rank"})
 
 
 def detected(metric: str) -> bool:
     """Whether a change of this indicator can be a transition (see NOT_DETECTED)."""
     return metric not in NOT_DETECTED and not metric.startswith("delta_")
+
+
+# ---------------------------------------------------------------------------------------------
+# Effect-size floors. A jump is an event only if it is large in the indicator's own terms, not
+# only against its noise: a near-constant series has a tiny noise, so a tiny move scores high
+# (the demo's `balance_norm 1.3e-6 → 1.1e-6`, `stable_rank 17.53 → 17.5`). Each family has a
+# floor; `effect` is the change in multiples of it (an event needs >= 1).
+
+LOSS_FLOOR = 0.05  # a loss (any logged scalar named *loss*) must move by 5 %
+NORM_FLOOR = 0.03  # weight norms, effective_lr: 3 % (weight decay switched on: -5 % in 2 samples)
+RELATIVE_FLOOR = 0.05  # continuous indicators (stable rank, participation ratio, ...): 5 %
+BALANCE_NORM_FLOOR = 0.05  # balance_norm lives in [-1, 1]: 0.05 absolute
+BALANCE_FLOOR = 0.05  # balance: 5 % of the layer's ‖W‖² (its natural scale), or of itself
+# A fraction of units: two units (2/units; one unit is what a fraction measured on a sampled
+# batch flickers by, and a one-unit flicker holds 3 samples in a row every few hundred
+# samples) and >= 1 percentage point.
+FRACTION_FLOOR = 0.01
+FRACTION_UNITS = 2
+HOLD_SAMPLES = 3  # a count or fraction must hold its new level on the last 3 samples
+# Scalars passed to `agent.log` that are settings, not measurements of the training: never
+# detected on (their changes are marked as exogenous instead, from the optimizer).
+SETTING_SCALARS = frozenset({"lr", "learning_rate", "weight_decay", "wd", "momentum", "epoch",
+                             "step", "global_step", "batch_size", "beta1", "beta2", "warmup"})
+
+
+def family(metric: str) -> str:
+    """The floor family of an indicator or a logged scalar."""
+    name = metric.lower()
+    if "loss" in name:
+        return "loss"
+    if name == "balance_norm":
+        return "balance_norm"
+    if name == "balance":
+        return "balance"
+    if name.endswith("fraction") or name in ("relu_dead", "dead_heads"):
+        return "fraction"
+    if name in ("modes", "distinct_units", "mirror_rank", "numerical_rank") or \
+            name.startswith(("qk_rank.h", "vo_rank.h", "qk_modes.h", "vo_modes.h")):
+        return "count"
+    if name.endswith("norm") or name == "effective_lr":
+        return "norm"
+    return "relative"
+
+
+def _relative(before: float, after: float, floor: float) -> float:
+    if before > 0 and after > 0:
+        return abs(math.log(after / before)) / math.log1p(floor)
+    return abs(after - before) / (floor * max(abs(before), abs(after), 1e-300))
+
+
+def effect(metric: str, before: float, after: float, *, quantum: float = math.inf,
+           scale: float | None = None) -> float:
+    """The change before → after in multiples of its family's floor (>= 1: an event).
+    `quantum`: the series' smallest step (a fraction's 1/units); `scale`: the layer's ‖W‖² for
+    `balance`."""
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return math.inf if math.isfinite(before) != math.isfinite(after) else 0.0
+    fam = family(metric)
+    if fam == "loss":
+        return _relative(before, after, LOSS_FLOOR)
+    if fam == "norm":
+        return _relative(before, after, NORM_FLOOR)
+    if fam == "count":
+        return abs(after - before)
+    if fam == "fraction":
+        unit = FRACTION_UNITS * quantum if math.isfinite(quantum) else 0.0
+        return abs(after - before) / max(unit, FRACTION_FLOOR)
+    if fam == "balance_norm":
+        return abs(after - before) / BALANCE_NORM_FLOOR
+    if fam == "balance":
+        ref = max(abs(before), abs(after), scale or 0.0)
+        return abs(after - before) / (BALANCE_FLOOR * ref) if ref > 0 else 0.0
+    return _relative(before, after, RELATIVE_FLOOR)
+
+
+def holds(recent: list[float], before: float, after: float, n: int = HOLD_SAMPLES) -> bool:
+    """The last n values all lie past the midpoint from `before` towards `after`: the new level
+    holds (a one-unit flicker that went back does not)."""
+    if len(recent) < n:
+        return False
+    mid = 0.5 * (before + after)
+    return all((v > mid) if after > before else (v < mid) for v in recent[-n:])
+
+
+def detected_scalar(name: str) -> bool:
+    """Whether a scalar passed to `agent.log` is followed (a loss, an accuracy: yes; a
+    learning rate or weight decay logged by hand: no, those are settings)."""
+    return name.lower() not in SETTING_SCALARS and not name.lower().startswith(("lr_", "lr/"))
+
+
+@dataclass(frozen=True)
+class Mover:
+    """A layer's series that moved in a transition's window: before → after (series units),
+    `effect` in multiples of its family's floor, `z` against its own noise, `strength` =
+    min(effect, |z| / threshold): large only when large in both its own terms and its noise."""
+
+    key: SeriesKey
+    before: float
+    after: float
+    effect: float
+    z: float
+    strength: float
+    transform: str = "identity"
+
+    @property
+    def direction(self) -> str:
+        return "up" if self.after > self.before else "down"
 
 
 @dataclass(frozen=True)
@@ -67,6 +187,9 @@ class Transition:
     message: str
     detected: int
     exogenous: str | None = None
+    kind: str = "a transition"  # in the paper's words: "a mode learned", "a loss spike", ...
+    movers: tuple[Mover, ...] = ()  # layers' series that moved most in the window, in order
+    context: tuple[tuple[str, float, float], ...] = ()  # (loss name, before, after) same window
 
     @property
     def top(self) -> Jump:
@@ -107,6 +230,14 @@ class TransitionDetector:
         self._open_sample = 0
         self._open_time = 0.0
         self._marks: deque[tuple[int, str]] = deque(maxlen=256)
+        self._spikes: dict[SeriesKey, SpikeDetector] = {}  # one per loss series
+        # jumps waiting to show they are large enough and hold: (jump, sample of the alarm)
+        self._holding: dict[SeriesKey, tuple[Jump, int]] = {}
+        self._closed_sample = -1  # the sample at which the last transition closed
+        self.suppressed = 0  # jumps below their family's effect-size floor, or not holding
+        # The optimizer's weight decay now (set by the agent from its param groups): a mode
+        # lost while it is on is "a mode lost to weight decay".
+        self.weight_decay = 0.0
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -155,18 +286,76 @@ class TransitionDetector:
             self._sample += 1
             self._steps.append(step)
         now = _time.time() if time is None else time
+        spikes: list[Spike] = []
         for key, value in values.items():
             det = self._detectors.get(key)
             if det is None:
                 det = self._detector(key)
             jump = det.update(step, value)
+            # A jump becomes an event once it is large in its own terms and (counts,
+            # fractions) holds. The alarm often fires while the change is under way (its
+            # windows' medians half-way), so a jump that is not there yet waits up to
+            # 2 × HOLD_SAMPLES samples, its `after` refreshed, before it is dropped.
+            waiting = (jump, self._sample) if jump is not None else self._holding.pop(key, None)
+            jump = None
+            if waiting is not None:
+                pending = self._refresh(waiting[0], det)
+                if self._accept(key, pending, det):
+                    # one whose alarm came before the last transition closed belongs to it
+                    # (measured there among the movers), not to a second event
+                    if waiting[1] > self._closed_sample:
+                        jump = pending
+                    else:
+                        self.suppressed += 1
+                elif self._sample - waiting[1] < 2 * HOLD_SAMPLES:
+                    self._holding[key] = (pending, waiting[1])
+                else:
+                    self.suppressed += 1  # too small, or it went back: a flicker
             if jump is not None:
                 if not self._open:
                     self._open_sample, self._open_time = self._sample, now
                 self._open.append(jump)
+            if _is_loss(key):
+                spiker = self._spikes.get(key)
+                if spiker is None:
+                    spiker = self._spikes[key] = SpikeDetector(key)
+                spike = spiker.update(step, value)
+                if spike is not None:
+                    spikes.append(spike)
+        out = [self._spike_transition(spike, now) for spike in spikes]
         if self._open and self._sample - self._open_sample >= self.group_samples - 1:
-            return [self._close(step)]
-        return []
+            out.append(self._close(step))
+        return out
+
+    def _accept(self, key: SeriesKey, jump: Jump, det: JumpDetector) -> bool:
+        """The effect-size floor and, for counts and fractions, the hold (hysteresis): the
+        new level on each of the last HOLD_SAMPLES samples."""
+        layer, metric = _name(key)
+        eff = effect(metric, jump.before, jump.after,
+                     quantum=det.quantum if det.transform == "identity" else math.inf,
+                     scale=self._layer_scale(layer))
+        if eff < 1.0:
+            return False
+        if family(metric) in ("count", "fraction"):
+            return holds(det.recent(HOLD_SAMPLES), jump.before, jump.after)
+        return True
+
+    @staticmethod
+    def _refresh(jump: Jump, det: JumpDetector) -> Jump:
+        """The jump with `after` = the median of the latest m samples, if that moved further
+        the same way (the change went on after the alarm)."""
+        recent = sorted(det.recent(jump.scale[1]))
+        if not recent:
+            return jump
+        now = recent[len(recent) // 2]
+        further = now > jump.after if jump.after > jump.before else now < jump.after
+        return replace(jump, after=now) if further else jump
+
+    def _layer_scale(self, layer: str | None) -> float | None:
+        """The layer's ‖W‖² (the natural scale of its `balance`), if it is followed."""
+        det = self._detectors.get((layer, "weight_norm")) if layer is not None else None
+        last = det.recent(1) if det is not None else []
+        return last[0] ** 2 if last else None
 
     def update_metrics(self, step: int, metrics: Mapping[str, Mapping[str, float | int | None]],
                        loss: float | None = None, time: float | None = None,
@@ -191,11 +380,100 @@ class TransitionDetector:
     def _close(self, step: int) -> Transition:
         jumps = tuple(sorted(self._open, key=lambda j: -j.score))
         self._open = []
+        self._closed_sample = self._sample
         top = jumps[0]
         reason = self._explained_by(jumps)
-        message = describe(jumps, self._detectors.get(LOSS_KEY), reason)
+        movers = self._movers(top, jumps)
+        context = self._context(top, jumps)
+        kind, telling = kind_of(jumps, movers, reason, self.weight_decay > 0)
+        if telling is not None and movers and telling is not movers[0]:
+            # the headline layer is named by the series that tells what happened to it
+            movers = (telling,) + tuple(m for m in movers if m is not telling)
+        message = describe(jumps, self._detectors.get(LOSS_KEY), reason, movers=movers,
+                           context=context, kind=kind)
         return Transition(step=top.onset, time=self._open_time, jumps=jumps, message=message,
-                          detected=step, exogenous=reason)
+                          detected=step, exogenous=reason, kind=kind, movers=movers,
+                          context=context)
+
+    def _spike_transition(self, spike: Spike, now: float) -> Transition:
+        """A loss spike or a divergence: its own event, attributed like any transition, over
+        the window from the samples before the spike to the sample that decided it."""
+        steps = [s for s in self._steps if s < spike.step][-10:] or [spike.step]
+        jump = Jump(key=spike.key, step=spike.detected, direction="up", before=spike.baseline,
+                    after=spike.peak, score=spike.score if math.isfinite(spike.score) else 1e9,
+                    scale=(0, 0), onset=spike.step, delay=0, transform="log",
+                    before_steps=(steps[0], steps[-1]), after_steps=(spike.step, spike.detected))
+        reason = self._explained_by((jump,))
+        movers = self._movers(jump, (jump,))
+        context = self._context(jump, (jump,))
+        _, metric = _name(spike.key)
+        kind = "divergence" if spike.kind == "divergence" else "a loss spike"
+        peak = "a non-finite value" if not math.isfinite(spike.peak) else \
+            f"{fmt_value(spike.peak, metric)} (×{spike.peak / spike.baseline:.3g})"
+        what = (f"{metric} {fmt_value(spike.baseline, metric)} → {peak} at step {spike.step}"
+                + (f", back within {spike.samples} samples" if spike.kind == "spike" else ""))
+        message = describe((jump,), None, reason, movers=movers, context=context, kind=kind,
+                           headline=what)
+        return Transition(step=spike.step, time=now, jumps=(jump,), message=message,
+                          detected=spike.detected, exogenous=reason, kind=kind, movers=movers,
+                          context=context)
+
+    def _movers(self, trigger: Jump, jumps: tuple[Jump, ...]) -> tuple[Mover, ...]:
+        """The layers' series that moved most over the trigger's windows, each against its own
+        noise and its own scale, strongest first (at most one per layer and metric). Only series
+        whose latest |z| reaches a third of the threshold are measured: a cheap pre-filter
+        (the windows are at most 29 samples, and a move over them shows in z)."""
+        (b0, b1), (a0, a1) = trigger.before_steps, trigger.after_steps
+        theta = self._threshold
+        found: dict[SeriesKey, Mover] = {}
+        for j in jumps:  # the jumps themselves, over their own windows
+            layer, metric = _name(j.key)
+            if layer is None:
+                continue
+            det = self._detectors[j.key]
+            eff = effect(metric, j.before, j.after,
+                         quantum=det.quantum if det.transform == "identity" else math.inf,
+                         scale=self._layer_scale(layer))
+            found[j.key] = Mover(j.key, j.before, j.after, eff, j.score if j.direction == "up"
+                                 else -j.score, min(eff, j.score / theta), j.transform)
+        for key, det in self._detectors.items():
+            layer, metric = _name(key)
+            if layer is None or key in found or det.last_z is None or \
+                    abs(det.last_z) < theta / 3:
+                continue
+            before, after = det.level_between(b0, b1), det.level_between(a0, a1)
+            if before is None or after is None or before == after:
+                continue
+            eff = effect(metric, before, after,
+                         quantum=det.quantum if det.transform == "identity" else math.inf,
+                         scale=self._layer_scale(layer))
+            if eff < 1.0:
+                continue
+            z = det.movement_z(before, after, trigger.scale if trigger.scale != (0, 0) else None)
+            if z is None or abs(z) < theta / 2:
+                continue
+            found[key] = Mover(key, before, after, eff, z, min(eff, abs(z) / theta),
+                               det.transform)
+        return tuple(sorted(found.values(), key=lambda m: -m.strength))
+
+    def _context(self, trigger: Jump, jumps: tuple[Jump, ...]) -> tuple[tuple[str, float, float],
+                                                                        ...]:
+        """Every loss series' change over the trigger's windows: quoted 'in the same window',
+        never as a cause. The total loss first."""
+        out: list[tuple[str, float, float]] = []
+        own = {j.key: j for j in jumps}
+        keys = sorted((k for k in self._detectors if _is_loss(k) and k != trigger.key),
+                      key=lambda k: (k != LOSS_KEY, str(k)))
+        for key in keys:
+            if key in own:
+                before, after = own[key].before, own[key].after
+            else:
+                det = self._detectors[key]
+                before = det.level_between(*trigger.before_steps)
+                after = det.level_between(*trigger.after_steps)
+            if before and after and before > 0:
+                out.append((_name(key)[1], before, after))
+        return tuple(out)
 
     def _explained_by(self, jumps: Iterable[Jump]) -> str | None:
         jumps = list(jumps)
@@ -261,28 +539,128 @@ def _brief(jump: Jump) -> str:
     return f"{who} {fmt_value(jump.before, metric)} → {fmt_value(jump.after, metric)}"
 
 
+def _is_loss(key: SeriesKey) -> bool:
+    layer, metric = _name(key)
+    return layer is None and family(metric) == "loss"
+
+
+def _kind(metric: str, direction: str, exogenous: str | None,
+          decaying: bool = False) -> str | None:
+    """What a change of this indicator means, in the paper's words (None: nothing specific).
+    `decaying`: weight decay is on (a mode lost then is lost to it)."""
+    up = direction == "up"
+    decay = decaying or (bool(exogenous) and "weight_decay" in (exogenous or ""))
+    if metric == "modes":
+        return "a mode learned" if up else ("a mode lost to weight decay" if decay
+                                            else "a mode lost")
+    if metric.startswith(("qk_", "vo_")) and ".h" in metric:
+        return "a head formed" if up else "a head faded"
+    if metric == "dead_heads":
+        return "heads died" if up else "heads revived"
+    if metric in ("dead_fraction", "relu_dead"):
+        return "units died" if up else "units revived"
+    if metric == "duplicate_fraction":
+        return "units merged" if up else "units separated"
+    if metric == "distinct_units":
+        return "units separated" if up else "units merged"
+    if metric == "weight_norm":
+        return "weights grew" if up else ("weights shrank under weight decay" if decay
+                                          else "weights shrank")
+    if family(metric) == "loss":
+        return f"{metric} rose" if up else f"{metric} fell"
+    return None
+
+
+# Which kind names an event when a layer's series tell several: what breaks or restores a
+# symmetry first (units dying, modes, merges, heads), the scale of the weights last.
+KIND_ORDER = ("units died", "heads died", "a mode lost to weight decay", "a mode lost",
+              "a mode learned", "units merged", "a head formed", "a head faded",
+              "units revived", "heads revived", "units separated",
+              "weights shrank under weight decay", "weights shrank", "weights grew")
+
+
+def _rank(kind: str | None) -> int:
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+
+
+def kind_of(jumps: tuple[Jump, ...], movers: tuple[Mover, ...],
+            exogenous: str | None = None, decaying: bool = False) -> tuple[str, Mover | None]:
+    """The event's kind and the series that tells it: among the headline layer's movers (the
+    layer that moved most) the one whose kind comes first in KIND_ORDER; else the first layer
+    jump with a kind; else the loss's ('<loss> fell'); else 'a transition'."""
+    if movers:
+        layer = _name(movers[0].key)[0]
+        telling = [(m, _kind(_name(m.key)[1], m.direction, exogenous, decaying)) for m in movers
+                   if _name(m.key)[0] == layer and family(_name(m.key)[1]) != "loss"]
+        telling = [(m, k) for m, k in telling if k in KIND_ORDER]
+        if telling:
+            m, k = min(telling, key=lambda mk: _rank(mk[1]))
+            return k or "a transition", m
+        for j in jumps:
+            jl, metric = _name(j.key)
+            kind = _kind(metric, j.direction, exogenous, decaying)
+            if kind and jl is not None:
+                return kind, None
+        return "a transition", None  # a layer moved most: the loss is context, never the kind
+    for j in jumps:
+        kind = _kind(_name(j.key)[1], j.direction, exogenous)
+        if kind:
+            return kind, None
+    return "a transition", None
+
+
+def _mover_text(m: Mover, brief: bool = False) -> str:
+    layer, metric = _name(m.key)
+    if m.transform == "log" and m.before > 0:
+        change = f"{fmt_value(m.before, metric)} → {fmt_value(m.after, metric)} " \
+                 f"({fmt_relative(m.after / m.before - 1)})"
+        if brief:
+            change = fmt_relative(m.after / m.before - 1)
+    else:
+        change = f"{fmt_value(m.before, metric)} → {fmt_value(m.after, metric)}"
+    return f"{layer} {metric} {change}" if brief else f"{layer}: {metric} {change}"
+
+
 def describe(jumps: tuple[Jump, ...], loss: JumpDetector | None = None,
-             exogenous: str | None = None) -> str:
-    """One sentence for a group of jumps (highest score first): the top jump, the loss change
-    over the same window (from the loss series when it did not jump itself), the other series,
-    and the exogenous label."""
+             exogenous: str | None = None, *, movers: tuple[Mover, ...] = (),
+             context: tuple[tuple[str, float, float], ...] = (), kind: str | None = None,
+             headline: str | None = None) -> str:
+    """One sentence for a transition: its kind, the headline (the biggest mover: the layer
+    whose series moved most against its own noise and scale; the top jump when no layer
+    moved), the loss series over the same window (never said to be the cause), the other
+    movers, the exogenous label. Without movers/context (older callers): the top jump, the
+    loss from `loss` over the same window, the other jumps."""
     top = jumps[0]
-    parts = [f"{describe_jump(top)} at step {top.onset}"]
-    if top.key != LOSS_KEY:
-        loss_jump = next((j for j in jumps if j.key == LOSS_KEY), None)
-        if loss_jump is not None and loss_jump.before > 0:
-            parts.append(f"loss {fmt_relative(loss_jump.change)} "
-                         f"(jumped at step {loss_jump.onset})")
-        elif loss is not None:
-            before = loss.level_between(*top.before_steps)
-            after = loss.level_between(*top.after_steps)
-            if before and after and before > 0:
-                parts.append(f"loss {fmt_relative(after / before - 1)} over the same window")
-    others = [j for j in jumps[1:] if j.key != LOSS_KEY or top.key == LOSS_KEY]
+    given = headline is not None
+    if headline is None:
+        headline = (f"{_mover_text(movers[0])} at step {top.onset}" if movers
+                    else f"{describe_jump(top)} at step {top.onset}")
+    parts = [f"{kind}: {headline}" if kind else headline]
+    if context:
+        quoted = ", ".join(f"{name} {fmt_relative(after / before - 1)}"
+                           for name, before, after in context[:3])
+        parts.append(f"{quoted} in the same window")
+    elif top.key != LOSS_KEY and loss is not None:
+        before = loss.level_between(*top.before_steps)
+        after = loss.level_between(*top.after_steps)
+        if before and after and before > 0:
+            parts.append(f"loss {fmt_relative(after / before - 1)} in the same window")
+    if given:  # a spike: the loss is the headline, the layers that moved are named after it
+        shown_keys = {top.key}
+        if movers:
+            listed = ", ".join(_mover_text(m, brief=True) for m in movers[:3])
+            more = f" and {len(movers) - 3} more" if len(movers) > 3 else ""
+            parts.append(f"moved most: {listed}{more}")
+        movers = ()
+    shown_keys = {movers[0].key} if movers else {top.key}
+    others = [_mover_text(m, brief=True) for m in movers[1:]]
+    others += [_brief(j) for j in jumps if j.key not in shown_keys and not _is_loss(j.key)
+               and all(m.key != j.key for m in movers)]
+    others += [_brief(j) for j in jumps if _is_loss(j.key) and j.key not in shown_keys
+               and not any(name == _name(j.key)[1] for name, _, _ in context)]
     if others:
-        shown = ", ".join(_brief(j) for j in others[:3])
         more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-        parts.append(f"also {shown}{more}")
+        parts.append(f"also {', '.join(others[:3])}{more}")
     text = "; ".join(parts)
     if exogenous:
         text += f" [exogenous: {exogenous}]"
@@ -313,6 +691,23 @@ def to_event_payload(transition: Transition) -> dict[str, Any]:
         "after": _wire_number(top.after), "score": _wire_number(round(top.score, 3))}
     payload["exogenous"] = transition.exogenous
     payload["onset"] = top.onset
+    # Added (protocol v1 stays compatible: readers ignore unknown fields). `what`: what
+    # happened in the paper's words; `headline`: the layer that moved most (the flat fields
+    # stay the top jump's); `movers`: every layer series that moved, strongest first;
+    # `in_window`: the loss series over the same window (context, not cause).
+    payload["what"] = transition.kind
+    head = transition.movers[0] if transition.movers else None
+    payload["headline"] = ({"layer": _name(head.key)[0], "metric": _name(head.key)[1]}
+                           if head else {"layer": layer, "metric": metric})
+    payload["movers"] = [
+        {"layer": _name(m.key)[0], "metric": _name(m.key)[1], "direction": m.direction,
+         "before": _wire_number(m.before), "after": _wire_number(m.after),
+         "effect": _wire_number(round(m.effect, 3)), "z": _wire_number(round(m.z, 3)),
+         "strength": _wire_number(round(m.strength, 3))}
+        for m in transition.movers[:16]]
+    payload["in_window"] = [{"metric": name, "before": _wire_number(before),
+                             "after": _wire_number(after)}
+                            for name, before, after in transition.context]
     payload["jumps"] = [
         {"layer": _name(j.key)[0], "metric": _name(j.key)[1], "direction": j.direction,
          "before": _wire_number(j.before), "after": _wire_number(j.after),
@@ -321,7 +716,28 @@ def to_event_payload(transition: Transition) -> dict[str, Any]:
     return payload
 
 
-__all__ = ["DEFAULT_SCALES", "Jump", "JumpDetector", "LOSS_KEY", "RUN_BUDGET", "Transition",
-           "TransitionDetector", "calibrated_threshold", "default_transform", "describe",
-           "describe_jump", "fmt_relative", "fmt_value", "mad_sorted", "median_sorted",
-           "to_event_payload"]
+__all__ = [
+    "DEFAULT_SCALES",
+    "LOSS_KEY",
+    "RUN_BUDGET",
+    "Jump",
+    "JumpDetector",
+    "Mover",
+    "SpikeDetector",
+    "Transition",
+    "TransitionDetector",
+    "calibrated_threshold",
+    "default_transform",
+    "describe",
+    "describe_jump",
+    "detected_scalar",
+    "effect",
+    "family",
+    "fmt_relative",
+    "fmt_value",
+    "holds",
+    "kind_of",
+    "mad_sorted",
+    "median_sorted",
+    "to_event_payload",
+]

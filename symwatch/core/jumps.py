@@ -40,10 +40,10 @@ import math
 from array import array
 from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from statistics import NormalDist
-from typing import Callable, Hashable, Sequence
 
 DEFAULT_SCALES: tuple[tuple[int, int], ...] = ((5, 5), (10, 7), (20, 9))
 MAD_TO_SIGMA = 1.4826  # 1.4826 * MAD estimates the standard deviation of Gaussian data
@@ -197,8 +197,21 @@ class Jump:
 class _Scale:
     """State of one (h, m) scale: the delay line of recent s values and the sorted history."""
 
-    __slots__ = ("h", "m", "stride", "count", "pending", "ring", "head", "sorted",
-                 "blocked_until", "armed", "z", "streak", "stats")
+    __slots__ = (
+        "armed",
+        "blocked_until",
+        "count",
+        "h",
+        "head",
+        "m",
+        "pending",
+        "ring",
+        "sorted",
+        "stats",
+        "streak",
+        "stride",
+        "z",
+    )
 
     def __init__(self, h: int, m: int, stride: int, history: int) -> None:
         self.h, self.m, self.stride = h, m, stride
@@ -295,7 +308,7 @@ class JumpDetector:
         """Number of accepted samples."""
         return self._i + 1
 
-    def update(self, step: int, value: float | int | None) -> Jump | None:
+    def update(self, step: int, value: float | None) -> Jump | None:
         """Feed one sample; returns the Jump when this sample raised an alarm, else None."""
         y = None
         kind = type(value)
@@ -479,8 +492,190 @@ class JumpDetector:
                 best_k, best = k, stat
         return lo + best_k
 
+    # -- public views of the series' state, for the effect-size floors and the attribution of
+    # `symwatch.core.detection` ------------------------------------------------------------------
+
+    @property
+    def integer(self) -> bool:
+        """True while every value so far is an integer (a count: modes, distinct units)."""
+        return self._lattice and self._i >= 0
+
+    @property
+    def quantum(self) -> float:
+        """Smallest nonzero step between consecutive values (transformed units; inf if none)."""
+        return self._quantum
+
+    def recent(self, n: int) -> list[float]:
+        """The last n accepted values, in series units, oldest first."""
+        return [self._inverse(y) for y in list(self._y)[-n:]]
+
+    def movement_z(self, before: float, after: float,
+                   scale: tuple[int, int] | None = None) -> float | None:
+        """A level change before → after (series units) in units of this series' own noise:
+        the change of the transformed level less the typical change over the scale's window (a
+        trend), over the scale's spread (at least the quantum floor), as `update` scores its own
+        jumps. None while the history is too short to know the noise."""
+        yb, ya = self._forward(before), self._forward(after)
+        if yb is None or ya is None:
+            return None
+        ready = [s for s in self._scales if len(s.sorted) >= self.min_history]
+        if not ready:
+            return None
+        # the asked scale if it knows its noise, else the longest that does
+        sc = next((s for s in ready if (s.h, s.m) == scale), ready[-1])
+        floor_long, floor_short = self._floor()
+        floor = floor_long if sc.m >= self.quantum_min_m else floor_short
+        return self._z(sc, ya - yb, floor)
+
     def level_between(self, first_step: int, last_step: int) -> float | None:
         """Median (series units) of the buffered values with step in [first_step, last_step],
         or None; used to quote e.g. the loss change over another series' windows."""
         vals = sorted(y for y, s in zip(self._y, self._steps) if first_step <= s <= last_step)
         return self._inverse(median_sorted(vals)) if vals else None
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss spikes and divergence. The jump statistic above is blind to a spike by design (its
+# median filters hide anything shorter than (m+1)/2 samples), so spikes get their own rule.
+
+@dataclass(frozen=True)
+class Spike:
+    """A loss spike (a rise that came back) or a divergence (non-finite, or a rise that kept
+    growing). `step` is the first sample of the episode, `detected` the sample that decided it;
+    `baseline` the robust level before it and `peak` the highest value in it (series units)."""
+
+    key: Hashable
+    kind: str  # "spike" or "divergence"
+    step: int
+    detected: int
+    baseline: float
+    peak: float
+    samples: int  # samples spent above the baseline's band
+    score: float  # (log peak − log baseline) / noise
+
+
+class SpikeDetector:
+    """Spikes and divergence in one positive series (a loss), on log values.
+
+    Baseline: median and 1.4826·MAD of the last `window` values outside episodes. An episode
+    starts when log y − median ≥ max(threshold·spread, log(1 + min_rise)): both large against
+    the series' own noise and large in its own terms (a rise by at least `min_rise`, 50 % by
+    default: a minibatch loss wanders by tens of percent). It ends (hysteresis) when the value
+    falls back below half that band. The episode is then
+      * a spike, reported when it ends within `max_samples` samples, or at `max_samples` if the
+        value has by then fallen back at least a third of the way from the peak to the
+        baseline (log scale: recovering, as after a too-large step);
+      * a divergence at once on a non-finite value, or at `max_samples` when the value is still
+        at its peak and above the highest of the first `warmup` values (worse than the
+        untrained model: a loss that fell to 1e-9 and rises ×1e9 under weight decay is a level
+        change, not a divergence);
+      * otherwise a lasting level change: no spike (the jump detector reports it), and the
+        baseline restarts from the new level.
+    One report per episode; nothing during the first `warmup` samples."""
+
+    def __init__(self, key: Hashable = None, *, threshold: float = 6.0, window: int = 50,
+                 min_rise: float = 0.5, max_samples: int = 10, warmup: int = 20) -> None:
+        self.key = key
+        self.threshold, self.window, self.max_samples = threshold, window, max_samples
+        self.min_rise, self.warmup = min_rise, warmup
+        self._initial = -math.inf  # the highest of the first `warmup` log values
+        self._seen = 0
+        self._cooling = 0  # samples since a spike reported before it came back (0: none)
+        self._recent: deque[float] = deque(maxlen=warmup)
+        self._base: deque[float] = deque(maxlen=window)
+        self._stats: tuple[float, float] | None = None
+        self._episode: list[tuple[int, float]] = []  # (step, log y) of the current episode
+        self._start = 0
+        self._diverged = False
+        self.reports = 0
+
+    def _band(self) -> tuple[float, float]:
+        if self._stats is None:
+            a = sorted(self._base)
+            center = median_sorted(a)
+            self._stats = (center, MAD_TO_SIGMA * mad_sorted(a, center))
+        center, spread = self._stats
+        return center, max(self.threshold * spread, math.log1p(self.min_rise))
+
+    def update(self, step: int, value: float | None) -> Spike | None:
+        """Feed one sample; returns a Spike when this sample decided an episode."""
+        if value is None or isinstance(value, bool) or not isinstance(value, Real):
+            return None
+        v = float(value)
+        if not math.isfinite(v):
+            if self._diverged or len(self._base) < self.warmup:
+                return None
+            self._diverged = True  # once: every later value may be NaN too
+            center, _ = self._band()
+            first = self._episode[0][0] if self._episode else step
+            return self._report("divergence", first, step, center, math.inf, math.inf,
+                                len(self._episode) + 1)
+        if v <= 0.0:
+            return None
+        y = math.log(v)
+        self._seen += 1
+        if self._seen <= self.warmup:
+            self._initial = max(self._initial, y)
+        if len(self._base) < self.warmup:
+            self._learn(y)
+            return None
+        center, band = self._band()
+        rise = y - center
+        if self._cooling:
+            # after a spike reported while still falling back: no new episode until the value
+            # is back in the band; if it never comes back, the level moved (restart there)
+            self._cooling += 1
+            self._recent.append(y)
+            if rise < band / 2:
+                self._cooling = 0
+                self._learn(y)
+            elif self._cooling > self.window:
+                self._cooling = 0
+                self._base.clear()
+                for ye in list(self._recent)[-self.warmup:]:
+                    self._learn(ye)
+            return None
+        if not self._episode:
+            if rise >= band:
+                self._episode = [(step, y)]
+                return None
+            self._learn(y)
+            return None
+        self._episode.append((step, y))
+        peak = max(p for _, p in self._episode)
+        spread = self._stats[1] if self._stats else 0.0
+        score = (peak - center) / max(spread, 1e-12)
+        first = self._episode[0][0]
+        n = len(self._episode) - 1  # samples above the band
+        if rise < band / 2:  # came back: a spike
+            self._episode = []
+            self._learn(y)
+            return self._report("spike", first, step, center, peak, score, n)
+        if len(self._episode) < self.max_samples:
+            return None
+        episode, self._episode = self._episode, []
+        if y <= peak - (peak - center) / 3:  # falling back (a third of the way): a spike
+            self._cooling, self._recent = 1, deque(maxlen=self.warmup)
+            return self._report("spike", first, step, center, peak, score, n + 1)
+        if y >= self._initial and y >= peak - 1e-12 and not self._diverged:
+            self._diverged = True
+            return self._report("divergence", first, step, center, peak, score, n + 1)
+        # a lasting level change, not a spike: restart the baseline from the new level
+        self._base.clear()
+        self._stats = None
+        for _, ye in episode[-self.warmup:]:
+            self._learn(ye)
+        return None
+
+    def _learn(self, y: float) -> None:
+        self._base.append(y)
+        self._stats = None
+
+    def _report(self, kind: str, first: int, step: int, center: float, peak: float,
+                score: float, samples: int) -> Spike:
+        self.reports += 1
+        return Spike(key=self.key, kind=kind, step=first, detected=step,
+                     baseline=math.exp(center),
+                     peak=math.exp(peak) if math.isfinite(peak) else math.inf,
+                     samples=max(1, samples), score=score)

@@ -7,6 +7,7 @@ Standard library only: `die_with_parent` (a killed parent takes its children wit
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -32,16 +33,34 @@ def die_with_parent() -> Callable[[], None] | None:
     return hook
 
 
-def end_process(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """SIGTERM, then SIGKILL after `timeout` seconds; its exit status."""
+def end_process(proc: subprocess.Popen[bytes], timeout: float, *,
+                group: bool = False) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; its exit status.
+
+    `group`: signal the child's whole process group (a child started with
+    `start_new_session=True` leads one), so what it started goes too: ssh's ProxyCommand,
+    for one, holds ssh's stderr pipe open after ssh is gone, and whoever reads that pipe to
+    its end would wait for it."""
+    if group:
+        _signal_group(proc, signal.SIGTERM)  # even if the leader has exited: its children
     if proc.poll() is None:
-        proc.terminate()
+        if not group:
+            proc.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
+            if group:
+                _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout)
     return proc.returncode
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):  # the group is gone (or is not ours)
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -45,11 +45,20 @@ def percent(fraction: Any, digits: int = 1) -> str:
     return f"{float(fraction) * 100:.{digits}f}%"
 
 
+# Indicators that are fractions although their names do not say so: shown as percent like
+# `dead_fraction` (a `relu_dead 0.01562` beside a `1.6%` dead column read as two units).
+FRACTIONS = frozenset({"relu_dead", "dead_heads"})
+
+
+def is_fraction(name: str) -> bool:
+    return name.endswith("fraction") or name in FRACTIONS
+
+
 def indicator(name: str, value: Any) -> str:
     """An indicator value in its natural unit: fractions as %, ranks as integers when whole."""
     if not _is_number(value):
         return NA
-    if name.endswith("fraction"):
+    if is_fraction(name):
         return percent(value)
     if name.endswith("rank") and float(value) == int(value):
         return str(int(value))

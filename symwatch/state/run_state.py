@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from symwatch.core import protocol
 from symwatch.core.downsample import NAN, VIEWER, Downsample, TieredSeries
 from symwatch.core.protocol import Message
+from symwatch.state import optimizer
 from symwatch.state.ranks import RankTable
 from symwatch.state.shards import ShardCombiner, is_sharded
 
@@ -142,6 +143,8 @@ class EventRecord:
     after: Value = None
     history: bool = False  # from the agent's history (a late join), not live: never notified
     layers: tuple[str, ...] = ()  # every layer the transition's grouped jumps name
+    # An optimizer settings change (EVENT `changes`): (name, before, after) of each
+    changes: tuple[tuple[str, float, float], ...] = ()
 
 
 class RunState:
@@ -198,6 +201,10 @@ class RunState:
         # STATS `sampling`: the interval between samples and what limits it ("budget" or
         # "every"), with `every` and `budget` (docs/protocol.md); None until a STATS has it
         self.sampling: dict[str, Any] | None = None
+        # STATS `optimizer`: every param group's lr, weight decay, … (state/optimizer.py);
+        # [] until a STATS has it. `setting_changes`: the notices of changes, for chart marks.
+        self.optimizer: list[dict[str, Any]] = []
+        self.setting_changes: deque[EventRecord] = deque(maxlen=MAX_TRANSITIONS)
         self.samples: int | None = None
         self.gpu: dict[str, Any] | None = None
         self.goodbye_reason: str | None = None
@@ -408,6 +415,8 @@ class RunState:
             self.loss.add(msg.step, p["loss"])
         if isinstance(p.get("sampling"), dict):
             self.sampling = dict(p["sampling"])
+        if "optimizer" in p:
+            self.optimizer = optimizer.groups_of(p["optimizer"])
         if "steps_per_s" in p:
             self._stats_rate_seen = True
             self.steps_per_s = _finite(p["steps_per_s"])
@@ -445,7 +454,8 @@ class RunState:
             before=_finite(p.get("before")), after=_finite(p.get("after")),
             history=msg.from_history,
             layers=tuple(dict.fromkeys(j["layer"] for j in p.get("jumps") or ()
-                                       if isinstance(j.get("layer"), str)))))
+                                       if isinstance(j.get("layer"), str))),
+            changes=optimizer.changes_of(p.get("changes"))))
         if p["severity"] == "transition":
             self._flag_layers(msg)
 
@@ -464,6 +474,8 @@ class RunState:
         self.events_total += 1
         if event.severity == "transition":
             self.transitions.append(event)
+        if event.changes:
+            self.setting_changes.append(event)
 
     def _fold_goodbye(self, msg: Message) -> None:
         self._ranks_done.add(msg.rank)

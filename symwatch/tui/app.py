@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message as UiMessage
 from textual.notifications import Notification, Notify, SeverityLevel
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input
 
 from symwatch.core import runtime
@@ -27,7 +27,8 @@ from symwatch.sources.open import open_endpoint
 from symwatch.state.run_state import (DEFAULT_STALE_AFTER, FINISHED, LIVE, RECONNECTING, STALE, WAITING,
                             RunState)
 from symwatch.tui.widgets.banner import ConnectionBanner
-from symwatch.tui.columns import next_view
+from symwatch.tui.columns import measured_indicators, next_view, shown_views
+from symwatch.tui.widgets.legend import LegendLine, ViewTabs
 from symwatch.tui.commands import palette_commands
 from symwatch.tui.widgets.filter_bar import FilterBar
 from symwatch.tui.layer_order import next_sort_column
@@ -181,7 +182,9 @@ class SymwatchApp(App[None]):
         with Vertical(id="main"):
             yield RunHeader(id="header")
             yield ConnectionBanner(id="banner")
+            yield ViewTabs(id="view-tabs")
             yield LayerTable(id="layers")
+            yield LegendLine(id="legend")
             yield FilterBar(id="filter-bar")
             yield LossPanel(id="loss")
             yield GpuLine(id="gpu")
@@ -380,9 +383,17 @@ class SymwatchApp(App[None]):
             table = self.query_one(LayerTable)
             table.set_window(window)
             table.sync(state)
+            self.query_one(ViewTabs).show(shown_views(measured_indicators(state)), table.view)
+            self.query_one(LegendLine).show(table.legend_indicator())
             self.query_one(FilterBar).show_count(table.shown_layers, table.total_layers)
             self.query_one(LossPanel).show(state, window)
-            self.query_one(GpuLine).show(state)
+            gpu = self.query_one(GpuLine)
+            # a CPU run's "no NVIDIA GPU visible" took a row the header's `cpu` already says;
+            # `g` shows the GPU report whatever it is
+            seen = bool(state.gpu and state.gpu.get("available"))
+            if gpu.display != seen:
+                gpu.display = seen
+            gpu.show(state)
             self.query_one(RanksLine).show(state)
             self.query_one(EventsLog).show(state)
             # once this frame's layout is in place: the table's rows and the banner are known
@@ -411,7 +422,8 @@ class SymwatchApp(App[None]):
         if table.show_horizontal_scrollbar:
             need += table.scrollbar_size_horizontal
         # the loss panel's first line is its text; the rest is the chart's
-        heights = main_heights(self.size.height, main.size.height - fixed - 1, need)
+        heights = main_heights(self.size.height, main.size.height - fixed - 1, need,
+                               len(self.state.events))
         if heights == self._heights:
             return
         self._heights = heights
@@ -434,14 +446,21 @@ class SymwatchApp(App[None]):
         self._events_seen = self.state.events_total
         if fresh <= 0:
             return
+        # an optimizer settings change (a notice with `changes`) is always shown: what
+        # follows it is explained by it
         shown = [ev for ev in list(self.state.events)[-fresh:]
-                 if ev.severity in NOTIFY_SEVERITIES and not ev.history]
+                 if (ev.severity in NOTIFY_SEVERITIES or ev.changes) and not ev.history]
         for ev in shown:
             if self.ring_bell and ev.severity == "transition":
                 self.bell()
+        if isinstance(self.screen, ModalScreen):
+            # toasts sat on top of the events log, help and layer detail: a modal screen is
+            # read undisturbed (the events timeline, `e`, keeps every event)
+            return
         for ev in shown[-self._toast_limit():]:
             self._event_toast(toast_text(ev.message), title=f"step {ev.step:,}",
-                              severity="error" if ev.severity == "error" else "warning")
+                              severity="error" if ev.severity == "error" else
+                              "information" if ev.changes else "warning")
 
     def _event_toast(self, message: str, title: str, severity: SeverityLevel) -> None:
         """App.notify, keeping only the newest EVENT_TOASTS event toasts on screen."""
@@ -564,6 +583,20 @@ class SymwatchApp(App[None]):
         else:
             self.push_screen(RanksScreen())
 
+    def push_screen(self, screen: Any, *args: Any, **kwargs: Any) -> Any:
+        """Textual's, dropping the event toasts on screen when a modal screen opens: they sat
+        on top of the events timeline, help and the layer detail (new ones wait, see
+        `_notify_events`)."""
+        if isinstance(screen, ModalScreen):
+            while self._event_toasts:
+                self._drop_toast(self._event_toasts.popleft())
+        return super().push_screen(screen, *args, **kwargs)
+
+    def open_event(self, layer: str, step: int) -> None:
+        """An event chosen in the timeline: the view at its step, its layer's detail."""
+        self.goto_step(step)
+        self.push_screen(LayerDetailScreen(self.state, layer))
+
     def action_events(self) -> None:
         """Every transition and notice so far, in a scrollable timeline."""
         if isinstance(self.screen, EventsScreen):
@@ -572,12 +605,16 @@ class SymwatchApp(App[None]):
             self.push_screen(EventsScreen(self.state))
 
     def action_next_view(self) -> None:
-        """Show the next family of indicator columns (overview, rank, units, scale, rotation, heads, all)."""
+        """Show the next view of indicator columns (the tab strip above the table names them
+        and highlights this one; views N/A for every layer are skipped)."""
         table = self.query_one(LayerTable)
-        table.view = next_view(table.view, self.state.indicator_names())
-        self.notify(f"columns: {table.view}", timeout=1.5)
+        table.view = next_view(table.view, measured_indicators(self.state))
         self._drawn_key = None
         self.tick()
+
+    def on_layer_table_legend_moved(self, _: LayerTable.LegendMoved) -> None:
+        """←/→ in the table: the legend line explains the column now under the cursor."""
+        self.query_one(LegendLine).show(self.query_one(LayerTable).legend_indicator())
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "follow_run":  # shown only while a restart is offered

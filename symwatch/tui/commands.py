@@ -50,7 +50,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("r", "runs", "Runs",
             "every run here and on SSH hosts; Enter shows one, a adds a host, o a recording"),
     Command("v", "next_view", "Next column view",
-            "indicator columns: overview, rank, units, scale, all"),
+            "the next view of indicator columns (the tab strip above the table: overview, "
+            "rank, units, scale, rotation, repr, heads, all; views with no value for this run "
+            "are left out)"),
     Command("s", "next_sort", "Sort by the next column",
             "the run's order, layer name, then each indicator column of the view"),
     Command("S", "reverse_sort", "Reverse the sort", "largest first ⇄ smallest first"),
@@ -86,6 +88,8 @@ COMMANDS: tuple[Command, ...] = (
 # Keys without an action of the app's own: the table's, the mouse's, the screens'.
 OTHER_KEYS: tuple[tuple[str, str], ...] = (
     ("↑ ↓ PgUp PgDn", "move through the layer table"),
+    ("← →", "move the column cursor: the line under the table explains that column"),
+    ("Enter (events)", "on an event in the timeline (e): its layer's detail at its step"),
     ("click a header", "sort by that column; click it again to reverse"),
     ("click a row", "select it; click it again (or Enter) for its detail"),
     ("Esc", "close a screen (help, detail, events), or clear the filter"),

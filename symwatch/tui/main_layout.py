@@ -37,13 +37,16 @@ def chart_rows(screen_height: int) -> int:
     return max(1, min(6, (screen_height - 24) // 3 + 1))
 
 
-def main_heights(screen_height: int, free: int, table_lines: int) -> MainHeights:
+def main_heights(screen_height: int, free: int, table_lines: int,
+                 event_lines: int = EVENTS_MAX) -> MainHeights:
     """Heights for a screen `screen_height` lines tall, with `free` lines left for the table,
     the loss chart's rows and the events log, and a table that needs `table_lines` lines to
-    show every row (its header and any scrollbar included)."""
+    show every row (its header and any scrollbar included). `event_lines`: the events there
+    are to show; a log with fewer than its share (`no events yet`: ~17 blank rows under it at
+    120×40) keeps one line per event, at least one, and the table gets the rest."""
     chart = chart_rows(screen_height)
     flexible = max(0, free - chart)
-    events = min(EVENTS_MAX, max(EVENTS_MIN, flexible // 4))
+    events = min(EVENTS_MAX, max(EVENTS_MIN, flexible // 4), max(1, event_lines))
     table = flexible - events
     if table < TABLE_MIN:  # a short terminal: the table keeps its minimum, the log what is left
         table = min(TABLE_MIN, flexible)

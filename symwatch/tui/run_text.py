@@ -21,8 +21,8 @@ def started_text(started: float, now: float | None = None) -> str:
 
 def sampling_text(sampling: Any, hint: bool = True) -> str:
     """What sets the interval between samples, from STATS/the registry's `sampling`:
-    "every ~190 steps: 1 % budget; --budget to change", "every 10 steps (--every)"; "" when
-    unknown. `hint`: say which option changes it."""
+    "every ~190 steps: 1 % budget; --budget to change", "every 10 steps (--every)", with
+    ", each layer every ~40" when samples measure slices of the layers; "" when unknown. `hint`: say which option changes it."""
     if not isinstance(sampling, dict):
         return ""
     interval, every = sampling.get("interval"), sampling.get("every")
@@ -31,12 +31,17 @@ def sampling_text(sampling: Any, hint: bool = True) -> str:
     if not isinstance(interval, (int, float)) or isinstance(interval, bool):
         return ""
     steps = f"{round(interval):,} step" + ("" if round(interval) == 1 else "s")
+    # a sample measuring a slice of the layers: how often each layer is refreshed
+    per_layer = sampling.get("layer_interval")
+    layers = (f", each layer every ~{round(per_layer):,}"
+              if isinstance(per_layer, (int, float)) and not isinstance(per_layer, bool)
+              and round(per_layer) > round(interval) else "")
     if sampling.get("limit") == "budget":
         budget = sampling.get("budget")
         share = (f"{budget * 100:.3g} % budget" if isinstance(budget, (int, float))
                  and not isinstance(budget, bool) else "time budget")
-        return f"every ~{steps}: {share}" + ("; --budget to change" if hint else "")
-    return f"every {steps}" + (" (--every)" if hint else "")
+        return f"every ~{steps}{layers}: {share}" + ("; --budget to change" if hint else "")
+    return f"every {steps}{layers}" + (" (--every)" if hint else "")
 
 
 def command_text(command: Sequence[str], width: int = 32) -> str:

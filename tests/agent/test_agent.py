@@ -318,7 +318,9 @@ def test_invalid_options_fail_before_training():
 
 def test_demo_rank_staircase_climbs_one_step_at_a_time(tmp_path, monkeypatch):
     """The demo's linear network (SCIENCE.md, stepwise rank growth), run for real: the count
-    of its first layer's modes goes 0 → 1 → 2 → 3 → 4 → 5, one step at a time. Read from the
+    of its first layer's modes goes 0 → 1 → 2 → 3 → 4 → 5, one step at a time, then weight
+    decay (steps 400–600) restores the smallest mode (s = 1 < γ = 1.5): 5 → 4, without
+    gradient noise, so against σ₁ (bulk.under_decay), not the bulk. Read from the
     run's own recording, which holds every sample: a subscriber can miss the first ones while
     it connects, and the first mode leaves the tiny init's bulk within ten steps."""
     probe = Publisher("tcp://127.0.0.1:0", run="probe", report=lambda *_: None)
@@ -327,7 +329,7 @@ def test_demo_rank_staircase_climbs_one_step_at_a_time(tmp_path, monkeypatch):
     recording = tmp_path / "demo.db"
     monkeypatch.setenv("SYMWATCH_RECORD", str(recording))
     thread = threading.Thread(target=demo.run, kwargs=dict(
-        steps=400, delay=0.01, every=1, budget=1.0, endpoint=endpoint, name="t"),
+        steps=600, delay=0.005, every=1, budget=1.0, endpoint=endpoint, name="t"),
         daemon=True)
     thread.start()
     thread.join(120)
@@ -337,6 +339,7 @@ def test_demo_rank_staircase_climbs_one_step_at_a_time(tmp_path, monkeypatch):
                  for m in reader if m.kind == protocol.METRICS
                  and "modes" in m.payload["values"].get("linear.0", {})]
     values = [r for _, r in ranks]
-    assert values[0] == 0 and values[-1] == 5, ranks
-    changes = [b - a for a, b in zip(values, values[1:]) if b != a]
-    assert changes == [1, 1, 1, 1, 1], ranks
+    assert values[0] == 0 and values[-1] == 4, ranks
+    changes = [(step, b - a) for (_, a), (step, b) in zip(ranks, ranks[1:]) if b != a]
+    assert [d for _, d in changes] == [1, 1, 1, 1, 1, -1], ranks
+    assert changes[-1][0] > 400, changes  # the restoration comes under weight decay

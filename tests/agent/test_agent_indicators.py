@@ -14,6 +14,7 @@ from symwatch.state.run_state import RunState
 from symwatch.tui.columns import view_indicators
 from symwatch.tui.screens.layer_detail import layer_detail_text
 from symwatch_agent.entry import demo
+from symwatch_agent.measure.heads import PER_HEAD
 from symwatch_agent.measure.indicators import INDICATORS
 
 
@@ -36,7 +37,7 @@ def test_a_watched_run_publishes_the_whole_engine_and_the_budgeted_run_mixes_tie
     assert not model._forward_pre_hooks and not model._forward_hooks
     metrics = sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 3)
     seen = {name for layer in metrics.payload["values"].values() for name in layer}
-    per_head = {f"{pair}_rank.h{h}" for pair in ("qk", "vo") for h in range(2)}
+    per_head = {f"{name}.h{h}" for name in PER_HEAD for h in range(2)}
     assert seen == set(INDICATORS) | per_head
     assert metrics.payload["values"]["mlp.2"]["relu_dead"] is not None
     assert set(metrics.payload["values"]["attn"]) >= per_head | {"qk_rank", "dead_heads"}

@@ -52,7 +52,7 @@ def run(models: dict[str, nn.Module], **options) -> tuple[dict, IndicatorEngine,
 
 def product_ranks(wq: torch.Tensor, wk: torch.Tensor, heads: int, kv_heads: int,
                   rel_tol: float = 0.3, abs_tol: float = 0.1) -> list[int]:
-    """#{√σ > τ} of W_Q,hᵀ W_K,g per head from a float64 SVD (wq, wk: (out, in) matrices)."""
+    """#{√σ > τ_h} of W_Q,hᵀ W_K,g per head from a float64 SVD (wq, wk: (out, in) matrices)."""
     d = wq.shape[0] // heads
     wq, wk = wq.detach(), wk.detach()
     roots = []
@@ -60,8 +60,8 @@ def product_ranks(wq: torch.Tensor, wk: torch.Tensor, heads: int, kv_heads: int,
         g = h // (heads // kv_heads)
         prod = wq[h * d:(h + 1) * d].double().T @ wk[g * d:(g + 1) * d].double()
         roots.append(torch.linalg.svdvals(prod).sqrt())
-    tau = max(rel_tol * max(float(r[0]) for r in roots), abs_tol)
-    return [int((r > tau).sum()) for r in roots]
+    # τ per head, relative to that head's own √σ₁ (one sample: the largest seen is this one)
+    return [int((r > max(rel_tol * float(r[0]), abs_tol)).sum()) for r in roots]
 
 
 def orthonormal_rows(r: int, n: int, seed: int) -> torch.Tensor:

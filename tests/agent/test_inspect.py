@@ -12,6 +12,7 @@ from torch import nn
 
 from symwatch.cli.main import main
 from symwatch_agent.entry import inspect as inspector
+from symwatch_agent.measure.heads import PER_HEAD
 from test_boundaries import _run
 
 
@@ -115,7 +116,7 @@ def test_attention_heads_of_a_saved_gpt2_module_and_state_dict_agree(tmp_path):
     result = inspector.inspect(model)  # a module says it has 4 heads (in process: the
     trusted = {row["name"]: row["values"] for row in result["layers"]}  # pickled path is above)
     heads = {k: v for k, v in trusted["h.0.attn"].items() if ".h" in k}
-    assert len(heads) == 8 and "dead_heads" in trusted["h.0.attn"]
+    assert len(heads) == 4 * len(PER_HEAD) and "dead_heads" in trusted["h.0.attn"]
     table = inspector.render(result)
     assert "h.0.attn per head:" in table and "qk_rank" in table
     # a state_dict does not say: --heads, else a config.json next to it

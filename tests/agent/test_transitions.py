@@ -11,6 +11,8 @@ from torch import nn
 
 import symwatch
 from symwatch.core import protocol
+from symwatch.core.detection import effect
+from symwatch.core.recording import RecordingReader
 from symwatch_agent.entry import demo
 from symwatch_agent.publish.publisher import Publisher
 from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
@@ -47,6 +49,21 @@ def test_every_rank_step_of_the_staircase_is_one_transition(collector):
     first = next(m for m in events if m.step == rank_jumps[0][0])
     assert "linear.0" in first.payload["message"] and "modes" in first.payload["message"]
     assert all(m.payload["exogenous"] is None for m in events)
+    # the demo's noise events (issue 16) no longer fire: every event's headline moved by at
+    # least its family's floor, and none is a near-constant series' tiny move or a one-unit
+    # ReLU flicker, nor a float32-resolution count
+    for m in events:
+        head = m.payload["movers"][0] if m.payload["movers"] else None
+        assert head is None or head["effect"] >= 1, m.payload["message"]
+        named = {(j["layer"], j["metric"]) for j in m.payload["jumps"]}
+        assert not {metric for _, metric in named} & {"numerical_rank", "mirror_rank"}, named
+        for j in m.payload["jumps"]:
+            if j["metric"] in ("balance_norm", "relu_dead", "stable_rank", "balance"):
+                assert effect(j["metric"], j["before"], j["after"], quantum=1 / 64) >= 1, j
+    assert first.payload["what"] == "a mode learned"
+    # each model's loss is detected on its own and quoted in the same window
+    assert all({w["metric"] for w in m.payload["in_window"]} <= {"loss", "linear_loss",
+                                                                "mlp_loss"} for m in events)
 
 
 def test_optimizer_changes_are_labelled_exogenous():
@@ -108,3 +125,121 @@ def test_a_mark_and_a_resume_label_what_they_explain(collector):
     event = sub.wait_for(lambda m: m.kind == protocol.EVENT)
     assert event.step == 150 and "data switched to the hard split" in event.payload["exogenous"]
     agent.close()
+
+
+# -- one test per kind of event, each on a real small training run through the agent ----------
+# The run records every message (a subscriber could miss the first ones while it joins); the
+# test reads the transitions back from the recording.
+
+def _transitions(recording) -> list[tuple[int, dict]]:
+    with RecordingReader(recording) as reader:
+        return [(m.step, m.payload) for m in reader if m.kind == protocol.EVENT
+                and m.payload.get("severity") == "transition"]
+
+
+def _relu_classifier_run(recording, *, steps: int = 250, burst: tuple[int, int] | None = None,
+                         factor: float = 50.0, diverge_at: int | None = None
+                         ) -> list[tuple[int, dict]]:
+    """A ReLU MLP (16-64-64-4, PyTorch's default init) learning a random ReLU teacher's arg-max
+    with SGD, next to a linear regression whose loss (≈ 50) dominates the total: each model's
+    loss is passed to `log` as its own scalar. Inside [burst), the MLP's learning rate is
+    multiplied by `factor`: the injected loss spike. From `diverge_at` on, the regression's
+    learning rate is 5, far above gradient descent's stability limit 2/λ_max (λ_max ≈ 2.25 for
+    a batch of 64 Gaussian inputs in 16 dimensions): its loss grows about 100× a step until it
+    overflows."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    mlp = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 4))
+    regression = nn.Linear(16, 16)
+    target = torch.randn(16, 16) * 3
+    opt = torch.optim.SGD([{"params": mlp.parameters(), "lr": 0.05},
+                           {"params": regression.parameters(), "lr": 1e-3}])
+    with symwatch.watch({"mlp": mlp, "reg": regression}, opt, endpoint="tcp://127.0.0.1:0",
+                        every=1, budget=1.0, record=str(recording), register=False) as agent:
+        for step in range(steps):
+            hot = burst is not None and burst[0] <= step < burst[1]
+            opt.param_groups[0]["lr"] = 0.05 * (factor if hot else 1.0)
+            if diverge_at is not None and step >= diverge_at:
+                opt.param_groups[1]["lr"] = 5.0
+            x = torch.randn(64, 16)
+            mlp_loss = nn.functional.cross_entropy(mlp(x), teacher(x).argmax(1))
+            reg_loss = 0.5 * (regression(x) - x @ target.T).square().sum(1).mean()
+            opt.zero_grad()
+            (mlp_loss + reg_loss).backward()
+            agent.log(loss=mlp_loss + reg_loss, mlp_loss=mlp_loss, reg_loss=reg_loss)
+            opt.step()
+    return _transitions(recording)
+
+
+def test_an_injected_loss_spike_is_an_event_naming_the_layers_and_the_units_it_killed(tmp_path):
+    events = _relu_classifier_run(tmp_path / "spike.db", burst=(150, 153))
+    spikes = [(s, p) for s, p in events if p.get("what") == "a loss spike"]
+    # the MLP's own loss spiked (×5); the total, dominated by the regression's loss, did not
+    # cross the spike floor: only a loss series detected on its own shows it
+    assert [(p["metric"], 150 <= s <= 154) for s, p in spikes] == [("mlp_loss", True)], events
+    spike = spikes[0][1]
+    assert spike["after"] > 3 * spike["before"] and spike["exogenous"].startswith("optimizer lr")
+    assert spike["movers"] and {m["layer"] for m in spike["movers"][:3]} <= {"mlp.0", "mlp.2",
+                                                                             "mlp.4"}
+    assert "moved most: mlp." in spike["message"]
+    died = [(s, p) for s, p in events if p.get("what") == "units died"]
+    assert died and 150 <= died[0][0] <= 156, events
+    head = died[0][1]["headline"]
+    assert head["layer"].startswith("mlp.") and head["metric"] in ("relu_dead", "dead_fraction")
+    assert died[0][1]["message"].startswith(f"units died: {head['layer']}: {head['metric']} ")
+
+
+def test_the_same_run_without_the_spike_has_no_spike_and_no_dead_units(tmp_path):
+    events = _relu_classifier_run(tmp_path / "calm.db")
+    assert not [p for _, p in events if p.get("what") in ("a loss spike", "divergence",
+                                                          "units died")], events
+
+
+def test_divergence_is_an_event(tmp_path):
+    events = _relu_classifier_run(tmp_path / "nan.db", steps=190, diverge_at=150)
+    diverged = [(s, p) for s, p in events if p.get("what") == "divergence"]
+    # the total and the regression's own loss diverge; the MLP's does not
+    assert sorted(p["metric"] for _, p in diverged) == ["loss", "reg_loss"], events
+    assert all(150 <= s <= 190 for s, _ in diverged)
+    assert not [p for _, p in events if p.get("what") == "a loss spike"], events
+    assert all(p["movers"] and p["movers"][0]["layer"] == "reg" for _, p in diverged), diverged
+
+
+def test_a_mode_learned_then_lost_to_weight_decay(tmp_path):
+    """A two-layer linear network (small init) learns a rank-3 teacher (σ = 3, 2, 0.6) from
+    noisy minibatches; at step 200 weight decay 1.0 > 0.6 is switched on and the weakest mode
+    is restored into the noise bulk (SCIENCE.md: a mode survives weight decay γ only if its
+    σ exceeds γ)."""
+    torch.manual_seed(0)
+    d = 16
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    target = u[:, :3] @ torch.diag(torch.tensor([3.0, 2.0, 0.6])) @ v[:, :3].T
+    model = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
+    for layer in model:
+        nn.init.normal_(layer.weight, std=1e-2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    recording = tmp_path / "modes.db"
+    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1, budget=1.0,
+                        record=str(recording), register=False) as agent:
+        for step in range(400):
+            opt.param_groups[0]["weight_decay"] = 1.0 if step >= 200 else 0.0
+            x = torch.randn(32, d)
+            loss = 0.5 * (model(x) - x @ target.T - 0.3 * torch.randn(32, d)).square().sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            agent.log(loss=loss)
+            opt.step()
+    events = _transitions(recording)
+    learned = [(s, p) for s, p in events if p["what"] == "a mode learned"]
+    assert learned and all(s < 200 and p["headline"]["metric"] == "modes" for s, p in learned)
+    lost = [(s, p) for s, p in events if p["what"] == "a mode lost to weight decay"]
+    assert len(lost) == 1 and lost[0][0] > 200, events
+    assert lost[0][1]["message"].startswith("a mode lost to weight decay: ")
+    assert lost[0][1]["headline"] == {"layer": lost[0][1]["headline"]["layer"], "metric": "modes"}
+    # the switch itself is a transition, its cause said, not dropped
+    switch = [p for s, p in events if 200 <= s <= 206]
+    assert switch and switch[0]["what"] == "weights shrank under weight decay"
+    assert switch[0]["exogenous"] == "optimizer weight_decay 0 → 1"

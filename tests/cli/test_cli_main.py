@@ -19,6 +19,7 @@ from symwatch.cli.common import NO_RUNS, UserError, resolve_target
 from symwatch.cli.main import main
 from symwatch.core import protocol, runtime
 from symwatch.launch import demo as launcher
+from waiting import interruptible, until
 
 TORCH_BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
@@ -242,6 +243,9 @@ FAKE_DEMO = textwrap.dedent("""
         if step % a.every == 0:
             send("metrics", step, values={"fc1": {"numerical_rank": step % 5, "stable_rank": 1.5}})
         send("stats", step, loss=1.0 / step)
+        if step == 10:  # what the agent's detector publishes
+            send("event", step, message="a mode learned: fc1: modes 1 → 2 at step 10",
+                 severity="transition", layer="fc1", metric="modes")
         time.sleep(a.delay)
     send("goodbye", step, reason="finished", exit_code=0)
     time.sleep(0.2)
@@ -264,6 +268,9 @@ def test_demo_headless_runs_the_subprocess_and_exits_0(fake_demo, capsys):
                  "--name", "fake"]) == 0
     out = capsys.readouterr().out
     assert "[finished] fake step 40" in out and "fc1" in out and "numerical_rank" in out
+    # each event is printed as it comes, before the run's end
+    assert "event step 10: a mode learned: fc1: modes 1 → 2 at step 10\n" in out
+    assert out.index("event step 10") < out.index("[finished]")
     argv = json.loads(fake_demo.read_text())["argv"]
     assert argv[0] == "--endpoint" and argv[1].startswith(("ipc://", "tcp://127.0.0.1:"))
     assert argv[2:] == ["--name", "fake", "--steps", "40", "--delay", "0.02", "--every", "2"]
@@ -285,7 +292,8 @@ def _cli_with_fake_demo(*args: str) -> subprocess.Popen[str]:
             "from symwatch.launch import demo as launcher; "
             "launcher.DEMO_MODULE = 'fake_demo_mod'; sys.exit(main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=interruptible)  # takes the SIGINT the tests send
 
 
 def _wait_for_line(proc: subprocess.Popen[str], fragment: str, timeout: float = 30) -> None:
@@ -320,6 +328,32 @@ def test_demo_ctrl_c_stops_the_subprocess(fake_demo):
     while runtime.pid_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not runtime.pid_alive(child)
+
+
+def _started_pid(log) -> int | None:
+    try:
+        return json.loads(log.read_text())["pid"]
+    except (OSError, ValueError):  # not written yet, or half-written
+        return None
+
+
+def test_demo_ctrl_c_while_waiting_for_the_first_message(fake_demo):
+    """Ctrl-C as soon as the demo's process exists, before it has published anything:
+    symwatch still ends it and exits 130."""
+    proc = _cli_with_fake_demo("demo", "--headless", "--steps", "0", "--delay", "0.01")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # the pipe never fills
+    try:
+        assert until(lambda: _started_pid(fake_demo) is not None or proc.poll() is not None,
+                     timeout=30), "the demo process did not start"
+        child = _started_pid(fake_demo)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert child is not None
+    assert until(lambda: not runtime.pid_alive(child), timeout=10), "the demo outlived Ctrl-C"
 
 
 def test_demo_child_dies_when_symwatch_is_killed(fake_demo):

@@ -82,8 +82,9 @@ def test_rule_selects_by_severity_layer_metric_score_and_exogenous():
 
     default = AlertRule()
     assert passes(default, **transition())
-    assert not passes(default, **transition(exogenous="learning-rate drop"))
-    assert passes(AlertRule(include_exogenous=True), **transition(exogenous="lr drop"))
+    # a transition with a known cause is still sent by default (the cause is in the alert)
+    assert passes(default, **transition(exogenous="weight_decay 0 → 1.5"))
+    assert not passes(AlertRule(include_exogenous=False), **transition(exogenous="lr drop"))
     assert not passes(default, message="layer x cannot be measured", severity="warning")
     assert passes(AlertRule(severities=frozenset({"warning"})), message="x", severity="warning")
     # an unknown severity counts as "info" (docs/protocol.md)
@@ -231,7 +232,7 @@ def test_exec_sink_passes_json_on_stdin_and_fields_in_env(recorder):
         "SYMWATCH_TEXT": "job: fc1: numerical_rank 2 → 3", "SYMWATCH_LAYER": "fc1",
         "SYMWATCH_METRIC": "numerical_rank", "SYMWATCH_DIRECTION": "up",
         "SYMWATCH_BEFORE": "2", "SYMWATCH_AFTER": "3", "SYMWATCH_SCORE": "7.25",
-        "SYMWATCH_EXOGENOUS": ""}
+        "SYMWATCH_EXOGENOUS": "", "SYMWATCH_WHAT": ""}
     assert sink.delivered == 1 and not logs
     d.close(5)
 
@@ -458,7 +459,7 @@ def pump(follower: RunFollower, dispatcher: Dispatcher, until: Callable[[], bool
 def test_filters_dedup_and_rate_limit_over_a_real_socket(fake_agent, collector):
     agent = fake_agent()
     sink = ListSink()
-    rule = AlertRule(layers=["fc*"], min_score=5.0)
+    rule = AlertRule(layers=["fc*"], min_score=5.0, include_exogenous=False)
     d = Dispatcher([sink], rule, dedup=Deduplicator(steps=50),
                    limiter=RateLimiter(3))
     follower = RunFollower(agent.endpoint, stale_after=5)
@@ -711,7 +712,7 @@ def test_cli_end_to_end_with_exec_and_webhook_then_max_alerts(fake_agent, record
     agent = fake_agent()
     command, out = recorder
     p = Proc(agent.endpoint, "--exec", command, "--webhook", receiver.url, "--max-alerts", "2",
-             "--timeout", "60", "--dedup", "0")
+             "--timeout", "60", "--dedup", "0", "--exclude-exogenous")
     try:
         _heartbeats(agent, p)
         agent.meta(name="e2e")
@@ -798,3 +799,14 @@ def test_cli_keeps_alerting_when_its_stdout_goes_away(fake_agent, recorder):
         proc.wait(10)
     assert [c["env"]["SYMWATCH_LAYER"] for c in read_calls(out)] == ["fc1", "fc2"]
     assert "Traceback" not in "".join(err)
+
+
+def test_a_mover_named_by_a_loss_transition_matches_the_layer_glob():
+    """A loss spike's event names the layers that moved most in the same window (`movers`);
+    an alert rule on those layers selects it, by each mover's |z|."""
+    payload = transition(layer=None, metric="loss", score=12.0,
+                         movers=[{"layer": "enc.3", "metric": "weight_norm", "z": -9.5}])
+    alert = Alert.from_message(msg(protocol.EVENT, **payload), "job")
+    assert AlertRule(layers=["enc.*"], min_score=9.0).matches(alert)
+    assert not AlertRule(layers=["enc.*"], min_score=10.0).matches(alert)
+    assert not AlertRule(layers=["dec.*"]).matches(alert)

@@ -31,13 +31,61 @@ def test_report_of_a_recorded_demo_has_every_layer_and_the_transitions(tmp_path)
     assert text.count("<svg") > 20 and "stroke-dasharray" in text  # charts, marked
     assert "http" not in text.replace("http://www.w3.org", "")  # nothing loaded from outside
     for svg in re.findall(r"<svg.*?</svg>", text, flags=re.S):
-        ElementTree.fromstring(svg)  # every chart is well-formed
+        root = ElementTree.fromstring(svg)  # every chart is well-formed
+        if "no data" not in svg:  # … and has axes: 5 y ticks, steps under it
+            assert len(_texts(root, "ytick")) == 5 and _texts(root, "xtick")
 
 
 def test_missing_values_are_gaps_not_zeros():
     svg = svg_chart([(1, 1.0), (2, 2.0), (3, None), (4, 3.0), (5, 4.0)])
     assert svg.count("<polyline") == 2  # the None splits the line, it is not drawn at 0
     assert "no data" in svg_chart([(1, None)])
+
+
+def _texts(root, kind: str) -> list[str]:
+    return [el.text for el in root.iter("{http://www.w3.org/2000/svg}text")
+            if el.get("class") == kind] + [el.text for el in root.iter("text")
+                                           if el.get("class") == kind]
+
+
+def _line_ys(root) -> list[float]:
+    ys = []
+    for el in root.iter("polyline"):
+        ys += [float(pair.split(",")[1]) for pair in el.get("points").split()]
+    return ys
+
+
+def _plot_height(root) -> float:
+    grid = [float(el.get("y1")) for el in root.iter("line") if el.get("class") == "grid"]
+    step = abs(grid[1] - grid[0])
+    return step * len(grid)  # n ticks label the centres of n equal bands
+
+
+def test_report_charts_have_axes_and_do_not_exaggerate():
+    # issue #18: `broken` 0.875 → 0.870 drawn as a full-height cliff, min and max at the corners
+    steps = range(0, 1001, 10)
+    small = ElementTree.fromstring(svg_chart(
+        [(s, 0.875 - 0.005 * s / 1000) for s in steps]))
+    ticks = _texts(small, "ytick")
+    assert len(ticks) == 5 and len(set(ticks)) == 5
+    assert float(ticks[0]) < 0.870 and float(ticks[-1]) > 0.875  # nice values around it
+    assert all(abs(float(t) * 100 - round(float(t) * 100)) < 1e-9 for t in ticks)
+    assert _texts(small, "xtick") == ["0", "500", "1,000"]
+    ys = _line_ys(small)
+    assert 0 < max(ys) - min(ys) < 0.25 * _plot_height(small)  # a small move
+    # a constant: flat at mid-height, its value the middle tick
+    flat = ElementTree.fromstring(svg_chart([(s, 4.123) for s in steps]))
+    ys = _line_ys(flat)
+    grid = sorted(float(el.get("y1")) for el in flat.iter("line") if el.get("class") == "grid")
+    assert len(set(ys)) == 1 and ys[0] == grid[2] and "4.123" in _texts(flat, "ytick")
+    # float noise around 0: flat at 0
+    noise = ElementTree.fromstring(svg_chart(
+        [(s, (-5.1e-7, 3e-7, -2.2e-7)[s % 3]) for s in steps]))
+    assert len(set(_line_ys(noise))) == 1 and "0" in _texts(noise, "ytick")
+    # a real move fills the chart
+    far = ElementTree.fromstring(svg_chart([(s, 0.2 + 0.7 * s / 1000) for s in steps]))
+    ys = _line_ys(far)
+    assert max(ys) - min(ys) > 0.6 * _plot_height(far)
 
 
 def test_a_missing_recording_is_a_clear_error(tmp_path):

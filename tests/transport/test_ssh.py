@@ -26,6 +26,7 @@ from symwatch.transport.ssh import (SshError, SshOptions, SshTarget, Tunnel, cho
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from sshd import Sshd, SshdUnavailable, missing_tools  # noqa: E402
+from waiting import interruptible, until  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(missing_tools()),
                                 reason="OpenSSH missing: " + ", ".join(missing_tools())
@@ -59,7 +60,7 @@ def remote_run() -> Iterator[tuple[str, RunEntry]]:
     proc = subprocess.Popen([sys.executable, "-m", "symwatch_agent.entry.demo", "--steps", "0",
                              "--delay", "0.02", "--name", "ssh-demo"], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=interruptible)
     runs_dir = Path(root) / "runs"
     deadline = time.monotonic() + 90
     entry = None
@@ -296,32 +297,58 @@ def test_forwarding_refused_by_the_server(remote_run, monkeypatch, capsys):
 
 # -- record and the Runs screen through the tunnel ---------------------------------------------
 
-def test_record_over_ssh_until_interrupted(sshd, remote_run, tmp_path):
+def _recorded_metrics(path: Path) -> int:
     from symwatch.core.recording import RecordingReader
 
-    root, entry = remote_run
-    out = tmp_path / "remote.db"
-    env = dict(os.environ, SYMWATCH_SSH=sshd.ssh_command)
-    proc = subprocess.Popen([sys.executable, "-m", "symwatch", "record", f"{sshd.target}/ssh-demo",
-                             "-o", str(out), *cli_args(sshd, root)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not path.exists():
+        return 0
     try:
-        deadline = time.monotonic() + 30
-        metrics = 0
-        while metrics < 20 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            if out.exists():
-                try:
-                    with RecordingReader(out) as reader:
-                        metrics = sum(m.kind == protocol.METRICS for m in reader)
-                except Exception:  # noqa: BLE001 - the file may be mid-creation
-                    metrics = 0
-        assert metrics >= 20, (proc.poll(), proc.stderr.read() if proc.poll() is not None
-                               else "")
+        with RecordingReader(path) as reader:
+            return sum(m.kind == protocol.METRICS for m in reader)
+    except Exception:  # noqa: BLE001 - the file may be mid-creation
+        return 0
+
+
+def _record_over_ssh(server: Sshd, root: str, out: Path, ssh_command: str | None = None,
+                     **env: str) -> subprocess.Popen[str]:
+    """`symwatch record ssh://…/ssh-demo -o OUT` in a subprocess that takes SIGINT."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "symwatch", "record", f"{server.target}/ssh-demo", "-o", str(out),
+         *cli_args(server, root)],
+        env=dict(os.environ, SYMWATCH_SSH=ssh_command or server.ssh_command, **env),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> str:
+    """SIGINT; its stderr once it exited (20 s at most), read to the end."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    return err
+
+
+def _socket_dirs_of(pid: int) -> list[Path]:
+    """The tunnel's local socket directories a symwatch with this pid made."""
+    return [d for base in (runtime.runtime_dir(), Path(tempfile.gettempdir()))
+            for d in base.glob(f"ssh-{pid}-*")]
+
+
+def _wait_recording(proc: subprocess.Popen[str], out: Path) -> None:
+    # A few live samples, not a number per second: under load the demo samples slowly
+    # (13 in 30 s was seen), and this only needs to know that recording has begun.
+    assert until(lambda: _recorded_metrics(out) >= 5 or proc.poll() is not None,
+                 timeout=90, step=0.3), "nothing recorded within 90 s"
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+
+
+def test_record_over_ssh_until_interrupted(sshd, remote_run, tmp_path):
+    root, _ = remote_run
+    out = tmp_path / "remote.db"
+    proc = _record_over_ssh(sshd, root, out)
+    try:
+        _wait_recording(proc, out)
         children = child_pids(proc.pid)
         assert children, "record runs its ssh as a child"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        err = _interrupt(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -329,6 +356,79 @@ def test_record_over_ssh_until_interrupted(sshd, remote_run, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err, err
     assert "Traceback" not in err
     assert pids_gone(children)
+    assert not _socket_dirs_of(proc.pid)
+
+
+def _ssh_wrapper(server: Sshd, tmp_path: Path) -> str:
+    """An ssh command whose forwarding session (`-N`) leaves a grandchild holding ssh's
+    stderr open, as a ProxyCommand does; with $SLOW_MARK set, it first touches that file and
+    waits a minute (the tunnel is still connecting)."""
+    script = tmp_path / "ssh-wrapper"
+    script.write_text(f"""#!/bin/sh
+case " $* " in
+  *" -N "*)
+    if [ -n "$SLOW_MARK" ]; then : > "$SLOW_MARK"; sleep 60; fi
+    sleep 300 &
+    ;;
+esac
+exec {server.ssh_command} "$@"
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = child_pids(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def test_record_over_ssh_interrupted_when_ssh_left_a_child_holding_its_stderr(
+        sshd, remote_run, tmp_path):
+    """Ending the tunnel ends ssh's whole process group, and nothing waits on ssh's stderr
+    pipe while a grandchild still holds it: stop() used to close that pipe under its reader,
+    which waited for the grandchild (here 300 s), so Ctrl-C never ended `symwatch record`."""
+    root, _ = remote_run
+    out = tmp_path / "remote.db"
+    proc = _record_over_ssh(sshd, root, out, ssh_command=_ssh_wrapper(sshd, tmp_path))
+    try:
+        _wait_recording(proc, out)
+        family = _descendants(proc.pid)
+        assert any(child_pids(pid, "sleep") for pid in family), "no grandchild holds stderr"
+        err = _interrupt(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert until(lambda: pids_gone(family), timeout=10), "ssh or its child outlived record"
+
+
+def test_record_over_ssh_interrupted_while_the_tunnel_connects(sshd, remote_run, tmp_path):
+    """Ctrl-C while ssh is still opening the forwards: the tunnel is closed (its ssh and
+    socket directory gone), `record` says it was interrupted and exits 130."""
+    root, _ = remote_run
+    mark = tmp_path / "connecting"
+    proc = _record_over_ssh(sshd, root, tmp_path / "never.db",
+                            ssh_command=_ssh_wrapper(sshd, tmp_path), SLOW_MARK=str(mark))
+    try:
+        assert until(lambda: mark.exists() or proc.poll() is not None, timeout=60), \
+            "the tunnel's ssh did not start"
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        family = _descendants(proc.pid)
+        assert family and _socket_dirs_of(proc.pid)
+        err = _interrupt(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert until(lambda: pids_gone(family), timeout=10), "the connecting ssh outlived record"
+    assert not _socket_dirs_of(proc.pid)
+    assert not (tmp_path / "never.db").exists()
 
 
 async def test_runs_screen_lists_the_remote_run_and_enter_attaches_through_ssh(

@@ -6,9 +6,16 @@ from __future__ import annotations
 import pytest
 
 from symwatch.core import protocol
+from symwatch.tui.main_layout import (
+    CHART_MAX,
+    EVENTS_MAX,
+    EVENTS_MIN,
+    TABLE_MIN,
+    chart_rows,
+    main_heights,
+)
 from symwatch.tui.widgets.layer_table import LayerTable
-from symwatch.tui.main_layout import (CHART_MAX, EVENTS_MAX, EVENTS_MIN, TABLE_MIN, chart_rows,
-                                      main_heights)
+from symwatch.tui.widgets.legend import LegendLine
 from symwatch.tui.widgets.panels import EventsLog, GpuLine, LossPanel
 from tests.tui.test_tui_app import app_on, join, sampled, until
 
@@ -64,11 +71,16 @@ async def test_a_small_model_leaves_no_blank_lines_under_its_table(fake_agent) -
         await until(pilot, lambda: _fitted(app), what="heights fitted to 3 rows")
         table, loss = app.query_one(LayerTable), app.query_one(LossPanel)
         events, gpu = app.query_one(EventsLog), app.query_one(GpuLine)
+        legend = app.query_one(LegendLine)
         assert _blank_lines_under_the_table(app) == 0
-        assert loss.region.y == table.region.bottom  # the chart right under the last row
+        # the column legend right under the last row, then the chart
+        assert legend.region.y == table.region.bottom and loss.region.y == legend.region.bottom
         assert loss.region.height == CHART_MAX + 1 > chart_rows(40) + 1
         assert str(loss.content).count("\n") == CHART_MAX  # drawn at its new height
-        assert gpu.region.y == loss.region.bottom and events.region.y == gpu.region.bottom
+        if gpu.display:  # the GPU line only for a run whose agent sees a GPU
+            assert gpu.region.y == loss.region.bottom and events.region.y == gpu.region.bottom
+        else:
+            assert events.region.y == loss.region.bottom
         assert events.region.height > EVENTS_MAX // 2
         # the log ends on the footer's line: the whole screen is used
         assert events.region.bottom == app.size.height - 1
@@ -94,3 +106,14 @@ async def test_a_large_model_keeps_the_tables_share(fake_agent) -> None:
         assert loss.region.height == chart_rows(40) + 1  # the chart as on any 40-line screen
         assert table.region.height > 3 * app.query_one(EventsLog).region.height - 3
         assert table.region.height < table.header_height + 60  # it scrolls
+
+
+def test_a_log_with_few_events_gives_its_lines_to_the_table() -> None:
+    """`no events yet` left ~17 blank rows under it at 120×40: the log keeps one line per
+    event (at least one), a long table gets the rest."""
+    none = main_heights(40, free=35, table_lines=1002, event_lines=0)
+    assert none.events == 1 and none.table == 35 - 6 - 1
+    some = main_heights(40, free=35, table_lines=1002, event_lines=3)
+    assert some.events == 3 and some.table == 35 - 6 - 3
+    many = main_heights(40, free=35, table_lines=1002, event_lines=500)
+    assert many == main_heights(40, free=35, table_lines=1002)  # its usual share

@@ -58,7 +58,8 @@ async def test_e_opens_the_timeline_of_every_event(fake_agent):
         table = app.screen.query_one(DataTable)
         assert table.row_count == 3
         assert [table.get_cell(str(i), "step").plain for i in range(3)] == ["12", "40", "77"]
-        assert "numerical_rank 3 → 4" in table.get_cell("2", "message").plain
+        # the change in the table's names (numerical_rank: `rank`), not the agent's
+        assert table.get_cell("2", "message").plain.startswith("fc1 rank 3 → 4")
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, EventsScreen), what="closed")
 

@@ -7,11 +7,11 @@ import time
 
 from symwatch.core import protocol
 from symwatch.state.run_state import RunState
+from symwatch.tui.history_view import HistoryWindow
+from symwatch.tui.run_text import command_text, started_text
 from symwatch.tui.widgets.header import header_text
 from symwatch.tui.widgets.layer_table import VALUE_WIDTH, compute_layout
-from symwatch.tui.history_view import HistoryWindow
 from symwatch.tui.widgets.panels import events_text, gpu_text, loss_text
-from symwatch.tui.run_text import command_text, started_text
 from symwatch.tui.widgets.sparkline import BARS, sparkline, sparkline_rows
 
 
@@ -22,7 +22,7 @@ def test_sparkline_scales_min_to_max_newest_right():
 
 def test_sparkline_gaps_for_missing_values_and_flat_series():
     assert sparkline([1.0, None, math.nan, 3.0], 4) == "▁  █"
-    assert sparkline([2, 2, 2], 3) == "▄▄▄"
+    assert sparkline([2, 2, 2], 3) == "▁▁▁"  # a constant: the baseline, never half-full
     assert sparkline([], 5) == "     " and sparkline([None], 2) == "  "
     assert sparkline([1, 2], 0) == ""
 
@@ -43,7 +43,10 @@ def test_sparkline_rows():
 
 def _state(n_layers: int = 3, name_len: int = 5) -> RunState:
     s = RunState()
-    values = {("x" * (name_len - 1)) + str(i): {"weight_norm": 1.0} for i in range(n_layers)}
+    # four columns with a value (a column N/A on every layer is not shown)
+    values = {("x" * (name_len - 1)) + str(i): {"weight_norm": 1.0, "stable_rank": 2.0,
+                                                "numerical_rank": 3, "dead_fraction": 0.0}
+              for i in range(n_layers)}
     s.fold(protocol.decode(list(protocol.encode(
         protocol.METRICS, run="r", rank=0, restart=0, seq=0, time=0.0, step=0,
         payload={"values": values}))))
@@ -152,5 +155,7 @@ def test_started_text_shows_the_date_only_when_not_today():
 
 def test_header_names_the_run_by_id_until_meta_arrives():
     s = _state()
-    assert "run r " in header_text(s, "live", endpoint="tcp://h:1").plain + " "
+    header = header_text(s, "live", endpoint="tcp://h:1").plain
+    assert "run r\n" in header
+    assert "tcp://h:1" not in header  # the socket is on `g`'s screen, not in the header
     assert "(no run yet)" in header_text(RunState(), "waiting", endpoint="tcp://h:1").plain

@@ -8,10 +8,11 @@ Two small models train side by side on the CPU, in one process, with the agent i
   leaves the tiny random bulk early in its exponential rise, so `modes` of `linear.0` (σ above
   the bulk) climbs 0 → 1 → 2 → 3 → 4 → 5 near steps 7, 9, 19, 48 and 61 (seed 0), ahead of the
   loss drops. Then weight decay is switched on and the smallest mode (s = 1 < γ = 1.5) shrinks
-  towards the symmetric state (weight_norm, stable_rank and delta_rank fall), then off again
-  and it is relearned. `modes` stays 5 through that phase: without gradient noise weight decay
-  shrinks the bulk (rate ηγ) faster than the mode it restores (η(γ − s)), so the mode never
-  re-enters the bulk in 200 steps (docs/metrics.md, *Counting modes*).
+  towards the symmetric state (weight_norm, stable_rank and delta_rank fall; `modes` 5 → 4
+  near step 550, once the mode is under 5 % of σ₁: without gradient noise weight decay shrinks
+  the bulk faster than the mode, so the count is against σ₁ under weight decay,
+  docs/metrics.md, *Counting modes*), then off again and it is relearned (5 at once: the
+  mode grows again).
 - `mlp`: a small ReLU MLP classifying inputs by the arg-max of a random ReLU teacher
   (cross-entropy, SGD), for a network whose indicators drift rather than step; its last
   layer is the classifier whose softmax-translation order parameter is watched.

@@ -30,6 +30,18 @@ The edge, per layer and sample, from the spectrum itself (scale-free: right at a
   reference is its first sample's bulk top. Missed, by design: a bulk that grows (gradient
   noise) or shrinks by an unknown decay (Adam's coupled L2) while it is not shown.
 
+Under weight decay, a second condition (`under_decay`): a mode also carries at least
+SHARE_STAY·σ₁ to stay counted (0.25 % of the top mode's energy) and SHARE_ENTER·σ₁ to enter.
+Weight decay is the force that drives an unsupported mode to its symmetric state, σ = 0, but
+only exponentially (rate η(γ − s) in a linear net); without gradient noise it shrinks the
+bulk faster (rate ηγ) than the mode, so a restored mode never re-enters the bulk: the demo's
+smallest mode falls 1 → 0.07 in 200 steps while the bulk falls 0.0066 → 1.5e-5. Counted
+against σ₁, it is restored at step ~550 (5 → 4). Only under weight decay: while modes grow
+out of a tiny initialisation their shares of σ₁ dip far below any fixed fraction (a teacher
+10, 8, 6, 4: σ₄/σ₁ falls to 0.008 while the first mode is learned) and recover, and a
+count that dropped there would report a restoration that is not happening. At PyTorch's
+default init the bulk edge is the binding level (0.1σ₁ lies inside the bulk).
+
 Flicker: a mode enters above edge·(1 + margin) and leaves below edge·(1 + ¾ margin)
 (hysteresis, `hysteresis`). The margin is 3 Tracy–Widom widths of the bulk's top singular
 value, t = ½(1/√m + 1/√n)^{1/3}/(√m + √n) relative (Johnstone 2001's scale for the top
@@ -50,6 +62,8 @@ ITERATIONS = 6  # fixed-point steps for the count (from the previous count: 1–
 TW_WIDTHS = 3.0  # Tracy–Widom widths in the entry margin
 STAY = 0.75  # a counted mode stays while above edge·(1 + STAY·margin)
 FIT = 0.5  # the lower share of the bulk's σ the noise level is fit to
+SHARE_ENTER = 0.1  # under weight decay a mode enters only once σ ≥ SHARE_ENTER·σ₁
+SHARE_STAY = 0.05  # and stays while σ ≥ SHARE_STAY·σ₁ (see `under_decay`)
 MIN_BULK = 16  # bulk values the spectrum must show for its own estimate to be trusted alone
 
 
@@ -106,7 +120,8 @@ def edges_by_count(sv: torch.Tensor, m: int, n: int) -> tuple[torch.Tensor, torc
 
 
 def bulk_edge(sv: torch.Tensor, m: int, n: int, start: torch.Tensor | None = None,
-              reference: torch.Tensor | None = None
+              reference: torch.Tensor | None = None,
+              table: tuple[torch.Tensor, torch.Tensor] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where a mode enters (B,) and where a counted one leaves (B,), and the layer's new
     reference (B,) to carry to its next sample. `start`: the previous count per matrix
@@ -119,9 +134,13 @@ def bulk_edge(sv: torch.Tensor, m: int, n: int, start: torch.Tensor | None = Non
     it was (less weight decay), so only its jitter between samples needs a margin; the
     reference is carried unchanged. (Not the lower of the two: in a square layer whose
     spectrum is mostly modes, the fit to its last few σ has spurious fixed points at large r
-    that read bulk values as modes.)"""
+    that read bulk values as modes.)
+
+    `table`: the bulk edges (B, k) and margins (k,) by count of another random law (an
+    attention head's product of two random factors, heads.py), in place of
+    Marchenko–Pastur's `edges_by_count`."""
     k = sv.shape[1]
-    edges, margin = edges_by_count(sv, m, n)
+    edges, margin = table if table is not None else edges_by_count(sv, m, n)
     r = torch.zeros(sv.shape[0], dtype=torch.long, device=sv.device)
     if start is not None:
         r = torch.nan_to_num(start, nan=0.0).clamp(0, k - 1).long()
@@ -165,6 +184,17 @@ def bulk_edge(sv: torch.Tensor, m: int, n: int, start: torch.Tensor | None = Non
     moved = torch.where(edge > ref, rise, torch.minimum(ref, top))
     new_ref = torch.where(first, top, torch.where(own, moved, ref))
     return enter, stay, new_ref
+
+
+def under_decay(sv: torch.Tensor, enter: torch.Tensor, stay: torch.Tensor,
+                decaying: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entry and stay levels (B,) of the matrices whose optimizer applies weight decay
+    (`decaying`, bool (B,)) raised to SHARE_ENTER·σ₁ and SHARE_STAY·σ₁ (descending sv
+    (B, k)): a mode that weight decay shrinks to a negligible share of the top one is
+    restored, though still above a bulk that decay shrank faster."""
+    top = sv[:, 0]
+    return (torch.where(decaying, torch.maximum(enter, SHARE_ENTER * top), enter),
+            torch.where(decaying, torch.maximum(stay, SHARE_STAY * top), stay))
 
 
 def hysteresis(sv: torch.Tensor, enter: torch.Tensor, stay: torch.Tensor,

@@ -14,8 +14,16 @@ columns h·d…(h+1)·d of the output projection. The indicators are functions o
 only, so they are invariant under the whole symmetry group, not only its rotations (the factor
 pair's mirror spectrum, `mirror_rank`, is invariant under rotations only):
 
-    qk_rank(h) = #{k : √σ_k(W_Q,hᵀ W_K,h) > τ_qk},  vo_rank(h) likewise for W_O,h W_V,h,
-    τ = max(rel_tol · largest √σ₁ seen so far over this module's heads, abs_tol)
+    qk_rank(h) = #{k : √σ_k(W_Q,hᵀ W_K,h) > τ_h},  vo_rank(h) likewise for W_O,h W_V,h,
+    τ_h = max(rel_tol · largest √σ₁ seen so far of head h itself, abs_tol)
+
+(per head: relative to the module's strongest head, a head whose scores are merely cooler,
+Q, K, V scaled by 0.25, read rank 0). Continuous series per head, from the same σ:
+σ₁ (`qk_sigma1`), stable rank Σσ²/σ₁², effective rank exp(−Σ p ln p) (p = σ/Σσ; both N/A
+for a zero product), and `modes`: #{σ above the head's own random bulk}, bulk.py's rule with
+the bulk of a random product, the free product of two Marchenko–Pastur laws
+(`product_quantiles`), state per head (`product_modes`). No max-logit: it needs activations
+(docs/metrics.md, Attention heads).
 
 √σ of the product is in the units of one factor: for a balanced pair (W_Q,h W_Q,hᵀ =
 W_K,h W_K,hᵀ) it equals each factor's singular values, so the same rel_tol/abs_tol as
@@ -55,12 +63,15 @@ the position-dependent bilinear form. VO is unaffected.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from symwatch_agent.measure import bulk
 from symwatch_agent.measure.layers import Layer
 
 # Child names, tried in this order. A fused projection holds [q; k; v] rows (or [k; v] with a
@@ -73,7 +84,10 @@ OUTPUT = ("out_proj", "o_proj", "c_proj", "wo", "o", "proj", "out", "to_out.0", 
           "dense")
 HEAD_ATTRS = ("num_heads", "n_heads", "n_head", "num_attention_heads")
 KV_HEAD_ATTRS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "n_kv_head")
-PER_HEAD = ("qk_rank", "vo_rank")  # published per head as `qk_rank.h3`, `vo_rank.h3`
+# published per head as `qk_rank.h3`, `vo_sigma1.h3`, …: the ranks, then the continuous series
+PER_HEAD = ("qk_rank", "vo_rank", "qk_sigma1", "vo_sigma1", "qk_stable_rank", "vo_stable_rank",
+            "qk_erank", "vo_erank", "qk_modes", "vo_modes")
+INTEGER_PER_HEAD = frozenset({"qk_rank", "vo_rank", "qk_modes", "vo_modes"})
 
 
 @dataclass(eq=False)
@@ -96,8 +110,13 @@ class HeadSet:
     # PEFT LoRA on a projection: id(base layer) -> [(A, B, adapter, wrapper)]; the active
     # ones' scaling·B·A is added to its weight (adapter_scaling)
     adapters: dict[int, list[tuple[Layer, Layer, str, Any]]] = field(default_factory=dict)
-    # per-module state: largest √σ₁ seen over the heads, for QK and VO (device scalars)
+    # per-head state, for "qk" and "vo" (device tensors (H,)): the largest √σ₁ seen so far
+    # (qk_rank's τ), the last `modes` count (hysteresis) and the carried bulk reference (NaN:
+    # none yet), and the step that reference was taken at (for the weight decay since)
     seen: dict[str, torch.Tensor] = field(default_factory=dict)
+    modes: dict[str, torch.Tensor] = field(default_factory=dict)
+    bulk_ref: dict[str, torch.Tensor] = field(default_factory=dict)
+    bulk_step: int | None = None
 
     def layers(self) -> list[Layer]:
         """The projections (base layers), then any LoRA factors on them."""
@@ -369,7 +388,8 @@ def product_singular_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     chol = torch.where((info != 0)[:, None, None], chol2, chol)
     m = chol.transpose(1, 2) @ gb @ chol
     eig = torch.linalg.eigvalsh(m).flip(-1).clamp_min(0)
-    return eig.sqrt()
+    # A = 0 exactly (a zeroed head): the jitter alone factored, σ must read 0, not ~1e-150·‖B‖
+    return eig.sqrt() * (ga.diagonal(dim1=1, dim2=2).sum(1) > 0)[:, None]
 
 
 def head_spectra(hs: HeadSet, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -386,3 +406,122 @@ def head_spectra(hs: HeadSet, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     wv = _per_head(v, g, d)[group]
     wo = _wide(o.reshape(o.shape[0], h, d).permute(1, 2, 0))  # (H, d, n_out): W_O,hᵀ
     return qk, product_singular_values(wo, wv)
+
+
+# -- the per-head series ---------------------------------------------------------------------
+
+def _product_edge(b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """Top of the support of the free product of two Marchenko–Pastur laws (ratios b1, b2 ∈
+    (0, 1], mean 1 each): min over w > 0 of (1 + w)(1 + b1·w)(1 + b2·w)/w, at the positive
+    root of 2·b1·b2·w³ + (b1 + b2 + b1·b2)·w² − 1 (increasing in w: bisection)."""
+    c3, c2 = 2 * b1 * b2, b1 + b2 + b1 * b2
+    lo, hi = torch.zeros_like(b1), 1 / c2.sqrt()
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        up = c3 * mid ** 3 + c2 * mid ** 2 - 1 > 0
+        hi, lo = torch.where(up, mid, hi), torch.where(up, lo, mid)
+    w = (lo + hi) / 2
+    return (1 + w) * (1 + b1 * w) * (1 + b2 * w) / w
+
+
+def product_quantiles(b1: torch.Tensor, b2: torch.Tensor, probs: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantiles (R, P) and the top edge (R,) of the eigenvalues of W₁W₂, W_i = X_i X_iᵀ/N_i
+    independent Wisharts of ratios b1, b2 (R,) (k × N_i unit-variance X_i, b = k/N_i): the
+    free product of the two Marchenko–Pastur laws. Its moment function w = xG(x) − 1 solves
+    x·w = (1 + w)(1 + b1·w)(1 + b2·w) (S-transforms multiply: 1/((1 + b1 z)(1 + b2 z))); the
+    density is |Im w|/(πx) on the support, integrated on a grid dense near the ends."""
+    b1, b2 = b1.double()[:, None], b2.double()[:, None]
+    top = _product_edge(b1, b2)
+    steps = 2000
+    theta = torch.linspace(0, math.pi, steps + 1, dtype=torch.float64)[None, :]
+    x = (top * (1 - torch.cos(theta)) / 2).clamp_min(1e-12)
+    c3, c2, c1 = b1 * b2, b1 + b2 + b1 * b2, 1 + b1 + b2
+    # roots of c3·w³ + c2·w² + (c1 − x)·w + 1: eigenvalues of the monic cubic's companion
+    comp = torch.zeros(*x.shape, 3, 3, dtype=torch.float64)
+    comp[..., 0, 0] = -(c2 / c3).expand_as(x)
+    comp[..., 0, 1] = -(c1 - x) / c3
+    comp[..., 0, 2] = -(1 / c3).expand_as(x)
+    comp[..., 1, 0] = 1
+    comp[..., 2, 1] = 1
+    roots = torch.linalg.eigvals(comp)
+    dens = roots.imag.abs().amax(-1) / (math.pi * x)
+    cdf = torch.cumsum(dens * top * torch.sin(theta) / 2 * (math.pi / steps), 1)
+    cdf = cdf / cdf[:, -1:].clamp_min(1e-300)
+    j = torch.searchsorted(cdf.contiguous(), probs.double().contiguous()).clamp(max=steps)
+    return x.expand_as(cdf).gather(1, j), top[:, 0]
+
+
+@lru_cache(maxsize=64)
+def _product_tables(d: int, na: int, nb: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bulk.py's `_tables` for a head's product Aᵀ B (A: d × na, B: d × nb, i.i.d. entries of
+    variances s_a², s_b²): per r = 0..d−1 modes removed, the weights that fit the noise level
+    s = s_a·s_b to the lower FIT share of σ_{r+1..d} (least squares against the expected σ of
+    the product of (d − r) × (na − r) and (d − r) × (nb − r) factors: √((na − r)(nb − r)·x_q),
+    x_q the free product's quantiles), its edge √((na − r)(nb − r)·x₊), and the relative
+    entry margin: TW_WIDTHS widths, a width the sum of the two factors' top-σ widths (each
+    bulk.py's ½(1/√m + 1/√n)^{1/3}/(√m + √n)): the spread of σ₁/edge measured over 300 random
+    products (1.5 % at d = 64, n = 768; 0.6 % at 128 × 4096) matches the sum, not the
+    quadrature sum, so a pure product's σ₁ stays under the entry level
+    (tests/agent/test_heads_series.py)."""
+    k = d
+    r = torch.arange(k, dtype=torch.float64)
+    kr, ar, br = k - r, na - r, nb - r
+    first = r + torch.minimum(kr - 1, (kr * (1 - bulk.FIT)).floor())
+    j = torch.arange(k, dtype=torch.float64)[None, :]
+    used = j >= first[:, None]
+    probs = (1 - (j - r[:, None] + 0.5) / kr[:, None]).clamp(0, 1)
+    quant, top = product_quantiles(kr / ar, kr / br, probs)
+    scale = (ar * br).sqrt()
+    q = (scale[:, None] * quant.sqrt()) * used
+    weights = q / q.square().sum(1, keepdim=True).clamp_min(1e-300)
+    edge = scale * top.sqrt()
+
+    def width(m: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1 / m.sqrt() + 1 / n.sqrt()) ** (1 / 3) / (m.sqrt() + n.sqrt())
+
+    margin = bulk.TW_WIDTHS * (width(kr, ar) + width(kr, br))
+    return weights.float(), edge.float(), margin.float()
+
+
+def product_edges_by_count(sv: torch.Tensor, d: int, na: int, nb: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """bulk.edges_by_count for heads' products: (edge (B, d), margin (d,)) for r = 0..d−1."""
+    weights, edge, margin = (t.to(sv.device, sv.dtype) for t in _product_tables(d, na, nb))
+    return (sv @ weights.T) * edge, margin
+
+
+def product_modes(hs: HeadSet, pair: str, sv: torch.Tensor, na: int, nb: int,
+                  decay: float, finite: torch.Tensor) -> torch.Tensor:
+    """`modes` per head (H,): #{σ_k of the head's product above its own random bulk}, the
+    layer `modes` rule (bulk.py: self-consistent edge fit to the spectrum, carried reference,
+    hysteresis) with the free product's law in place of
+    Marchenko–Pastur. State per head in `hs` (`pair`: "qk" or "vo"); `decay`: what weight
+    decay shrank the product by since the last sample (both factors': the product of their
+    factors); a non-finite module keeps its state. NaN (not computed) where a factor is
+    wider than it is long (d > na or nb: no random bulk to fit) or d < 2."""
+    h, d = sv.shape
+    if d < 2 or d > min(na, nb):
+        return torch.full((h,), float("nan"), dtype=sv.dtype, device=sv.device)
+    nan = torch.full((h,), float("nan"), dtype=sv.dtype, device=sv.device)
+    previous = hs.modes.get(pair, nan).to(sv.dtype)
+    carried = hs.bulk_ref.get(pair, nan).to(sv.dtype) * decay
+    table = product_edges_by_count(sv, d, na, nb)
+    enter, stay, ref = bulk.bulk_edge(sv, d, max(na, nb), previous, carried, table=table)
+    decaying = torch.full((h,), decay < 1.0, device=sv.device)  # as a layer's (bulk.under_decay)
+    enter, stay = bulk.under_decay(sv, enter, stay, decaying)
+    count = bulk.hysteresis(sv, enter, stay, previous)
+    hs.modes[pair] = torch.where(finite, count, previous)
+    hs.bulk_ref[pair] = torch.where(finite, ref, carried)
+    return count
+
+
+def warm_tables(hs: HeadSet) -> None:
+    """Build the product-law tables this module's heads will use (cached per shape: 0.5–0.7 s
+    each at d = 64, n = 768 on a loaded CPU), so the first full sample does not pay for them
+    on the training thread (IndicatorEngine.warm_up)."""
+    n_in = hs.q[0].matrix_shape[1]
+    shapes = [(n_in, n_in)] + ([(hs.o.matrix_shape[0], n_in)] if hs.o is not None else [])
+    for na, nb in shapes:
+        if 2 <= hs.head_dim <= min(na, nb):
+            _product_tables(hs.head_dim, na, nb)

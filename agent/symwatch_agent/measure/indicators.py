@@ -19,7 +19,8 @@ flicker): the number of learned modes, right at any init scale. numerical_rank i
 linear-algebra rank, numpy.linalg.matrix_rank's tolerance relative to the current σ₁:
 σ_k > σ₁ · max(m, n) · eps(float32). mirror_rank counts √(λ_k/2) > τ_m, λ_k the mirror
 eigenvalues (for a balanced pair √(λ_k/2) is each factor's σ_k), τ_m = max(rel_tol · largest
-√(λ₁/2) seen so far, abs_tol); the heads' ranks likewise (heads.py).
+√(λ₁/2) seen so far, abs_tol); the heads' ranks likewise, each head against its own
+largest √σ₁ (heads.py).
 
 Wire encoding of the columns: NaN means "not computed this sample" (the key is left out of the
 METRICS message, so the observer keeps the last value); ±inf means "computed but undefined",
@@ -60,11 +61,11 @@ from torch import nn
 
 from symwatch_agent.measure import heads as attention
 from symwatch_agent.measure import detail as layer_detail
-from symwatch_agent.measure import pairing, spectra, units
+from symwatch_agent.measure import pairing, spectra, units, wide
 from symwatch_agent.measure import bulk as bulk_edges
 from symwatch_agent.measure.activity import ActivityProbe
 from symwatch_agent.measure.layers import EMBEDDING, NORM, Layer, unwrap
-from symwatch_agent.measure.schedule import FULL, TierScheduler
+from symwatch_agent.measure.schedule import CHEAP, FULL, LayerSlices, TierScheduler
 
 INDICATORS = (
     "weight_norm", "stable_rank", "effective_rank", "participation_ratio", "numerical_rank",
@@ -109,6 +110,7 @@ class Snapshot:
     activity: dict[int, torch.Tensor] = field(default_factory=dict)  # relu: (m,) ever active
     lrs: dict[int, Any] = field(default_factory=dict)  # norm-fed layers: (η, power of ‖w‖)
     event: Any = None  # CUDA event recorded before the snapshot (for the scheduler)
+    layers: list[int] | None = None  # the slice measured (schedule.LayerSlices); None: all
     # full tier: spectra and unit facts kept for METRICS `detail` (detail.py), device tensors
     detail: list[layer_detail.GroupDetail] = field(default_factory=list)
     # full tier: (layer indices, σ descending (B, k), m, n) per group, for delta_rank
@@ -128,9 +130,11 @@ class IndicatorEngine:
         self.layers = list(layers)
         self.rel_tol, self.abs_tol = rel_tol, abs_tol
         self.dead_eps, self.dup_eps = dead_eps, dup_eps
-        # Above this min(m, n) a full spectrum costs too much even for the full tier: σ₁ comes
-        # from power iteration and the spectrum-based indicators are not computed (absent).
+        # Above this min(m, n) an exact spectrum costs more than an estimate: the full tier
+        # estimates it (wide.py: exact top σ by block Krylov, the rest by SLQ); the cheap
+        # tier's σ₁ comes from power iteration at every width.
         self.max_svd_dim = max_svd_dim
+        self._closing = False  # set by close(): a warm-up still running stops early
         # CPU weights of at least this many elements are measured in place, not copied
         self.view_elements = 1 << 18
         self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
@@ -165,6 +169,7 @@ class IndicatorEngine:
         self._columns = _COLUMNS
         self.find_heads(None, False)  # none until attach() looks for them
         self._power_vec: dict[int, torch.Tensor] = {}
+        self._wide_vec: dict[int, torch.Tensor] = {}  # wide layers: top singular vectors (wide.py)
         # Warm-started full-tier spectra (see _spectrum): per shape group, the eigenvectors of
         # the last exact decomposition and each layer's samples since it; counts for reports.
         # Off by default (spectra_refresh=0): on GPT-2-like weights the 0.3·σ₁ threshold falls
@@ -177,6 +182,13 @@ class IndicatorEngine:
         self._prev: dict[int, torch.Tensor] = {}  # norm-fed layers: previous [W | b]
         self.last_tier: str | None = None
         self.last_detail: list[layer_detail.GroupDetail] | None = None
+        # Slices (schedule.LayerSlices): a sample the scheduler plans (snapshot() without a
+        # tier) measures the layers whose expected cost fits `slice_target_s` (set by the agent
+        # before each sample; None: every layer). Built on first use, after attach() found the
+        # attention modules whose layers must stay together.
+        self.slices: LayerSlices | None = None
+        self.slice_target_s: float | None = None
+        self.last_slice: list[int] | None = None
 
     # -- pairing -------------------------------------------------------------------------------
 
@@ -209,6 +221,7 @@ class IndicatorEngine:
         """Find the attention modules to measure per head (heads.py); returns "name (why)"
         notes for those found but not measured. Bad `heads` names raise ValueError."""
         self.heads, skipped = attention.discover(self.layers, modules, heads, default)
+        self.slices = None  # its chunks follow the attention modules: rebuilt on next use
         n = len(self.layers) + len(self.heads)
         widest = max((hs.heads for hs in self.heads), default=0)
         self._columns = _COLUMNS + len(attention.PER_HEAD) * widest
@@ -239,7 +252,9 @@ class IndicatorEngine:
         pairing.apply(self.layers, self._sources, **self._pair_options)
 
     def close(self) -> None:
-        """Remove every hook the engine registered (pairing pass, activity probe)."""
+        """Remove every hook the engine registered (pairing pass, activity probe), and stop
+        a warm-up still running after its current table."""
+        self._closing = True
         if self._observer is not None:
             self._observer.close()
         self.probe.close()
@@ -263,15 +278,19 @@ class IndicatorEngine:
         (`Group.owned` False). Copying them cost more than the cheap tier's arithmetic (a fresh
         allocation of every weight, page faults included, each sample). measure() must then
         run before the next optimizer step, as compute() does."""
+        planned = tier is None  # an explicit tier (tests, benchmarks) measures every layer
         tier = tier or self.scheduler.choose()
         snap = Snapshot(tier, time.perf_counter())
+        if planned:
+            snap.layers = self._slices().take(tier, self.slice_target_s)
+        chosen = None if snap.layers is None else set(snap.layers)
         if self._device.type == "cuda":
             snap.event = torch.cuda.Event(enable_timing=True)
             snap.event.record()
         snap.activity = self.probe.take()
         by_key: dict[tuple, list[int]] = defaultdict(list)
         for i, layer in enumerate(self.layers):
-            if i not in self.failed:
+            if i not in self.failed and (chosen is None or i in chosen):
                 by_key[(layer.matrix_shape, layer.weight.device)].append(i)
         chunks: list[tuple[int, int, list[int], bool]] = []
         for ((m, n), device), idxs in by_key.items():
@@ -337,7 +356,7 @@ class IndicatorEngine:
             if self.heads:
                 self._guarded("heads", self._heads, snap, out)
         for i, active in snap.activity.items():
-            if i not in self.failed:
+            if i not in self.failed and (snap.layers is None or i in snap.where):
                 self._put(out, [i], "relu_dead", 1 - active.float().mean().reshape(1))
         self._guarded("deltas", self._deltas, snap, out)
         # Layers whose weights hold NaN/inf: every computed value becomes null (N/A).
@@ -348,15 +367,69 @@ class IndicatorEngine:
         out[:, _FINITE] = flag
         self.probe.arm()  # dead-ReLU hooks for the next forward pass
         self.last_tier = snap.tier
+        self.last_slice = snap.layers
         # read by the agent right after measure() and decoded on the publisher thread
         self.last_detail = snap.detail if snap.tier == FULL else None
         end = None
         if snap.event is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-        self.scheduler.record(snap.tier, time.perf_counter() - snap.started,
+        seconds = time.perf_counter() - snap.started
+        self.scheduler.record(snap.tier, seconds,
                               (snap.event, end) if end is not None else None)
+        # the first full sample pays the libraries' warm-up: no guide to the steady cost
+        warm_up = snap.tier == FULL and self.scheduler.samples[FULL] == 1
+        self._slices().record(snap.tier, snap.layers, seconds, self.step, charge=not warm_up)
         return out
+
+    def warm_up(self) -> None:
+        """One-off work that the first full sample would otherwise do on the training
+        thread: the bulk tables of each measured shape (bulk.py, cached per shape: ~0.1 s each
+        at width 768) and the eigensolver's first call. The agent runs it on a thread of its
+        own at start (torch releases the GIL in it). Never raises: a failure here only means
+        the first full sample pays it, as before."""
+        try:
+            spectra.gram_eigvals(torch.eye(2).unsqueeze(0))
+            shapes = {layer.matrix_shape for layer in self.layers if layer.has_rank}
+            for m, n in sorted(shapes):  # wide layers too: `modes` fits their estimate
+                if self._closing:  # the agent is closing, and its exit waits for this thread
+                    return
+                bulk_edges.edges_by_count(torch.zeros(1, min(m, n)), m, n)
+            for hs in self.heads:  # the heads' `modes`: the product law's tables
+                if self._closing:
+                    return
+                attention.warm_tables(hs)
+        except Exception:
+            pass
+
+    def _slices(self) -> LayerSlices:
+        """The layer slices: each attention module's layers (and their adapters) one chunk,
+        every other layer a chunk of its own, in layer order."""
+        if self.slices is None:
+            index = {id(layer): i for i, layer in enumerate(self.layers)}
+            owner = list(range(len(self.layers)))  # layer -> the chunk's first layer
+            for hs in self.heads:
+                # layers() holds the projections and their LoRA factors: _heads reads them all
+                members = [index[id(layer)] for layer in hs.layers() if id(layer) in index]
+                root = min((owner[i] for i in members), default=None)
+                for i in members:
+                    owner[i] = root
+            chunks: dict[int, list[int]] = defaultdict(list)
+            for i, root in enumerate(owner):
+                chunks[root].append(i)
+            ordered = [chunks[k] for k in sorted(chunks)]
+
+            def weight(i: int, full: bool) -> float:
+                # spectra: O(m·n·k); one pass: O(m·n); plus a fixed cost per layer (the calls
+                # themselves: tens of µs, worth ~2¹⁵ elements of a pass, ~2²⁰ of a spectrum)
+                m, n = self.layers[i].matrix_shape
+                k = min(m, n, self.max_svd_dim)
+                return float(m * n * k + (1 << 20) if full else m * n + (1 << 15))
+
+            self.slices = LayerSlices(ordered, {
+                CHEAP: [sum(weight(i, False) for i in c) for c in ordered],
+                FULL: [sum(weight(i, True) for i in c) for c in ordered]})
+        return self.slices
 
     def _guarded(self, name: str, job: Any, *args: Any) -> None:
         if name in self.switched_off:
@@ -411,6 +484,10 @@ class IndicatorEngine:
                 sv = eig.float().sqrt()
                 s1 = sv[:, 0]
                 snap.spectra.append((idxs, sv, m, n))  # for delta_rank (_deltas)
+            elif snap.tier == FULL:  # wider: estimated spectra (wide.py), the same columns
+                sv, count = self._wide_spectrum(w, idxs, out), None
+                s1 = sv[:, 0]
+                snap.spectra.append((idxs, sv, m, n))
             else:
                 sv = None
                 s1 = self._power_sigma1(w, idxs)
@@ -513,6 +590,24 @@ class IndicatorEngine:
             g[unsure], tau[unsure].square().to(g.dtype)).to(count.dtype)
         return eig, count
 
+    def _wide_spectrum(self, w: torch.Tensor, idxs: list[int], out: torch.Tensor
+                       ) -> torch.Tensor:
+        """Layers with min(m, n) > max_svd_dim (wide.py): the rank family into `out`; returns
+        the descending spectrum (B, k) whose top is exact and the rest SLQ quantiles, for
+        numerical_rank, `modes` and delta_rank as an exact one. Warm-started from each
+        layer's top singular vectors of its last full sample (kept in `_wide_vec`)."""
+        k = min(w.shape[1:])
+        kept = [self._wide_vec.get(i) for i in idxs]
+        start = None
+        if all(v is not None and v.shape == (k, min(wide.TOP, k)) for v in kept):
+            start = torch.stack(kept)  # type: ignore[arg-type]
+        found = wide.spectrum(w, start)
+        for j, i in enumerate(idxs):
+            self._wide_vec[i] = found.vectors[j]
+        for name, values in found.ranks.items():
+            self._put(out, idxs, name, values)
+        return found.sv
+
     def _count_modes(self, sv: torch.Tensor, m: int, n: int, idxs: list[int],
                      finite: torch.Tensor) -> torch.Tensor:
         """`modes`: #{σ above the layer's random bulk} (bulk.py), with hysteresis against the
@@ -521,9 +616,10 @@ class IndicatorEngine:
         layer keeps its state (it publishes null)."""
         idx = torch.tensor(idxs, device=self._modes.device)
         step = self.step
-        decay = []
+        decay, decaying = [], []
         for i in idxs:
             lr, wd = self._lr_wd(self.layers[i])
+            decaying.append(bool(lr and wd))
             last = self._bulk_step.get(i)
             steps = step - last if step is not None and last is not None else 0
             decay.append(bulk_edges.decay_factor(lr, wd, steps))
@@ -532,6 +628,8 @@ class IndicatorEngine:
         carried = self._bulk_ref[idx] * torch.tensor(decay, device=sv.device)
         previous = self._modes[idx]
         enter, stay, ref = bulk_edges.bulk_edge(sv, m, n, previous, carried)
+        enter, stay = bulk_edges.under_decay(sv, enter, stay,
+                                             torch.tensor(decaying, device=sv.device))
         count = bulk_edges.hysteresis(sv, enter, stay, previous)
         self._modes[idx] = torch.where(finite, count, previous)
         self._bulk_ref[idx] = torch.where(finite, ref, self._bulk_ref[idx])
@@ -668,9 +766,9 @@ class IndicatorEngine:
         factors' Grams, whose random bulks have different scales (torch's init: variance
         1/fan_in each), so no single Marchenko–Pastur law fits it: the edge is
         √((e₁² + e₂²)/2), e_f the entry threshold above factor f's own bulk (its spectrum from
-        this sample, bulk.py), which bounds λ_max of the two bulks' sum. Where a factor's
-        spectrum was not computed (above max_svd_dim), the bulk of [W₁ | W₂ᵀ] as one matrix
-        (√λ are its singular values)."""
+        this sample, bulk.py; above max_svd_dim wide.py's estimate), which bounds λ_max of
+        the two bulks' sum. Where a factor's spectrum was not computed (its group failed),
+        the bulk of [W₁ | W₂ᵀ] as one matrix (√λ are its singular values)."""
         found = {i: (sv[j:j + 1], m, n) for rows, sv, m, n in snap.spectra
                  for j, i in enumerate(rows)}
         index = {id(layer): i for i, layer in enumerate(self.layers)}
@@ -719,9 +817,19 @@ class IndicatorEngine:
             finite = torch.stack([out[index[id(layer)], _FINITE] for layer in hs.layers()])
             out[row, _FINITE] = finite.min()
             qk, vo = attention.head_spectra(hs, *parts, o)
-            self._head_ranks(hs, row, "qk", qk, out)
-            if vo is not None:
-                self._head_ranks(hs, row, "vo", vo, out)
+            # weight decay since the last sample shrinks each product by both its factors'
+            steps = (self.step - hs.bulk_step if self.step is not None
+                     and hs.bulk_step is not None else 0)
+            if self.step is not None:
+                hs.bulk_step = self.step
+            decay = {layer: bulk_edges.decay_factor(*self._lr_wd(layer), steps)
+                     for layer in hs.layers()}
+            n_in = parts[0].shape[1]
+            self._head_ranks(hs, row, "qk", qk, out, (n_in, n_in),
+                             decay[hs.q[0]] * decay[hs.k[0]])
+            if vo is not None and hs.o is not None:
+                self._head_ranks(hs, row, "vo", vo, out, (hs.o.matrix_shape[0], n_in),
+                                 decay[hs.o] * decay[hs.v[0]])
                 ranks = torch.cat([out[row, COL["qk_rank"]:COL["qk_rank"] + 1],
                                    out[row, COL["vo_rank"]:COL["vo_rank"] + 1]])
             else:
@@ -729,21 +837,35 @@ class IndicatorEngine:
             out[row, COL["delta_rotation"]] = ranks.mean() / hs.head_dim
 
     def _head_ranks(self, hs: attention.HeadSet, row: int, pair: str, sv: torch.Tensor,
-                    out: torch.Tensor) -> None:
-        """#{√σ > τ} per head, τ = max(rel_tol · largest √σ₁ seen over the module's heads,
-        abs_tol); its mean, min, per-head values (and, for VO, the dead-head fraction)."""
+                    out: torch.Tensor, sizes: tuple[int, int], decay: float) -> None:
+        """Per head, from the σ of its `pair` product (H, d): the rank #{√σ > τ_h},
+        τ_h = max(rel_tol · the largest √σ₁ seen so far *of this head*, abs_tol) (relative to
+        its own σ₁: a head whose scores are merely cooler keeps its rank); σ₁, stable and
+        effective rank of the product (N/A for a zero product: undefined); `modes` above the
+        head's own bulk (heads.product_modes; `sizes`: the two factors' lengths). On the
+        module's row: the rank's mean and min (and, for VO, the dead-head fraction)."""
+        good = out[row, _FINITE] == 1
         root = sv.sqrt().to(out.dtype)  # in the units of one factor: a balanced pair's own σ
-        top = torch.where(out[row, _FINITE] == 1, root[:, 0].max(), 0.0)
+        top = torch.where(good, root[:, 0], 0.0)
         seen = torch.maximum(hs.seen[pair], top) if pair in hs.seen else top
         hs.seen[pair] = seen  # stays on the device: no host sync
         tau = torch.clamp(self.rel_tol * seen, min=self.abs_tol)
-        ranks = (root > tau).sum(1).to(out.dtype)
+        ranks = (root > tau[:, None]).sum(1).to(out.dtype)
         out[row, COL[f"{pair}_rank"]] = ranks.mean()
         out[row, COL[f"{pair}_rank_min"]] = ranks.min()
-        k = attention.PER_HEAD.index(f"{pair}_rank")
+        family = spectra.rank_family(sv)
+        undefined = torch.tensor(float("-inf"), dtype=sv.dtype, device=sv.device)
+        series = {
+            "rank": ranks,
+            "sigma1": sv[:, 0],
+            "stable_rank": torch.nan_to_num(family["stable_rank"], nan=float("-inf")),
+            "erank": torch.where(sv[:, 0] > 0, family["effective_rank"], undefined),
+            "modes": attention.product_modes(hs, pair, sv, *sizes, decay, good),
+        }
         widest = (self._columns - _COLUMNS) // len(attention.PER_HEAD)
-        start = _COLUMNS + k * widest
-        out[row, start:start + hs.heads] = ranks
+        for name, values in series.items():
+            start = _COLUMNS + attention.PER_HEAD.index(f"{pair}_{name}") * widest
+            out[row, start:start + hs.heads] = values.to(out.dtype)
         if pair == "vo":
             out[row, COL["dead_heads"]] = (ranks == 0).to(out.dtype).mean()
 
@@ -826,7 +948,9 @@ class IndicatorEngine:
                 continue
             if row[_FINITE] == 0.0:
                 nonfinite.append(layer.name)
-            values[layer.name] = _row_values(row, enumerate(INDICATORS))
+            found = _row_values(row, enumerate(INDICATORS))
+            if found:  # nothing computed: not in this sample's slice, left out (kept as was)
+                values[layer.name] = found
         widest = (self._columns - _COLUMNS) // len(attention.PER_HEAD)
         for hs, row in zip(self.heads, rows[len(self.layers):]):
             # per head: `qk_rank.h0`, … (integers), after the module's aggregates
@@ -863,7 +987,8 @@ def _row_values(row: list[float], columns: Any) -> dict[str, float | None]:
             continue
         if x in (float("inf"), float("-inf")):
             out[name] = None
-        elif name in INTEGER_INDICATORS or "_rank.h" in name:
+        elif name in INTEGER_INDICATORS or (
+                ".h" in name and name.partition(".h")[0] in attention.INTEGER_PER_HEAD):
             out[name] = int(round(x))
         else:
             out[name] = x

@@ -15,7 +15,10 @@ the scheduler gives the full tier its own ledger: a full sample runs only when t
 measured cost so far plus one more (an average of the past ones) stays within
 `full_share × budget × elapsed`; otherwise the sample is cheap. So the cheap tier keeps its
 cadence and the full tier runs as often as the rest of the budget allows. The first sample is
-always full (it also pays one-off library warm-up, which is not charged). A budget of 1 or more
+full (it also pays one-off library warm-up, which is not charged), unless `first` says
+cheap: the agent's choice under a budget, so that step 1 pays no spectra (the full tier's
+warm-up then comes with the next sample, its bulk tables computed on a thread at start,
+IndicatorEngine.warm_up). A budget of 1 or more
 means "no limit": every sample is full (the demo and the tests use it, so that which sample
 is full does not depend on the machine's speed).
 
@@ -31,7 +34,8 @@ launch time; CUDA events around each full sample feed its real GPU time back onc
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 CHEAP, FULL = "cheap", "full"
 
@@ -52,6 +56,9 @@ class TierScheduler:
         self.full_spent = 0.0
         self.samples = {CHEAP: 0, FULL: 0}
         self._pending: list[tuple[Any, Any, float]] = []  # CUDA (start, end, cpu seconds)
+        # The tier of the very first sample. CHEAP (the agent's choice under a budget): step 1
+        # then pays no spectra, and the full tier's warm-up comes with the next sample.
+        self.first = FULL
 
     @property
     def unlimited(self) -> bool:
@@ -60,7 +67,7 @@ class TierScheduler:
     def choose(self) -> str:
         self._collect_gpu_times()
         if self.samples[FULL] == 0:
-            return FULL
+            return self.first if self.samples[CHEAP] == 0 else FULL
         if self.full_every is not None and self._since_full + 1 < self.full_every:
             return CHEAP
         if self.unlimited:
@@ -94,8 +101,110 @@ class TierScheduler:
                     still.append((start, end, cpu))
                     continue
                 gpu = start.elapsed_time(end) / 1000.0
-            except Exception:
+            except Exception:  # noqa: BLE001, S112 (an event CUDA cannot time: not charged)
                 continue
             if gpu > cpu:  # charge the difference: the GPU was busy longer than the launch
                 self._charge(gpu - cpu)
         self._pending = still
+
+
+class LayerSlices:
+    """Which layers a sample measures: a slice, round-robin over the model, so that every
+    layer is refreshed often even where measuring the whole model at once costs more than
+    `every` steps earn of the budget.
+
+    The layers are cut into *chunks* that are always measured together (an attention module's
+    q/k/v/o projections: its per-head row needs all four from the same sample); a sample takes
+    chunks from where the previous sample of its tier stopped (one cursor per tier, so the
+    rarer full tier also visits every layer in turn, whatever the cheap samples do) until the
+    sample's expected cost reaches `target_s`, at least one chunk, at most the whole model.
+    The expected cost is the chunk's cost weight (tier-dependent: m·n for the cheap tier,
+    m·n·min(m, n) for the full one, what their dominant operations scale as) times the tier's
+    measured seconds per weight unit (an average of the past samples of that tier).
+
+    `target_s` None means no slicing (every layer, every sample): the agent passes None with an
+    unlimited budget, so the demo and the tests see whole samples, as before. With a budget it
+    passes what `every` steps earn of it, so a sample fits the budget at the `every` cadence
+    and the per-layer refresh interval is `every` × the number of slices; a sample too costly
+    for that still measures one chunk, and the agent's own ledger stretches the interval.
+
+    The ledger of refreshes (`last`, `gaps`: the steps between a layer's refreshes, the latest
+    ones) is what STATS `sampling` reports as the per-layer refresh interval.
+    """
+
+    GAPS_KEPT = 8  # per layer: the latest intervals between refreshes (median and max of these)
+
+    def __init__(self, chunks: list[list[int]], weights: dict[str, list[float]]) -> None:
+        self.chunks = [list(c) for c in chunks if c]
+        self.weights = weights  # tier -> cost weight of each chunk
+        self.layers = sorted(i for c in self.chunks for i in c)
+        self.sliced = False  # a sample measured a slice, not the whole model (STATS says so)
+        self._cursor = {CHEAP: 0, FULL: 0}
+        self.per_unit: dict[str, float | None] = {CHEAP: None, FULL: None}  # seconds / weight
+        self.last: dict[int, int] = {}  # layer -> step of its latest refresh (any tier)
+        self.gaps: dict[int, list[int]] = {}  # layer -> latest steps between its refreshes
+        self.last_full: dict[int, int] = {}
+        self.gaps_full: dict[int, list[int]] = {}
+
+    def take(self, tier: str, target_s: float | None) -> list[int] | None:
+        """The layers of this sample (sorted), or None: all of them."""
+        if target_s is None or len(self.chunks) <= 1:
+            return None
+        rate = self.per_unit.get(tier)
+        weights = self.weights[tier]
+        n = len(self.chunks)
+        start = self._cursor[tier] % n
+        taken: list[int] = []
+        cost = 0.0
+        for k in range(n):
+            c = (start + k) % n
+            expected = cost + (rate * weights[c] if rate is not None else float("inf"))
+            if taken and expected > target_s:
+                break
+            taken.append(c)
+            cost = expected
+        self._cursor[tier] = (start + len(taken)) % n
+        if len(taken) == n:
+            return None
+        self.sliced = True
+        return sorted(i for c in taken for i in self.chunks[c])
+
+    def record(self, tier: str, layers: list[int] | None, seconds: float, step: int | None,
+               charge: bool = True) -> None:
+        """A sample of `tier` measured `layers` (None: all) in `seconds`, at `step`. `charge`
+        False: a warm-up sample, whose time says nothing about the steady cost."""
+        measured = self.layers if layers is None else layers
+        if charge:
+            index = {i: c for c, chunk in enumerate(self.chunks) for i in chunk}
+            weight = sum(self.weights[tier][c] for c in {index[i] for i in measured
+                                                          if i in index})
+            if weight > 0:
+                rate = seconds / weight
+                old = self.per_unit.get(tier)
+                self.per_unit[tier] = rate if old is None else 0.7 * old + 0.3 * rate
+        if step is None:
+            return
+        for i in measured:
+            _note(self.last, self.gaps, i, step, self.GAPS_KEPT)
+            if tier == FULL:
+                _note(self.last_full, self.gaps_full, i, step, self.GAPS_KEPT)
+
+    def interval(self, full: bool = False) -> tuple[float | None, int | None]:
+        """(median over layers of each layer's median steps between refreshes, the largest
+        such gap of any layer), or (None, None) before a layer was refreshed twice."""
+        gaps = self.gaps_full if full else self.gaps
+        medians = [sorted(g)[len(g) // 2] for g in gaps.values() if g]
+        if not medians:
+            return None, None
+        medians.sort()
+        return float(medians[len(medians) // 2]), max(max(g) for g in gaps.values() if g)
+
+
+def _note(last: dict[int, int], gaps: dict[int, list[int]], i: int, step: int,
+          kept: int) -> None:
+    before = last.get(i)
+    last[i] = step
+    if before is not None and step > before:
+        row = gaps.setdefault(i, [])
+        row.append(step - before)
+        del row[:-kept]

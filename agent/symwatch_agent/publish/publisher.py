@@ -244,6 +244,15 @@ class Publisher:
         self._stopping.set()
         self._wake()  # even if a byte is pending: this is the one wake-up that must arrive
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            # Still inside a sample's computation (a slow first sample on a loaded machine).
+            # Leaving now would let the interpreter finalise under a thread running torch
+            # kernels, which aborts the process ("terminate called without an active
+            # exception", exit −6): a finished training run reported as a crash. Waiting a
+            # little longer is the lesser harm; said once, so a slow exit is explained.
+            self._report("close", f"waiting up to {LATE_CLOSE_S:g} s for the sample in "
+                                  "progress to finish before exit")
+            self._thread.join(LATE_CLOSE_S)
         self._thread = None
 
     # -- the thread ----------------------------------------------------------------------------
@@ -495,6 +504,8 @@ class Publisher:
 
 
 RELAY_WAIT_S = 2.0  # how long a publisher to a relay waits for it before sending anyway
+# How long close() waits, after its own timeout, for a sample still being computed.
+LATE_CLOSE_S = 30.0
 
 
 def _drain(sock: zmq.Socket) -> None:

@@ -10,11 +10,17 @@ smooth schedule's small change between two samples is not a boundary (`BOUNDARY_
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from symwatch.core.detection import TransitionDetector, detected, to_event_payload
+from symwatch.core.detection import (
+    TransitionDetector,
+    detected,
+    detected_scalar,
+    to_event_payload,
+)
 
 # The optimizer settings whose change explains a jump in what follows.
 WATCHED_HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
@@ -41,6 +47,22 @@ def read_hyperparameters(optimizers: Sequence[torch.optim.Optimizer]) -> Hyperpa
     return tuple(values)
 
 
+def host_float(value: Any) -> float | None:
+    """A loss or logged scalar as a plain float for the detector, NaN and ±inf kept (a
+    non-finite loss is a divergence; the wire form maps it to null, this must not). `value` is
+    a number, a tensor, or a (host tensor, copy-done event) pair from the agent's async copy."""
+    if isinstance(value, tuple):
+        host, done = value
+        done.synchronize()
+        value = host
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
 class TransitionWatch:
     """One detector per agent; `update` returns EVENT payloads (with their steps) to publish."""
 
@@ -50,11 +72,20 @@ class TransitionWatch:
 
     def update(self, step: int, values: dict[str, dict[str, float | None]],
                loss: float | None, hyperparameters: Hyperparameters,
-               time: float | None = None) -> list[tuple[int, dict[str, Any]]]:
+               time: float | None = None, scalars: dict[str, Any] | None = None
+               ) -> list[tuple[int, dict[str, Any]]]:
+        """Feed one sample: the layers' indicators, the loss, and every scalar passed to
+        `agent.log` (each model's loss on its own; settings such as a logged learning rate are
+        left out, their changes are marks)."""
         self._note_hyperparameters(step, hyperparameters)
+        self.detector.weight_decay = max((v or 0.0 for name, _, v in hyperparameters
+                                          if name == "weight_decay"), default=0.0)
         primary = {layer: {m: v for m, v in row.items() if detected(m)}
                    for layer, row in values.items()}
-        transitions = self.detector.update_metrics(step, primary, loss=loss, time=time)
+        logged = {k: v for k, v in (scalars or {}).items()
+                  if detected_scalar(k) and k != "loss"}
+        transitions = self.detector.update_metrics(step, primary, loss=loss, time=time,
+                                                   scalars=logged)
         return [(t.step, to_event_payload(t)) for t in transitions]
 
     def _note_hyperparameters(self, step: int, hyperparameters: Hyperparameters) -> None:

@@ -25,7 +25,7 @@ SEVERITIES = ("transition", "error", "warning", "notice", "info")
 # The flat event fields every alert's JSON carries (null when the agent left them out), so a
 # consumer script can index them without checking.
 EVENT_FIELDS = ("message", "severity", "layer", "metric", "direction", "before", "after",
-                "score", "exogenous", "onset")
+                "score", "exogenous", "onset", "what")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,10 @@ class AlertRule:
     layers: Sequence[str] = ()
     metrics: Sequence[str] = ()
     min_score: float | None = None
-    include_exogenous: bool = False
+    # A transition with a known cause (weight decay switched on, an LR step) is still a
+    # transition: the demo's first restoration is news even though the run caused it. The
+    # cause is in the alert (`exogenous`); `include_exogenous=False` leaves them out.
+    include_exogenous: bool = True
     severities: frozenset[str] = frozenset({TRANSITION})
 
     def matches(self, alert: Alert) -> bool:
@@ -109,7 +112,7 @@ class AlertRule:
         if severity not in self.severities:
             return False
         if severity == TRANSITION and alert.get("exogenous") and not self.include_exogenous:
-            return False  # explained by a known change (LR step, resume): not news
+            return False  # explained by a known change, and asked to leave those out
         min_score = self.min_score if severity == TRANSITION else None
         return any(self._series_matches(layer, metric, score, min_score)
                    for layer, metric, score in _series(alert))
@@ -126,11 +129,18 @@ class AlertRule:
 
 
 def _series(alert: Alert) -> list[tuple[Any, Any, Any]]:
-    """(layer, metric, score) of the top series and of every grouped jump."""
+    """(layer, metric, score) of the top series, of every grouped jump and of every mover (the
+    layers that moved most in the window: a loss transition names them). A mover's score is
+    its |z| against its own noise."""
     out = [(alert.get("layer"), alert.get("metric"), alert.get("score"))]
     for jump in alert.get("jumps") or ():
         if isinstance(jump, dict):
             out.append((jump.get("layer"), jump.get("metric"), jump.get("score")))
+    for mover in alert.get("movers") or ():
+        if isinstance(mover, dict):
+            z = mover.get("z")
+            out.append((mover.get("layer"), mover.get("metric"),
+                        abs(z) if isinstance(z, (int, float)) else None))
     return out
 
 

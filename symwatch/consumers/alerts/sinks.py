@@ -63,7 +63,8 @@ def alert_env(alert: Alert) -> dict[str, str]:
     """The SYMWATCH_* variables a command gets (empty string for a missing value)."""
     fields = {"RUN": alert.run, "RUN_NAME": alert.run_name, "STEP": alert.step,
               "SEVERITY": alert.severity, "MESSAGE": alert.message, "TEXT": alert.text}
-    for name in ("layer", "metric", "direction", "before", "after", "score", "exogenous"):
+    for name in ("layer", "metric", "direction", "before", "after", "score", "exogenous",
+                 "what"):
         fields[name.upper()] = alert.get(name)
     return {f"SYMWATCH_{key}": _env_text(value) for key, value in fields.items()}
 

@@ -34,7 +34,8 @@ SSH_DEFAULTS = ("-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S
 
 class SshError(Exception):
     """A failure with a one-line message that says what to do next. `kind` is one of
-    unreachable, auth, hostkey, not-installed, no-runs, forward-refused, no-socket, failed."""
+    unreachable, auth, hostkey, not-installed, no-runs, forward-refused, no-socket, failed,
+    closed (the tunnel was closed while it opened)."""
 
     def __init__(self, message: str, kind: str = "failed") -> None:
         super().__init__(message)

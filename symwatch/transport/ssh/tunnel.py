@@ -84,9 +84,18 @@ class _Child:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode("utf-8", "replace").rstrip())
+        stderr = self.proc.stderr
+        assert stderr is not None
+        try:
+            for raw in stderr:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip())
+        except (OSError, ValueError):
+            pass
+        finally:
+            # Closed here, by its reader, at its end: closing it from stop() while this thread
+            # is blocked in read() waits for the reader's lock, i.e. for every writer to go,
+            # and a grandchild (a ProxyCommand) can hold the pipe long after ssh is gone.
+            stderr.close()
 
     @property
     def stderr(self) -> str:
@@ -96,13 +105,12 @@ class _Child:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 3.0) -> None:
-        end_process(self.proc, timeout)
+        # The whole group (start_new_session made ssh its leader): ssh and whatever it started.
+        end_process(self.proc, timeout, group=True)
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
-        self._reader.join(1.0)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self._reader.join(1.0)  # the reader closes stderr at its end (see _read)
 
 
 class Tunnel:
@@ -174,7 +182,13 @@ class Tunnel:
         self._supervisor = threading.Thread(target=run, daemon=True,
                                             name=f"symwatch-tunnel {self.target.label}")
         self._supervisor.start()
-        started.wait()
+        try:
+            started.wait()
+        except BaseException:
+            # Ctrl-C while ssh connects: the supervisor would go on opening, and the ssh it
+            # started would outlive the caller's clean-up (and its socket directory stay).
+            self.close()
+            raise
         if failure:
             self.close()
             raise failure[0]
@@ -229,7 +243,16 @@ class Tunnel:
         return self.options.argv(self.target, *extra)
 
     def _launch(self) -> None:
-        self._ssh = _Child(self._ssh_argv())
+        self._ssh = self._started_unless_closing(_Child(self._ssh_argv()))
+
+    def _started_unless_closing(self, child: _Child) -> _Child:
+        """`child`, unless `close()` ran while it started (it may have missed the child): then
+        the child is stopped here and SshError says why."""
+        if self._closing.is_set():
+            child.stop()
+            raise SshError(f"the tunnel to {self.target.label} was closed while it opened",
+                           kind="closed")
+        return child
 
     def _launch_and_probe(self) -> SshError | None:
         self._launch()
@@ -241,13 +264,17 @@ class Tunnel:
 
     def _probe(self, fwd: Forward) -> SshError | None:
         """Connect to the local end until ZeroMQ's greeting comes back through the tunnel."""
-        assert self._ssh is not None
+        ssh = self._ssh
+        assert ssh is not None
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            if not self._ssh.alive():
-                self._ssh.proc.wait()
+            if self._closing.is_set():  # close() (e.g. Ctrl-C) while ssh still connects
+                return SshError(f"the tunnel to {self.target.label} was closed while it "
+                                "opened", kind="closed")
+            if not ssh.alive():
+                ssh.proc.wait()
                 time.sleep(0.05)  # the stderr reader catches the last lines
-                return self._ssh_failed(self._ssh)
+                return self._ssh_failed(ssh)
             sock = _connect(fwd.local)
             if sock is None:  # ssh has not bound the local end yet (authenticating)
                 if time.monotonic() > deadline:
@@ -259,6 +286,9 @@ class Tunnel:
                 got = _first_bytes(sock, self.probe_timeout_s)
             if got:
                 return None
+            if self._closing.is_set():
+                return SshError(f"the tunnel to {self.target.label} was closed while it "
+                                "opened", kind="closed")
             time.sleep(0.1)  # ssh logs the channel failure just after closing our side
             return self._channel_failed(fwd, got)
 
@@ -296,7 +326,8 @@ class Tunnel:
                  if fwd.remote.startswith("ipc://")]
         argv = self.options.argv(self.target, "-T") + [
             self.options.remote_script("ssh-relay", *paths)]
-        self._relay = _Child(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._relay = self._started_unless_closing(
+            _Child(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
         assert self._relay.proc.stdout is not None
         line = _read_line(self._relay.proc.stdout, self.start_timeout_s)
         words = line.split()

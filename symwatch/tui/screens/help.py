@@ -10,6 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from symwatch.tui.columns import LEGEND, label, legend
 from symwatch.tui.commands import COMMANDS, OTHER_KEYS
 
 
@@ -29,15 +30,25 @@ STATES = (
     ("FINISHED", "the run said goodbye; the last values stay on screen"),
 )
 
+def _columns() -> tuple[tuple[str, str], ...]:
+    """Every column's short and long name (the table shows one or the other by width) with
+    its legend (symwatch.tui.columns.LEGEND): the same line ←/→ shows under the table."""
+    rows = []
+    for name in LEGEND:
+        short, long_ = label(name, short=True), label(name)
+        explained = legend(name).split("  ", 1)[1].split(": ", 1)[1]
+        rows.append((f"{short:<6} {long_}" if short != long_ else long_, explained))
+    rows.append(("qkσ3 …", ("a head's series (the heads view): family short name + head "
+                            "number; QK σ₁ h3 is head 3's QK σ₁")))
+    return tuple(rows)
+
+
 INDICATORS = (
-    ("weight norm", "‖W‖_F, the Frobenius norm of the layer's weight"),
-    ("stable rank", "‖W‖_F² / σ₁²: how many directions carry the weight's energy"),
-    ("numerical rank", "singular values above a threshold (relative to the largest σ₁ seen)"),
-    ("dead fraction", "share of units whose in+bias+out weight norm is ≤ 1 % of the layer's RMS"),
-    ("broken Δ", "how far the layer is from its symmetric states, 0..1 (docs/metrics.md)"),
+    *_columns(),
     ("▲ / ▼ name", "a transition just happened in this layer (up / down)"),
-    ("N/A", "not measured (yet), not finite, or the symmetry does not hold for the layer "
-            "(e.g. duplicates of Linear → Linear); never shown as 0"),
+    ("N/A", ("not measured (yet), not finite, or the symmetry does not hold for the layer "
+             "(e.g. duplicates of Linear → Linear); never shown as 0; a column N/A on every "
+             "layer is not shown")),
 )
 
 
@@ -51,7 +62,8 @@ def help_text() -> Table:
             grid.add_row(key, what)
         grid.add_row("", "")
     grid.add_row("", Text("Each indicator cell: a sparkline of recent samples, then the latest "
-                          "value. The header's 'dropped' counts messages the agent could not "
+                          "value; fractions in percent. ←/→ move the column cursor: the line "
+                          "under the table explains that column. The header's 'dropped' counts messages the agent could not "
                           "send plus gaps in sequence numbers. Themes: --theme light|dark|auto"
                           "|terminal or $SYMWATCH_THEME; t switches light ⇄ dark.",
                           style="dim"))

@@ -4,6 +4,8 @@ its history, with the layer's transitions marked under it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,14 +13,15 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from symwatch.state import numbers
+from symwatch.state import axis, numbers
 from symwatch.state.run_state import EventRecord, LayerState, RunState
 from symwatch.tui.columns import label
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.widgets.layer_structure import metadata_text, spectrum_text, units_text
-from symwatch.tui.widgets.sparkline import sparkline_rows
+from symwatch.tui.widgets.sparkline import axis_chart, label_width
 
-CHART_ROWS = 3
+CHART_ROWS = 5  # odd, so a constant sits on the middle row, labelled with its value; 5 nice
+# ticks waste less of the height than 3 (0.2 → 0.9 fills 70 % of it rather than 47 %)
 REFRESH_S = 0.5
 
 
@@ -61,22 +64,40 @@ def layer_detail_text(state: RunState, layer: LayerState, width: int,
         series = layer.indicators.get(name)
         if series is None:
             continue
-        points = series.store.columns(first, last, chart_w)
         lows = [lo for _, lo, _, _ in series.store.entries(first, last) if lo == lo]
         highs = [hi for _, _, hi, _ in series.store.entries(first, last) if hi == hi]
         text.append(f"\n\n {label(name)}", "bold cyan")
         now = value_at(series, window)
         text.append(f"  {'now' if window.live else 'at ' + format(last, ',')} "
                     f"{numbers.indicator(name, now)}", "bold")
+        # one axis for the window's whole envelope (the merged tiers' min and max too), so the
+        # y labels hold for every column drawn (symwatch.state.axis: nice ticks, a minimum
+        # range); fractions in percent, as the title and the table write them, with at least
+        # one percentage point of range (a fraction's 0.01 % wobble is not worth the height)
+        unit = 100.0 if numbers.is_fraction(name) else 1.0
+        ax = axis.axis([v * unit for v in (*lows, *highs)], CHART_ROWS,
+                       floor=1.0 if unit != 1.0 else axis.ABS_MIN_SPAN)
+        if ax is not None and unit != 1.0:
+            ax = dataclasses.replace(ax, labels=tuple(t + "%" for t in ax.labels))
         if lows and highs:
             text.append(f"   min {numbers.indicator(name, min(lows))}"
                         f"   max {numbers.indicator(name, max(highs))}", "dim")
-        for row in sparkline_rows(points, chart_w, CHART_ROWS):
+            if ax is not None and ax.flat:
+                text.append("   constant", "dim italic")
+        bars_w = max(4, chart_w - label_width(ax))
+        points = [None if v is None else v * unit
+                  for v in series.store.columns(first, last, bars_w)]
+        rows, steps = axis_chart(points, bars_w, ax, first, last)
+        pad = label_width(ax)
+        for row in rows:
             text.append("\n ")
-            text.append(row, "cyan")
+            text.append(row[:pad], "dim")
+            text.append(row[pad:], "dim cyan" if ax is not None and ax.flat else "cyan")
         if event_steps:
-            text.append("\n ")
-            text.append(marker_line(first, last, event_steps, chart_w), "bold yellow")
+            text.append("\n " + " " * pad)
+            text.append(marker_line(first, last, event_steps, bars_w), "bold yellow")
+        text.append("\n ")
+        text.append(steps, "dim")
     shown = [ev for ev in events if ev.step <= last]
     text.append(f"\n\n Transitions in this layer (to step {last:,})", "bold")
     if not shown:

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from symwatch.state import numbers
+from symwatch.state.optimizer import settings_text
 from symwatch.state.run_state import FINISHED, LIVE, RECONNECTING, STALE, WAITING, RunState
 from symwatch.tui.history_view import HistoryWindow, value_at, window_label
 from symwatch.tui.run_text import sampling_text
@@ -22,7 +23,7 @@ STATE_LABELS = {WAITING: "WAITING", LIVE: "LIVE", STALE: "STALE", FINISHED: "FIN
 
 
 def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool = False,
-                window: HistoryWindow | None = None) -> Text:
+                window: HistoryWindow | None = None, width: int | None = None) -> Text:
     """Two lines: who/where/state, then the run's numbers (at the window's last step when
     paused or scrolled back: `window`, see symwatch.tui.history_view)."""
     top = Text()
@@ -46,7 +47,7 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
         top.append(f"  world {state.world_size}", "dim")
     if state.device:
         top.append(f"  {state.device}", "dim")
-    top.append(f"  {endpoint}", "dim italic")
+    # the socket path (`endpoint`) is on `g`'s screen: here it took ~45 columns of the line
 
     line = Text()
     shown_step = window.end if history and window is not None else state.step
@@ -54,6 +55,10 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
     _field(line, "step", step)
     loss = value_at(state.loss, window) if history and window is not None else state.loss.current
     _field(line, "loss", numbers.compact(loss))
+    settings = settings_text(state.optimizer)
+    if settings:  # the optimizers' lr and weight decay now (STATS `optimizer`), never N/A
+        line.append(f" {settings}", "bold cyan")
+        line.append("  ")
     _field(line, "steps/s", numbers.compact(state.steps_per_s, 3))
     _field(line, "overhead", numbers.percent(state.overhead, 2))
     dropped = state.dropped
@@ -67,7 +72,23 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
         _field(line, "sampling", sampling,
                "yellow" if state.sampling and state.sampling.get("limit") == "budget" else "")
     # Each line is cut, never wrapped: a wrapped first line would push the numbers out of view.
+    # With the width known, a line is cut between two fields, never inside one (`overhead
+    # 54.7…` read as a different number).
+    if width:
+        top, line = _whole_fields(top, width), _whole_fields(line, width)
     return Text("\n", no_wrap=True, overflow="ellipsis").join([top, line])
+
+
+def _whole_fields(line: Text, width: int) -> Text:
+    """`line` cut after its last field (fields are two spaces apart) that fits in `width`."""
+    if len(line.plain.rstrip()) <= width:
+        return line
+    cut = line.plain.rfind("  ", 0, width + 1)
+    if cut <= 0:
+        return line
+    line = line.copy()
+    line.truncate(cut, overflow="crop")
+    return line
 
 
 def _field(line: Text, label: str, value: str, style: str = "") -> None:
@@ -83,4 +104,5 @@ class RunHeader(Static):
              window: HistoryWindow | None = None) -> None:
         # Two lines, fixed in app.tcss: no layout pass of the screen for new figures.
         self.update(header_text(state, connection, endpoint=endpoint, paused=paused,
-                                window=window), layout=False)
+                                window=window, width=self.size.width or self.app.size.width),
+                    layout=False)

@@ -44,10 +44,13 @@ def metadata_text(layer: LayerState) -> Text:
     feeds = meta.get("feeds")
     text.append("\n paired with ", "dim")
     if isinstance(feeds, list) and feeds:
-        text.append(", ".join(str(f) for f in feeds))
-        text.append("  (read this layer's units)", "dim")
+        names = ", ".join(str(f) for f in feeds)
+        text.append(names)
+        # plain words: `(read this layer's units)` left a newcomer guessing who reads whom
+        text.append(f"  ({names} {'reads' if len(feeds) == 1 else 'read'} this layer's "
+                    "outputs)", "dim")
     else:
-        text.append("none (no layer reads its units directly)", "dim")
+        text.append("none (no layer reads this layer's outputs directly)", "dim")
     return text
 
 

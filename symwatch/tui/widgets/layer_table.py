@@ -16,10 +16,10 @@ from textual.widgets.data_table import ColumnKey, RowKey
 
 from symwatch.state import numbers
 from symwatch.state.run_state import LayerState, RunState
-from symwatch.tui.columns import label, view_indicators
+from symwatch.tui.columns import label, measured_indicators, view_indicators
 from symwatch.tui.layer_order import TableOrder, matches, ordered
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
-from symwatch.tui.widgets.sparkline import sparkline
+from symwatch.tui.widgets.sparkline import is_baseline, sparkline
 
 VALUE_WIDTH = 7  # '12.35k', '100.0%', '1.2e-04'
 MAX_SPARK = 24
@@ -60,7 +60,7 @@ def compute_layout(state: RunState, width: int, view: str = "overview") -> Layou
     while they do not fit: full layer names (down to 16 characters), then the Type and Shape
     columns (the detail screen shows them), then sparklines (values only), then more of the
     names (down to 8). So 120 columns keep sparklines and 80 columns readable names."""
-    names = view_indicators(view, state.indicator_names())
+    names = view_indicators(view, measured_indicators(state))
     n = max(1, len(names))
     layers = list(state.layers.values())
     name_need = _clamp(max([len(x.name) + 2 for x in layers] + [5]), 8, 40)
@@ -103,6 +103,24 @@ def compute_layout(state: RunState, width: int, view: str = "overview") -> Layou
     return Layout(names, layer_w, type_w, shape_w, spark_w, header)
 
 
+# Colours against meaning, as nvitop colours values against thresholds: a share of units (or
+# heads) dead, never active or merged is capacity the layer has lost; any is worth a look
+# (yellow), half or more is most of the layer (red). Other indicators have no threshold that
+# holds across layers and stay plain.
+FRACTION_WARN, FRACTION_BAD = 0.0, 0.5
+
+
+def value_style(indicator: str, value: object) -> str:
+    if value is None:
+        return "dim"
+    if numbers.is_fraction(indicator) and isinstance(value, (int, float)):
+        if value >= FRACTION_BAD:
+            return "bold red"
+        if value > FRACTION_WARN:
+            return "bold yellow"
+    return "bold"
+
+
 def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
@@ -117,11 +135,12 @@ def _signature(layer: LayerState) -> tuple[object, ...]:
             layer.flag)
 
 
-def _header_label(indicator: str, layout: Layout, arrow: str = "") -> Text:
+def _header_label(indicator: str, layout: Layout, arrow: str = "",
+                  focus: bool = False) -> Text:
     words = label(indicator, short=layout.header_style == 0)
     if layout.header_style == 2:
         words = words.replace(" ", "\n", 1)
-    return Text(arrow + words, style="bold", justify="right")
+    return Text(arrow + words, style="bold underline" if focus else "bold", justify="right")
 
 
 def _sort_arrow(order: TableOrder, column: str) -> str:
@@ -201,6 +220,58 @@ class LayerTable(DataTable[Text]):
         self._cell_styles: dict[tuple[object, ...], tuple[Style, Style, dict]] = {}
         self._row_styles: dict[tuple[object, ...], Style] = {}  # see _get_row_style
         self._on_screen_first = False  # the next sync renders no margin (a new window)
+        # The column ←/→ points at (the rows have the cursor): its header is underlined and
+        # the legend line under the table explains it (symwatch.tui.columns.legend).
+        self.legend_column: str | None = None
+
+    class LegendMoved(Message):
+        """The column under the cursor changed: the legend line says what it is."""
+
+    def legend_indicator(self) -> str | None:
+        """The indicator under the column cursor (the first shown when it left the view)."""
+        shown = self._layout.indicators if self._layout is not None else ()
+        if not shown:
+            return None
+        return self.legend_column if self.legend_column in shown else shown[0]
+
+    def action_cursor_right(self) -> None:
+        self._move_legend(1)
+
+    def action_cursor_left(self) -> None:
+        self._move_legend(-1)
+
+    def _move_legend(self, step: int) -> None:
+        """←/→ move the column cursor between indicator columns (the rows keep the row
+        cursor: Enter still opens a layer); the header of the one pointed at is underlined."""
+        shown = self._layout.indicators if self._layout is not None else ()
+        if not shown:
+            return
+        current = self.legend_indicator()
+        index = shown.index(current) if current in shown else 0
+        self.legend_column = shown[max(0, min(len(shown) - 1, index + step))]
+        self._relabel()
+        key = column_key(self.legend_column)
+        if key in self.columns:
+            self.scroll_to_column(self.get_column_index(key))
+        self.post_message(self.LegendMoved())
+
+    def scroll_to_column(self, index: int) -> None:
+        self.move_cursor(column=index, scroll=True)
+
+    def _relabel(self) -> None:
+        """The indicator headers again, the one under the column cursor underlined."""
+        layout = self._layout
+        if layout is None:
+            return
+        focus = self.legend_indicator()
+        for name in layout.indicators:
+            column = self.columns.get(ColumnKey(column_key(name)))
+            if column is not None:
+                column.label = _header_label(name, layout, _sort_arrow(self.order,
+                                                                       column_key(name)),
+                                             focus=name == focus)
+        self._update_count += 1  # the header's cached lines are drawn again
+        self.refresh()
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
                      cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
@@ -440,7 +511,8 @@ class LayerTable(DataTable[Text]):
                             width=width, key=key)
         for name in layout.indicators:
             key = column_key(name)
-            self.add_column(_header_label(name, layout, _sort_arrow(self.order, key)),
+            self.add_column(_header_label(name, layout, _sort_arrow(self.order, key),
+                                          focus=name == self.legend_indicator()),
                             width=layout.cell_w, key=key)
         for layer in state.layers.values():
             if matches(layer, self.order.filter):
@@ -481,10 +553,12 @@ class LayerTable(DataTable[Text]):
                 history = series.values()
             else:  # paused or scrolled back: the window, as the other charts show it
                 history = series.store.columns(*steps_shown(window, self._state), layout.spark_w)
-            text.append(sparkline(history, layout.spark_w), "cyan")
+            line = sparkline(history, layout.spark_w)
+            # a constant series is a baseline, dimmed: nothing to look at here
+            text.append(line, "dim cyan" if is_baseline(line) else "cyan")
             text.append(" ")
         shown = numbers.indicator(indicator, value)
-        text.append(shown.rjust(VALUE_WIDTH), "bold" if value is not None else "dim")
+        text.append(shown.rjust(VALUE_WIDTH), value_style(indicator, value))
         return text
 
     def _add_row(self, layer: LayerState, layout: Layout) -> None:

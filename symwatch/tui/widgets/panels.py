@@ -10,7 +10,9 @@ from textual.widgets import Static
 
 from symwatch.state import numbers
 from symwatch.state.gpu_clocks import clock_text, throttled
+from symwatch.state.optimizer import change_text
 from symwatch.state.run_state import RunState
+from symwatch.tui.event_text import event_parts
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.main_layout import chart_rows
 from symwatch.tui.widgets.sparkline import sparkline_rows
@@ -19,6 +21,8 @@ from symwatch.tui.widgets.sparkline import sparkline_rows
 LOG_SCALE_RANGE = 20.0
 
 BOUNDARY_MARK = "┊"  # in the loss chart: where a restarted run replaced the previous one
+SETTINGS_MARK = "╎"  # in the loss chart: where an optimizer's lr or weight decay changed
+SETTINGS_STYLE = "bold magenta"
 
 THROTTLE_STYLE = "bold yellow"  # a GPU whose clocks are held down (power cap, thermal, …)
 
@@ -60,15 +64,36 @@ def loss_text(state: RunState, width: int, rows: int = 1,
         text.append(numbers.compact(value))
     if boundary is not None:
         text.append(f"  {BOUNDARY_MARK} restarted", "yellow")
+    marks: dict[int, tuple[str, str]] = {}
+    if boundary is None and first is not None and last is not None:
+        marks = settings_marks(state, first, last, chart_w)
+        latest = [ev for ev in state.setting_changes if first <= ev.step <= last]
+        if latest:  # the newest change in view, said in words beside the chart's title
+            text.append(f"  {SETTINGS_MARK} {change_text(latest[-1].changes)} "
+                        f"@{latest[-1].step:,}", SETTINGS_STYLE)
+    if boundary is not None:
+        marks[boundary] = (BOUNDARY_MARK, "bold yellow")
     for line in sparkline_rows(points, chart_w, rows):
         text.append("\n ")
-        if boundary is None:
-            text.append(line, "bright_cyan")
-            continue
-        text.append(line[:boundary], "bright_cyan")
-        text.append(BOUNDARY_MARK, "bold yellow")
-        text.append(line[boundary + 1:], "bright_cyan")
+        start = 0
+        for column in sorted(marks):
+            if column >= len(line):
+                break
+            mark, style = marks[column]
+            text.append(line[start:column], "bright_cyan")
+            text.append(mark, style)
+            start = column + 1
+        text.append(line[start:], "bright_cyan")
     return text
+
+
+def settings_marks(state: RunState, first: int, last: int, width: int
+                   ) -> dict[int, tuple[str, str]]:
+    """The chart columns (as `DownsampleStore.columns` places steps) of the optimizer
+    settings changes between steps `first` and `last`, each with its mark and style."""
+    span = max(1, last - first + 1)
+    return {min(width - 1, (ev.step - first) * width // span): (SETTINGS_MARK, SETTINGS_STYLE)
+            for ev in state.setting_changes if first <= ev.step <= last and width > 0}
 
 
 def across_restart(state: RunState, width: int) -> tuple[list[float | None], int]:
@@ -137,10 +162,18 @@ def events_text(state: RunState, lines: int) -> Text:
     for i, ev in enumerate(recent):
         if i:
             text.append("\n")
+        # as the events timeline (`e`) shows it: the kind in words, the change in the table's
+        # names and units, the cause first where there is one (a line is cut at the edge)
+        parts = event_parts(ev)
         text.append(f" step {ev.step:>7,}  ", "dim")
-        text.append(f"{ev.severity:<10.10}", SEVERITY_STYLES.get(ev.severity, "white"))
-        text.append(" ")
-        text.append(ev.message.replace("\n", " "))
+        text.append(parts.kind, SEVERITY_STYLES.get(ev.severity, "white"))
+        text.append("  ")
+        if parts.cause:
+            text.append(f"[{parts.cause}] ", "magenta")
+        if parts.change:
+            text.append(parts.change, "bold")
+            text.append("  ")
+        text.append(parts.text, "dim" if parts.change else "")
     return text
 
 

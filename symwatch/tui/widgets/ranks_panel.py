@@ -203,6 +203,9 @@ class RanksScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="ranks-box"):
+            # where this view reads the run from (its socket, or ssh://…): off the header,
+            # whose width goes to the run's numbers
+            yield Static(id="ranks-endpoint")
             yield Static("ranks", id="ranks-title")
             yield Static(id="ranks-table")
             yield Static("GPUs", id="gpu-title")
@@ -218,6 +221,9 @@ class RanksScreen(ModalScreen[None]):
         world = state.world_size
         title = f"ranks — {count} reporting" + (f" of {world}" if world else "")
         self.query_one("#ranks-title", Static).update(title)
+        endpoint = getattr(self.app, "endpoint", "")
+        self.query_one("#ranks-endpoint", Static).update(
+            Text.assemble(("reading from ", "dim"), (endpoint, "italic")) if endpoint else "")
         self.query_one("#ranks-table", Static).update(ranks_table(state))
         self.query_one("#gpu-panel", Static).update(gpu_panel_text(state))
 

@@ -129,6 +129,10 @@ def _on_torch() -> None:
 
         _state["forward_hook"] = register_module_forward_pre_hook(_on_forward)
         _state["step_hook"] = register_optimizer_step_pre_hook(_on_step)
+        import multiprocessing  # noqa: PLC0415 (lazy: torch-free start-up)
+
+        if multiprocessing.parent_process() is None:  # not a DataLoader or compile worker
+            _preload_agent()  # while the script builds its model and data
     except Exception as exc:
         _say(f"cannot watch this process: {type(exc).__name__}: {exc} (training continues)")
 
@@ -154,9 +158,37 @@ def _on_forward(module, args):  # noqa: ANN001 - torch's hook signature
         _remove_forward_hook()
         _state["first_module"] = module
         _start_loss_capture()
+        _preload_agent()
     except Exception:
         _remove_forward_hook()
     return None
+
+
+def _preload_agent() -> None:
+    """Import the agent (zmq, numpy, the measurement modules: about 0.3–1 s) on a daemon
+    thread while the script builds its model and data and runs its first forward and
+    backward (torch releases the GIL in them), so the first `optimizer.step()` finds it
+    imported instead of importing it on the training thread. Started once: right after
+    torch's import in a process that is no multiprocessing child (DataLoader and compile
+    workers never train), else at the first forward of a model. Should the step come first,
+    its import waits for this one (the import lock), as before."""
+    if _state.get("preloading"):
+        return
+    _state["preloading"] = True
+    try:
+        import threading  # noqa: PLC0415 (lazy: torch-free start-up)
+
+        _ensure_agent_importable()
+        threading.Thread(target=_import_agent, name="symwatch-preload", daemon=True).start()
+    except Exception:  # noqa: BLE001, S110 (no preload: the first step imports it, as before)
+        pass
+
+
+def _import_agent() -> None:
+    try:
+        importlib.import_module("symwatch_agent.agent")
+    except Exception:  # noqa: BLE001, S110 (the step's own import reports it)
+        pass
 
 
 def _remove_forward_hook() -> None:

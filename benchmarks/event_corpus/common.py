@@ -1,0 +1,181 @@
+"""What every corpus run shares: the ground-truth and event records, the agent recording its own
+stream, and the measurements the truths are computed from (never symwatch's indicators)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from symwatch_agent.agent import Agent, watch
+
+from symwatch.core import protocol
+from symwatch.core.recording import RecordingReader
+
+
+@dataclass(frozen=True)
+class Truth:
+    """One ground-truth transition. `step` is where it happens (for delays); an event matches it
+    when its onset lies in [lo − tol, hi + tol] (the transition's own extent, widened by the
+    run's tolerance) and, when `layers` is not None, one of its jumps is on one of them, or is a
+    run-level series (the loss) and `in_loss` says the transition shows in the loss."""
+    step: int
+    label: str
+    lo: int | None = None
+    hi: int | None = None
+    layers: tuple[str, ...] | None = None
+    in_loss: bool = True
+
+    @property
+    def start(self) -> int:
+        return self.step if self.lo is None else self.lo
+
+    @property
+    def end(self) -> int:
+        return self.step if self.hi is None else self.hi
+
+
+@dataclass(frozen=True)
+class Event:
+    """A transition EVENT as the scorer sees it: its onset (the header step), the first step at
+    which one of its jumps was detected, and the layers of its jumps (None: a run-level series)."""
+    onset: int
+    detected: int
+    layers: tuple[str | None, ...]
+    metrics: tuple[str, ...] = ()
+    exogenous: str | None = None
+    message: str = ""
+
+
+@dataclass
+class RunResult:
+    name: str
+    steps: int
+    every: int
+    tol: int  # steps added on each side of a truth's extent
+    truths: list[Truth]
+    events: list[Event]
+    notices: int = 0  # non-transition events (warnings, notices): not scored
+    seconds: float = 0.0
+    facts: dict[str, Any] = field(default_factory=dict)  # what the truth was computed from
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "truths": [asdict(t) for t in self.truths],
+                "events": [asdict(e) for e in self.events]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunResult:
+        data = dict(data)
+        truths = [Truth(**{**t, "layers": tuple(t["layers"]) if t["layers"] is not None
+                           else None}) for t in data.pop("truths")]
+        events = [Event(**{**e, "layers": tuple(e["layers"]), "metrics": tuple(e["metrics"])})
+                  for e in data.pop("events")]
+        return cls(truths=truths, events=events, **data)
+
+
+@dataclass
+class Recorded:
+    events: list[Event] = field(default_factory=list)
+    notices: int = 0
+
+
+@contextlib.contextmanager
+def recorded(model: Any, optimizer: Any, *, every: int, name: str,
+             **options: Any) -> Iterator[tuple[Agent, Recorded]]:
+    """`watch(...)` recording its own stream to a temporary SQLite file: every event the agent
+    published, whether or not a subscriber had joined yet (the most direct real path: the same
+    messages a viewer gets, from the publisher thread, with none lost to a slow joiner). The
+    budget is lifted so that the samples (and so the events) do not depend on the machine's
+    speed; the endpoint is a Unix socket in the runtime directory, as by default. The events
+    are read once the agent has closed (its goodbye flushed the recorder) into the yielded
+    `Recorded`."""
+    out = Recorded()
+    with tempfile.TemporaryDirectory(prefix="symwatch-corpus-") as tmp:
+        path = Path(tmp) / "run.db"
+        options.setdefault("budget", 1.0)
+        agent = watch(model, optimizer, every=every, name=name, record=str(path), **options)
+        try:
+            yield agent, out
+        finally:
+            agent.close()
+        out.events, out.notices = read_events(path)
+
+
+def read_events(path: Path) -> tuple[list[Event], int]:
+    """The transition events of a recording, and how many other events (notices) it holds.
+    Raises if the recording lacks the run's goodbye: events could be missing from its end."""
+    events, notices, ended = [], 0, False
+    with RecordingReader(path) as reader:
+        for msg in reader.messages((protocol.EVENT, protocol.GOODBYE)):
+            if msg.kind == protocol.GOODBYE:
+                ended = True
+                continue
+            p = msg.payload
+            if p.get("severity") != "transition":
+                notices += 1
+                continue
+            jumps = p.get("jumps") or [{"layer": p.get("layer"), "metric": p.get("metric"),
+                                        "step": msg.step}]
+            detected = min((j.get("step", msg.step) for j in jumps), default=msg.step)
+            events.append(Event(
+                onset=int(p.get("onset", msg.step)), detected=int(detected),
+                layers=tuple(dict.fromkeys(j.get("layer") for j in jumps)),
+                metrics=tuple(dict.fromkeys(str(j.get("metric")) for j in jumps)),
+                exogenous=p.get("exogenous"), message=str(p.get("message", ""))))
+    if not ended:
+        raise RuntimeError(f"{path}: the recording has no goodbye (not flushed or cut short)")
+    return events, notices
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground-truth measurements.
+
+def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def teacher_modes(end_to_end: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> list[float]:
+    """a_k = u_kᵀ (W_L…W_1) v_k: the student's end-to-end map projected on the teacher's k-th
+    singular directions (Saxe et al.'s mode strengths)."""
+    return torch.einsum("ik,ij,jk->k", u, end_to_end, v).tolist()
+
+
+def first_crossing(series: Sequence[tuple[int, float]], level: float, rising: bool = True,
+                   after: int = -1) -> int | None:
+    """The first step (after `after`) at which `series` reaches `level` from below (rising) or
+    from above."""
+    for step, value in series:
+        if step > after and (value >= level if rising else value <= level):
+            return step
+    return None
+
+
+def crossing_truth(series: Sequence[tuple[int, float]], start: float, end: float, label: str,
+                   *, layers: tuple[str, ...] | None = None, after: int = -1,
+                   in_loss: bool = True) -> Truth | None:
+    """A transition of `series` from `start` to `end`: its step where it crosses half way, its
+    extent from 10 % to 90 % of the way (None if it never gets half way)."""
+    rising = end > start
+
+    def at(fraction: float) -> int | None:
+        return first_crossing(series, start + fraction * (end - start), rising, after)
+
+    mid = at(0.5)
+    if mid is None:
+        return None
+    lo = at(0.1)
+    hi = at(0.9)
+    return Truth(step=mid, label=label, lo=lo if lo is not None else mid,
+                 hi=hi if hi is not None else mid, layers=layers, in_loss=in_loss)
+
+
+def single_thread() -> None:
+    """One core per run (the corpus's budget), and the same arithmetic on every machine."""
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

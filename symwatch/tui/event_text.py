@@ -1,0 +1,59 @@
+"""An event's parts as the screen shows them: its kind in words, its cause, the change in the
+layer table's own names and units, and the rest of its message (the events timeline `e` and
+the events log under the table both read events this way)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from symwatch.core.detection import KIND_ORDER
+from symwatch.state import numbers
+from symwatch.state.run_state import EventRecord
+from symwatch.tui.columns import label
+
+GENERIC_KIND = "a transition"
+EXOGENOUS = " [exogenous: "
+
+
+@dataclass(frozen=True)
+class EventParts:
+    """An event split for the timeline's columns."""
+
+    kind: str  # what happened, in words
+    cause: str  # why (an optimizer change, an exogenous label), "" when none is known
+    change: str  # the top change in the table's names and units ("" when the event has none)
+    text: str  # the message, less what the columns above already say
+
+
+def event_parts(ev: EventRecord) -> EventParts:
+    message = ev.message.replace("\n", " ")
+    # an optimizer change is itself the event (kind `optimizer change`, its message says
+    # which setting moved): it has no cause of its own to show beside it
+    cause = ""
+    cut = message.rfind(EXOGENOUS)
+    if cut >= 0 and message.endswith("]"):
+        cause = message[cut + len(EXOGENOUS):-1]
+        message = message[:cut]
+    head, sep, rest = message.partition(": ")
+    if sep and (head in KIND_ORDER or head == GENERIC_KIND):
+        kind, message = head, rest
+    elif ev.changes:
+        kind = "optimizer change"
+    else:
+        kind = ev.severity
+    change = ""
+    if ev.metric and ev.before is not None and ev.after is not None:
+        where = f"{ev.layer} " if ev.layer else ""
+        change = (f"{where}{label(ev.metric, short=True)} "
+                  f"{numbers.indicator(ev.metric, ev.before)} → "
+                  f"{numbers.indicator(ev.metric, ev.after)}")
+        headline, _, context = message.partition("; ")
+        if headline.startswith(f"{where.strip()}: {ev.metric} " if where else f"{ev.metric} "):
+            # the headline said again in the agent's names and units: the change says it
+            message = context
+    return EventParts(kind, cause, change, message)
+
+
+def event_layer(ev: EventRecord) -> str | None:
+    """The layer an event is about (its headline's), else the first its jumps name."""
+    return ev.layer or (ev.layers[0] if ev.layers else None)
