@@ -48,6 +48,7 @@ from symwatch.core.jumps import (
     mad_sorted,
     median_sorted,
 )
+from symwatch.core.units import is_fraction, percent
 
 SeriesKey = Hashable  # (layer, metric) for TransitionDetector.update_metrics; any key works
 LOSS_KEY: tuple[None, str] = (None, "loss")
@@ -99,7 +100,7 @@ def family(metric: str) -> str:
         return "balance_norm"
     if name == "balance":
         return "balance"
-    if name.endswith("fraction") or name in ("relu_dead", "dead_heads"):
+    if is_fraction(name):
         return "fraction"
     if name in ("modes", "distinct_units", "mirror_rank", "numerical_rank") or \
             name.startswith(("qk_rank.h", "vo_rank.h", "qk_modes.h", "vo_modes.h")):
@@ -507,8 +508,8 @@ def fmt_value(value: float, metric: str = "") -> str:
     """Integers as integers, fractions as percentages, otherwise 4 significant digits."""
     if not math.isfinite(value):
         return "N/A"
-    if metric.endswith("fraction"):
-        return f"{100 * value:.3g} %"
+    if is_fraction(metric):  # the table's unit (core/units.py)
+        return percent(value)
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.4g}"

@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from symwatch.core import units
+from symwatch.core.units import (
+    is_fraction,  # re-exported: the TUI asks numbers.is_fraction
+)
+
 NA = "N/A"
 
 
@@ -39,19 +44,10 @@ def with_unit(value: Any, unit: str) -> str:
 
 
 def percent(fraction: Any, digits: int = 1) -> str:
-    """A fraction (0.0123) as a percentage ('1.2%')."""
+    """A fraction (0.0123) as a percentage ('1.2%'); N/A for what is not a number."""
     if not _is_number(fraction):
         return NA
-    return f"{float(fraction) * 100:.{digits}f}%"
-
-
-# Indicators that are fractions although their names do not say so: shown as percent like
-# `dead_fraction` (a `relu_dead 0.01562` beside a `1.6%` dead column read as two units).
-FRACTIONS = frozenset({"relu_dead", "dead_heads"})
-
-
-def is_fraction(name: str) -> bool:
-    return name.endswith("fraction") or name in FRACTIONS
+    return units.percent(fraction, digits)
 
 
 def indicator(name: str, value: Any) -> str:

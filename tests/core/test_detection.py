@@ -291,7 +291,8 @@ def test_event_payload_follows_the_protocol() -> None:
 
 def test_number_formatting() -> None:
     assert fmt_value(3.0) == "3" and fmt_value(2.5) == "2.5"
-    assert fmt_value(0.125, "dead_fraction") == "12.5 %"
+    assert fmt_value(0.125, "dead_fraction") == "12.5%"  # the table's unit
+    assert fmt_value(0.015625, "relu_dead") == "1.6%"  # a fraction by another name
     assert fmt_relative(-0.41) == "−41 %" and fmt_relative(0.032) == "+3.2 %"
 
 

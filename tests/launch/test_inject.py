@@ -33,7 +33,8 @@ TRAIN = str(FIXTURES / "inject_train.py")
 SYMWATCH = [sys.executable, "-m", "symwatch"]
 DEADLINE_S = 100  # a cold torch import on a loaded machine can take a while
 STEPS = 200
-LAYERS = {"0", "3"}  # the fixture's Sequential: Linear, ReLU, Dropout, Linear
+# the fixture's Sequential (Linear, ReLU, Dropout, Linear), named by its class: it is no global
+LAYERS = {"sequential.0", "sequential.3"}
 
 # gdb's own words when the kernel refuses ptrace (gdb 13, a non-dumpable process of the same
 # user; Yama and a container without CAP_SYS_PTRACE give the same line).

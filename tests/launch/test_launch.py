@@ -66,15 +66,16 @@ def test_third_party_script_is_watched_and_unchanged(collector, tmp_path):
     sub = collector(endpoint)  # connect before the run binds: ZeroMQ reconnects until it does
     with _training([*SYMWATCH_RUN, "--endpoint", endpoint, "--every", "1", "--budget", "1",
                     "--", sys.executable, TRAIN, *args]) as proc:
-        # every Linear/Conv layer, and the attention block itself (its per-head QK/VO ranks)
-        expected = {"conv", "proj", "attn", "attn.q", "attn.k", "attn.v", "attn.out_proj",
-                    "head"}
+        # every Linear/Conv layer, and the attention block itself (its per-head QK/VO ranks),
+        # named after the script's model variable, `net`
+        expected = {f"net.{name}" for name in ("conv", "proj", "attn", "attn.q", "attn.k",
+                                               "attn.v", "attn.out_proj", "head")}
         meta = sub.wait_for(lambda m: m.kind == protocol.META, timeout=DEADLINE_S)
         assert {row["name"] for row in meta.payload["layers"]} == expected
         metrics = sub.wait_for(lambda m: m.kind == protocol.METRICS
                                and set(m.payload["values"]) == expected, timeout=DEADLINE_S)
         assert all(metrics.payload["values"][name] for name in expected)
-        assert "qk_rank" in metrics.payload["values"]["attn"]
+        assert "qk_rank" in metrics.payload["values"]["net.attn"]
         stats = sub.wait_for(lambda m: m.kind == protocol.STATS
                              and m.payload.get("loss") is not None, timeout=DEADLINE_S)
         assert 0 < stats.payload["loss"] < 10
@@ -105,8 +106,8 @@ def test_full_every_from_the_command_line_spaces_the_full_tier(collector, tmp_pa
     full = [m.step for m in metrics if "detail" in m.payload]
     assert len(full) >= 6 and {b - a for a, b in zip(full, full[1:])} == {3}, full
     cheap = [m for m in metrics if m.step not in full]
-    assert all(m.payload["values"]["proj"].get("effective_rank") is None for m in cheap)
-    assert all(m.payload["values"]["proj"]["effective_rank"] is not None
+    assert all(m.payload["values"]["net.proj"].get("effective_rank") is None for m in cheap)
+    assert all(m.payload["values"]["net.proj"]["effective_rank"] is not None
                for m in metrics if m.step in full)
 
 

@@ -167,7 +167,7 @@ class _Arming:
         # The keys and `insecure`, as the SYMWATCH_* variables `symwatch run` would set: read
         # by this agent only, the process's environment untouched (symwatch_agent.options).
         with injected_environment(self.request.get("environment") or {}):
-            agent = watch(models if len(models) > 1 else next(iter(models.values())),
+            agent = watch(models,
                           optimizers, **options)
         if agent.error:
             write_result(self.result, {"state": "error", "error": agent.error})

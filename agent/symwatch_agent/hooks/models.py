@@ -93,10 +93,10 @@ def _outermost(module: Any, parent: dict[int, Any]) -> Any:
 
 
 def name_models(roots: Sequence[Any]) -> dict[str, Any]:
-    """Names for several models: the script's global variable when there is one (`G`,
-    `teacher`), else the class name in lower case; made unique. One model: the name ""."""
-    if len(roots) == 1:
-        return {"": roots[0]}
+    """Names for the models found: the script's global variable when there is one (`G`,
+    `teacher`), else the class name in lower case; made unique. One model is named too, so
+    that a zero-code run's layers read `model.0`, `net.fc1` (the model's name in front), not
+    a bare `0`, `2`, `4`."""
     main = sys.modules.get("__main__")
     by_id = {}
     for key, value in list(getattr(main, "__dict__", {}).items()):

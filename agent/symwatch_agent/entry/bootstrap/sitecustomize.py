@@ -265,8 +265,7 @@ def _arm(first_optimizer) -> None:  # noqa: ANN001
         _say("no model found for the optimizer that stepped; not watching this process")
         return
     options = _options()
-    agent = watch(models if len(models) > 1 else next(iter(models.values())), optimizers,
-                  **options)
+    agent = watch(models, optimizers, **options)
     _state["agent"] = agent
     loss = _state.pop("last_loss", None)
     if loss is not None:
