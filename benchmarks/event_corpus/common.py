@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from symwatch_agent.agent import Agent, watch
-
 from symwatch.core import protocol
 from symwatch.core.recording import RecordingReader
+from symwatch_agent.agent import Agent, watch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,36 @@ def read_events(path: Path) -> tuple[list[Event], int]:
 def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     q, r = torch.linalg.qr(torch.randn(n, n, generator=generator))
     return q * torch.sign(torch.diagonal(r))
+
+
+def linear_teacher(d: int, s: torch.Tensor, seed: int, init_std: float | None = None
+                   ) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor, torch.Tensor,
+                              torch.Generator]:
+    """A two-layer linear student d → d → d (weights N(0, init_std²), or PyTorch's default
+    init) and a teacher U·diag(s)·Vᵀ with random orthogonal U, V: (student, target, U, V,
+    the data generator)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1000)
+    u, v = random_orthogonal(d, gen)[:, :len(s)], random_orthogonal(d, gen)[:, :len(s)]
+    net = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
+    if init_std is not None:
+        for layer in net:
+            nn.init.normal_(layer.weight, std=init_std)
+    return net, u @ torch.diag(s) @ v.T, u, v, gen
+
+
+def mode_truths(modes: Sequence[Sequence[float]], s: torch.Tensor, layers: tuple[str, ...],
+                from_start: bool = False) -> list[Truth]:
+    """One truth per teacher mode k: its strength a_k crosses half way from 0 (or from its
+    first value, `from_start`) to s_k."""
+    truths = []
+    for k, sk in enumerate(s.tolist()):
+        series = [(step, a[k]) for step, a in enumerate(modes)]
+        start = series[0][1] if from_start else 0.0
+        t = crossing_truth(series, start, sk, f"mode {k + 1} (s={sk:g}) learned", layers=layers)
+        if t is not None:
+            truths.append(t)
+    return truths
 
 
 def teacher_modes(end_to_end: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> list[float]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 
 from .common import (
     RunResult,
-    crossing_truth,
-    random_orthogonal,
+    linear_teacher,
+    mode_truths,
     recorded,
     single_thread,
     teacher_modes,
@@ -32,11 +31,7 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
     single_thread()
     steps = steps or STEPS
     d, s = 64, torch.tensor([4.0, 2.0, 1.0, 0.5])
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 1000)
-    u, v = random_orthogonal(d, gen)[:, :len(s)], random_orthogonal(d, gen)[:, :len(s)]
-    target = u @ torch.diag(s) @ v.T
-    net = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
+    net, target, u, v, gen = linear_teacher(d, s, seed)
     opt = torch.optim.SGD(net.parameters(), lr=0.004)
     modes: list[list[float]] = []
     t0 = time.perf_counter()
@@ -52,13 +47,7 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
             agent.log(loss=loss)
             opt.step()
     seconds = time.perf_counter() - t0
-    truths = []
-    for k, sk in enumerate(s.tolist()):
-        series = [(step, a[k]) for step, a in enumerate(modes)]
-        t = crossing_truth(series, series[0][1], sk, f"mode {k + 1} (s={sk:g}) learned",
-                           layers=LAYERS)
-        if t is not None:
-            truths.append(t)
+    truths = mode_truths(modes, s, LAYERS, from_start=True)
     return RunResult(NAME, steps, EVERY, TOL, truths, rec.events, rec.notices, seconds,
                      facts={"initial_modes": [round(x, 3) for x in modes[0]],
                             "final_modes": [round(x, 3) for x in modes[-1]]})

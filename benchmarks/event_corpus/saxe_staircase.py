@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 
 from .common import (
     RunResult,
-    crossing_truth,
-    random_orthogonal,
+    linear_teacher,
+    mode_truths,
     recorded,
     single_thread,
     teacher_modes,
@@ -31,13 +30,7 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
     single_thread()
     steps = steps or STEPS
     d, s = 24, torch.tensor([8.0, 4.0, 2.0, 1.0])
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 1000)
-    u, v = random_orthogonal(d, gen)[:, :len(s)], random_orthogonal(d, gen)[:, :len(s)]
-    target = u @ torch.diag(s) @ v.T
-    net = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
-    for layer in net:
-        nn.init.normal_(layer.weight, std=1e-3)
+    net, target, u, v, _ = linear_teacher(d, s, seed, init_std=1e-3)
     opt = torch.optim.SGD(net.parameters(), lr=0.02)
     modes: list[list[float]] = []
     t0 = time.perf_counter()
@@ -51,11 +44,6 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
             modes.append(teacher_modes(w.detach(), u, v))
             opt.step()
     seconds = time.perf_counter() - t0
-    truths = []
-    for k, sk in enumerate(s.tolist()):
-        series = [(step, a[k]) for step, a in enumerate(modes)]
-        t = crossing_truth(series, 0.0, sk, f"mode {k + 1} (s={sk:g}) learned", layers=LAYERS)
-        if t is not None:
-            truths.append(t)
+    truths = mode_truths(modes, s, LAYERS)
     return RunResult(NAME, steps, EVERY, TOL, truths, rec.events, rec.notices, seconds,
                      facts={"final_modes": [round(x, 3) for x in modes[-1]]})

@@ -8,13 +8,12 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 
 from .common import (
     RunResult,
     Truth,
     crossing_truth,
-    random_orthogonal,
+    linear_teacher,
     recorded,
     single_thread,
     teacher_modes,
@@ -38,13 +37,7 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
     steps = steps or STEPS
     switch = min(SWITCH, steps * SWITCH // STEPS)
     d, s = 24, torch.tensor([6.0, 3.0, 1.2, 0.6])
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 1000)
-    u, v = random_orthogonal(d, gen)[:, :len(s)], random_orthogonal(d, gen)[:, :len(s)]
-    target = u @ torch.diag(s) @ v.T
-    net = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
-    for layer in net:
-        nn.init.normal_(layer.weight, std=1e-3)
+    net, target, u, v, _ = linear_teacher(d, s, seed, init_std=1e-3)
     opt = torch.optim.SGD(net.parameters(), lr=0.03, weight_decay=0.0)
     modes: list[list[float]] = []
     t0 = time.perf_counter()
