@@ -15,7 +15,12 @@ from typing import Any, Callable, Mapping, Sequence
 from symwatch.core import exposure, runtime
 from symwatch.core.runtime import RunEntry
 from symwatch.transport.keys import CurveClient, KeyFileError, load_client, load_server
-from symwatch.transport.ssh import ENV_REMOTE_RUNTIME_DIR, ENV_REMOTE_SYMWATCH, ENV_SSH, SshOptions
+from symwatch.transport.ssh import (
+    ENV_REMOTE_RUNTIME_DIR,
+    ENV_REMOTE_SYMWATCH,
+    ENV_SSH,
+    SshOptions,
+)
 from symwatch.transport.subscriber import EndpointError, validate_endpoint
 from symwatch.tui.themes import CHOICES, ENV_THEME, ThemeError, resolve_theme
 
@@ -129,6 +134,31 @@ _SECURITY_HELP = {
     RELAY: "the relay binds loopback or ipc only, unless given CurveZMQ keys (`symwatch "
            "keygen`) or --insecure (docs/security.md)",
 }
+
+
+def add_agent_options(parser: argparse.ArgumentParser, *, endpoint_help: str,
+                      connect_help: str, record_help: str) -> None:
+    """The agent's options, one declaration for every command that starts an agent (`run`,
+    `inject`): name, sampling cadence and budget, where to publish, what to record. Defaults
+    are the agent's own (None here: the agent decides, so `SYMWATCH_*` keep working)."""
+    parser.add_argument("--name", default=None,
+                        help="run name shown in the UI and `ls` (default: the script's name)")
+    parser.add_argument("--every", type=positive_int, default=None, metavar="K",
+                        help="sample the indicators at most every K optimizer steps "
+                             "(default 10)")
+    parser.add_argument("--budget", type=fraction, default=None, metavar="F",
+                        help="largest fraction of wall time the agent may take (default 0.01)")
+    parser.add_argument("--full-every", type=positive_int, default=None, metavar="K",
+                        help="at most one full sample (exact spectra, duplicate units) in "
+                             "every K samples, the rest cheap (default: as often as the "
+                             "budget allows)")
+    parser.add_argument("--endpoint", default=None,
+                        help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: "
+                             + endpoint_help + ")")
+    parser.add_argument("--connect", default=None, metavar="ENDPOINT",
+                        help="publish to a `symwatch relay` at ENDPOINT (its --bind address) "
+                             "instead of " + connect_help)
+    parser.add_argument("--record", default=None, metavar="PATH", help=record_help)
 
 
 def add_security_arguments(parser: argparse.ArgumentParser, role: str = VIEW) -> None:

@@ -7,9 +7,16 @@ import argparse
 import sys
 from typing import Any
 
-from symwatch.cli.common import (PUBLISH, UserError, add_security_arguments, fraction,
-                                 positive_float, positive_int, publisher_environment,
-                                 subparser)
+from symwatch.cli.common import (
+    PUBLISH,
+    UserError,
+    add_agent_options,
+    add_security_arguments,
+    positive_float,
+    positive_int,
+    publisher_environment,
+    subparser,
+)
 from symwatch.launch.inject import InjectError, inject
 from symwatch.launch.inject.injection import DEFAULT_WAIT_S, Outcome
 from symwatch.transport.subscriber import EndpointError, validate_endpoint
@@ -39,25 +46,10 @@ def add_inject_parser(subs: Any) -> None:
         "models and optimizers are found in the process unless named.",
         INJECT_EPILOG)
     inject_.add_argument("pid", type=positive_int, help="the training process's id")
-    inject_.add_argument("--name", default=None,
-                         help="run name shown in the UI and `ls` (default: its script's name)")
-    inject_.add_argument("--every", type=positive_int, default=None, metavar="K",
-                         help="sample the indicators at most every K optimizer steps "
-                              "(default 10)")
-    inject_.add_argument("--budget", type=fraction, default=None, metavar="F",
-                         help="largest fraction of wall time the agent may take "
-                              "(default 0.01)")
-    inject_.add_argument("--full-every", type=positive_int, default=None, metavar="K",
-                         help="at most one full sample (exact spectra, duplicate units) in "
-                              "every K samples (default: as often as the budget allows)")
-    inject_.add_argument("--endpoint", default=None,
-                         help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: "
-                              "a private Unix socket)")
-    inject_.add_argument("--connect", default=None, metavar="ENDPOINT",
-                         help="publish to a `symwatch relay` at ENDPOINT (its --bind address) "
-                              "instead of a socket of the process's own")
-    inject_.add_argument("--record", default=None, metavar="PATH",
-                         help="also record every message to this SQLite file")
+    add_agent_options(
+        inject_, endpoint_help="a private Unix socket",
+        connect_help="a socket of the process's own",
+        record_help="also record every message to this SQLite file")
     add_target_options(inject_)
     add_security_arguments(inject_, PUBLISH)
     inject_.add_argument("--quiet", action="store_true",

@@ -7,8 +7,14 @@ import argparse
 import sys
 from typing import Any
 
-from symwatch.cli.common import (PUBLISH, UserError, add_security_arguments, fraction,
-                                 positive_int, publisher_environment, subparser)
+from symwatch.cli.common import (
+    PUBLISH,
+    UserError,
+    add_agent_options,
+    add_security_arguments,
+    publisher_environment,
+    subparser,
+)
 from symwatch.launch.run import LaunchError, execute, plan
 from symwatch.transport.subscriber import EndpointError, validate_endpoint
 
@@ -40,23 +46,10 @@ def add_run_parser(subs: Any) -> None:
         "an entry-point script) with the symwatch agent injected at interpreter start-up. "
         "The model(s), optimizer(s) and loss are found automatically.",
         RUN_EPILOG)
-    run.add_argument("--name", default=None, help="run name shown in the UI and `ls` "
-                                                  "(default: the script's file name)")
-    run.add_argument("--every", type=positive_int, default=None, metavar="K",
-                     help="sample the indicators at most every K optimizer steps (default 10)")
-    run.add_argument("--budget", type=fraction, default=None, metavar="F",
-                     help="largest fraction of wall time the agent may take (default 0.01)")
-    run.add_argument("--full-every", type=positive_int, default=None, metavar="K",
-                     help="at most one full sample (exact spectra, duplicate units) in every K "
-                          "samples, the rest cheap (default: as often as the budget allows)")
-    run.add_argument("--endpoint", default=None,
-                     help="where to publish, tcp://127.0.0.1:PORT or ipc://PATH (default: a "
-                          "private Unix socket per process, listed by `symwatch ls`)")
-    run.add_argument("--connect", default=None, metavar="ENDPOINT",
-                     help="publish to a `symwatch relay` at ENDPOINT (its --bind address) "
-                          "instead of a socket of each process's own; for multi-node jobs")
-    run.add_argument("--record", default=None, metavar="PATH",
-                     help="also record every message to this SQLite file ({run}, {rank} expand)")
+    add_agent_options(
+        run, endpoint_help="a private Unix socket per process, listed by `symwatch ls`",
+        connect_help="a socket of each process's own; for multi-node jobs",
+        record_help="also record every message to this SQLite file ({run}, {rank} expand)")
     run.add_argument("--quiet", action="store_true",
                      help="no `symwatch: watching ...` line on stderr when the agent starts")
     add_security_arguments(run, PUBLISH)
