@@ -48,6 +48,7 @@ from symwatch.core.jumps import (
     mad_sorted,
     median_sorted,
 )
+from symwatch.core.names import display
 from symwatch.core.units import is_fraction, percent
 
 SeriesKey = Hashable  # (layer, metric) for TransitionDetector.update_metrics; any key works
@@ -75,6 +76,7 @@ def detected(metric: str) -> bool:
 # floor; `effect` is the change in multiples of it (an event needs >= 1).
 
 LOSS_FLOOR = 0.05  # a loss (any logged scalar named *loss*) must move by 5 %
+LOSS_RESOLUTION = 1e-4  # and by 1e-4 of its largest value so far (a converged loss's noise)
 NORM_FLOOR = 0.03  # weight norms, effective_lr: 3 % (weight decay switched on: -5 % in 2 samples)
 RELATIVE_FLOOR = 0.05  # continuous indicators (stable rank, participation ratio, ...): 5 %
 BALANCE_NORM_FLOOR = 0.05  # balance_norm lives in [-1, 1]: 0.05 absolute
@@ -120,12 +122,17 @@ def effect(metric: str, before: float, after: float, *, quantum: float = math.in
            scale: float | None = None) -> float:
     """The change before → after in multiples of its family's floor (>= 1: an event).
     `quantum`: the series' smallest step (a fraction's 1/units); `scale`: the layer's ‖W‖² for
-    `balance`."""
+    `balance`, a loss's largest value so far for a loss (a move under LOSS_RESOLUTION of it is
+    numerical noise whatever its relative size: the demo's converged `linear_loss` went
+    2.7e-10 → 1.8e-10, −33 %)."""
     if not (math.isfinite(before) and math.isfinite(after)):
         return math.inf if math.isfinite(before) != math.isfinite(after) else 0.0
     fam = family(metric)
     if fam == "loss":
-        return _relative(before, after, LOSS_FLOOR)
+        rel = _relative(before, after, LOSS_FLOOR)
+        if scale:
+            return min(rel, abs(after - before) / (LOSS_RESOLUTION * scale))
+        return rel
     if fam == "norm":
         return _relative(before, after, NORM_FLOOR)
     if fam == "count":
@@ -223,6 +230,7 @@ class TransitionDetector:
         self._transforms = transforms
         self._options = options
         self._detectors: dict[SeriesKey, JumpDetector] = {}
+        self._peaks: dict[SeriesKey, float] = {}  # each loss series' largest |value| so far
         self._threshold = calibrated_threshold(1, budget) if threshold is None else float(threshold)
         self._steps: deque[int] = deque(maxlen=256)  # recent sample steps, oldest first
         self._last_step: int | None = None
@@ -292,6 +300,8 @@ class TransitionDetector:
             det = self._detectors.get(key)
             if det is None:
                 det = self._detector(key)
+            if value is not None and family(_name(key)[1]) == "loss" and math.isfinite(value):
+                self._peaks[key] = max(self._peaks.get(key, 0.0), abs(float(value)))
             jump = det.update(step, value)
             # A jump becomes an event once it is large in its own terms and (counts,
             # fractions) holds. The alarm often fires while the change is under way (its
@@ -332,9 +342,10 @@ class TransitionDetector:
         """The effect-size floor and, for counts and fractions, the hold (hysteresis): the
         new level on each of the last HOLD_SAMPLES samples."""
         layer, metric = _name(key)
+        scale = self._peaks.get(key) if family(metric) == "loss" else self._layer_scale(layer)
         eff = effect(metric, jump.before, jump.after,
                      quantum=det.quantum if det.transform == "identity" else math.inf,
-                     scale=self._layer_scale(layer))
+                     scale=scale)
         if eff < 1.0:
             return False
         if family(metric) in ("count", "fraction"):
@@ -411,7 +422,8 @@ class TransitionDetector:
         kind = "divergence" if spike.kind == "divergence" else "a loss spike"
         peak = "a non-finite value" if not math.isfinite(spike.peak) else \
             f"{fmt_value(spike.peak, metric)} (×{spike.peak / spike.baseline:.3g})"
-        what = (f"{metric} {fmt_value(spike.baseline, metric)} → {peak} at step {spike.step}"
+        what = (f"{_who(_name(spike.key)[0], metric)} {fmt_value(spike.baseline, metric)} "
+                f"→ {peak} at step {spike.step}"
                 + (f", back within {spike.samples} samples" if spike.kind == "spike" else ""))
         message = describe((jump,), None, reason, movers=movers, context=context, kind=kind,
                            headline=what)
@@ -504,6 +516,12 @@ def _name(key: SeriesKey) -> tuple[str | None, str]:
     return None, str(key)
 
 
+def _who(layer: str | None, metric: str) -> str:
+    """'fc2 weight norm': a layer's series under the table's display name (core/names.py), so
+    an event and the table name a number alike; a run-level series (a loss) by its own name."""
+    return f"{layer} {display(metric)}" if layer is not None else metric
+
+
 def fmt_value(value: float, metric: str = "") -> str:
     """Integers as integers, fractions as percentages, otherwise 4 significant digits."""
     if not math.isfinite(value):
@@ -523,18 +541,18 @@ def fmt_relative(change: float) -> str:
 
 
 def describe_jump(jump: Jump) -> str:
-    """'fc1: modes 2 → 3' or 'loss 0.52 → 0.31 (−41 %)'."""
+    """'fc1 modes 2 → 3' or 'loss 0.52 → 0.31 (−41 %)'."""
     layer, metric = _name(jump.key)
-    text = f"{metric} {fmt_value(jump.before, metric)} → {fmt_value(jump.after, metric)}"
+    text = f"{fmt_value(jump.before, metric)} → {fmt_value(jump.after, metric)}"
     if jump.transform == "log" and jump.before > 0:
         text += f" ({fmt_relative(jump.change)})"
-    return f"{layer}: {text}" if layer is not None else text
+    return f"{_who(layer, metric)} {text}"
 
 
 def _brief(jump: Jump) -> str:
-    """'fc2 stable_rank 3.1 → 4.2' or 'fc2 weight_norm +12 %' for the list of other series."""
+    """'fc2 stable rank 3.1 → 4.2' or 'fc2 weight norm +12 %' for the list of other series."""
     layer, metric = _name(jump.key)
-    who = f"{layer} {metric}" if layer is not None else metric
+    who = _who(layer, metric)
     if jump.transform == "log" and jump.before > 0:
         return f"{who} {fmt_relative(jump.change)}"
     return f"{who} {fmt_value(jump.before, metric)} → {fmt_value(jump.after, metric)}"
@@ -619,7 +637,7 @@ def _mover_text(m: Mover, brief: bool = False) -> str:
             change = fmt_relative(m.after / m.before - 1)
     else:
         change = f"{fmt_value(m.before, metric)} → {fmt_value(m.after, metric)}"
-    return f"{layer} {metric} {change}" if brief else f"{layer}: {metric} {change}"
+    return f"{_who(layer, metric)} {change}"
 
 
 def describe(jumps: tuple[Jump, ...], loss: JumpDetector | None = None,

@@ -206,3 +206,44 @@ def step_line(first: int, last: int, width: int) -> str:
             start + len(middle) < width - len(right) - 1:
         line = line[:start] + middle + line[start + len(middle):]
     return line
+
+
+LOG_MIN_SPAN = math.log10(1 + REL_MIN_SPAN)  # a log chart spans at least a 5 % ratio
+
+
+def log_axis(values: Iterable[float | None], ticks: int = 5) -> Axis | None:
+    """A log-scale y axis: the same rule as `axis` applied to log10 of the positive finite
+    values (a nice step in decades, a minimum range of a 5 % ratio, so a flat series draws
+    flat), `lo`, `hi`, `step` and `ticks` in log10 units (draw log10 of the data against
+    them), labels the ticks' values written out (3 significant digits, more when two would
+    read the same). None when no value is positive. Unlike `axis`, values near 0 are kept:
+    on a log scale 1e-9 is nine decades below 1, not float noise."""
+    # no noise rule here: a log scale has no 0 to be near (a σ of 1e-9 is a value, not noise)
+    logs = [math.log10(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    ax = axis(logs, ticks, floor=LOG_MIN_SPAN)
+    if ax is None:
+        return None
+    return Axis(ax.lo, ax.hi, ax.step, ax.ticks, log_labels(ax.ticks), ax.flat)
+
+
+def log_labels(ticks: Sequence[float]) -> tuple[str, ...]:
+    """10**tick for log10 ticks, written with 3 significant digits (more where two labels
+    would read the same), right-aligned to one width: 0.01, 0.1, 1, 10 for whole decades."""
+    values = [10.0 ** t for t in ticks]
+    for digits in range(3, 9):
+        out = [_compact(v, digits) for v in values]
+        if len(set(out)) == len(out):
+            break
+    width = max(len(s) for s in out)
+    return tuple(s.rjust(width) for s in out)
+
+
+def _compact(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits: plain between 1e-3 and 1e5, else scientific
+    as `labels` writes it (1e-4, 2.5e6)."""
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:.{digits}g}"
+    text = f"{value:.{digits - 1}e}"
+    mantissa, exponent = text.split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import weakref
 
+from symwatch.core.names import NAMES, display, per_head
 from symwatch.state.run_state import RunState
 
 VIEWS: dict[str, tuple[str, ...]] = {
@@ -34,52 +35,9 @@ VIEWS: dict[str, tuple[str, ...]] = {
     "all": (),  # every indicator received, in arrival order (per-head ones: the heads view)
 }
 
-# (long, short) column labels; the short ones are used when even two lines do not fit.
-LABELS = {
-    "weight_norm": ("weight norm", "norm"),
-    "stable_rank": ("stable rank", "srank"),
-    "numerical_rank": ("numerical rank", "rank"),
-    "modes": ("modes", "modes"),
-    "dead_fraction": ("dead fraction", "dead"),
-    "effective_rank": ("effective rank", "erank"),
-    "participation_ratio": ("participation ratio", "PR"),
-    "relu_dead": ("never active", "inact"),
-    "balance": ("balance ΣC", "bal"),
-    "balance_norm": ("balance norm", "baln"),
-    "duplicate_fraction": ("duplicate fraction", "dup"),
-    "distinct_units": ("distinct units", "uniq"),
-    "mirror_rank": ("mirror rank", "mrank"),
-    "qk_rank": ("QK rank (mean)", "qk"),
-    "qk_rank_min": ("QK rank (min)", "qkmin"),
-    "vo_rank": ("VO rank (mean)", "vo"),
-    "vo_rank_min": ("VO rank (min)", "vomin"),
-    "dead_heads": ("dead heads", "dhead"),
-    # per head only (`qk_sigma1.h3`: "QK σ₁ h3" / "qkσ3")
-    "qk_sigma1": ("QK σ₁", "qkσ"),
-    "vo_sigma1": ("VO σ₁", "voσ"),
-    "qk_stable_rank": ("QK stable rank", "qksr"),
-    "vo_stable_rank": ("VO stable rank", "vosr"),
-    "qk_erank": ("QK effective rank", "qker"),
-    "vo_erank": ("VO effective rank", "voer"),
-    "qk_modes": ("QK modes", "qkm"),
-    "vo_modes": ("VO modes", "vom"),
-    "softmax_translation": ("softmax shift", "smax"),
-    "angular_update": ("angular update", "angle"),
-    "effective_lr": ("effective lr", "eff lr"),
-    "broken": ("broken Δ", "brkn"),
-    "delta_perm": ("Δ perm", "Δperm"),
-    "delta_sign": ("Δ sign", "Δsign"),
-    "delta_rank": ("Δ rank", "Δrank"),
-    "delta_rotation": ("Δ rotation", "Δrot"),
-    "delta_rescale": ("Δ rescale", "Δresc"),
-    "delta_softmax": ("Δ softmax", "Δsmax"),
-    "act_erank": ("activation erank", "aerank"),
-    "act_modes": ("activation modes", "amodes"),
-    "nc1": ("NC1 within/between", "NC1"),
-    "nc2": ("NC2 angles to ETF", "NC2"),
-    "nc2_norm": ("NC2 norm spread", "NC2n"),
-    "nc3": ("NC3 classifier vs means", "NC3"),
-}
+# (long, short) column labels: one source with the events' text (core/names.py).
+LABELS = NAMES
+
 
 
 # What each column is, in one line: what it measures, its symmetric state (where the symmetry
@@ -169,19 +127,9 @@ def _head_order(indicator: str) -> tuple[int, int, str]:
     return head, rank, family
 
 
-def per_head(indicator: str) -> tuple[str, int] | None:
-    """(family, head) for a per-head indicator name like `qk_rank.h3`, else None."""
-    base, sep, head = indicator.rpartition(".h")
-    return (base, int(head)) if sep and base and head.isdigit() else None
-
-
 def label(indicator: str, short: bool = False) -> str:
-    head = per_head(indicator)
-    if head is not None and head[0] in LABELS:  # "QK rank h3" / "qk3"
-        long_, short_ = LABELS[head[0]]
-        return f"{short_}{head[1]}" if short else f"{long_.split(' (')[0]} h{head[1]}"
-    long_, short_ = LABELS.get(indicator, (indicator.replace("_", " "),) * 2)
-    return short_ if short else long_
+    """The column's header: the indicator's display name (core/names.py), as events say it."""
+    return display(indicator, short)
 
 
 def view_indicators(view: str, available: list[str]) -> tuple[str, ...]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from symwatch.core.detection import KIND_ORDER
+from symwatch.core.names import display
 from symwatch.state import numbers
 from symwatch.state.run_state import EventRecord
-from symwatch.tui.columns import label
 
 GENERIC_KIND = "a transition"
 EXOGENOUS = " [exogenous: "
@@ -21,7 +21,7 @@ class EventParts:
 
     kind: str  # what happened, in words
     cause: str  # why (an optimizer change, an exogenous label), "" when none is known
-    change: str  # the top change in the table's names and units ("" when the event has none)
+    change: str  # the headline change, in the table's names and units ("" when none)
     text: str  # the message, less what the columns above already say
 
 
@@ -43,14 +43,19 @@ def event_parts(ev: EventRecord) -> EventParts:
         kind = ev.severity
     change = ""
     if ev.metric and ev.before is not None and ev.after is not None:
-        where = f"{ev.layer} " if ev.layer else ""
-        change = (f"{where}{label(ev.metric, short=True)} "
-                  f"{numbers.indicator(ev.metric, ev.before)} → "
-                  f"{numbers.indicator(ev.metric, ev.after)}")
-        headline, _, context = message.partition("; ")
-        if headline.startswith(f"{where.strip()}: {ev.metric} " if where else f"{ev.metric} "):
-            # the headline said again in the agent's names and units: the change says it
-            message = context
+        # the detector writes the change in the table's names and units (core/names.py,
+        # core/units.py): its headline is the change, said once; the rest is context
+        change, _, message = message.partition("; ")
+        if ev.layer and change.startswith(f"{ev.layer}: {ev.metric} "):
+            # an older agent's (or recording's) headline in wire names and raw fractions:
+            # said again from the event's fields, in the table's names and units
+            _, at, step = change.rpartition(" at step ")
+            change = (f"{ev.layer} {display(ev.metric)} "
+                      f"{numbers.indicator(ev.metric, ev.before)} → "
+                      f"{numbers.indicator(ev.metric, ev.after)}{at}{step if at else ''}")
+    # the event's own step is in every line that shows it (the log's and the timeline's step
+    # column): said once there
+    change = change.removesuffix(f" at step {ev.step}")
     return EventParts(kind, cause, change, message)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 import symwatch
 from symwatch.core import protocol
 from symwatch.core.detection import effect
+from symwatch.core.names import display
 from symwatch.core.recording import RecordingReader
 from symwatch_agent.entry import demo
 from symwatch_agent.publish.publisher import Publisher
@@ -187,7 +188,8 @@ def test_an_injected_loss_spike_is_an_event_naming_the_layers_and_the_units_it_k
     assert died and 150 <= died[0][0] <= 156, events
     head = died[0][1]["headline"]
     assert head["layer"].startswith("mlp.") and head["metric"] in ("relu_dead", "dead_fraction")
-    assert died[0][1]["message"].startswith(f"units died: {head['layer']}: {head['metric']} ")
+    assert died[0][1]["message"].startswith(
+        f"units died: {head['layer']} {display(head['metric'])} ")  # the table's name
 
 
 def test_the_same_run_without_the_spike_has_no_spike_and_no_dead_units(tmp_path):

@@ -244,7 +244,7 @@ FAKE_DEMO = textwrap.dedent("""
             send("metrics", step, values={"fc1": {"numerical_rank": step % 5, "stable_rank": 1.5}})
         send("stats", step, loss=1.0 / step)
         if step == 10:  # what the agent's detector publishes
-            send("event", step, message="a mode learned: fc1: modes 1 → 2 at step 10",
+            send("event", step, message="a mode learned: fc1 modes 1 → 2 at step 10",
                  severity="transition", layer="fc1", metric="modes")
         time.sleep(a.delay)
     send("goodbye", step, reason="finished", exit_code=0)
@@ -269,7 +269,7 @@ def test_demo_headless_runs_the_subprocess_and_exits_0(fake_demo, capsys):
     out = capsys.readouterr().out
     assert "[finished] fake step 40" in out and "fc1" in out and "numerical_rank" in out
     # each event is printed as it comes, before the run's end
-    assert "event step 10: a mode learned: fc1: modes 1 → 2 at step 10\n" in out
+    assert "event step 10: a mode learned: fc1 modes 1 → 2 at step 10\n" in out
     assert out.index("event step 10") < out.index("[finished]")
     argv = json.loads(fake_demo.read_text())["argv"]
     assert argv[0] == "--endpoint" and argv[1].startswith(("ipc://", "tcp://127.0.0.1:"))

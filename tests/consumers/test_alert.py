@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from symwatch.core import protocol, runtime
+from symwatch.core.names import display
 from symwatch.core.processes import free_port
 from symwatch.cli.alert import plan_target
 from symwatch.consumers.alerts.follow import LIVE, RunFollower, run_alerts
@@ -45,8 +46,10 @@ def msg(kind: str, step: int = 10, run: str = "run-aaaa", **payload: Any) -> pro
 def transition(layer: str | None = "fc1", metric: str = "numerical_rank", direction: str = "up",
                before: float = 2, after: float = 3, score: float | None = 7.25,
                exogenous: str | None = None, **extra: Any) -> dict[str, Any]:
-    where = f"{layer}: " if layer else ""
-    return {"message": f"{where}{metric} {before} → {after}", "severity": "transition",
+    # the message as the detector writes it (the table's name, core/names.py); the payload's
+    # `metric` stays the wire name
+    who = f"{layer} {display(metric)}" if layer else metric
+    return {"message": f"{who} {before} → {after}", "severity": "transition",
             "layer": layer, "metric": metric, "direction": direction, "before": before,
             "after": after, "score": score, "exogenous": exogenous, **extra}
 
@@ -180,7 +183,7 @@ def test_alert_event_env_and_name_from_meta():
     assert env["SYMWATCH_RUN"] == "run-aaaa" and env["SYMWATCH_RUN_NAME"] == "job"
     assert env["SYMWATCH_STEP"] == "66" and env["SYMWATCH_SCORE"] == "7.25"
     assert env["SYMWATCH_BEFORE"] == "2" and env["SYMWATCH_EXOGENOUS"] == ""
-    assert env["SYMWATCH_TEXT"] == "job: fc1: numerical_rank 2 → 3"
+    assert env["SYMWATCH_TEXT"] == "job: fc1 numerical rank 2 → 3"
     # untrusted strings: NUL and lone surrogates cannot go into an environment
     odd = Alert(run="r", run_name="n\x00\ud800", step=1, time=0.0,
                 payload={"message": "m" * 10000, "severity": "transition"})
@@ -224,12 +227,12 @@ def test_exec_sink_passes_json_on_stdin_and_fields_in_env(recorder):
     assert sink.wait_idle(20)
     (call,) = read_calls(out)
     assert call["stdin"]["layer"] == "fc1" and call["stdin"]["run_name"] == "job"
-    assert call["stdin"]["message"] == "fc1: numerical_rank 2 → 3"
+    assert call["stdin"]["message"] == "fc1 numerical rank 2 → 3"
     env = {k: v for k, v in call["env"].items() if k != runtime.ENV_RUNTIME_DIR}  # inherited
     assert env == {
         "SYMWATCH_RUN": "run-aaaa", "SYMWATCH_RUN_NAME": "job", "SYMWATCH_STEP": "66",
-        "SYMWATCH_SEVERITY": "transition", "SYMWATCH_MESSAGE": "fc1: numerical_rank 2 → 3",
-        "SYMWATCH_TEXT": "job: fc1: numerical_rank 2 → 3", "SYMWATCH_LAYER": "fc1",
+        "SYMWATCH_SEVERITY": "transition", "SYMWATCH_MESSAGE": "fc1 numerical rank 2 → 3",
+        "SYMWATCH_TEXT": "job: fc1 numerical rank 2 → 3", "SYMWATCH_LAYER": "fc1",
         "SYMWATCH_METRIC": "numerical_rank", "SYMWATCH_DIRECTION": "up",
         "SYMWATCH_BEFORE": "2", "SYMWATCH_AFTER": "3", "SYMWATCH_SCORE": "7.25",
         "SYMWATCH_EXOGENOUS": "", "SYMWATCH_WHAT": ""}
@@ -361,7 +364,7 @@ def test_webhook_posts_slack_compatible_json(receiver):
     (request,) = receiver.wait_for(1)
     assert request["path"] == "/hooks/T000/SECRET"
     assert request["headers"]["Content-Type"] == "application/json"
-    assert request["json"]["text"] == "job: fc1: numerical_rank 2 → 3"
+    assert request["json"]["text"] == "job: fc1 numerical rank 2 → 3"
     assert request["json"]["event"]["layer"] == "fc1" and request["json"]["event"]["step"] == 66
     assert sink.wait_idle(5) and sink.delivered == 1 and not logs
     d.close(5)
@@ -728,7 +731,7 @@ def test_cli_end_to_end_with_exec_and_webhook_then_max_alerts(fake_agent, record
     assert layers == ["conv1", "fc1"]  # the exogenous one skipped; stopped after 2 alerts
     assert calls[0]["env"]["SYMWATCH_RUN_NAME"] == "e2e"
     texts = [r["json"]["text"] for r in receiver.wait_for(2)]
-    assert texts == ["e2e: conv1: numerical_rank 2 → 3", "e2e: fc1: numerical_rank 2 → 3"]
+    assert texts == ["e2e: conv1 numerical rank 2 → 3", "e2e: fc1 numerical rank 2 → 3"]
     assert sum("[transition] e2e: " in line for line in p.out) == 2
     assert p.has(p.err, "reached --max-alerts: 2 alerts dispatched")
 

@@ -236,7 +236,7 @@ def test_simultaneous_jumps_in_three_series_give_one_transition() -> None:
     assert t.top is t.jumps[0] and t.top.score == max(j.score for j in t.jumps)
     # the headline is the biggest mover (fc1's stable rank moved by 10 times its 5 % floor; the
     # rank by one unit); the loss is quoted in the same window, not as a cause
-    assert t.message.startswith("a transition: fc1: stable_rank"), t.message
+    assert t.message.startswith("a transition: fc1 stable rank"), t.message
     assert [m.key for m in t.movers][:2] == [("fc1", "stable_rank"), ("fc2", "numerical_rank")]
     assert "loss −41 % in the same window" in t.message
     assert t.step == 2000 and t.time >= 1200.0 and t.exogenous is None
@@ -253,7 +253,7 @@ def test_message_for_a_rank_step_quotes_the_loss_over_the_same_window() -> None:
     found = run_detector(TransitionDetector(), 300, sample)
     assert len(found) == 1
     msg = found[0].message
-    assert msg.startswith("a transition: linear.0: numerical_rank 2 → 3 at step 1660; loss ")
+    assert msg.startswith("a transition: linear.0 numerical rank 2 → 3 at step 1660; loss ")
     assert msg.endswith("% in the same window")
 
 
@@ -266,7 +266,7 @@ def test_exogenous_changes_are_labelled() -> None:
     found = run_detector(det, 450, sample)
     assert [t.exogenous for t in found] == ["learning-rate drop", None]
     assert "[exogenous: learning-rate drop]" in found[0].message
-    assert "a transition: fc1: numerical_rank 4 → 3 at step 3000" == \
+    assert "a transition: fc1 numerical rank 4 → 3 at step 3000" == \
         found[1].message.split(";")[0]
 
 
@@ -461,7 +461,7 @@ def test_the_headline_is_the_biggest_mover_and_the_loss_is_context():
     t = found[0]
     assert [m.key[0] for m in t.movers][:2] == ["enc.3", "enc.0"]
     assert t.kind == "weights grew"
-    assert t.message.startswith("weights grew: enc.3: weight_norm")
+    assert t.message.startswith("weights grew: enc.3 weight norm")
     assert "loss −50 % in the same window" in t.message and "dec" not in t.message
     payload = to_event_payload(t)
     assert payload["headline"] == {"layer": "enc.3", "metric": "weight_norm"}
@@ -511,3 +511,23 @@ def test_a_lasting_level_change_is_not_a_spike_and_a_nan_is_divergence():
     values = [math.exp(rng.gauss(0, 0.05)) for _ in range(100)] + [math.nan] * 5
     found = [s for i, v in enumerate(values) if (s := det.update(i, v)) is not None]
     assert [(s.kind, s.step) for s in found] == [("divergence", 100)]
+
+
+def test_a_converged_losss_numerical_noise_is_no_event_but_a_real_drop_is() -> None:
+    """A loss that fell from 44 to ~1e-10 moves by tens of percent between samples (the demo:
+    `linear_loss 2.7e-10 → 1.8e-10`): under LOSS_RESOLUTION of its largest value it is noise.
+    The same relative drop at the loss's own scale is a transition."""
+    rng = random.Random(3)
+
+    def converged(i: int) -> dict:
+        level = 44.0 if i < 20 else 2e-10 * (0.6 if i >= 200 else 1.0)
+        return {(None, "linear_loss"): level * math.exp(rng.gauss(0, 0.02))}
+
+    found = run_detector(TransitionDetector(), 400, converged)
+    assert not [t for t in found if t.step > 1000], [t.message for t in found]  # after the fall
+
+    def live(i: int) -> dict:
+        return {(None, "linear_loss"): 2.0 * (0.6 if i >= 200 else 1.0) * math.exp(rng.gauss(0, 0.02))}
+
+    found = run_detector(TransitionDetector(), 400, live)
+    assert [t.step for t in found] == [2000], [t.message for t in found]

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from symwatch.core.detection import KIND_ORDER
 from symwatch.tui.columns import LABELS, LEGEND, VIEWS, per_head
 
 pytestmark = [pytest.mark.skipif(shutil.which("tmux") is None,
@@ -112,6 +113,46 @@ def _check_dashboard(screen: str, where: str) -> None:
     assert "symmetric at" in screen, f"{where}: no legend line\n{screen}"
 
 
+# A toast's text, read off the screen (`▌` is its left border, its first line the title
+# `step N`): every word must be whole, as the detector wrote it. Its words are the message's
+# vocabulary: the kinds (KIND_ORDER), the display names (core/names.py), layer names, numbers
+# and units, losses, and the sentence's few fixed words; a word cut by the toast's width or
+# height (`win`, `weig…`) is none of them.
+MESSAGE_WORDS = {"at", "step", "in", "the", "same", "window", "also", "and", "more", "moved",
+                 "most:", "exogenous:", "optimizer", "back", "within", "samples", "a",
+                 "non-finite", "value", "→", "…", "%", "lr", "weight_decay", "momentum"}
+TOKEN = re.compile(r"^([−+-]?[\d.,]+(e[+-]?\d+)?%?|\(×[\d.]+\)|\(?[−+]?[\d.]+|%\)|"
+                   r"[\w.]*loss|[\w]+(\.\d+)+)$")
+
+
+def _toast(screen: str) -> list[str] | None:
+    """The body lines of the newest transition toast on screen (None: none shown)."""
+    lines = screen.splitlines()
+    titles = [i for i, line in enumerate(lines) if re.search(r"▌ step [\d,]+\s*$", line)]
+    if not titles:
+        return None
+    top = titles[-1]
+    edge = lines[top].index("▌")
+    body = []
+    for line in lines[top + 1:]:
+        if len(line) <= edge or line[edge] != "▌" or not line[edge + 1:].strip():
+            break
+        body.append(line[edge + 1:].strip())
+    return body or None
+
+
+def _check_toast(body: list[str], layers: set[str], where: str) -> None:
+    words = set(MESSAGE_WORDS) | layers | HEADER_WORDS
+    for kind in KIND_ORDER:
+        words.update(kind.split())
+    text = " ".join(body)
+    tokens = [t.rstrip(";,:") for t in text.replace("[", " ").replace("]", " ").split()]
+    cut = [t for t in tokens if t and (t.endswith("…") and t != "…" or
+                                      not (t in words or t.rstrip(":") in words
+                                           or TOKEN.match(t)))]
+    assert not cut, f"{where}: toast words cut or unknown: {cut}\n{text}"
+
+
 def _views(session: str, where: str) -> list[str]:
     """Each view in turn (`v`), each checked; the views seen, in order."""
     seen: list[str] = []
@@ -139,6 +180,12 @@ def test_a_newcomer_reads_every_screen_of_the_demo(runtime_dir):
     # detached, a window takes the default size unless its size is set by hand
     _tmux("set-option", "-t", session, "window-size", "manual")
     try:
+        # the demo's first transitions (seeded: a mode learned at step 10) are toasted for 5 s
+        # as soon as the table is live: one is read while it is on screen
+        screen = _wait(session, lambda s: "LIVE" in s and _toast(s) is not None, 90,
+                       "a transition toast")
+        layers = {line.split()[0] for line in _table_lines(screen)[1] if line.split()}
+        _check_toast(_toast(screen) or [], layers, "a toast at 120×40")
         _wait(session, lambda s: "LIVE" in s and "symmetric at" in s, 90, "the live table")
         for size, where in (((120, 40), "120×40"), ((80, 24), "80×24")):
             _tmux("resize-window", "-t", session, "-x", str(size[0]), "-y", str(size[1]))

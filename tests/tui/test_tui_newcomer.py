@@ -26,8 +26,9 @@ from symwatch.tui.widgets.legend import LegendLine, ViewTabs, legend_text, tabs_
 from symwatch.tui.widgets.panels import EventsLog, GpuLine
 from symwatch.tui.widgets.ranks_panel import RanksScreen
 
-EXOGENOUS_MESSAGE = ("units died: fc1: relu_dead 0.01562 → 0.5 at step 40; loss +3 % in the "
-                     "same window; also fc2 weight_norm −20 % [exogenous: optimizer "
+# as the detector writes it: the table's names (core/names.py) and units (core/units.py)
+EXOGENOUS_MESSAGE = ("units died: fc1 never active 1.6% → 50.0% at step 40; loss +3 % in the "
+                     "same window; also fc2 weight norm −20 % [exogenous: optimizer "
                      "weight_decay 0 → 1.5]")
 
 
@@ -82,8 +83,8 @@ def test_an_event_splits_into_kind_cause_and_the_change_in_screen_units() -> Non
     parts = event_parts(ev)
     assert parts.kind == "units died"
     assert parts.cause == "optimizer weight_decay 0 → 1.5"
-    assert parts.change == "fc1 inact 1.6% → 50.0%"  # the table's name and unit
-    # the headline, said by `change` in the table's terms, is not repeated; the context stays
+    assert parts.change == "fc1 never active 1.6% → 50.0%"  # the table's name, unit
+    # the headline is said once (as `change`); the context stays
     assert "[exogenous" not in parts.text and parts.text.startswith("loss +3 %")
     notice = EventRecord(step=5, time=0.0, message="agent restarted", severity="notice")
     assert event_parts(notice).kind == "notice" and event_parts(notice).cause == ""
@@ -185,10 +186,10 @@ async def test_events_screen_kind_cause_enter_and_no_toasts_over_it(fake_agent) 
         table = app.screen.query_one("#events-table")
         row = [c.plain for c in table.get_row_at(0)]
         assert row[1] == "units died" and row[2] == "optimizer weight_decay 0 → 1.5"
-        assert row[3].startswith("fc1 inact 1.6% → 50.0%")
+        assert row[3].startswith("fc1 never active 1.6% → 50.0%")
         assert table.rows[next(iter(table.rows))].height > 1  # wrapped, not cut at the edge
         # an event while the timeline is open: no toast over it
-        agent.send(protocol.EVENT, 30, message="a mode learned: fc2: modes 1 → 2 at step 30",
+        agent.send(protocol.EVENT, 30, message="a mode learned: fc2 modes 1 → 2 at step 30",
                    severity="transition", layer="fc2", metric="modes", before=1, after=2)
         await until(pilot, lambda: len(app.state.events) == 2, what="the second event")
         await pilot.pause(0.2)

@@ -5,6 +5,8 @@ AdamW), sent on a real PUB socket."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 from symwatch_agent.publish.hyperparameters import (
     changes,
@@ -49,14 +51,19 @@ async def test_header_toast_log_and_chart_mark_of_a_weight_decay_switch(fake_age
         await until(pilot, lambda: any("weight_decay 0.01 → 5" in n.message
                                        for n in app._notifications), what="the toast")
         log = str(app.query_one(EventsLog).content)
-        assert "optimizer: weight_decay 0.01 → 5 at step 150" in log
+        assert "step     150" in log and "weight_decay 0.01 → 5" in log  # its step once
 
         panel = app.query_one(LossPanel)
         await until(pilot, lambda: SETTINGS_MARK in str(panel.content), what="the chart mark")
         title, *chart = str(panel.content).split("\n")
         assert f"{SETTINGS_MARK} wd 0.01 → 5 @150" in title
+        # the chart has axes at 120×40 (issue #18): each row led by its y tick label, and the
+        # step line (steps 1–200) as its last row
+        *bars, steps = chart
+        assert steps.split() == ["1", "100", "200"], steps
+        pad = re.match(r"^ +[0-9.e+-]+ ", bars[0]).end()  # type: ignore[union-attr]
         # the mark's column is the switch's step on the chart's step axis (steps 1–200)
-        width = len(chart[0]) - 1  # each chart row starts with a space
+        width = len(bars[0]) - pad
         column = (SWITCH - 1) * width // 200
-        assert all(row[1 + column] == SETTINGS_MARK for row in chart), chart
-        assert sum(row.count(SETTINGS_MARK) for row in chart) == len(chart)
+        assert all(row[pad + column] == SETTINGS_MARK for row in bars), bars
+        assert sum(row.count(SETTINGS_MARK) for row in bars) == len(bars)

@@ -12,7 +12,7 @@ from tests.tui.test_tui_app import app_on, cell, join, publish_sample, sampled, 
 
 
 def _transition(agent, step: int = 12) -> None:
-    agent.send(protocol.EVENT, step, message="fc1: numerical_rank 3 → 4 at step 12",
+    agent.send(protocol.EVENT, step, message=f"fc1 numerical rank 3 → 4 at step {step}",
                severity="transition", layer="fc1", metric="numerical_rank", direction="up",
                before=3, after=4, score=9.0, exogenous=None, onset=step,
                jumps=[{"layer": "fc1", "metric": "numerical_rank", "direction": "up",
@@ -33,7 +33,7 @@ async def test_a_transition_flags_its_layers_rows_then_the_flag_fades(fake_agent
         await until(pilot, lambda: cell(app, "fc1", "layer").startswith("▲ fc1"), what="flag")
         assert cell(app, "conv1", "layer").startswith("▼ conv1")
         assert cell(app, "fc2", "layer").strip() == "fc2"
-        assert any("numerical_rank 3 → 4" in n.message for n in app._notifications)
+        assert any("fc1 numerical rank 3 → 4" in n.message for n in app._notifications)
         assert bells == [1]
         for step in range(11, 12 + FLAG_SAMPLES + 1):
             publish_sample(agent, step=step)
@@ -58,8 +58,9 @@ async def test_e_opens_the_timeline_of_every_event(fake_agent):
         table = app.screen.query_one(DataTable)
         assert table.row_count == 3
         assert [table.get_cell(str(i), "step").plain for i in range(3)] == ["12", "40", "77"]
-        # the change in the table's names (numerical_rank: `rank`), not the agent's
-        assert table.get_cell("2", "message").plain.startswith("fc1 rank 3 → 4")
+        # the change said once, in the table's names (the detector writes them: core/names.py);
+        # its step is the step column's
+        assert table.get_cell("2", "message").plain.rstrip() == "fc1 numerical rank 3 → 4"
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, EventsScreen), what="closed")
 
@@ -86,7 +87,7 @@ async def test_enter_opens_the_layer_detail_with_history_and_transitions(fake_ag
         for title in ("weight norm", "stable rank", "numerical rank", "dead fraction"):
             assert title in body
         assert "▲" in body  # the transition at step 20, under the charts
-        assert "numerical_rank 3 → 4" in body
+        assert "fc1 numerical rank 3 → 4" in body
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, LayerDetailScreen), what="closed")
     line = marker_line(1, 40, [20, 50], 40)  # steps 1..40 in 40 columns; 50 is outside
@@ -110,7 +111,7 @@ async def test_a_burst_of_transitions_keeps_few_short_toasts_and_every_event(fak
             agent.send(protocol.EVENT, step, severity="transition", layer="fc1",
                        metric="numerical_rank", direction="down", before=4, after=3, score=9.0,
                        exogenous="optimizer weight_decay 0 → 1.5", onset=step,
-                       message=f"fc1: numerical_rank 4 → 3 at step {step}; loss +12 % over the "
+                       message=f"fc1 numerical rank 4 → 3 at step {step}; loss +12 % over the "
                                f"same window; also fc2 numerical_rank 9 → 8, conv1 "
                                f"dead_fraction 0 → 0.25 [exogenous: optimizer weight_decay 0 → 1.5]")
             await pilot.pause(0.02)
@@ -126,7 +127,7 @@ async def test_a_burst_of_transitions_keeps_few_short_toasts_and_every_event(fak
         toasts = toasts()
         assert sorted(n.title for n in toasts) == list(kept)
         assert len(kept) == (EVENT_TOASTS if size[0] >= WIDE_COLUMNS else 1)
-        assert all(n.message == "fc1: numerical_rank 4 → 3 at step " + n.title[5:]
+        assert all(n.message == "fc1 numerical rank 4 → 3 at step " + n.title[5:]
                    + "; loss +12 % over the same window … [exogenous: optimizer weight_decay"
                      " 0 → 1.5]" for n in toasts)
         assert len(bells) == 7
@@ -149,7 +150,7 @@ async def test_toasts_dropped_before_they_show_never_show(fake_agent):
 
 
 def test_toast_text_keeps_the_lead_and_the_explanation():
-    assert toast_text("fc1: weight_norm +12 % at step 5") == "fc1: weight_norm +12 % at step 5"
+    assert toast_text("fc1 weight norm +12 % at step 5") == "fc1 weight norm +12 % at step 5"
     assert toast_text("a at step 5; loss −3 %; also b, c") == "a at step 5; loss −3 % …"
     assert toast_text("a; also b [exogenous: lr 0.1 → 0.01]") == \
         "a … [exogenous: lr 0.1 → 0.01]"

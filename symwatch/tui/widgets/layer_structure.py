@@ -11,9 +11,9 @@ from typing import Any
 
 from rich.text import Text
 
-from symwatch.state import numbers
+from symwatch.state import axis, numbers
 from symwatch.state.run_state import LayerState
-from symwatch.tui.widgets.sparkline import sparkline_rows
+from symwatch.tui.widgets.sparkline import label_width, sparkline_rows
 
 SPECTRUM_ROWS = 6
 UNIT_ROWS = 8  # the unit strip's height at most; wider layers share a cell between units
@@ -55,42 +55,55 @@ def metadata_text(layer: LayerState) -> Text:
 
 
 def spectrum_chart(spectrum: list[float], tau: float | None, width: int, rows: int,
-                   log: bool) -> list[tuple[str, bool]]:
-    """The spectrum as `rows` bar rows of `width` columns (σ₁ on the left), each value spread
-    over its share of them; the threshold τ as a dashed line across the row it
-    reaches. Returns (row, is-the-threshold-row) pairs, top row first. Linear scale from 0 to
-    σ₁; log scale from a little below the smallest positive value to σ₁ (zeros: no bar)."""
+                   log: bool, count: int | None = None) -> list[tuple[str, bool]]:
+    """The spectrum as `rows` bar rows (σ₁ on the left), each led by its y tick label
+    (symwatch.state.axis's rule: nice ticks, a minimum range so equal values draw flat; log
+    ticks on a log scale), each value spread over its share of the columns; the threshold τ as
+    a dashed line across the row it reaches; then the index line (σ index 1..n under the
+    columns; `count`: the layer's number of singular values when `spectrum` is a sample of
+    them, whose positions are not linear in the index: then only the ends, 1 and `count`, are
+    labelled). Returns (row, is-the-threshold-row) pairs, top row first, all `width` wide.
+    Linear scale from 0 up; log scale around the positive values (zeros: no bar)."""
     values = [float(v) for v in spectrum]
     if log:
-        positive = [v for v in values if v > 0]
-        floor = min(positive) if positive else 1.0
+        ax = axis.log_axis(values, rows)
         scaled: list[float | None] = [math.log10(v) if v > 0 else None for v in values]
-        hi = math.log10(max(positive)) if positive else 1.0
-        lo = math.log10(floor)
-        # the smallest value keeps a bar of its own: the floor sits a little below it
-        lo -= max(0.1, (hi - lo) / (2 * rows))
         level = math.log10(tau) if tau and tau > 0 else None
     else:
-        scaled = list(values)
-        lo, hi = 0.0, max(values, default=1.0) or 1.0
+        # σ ≥ 0 is read against 0: the bottom row is 0's (the axis centres the values; its
+        # ticks are moved up to start at 0, which keeps every value in range)
+        ax = axis.axis([0.0, *values], rows)
+        if ax is not None and not ax.flat and ax.ticks[0] < 0:
+            marks = tuple(i * ax.step for i in range(len(ax.ticks)))
+            ax = axis.Axis(-ax.step / 2, marks[-1] + ax.step / 2, ax.step, marks,
+                           axis.labels(marks, ax.step), False)
+        scaled = [axis.denoise(v) for v in values]
         level = tau
-    # fewer values than columns: each value spread over its share of the width
+    pad = label_width(ax)
+    bars_w = max(1, width - pad)
+    # fewer values than columns: each value spread over its share of the width (more values
+    # than columns: sparkline_rows buckets them), so a column's index is linear in x
     n = len(scaled)
-    spread = [scaled[c * n // width] for c in range(width)] if 0 < n < width else scaled
-    # sparkline_rows scales from the min to the max of what it is given: the range's two ends
-    # go in as anchors, dropped after (it buckets to `width` itself when there are more values)
-    bars = sparkline_rows([lo, *spread, hi], min(width, len(spread)) + 2, rows)
-    bars = [row[1:-1] for row in bars]
+    spread = [scaled[c * n // bars_w] for c in range(bars_w)] if 0 < n < bars_w else scaled
+    if ax is None:  # no positive value on a log scale: nothing to draw
+        return [(" " * width, False)] * rows + [(" " * width, False)]
+    bars = sparkline_rows(spread, bars_w, len(ax.ticks), lo=ax.lo, hi=ax.hi)
     marked = -1
-    if level is not None and hi > lo:
-        frac = (level - lo) / (hi - lo)
+    if level is not None:
+        frac = (level - ax.lo) / (ax.hi - ax.lo)
         if 0 <= frac <= 1:
-            marked = rows - 1 - min(rows - 1, int(frac * rows))
+            marked = len(bars) - 1 - min(len(bars) - 1, int(frac * len(bars)))
     out = []
-    for r, row in enumerate(bars):
+    for r, (label, row) in enumerate(zip(reversed(ax.labels), bars)):
         if r == marked:
             row = "".join(THRESHOLD if c == " " else c for c in row)
-        out.append((row, r == marked))
+        out.append((label + " " + row, r == marked))
+    if count is not None and count > n:  # a sample: only its ends are known indices
+        line = "1" + f"{count:,}".rjust(bars_w - 1) if bars_w > len(f"{count:,}") + 1 \
+            else f"{count:,}".rjust(bars_w)[:bars_w]
+    else:
+        line = axis.step_line(1, n, bars_w)
+    out.append((" " * pad + line, False))
     return out
 
 
@@ -116,13 +129,20 @@ def spectrum_text(layer: LayerState, width: int, log: bool = False) -> Text:
         if len(spectrum) == count:
             text.append(f"   rank {above} of {count}", "bold")
     chart_w = max(10, width - 2)
-    for row, is_threshold in spectrum_chart(spectrum, tau, chart_w, SPECTRUM_ROWS, log):
+    *chart, index = spectrum_chart(spectrum, tau, chart_w, SPECTRUM_ROWS, log, count)
+    for row, is_threshold in chart:
+        # the y label (right-aligned, no spaces in it) and one space, then the bars
+        split = len(row) - len(row.lstrip(" "))
+        split = row.find(" ", split) + 1 if row.find(" ", split) >= 0 else 0
+        label, bars = row[:split], row[split:]
         text.append("\n ")
+        text.append(label, "dim")
         if is_threshold:
-            for c in row:
+            for c in bars:
                 text.append(c, "yellow" if c == THRESHOLD else "cyan")
         else:
-            text.append(row, "cyan")
+            text.append(bars, "cyan")
+    text.append("\n " + index[0], "dim")
     text.append("\n ")
     text.append(THRESHOLD * 3, "yellow")
     text.append(" τ = numerical-rank threshold", "dim")

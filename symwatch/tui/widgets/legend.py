@@ -43,6 +43,19 @@ def tabs_text(views: list[str], current: str, width: int) -> Text:
     return text
 
 
+def cut_at_word(line: Text, width: int) -> Text:
+    """`line` (one line) cut to `width` cells at the last space before the edge, with `…`:
+    never mid-word (a word cut short reads as another word: `in th…`)."""
+    if width <= 0 or line.cell_len <= width:
+        return line
+    plain = line.plain[:max(0, width - 1)]
+    cut = plain.rstrip().rfind(" ")
+    line = line[:cut if cut > 0 else len(plain)]
+    line.rstrip()
+    line.append("…", "dim")
+    return line
+
+
 def legend_text(indicator: str | None, width: int) -> Text:
     """The legend of one column, cut at a word (never mid-word) to `width`."""
     text = Text(no_wrap=True, overflow="crop")

@@ -8,17 +8,20 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
-from symwatch.state import numbers
+from symwatch.state import axis, numbers
 from symwatch.state.gpu_clocks import clock_text, throttled
 from symwatch.state.optimizer import change_text
 from symwatch.state.run_state import RunState
 from symwatch.tui.event_text import event_parts
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.main_layout import chart_rows
-from symwatch.tui.widgets.sparkline import sparkline_rows
+from symwatch.tui.widgets.legend import cut_at_word
+from symwatch.tui.widgets.sparkline import label_width, sparkline_rows
 
 # A loss chart whose values span this factor or more is drawn on a log scale
 LOG_SCALE_RANGE = 20.0
+# A loss chart this many rows tall or taller has axes: y ticks, and a step line as its last row
+AXIS_MIN_ROWS = 3
 
 BOUNDARY_MARK = "┊"  # in the loss chart: where a restarted run replaced the previous one
 SETTINGS_MARK = "╎"  # in the loss chart: where an optimizer's lr or weight decay changed
@@ -31,14 +34,14 @@ SEVERITY_STYLES = {"info": "cyan", "notice": "yellow", "warning": "bold yellow",
 
 
 def loss_text(state: RunState, width: int, rows: int = 1,
-              window: HistoryWindow | None = None) -> Text:
+              window: HistoryWindow | None = None, axes: bool = False) -> Text:
     """The loss now and its chart. Live, the chart is the whole run (its older part merged
     into min/max columns, symwatch.core.downsample), where a plateau and the drop that ends it show
     at any length of run; paused or scrolled back (`window`), the value at the window's end
-    and the chart over the window, as the table's sparklines."""
+    and the chart over the window, as the table's sparklines. `axes` (the dashboard's panel):
+    from AXIS_MIN_ROWS rows, y tick labels and a step line (without: the bare chart)."""
     text = Text(no_wrap=True, overflow="ellipsis")  # a wrapped first line would push the chart
     text.append(" loss ", "dim")
-    chart_w = max(0, width - 2)
     store = state.loss.store
     if window is not None and not window.live:
         first, last = steps_shown(window, state)
@@ -46,19 +49,35 @@ def loss_text(state: RunState, width: int, rows: int = 1,
     else:
         first, last = store.first_step, store.last_step
         text.append(numbers.compact(state.loss.current), "bold")
-    points = store.columns(first, last, chart_w) if first is not None and last is not None \
-        else []
-    boundary = None  # the chart column of the restart mark, live after a restart
-    if state.previous_loss is not None and (window is None or window.live) and chart_w >= 3:
-        points, boundary = across_restart(state, chart_w)
+    # With AXIS_MIN_ROWS rows or more (a tall terminal), the chart gets y tick labels on the
+    # left and its last row becomes the step line (symwatch.state.axis's rule); fewer rows (80×24:
+    # one) keep the bare chart, whose range and steps the title line says in words.
+    with_axes = axes and rows >= AXIS_MIN_ROWS
+    bar_rows = rows - 1 if with_axes else rows
+    chart_w, pad = max(0, width - 2), 0
+    ax: axis.Axis | None = None
+    if with_axes:  # the labels' width depends on the values' range: a first pass, narrow
+        # (cheap, and its min/max columns keep the range), gives the width to leave for them
+        ax, log_scale = _loss_axis(
+            _loss_points(state, store, first, last, window, min(chart_w, 32))[0], bar_rows)
+        pad = label_width(ax)
+        chart_w = max(0, chart_w - pad)
+    points, boundary = _loss_points(state, store, first, last, window, chart_w)
     known = [v for v in points if v is not None]
     log_scale = bool(known) and min(known) > 0 and max(known) >= LOG_SCALE_RANGE * min(known)
+    if with_axes:
+        ax, log_scale = _loss_axis(points, bar_rows)
+        if label_width(ax) != pad:  # narrower columns moved a label's width: fit them again
+            chart_w = max(0, chart_w + pad - label_width(ax))
+            pad = label_width(ax)
+            points, boundary = _loss_points(state, store, first, last, window, chart_w)
+            known = [v for v in points if v is not None]
     if known and first is not None and last is not None:  # (after a restart: once it has loss)
         text.append(f"  min {numbers.compact(min(known))}  max {numbers.compact(max(known))}"
                     f"  steps {max(first, store.first_step or first):,}–{last:,}"
                     + ("  log scale" if log_scale else ""), "dim")
     if log_scale:  # the first steps' loss would flatten everything after it on a linear scale
-        points = [None if v is None else math.log(v) for v in points]
+        points = [None if v is None or v <= 0 else math.log10(v) for v in points]
     for name, value in list(state.scalars.items())[:3]:
         text.append(f"  {name} ", "dim")
         text.append(numbers.compact(value))
@@ -73,8 +92,16 @@ def loss_text(state: RunState, width: int, rows: int = 1,
                         f"@{latest[-1].step:,}", SETTINGS_STYLE)
     if boundary is not None:
         marks[boundary] = (BOUNDARY_MARK, "bold yellow")
-    for line in sparkline_rows(points, chart_w, rows):
+    if ax is not None:
+        lines = sparkline_rows(points, chart_w, bar_rows, lo=ax.lo, hi=ax.hi)
+        labels = list(reversed(ax.labels))
+    else:
+        lines = sparkline_rows(points, chart_w, bar_rows)
+        labels = [""] * len(lines)
+    for label, line in zip(labels, lines):
         text.append("\n ")
+        if label:
+            text.append(label + " ", "dim")
         start = 0
         for column in sorted(marks):
             if column >= len(line):
@@ -84,7 +111,44 @@ def loss_text(state: RunState, width: int, rows: int = 1,
             text.append(mark, style)
             start = column + 1
         text.append(line[start:], "bright_cyan")
+    if with_axes:
+        text.append("\n " + " " * pad, "dim")
+        text.append(_step_line(state, first, last, chart_w, boundary), "dim")
     return text
+
+
+def _loss_points(state: RunState, store: Any, first: int | None, last: int | None,
+                 window: HistoryWindow | None, width: int
+                 ) -> tuple[list[float | None], int | None]:
+    """The loss chart's columns (and the restart mark's column, live after a restart)."""
+    points = store.columns(first, last, width) if first is not None and last is not None \
+        else []
+    if state.previous_loss is not None and (window is None or window.live) and width >= 3:
+        return across_restart(state, width)
+    return points, None
+
+
+def _loss_axis(points: list[float | None], rows: int) -> tuple[axis.Axis | None, bool]:
+    """The loss chart's y axis (log ticks when the loss spans LOG_SCALE_RANGE or more) and
+    whether it is a log one."""
+    known = [v for v in points if v is not None and math.isfinite(v)]
+    log_scale = bool(known) and min(known) > 0 and max(known) >= LOG_SCALE_RANGE * min(known)
+    return (axis.log_axis(known, rows) if log_scale else axis.axis(known, rows)), log_scale
+
+
+def _step_line(state: RunState, first: int | None, last: int | None, width: int,
+               boundary: int | None) -> str:
+    """The steps under the loss chart: first, middle and last; after a restart, the previous
+    run's under its columns and this run's under its own."""
+    if boundary is not None and state.previous_loss is not None:
+        before, now = state.previous_loss.store, state.loss.store
+        left = axis.step_line(before.first_step or 0, before.last_step or 0, boundary)
+        right = axis.step_line(now.first_step or 0, now.last_step or 0,
+                               width - boundary - 1) if now.count else ""
+        return (left + BOUNDARY_MARK + right)[:width]
+    if first is None or last is None:
+        return ""
+    return axis.step_line(max(first, state.loss.store.first_step or first), last, width)
 
 
 def settings_marks(state: RunState, first: int, last: int, width: int
@@ -153,7 +217,8 @@ def gpu_text(gpu: dict[str, Any] | None) -> Text:
     return text
 
 
-def events_text(state: RunState, lines: int) -> Text:
+def events_text(state: RunState, lines: int, width: int = 0) -> Text:
+    """The last `lines` events, one line each, cut at a word to `width` (0: not cut)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     recent = list(state.events)[-lines:] if lines > 0 else []
     if not recent:
@@ -165,15 +230,17 @@ def events_text(state: RunState, lines: int) -> Text:
         # as the events timeline (`e`) shows it: the kind in words, the change in the table's
         # names and units, the cause first where there is one (a line is cut at the edge)
         parts = event_parts(ev)
-        text.append(f" step {ev.step:>7,}  ", "dim")
-        text.append(parts.kind, SEVERITY_STYLES.get(ev.severity, "white"))
-        text.append("  ")
+        line = Text()
+        line.append(f" step {ev.step:>7,}  ", "dim")
+        line.append(parts.kind, SEVERITY_STYLES.get(ev.severity, "white"))
+        line.append("  ")
         if parts.cause:
-            text.append(f"[{parts.cause}] ", "magenta")
+            line.append(f"[{parts.cause}] ", "magenta")
         if parts.change:
-            text.append(parts.change, "bold")
-            text.append("  ")
-        text.append(parts.text, "dim" if parts.change else "")
+            line.append(parts.change, "bold")
+            line.append("  ")
+        line.append(parts.text, "dim" if parts.change else "")
+        text.append_text(cut_at_word(line, width))
     return text
 
 
@@ -191,8 +258,8 @@ class LossPanel(Static):
         self.styles.height = rows + 1
         # layout=False: the height is set just above, the width is the screen's; a layout pass
         # of the whole screen on every data frame cost more than drawing the frame.
-        self.update(loss_text(state, self.size.width or self.app.size.width, rows, window),
-                    layout=False)
+        self.update(loss_text(state, self.size.width or self.app.size.width, rows, window,
+                              axes=True), layout=False)
 
 
 class GpuLine(Static):
@@ -202,4 +269,5 @@ class GpuLine(Static):
 
 class EventsLog(Static):
     def show(self, state: RunState) -> None:
-        self.update(events_text(state, max(1, self.size.height or 3)), layout=False)
+        self.update(events_text(state, max(1, self.size.height or 3),
+                                self.size.width or self.app.size.width), layout=False)
