@@ -9,12 +9,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-from typing import Any, Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
 from symwatch.core import protocol
+from symwatch.core.names import display
 from symwatch.core.protocol import Message
 
-METRIC_FIELDS = ("kind", "time", "rank", "step", "layer", "metric", "value")
+# `label`: the indicator as the screen names it (core/names.py: `weight norm` for the wire's
+# `weight_norm`); a run-level scalar's label is its own name, as the header shows it
+METRIC_FIELDS = ("kind", "time", "rank", "step", "layer", "metric", "value", "label")
 EVENT_FIELDS = ("kind", "time", "rank", "step", "layer", "metric", "direction", "before",
                 "after", "score", "message")
 GPU_FIELDS = ("kind", "time", "rank", "step", "index", "name", "util", "mem_used", "mem_total",
@@ -24,7 +28,9 @@ _GPU_NUMBERS = ("util", "mem_used", "mem_total", "temp", "power", "power_limit",
 
 FIELDS = {"metrics": METRIC_FIELDS, "events": EVENT_FIELDS, "gpu": GPU_FIELDS}
 # `--kind all` in CSV: the union of the columns, in this order.
-ALL_FIELDS = tuple(dict.fromkeys(METRIC_FIELDS + EVENT_FIELDS + GPU_FIELDS))
+# Fields are only ever added at the end: `label` (added after the GPU clocks) comes last.
+ALL_FIELDS = tuple(dict.fromkeys(METRIC_FIELDS[:-1] + EVENT_FIELDS + GPU_FIELDS
+                                 + METRIC_FIELDS[-1:]))
 KIND_CHOICES = ("metrics", "events", "gpu", "all")
 
 # Run-level scalars of a STATS message exported as metrics (layer null), in this order; then
@@ -70,7 +76,8 @@ def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str
                     continue
                 for metric, value in values.items():
                     yield {"kind": "metric", **head, "layer": _text(layer),
-                           "metric": _text(metric), "value": _number(value)}
+                           "metric": _text(metric), "value": _number(value),
+                           "label": display(str(metric))}
         elif msg.kind == protocol.STATS and want_metrics:
             # every step's loss and scalars (`per_step`), one record per step; the message's
             # own latest value of such a series would repeat one of them
@@ -80,24 +87,26 @@ def records(messages: Iterable[Message], kind: str = "all") -> Iterator[dict[str
                     continue
                 for step, value in zip(series.get("steps") or (), series.get("values") or ()):
                     yield {"kind": "metric", "time": msg.time, "rank": msg.rank, "step": step,
-                           "layer": None, "metric": _text(name), "value": _number(value)}
+                           "layer": None, "metric": _text(name), "value": _number(value),
+                           "label": _text(name)}
             for name in STATS_SCALARS:
                 if name in p and name not in per_step:
                     yield {"kind": "metric", **head, "layer": None, "metric": name,
-                           "value": _number(p[name])}
+                           "value": _number(p[name]), "label": name}
             scalars = p.get("scalars")
             if isinstance(scalars, dict):
                 for name, value in scalars.items():
                     if name not in per_step:
                         yield {"kind": "metric", **head, "layer": None,
-                               "metric": _text(name), "value": _number(value)}
+                               "metric": _text(name), "value": _number(value),
+                               "label": _text(name)}
             # the optimizers' settings (`optimizer`): a record where one is first seen or
             # changes, not one per message (they are resent in every `stats`)
             for metric, value in _settings(p.get("optimizer")):
                 if settings.get((msg.rank, metric), math.nan) != value:
                     settings[(msg.rank, metric)] = value
                     yield {"kind": "metric", **head, "layer": None, "metric": metric,
-                           "value": value}
+                           "value": value, "label": metric}
         elif msg.kind == protocol.EVENT and want_events:
             yield {"kind": "event", **head, "layer": _text(p.get("layer")),
                    "metric": _text(p.get("metric")), "direction": _text(p.get("direction")),

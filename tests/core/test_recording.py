@@ -348,8 +348,9 @@ def test_export_jsonl_records(tmp_path):
     recs = [json.loads(line) for line in result.stdout.splitlines()]
     metric = next(r for r in recs if r["kind"] == "metric" and r["layer"] == "fc2"
                   and r["metric"] == "numerical_rank")
-    assert list(metric) == ["kind", "time", "rank", "step", "layer", "metric", "value"]
+    assert list(metric) == ["kind", "time", "rank", "step", "layer", "metric", "value", "label"]
     assert metric["value"] is None  # N/A stays null, never 0
+    assert metric["label"] == "numerical rank"  # as the screen names it (core/names.py)
     loss = [r for r in recs if r["kind"] == "metric" and r["metric"] == "loss"]
     assert len(loss) == 30 and loss[0]["layer"] is None and loss[0]["value"] == 1.0
     assert any(r["metric"] == "lr" and r["value"] == 0.1 for r in recs)
@@ -375,7 +376,8 @@ def test_export_csv_to_a_file(tmp_path):
     result = symwatch("export", str(path), "--format", "csv", "--kind", "metrics", "-o", str(out))
     assert result.returncode == 0 and result.stdout == "", result.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert list(rows[0]) == ["kind", "time", "rank", "step", "layer", "metric", "value"]
+    assert list(rows[0]) == ["kind", "time", "rank", "step", "layer", "metric", "value",
+                             "label"]
     na = next(r for r in rows if r["layer"] == "fc2" and r["metric"] == "numerical_rank")
     assert na["value"] == ""  # empty, never 0
     loss = next(r for r in rows if r["metric"] == "loss")
@@ -384,6 +386,7 @@ def test_export_csv_to_a_file(tmp_path):
     header = everything.stdout.splitlines()[0].split(",")
     assert header[:7] == ["kind", "time", "rank", "step", "layer", "metric", "value"]
     assert "power_limit" in header and "message" in header
+    assert header[-1] == "label"  # added after the GPU clocks: new fields come last
     bad = symwatch("export", str(tmp_path / "missing.db"), "--format", "csv")
     assert bad.returncode == 1 and "no such recording" in bad.stderr
 
