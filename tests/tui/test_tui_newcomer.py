@@ -217,3 +217,16 @@ def test_an_optimizer_change_is_its_own_kind_without_a_cause() -> None:
     parts = event_parts(ev)
     assert parts.kind == "optimizer change" and parts.cause == ""
     assert "weight_decay 0 → 1.5" in parts.text
+
+
+def test_the_pairing_is_said_in_plain_words():
+    """`paired with 4  (read this layer's units)` left a newcomer guessing who reads whom."""
+    from symwatch.state.run_state import LayerState
+    from symwatch.tui.widgets.layer_structure import metadata_text
+
+    one = LayerState(name="mlp.0", type="Linear", shape=[64, 16], meta={"feeds": ["mlp.2"]})
+    assert "paired with mlp.2  (mlp.2 reads this layer's outputs)" in metadata_text(one).plain
+    two = LayerState(name="x", type="Linear", shape=[8, 8], meta={"feeds": ["a", "b"]})
+    assert "(a, b read this layer's outputs)" in metadata_text(two).plain
+    none = LayerState(name="head", type="Linear", shape=[4, 64], meta={})
+    assert "none (no layer reads this layer's outputs directly)" in metadata_text(none).plain
