@@ -484,11 +484,7 @@ class Agent:
             if (due or self.steps == 1) and self._optimizers:
                 self._watch_settings()
                 settings_s = time.perf_counter() - now  # a sample's cost below includes it
-            if (due and
-                    (self._unlimited or
-                     self._budgeted_cost_s + self._publisher_spent_s() + self._sample_cost_s
-                     <= self._planned * self._training_s + self._overdraft_s())) \
-                    or self.steps == 1:
+            if (due and self._affords_sample(self._training_s)) or self.steps == 1:
                 if due:  # for STATS `sampling`: which steps sampled, and skips before each
                     self._sampled_at.append((self.steps, self._budget_skips))
                     if self._owed_samples:  # one of those owed after a settings change
@@ -511,10 +507,7 @@ class Agent:
                 if now >= self._next_stats_at or self._per_step_kept >= PER_STEP_MAX:
                     self._emit_stats(now)
             if ((self.steps + 1) % self.every == 0 and self.layers and not self._reps.armed
-                    and (self._unlimited or
-                         self._budgeted_cost_s + self._publisher_spent_s() + self._sample_cost_s
-                         <= self._planned * (self._training_s + (self._step_time or 0.0))
-                         + self._overdraft_s())):
+                    and self._affords_sample(self._training_s + (self._step_time or 0.0))):
                 self._arm_representations()  # the next step is due: copy rows of its forward
             if self.sharded and self.steps % self.every == 0:
                 # Every rank at the same steps, whatever its own budget says: the viewer needs
@@ -524,6 +517,15 @@ class Agent:
                 self._cost_s += time.perf_counter() - began
         except Exception as exc:
             self._report("step", exc)
+
+    def _affords_sample(self, training_s: float) -> bool:
+        """Whether one more sample fits the budget after `training_s` of training: what was
+        spent (training thread and publisher) plus a sample's cost against the plan, with the
+        overdraft owed after a settings change. The post-step hook asks it for this step, and
+        one step ahead (training_s plus a step) when arming the representations' capture."""
+        return self._unlimited or (
+            self._budgeted_cost_s + self._publisher_spent_s() + self._sample_cost_s
+            <= self._planned * training_s + self._overdraft_s())
 
     def _publisher_spent_s(self) -> float:
         """The publisher thread's CPU time the budget counts: all of it but its start, up to
