@@ -442,7 +442,9 @@ class SymwatchApp(App[None]):
         return state
 
     def _notify_events(self) -> None:
-        fresh = min(self.state.events_total - self._events_seen, len(self.state.events), 5)
+        # every event since the last redraw: a loaded machine spaces redraws out, and a burst
+        # (a weight-decay switch moves every layer) may all land between two of them
+        fresh = min(self.state.events_total - self._events_seen, len(self.state.events))
         self._events_seen = self.state.events_total
         if fresh <= 0:
             return
@@ -450,9 +452,12 @@ class SymwatchApp(App[None]):
         # follows it is explained by it
         shown = [ev for ev in list(self.state.events)[-fresh:]
                  if (ev.severity in NOTIFY_SEVERITIES or ev.changes) and not ev.history]
-        for ev in shown:
-            if self.ring_bell and ev.severity == "transition":
-                self.bell()
+        if self.ring_bell:
+            # one bell per transition, however many came in one redraw (the toasts below keep
+            # only the newest few)
+            for ev in shown:
+                if ev.severity == "transition":
+                    self.bell()
         if isinstance(self.screen, ModalScreen):
             # toasts sat on top of the events log, help and layer detail: a modal screen is
             # read undisturbed (the events timeline, `e`, keeps every event)

@@ -134,6 +134,26 @@ async def test_a_burst_of_transitions_keeps_few_short_toasts_and_every_event(fak
         assert len(app.state.events) == 7  # every event kept for the timeline
 
 
+async def test_a_burst_between_two_redraws_rings_once_per_transition(fake_agent):
+    """Seven transitions sent in one go usually land between two redraws (always on a loaded
+    machine): each still rings the bell, though only the newest few get a toast (CI once heard
+    5 of 7 when the notifier looked at no more than 5 fresh events per redraw)."""
+    agent = fake_agent()
+    app = app_on(agent, bell=True)
+    bells = []
+    app.bell = lambda: bells.append(1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await sampled(pilot, agent, app)
+        for step in range(20, 27):
+            agent.send(protocol.EVENT, step, severity="transition", layer="fc1",
+                       metric="numerical_rank", direction="down", before=4, after=3, score=9.0,
+                       onset=step, message=f"fc1 numerical rank 4 → 3 at step {step}")
+        await until(pilot, lambda: app.state.events_total == 7, what="7 events")
+        await until(pilot, lambda: len(bells) == 7, what="a bell for each of the 7 transitions")
+        await pilot.pause(0.3)
+        assert len(bells) == 7  # and no more
+
+
 async def test_toasts_dropped_before_they_show_never_show(fake_agent):
     """Five toasts raised in one go: the first three are dropped before Textual has handled
     their Notify messages. They must never appear, whatever order the messages come in."""
