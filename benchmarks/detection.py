@@ -308,7 +308,11 @@ def render(res: dict[str, Any], args: argparse.Namespace) -> str:
              "those only drop or re-order what it finds. The floors' effect on real runs: the "
              "demo's 1,300 steps gave 29 events before them (12 real by issue 16's count), "
              "18 after, the noise events (`balance_norm 1.3e-6 → 1.1e-6`, `stable_rank "
-             "17.53 → 17.5`, one ReLU unit flickering, float32-resolution rank counts) gone.",
+             "17.53 → 17.5`, one ReLU unit flickering, float32-resolution rank counts) gone. "
+             "The count confirmation, the loss-drop rule (`DropDetector`, loss series only) "
+             "and the merging of a lasting change (docs/alerts.md) came later and likewise "
+             "leave `JumpDetector`, and so these tables, unchanged; their effect on real runs "
+             "is in *Events on real training runs*.",
              "",
              "![Two synthetic series with true jumps and detections](img/detection.png)",
              "",

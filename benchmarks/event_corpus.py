@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from doc_sections import write_section
-from event_corpus import RUNS
+from event_corpus import RUNS, tape
 from event_corpus.common import RunResult
 from event_corpus.scoring import Score, score_run
 from machine import describe
@@ -46,8 +46,12 @@ SECTION = "event-corpus"
 
 def run_one(name: str, steps: int | None, seed: int) -> RunResult:
     """One run in this process (what the subprocess does)."""
+    if os.environ.get(tape.ENV_TAPE):
+        tape.install()
     module = importlib.import_module(f"event_corpus.{name}")
-    return module.run(steps=steps, seed=seed)
+    result = module.run(steps=steps, seed=seed)
+    tape.save(name)
+    return result
 
 
 def run_in_subprocess(name: str, steps: int | None, seed: int, timeout: float = 600) -> RunResult:
@@ -122,6 +126,12 @@ def markdown(results: list[RunResult], command: str) -> str:
          "a transition's 10 % point (a mode leaving a tiny init's random bulk while its "
          "strength is still ~10⁻⁵ of its final value) counts as unmatched. Seed 0 only."),
         "",
+        ("To iterate on the detector without re-training: `--tape DIR --json DIR/results.json` "
+         "saves what the agent's detector was fed in each run, and "
+         "`.venv/bin/python benchmarks/event_corpus_replay.py DIR [-v]` scores the detector as "
+         "it is now on those samples in seconds (the same events as the real path for the "
+         "same code; the figures here always come from the real path)."),
+        "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
@@ -177,8 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: each run "
                         "has a core to itself, as its seconds column assumes)")
+    parser.add_argument("--tape", type=Path, default=None, help="save what the detector was "
+                        "fed here, per run (benchmarks/event_corpus_replay.py scores it again)")
     parser.add_argument("--one", choices=RUNS, help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args(argv)
+    if args.tape:
+        os.environ[tape.ENV_TAPE] = str(args.tape.resolve())
     if args.one:
         result = run_one(args.one, args.steps, args.seed)
         if args.json:

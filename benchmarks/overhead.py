@@ -16,14 +16,27 @@ block of the same round. The agent is attached before a block, outside its timin
 200 untimed steps (every condition gets them): what a block measures is the steady state
 of a long run; the one-off start-up is reported on its own. Also measured: the hot path alone (the post-step hook when it does
 not sample) and one full indicator sample of the model.
+
+    .venv/bin/python benchmarks/overhead.py --launch 5 --threads 1 [--before /tmp/before/agent] [--pause 3]
+
+`--launch N`: start-up under `symwatch run` (issue #15). N interleaved rounds of child
+processes training the GPT: without symwatch, under the bootstrap of `--before` (an agent
+tree, e.g. `git archive HEAD agent | tar -x -C /tmp/before`) and under this tree's
+bootstrap, each with `SYMWATCH_LAUNCH=1` and the bootstrap first on PYTHONPATH as `symwatch
+run` sets them. Each child times its steps; the excess of a step is its time less the median
+of the child's steps 31–60. Reported, median over rounds: step 1's excess, the largest
+excess of steps 1–20, and their summed excess (what the start-up cost the training thread in
+all, wherever it fell); wall and the training thread's CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -201,6 +214,36 @@ def measure(trials: int, steps: int, width: int, depth: int, model_kind: str = "
             "layers": depth + 1 if model_kind == "mlp" else layers}
 
 
+def refresh_run(steps: int, width: int, depth: int) -> dict[str, Any]:
+    """One long run of the GPT at the defaults (`watch(model, opt)`, nothing else): each
+    layer's refresh interval from the agent's slice ledger, cheap (any sample) and full tier
+    apart, and where the agent's time went, per second of training: its training-thread cost
+    and its publisher thread's CPU (both charged to the budget), against the plan."""
+    model = make_gpt(width, depth)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = torch.randint(0, 256, (4, 32))
+    target = torch.randint(0, 256, (4, 32))
+    run_block(model, opt, 5, batch, target)
+    agent = watch(model, opt, register=False)
+    run_block(model, opt, steps, batch, target)
+    slices = agent.engine.slices
+    names = [layer.name for layer in agent.layers]
+    training = agent._training_s
+    out = {
+        "steps": steps, "training_s": training, "step_ms": 1000 * training / steps,
+        "samples": dict(agent.engine.scheduler.samples),
+        "cost_ms_per_s": 1000 * agent._cost_s / training,
+        "publisher_ms_per_s": 1000 * agent._publisher.cpu_s / training,
+        "plan_ms_per_s": 1000 * agent._planned,
+        "refresh": _intervals([(names[i], list(g)) for i, g in slices.gaps.items()]),
+        "refresh_full": _intervals([(names[i], list(g)) for i, g in slices.gaps_full.items()]),
+        "refreshed": len({i for i in slices.last}), "layers": len(agent.layers),
+        "twice": sum(1 for g in slices.gaps.values() if g),
+    }
+    agent.close()
+    return out
+
+
 def _intervals(runs: list[tuple[str, list[int]]]) -> dict[str, float] | None:
     """Per layer the median of its steps between refreshes (over all runs), then the median
     and the largest of those over layers, and the largest single gap."""
@@ -273,12 +316,99 @@ def render_gpt(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"layers never refreshed twice in a run: {result['never_twice']}."),
         f"- The full tier (spectra, duplicates, heads) per layer: {interval(result['refresh_full'])}.",
         f"- Hot path (post-step hook, not sampling): **{result['hot_us']:.2f} µs** per step.",
+        *(_refresh_lines(result["long"]) if result.get("long") else []),
         (f"- Start-up on the training thread (`watch()` and the first step, less a plain step "
         f"just before): **{result['startup_excess_ms']:.0f} ms** (median; "
         f"{result['startup_ms']:.0f} ms in all)."),
         f"- One whole-model sample, full tier: **{result['sample_ms']:.1f} ms** (median of 5).",
     ]
     return "\n".join(lines)
+
+
+LAUNCH_STEPS = 60  # per child: steps 31–60 are its plain step
+FIRST_STEPS = 20  # the start-up's excess is summed over these
+
+
+def launch_child(args: argparse.Namespace) -> int:
+    """One child of --launch: the GPT trained LAUNCH_STEPS steps; its step times as JSON."""
+    model = make_gpt(args.width, args.depth)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch, target = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
+    time.sleep(args.pause)
+    wall, cpu = [], []
+    for _ in range(LAUNCH_STEPS):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        run_block(model, opt, 1, batch, target)
+        wall.append(1000 * (time.perf_counter() - t0))
+        cpu.append(1000 * (time.thread_time() - c0))
+    print(json.dumps({"wall": wall, "cpu": cpu}))
+    return 0
+
+
+def _excess(times: list[float]) -> dict[str, float]:
+    base = statistics.median(times[30:LAUNCH_STEPS])
+    first = [t - base for t in times[:FIRST_STEPS]]
+    return {"step1": first[0], "max": max(first), "sum": sum(first), "base": base}
+
+
+def launch(args: argparse.Namespace) -> int:
+    """--launch: the children interleaved, round by round; a table of medians."""
+    here = Path(__file__).resolve().parent
+    trees: dict[str, Path | None] = {"no agent": None}
+    if args.before:
+        trees["bootstrap before"] = args.before.resolve()
+    trees["bootstrap now"] = here.parent / "agent"
+    found: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in trees}
+    for _ in range(args.launch):
+        for name, tree in trees.items():
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SYMWATCH_")}
+            if tree is not None:
+                env |= {"SYMWATCH_LAUNCH": "1", "SYMWATCH_QUIET": "1",
+                        "PYTHONPATH": os.pathsep.join(
+                            [str(tree / "symwatch_agent/entry/bootstrap"), str(tree)])}
+            out = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--launch-child",
+                 "--threads", str(args.threads), "--pause", str(args.pause),
+                 "--width", str(args.width), "--depth", str(args.depth)],
+                env=env, capture_output=True, text=True, check=True)
+            times = json.loads(out.stdout.strip().splitlines()[-1])
+            found[name].append({"wall": _excess(times["wall"]), "cpu": _excess(times["cpu"])})
+    print(f"GPT width {args.width}, depth {args.depth}, torch {args.threads} thread(s), "
+          f"{args.launch} rounds, {args.pause:g} s between the model and step 1; load average "
+          f"{os.getloadavg()[0]:.1f} at the end. Excess over the child's steps 31–60, ms, "
+          "median over rounds (min–max):")
+    print("| | step 1 | largest of steps 1–20 | sum of steps 1–20 | "
+          "step 1, CPU | sum of steps 1–20, CPU | plain step |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in found.items():
+        def cell(kind: str, key: str, runs: list = runs) -> str:
+            values = [run[kind][key] for run in runs]
+            return f"{statistics.median(values):.0f} ({min(values):.0f}–{max(values):.0f})"
+        print(f"| {name} | {cell('wall', 'step1')} | {cell('wall', 'max')} | "
+              f"{cell('wall', 'sum')} | {cell('cpu', 'step1')} | {cell('cpu', 'sum')} | "
+              f"{cell('wall', 'base')} |")
+    return 0
+
+
+def _refresh_lines(long: dict[str, Any]) -> list[str]:
+    def interval(found: dict[str, float] | None) -> str:
+        if not found:
+            return "no layer was refreshed twice"
+        return (f"median over layers **{found['median']:.0f}** steps, slowest layer's median "
+                f"{found['max_median']:.0f}, longest gap {found['max']:.0f}")
+
+    samples = long["samples"]
+    return [
+        (f"- One run of {long['steps']} steps at the defaults ({long['step_ms']:.0f} ms a step "
+         f"measured by the agent; {samples.get('cheap', 0)} cheap and {samples.get('full', 0)} "
+         f"full samples): {long['refreshed']} of {long['layers']} layers measured, "
+         f"{long['twice']} at least twice."),
+        f"  - cheap tier (every sample refreshes it): {interval(long['refresh'])}.",
+        f"  - full tier: {interval(long['refresh_full'])}.",
+        (f"  - the agent's time per second of training: {long['cost_ms_per_s']:.2f} ms on the "
+         f"training thread, {long['publisher_ms_per_s']:.2f} ms of its publisher's CPU "
+         f"(plan {long['plan_ms_per_s']:.1f} ms)."),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,15 +424,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed steps before each block")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own)")
+    parser.add_argument("--refresh-steps", type=int, default=0,
+                        help="GPT: also one run of this many steps at the defaults, for each "
+                             "layer's refresh interval (cheap and full tier)")
     parser.add_argument("--write", type=Path, default=None,
                         help="replace the overhead section of this Markdown file")
+    parser.add_argument("--launch", type=int, default=None, metavar="ROUNDS",
+                        help="start-up under `symwatch run` (see above), ROUNDS rounds")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="--launch: an agent tree to compare with (its bootstrap)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="--launch: seconds between building the model and step 1")
+    parser.add_argument("--launch-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.launch or args.launch_child:
+        args.model = "gpt"  # the GPT of the section "A GPT-style model (issue #15)"
     if args.depth is None:
         args.depth = 4 if args.model == "gpt" else 6
     if args.threads:
         torch.set_num_threads(args.threads)
     args.threads = torch.get_num_threads()
+    if args.launch_child:
+        return launch_child(args)
+    if args.launch:
+        return launch(args)
     result = measure(args.trials, args.steps, args.width, args.depth, args.model, args.warm)
+    if args.model == "gpt" and args.refresh_steps:
+        result["long"] = refresh_run(args.refresh_steps, args.width, args.depth)
     text = render(result, args)
     console = Console()
     table = Table(title="symwatch agent overhead")

@@ -33,11 +33,11 @@ from symwatch.core import protocol, recording, runtime
 from symwatch.core.history import History
 from symwatch.core.version import __version__
 from symwatch_agent.hooks import activations, distributed, loss_capture
-from symwatch_agent.measure import memory, representations, sharded
+from symwatch_agent.measure import logits, memory, representations, sharded
 from symwatch_agent.measure.gpu import GpuSampler
 from symwatch_agent.measure.indicators import INDICATORS, IndicatorEngine
 from symwatch_agent.measure.layers import discover
-from symwatch_agent.measure.schedule import CHEAP
+from symwatch_agent.measure.schedule import CHEAP, FULL
 from symwatch_agent.options import AgentOptions
 from symwatch_agent.publish.curve import CurveError
 from symwatch_agent.publish.curve import load_relay_client as load_relay_curve
@@ -130,6 +130,10 @@ class Agent:
         # earns only a few steps' worth, so credit cannot pile up and be spent in a burst.
         self._training_s = 0.0
         self.steps = 0
+        # The first step this agent sees (it always samples): 1, or the step after those the
+        # optimizer took before the agent started (continue_from: `symwatch run` starts it at
+        # the first step that finds it ready).
+        self._first_step = 1
         self.samples = 0
         self.error: str | None = None  # why the agent is not publishing, if it is not
 
@@ -200,6 +204,9 @@ class Agent:
         self._last_step_at = time.perf_counter()
         self._step_time: float | None = None  # EMA of wall time per step
         self._sample_cost_s = 0.0  # EMA of one sample's cost on the training thread
+        # EMA of a cheap sample's cost outside the engine's measuring (settings, STATS, the
+        # hand-over to the publisher): paid per sample whatever its slice (_slice_target_s)
+        self._sample_overhead_s = 0.0
         self._next_stats_at = 0.0
         self._cost_s = 0.0  # time the agent spent on the training thread
         self._budgeted_cost_s = 0.0  # the same, less the first sample: what the budget limits
@@ -313,7 +320,11 @@ class Agent:
                     lambda *_: self.mark("resumed from a checkpoint (optimizer state loaded)")))
         if opts.capture_backward:
             loss_capture.add_listener(self._on_backward)
-        if self.layers:  # step 1 always samples: copy rows of the first forward pass
+        # The first step's forward is copied only for a full first sample (no budget): under
+        # a budget step 1 is cheap, its capture was thrown away, and copying rows of every
+        # layer cost 40–50 ms on the training thread at start-up (issue #15); the
+        # representations then come with the first full sample (the second one, as a rule).
+        if self.layers and self.engine.scheduler.choose() == FULL:
             self._arm_representations()
         atexit.register(self.close)
         _open_agents.add(self)
@@ -369,6 +380,13 @@ class Agent:
     def step(self) -> None:
         """Count one training step; only needed when no optimizer was given to `watch`."""
         self._on_step()
+
+    def continue_from(self, steps: int) -> None:
+        """The optimizer took `steps` steps before this agent started (before its first step):
+        its step numbers go on from there, and its first step still samples. Call it before
+        that first step."""
+        if self.steps == 0 and steps > 0:
+            self.steps, self._first_step = steps, steps + 1
 
     def sampling(self, layers: bool = True) -> dict[str, Any]:
         """What sets the interval between samples (STATS `sampling`, docs/protocol.md):
@@ -464,8 +482,9 @@ class Agent:
             return
         try:
             self.steps += 1
+            first = self.steps == self._first_step  # always samples
             now = time.perf_counter()
-            if self.steps > 1:  # the first interval includes the set-up before training
+            if not first:  # the first interval includes the set-up before training
                 dt = now - self._last_step_at
                 step_time = self._step_time
                 if step_time is None:
@@ -481,10 +500,10 @@ class Agent:
                 self._keep("loss", self._loss)
             due = self.steps % self.every == 0
             settings_s = 0.0  # reading the optimizers' settings: ~1.5 µs per param group
-            if (due or self.steps == 1) and self._optimizers:
+            if (due or first) and self._optimizers:
                 self._watch_settings()
                 settings_s = time.perf_counter() - now  # a sample's cost below includes it
-            if (due and self._affords_sample(self._training_s)) or self.steps == 1:
+            if (due and self._affords_sample(self._training_s)) or first:
                 if due:  # for STATS `sampling`: which steps sampled, and skips before each
                     self._sampled_at.append((self.steps, self._budget_skips))
                     if self._owed_samples:  # one of those owed after a settings change
@@ -492,9 +511,14 @@ class Agent:
                 self._sample()
                 cost = time.perf_counter() - now
                 self._cost_s += cost
-                if self.steps > 1:  # the first sample pays one-off library warm-up
+                if not first:  # the first sample pays one-off library warm-up
                     self._budgeted_cost_s += cost
-                    self._sample_cost_s = 0.7 * self._sample_cost_s + 0.3 * cost
+                    # the estimate the cheap ledger checks: a full sample's cost is its own
+                    # ledger's (schedule.TierScheduler), unless every sample is full
+                    if self.engine.last_tier != FULL or not self.engine.scheduler.samples[CHEAP]:
+                        self._sample_cost_s = 0.7 * self._sample_cost_s + 0.3 * cost
+                        self._sample_overhead_s = (0.7 * self._sample_overhead_s + 0.3 * max(
+                            0.0, cost - self.engine.last_seconds))
                 else:
                     self._sample_cost_s = cost / 4  # a guess until a warmed-up one is measured
                 self._emit_stats(now)
@@ -507,7 +531,10 @@ class Agent:
                 if now >= self._next_stats_at or self._per_step_kept >= PER_STEP_MAX:
                     self._emit_stats(now)
             if ((self.steps + 1) % self.every == 0 and self.layers and not self._reps.armed
-                    and self._affords_sample(self._training_s + (self._step_time or 0.0))):
+                    and self._affords_sample(self._training_s + (self._step_time or 0.0))
+                    # only for a full sample: their capture and decoding (~50 ms of the
+                    # publisher on a GPT-style model) are the full tier's, on its ledger
+                    and self.engine.scheduler.choose() == FULL):
                 self._arm_representations()  # the next step is due: copy rows of its forward
             if self.sharded and self.steps % self.every == 0:
                 # Every rank at the same steps, whatever its own budget says: the viewer needs
@@ -523,9 +550,34 @@ class Agent:
         spent (training thread and publisher) plus a sample's cost against the plan, with the
         overdraft owed after a settings change. The post-step hook asks it for this step, and
         one step ahead (training_s plus a step) when arming the representations' capture."""
-        return self._unlimited or (
-            self._budgeted_cost_s + self._publisher_spent_s() + self._sample_cost_s
-            <= self._planned * training_s + self._overdraft_s())
+        if self._unlimited:
+            return True
+        # The cheap tier's ledger: everything but the full tier's host seconds, against the
+        # plan less the full tier's share. The full tier keeps its own (TierScheduler.choose),
+        # so a costly full sample (spectra, representations: ~60 ms on a GPT-style model)
+        # delays the next full one, not every layer's cheap refresh for ~150 steps.
+        full = self.engine.scheduler
+        return (self._budgeted_cost_s + self._publisher_spent_s() - full.host_seconds()
+                + self._sample_cost_s
+                <= (self._planned - full.full_share * full.budget) * training_s
+                + self._overdraft_s())
+
+    def _slice_target_s(self, each: float) -> float:
+        """What a cheap sample may spend measuring: the cheap ledger's balance (what the plan
+        earned less what was spent, _affords_sample) less the sample's cost outside the
+        engine, and never less than that cost nor than `each` (what `every` steps earn).
+
+        A sample costs a fixed part (settings, STATS, the publisher's hand-over and decoding:
+        several ms on a loaded machine) plus its slice. Sized by `every` steps alone, a
+        one-chunk slice cost ~1 ms against ~5 ms of the rest, the ledger let one sample in
+        ~30 steps through, and each layer waited hundreds of steps. Measuring what the ledger
+        holds takes the layers the skipped samples would have, in one sample."""
+        full = self.engine.scheduler
+        balance = ((self._planned - full.full_share * full.budget) * self._training_s
+                   + self._overdraft_s() - (self._budgeted_cost_s + self._publisher_spent_s()
+                                            - full.host_seconds()))
+        overhead = self._sample_overhead_s
+        return max(balance - overhead, overhead, each)
 
     def _publisher_spent_s(self) -> float:
         """The publisher thread's CPU time the budget counts: all of it but its start, up to
@@ -577,13 +629,16 @@ class Agent:
             return
         self.samples += 1
         self.engine.step = self.steps  # for `modes`: weight decay since the layer's last sample
-        # The slice of layers this sample measures (schedule.LayerSlices): what `every` steps
-        # earn of the plan, so the per-layer refresh interval is `every` × the slices; before a
-        # step time is known (the first step), one chunk, so start-up stays short.
-        # No limit: every layer, every sample.
+        # The slice of layers this sample measures (schedule.LayerSlices): at least what
+        # `every` steps earn of the plan, more when the cheap ledger holds more
+        # (_slice_target_s); the full tier's by what `every` steps earn. Before a step time is
+        # known (the first step), one chunk, so start-up stays short. No limit: every layer,
+        # every sample.
+        each = 0.0 if self._step_time is None else self._planned * self.every * self._step_time
+        self.engine.full_slice_target_s = None if self._unlimited else each
         self.engine.slice_target_s = (None if self._unlimited else
                                       0.0 if self._step_time is None else
-                                      self._planned * self.every * self._step_time)
+                                      self._slice_target_s(each))
         if self._side_stream is not None:
             rows, ready = self._sample_cuda()
         else:
@@ -592,6 +647,7 @@ class Agent:
         sliced = (len(self.engine.last_slice) if self.engine.last_slice is not None
                   else None)
         step, started = self.steps, time.perf_counter()
+        first = step == self._first_step
         loss = _to_host_async(self._loss) if self._transitions is not None else None
         hyperparameters = (read_hyperparameters(self._optimizers)
                            if self._transitions is not None else ())
@@ -599,8 +655,12 @@ class Agent:
         logged = ({k: _to_host_async(v) for k, v in self._scalars.items()}
                   if self._transitions is not None else {})
         capture = self._take_representations()  # this step's forward, if it was copied
+        full = self.engine.last_tier == FULL
+        if not full:  # armed for a full sample, the sample was cheap: not decoded
+            capture = None
 
         def build() -> dict[str, Any]:
+            began = time.thread_time()
             if ready is not None:
                 ready.synchronize()  # waits on the side stream, on the publisher thread
             values, nonfinite = self.engine.decode(rows.tolist())
@@ -612,7 +672,7 @@ class Agent:
                 self._merge_representations(values, capture)
             payload = {"values": values, "nonfinite": nonfinite,
                        "cost_s": time.perf_counter() - started}
-            if step == 1:  # the publisher's one-off start ends here (_publisher_spent_s)
+            if first:  # the publisher's one-off start ends here (_publisher_spent_s)
                 self._publisher_start_s = time.thread_time()
             if sliced is not None:  # the layers left out keep their last values
                 payload["slice"] = {"layers": sliced, "of": len(self.layers)}
@@ -625,6 +685,8 @@ class Agent:
                         payload["detail"] = shown
                 except Exception as exc:  # the indicators still go out without it
                     self._report("layer detail", exc)
+            if full:  # the full tier's ledger counts its publisher work (schedule.py)
+                self.engine.scheduler.charge_publisher(time.thread_time() - began)
             return payload
 
         self._publisher.submit(protocol.METRICS, build, step)
@@ -633,7 +695,9 @@ class Agent:
         """Copy rows of the next forward pass (hooks/activations.py): the next step is due."""
         try:
             self._reps.arm([activations.Target(*p) for p in representations.plan(self.layers)],
-                           self.steps + 1)
+                           self.steps + 1,
+                           # the attention max-logit per head (measure/logits.py)
+                           tuple(activations.Probe(*p) for p in logits.plan(self.engine.heads)))
         except Exception as exc:
             self._reps.disarm()
             self._report("representations", exc)
@@ -660,6 +724,8 @@ class Agent:
         try:
             acts, features = capture.read()  # waits for the copies
             for name, found in representations.measure(acts, features).items():
+                values.setdefault(name, {}).update(found)
+            for name, found in logits.decode(capture.read_probes()).items():
                 values.setdefault(name, {}).update(found)
         except Exception as exc:  # the weights' indicators still go out
             self._report("representations", exc)
@@ -738,6 +804,7 @@ class Agent:
         return host, ready
 
     def _emit_stats(self, now: float) -> None:
+        began = time.thread_time()
         self._next_stats_at = now + self._stats_interval
         loss = _to_host_async(self._loss)
         scalars = {k: _to_host_async(v) for k, v in self._scalars.items()}
@@ -767,6 +834,14 @@ class Agent:
                        if per_step else {})}
 
         self._publisher.submit(protocol.STATS, build, self.steps)
+        # Charged (it was not): ~0.1 ms of the training thread's CPU at 4 Hz, a tenth of the
+        # plan at a 1 % budget. Its CPU, not its wall time: the wall time adds the wait for the
+        # GIL while the publisher builds and sends the message (up to ms on a loaded machine,
+        # 25 ms a second measured at a load of 8), which is the publisher's CPU, charged as
+        # such (_publisher_spent_s), plus the OS's scheduling of other processes.
+        spent = time.thread_time() - began
+        self._cost_s += spent
+        self._budgeted_cost_s += spent
 
     def _emit_per_step(self) -> None:
         """A STATS with only the per-step values not yet sent (at close): its step may equal

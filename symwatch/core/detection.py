@@ -14,6 +14,11 @@ docs/benchmarks.md ("Detection"); `benchmarks/detection.py` reproduces them.
   learning-rate boundary, the end of warm-up, a resume) carry `exogenous=reason`.
 - `to_event_payload`: the payload of a protocol EVENT message for a transition.
 
+What becomes an event (docs/alerts.md, *What an event says*): a jump large in its indicator's
+own terms (effect-size floors); a count only when something continuous confirms it
+(`_corroborated`); per-head counts never as the trigger; a loss falling off a plateau also
+from `jumps.DropDetector`; one lasting change once (REFRACTORY_SAMPLES).
+
 Sensitivity is one number, the per-series |z| threshold. By default it follows the number of
 series N seen so far, theta(N) = `calibrated_threshold(N)`, so that the whole run stays within
 `RUN_BUDGET` false transitions per sample (one per 10,000 samples), whatever N is.
@@ -39,6 +44,7 @@ from typing import Any
 from symwatch.core.jumps import (
     DEFAULT_SCALES,
     RUN_BUDGET,
+    DropDetector,
     Jump,
     JumpDetector,
     Spike,
@@ -87,6 +93,32 @@ BALANCE_FLOOR = 0.05  # balance: 5 % of the layer's ‖W‖² (its natural scale
 FRACTION_FLOOR = 0.01
 FRACTION_UNITS = 2
 HOLD_SAMPLES = 3  # a count or fraction must hold its new level on the last 3 samples
+# A count that moved with nothing else is not a transition: the bulk-edge count of a wide
+# random-ish layer drifts by one now and then (measured on the event corpus: `modes 27 → 26`
+# of a converged MLP, `net.2 modes` +1 every ~70 steps through neural collapse, a small-init
+# layer's modes leaving its tiny random bulk while their strength is ~1e-5 of its final
+# value). A count change is an event when something continuous says the change is real in
+# the same window (`TransitionDetector._corroborated`): a loss that speaks for the layer moving
+# by COUNT_LOSS_FLOOR the way the count says, by RESTORATION_LOSS_FLOOR for a mode lost while
+# weight decay is on (the loss is then dominated by the strong modes' shrinkage), or a
+# continuous series of the same layer moving by twice its floor. Measured on the corpus
+# (docs/benchmarks.md, "Events on real training runs"): the modes learned there moved their
+# loss by 11-87 %, the drifting counts by under 3 % or the wrong way.
+COUNT_LOSS_FLOOR = 0.1
+RESTORATION_LOSS_FLOOR = 0.02
+# Per-head counts (a head's QK/OV rank or modes) are movers, never the trigger: they flicker
+# one direction at a time in a head of 16; a head forming shows in its continuous σ₁ series.
+HEAD_COUNT_PREFIXES = ("qk_rank", "vo_rank", "qk_modes", "vo_modes")
+# A head's σ₁ (QK or OV product) must move by 50 % for a head to have formed or faded.
+HEAD_SIGMA_FLOOR = 0.5
+# One lasting change is one event: after a transition, a jump of one of its series (or of
+# its movers) in the same direction within REFRACTORY_SAMPLES samples is the same change
+# going on (weight decay shrinking a layer over 40 samples), absorbed, and the refractory
+# period runs on from it while it lasts.
+REFRACTORY_SAMPLES = 12
+# Rates of change of the weights, not their state: never named as where a loss's fall
+# happened when the movers are measured in their own terms only (TransitionDetector._movers).
+RATE_METRICS = frozenset({"update_ratio", "angular_update", "effective_lr"})
 # Scalars passed to `agent.log` that are settings, not measurements of the training: never
 # detected on (their changes are marked as exogenous instead, from the optimizer).
 SETTING_SCALARS = frozenset({"lr", "learning_rate", "weight_decay", "wd", "momentum", "epoch",
@@ -109,7 +141,14 @@ def family(metric: str) -> str:
         return "count"
     if name.endswith("norm") or name == "effective_lr":
         return "norm"
+    if name.startswith(("qk_sigma1.h", "vo_sigma1.h")):
+        return "head_sigma"
     return "relative"
+
+
+def head_count(metric: str) -> bool:
+    """A per-head (or per-module head summary) count: a mover, never an event's trigger."""
+    return metric.startswith(HEAD_COUNT_PREFIXES)
 
 
 def _relative(before: float, after: float, floor: float) -> float:
@@ -140,6 +179,8 @@ def effect(metric: str, before: float, after: float, *, quantum: float = math.in
     if fam == "fraction":
         unit = FRACTION_UNITS * quantum if math.isfinite(quantum) else 0.0
         return abs(after - before) / max(unit, FRACTION_FLOOR)
+    if fam == "head_sigma":
+        return _relative(before, after, HEAD_SIGMA_FLOOR)
     if fam == "balance_norm":
         return abs(after - before) / BALANCE_NORM_FLOOR
     if fam == "balance":
@@ -240,9 +281,14 @@ class TransitionDetector:
         self._open_time = 0.0
         self._marks: deque[tuple[int, str]] = deque(maxlen=256)
         self._spikes: dict[SeriesKey, SpikeDetector] = {}  # one per loss series
+        self._drops: dict[SeriesKey, DropDetector] = {}  # one per loss series
+        self._deferred: dict[SeriesKey, Jump] = {}  # drops waiting for the open group to close
         # jumps waiting to show they are large enough and hold: (jump, sample of the alarm)
         self._holding: dict[SeriesKey, tuple[Jump, int]] = {}
         self._closed_sample = -1  # the sample at which the last transition closed
+        # changes of recent transitions: (layer or run-level series, direction) -> the last
+        # sample of their refractory period
+        self._refractory: dict[tuple[Any, ...], int] = {}
         self.suppressed = 0  # jumps below their family's effect-size floor, or not holding
         # The optimizer's weight decay now (set by the agent from its param groups): a mode
         # lost while it is on is "a mode lost to weight decay".
@@ -313,8 +359,9 @@ class TransitionDetector:
                 pending = self._refresh(waiting[0], det)
                 if self._accept(key, pending, det):
                     # one whose alarm came before the last transition closed belongs to it
-                    # (measured there among the movers), not to a second event
-                    if waiting[1] > self._closed_sample:
+                    # (measured there among the movers), not to a second event; so does one
+                    # that continues a recent transition's change (refractory)
+                    if waiting[1] > self._closed_sample and not self._continues(pending):
                         jump = pending
                     else:
                         self.suppressed += 1
@@ -322,6 +369,27 @@ class TransitionDetector:
                     self._holding[key] = (pending, waiting[1])
                 else:
                     self.suppressed += 1  # too small, or it went back: a flicker
+            if _is_loss(key):
+                # a loss falling off a plateau by a large factor (jumps.DropDetector), which
+                # the jump statistic misses once earlier drops have inflated its noise
+                dropper = self._drops.get(key)
+                if dropper is None:
+                    # a threshold given by hand asks for more evidence from this rule too
+                    dropper = self._drops[key] = DropDetector(
+                        key, threshold=max(6.0, self._fixed or 0.0))
+                drop = dropper.update(step, value) or self._deferred.pop(key, None)
+                if drop is not None and jump is None and self._accept(key, drop, det) and \
+                        not self._continues(drop):
+                    if all(j.key != key for j in self._open):
+                        jump = drop
+                    elif all(j.direction != drop.direction for j in self._open if j.key == key):
+                        # the loss coming back down after the rise in the open group (a spike's
+                        # recovery): its own event, once that group has closed
+                        self._deferred[key] = drop
+                elif jump is not None:
+                    # the jump statistic's own alarm (its windows, its score) replaces a drop
+                    # of the same loss already in the group
+                    self._open = [j for j in self._open if j.key != key]
             if jump is not None:
                 if not self._open:
                     self._open_sample, self._open_time = self._sample, now
@@ -335,8 +403,64 @@ class TransitionDetector:
                     spikes.append(spike)
         out = [self._spike_transition(spike, now) for spike in spikes]
         if self._open and self._sample - self._open_sample >= self.group_samples - 1:
-            out.append(self._close(step))
+            closed = self._close(step)
+            if closed is not None:
+                out.append(closed)
         return out
+
+    @staticmethod
+    def _lasting(key: SeriesKey, direction: str) -> tuple[Any, ...]:
+        """What a lasting change is kept under: a layer and a direction (weight decay shrinks
+        a layer's norm, then its balance, then its stable rank: one change), or the run-level
+        series together and a direction (the total loss falls with the model's own loss that
+        makes it fall: one change, whichever alarms first)."""
+        layer = _name(key)[0]
+        return (layer, direction) if layer is not None else (None, direction)
+
+    def _continues(self, jump: Jump) -> bool:
+        """Whether `jump` is a recent transition's change going on (same layer or run-level
+        series, same direction, within the refractory period); if so the period runs on."""
+        for lasting in (self._lasting(jump.key, jump.direction),
+                        ("*", _name(jump.key)[1], jump.direction)):
+            held = self._refractory.get(lasting)
+            if held is not None and self._sample <= held:
+                self._refractory[lasting] = self._sample + REFRACTORY_SAMPLES
+                return True
+        return False
+
+    def _corroborated(self, jumps: tuple[Jump, ...], movers: tuple[Mover, ...],
+                      context: tuple[tuple[str, float, float], ...]) -> bool:
+        """Counts (`jumps`, all of the count family) are a transition when something
+        continuous moved with them (see COUNT_LOSS_FLOOR): a continuous series of a counted
+        layer among the movers, by twice its floor; or a loss that can speak for the counted
+        layers (the total loss, or `<model>_loss` for layers named `<model>...`) moving by
+        COUNT_LOSS_FLOOR the way the count says (a mode learned: the loss falls; a mode lost
+        with no weight decay: it rises), RESTORATION_LOSS_FLOOR for a mode lost under
+        weight decay."""
+        # a mode lost under weight decay (restoration) needs a smaller loss move: the loss
+        # is then dominated by the strong modes' shrinkage, a lost weak mode adds little
+        floor = COUNT_LOSS_FLOOR
+        if self.weight_decay > 0 and any(j.direction == "down" and _name(j.key)[1] == "modes"
+                                         for j in jumps):
+            floor = RESTORATION_LOSS_FLOOR
+        layers = {_name(j.key)[0] or "" for j in jumps}
+        if any(_name(m.key)[0] in layers and family(_name(m.key)[1]) != "count"
+               and m.effect >= 2.0 for m in movers):
+            return True
+        up = jumps[0].direction == "up"
+        models = {name[:-len("_loss")] for name, _, _ in context if name.endswith("_loss")}
+        for name, before, after in context:
+            if not (before > 0 and after > 0):
+                continue
+            model = name[:-len("_loss")] if name.endswith("_loss") else ""
+            if model and not any(layer.startswith(model) for layer in layers):
+                continue  # another model's loss
+            if not model and all(any(layer.startswith(m) for m in models) for layer in layers):
+                continue  # the total of several models' losses: the layers' own one speaks
+            change = math.log(after / before)
+            if abs(change) >= math.log1p(floor) and (change < 0) == up:
+                return True
+        return False
 
     def _accept(self, key: SeriesKey, jump: Jump, det: JumpDetector) -> bool:
         """The effect-size floor and, for counts and fractions, the hold (hysteresis): the
@@ -346,7 +470,7 @@ class TransitionDetector:
         eff = effect(metric, jump.before, jump.after,
                      quantum=det.quantum if det.transform == "identity" else math.inf,
                      scale=scale)
-        if eff < 1.0:
+        if eff < 1.0 or head_count(metric):
             return False
         if family(metric) in ("count", "fraction"):
             return holds(det.recent(HOLD_SAMPLES), jump.before, jump.after)
@@ -385,18 +509,46 @@ class TransitionDetector:
 
     def flush(self) -> list[Transition]:
         """Close the open group now (end of the run)."""
-        return [self._close(self._last_step or 0)] if self._open else []
+        closed = self._close(self._last_step or 0) if self._open else None
+        return [closed] if closed is not None else []
 
     # -- grouping and labelling -----------------------------------------------------------------
 
-    def _close(self, step: int) -> Transition:
+    def _close(self, step: int) -> Transition | None:
+        """The open group as one transition (None: counts that nothing continuous confirms)."""
         jumps = tuple(sorted(self._open, key=lambda j: -j.score))
         self._open = []
         self._closed_sample = self._sample
+        movers = self._movers(jumps[0], jumps)
+        # each count must be confirmed on its own (a loss event does not carry a count that
+        # moved the other way, or another model's count, into its message)
+        kept = tuple(j for j in jumps if family(_name(j.key)[1]) != "count"
+                     or self._corroborated((j,), movers, self._context(j, (j,))))
+        self.suppressed += len(jumps) - len(kept)
+        if not kept:
+            return None
+        if len(kept) < len(jumps):
+            jumps = kept
+            movers = tuple(m for m in self._movers(jumps[0], jumps)
+                           if family(_name(m.key)[1]) != "count"
+                           or any(j.key == m.key for j in jumps))
         top = jumps[0]
+        if not movers and _is_loss(top.key):
+            movers = self._movers(top, jumps, relaxed=True)
         reason = self._explained_by(jumps)
-        movers = self._movers(top, jumps)
         context = self._context(top, jumps)
+        until = self._sample + REFRACTORY_SAMPLES
+        for series in (*jumps, *movers):
+            self._refractory[self._lasting(series.key, series.direction)] = until
+            if reason is not None:
+                # an optimizer change (weight decay switched on) moves every layer the same
+                # way, and the losses with them: all of it is that one change going on
+                self._refractory[("*", _name(series.key)[1], series.direction)] = until
+        if reason is not None:
+            for direction in ("up", "down"):
+                self._refractory[(None, direction)] = until
+        for held in [k for k, last in self._refractory.items() if last < self._sample]:
+            del self._refractory[held]
         kind, telling = kind_of(jumps, movers, reason, self.weight_decay > 0)
         if telling is not None and movers and telling is not movers[0]:
             # the headline layer is named by the series that tells what happened to it
@@ -431,11 +583,17 @@ class TransitionDetector:
                           detected=spike.detected, exogenous=reason, kind=kind, movers=movers,
                           context=context)
 
-    def _movers(self, trigger: Jump, jumps: tuple[Jump, ...]) -> tuple[Mover, ...]:
+    def _movers(self, trigger: Jump, jumps: tuple[Jump, ...],
+                relaxed: bool = False) -> tuple[Mover, ...]:
         """The layers' series that moved most over the trigger's windows, each against its own
         noise and its own scale, strongest first (at most one per layer and metric). Only series
         whose latest |z| reaches a third of the threshold are measured: a cheap pre-filter
-        (the windows are at most 29 samples, and a move over them shows in z)."""
+        (the windows are at most 29 samples, and a move over them shows in z). `relaxed`: a
+        loss fell or rose and no layer passed those tests (a staircase's earlier drops inflate
+        every series' noise alike, so z says little): every series is measured, and one over
+        its own floor whose latest values all lie past the midpoint of its move is named,
+        ranked by its effect, so the event still names where it happened. Only when such a
+        group closes, never per sample."""
         (b0, b1), (a0, a1) = trigger.before_steps, trigger.after_steps
         theta = self._threshold
         found: dict[SeriesKey, Mover] = {}
@@ -452,7 +610,7 @@ class TransitionDetector:
         for key, det in self._detectors.items():
             layer, metric = _name(key)
             if layer is None or key in found or det.last_z is None or \
-                    abs(det.last_z) < theta / 3:
+                    (not relaxed and abs(det.last_z) < theta / 3):
                 continue
             before, after = det.level_between(b0, b1), det.level_between(a0, a1)
             if before is None or after is None or before == after:
@@ -463,10 +621,18 @@ class TransitionDetector:
             if eff < 1.0:
                 continue
             z = det.movement_z(before, after, trigger.scale if trigger.scale != (0, 0) else None)
-            if z is None or abs(z) < theta / 2:
+            if relaxed:
+                # its own terms only, and a move that holds: the latest values all past the
+                # midpoint (a noisy series' window does not); the state of the weights only,
+                # not rates of change (those follow the loss's own speed)
+                if metric in RATE_METRICS or not _speaks_for(trigger.key, layer) or not holds(det.recent(min(10, max(3, trigger.scale[0]))), before, after,
+                             min(10, max(3, trigger.scale[0]))):
+                    continue
+                z = z if z is not None else 0.0
+            elif z is None or abs(z) < theta / 2:
                 continue
-            found[key] = Mover(key, before, after, eff, z, min(eff, abs(z) / theta),
-                               det.transform)
+            found[key] = Mover(key, before, after, eff, z,
+                               eff if relaxed else min(eff, abs(z) / theta), det.transform)
         return tuple(sorted(found.values(), key=lambda m: -m.strength))
 
     def _context(self, trigger: Jump, jumps: tuple[Jump, ...]) -> tuple[tuple[str, float, float],
@@ -558,6 +724,13 @@ def _brief(jump: Jump) -> str:
     return f"{who} {fmt_value(jump.before, metric)} → {fmt_value(jump.after, metric)}"
 
 
+def _speaks_for(loss: SeriesKey, layer: str) -> bool:
+    """Whether a loss series can be about a layer: `<model>_loss` only about layers named
+    `<model>...` (the demo's `linear_loss` is not about `mlp.4`); any other loss about any."""
+    name = _name(loss)[1]
+    return not name.endswith("_loss") or layer.startswith(name[:-len("_loss")])
+
+
 def _is_loss(key: SeriesKey) -> bool:
     layer, metric = _name(key)
     return layer is None and family(metric) == "loss"
@@ -576,6 +749,13 @@ def _kind(metric: str, direction: str, exogenous: str | None,
         return "a head formed" if up else "a head faded"
     if metric == "dead_heads":
         return "heads died" if up else "heads revived"
+    if metric == "max_logit" or metric.startswith("max_logit.h"):
+        # a stability signal, not a symmetry: attention logits growing without bound come
+        # before attention entropy collapse and loss spikes (Dehghani et al. 2023)
+        return "attention logits grew" if up else "attention logits cooled"
+    if metric == "update_ratio":
+        return ("updates grew against the weights" if up
+                else "updates shrank against the weights")
     if metric in ("dead_fraction", "relu_dead"):
         return "units died" if up else "units revived"
     if metric == "duplicate_fraction":
@@ -595,7 +775,9 @@ def _kind(metric: str, direction: str, exogenous: str | None,
 KIND_ORDER = ("units died", "heads died", "a mode lost to weight decay", "a mode lost",
               "a mode learned", "units merged", "a head formed", "a head faded",
               "units revived", "heads revived", "units separated",
-              "weights shrank under weight decay", "weights shrank", "weights grew")
+              "weights shrank under weight decay", "weights shrank", "weights grew",
+              "attention logits grew", "attention logits cooled",
+              "updates grew against the weights", "updates shrank against the weights")
 
 
 def _rank(kind: str | None) -> int:

@@ -679,3 +679,95 @@ class SpikeDetector:
                      baseline=math.exp(center),
                      peak=math.exp(peak) if math.isfinite(peak) else math.inf,
                      samples=max(1, samples), score=score)
+
+
+# ---------------------------------------------------------------------------------------------
+# A loss falling off a plateau. The jump statistic z-scores a change against the spread of the
+# series' past changes, so on a staircase loss (Saxe et al.: a plateau, a drop by a large
+# factor as a mode is learned, the next plateau) the early drops inflate the spread and the
+# later ones never score (measured on the event corpus: the staircase's modes 3 and 4, each a
+# fall of the loss by a factor 3 to 10, gave no alarm). A drop off a plateau is judged in the
+# loss's own terms instead: over the latest h samples the (median-filtered, log) loss fell by
+# at least ln(1/(1 − min_fall)), at least `accel` times as fast as over the h samples before
+# (a plateau, or a slower fall: the steady exponential tail of a converging loss falls at a
+# constant rate and never qualifies), and by at least `threshold` times its own sample noise.
+# After a drop the detector waits until the fall has slowed to a third (the next plateau)
+# before it can fire again: one drop, one report.
+
+class DropDetector:
+    """Plateau-to-drop transitions of one positive series (a loss), on log values."""
+
+    def __init__(self, key: Hashable = None, *, scales: Sequence[int] = (5, 10, 20),
+                 m: int = 5, min_fall: float = 0.3, accel: float = 1.5,
+                 threshold: float = 6.0) -> None:
+        self.key = key
+        self.scales, self.m = tuple(scales), m
+        self.min_fall, self.accel, self.threshold = min_fall, accel, threshold
+        size = 2 * max(self.scales) + m + 1
+        self._y: deque[float] = deque(maxlen=size)  # log values
+        self._steps: deque[int] = deque(maxlen=size)
+        self._medians: deque[float] = deque(maxlen=size)
+        self._armed = True
+        self._count = 0  # samples with all scales' windows filled
+        self._since = 0  # the sample at which the detector was last re-armed
+        self._fired_fall = 0.0  # the fall (log) at the last report, for re-arming
+        self._residuals: deque[float] = deque(maxlen=64)  # |second difference| / √6
+
+    def update(self, step: int, value: float | None) -> Jump | None:
+        if value is None or isinstance(value, bool) or not isinstance(value, Real):
+            return None
+        v = float(value)
+        if not math.isfinite(v) or v <= 0.0:
+            return None
+        y = math.log(v)
+        self._y.append(y)
+        self._steps.append(step)
+        if len(self._y) < max(self.m, 3):
+            return None
+        med = median_sorted(sorted(list(self._y)[-self.m:]))
+        self._medians.append(med)
+        # the sample noise from second differences (a smooth curve's are ~0, so a full-batch
+        # loss's curvature is not taken for noise): y_t − 2y_{t−1} + y_{t−2} has 6σ² variance
+        self._residuals.append(abs(y - 2 * self._y[-2] + self._y[-3]) / math.sqrt(6))
+        n = len(self._medians)
+        falls = []
+        for h in self.scales:
+            if n < 2 * h + 1:
+                continue
+            now, mid, old = self._medians[-1], self._medians[-1 - h], self._medians[-1 - 2 * h]
+            falls.append((h, now - mid, mid - old))
+        if not falls:
+            return None
+        self._count += 1
+        if not self._armed:
+            # re-arm once the fall over the shortest window has slowed to a third of what it
+            # was (the next plateau); from then on only windows that start after it count
+            if -falls[0][1] <= self._fired_fall / 3:
+                self._armed, self._since = True, self._count
+            return None
+        noise = MAD_TO_SIGMA * median_sorted(sorted(self._residuals)) if self._residuals else 0.0
+        for h, fall, before in falls:
+            if self._count - h < self._since:  # the window holds the last drop's tail
+                continue
+            if fall > -math.log(1 / (1 - self.min_fall)):
+                continue
+            if before < 0 and fall > self.accel * before:  # not faster than the fall before
+                continue
+            if -fall < self.threshold * noise:  # noise: one sample's, a median's is smaller
+                continue
+            self._armed, self._fired_fall = False, -fall
+            return self._jump(step, h, fall)
+        return None
+
+    def _jump(self, step: int, h: int, fall: float) -> Jump:
+        meds, steps, ys = list(self._medians), list(self._steps), list(self._y)
+        after, before = meds[-1], meds[-1 - h]
+        # onset: the first sample of the window whose value is past half the fall
+        half = before + fall / 2
+        window = list(zip(steps[-h - 1:], ys[-h - 1:]))
+        onset = next((s for s, y in window if y <= half), steps[-1])
+        return Jump(key=self.key, step=step, direction="down", before=math.exp(before),
+                    after=math.exp(after), score=-fall / max(1e-12, math.log1p(self.min_fall)),
+                    scale=(h, self.m), onset=onset, delay=sum(1 for s, _ in window if s > onset),
+                    transform="log", before_steps=(steps[-2 * h - 1], steps[-h - 1]),
+                    after_steps=(steps[-h], steps[-1]))

@@ -36,9 +36,13 @@ NAMES: dict[str, tuple[str, str]] = {
     "vo_erank": ("VO effective rank", "voer"),
     "qk_modes": ("QK modes", "qkm"),
     "vo_modes": ("VO modes", "vom"),
+    # the attention max-logit (measure/logits.py): per head `max logit h0` / `mlog0`, and the
+    # module's largest, so an event reads "tf.attn.1 max logit h0 12 → 45"
+    "max_logit": ("max logit", "mlog"),
     "softmax_translation": ("softmax shift", "smax"),
     "angular_update": ("angular update", "angle"),
     "effective_lr": ("effective lr", "eff lr"),
+    "update_ratio": ("update/weight", "upd"),
     "broken": ("broken Δ", "brkn"),
     "delta_perm": ("Δ perm", "Δperm"),
     "delta_sign": ("Δ sign", "Δsign"),

@@ -24,10 +24,11 @@ VIEWS: dict[str, tuple[str, ...]] = {
     "units": ("dead_fraction", "relu_dead", "duplicate_fraction", "distinct_units",
               "delta_sign", "delta_perm"),
     "scale": ("weight_norm", "balance", "balance_norm", "angular_update", "effective_lr",
-              "softmax_translation", "delta_rescale", "delta_softmax"),
+              "update_ratio", "softmax_translation", "delta_rescale", "delta_softmax"),
     # factor pairs with nothing in between: hidden-space rotations, attention heads' QK and VO
+    # (and the attention modules' max-logit, beside their head ranks: a stability signal)
     "rotation": ("mirror_rank", "qk_rank", "qk_rank_min", "vo_rank", "vo_rank_min",
-                 "dead_heads", "delta_rotation"),
+                 "dead_heads", "max_logit", "delta_rotation"),
     # representations (docs/metrics.md, "Representations"): activation ranks of the layers,
     # from rows of a sampled step's forward pass; neural collapse on the classifier
     "repr": ("act_erank", "act_modes", "nc1", "nc2", "nc2_norm", "nc3"),
@@ -75,11 +76,15 @@ LEGEND: dict[str, tuple[str, str, str]] = {
     "vo_erank": ("head's VO effective rank", "1", "up"),
     "qk_modes": ("head's QK modes above the bulk", "0", "up: a direction learned"),
     "vo_modes": ("head's VO modes above the bulk", "0", "up: a direction learned"),
+    "max_logit": ("largest pre-softmax attention logit |q·k|/√d, sampled forward", "none",
+                  "up: logits grow, an instability risk"),
     "softmax_translation": ("‖mean row‖/‖W‖, rows drifting together, 0..1", "0: centred",
                             "up"),
     "angular_update": ("angle the weights turned since the last sample", "0", "up"),
     "effective_lr": ("lr/‖w‖^p, the step a scale-invariant layer takes", "—",
                      "up: ‖w‖ shrank"),
+    "update_ratio": ("‖ΔW‖/‖W‖ per step since the last sample", "none",
+                     "up: updates large against the weights, an instability risk"),
     "broken": ("mean of the layer's Δ order parameters, 0..1", "0", "up: more broken"),
     "delta_perm": ("order parameter of unit permutation, 0..1", "0: merged", "up"),
     "delta_sign": ("order parameter of sign flips (live units), 0..1", "0: dead", "up"),
@@ -118,7 +123,7 @@ def legend(indicator: str) -> str:
 # The heads view's order within a head: ranks, then the continuous series (the agent's
 # heads.PER_HEAD); a family not listed (a newer agent's) after them, by name.
 HEAD_SERIES = ("qk_rank", "vo_rank", "qk_sigma1", "vo_sigma1", "qk_stable_rank",
-               "vo_stable_rank", "qk_erank", "vo_erank", "qk_modes", "vo_modes")
+               "vo_stable_rank", "qk_erank", "vo_erank", "qk_modes", "vo_modes", "max_logit")
 
 
 def _head_order(indicator: str) -> tuple[int, int, str]:

@@ -47,3 +47,23 @@ def test_two_live_optimizers_give_two_models_named_apart():
     assert {id(m) for m in models.values()} >= {id(generator), id(critic)}
     assert optimizers[0] is g_opt and any(o is c_opt for o in optimizers)
     assert len(set(models)) == len(models)
+
+
+def test_one_model_and_its_optimizer_need_no_collection(monkeypatch):
+    # `symwatch run`'s usual case: the model the forward hook caught owns the one live
+    # optimizer's parameters; garbage could not change that answer, and a full collection
+    # costs 0.2–0.3 s with torch loaded, so none is made.
+    gc.collect()
+    model, opt = _trained(8)
+    if any(issubclass(type(o), torch.optim.Optimizer) and o is not opt
+           for o in gc.get_objects()):
+        pytest.skip("this process holds other optimizers (a fixture's)")
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(args) or 0)
+    models, optimizers = find_models(opt, model)
+    assert list(models.values()) == [model] and optimizers == [opt]
+    assert collections == []
+    # a second optimizer, live or garbage, is a reason to collect first
+    _, other = _trained(4)
+    models, optimizers = find_models(opt, model)
+    assert len(collections) == 1 and any(o is other for o in optimizers)

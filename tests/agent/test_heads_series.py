@@ -24,7 +24,7 @@ from torch import nn
 import symwatch
 from symwatch.consumers import export
 from symwatch.core import protocol
-from symwatch.core.detection import family
+from symwatch.core.detection import family, head_count
 from symwatch.state.run_state import RunState
 from symwatch.tui.columns import label, view_indicators
 from symwatch.tui.screens.layer_detail import layer_detail_text
@@ -287,11 +287,15 @@ def test_warm_up_builds_the_heads_tables_off_the_first_sample():
     assert attention._product_tables.cache_info().currsize >= 1
 
 
-def test_per_head_modes_are_detected_as_counts_and_sigma1_as_a_relative_series():
-    """Transition detection (core/detection.py) steps a head's `modes` like the layer's, and
-    reads its σ₁ as a continuous series (relative change)."""
+def test_per_head_modes_are_counts_that_only_move_and_sigma1_is_a_continuous_series():
+    """Transition detection (core/detection.py) counts a head's `modes` like the layer's but
+    never lets it trigger an event (a head's count flickers as a random head's σ crosses its
+    bulk edge: the induction run's early false events); a head forms when its σ₁ moves (its
+    own floor, 50 %), and its other series are relative."""
     assert family("qk_modes.h3") == family("vo_modes.h0") == family("modes") == "count"
-    assert family("qk_sigma1.h3") == family("vo_erank.h1") == "relative"
+    assert head_count("qk_modes.h3") and head_count("vo_modes.h0") and not head_count("modes")
+    assert family("qk_sigma1.h3") == family("vo_sigma1.h0") == "head_sigma"
+    assert family("vo_erank.h1") == "relative"
 
 
 # -- a real training run, through the agent ------------------------------------------------------

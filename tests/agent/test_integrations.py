@@ -530,7 +530,8 @@ def test_a_smooth_lr_schedule_does_not_explain_every_transition_but_a_boundary_d
             opt.param_groups[0]["lr"] = lr_at(step)
             level = 1.0 if step < 150 else 5.0
             hyper = (("lr", 0, float(opt.param_groups[0]["lr"])),)
-            for _, payload in watch.update(step, {"fc": {"modes": level}}, None, hyper):
+            # a continuous series (a count alone is no event without one moving with it)
+            for _, payload in watch.update(step, {"fc": {"weight_norm": level}}, None, hyper):
                 return payload
         raise AssertionError("the jump at step 150 was not reported")
 

@@ -7,6 +7,9 @@ import threading
 
 import pytest
 import torch
+from symwatch_agent.entry import demo
+from symwatch_agent.publish.publisher import Publisher
+from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
 from torch import nn
 
 import symwatch
@@ -14,9 +17,6 @@ from symwatch.core import protocol
 from symwatch.core.detection import effect
 from symwatch.core.names import display
 from symwatch.core.recording import RecordingReader
-from symwatch_agent.entry import demo
-from symwatch_agent.publish.publisher import Publisher
-from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
 
 # Where the demo's linear.0 numerical rank steps up (seed 0; see symwatch_agent.entry.demo).
 MODES_STEPS = [7, 9, 19, 48, 61]  # where `modes` of linear.0 rises (seed 0)
@@ -32,8 +32,8 @@ def _free_endpoint() -> str:
 def test_every_rank_step_of_the_staircase_is_one_transition(collector):
     endpoint = _free_endpoint()
     sub = collector(endpoint)
-    thread = threading.Thread(target=demo.run, kwargs=dict(
-        steps=380, delay=0.01, every=1, budget=1.0, endpoint=endpoint, name="t"), daemon=True)
+    thread = threading.Thread(target=demo.run, kwargs={
+        "steps": 380, "delay": 0.01, "every": 1, "budget": 1.0, "endpoint": endpoint, "name": "t"}, daemon=True)
     thread.start()
     thread.join(180)
     assert not thread.is_alive()
@@ -75,8 +75,9 @@ def test_optimizer_changes_are_labelled_exogenous():
     for step in range(1, 200):
         if step == 150:
             opt.param_groups[0]["lr"] = 0.01
-        level = 1.0 if step < 150 else 5.0
-        events = watch.update(step, {"fc": {"modes": level}}, None,
+        # four modes learned, the loss falling with them (a count alone is no event)
+        level, loss = (1.0, 1.0) if step < 150 else (5.0, 0.3)
+        events = watch.update(step, {"fc": {"modes": level}}, loss,
                               read_hyperparameters([opt]))
         if events:
             (event_step, payload), = events
@@ -92,9 +93,13 @@ def test_only_indicators_of_the_training_are_detected(metric, found):
     """numerical_rank's steps come from float32's resolution, Δ_G and broken repeat their
     sources: the same lasting step in them is no transition; in `modes` it is."""
     watch = TransitionWatch()
-    steps = [s for s in range(1, 200)
-             if watch.update(s, {"fc": {metric: 3.0 if s < 120 else 8.0}}, None, ())]
-    assert bool(steps) is found, steps
+    # the loss falls at the same step: what is asked is whether the indicator is among the
+    # event's series (a lone count is no event at all: see test_detection.py)
+    metrics = [j["metric"] for s in range(1, 200)
+               for _, p in watch.update(s, {"fc": {metric: 3.0 if s < 120 else 8.0}},
+                                        1.0 if s < 120 else 0.3, ())
+               for j in p["jumps"]]
+    assert "loss" in metrics and (metric in metrics) is found, metrics
 
 
 def test_detection_can_be_switched_off(collector):
@@ -120,8 +125,8 @@ def test_a_mark_and_a_resume_label_what_they_explain(collector):
     assert [r for _, r in agent._marks] == [
         "data switched to the hard split", "resumed from a checkpoint (optimizer state loaded)"]
     for step in range(1, 200):  # the publisher thread's work, done here deterministically
-        level = 1.0 if step < 150 else 5.0
-        agent._detect_transitions(step, {"fc": {"modes": level}}, None, ())
+        level, loss = (1.0, 1.0) if step < 150 else (5.0, 0.3)
+        agent._detect_transitions(step, {"fc": {"modes": level}}, loss, ())
     assert not agent._marks  # consumed by the detector
     event = sub.wait_for(lambda m: m.kind == protocol.EVENT)
     assert event.step == 150 and "data switched to the hard split" in event.payload["exogenous"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -16,10 +17,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symwatch.core import protocol
-from symwatch.core.detection import (LOSS_KEY, Jump, JumpDetector, Mover, Transition,
-                                     TransitionDetector, calibrated_threshold, default_transform,
-                                     effect, family, fmt_relative, fmt_value, holds, kind_of,
-                                     mad_sorted, median_sorted, to_event_payload)
+from symwatch.core.detection import (
+    LOSS_KEY,
+    Jump,
+    JumpDetector,
+    Mover,
+    Transition,
+    TransitionDetector,
+    calibrated_threshold,
+    default_transform,
+    effect,
+    family,
+    fmt_relative,
+    fmt_value,
+    holds,
+    kind_of,
+    mad_sorted,
+    median_sorted,
+    to_event_payload,
+)
 from symwatch.core.jumps import SpikeDetector, kth_deviation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,29 +275,37 @@ def test_message_for_a_rank_step_quotes_the_loss_over_the_same_window() -> None:
 
 def test_exogenous_changes_are_labelled() -> None:
     def sample(i: int) -> dict:
-        return {LOSS_KEY: 1.0 if i < 150 else 0.3, ("fc1", "numerical_rank"): 4 - (i >= 300)}
+        # at 300 a rank gained with the loss halving (a count alone is no event)
+        return {LOSS_KEY: 1.0 if i < 150 else 0.3 if i < 300 else 0.15,
+                ("fc1", "numerical_rank"): 4 + (i >= 300)}
 
     det = TransitionDetector()
     det.mark_exogenous(1500, "learning-rate drop")
     found = run_detector(det, 450, sample)
     assert [t.exogenous for t in found] == ["learning-rate drop", None]
     assert "[exogenous: learning-rate drop]" in found[0].message
-    assert "a transition: fc1 numerical rank 4 → 3 at step 3000" == \
+    assert "a transition: fc1 numerical rank 4 → 5 at step 3000" == \
         found[1].message.split(";")[0]
 
 
 def test_event_payload_follows_the_protocol() -> None:
     def sample(i: int) -> dict:
-        return {("fc1", "numerical_rank"): 2 + (i >= 100), ("fc1", "weight_norm"): float("nan")}
+        # a rank gained with the loss falling (a count alone is no event); a NaN series
+        return {("fc1", "numerical_rank"): 2 + (i >= 100), ("fc1", "weight_norm"): float("nan"),
+                LOSS_KEY: 1.0 if i < 100 else 0.5}
 
     (t,) = run_detector(TransitionDetector(), 200, sample)
     payload = to_event_payload(t)
+    top = payload["jumps"][0]
     assert {k: payload[k] for k in ("message", "severity", "layer", "metric", "direction",
                                     "before", "after", "score", "exogenous", "onset")} == {
-        "message": t.message, "severity": "transition", "layer": "fc1",
-        "metric": "numerical_rank", "direction": "up", "before": 2, "after": 3,
-        "score": round(t.top.score, 3), "exogenous": None, "onset": t.step}
-    assert [(j["layer"], j["metric"]) for j in payload["jumps"]] == [("fc1", "numerical_rank")]
+        "message": t.message, "severity": "transition", "layer": top["layer"],
+        "metric": top["metric"], "direction": top["direction"], "before": top["before"],
+        "after": top["after"], "score": round(t.top.score, 3), "exogenous": None,
+        "onset": t.step}
+    assert {(j["layer"], j["metric"]) for j in payload["jumps"]} == {("fc1", "numerical_rank"),
+                                                                     (None, "loss")}
+    assert payload["headline"] == {"layer": "fc1", "metric": "numerical_rank"}
     frames = protocol.encode(protocol.EVENT, run="r", rank=0, restart=0, seq=0, time=1.0,
                              step=t.step, payload=payload)
     message = protocol.decode(list(frames))
@@ -312,7 +336,8 @@ def test_imports_with_the_standard_library_only() -> None:
         det = TransitionDetector()
         out = []
         for i in range(200):
-            out += det.update(i, {("fc1", "numerical_rank"): 2 + (i >= 100)})
+            out += det.update(i, {("fc1", "numerical_rank"): 2 + (i >= 100),
+                                  (None, "loss"): 1.0 if i < 100 else 0.5})
         assert len(out) == 1, out
         to_event_payload(out[0])
         new = {m.split(".")[0] for m in set(sys.modules) - before}
@@ -321,7 +346,7 @@ def test_imports_with_the_standard_library_only() -> None:
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
@@ -371,7 +396,7 @@ def test_an_integer_series_drifting_one_unit_at_a_time_goes_quiet() -> None:
             level -= 1
             next_change = i + rng.randint(12, 40)
         values.append(level)
-    changes = sum(1 for a, b in zip(values, values[1:]) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(values) if a != b)
     jumps = feed(JumpDetector(), values)
     assert changes >= 40 and len(jumps) <= changes // 3
 
@@ -416,7 +441,11 @@ def test_a_move_large_in_its_own_terms_is_an_event(metric, before, after):
     noisy = family(metric) != "count"
     series = ([before + (rng.gauss(0, scale) if noisy else 0) for _ in range(200)]
               + [after + (rng.gauss(0, scale) if noisy else 0) for _ in range(100)])
-    found = run_detector(TransitionDetector(), len(series), lambda i: {("fc", metric): series[i]})
+    # a count is an event with the loss moving the way it says (a mode learned: −20 %); the
+    # loss alone moves by less than its floor would need to be the headline
+    loss = ({LOSS_KEY: 1.0 if i < 200 else 0.8} if not noisy else {} for i in range(300))
+    values = [{("fc", metric): v, **extra} for v, extra in zip(series, loss)]
+    found = run_detector(TransitionDetector(), len(series), lambda i: values[i])
     assert len(found) == 1 and found[0].step == 2000, [t.message for t in found]
     assert found[0].movers[0].key == ("fc", metric)
 
@@ -531,3 +560,25 @@ def test_a_converged_losss_numerical_noise_is_no_event_but_a_real_drop_is() -> N
 
     found = run_detector(TransitionDetector(), 400, live)
     assert [t.step for t in found] == [2000], [t.message for t in found]
+
+
+@pytest.mark.parametrize("metric, factor, kind", [
+    ("max_logit.h1", 4.0, "attention logits grew"),
+    ("max_logit", 0.25, "attention logits cooled"),
+    ("update_ratio", 5.0, "updates grew against the weights")])
+def test_stability_signals_are_named_for_what_they_are(metric, factor, kind):
+    """A head's max attention logit growing ×4 (the early warning before an attention-entropy
+    collapse) and a layer's update/weight ratio jumping are said in words, not as
+    'a transition'."""
+    rng = random.Random(5)
+
+    def sample(i: int) -> dict:
+        after = i >= 200
+        return {LOSS_KEY: math.exp(rng.gauss(0, 0.01)),
+                ("tf.attn.1", metric): 10 * math.exp(rng.gauss(0, 0.01)) * (factor if after
+                                                                           else 1.0)}
+
+    found = run_detector(TransitionDetector(), 320, sample)
+    assert found, "the jump was not detected"
+    assert found[0].kind == kind
+    assert found[0].message.startswith(f"{kind}: tf.attn.1")

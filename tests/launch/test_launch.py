@@ -41,8 +41,9 @@ def _training(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
             proc.communicate()
 
 
-def _bootstrap_module():
-    """The bootstrap loaded under another name, so its start-up code does not run here."""
+def bootstrap_module():
+    """The bootstrap loaded under another name, so its start-up code does not run here (a
+    fresh module each call: tests/launch/test_launch_startup.py uses it too)."""
     path = Path(__file__).parents[2] / "agent/symwatch_agent/entry/bootstrap/sitecustomize.py"
     spec = importlib.util.spec_from_file_location("_symwatch_bootstrap_under_test", path)
     module = importlib.util.module_from_spec(spec)
@@ -111,16 +112,22 @@ def test_full_every_from_the_command_line_spaces_the_full_tier(collector, tmp_pa
                for m in metrics if m.step in full)
 
 
-def test_dataloader_workers_start_no_agent():
+@pytest.mark.parametrize("context, workers", [("fork", ["2"]), ("spawn", ["1", "--persistent"])],
+                         ids=["fork", "spawn"])
+def test_dataloader_workers_start_no_agent(context, workers):
     # Forked workers inherit the hooks, spawned ones run the bootstrap afresh: neither steps
-    # an optimizer, so the only agent is the main process's.
-    for context, workers in (("fork", "2"), ("spawn", "1")):  # spawned: one torch import each
-        result = _run([*SYMWATCH_RUN, "--", sys.executable, TRAIN, "--steps", "8",
-                       "--workers", workers, "--context", context])
-        err = result.stderr.decode()
-        assert result.returncode == 3, err
-        assert err.count(WATCHING) == 1, err
-        assert "Traceback" not in err
+    # an optimizer, so the only agent is the main process's. One run per case, each under its
+    # own timeout (the two in one test took 67 s, and 157 s, on a loaded 2-core machine: past
+    # the 120 s limit). 8 steps are two epochs: the second epoch's workers are forked from a
+    # process whose agent is running, as a rule. A spawned worker imports torch (seconds
+    # under load): kept for both epochs, one is spawned, not two (it starts the same way
+    # whenever it is spawned).
+    result = _run([*SYMWATCH_RUN, "--", sys.executable, TRAIN, "--steps", "8",
+                   "--workers", *workers, "--context", context])
+    err = result.stderr.decode()
+    assert result.returncode == 3, err
+    assert err.count(WATCHING) == 1, err
+    assert "Traceback" not in err
 
 
 def test_module_form_with_two_models_named(collector, monkeypatch, tmp_path):
@@ -256,7 +263,7 @@ def test_plan_strips_the_separator_and_execute_reports_failures(capsys):
 
 
 def test_rank_endpoints_do_not_collide():
-    boot = _bootstrap_module()
+    boot = bootstrap_module()
     assert boot.rank_endpoint("tcp://127.0.0.1:5555", 2) == "tcp://127.0.0.1:5557"
     assert boot.rank_endpoint("tcp://127.0.0.1:0", 2) == "tcp://127.0.0.1:0"
     assert boot.rank_endpoint("ipc:///tmp/run.sock", 1) == "ipc:///tmp/run.sock.1"
@@ -266,7 +273,7 @@ def test_rank_endpoints_do_not_collide():
 
 @pytest.mark.parametrize("value, expected", [("4", 4), ("0", None), ("often", None), ("", None)])
 def test_bootstrap_reads_full_every_and_ignores_a_bad_value(monkeypatch, capsys, value, expected):
-    boot = _bootstrap_module()
+    boot = bootstrap_module()
     monkeypatch.setenv("SYMWATCH_FULL_EVERY", value)
     assert boot._options().get("full_every") == expected
     err = capsys.readouterr().err

@@ -15,7 +15,13 @@ from test_tui_app import app_on, join
 from waiting import pilot_until as until
 
 from symwatch.core import protocol
-from symwatch.core.detection import TransitionDetector, to_event_payload
+from symwatch.core.detection import (
+    LOSS_KEY,
+    TransitionDetector,
+    family,
+    head_count,
+    to_event_payload,
+)
 from symwatch.core.names import NAMES, display
 from symwatch.state.run_state import EventRecord
 from symwatch.tui.columns import label, legend
@@ -73,9 +79,17 @@ def step_message(name: str) -> tuple[str, EventRecord]:
                                                            "balance_norm") else (2.0, 6.0)
     rng = random.Random(7)
     found = []
+    # a count change is an event only with something continuous moving with it (the loss
+    # falling, for a count that rises): core/detection.py
+    count = family(name) == "count"
     for i in range(300):  # a little noise: a noiseless fraction reads its step as its quantum
         value = (hi if i >= 150 else lo) + rng.gauss(0, 0.005)
-        found += det.update(10 * i, {("fc1", name): value}, time=1000.0 + i)
+        series = {("fc1", name): value}
+        if count:
+            series[LOSS_KEY] = (0.5 if i >= 150 else 1.0) * (1 + rng.gauss(0, 0.005))
+        if head_count(name):  # a head's count only moves with an event: a head's σ₁ triggers it
+            series[("fc1", "qk_sigma1.h0")] = (3.0 if i >= 150 else 1.0) * (1 + rng.gauss(0, 0.005))
+        found += det.update(10 * i, series, time=1000.0 + i)
     found += det.flush()
     assert found, f"{name}: no event for a ×3 step"
     payload = to_event_payload(found[0])
@@ -90,6 +104,9 @@ def test_an_event_names_each_indicator_as_the_table_does_and_says_it_once() -> N
     for name in ALL:
         message, record = step_message(name)
         assert f"fc1 {display(name)} " in message, message
+        if head_count(name):  # named among the movers, after the σ₁ that triggered the event
+            assert "_" not in name or name.split(".h")[0] not in message, message
+            continue
         assert "_" not in name or name.split(".h")[0] not in message, message  # no wire name
         assert record.metric == name  # the payload keeps the wire name: the data's key
         parts = event_parts(record)

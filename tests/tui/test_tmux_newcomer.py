@@ -120,7 +120,9 @@ def _check_dashboard(screen: str, where: str) -> None:
 # height (`win`, `weig…`) is none of them.
 MESSAGE_WORDS = {"at", "step", "in", "the", "same", "window", "also", "and", "more", "moved",
                  "most:", "exogenous:", "optimizer", "back", "within", "samples", "a",
-                 "non-finite", "value", "→", "…", "%", "lr", "weight_decay", "momentum"}
+                 "non-finite", "value", "→", "…", "%", "lr", "weight_decay", "momentum",
+                 # the loss's own kinds, `<loss> fell` / `<loss> rose`, `a loss spike`
+                 "fell", "rose", "spike", "divergence"}
 TOKEN = re.compile(r"^([−+-]?[\d.,]+(e[+-]?\d+)?%?|\(×[\d.]+\)|\(?[−+]?[\d.]+|%\)|"
                    r"[\w.]*loss|[\w]+(\.\d+)+)$")
 

@@ -130,7 +130,12 @@ async def test_a_constant_table_cell_is_a_dimmed_baseline():
     app = SymwatchApp(_source(), tick_s=0.05, theme=DARK)
     async with app.run_test(size=(160, 30)) as pilot:
         table = app.query_one(LayerTable)
-        await pilot_until(pilot, lambda: table.row_count >= len(LAYERS), "the table to fill",
+        def spark_of(metric: str) -> str:
+            return table.get_cell(LAYER, column_key(metric)).plain.split()[0]
+
+        # the rows come with the first samples, the sparks fill as the rest are folded in
+        await pilot_until(pilot, lambda: table.row_count >= len(LAYERS)
+                          and len(spark_of("dead_fraction")) >= 4, "the table to fill",
                           10, step=0.05)
         cell = table.get_cell(LAYER, column_key("dead_fraction"))
         spark = cell.plain.split()[0]

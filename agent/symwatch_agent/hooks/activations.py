@@ -20,6 +20,12 @@ What a hook does (training thread, no device sync, never raises into training):
   host memory on a side stream that waits for the current one (`non_blocking`, an event for
   the publisher thread to wait on); on CPU the gathered tensor is the copy.
 
+Probes (`Probe`): a function of one module's forward (its inputs or its output) that returns a
+small device tensor computed there (the attention max-logit per head, measure/logits.py, a few
+floats per module), copied like the rows; armed with the rows, every sample, outside the
+ACT_BYTES window (what they copy is a few floats, what they compute is capped by their own
+function).
+
 The budget: rows of at most ACT_BYTES per sample (float32), the layers taken in turn, so at
 LLM width (4096 units: 16 MiB a layer at 1024 rows) a sample copies one layer and the next
 sample the next; the classifier's features are taken every sample.
@@ -62,6 +68,19 @@ class Target:
 
 
 @dataclass
+class Probe:
+    """A function of one forward call of `module`: `fn(args, kwargs, output)` (output None
+    for a pre-hook) returns a device tensor, or None while it still waits for another probe of
+    the same `key` (a q and a k projection). The first tensor returned for a key is kept.
+    hooks/ may not import measure/: the function comes from the agent (measure/logits.py)."""
+
+    key: str
+    module: nn.Module
+    fn: Callable[[tuple[Any, ...], dict[str, Any], Any], torch.Tensor | None]
+    pre: bool = False  # a forward pre-hook (sees the keyword arguments) instead of a hook
+
+
+@dataclass
 class Capture:
     """What one armed forward copied; `read()` on the publisher thread."""
 
@@ -73,6 +92,7 @@ class Capture:
     labels: Any = None  # pending copy of the flattened labels
     cost_s: float = 0.0  # time the hooks took on the training thread
     errors: list[str] = field(default_factory=list)
+    probes: dict[str, Any] = field(default_factory=dict)  # key -> pending copy (Probe)
 
     def read(self) -> tuple[dict[str, torch.Tensor],
                             tuple[str, torch.Tensor, torch.Tensor, torch.Tensor] | None]:
@@ -90,6 +110,10 @@ class Capture:
                 collapse = (name, _ready(pending), labels, _ready(weight))
         return acts, collapse
 
+    def read_probes(self) -> dict[str, torch.Tensor]:
+        """Wait for the probes' copies (publisher thread): key -> host tensor."""
+        return {key: _ready(pending) for key, pending in self.probes.items()}
+
 
 class ActivationCapture:
     """The capture state of one agent (see the module docstring)."""
@@ -105,8 +129,9 @@ class ActivationCapture:
         self._streams: dict[torch.device, Any] = {}
         self._turn = 0  # where the next sample's window of layers starts
 
-    def arm(self, targets: list[Target], step: int) -> None:
-        """Hook the next forward pass: this sample's window of layers, every classifier."""
+    def arm(self, targets: list[Target], step: int, probes: tuple[Probe, ...] = ()) -> None:
+        """Hook the next forward pass: this sample's window of layers, every classifier,
+        every probe."""
         if self.armed:
             return
         self._capture = Capture(step)
@@ -119,6 +144,13 @@ class ActivationCapture:
             if target.weight is not None:
                 self._handles.append(target.module.register_forward_pre_hook(
                     self._feature_hook(target)))
+        for probe in probes:
+            if probe.pre:
+                self._handles.append(probe.module.register_forward_pre_hook(
+                    self._probe_hook(probe), with_kwargs=True))
+            else:
+                self._handles.append(probe.module.register_forward_hook(
+                    self._probe_hook(probe), with_kwargs=True))
         if any(t.weight is not None for t in targets):
             loss_capture.add_label_listener(self._on_cross_entropy)
         self.armed = True
@@ -183,6 +215,22 @@ class ActivationCapture:
                         self.fired = True
             except Exception as exc:  # a hook must never break the user's forward
                 capture.errors.append(f"{target.name}: {type(exc).__name__}: {exc}")
+            capture.cost_s += time.perf_counter() - began
+        return hook
+
+    def _probe_hook(self, probe: Probe) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, kwargs: Any, output: Any = None) -> None:
+            capture = self._capture
+            if capture is None or probe.key in capture.probes:
+                return
+            began = time.perf_counter()
+            try:
+                found = probe.fn(args, kwargs, output)
+                if found is not None:
+                    capture.probes[probe.key] = self._copy(found.detach())
+                    self.fired = True
+            except Exception as exc:  # noqa: BLE001 (a probe must never break the user's forward)
+                capture.errors.append(f"{probe.key}: {type(exc).__name__}: {exc}")
             capture.cost_s += time.perf_counter() - began
         return hook
 

@@ -22,8 +22,8 @@ Q, K, V scaled by 0.25, read rank 0). Continuous series per head, from the same 
 σ₁ (`qk_sigma1`), stable rank Σσ²/σ₁², effective rank exp(−Σ p ln p) (p = σ/Σσ; both N/A
 for a zero product), and `modes`: #{σ above the head's own random bulk}, bulk.py's rule with
 the bulk of a random product, the free product of two Marchenko–Pastur laws
-(`product_quantiles`), state per head (`product_modes`). No max-logit: it needs activations
-(docs/metrics.md, Attention heads).
+(`product_quantiles`), state per head (`product_modes`). The max-logit per head needs the
+forward's activations: measure/logits.py, on sampled steps (docs/metrics.md, Attention heads).
 
 √σ of the product is in the units of one factor: for a balanced pair (W_Q,h W_Q,hᵀ =
 W_K,h W_K,hᵀ) it equals each factor's singular values, so the same rel_tol/abs_tol as
@@ -117,6 +117,9 @@ class HeadSet:
     modes: dict[str, torch.Tensor] = field(default_factory=dict)
     bulk_ref: dict[str, torch.Tensor] = field(default_factory=dict)
     bulk_step: int | None = None
+    # the attention module itself (None for a state_dict): measure/logits.py reads whether it
+    # is causal from it
+    module: nn.Module | None = None
 
     def layers(self) -> list[Layer]:
         """The projections (base layers), then any LoRA factors on them."""
@@ -353,7 +356,8 @@ def _head_set(prefix: str, parts: dict[str, Any], modules: Mapping[str, nn.Modul
         o = None  # the output projection does not read H·d head outputs: QK only
     type_name = (type(modules[prefix]).__name__ if modules and prefix in modules
                  else q_at[0].type_name)
-    return HeadSet(prefix or "model", type_name, heads, kv_heads, d, q_at, k_at, v_at, o)
+    return HeadSet(prefix or "model", type_name, heads, kv_heads, d, q_at, k_at, v_at, o,
+                   module=modules.get(prefix) if modules else None)
 
 
 def _row_name(name: str, taken: Mapping[str, Layer]) -> str:

@@ -61,7 +61,7 @@ from torch import nn
 
 from symwatch_agent.measure import heads as attention
 from symwatch_agent.measure import detail as layer_detail
-from symwatch_agent.measure import pairing, spectra, units, wide
+from symwatch_agent.measure import pairing, spectra, units, updates, wide
 from symwatch_agent.measure import bulk as bulk_edges
 from symwatch_agent.measure.activity import ActivityProbe
 from symwatch_agent.measure.layers import EMBEDDING, NORM, Layer, unwrap
@@ -71,7 +71,7 @@ INDICATORS = (
     "weight_norm", "stable_rank", "effective_rank", "participation_ratio", "numerical_rank",
     "modes", "dead_fraction", "relu_dead", "balance", "balance_norm", "duplicate_fraction",
     "distinct_units", "mirror_rank", "qk_rank", "vo_rank", "qk_rank_min", "vo_rank_min",
-    "dead_heads", "softmax_translation", "angular_update", "effective_lr",
+    "dead_heads", "softmax_translation", "angular_update", "effective_lr", "update_ratio",
     "delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_rescale",
     "delta_softmax", "broken")
 COL = {name: k for k, name in enumerate(INDICATORS)}
@@ -81,6 +81,8 @@ DELTAS = ("delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_res
           "delta_softmax")
 _COLUMNS = len(INDICATORS) + 1
 _FINITE = len(INDICATORS)  # last column: 1 when the layer's weights are finite
+# The warm-up thread rests this many times as long as each of its tables took (warm_up).
+WARM_UP_REST = 4.0
 
 
 @dataclass
@@ -180,6 +182,7 @@ class IndicatorEngine:
         self._eigvecs: dict[tuple[int, ...], tuple[torch.Tensor, list[int]]] = {}
         self.spectra_counts = {"exact": 0, "warm": 0, "inertia": 0}
         self._prev: dict[int, torch.Tensor] = {}  # norm-fed layers: previous [W | b]
+        self._updates = updates.UpdateTracker()  # update_ratio: sampled entries (updates.py)
         self.last_tier: str | None = None
         self.last_detail: list[layer_detail.GroupDetail] | None = None
         # Slices (schedule.LayerSlices): a sample the scheduler plans (snapshot() without a
@@ -188,7 +191,12 @@ class IndicatorEngine:
         # attention modules whose layers must stay together.
         self.slices: LayerSlices | None = None
         self.slice_target_s: float | None = None
+        # the full tier's own target (None: `slice_target_s`): the agent sizes cheap slices
+        # by what its cheap ledger holds, full ones by what `every` steps earn
+        self.full_slice_target_s: float | None = None
         self.last_slice: list[int] | None = None
+        self.last_seconds = 0.0  # the latest sample's time in snapshot() + measure()
+        self._cold = False  # this sample started a layer's σ₁ cold (_power_sigma1)
 
     # -- pairing -------------------------------------------------------------------------------
 
@@ -282,7 +290,9 @@ class IndicatorEngine:
         tier = tier or self.scheduler.choose()
         snap = Snapshot(tier, time.perf_counter())
         if planned:
-            snap.layers = self._slices().take(tier, self.slice_target_s)
+            target = (self.full_slice_target_s if tier == FULL
+                      and self.full_slice_target_s is not None else self.slice_target_s)
+            snap.layers = self._slices().take(tier, target)
         chosen = None if snap.layers is None else set(snap.layers)
         if self._device.type == "cuda":
             snap.event = torch.cuda.Event(enable_timing=True)
@@ -358,6 +368,7 @@ class IndicatorEngine:
         for i, active in snap.activity.items():
             if i not in self.failed and (snap.layers is None or i in snap.where):
                 self._put(out, [i], "relu_dead", 1 - active.float().mean().reshape(1))
+        self._guarded("update_ratio", self._update_ratio, snap, out)
         self._guarded("deltas", self._deltas, snap, out)
         # Layers whose weights hold NaN/inf: every computed value becomes null (N/A).
         bad = out[:, _FINITE] == 0
@@ -375,11 +386,18 @@ class IndicatorEngine:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
         seconds = time.perf_counter() - snap.started
+        self.last_seconds = seconds
         self.scheduler.record(snap.tier, seconds,
                               (snap.event, end) if end is not None else None)
         # the first full sample pays the libraries' warm-up: no guide to the steady cost
         warm_up = snap.tier == FULL and self.scheduler.samples[FULL] == 1
-        self._slices().record(snap.tier, snap.layers, seconds, self.step, charge=not warm_up)
+        # A cheap sample with a layer's first σ₁ (Lanczos, ~6× a warm power iteration) is an
+        # upper bound of the steady rate: taken as that rate only until a warm sample
+        # measures it, else every layer's first visit (the whole first round) kept the
+        # slices at one chunk.
+        cold, self._cold = self._cold, False
+        self._slices().record(snap.tier, snap.layers, seconds, self.step,
+                              charge=not warm_up, provisional=cold)
         return out
 
     def warm_up(self) -> None:
@@ -387,17 +405,33 @@ class IndicatorEngine:
         thread: the bulk tables of each measured shape (bulk.py, cached per shape: ~0.1 s each
         at width 768) and the eigensolver's first call. The agent runs it on a thread of its
         own at start (torch releases the GIL in it). Never raises: a failure here only means
-        the first full sample pays it, as before."""
+        the first full sample pays it, as before.
+
+        Paced (issue #15): after each table it rests WARM_UP_REST times as long as the table
+        took, so it takes at most a fifth of a core's time and of the GIL's. Unpaced, on a
+        2-core VM under load, it made the 4 training steps after `watch()` 100–150 ms slower
+        each (a 45 ms step of a GPT-style model); the first full sample comes later than it
+        ends, as a rule (the budget's plan), and pays what is left itself otherwise."""
+
+        def rest(began: float) -> bool:  # False: the agent is closing (its exit waits)
+            until = time.perf_counter() + WARM_UP_REST * (time.perf_counter() - began)
+            while not self._closing and time.perf_counter() < until:
+                time.sleep(min(0.02, max(0.0, until - time.perf_counter())))
+            return not self._closing
+
         try:
+            began = time.perf_counter()
             spectra.gram_eigvals(torch.eye(2).unsqueeze(0))
             shapes = {layer.matrix_shape for layer in self.layers if layer.has_rank}
             for m, n in sorted(shapes):  # wide layers too: `modes` fits their estimate
-                if self._closing:  # the agent is closing, and its exit waits for this thread
+                if not rest(began):
                     return
+                began = time.perf_counter()
                 bulk_edges.edges_by_count(torch.zeros(1, min(m, n)), m, n)
             for hs in self.heads:  # the heads' `modes`: the product law's tables
-                if self._closing:
+                if not rest(began):
                     return
+                began = time.perf_counter()
                 attention.warm_tables(hs)
         except Exception:
             pass
@@ -460,8 +494,11 @@ class IndicatorEngine:
         # double this pass's memory traffic. Non-finite entries read as 0; such layers publish
         # null for everything anyway. A view of a live weight is never written to: it is
         # copied first, and only when it holds NaN/inf (on the CPU, where reading is free).
-        if g.owned:
+        if g.owned and (g.weights.device.type != "cpu" or not bool(g.finite.all())):
+            # (on the CPU reading the flag is free and a finite copy needs no pass)
             w = torch.nan_to_num_(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
+        elif g.owned:
+            w = g.weights
         elif not bool(g.finite.all()):
             w = g.weights = torch.nan_to_num(g.weights, nan=0.0, posinf=0.0, neginf=0.0)
             g.owned = True
@@ -653,12 +690,20 @@ class IndicatorEngine:
             start = torch.randn(n, generator=gen).to(w.device)
         v = torch.stack([self._power_vec[i] if i in self._power_vec else start for i in idxs])
         if cold:  # no vector to start from: Lanczos, which needs no gap below σ₁ to converge
+            self._cold = True  # this sample's cost is no guide to a warm one's (measure)
             s1, v = spectra.lanczos_sigma1(w, v, self.cold_power_iters)
         else:
             s1, v = spectra.power_sigma1(w, v, self.power_iters)
         for j, i in enumerate(idxs):
             self._power_vec[i] = v[j]
         return s1
+
+    def _update_ratio(self, snap: Snapshot, out: torch.Tensor) -> None:
+        """‖ΔW‖/‖W‖ per step since each layer's last sample (updates.py), every tier."""
+        for g in snap.groups:
+            found = self._updates.measure(g.idxs, g.weights, self.step)
+            if found is not None:
+                self._put(out, found[0], "update_ratio", found[1])
 
     def _scale_invariance(self, i: int, layer: Layer, w: torch.Tensor, b: torch.Tensor,
                           snap: Snapshot, out: torch.Tensor) -> None:
@@ -907,7 +952,10 @@ class IndicatorEngine:
         for consumer in self.layers[i].consumers:
             w = consumer.input_weight.detach()  # type: ignore[union-attr]  # (o, m, *k)
             dims = [0] + list(range(2, w.dim()))
-            total = total + torch.linalg.vector_norm(w, dim=dims, dtype=torch.float32).square()
+            # Σ of squares over the leading dim, not vector_norm(w, dim=0)²: CPU vector_norm
+            # over a non-innermost dim is 8–15× slower (0.87 against 0.06 ms for 256 × 1024),
+            # and this was half the cheap tier's time; the two differ by float rounding.
+            total = total + w.float().square().sum(dim=dims)
         return total
 
     def _lr(self, layer: Layer) -> Any:

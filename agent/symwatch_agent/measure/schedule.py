@@ -17,8 +17,10 @@ measured cost so far plus one more (an average of the past ones) stays within
 cadence and the full tier runs as often as the rest of the budget allows. The first sample is
 full (it also pays one-off library warm-up, which is not charged), unless `first` says
 cheap: the agent's choice under a budget, so that step 1 pays no spectra (the full tier's
-warm-up then comes with the next sample, its bulk tables computed on a thread at start,
-IndicatorEngine.warm_up). A budget of 1 or more
+first sample then comes with the next sample, charged to its ledger like every later one: its
+warm-up, the bulk tables, is computed on a thread at start, IndicatorEngine.warm_up). The
+agent keeps the full tier's host seconds (`full_host_s`) out of the cheap tier's ledger, so a
+costly full sample delays the next full one, never the cheap refresh. A budget of 1 or more
 means "no limit": every sample is full (the demo and the tests use it, so that which sample
 is full does not depend on the machine's speed).
 
@@ -29,10 +31,16 @@ monitor a user who samples every step wants, with spectra and duplicates every K
 
 On CUDA the work is queued on a side stream, so the training thread's clock sees only the
 launch time; CUDA events around each full sample feed its real GPU time back once it is done.
+
+A full sample's work on the publisher thread (decoding its layer detail, the representations
+captured for it: tens of ms on a GPT-style model, more than its spectra) is charged to the full
+ledger too (`charge_publisher`, from that thread), so that the full tier cannot spend what it
+does not see and starve the cheap refresh.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +62,16 @@ class TierScheduler:
         self._start = clock()
         self.full_cost: float | None = None  # running average of one full sample, seconds
         self.full_spent = 0.0
+        # Host seconds of every full sample (the training thread's and the publisher's, the
+        # warm-up included; no GPU time): the part of the agent's whole ledger that is the full
+        # tier's, which the agent leaves out of the cheap tier's (Agent._affords_sample).
+        self.full_host_s = 0.0
         self.samples = {CHEAP: 0, FULL: 0}
         self._pending: list[tuple[Any, Any, float]] = []  # CUDA (start, end, cpu seconds)
+        # A full sample's publisher-thread seconds, appended there (deque.append is atomic),
+        # charged by choose() on the training thread; and their running average per sample.
+        self._publisher: collections.deque[float] = collections.deque()
+        self.publisher_cost: float | None = None
         # The tier of the very first sample. CHEAP (the agent's choice under a budget): step 1
         # then pays no spectra, and the full tier's warm-up comes with the next sample.
         self.first = FULL
@@ -65,7 +81,11 @@ class TierScheduler:
         return self.budget >= 1.0
 
     def choose(self) -> str:
+        """The tier of the next sample. No side effect but charging what other threads
+        reported since: the agent may ask one step ahead (to arm the representations' capture
+        only for a full sample) and again at the sample."""
         self._collect_gpu_times()
+        self._collect_publisher()
         if self.samples[FULL] == 0:
             return self.first if self.samples[CHEAP] == 0 else FULL
         if self.full_every is not None and self._since_full + 1 < self.full_every:
@@ -73,7 +93,26 @@ class TierScheduler:
         if self.unlimited:
             return FULL
         allowed = self.full_share * self.budget * (self._clock() - self._start)
-        return FULL if self.full_spent + (self.full_cost or 0.0) <= allowed else CHEAP
+        expected = (self.full_cost or 0.0) + (self.publisher_cost or 0.0)
+        return FULL if self.full_spent + expected <= allowed else CHEAP
+
+    def host_seconds(self) -> float:
+        """`full_host_s` with what the publisher reported since (the agent's cheap ledger
+        reads it at every check, between samples too)."""
+        self._collect_publisher()
+        return self.full_host_s
+
+    def charge_publisher(self, seconds: float) -> None:
+        """A full sample cost `seconds` of the publisher thread's CPU (called there)."""
+        self._publisher.append(seconds)
+
+    def _collect_publisher(self) -> None:
+        while self._publisher:
+            seconds = self._publisher.popleft()
+            self.full_spent += seconds
+            self.full_host_s += seconds
+            old = self.publisher_cost
+            self.publisher_cost = seconds if old is None else 0.7 * old + 0.3 * seconds
 
     def record(self, tier: str, seconds: float, events: tuple[Any, Any] | None = None) -> None:
         """A sample of `tier` cost `seconds` on the calling thread (and, on CUDA, ran between
@@ -82,7 +121,12 @@ class TierScheduler:
         self._since_full = 0 if tier == FULL else self._since_full + 1
         if tier != FULL:
             return
-        if self.samples[FULL] == 1:  # warm-up: not charged, but a (high) first estimate
+        self.full_host_s += seconds
+        # warm-up: not charged, but a (high) first estimate. Only where the first sample of
+        # the run is full: after a cheap first one (the agent under a budget) the libraries
+        # were warmed on a thread (IndicatorEngine.warm_up), and the first full sample is
+        # charged like the others, so its cost cannot come out of the cheap tier's share.
+        if self.samples[FULL] == 1 and self.first == FULL:
             self.full_cost = seconds
             return
         self._charge(seconds)
@@ -124,9 +168,11 @@ class LayerSlices:
 
     `target_s` None means no slicing (every layer, every sample): the agent passes None with an
     unlimited budget, so the demo and the tests see whole samples, as before. With a budget it
-    passes what `every` steps earn of it, so a sample fits the budget at the `every` cadence
-    and the per-layer refresh interval is `every` × the number of slices; a sample too costly
-    for that still measures one chunk, and the agent's own ledger stretches the interval.
+    passes at least what `every` steps earn of it, so a sample fits the budget at the `every`
+    cadence and the per-layer refresh interval is `every` × the number of slices; for a cheap
+    sample more when its ledger holds more (samples it skipped), so that a sample's fixed
+    cost is paid once for them (Agent._slice_target_s). A sample too costly for that still
+    measures one chunk, and the agent's own ledger stretches the interval.
 
     The ledger of refreshes (`last`, `gaps`: the steps between a layer's refreshes, the latest
     ones) is what STATS `sampling` reports as the per-layer refresh interval.
@@ -141,6 +187,7 @@ class LayerSlices:
         self.sliced = False  # a sample measured a slice, not the whole model (STATS says so)
         self._cursor = {CHEAP: 0, FULL: 0}
         self.per_unit: dict[str, float | None] = {CHEAP: None, FULL: None}  # seconds / weight
+        self._provisional = {CHEAP: False, FULL: False}  # per_unit from a cold sample only
         self.last: dict[int, int] = {}  # layer -> step of its latest refresh (any tier)
         self.gaps: dict[int, list[int]] = {}  # layer -> latest steps between its refreshes
         self.last_full: dict[int, int] = {}
@@ -170,9 +217,11 @@ class LayerSlices:
         return sorted(i for c in taken for i in self.chunks[c])
 
     def record(self, tier: str, layers: list[int] | None, seconds: float, step: int | None,
-               charge: bool = True) -> None:
+               charge: bool = True, provisional: bool = False) -> None:
         """A sample of `tier` measured `layers` (None: all) in `seconds`, at `step`. `charge`
-        False: a warm-up sample, whose time says nothing about the steady cost."""
+        False: a warm-up sample, whose time says nothing about the steady cost. `provisional`:
+        a sample that paid one-off work (a layer's first σ₁): its rate is used only until a
+        steady sample replaces it outright."""
         measured = self.layers if layers is None else layers
         if charge:
             index = {i: c for c, chunk in enumerate(self.chunks) for i in chunk}
@@ -181,7 +230,11 @@ class LayerSlices:
             if weight > 0:
                 rate = seconds / weight
                 old = self.per_unit.get(tier)
-                self.per_unit[tier] = rate if old is None else 0.7 * old + 0.3 * rate
+                if old is None or (self._provisional[tier] and not provisional):
+                    self.per_unit[tier] = rate
+                    self._provisional[tier] = provisional
+                elif not provisional:
+                    self.per_unit[tier] = 0.7 * old + 0.3 * rate
         if step is None:
             return
         for i in measured:

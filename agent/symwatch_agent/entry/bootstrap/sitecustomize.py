@@ -10,9 +10,18 @@ must stay cheap and harmless:
   finder that steps aside at once for every other name), then registers two global hooks:
   a one-shot module forward pre-hook (the first module with parameters that is called: the
   outermost module of a model; removed as soon as it has fired) and an optimizer step pre-hook
-  that arms the agent on the first `optimizer.step()` of the process. DataLoader workers,
-  compile workers and launchers such as torchrun never step an optimizer, so they never start
-  an agent;
+  that arms the agent at the first `optimizer.step()` of the process that finds it ready.
+  DataLoader workers, compile workers and launchers such as torchrun never step an optimizer,
+  so they never start an agent;
+- the training thread never waits for the agent's preparation (issue #15: start-up on the
+  training thread ≤ 100 ms): the agent's import runs on a thread from torch's import on, and
+  the search for the models (a pass over the collector's objects, 40–80 ms, more with large
+  libraries loaded) on another, as soon as the import ends (a script has built its model and
+  optimizer by then, as a rule) and again from the first `.backward()` if that early pass
+  found too little; until both are done the step hook only counts steps (the agent then
+  starts with the optimizer's own step number), for at most ARM_WAIT_STEPS steps of the
+  first optimizer, after which a step finishes the preparation itself (a short script is
+  still watched);
 - the models are that first module and the outermost modules owning the optimizers'
   parameters; the loss is the scalar `.backward()` is called on;
 - any failure prints one `symwatch: ...` line to stderr and leaves the training alone. Nothing
@@ -33,7 +42,16 @@ _ENV_AGENT_PATH = "SYMWATCH_AGENT_PATH"  # where symwatch_agent lives, if not im
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 _state: dict = {"armed": False, "first_module": None, "last_loss": None, "step_hook": None,
-                "forward_hook": None, "agent": None}
+                "forward_hook": None, "agent": None, "first_optimizer": None, "stepped": 0,
+                "imported": False, "live": None, "searching": None, "search_done": None,
+                "early": False}
+
+# Steps of the first optimizer the step hook lets pass while the agent's import or the search
+# for the models still runs on its thread; the next one finishes them on the training thread
+# (as before this wait existed: the import lock, then the search), so that a short script is
+# still watched. The import takes 0.3–1 s after torch's (a loaded 2-core VM), a real
+# script's first steps come later than that, and a tiny model's 20 steps take about as long.
+ARM_WAIT_STEPS = 20
 
 
 def _say(text: str) -> None:
@@ -157,8 +175,7 @@ def _on_forward(module, args):  # noqa: ANN001 - torch's hook signature
             return None  # a transform, a loss module: keep waiting for a model
         _remove_forward_hook()
         _state["first_module"] = module
-        _start_loss_capture()
-        _preload_agent()
+        _preload_agent()  # and, once imported, the loss capture (_import_agent)
     except Exception:
         _remove_forward_hook()
     return None
@@ -170,8 +187,8 @@ def _preload_agent() -> None:
     backward (torch releases the GIL in them), so the first `optimizer.step()` finds it
     imported instead of importing it on the training thread. Started once: right after
     torch's import in a process that is no multiprocessing child (DataLoader and compile
-    workers never train), else at the first forward of a model. Should the step come first,
-    its import waits for this one (the import lock), as before."""
+    workers never train), else at the first forward of a model. Should the first step come
+    before it is done, the step hook lets steps pass until it is (_ready)."""
     if _state.get("preloading"):
         return
     _state["preloading"] = True
@@ -185,8 +202,20 @@ def _preload_agent() -> None:
 
 
 def _import_agent() -> None:
+    """The preload thread: import the agent, then keep the loss of each `.backward()` (for
+    the step that arms the agent, which comes later). Not at the first forward on the
+    training thread: importing any symwatch_agent module runs the package's __init__, which
+    imports the whole agent (or waits for this thread's import)."""
     try:
         importlib.import_module("symwatch_agent.agent")
+        if not _state["armed"]:
+            _start_loss_capture()
+        _state["imported"] = True
+        if not _state["armed"] and _state["searching"] is None:
+            # An early search: a script that built its model and optimizer before loading
+            # its data (as a rule) has them by now, and the pass then runs before training
+            # does; checked at the first step against the model the forward hook caught.
+            _search_models(early=True)
     except Exception:  # noqa: BLE001, S110 (the step's own import reports it)
         pass
 
@@ -206,7 +235,11 @@ def _start_loss_capture() -> None:
         from symwatch_agent.hooks import loss_capture  # noqa: PLC0415 (lazy: torch-free start-up)
 
         def remember(loss):  # noqa: ANN001
+            if _state["armed"]:  # added by the preload thread after the agent started
+                return
             _state["last_loss"] = loss
+            if _search_again(None):  # the optimizer exists by now, as a rule
+                _search_models()
 
         _state["loss_listener"] = remember
         loss_capture.add_listener(remember)
@@ -234,25 +267,105 @@ def _ensure_agent_importable() -> None:
 
 
 def _on_step(optimizer, args, kwargs):  # noqa: ANN001 - torch's hook signature
-    """Global optimizer step pre-hook: on the first step of this process, start the agent.
-    Afterwards a flag test (it cannot remove itself while torch iterates the hooks)."""
+    """Global optimizer step pre-hook: start the agent at the first step of this process that
+    finds it ready (_ready), without waiting for it. Afterwards a flag test (it cannot remove
+    itself while torch iterates the hooks)."""
     if _state["armed"]:
         return None
-    _state["armed"] = True
     try:
-        if _in_dataloader_worker():
-            return None
+        first = _state["first_optimizer"]
+        if first is None:
+            if _in_dataloader_worker():
+                _state["armed"] = True
+                return None
+            _state["first_optimizer"] = first = optimizer
+        if optimizer is first:  # the agent counts the first optimizer's steps
+            _state["stepped"] += 1
+        if not _ready():
+            return None  # the preparation runs on its threads; the next step looks again
+        _state["armed"] = True
         _remove_forward_hook()
         _stop_loss_capture()
-        _arm(optimizer)
+        # Any optimizer's step may start it (the first may have stopped: a learning-rate
+        # finder's); it counts the first one's, from the steps it took before.
+        _arm(first, _state["stepped"] - (optimizer is first))
     except Exception as exc:
+        _state["armed"] = True
         _say(f"not watching this run: {type(exc).__name__}: {exc} (training continues)")
     return None
 
 
+def _ready() -> bool:
+    """Whether this step may start the agent without waiting: the agent is imported and the
+    search for the models has ended; else start that search if it can start, and say no,
+    unless the first optimizer has waited ARM_WAIT_STEPS steps already (this step then
+    finishes what is left: _arm imports and searches itself)."""
+    if _state["stepped"] > ARM_WAIT_STEPS:
+        return True
+    if not _state["imported"]:
+        _preload_agent()  # started already, as a rule (at torch's import or the first forward)
+        return False
+    if _search_again(_state["first_optimizer"]):
+        _search_models()
+        return False
+    return _state["search_done"].is_set()
+
+
+def _search_again(optimizer: object) -> bool:
+    """Whether to start a search now: none has started, or only the early one, which ended
+    without what the step needs (`optimizer`, None: any; a model the forward hook caught
+    and no garbage to rule out: hooks/models.py, usable)."""
+    searching = _state["searching"]
+    if searching is None:
+        return True
+    if not _state["early"] or not _state["search_done"].is_set():
+        return False
+    from symwatch_agent.hooks.models import usable  # noqa: PLC0415 (lazy: torch-free start-up)
+
+    return not usable(_live(), optimizer, _state.get("first_module"))
+
+
+def _live() -> object:
+    """The search's pass (hooks/models.py, Live: held by weak references, so what has gone
+    since is left out), or None before one has ended."""
+    held = _state["live"]
+    return held() if held is not None else None
+
+
+def _search_models(early: bool = False) -> None:
+    """Start the pass over the live objects that finds the models (hooks/models.py,
+    live_objects) on a thread: early, when the agent's import ends, then, if that one did not
+    find what the step needs, at the first `.backward()` after it or at a step. Its parts
+    release the GIL in between."""
+    import threading  # noqa: PLC0415 (lazy: torch-free start-up)
+
+    first_module = _state.get("first_module")
+    _state["early"] = early
+
+    def search() -> None:
+        try:
+            from symwatch_agent.hooks.models import live_objects  # noqa: PLC0415 (lazy: torch-free start-up)
+
+            live = live_objects(first_module, yield_gil=True, collect=not early)
+            if not _state["armed"]:  # else a step armed without it
+                _state["live"] = live.weak()  # it keeps no model alive
+        except Exception:  # noqa: BLE001, S110 (the arming step searches again and reports)
+            pass
+        finally:
+            done.set()
+
+    done = threading.Event()  # set when it has ended (is_alive() is False before start too)
+    thread = threading.Thread(target=search, name="symwatch-find-models", daemon=True)
+    _state["search_done"] = done
+    _state["searching"] = thread
+    thread.start()
+
+
 # -- arming --------------------------------------------------------------------------------------
 
-def _arm(first_optimizer) -> None:  # noqa: ANN001
+def _arm(first_optimizer, stepped: int = 0) -> None:  # noqa: ANN001
+    """Start the agent on the models found, counting `first_optimizer`'s steps from
+    `stepped`, the steps it took before this one."""
     _ensure_agent_importable()
     from symwatch_agent.agent import Agent, watch  # noqa: PLC0415 (lazy: torch-free start-up)
     from symwatch_agent.options import launch_quiet  # noqa: PLC0415 (lazy: torch-free start-up)
@@ -260,12 +373,15 @@ def _arm(first_optimizer) -> None:  # noqa: ANN001
     if any(isinstance(getattr(hook, "__self__", None), Agent)
            for hook in getattr(first_optimizer, "_optimizer_step_post_hooks", {}).values()):
         return  # the script calls symwatch.watch() itself: one agent is enough
-    models, optimizers = discover(first_optimizer, _state.pop("first_module", None))
+    live = _live()
+    _state["live"] = None
+    models, optimizers = discover(first_optimizer, _state.pop("first_module", None), live)
     if not models:
         _say("no model found for the optimizer that stepped; not watching this process")
         return
     options = _options()
     agent = watch(models, optimizers, **options)
+    agent.continue_from(stepped)
     _state["agent"] = agent
     loss = _state.pop("last_loss", None)
     if loss is not None:
@@ -295,13 +411,14 @@ def rank_endpoint(endpoint: str, local_rank: int) -> str:
     return for_rank(endpoint, local_rank)
 
 
-def discover(first_optimizer, first_module):  # noqa: ANN001
+def discover(first_optimizer, first_module, live=None):  # noqa: ANN001
     """(named models, optimizers): the outermost modules owning the optimizers' parameters,
     plus the first module called (a frozen teacher, say); every live optimizer, the one that
-    stepped first (the agent counts steps on it). Shared with `symwatch inject`."""
+    stepped first (the agent counts steps on it). `live`: the search's pass over the live
+    objects, made on a thread (a new pass here without it). Shared with `symwatch inject`."""
     from symwatch_agent.hooks.models import find_models  # noqa: PLC0415 (lazy: torch-free start-up)
 
-    return find_models(first_optimizer, first_module)
+    return find_models(first_optimizer, first_module, live=live)
 
 
 # -- start-up ------------------------------------------------------------------------------------
