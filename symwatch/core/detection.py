@@ -571,7 +571,7 @@ class TransitionDetector:
         movers = self._movers(jump, (jump,))
         context = self._context(jump, (jump,))
         _, metric = _name(spike.key)
-        kind = "divergence" if spike.kind == "divergence" else "a loss spike"
+        kind = "divergence" if spike.kind == "divergence" else "a loss spike"  # LOSS_KINDS
         peak = "a non-finite value" if not math.isfinite(spike.peak) else \
             f"{fmt_value(spike.peak, metric)} (×{spike.peak / spike.baseline:.3g})"
         what = (f"{_who(_name(spike.key)[0], metric)} {fmt_value(spike.baseline, metric)} "
@@ -700,7 +700,14 @@ def fmt_value(value: float, metric: str = "") -> str:
 
 
 def fmt_relative(change: float) -> str:
-    """A relative change as a signed percentage with a real minus sign: '−41 %', '+3.2 %'."""
+    """A relative change as a signed percentage with a real minus sign: '−41 %', '+3.2 %';
+    a rise of ten times or more as a factor, '×12', '×8.6e+08' (the demo's converged
+    `linear_loss` rising again under weight decay read '+85759023065 %')."""
+    ratio = 1 + change
+    if ratio >= 1e5:
+        return f"×{ratio:.2g}".replace("e+0", "e+")
+    if ratio >= 10:
+        return f"×{ratio:.2g}" if ratio < 100 else f"×{ratio:,.0f}"
     pct = 100 * change
     digits = f"{abs(pct):.0f}" if abs(pct) >= 10 else f"{abs(pct):.2g}"
     return f"{'−' if pct < 0 else '+'}{digits} %"
@@ -778,6 +785,9 @@ KIND_ORDER = ("units died", "heads died", "a mode lost to weight decay", "a mode
               "weights shrank under weight decay", "weights shrank", "weights grew",
               "attention logits grew", "attention logits cooled",
               "updates grew against the weights", "updates shrank against the weights")
+
+# A loss series' own kinds besides `<loss> fell` / `<loss> rose` (SpikeDetector's).
+LOSS_KINDS = ("a loss spike", "divergence")
 
 
 def _rank(kind: str | None) -> int:

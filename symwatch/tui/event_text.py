@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from symwatch.core.detection import KIND_ORDER
+from symwatch.core.detection import KIND_ORDER, LOSS_KINDS
 from symwatch.core.names import display
 from symwatch.state import numbers
 from symwatch.state.run_state import EventRecord
@@ -35,7 +35,9 @@ def event_parts(ev: EventRecord) -> EventParts:
         cause = message[cut + len(EXOGENOUS):-1]
         message = message[:cut]
     head, sep, rest = message.partition(": ")
-    if sep and (head in KIND_ORDER or head == GENERIC_KIND):
+    if sep and (head in KIND_ORDER or head in LOSS_KINDS or head == GENERIC_KIND
+                or head.endswith((" fell", " rose")) and " " not in head[:-5]):
+        # the loss's own kinds: `<loss> fell`, `<loss> rose` (its name, one word), a spike
         kind, message = head, rest
     elif ev.changes:
         kind = "optimizer change"

@@ -318,6 +318,10 @@ def test_number_formatting() -> None:
     assert fmt_value(0.125, "dead_fraction") == "12.5%"  # the table's unit
     assert fmt_value(0.015625, "relu_dead") == "1.6%"  # a fraction by another name
     assert fmt_relative(-0.41) == "−41 %" and fmt_relative(0.032) == "+3.2 %"
+    # ten times and more as a factor: the demo's converged loss rising again read
+    # '+85759023065 %'
+    assert fmt_relative(8.9) == "+890 %" and fmt_relative(11) == "×12"
+    assert fmt_relative(150) == "×151" and fmt_relative(857590230.65) == "×8.6e+8"
 
 
 def test_imports_with_the_standard_library_only() -> None:

@@ -90,6 +90,24 @@ def test_an_event_splits_into_kind_cause_and_the_change_in_screen_units() -> Non
     assert event_parts(notice).kind == "notice" and event_parts(notice).cause == ""
 
 
+def test_a_loss_event_is_of_its_losss_kind_not_a_bare_transition() -> None:
+    """The events log and timeline read a loss's own kinds (`linear_loss fell`, `a loss
+    spike`) into the kind column, as they read a layer's (the demo's showed `transition` with
+    `linear_loss fell:` repeated in the text)."""
+    for kind in ("linear_loss fell", "loss rose", "a loss spike", "divergence"):
+        name = kind.split()[0] if kind.endswith(("fell", "rose")) else "loss"
+        ev = EventRecord(step=275, time=0.0, severity="transition", metric=name, before=2.0,
+                         after=1.0, message=f"{kind}: {name} 2 → 1 (−50 %) at step 275; "
+                                            "mlp_loss −0.2 % in the same window")
+        parts = event_parts(ev)
+        assert parts.kind == kind, parts
+        assert parts.change == f"{name} 2 → 1 (−50 %)"
+    # a sentence that only ends in `fell` is no kind
+    ev = EventRecord(step=3, time=0.0, severity="transition",
+                     message="the learning rate fell: see the schedule")
+    assert event_parts(ev).kind == "transition"
+
+
 async def test_tabs_name_the_views_and_v_moves_the_highlight(fake_agent) -> None:
     agent = fake_agent()
     app = app_on(agent)
