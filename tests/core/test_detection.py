@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from symwatch.core import protocol
 from symwatch.core.detection import (
+    KIND_ORDER,
     LOSS_KEY,
     Jump,
     JumpDetector,
@@ -586,3 +587,41 @@ def test_stability_signals_are_named_for_what_they_are(metric, factor, kind):
     assert found, "the jump was not detected"
     assert found[0].kind == kind
     assert found[0].message.startswith(f"{kind}: tf.attn.1")
+
+
+@pytest.mark.parametrize("metric, before, after, kind", [
+    ("modes", 2, 5, "a mode learned"),
+    ("modes", 5, 2, "a mode lost"),
+    ("dead_fraction", 0.1, 0.5, "units died"),
+    ("dead_fraction", 0.5, 0.1, "units revived"),
+    ("duplicate_fraction", 0.1, 0.5, "units merged"),
+    ("duplicate_fraction", 0.5, 0.1, "units separated"),
+    ("dead_heads", 0.1, 0.5, "heads died"),
+    ("dead_heads", 0.5, 0.1, "heads revived"),
+    ("qk_sigma1.h2", 1.0, 3.0, "a head formed"),
+    ("vo_sigma1.h0", 3.0, 1.0, "a head faded"),
+    ("weight_norm", 2.0, 4.0, "weights grew"),
+    ("weight_norm", 4.0, 2.0, "weights shrank")])
+def test_each_kind_of_layer_event_is_said_in_its_own_words(metric, before, after, kind):
+    """Every kind the detector names (KIND_ORDER), from a real detector fed a lasting step in
+    the one series that tells it: the headline names that layer and series. A count moves with
+    the loss (a count alone is no event), the way the count says: down for a mode learned."""
+    rng = random.Random(3)
+    count = family(metric) == "count"
+    learned = after > before
+
+    def sample(i: int) -> dict:
+        level = after if i >= 200 else before
+        series = {("blk.1", metric): level + (0 if count else rng.gauss(0, 0.003)),
+                  LOSS_KEY: math.exp(rng.gauss(0, 0.01))}
+        if count and i >= 200:
+            series[LOSS_KEY] *= 0.5 if learned else 2.0
+        return series
+
+    found = run_detector(TransitionDetector(), 320, sample)
+    assert found, f"no event for {metric} {before} → {after}"
+    assert found[0].kind == kind, found[0].message
+    assert kind in KIND_ORDER
+    payload = to_event_payload(found[0])
+    assert payload["headline"] == {"layer": "blk.1", "metric": metric}
+    assert payload["what"] == kind
