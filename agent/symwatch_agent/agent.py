@@ -550,17 +550,18 @@ class Agent:
         spent (training thread and publisher) plus a sample's cost against the plan, with the
         overdraft owed after a settings change. The post-step hook asks it for this step, and
         one step ahead (training_s plus a step) when arming the representations' capture."""
-        if self._unlimited:
-            return True
-        # The cheap tier's ledger: everything but the full tier's host seconds, against the
-        # plan less the full tier's share. The full tier keeps its own (TierScheduler.choose),
-        # so a costly full sample (spectra, representations: ~60 ms on a GPT-style model)
-        # delays the next full one, not every layer's cheap refresh for ~150 steps.
+        return self._unlimited or self._cheap_balance_s(training_s) >= self._sample_cost_s
+
+    def _cheap_balance_s(self, training_s: float) -> float:
+        """The cheap tier's ledger: the plan less the full tier's share, earned over
+        `training_s`, plus the overdraft owed after a settings change, less everything spent
+        but the full tier's host seconds. The full tier keeps its own (TierScheduler.choose),
+        so a costly full sample (spectra, representations: ~60 ms on a GPT-style model)
+        delays the next full one, not every layer's cheap refresh for ~150 steps."""
         full = self.engine.scheduler
-        return (self._budgeted_cost_s + self._publisher_spent_s() - full.host_seconds()
-                + self._sample_cost_s
-                <= (self._planned - full.full_share * full.budget) * training_s
-                + self._overdraft_s())
+        return ((self._planned - full.full_share * full.budget) * training_s
+                + self._overdraft_s()
+                - (self._budgeted_cost_s + self._publisher_spent_s() - full.host_seconds()))
 
     def _slice_target_s(self, each: float) -> float:
         """What a cheap sample may spend measuring: the cheap ledger's balance (what the plan
@@ -572,12 +573,8 @@ class Agent:
         one-chunk slice cost ~1 ms against ~5 ms of the rest, the ledger let one sample in
         ~30 steps through, and each layer waited hundreds of steps. Measuring what the ledger
         holds takes the layers the skipped samples would have, in one sample."""
-        full = self.engine.scheduler
-        balance = ((self._planned - full.full_share * full.budget) * self._training_s
-                   + self._overdraft_s() - (self._budgeted_cost_s + self._publisher_spent_s()
-                                            - full.host_seconds()))
         overhead = self._sample_overhead_s
-        return max(balance - overhead, overhead, each)
+        return max(self._cheap_balance_s(self._training_s) - overhead, overhead, each)
 
     def _publisher_spent_s(self) -> float:
         """The publisher thread's CPU time the budget counts: all of it but its start, up to
