@@ -171,6 +171,15 @@ async def _loss_chart(loss) -> tuple[str, list[str], list[str], str]:
         await pilot_until(pilot, lambda: f"–{STEPS:,}" in str(panel.content)
                           and str(panel.content).count("\n") >= 3, "the loss chart", 10,
                           step=0.05)
+        # and settled: the screen fits the chart's rows to the table after the first redraws
+        # (a loaded machine read an earlier, shorter chart with other ticks)
+        seen = [str(panel.content)]
+
+        def settled() -> bool:
+            seen.append(str(panel.content))
+            return seen[-1] == seen[-2]
+
+        await pilot_until(pilot, settled, "the loss chart to settle", 10, step=0.3)
         title, *chart = str(panel.content).split("\n")
     *bars, steps = chart
     labels, rows = [], []
