@@ -147,6 +147,12 @@ def measure(trials: int, steps: int, width: int, depth: int, model_kind: str = "
     plain_ms: list[float] = []
     ratios: dict[str, list[float]] = {name: [] for name in conditions if name != "none"}
     step_ms: dict[str, list[float]] = {name: [] for name in conditions}
+    # The process's CPU time per block, all its threads (the agent's publisher and ZeroMQ's
+    # I/O thread included): on a shared machine far steadier than the wall clock, and what
+    # the agent costs a CPU-bound job on one core. Beside it, what the agent counted against
+    # its budget in the same block (training-thread cost + its publisher's CPU).
+    cpu_ratios: dict[str, list[float]] = {name: [] for name in conditions if name != "none"}
+    counted: dict[str, list[float]] = {name: [] for name in conditions if name != "none"}
     startup_ms: list[float] = []
     run_block(model, opt, steps, batch, target)  # warm-up: allocator, kernels, LAPACK
     with Progress(transient=True) as progress:
@@ -168,8 +174,13 @@ def measure(trials: int, steps: int, width: int, depth: int, model_kind: str = "
                     run_block(model, opt, warm_steps - 2, batch, target)
                 else:
                     run_block(model, opt, warm_steps, batch, target)  # the same untimed steps
+                cpu0 = time.process_time()
+                own0 = 0.0 if agent is None else agent._cost_s + agent._publisher.cpu_s
                 elapsed = run_block(model, opt, steps, batch, target)
+                cpu = time.process_time() - cpu0
                 if agent is not None:
+                    counted[name].append(
+                        (agent._cost_s + agent._publisher.cpu_s - own0) / elapsed)
                     slices = getattr(agent.engine, "slices", None)
                     if every == 10 and slices is not None:
                         names = [layer.name for layer in agent.layers]
@@ -182,9 +193,10 @@ def measure(trials: int, steps: int, width: int, depth: int, model_kind: str = "
                     agent.close()
                 step_ms[name].append(1000 * elapsed / steps)
                 if every is None:
-                    base = elapsed
+                    base, base_cpu = elapsed, cpu
                 else:
                     ratios[name].append(elapsed / base)
+                    cpu_ratios[name].append(cpu / base_cpu)
             progress.advance(task)
 
     # The hot path alone: the hook when it does not sample (stats every 0.25 s included).
@@ -204,6 +216,7 @@ def measure(trials: int, steps: int, width: int, depth: int, model_kind: str = "
     layers = len(agent.layers)
     never = layers - len({name for name, gaps in refresh if gaps})
     return {"ratios": ratios, "step_ms": step_ms, "hot_us": hot_us,
+            "cpu_ratios": cpu_ratios, "counted": counted,
             "startup_ms": statistics.median(startup_ms),
             "startup_excess_ms": statistics.median(
                 s - p for s, p in zip(startup_ms, plain_ms)),
@@ -295,13 +308,17 @@ def render_gpt(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"steps after {args.warm} untimed ones. Machine: {machine.describe()}; load average "
         f"{os.getloadavg()[0]:.1f} at the end (other jobs on its 2 cores)."),
         "",
-        "| condition | median step (ms) | median time vs. none | spread (min–max ratio) |",
-        "|---|---|---|---|",
-        f"| none | {statistics.median(step_ms['none']):.1f} | 1.000 | – |",
+        ("| condition | median step (ms) | median time vs. none | spread (min–max ratio) | "
+         "process CPU vs. none (spread) | counted by the agent |"),
+        "|---|---|---|---|---|---|",
+        f"| none | {statistics.median(step_ms['none']):.1f} | 1.000 | – | 1.000 | – |",
     ]
     for name, values in ratios.items():
+        cpu, own = result["cpu_ratios"][name], result["counted"][name]
         lines.append(f"| {name} | {statistics.median(step_ms[name]):.1f} | "
-                     f"{statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} |")
+                     f"{statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} | "
+                     f"{statistics.median(cpu):.4f} ({min(cpu):.4f}–{max(cpu):.4f}) | "
+                     f"{100 * statistics.median(own):.2f} % |")
 
     def interval(found: dict[str, float] | None) -> str:
         if not found:

@@ -64,9 +64,22 @@ PLANNED_SHARE_OF_BUDGET = 0.4
 # (docs/benchmarks.md, "Training overhead": per-layer refresh interval).
 FULL_SHARE_OF_BUDGET = 0.25 * PLANNED_SHARE_OF_BUDGET
 
+# A sliced cheap sample waits until the cheap ledger holds this share of the whole model's
+# expected cheap cost (Agent._least_slice_s), so that a sample's fixed cost is paid for many
+# layers at once; never longer than the ledger takes to hold MAX_SLICE_WAIT_S (a very large
+# model's quarter would otherwise be one long pause of the training thread).
+MIN_SLICE_SHARE = 0.25
+MAX_SLICE_WAIT_S = 0.025
+
 # At most this many per-step values (loss and scalars) wait for a STATS message: a full buffer
 # sends one before its interval is up (fast steps: ~60 kB of JSON each).
 PER_STEP_MAX = 4096
+
+# The run's registry entry (`symwatch ls`: steps, sampling, the last transition) is rewritten
+# this often: ~0.6 ms of the publisher's CPU each (a file written and renamed), 0.3 ms a second
+# at 2 s, charged to the budget; a run shows as idle only after 30 s without a new entry
+# (tui/screens/runs.py), and META, every 5 s, shares its wake-up.
+REGISTRY_INTERVAL_S = 5.0
 
 WARM_UP_JOIN_S = 30.0  # how long close() waits for the warm-up thread (one table: < 1 s)
 
@@ -286,7 +299,7 @@ class Agent:
             self._publisher.add_periodic(opts.meta_interval, self._meta_message)
             self._publisher.add_periodic(opts.gpu_interval, self._gpu_message)
             if self._register:
-                self._publisher.add_periodic(2.0, self._refresh_registry)
+                self._publisher.add_periodic(REGISTRY_INTERVAL_S, self._refresh_registry)
             self.endpoint = self._publisher.start()
             if self._publisher.exposed:  # insecure=True on a network interface: every start
                 warning = (f"symwatch: WARNING: publishing on {self.endpoint} WITHOUT "
@@ -550,7 +563,21 @@ class Agent:
         spent (training thread and publisher) plus a sample's cost against the plan, with the
         overdraft owed after a settings change. The post-step hook asks it for this step, and
         one step ahead (training_s plus a step) when arming the representations' capture."""
-        return self._unlimited or self._cheap_balance_s(training_s) >= self._sample_cost_s
+        return self._unlimited or self._cheap_balance_s(training_s) >= max(
+            self._sample_cost_s, self._least_slice_s())
+
+    def _least_slice_s(self) -> float:
+        """What a sliced sample waits for the ledger to hold: MIN_SLICE_SHARE of the whole
+        model's expected cheap cost (the slices' measured rate), at most MAX_SLICE_WAIT_S.
+        A sample's fixed cost (the snapshot's pass over the layers, the order parameters, the
+        publisher's wake-up, decoding and detection: ~1.5–2 ms on a GPT-style model) was paid
+        for one or two layers at a time while the ledger only ever held what 10 steps earn;
+        waiting for a quarter of the model pays it once for nine layers."""
+        slices = self.engine.slices
+        rate = None if slices is None or not slices.sliced else slices.per_unit.get(CHEAP)
+        if rate is None:
+            return 0.0
+        return min(MIN_SLICE_SHARE * rate * sum(slices.weights[CHEAP]), MAX_SLICE_WAIT_S)
 
     def _cheap_balance_s(self, training_s: float) -> float:
         """The cheap tier's ledger: the plan less the full tier's share, earned over
@@ -831,8 +858,8 @@ class Agent:
                        if per_step else {})}
 
         self._publisher.submit(protocol.STATS, build, self.steps)
-        # Charged (it was not): ~0.1 ms of the training thread's CPU at 4 Hz, a tenth of the
-        # plan at a 1 % budget. Its CPU, not its wall time: the wall time adds the wait for the
+        # Charged (it was not): ~0.1 ms of the training thread's CPU each (0.2 ms a second at
+        # 2 a second, a twentieth of the plan at a 1 % budget). Its CPU, not its wall time: the wall time adds the wait for the
         # GIL while the publisher builds and sends the message (up to ms on a loaded machine,
         # 25 ms a second measured at a load of 8), which is the publisher's CPU, charged as
         # such (_publisher_spent_s), plus the OS's scheduling of other processes.

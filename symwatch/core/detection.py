@@ -116,6 +116,14 @@ HEAD_SIGMA_FLOOR = 0.5
 # going on (weight decay shrinking a layer over 40 samples), absorbed, and the refractory
 # period runs on from it while it lasts.
 REFRACTORY_SAMPLES = 12
+# The spectrum's shape (how the weight's energy is spread over its modes) is not absorbed by
+# an optimizer change's refractory period: weight decay switched on shrinks every singular
+# value by the same factor at first (the norms fall, the shape stays), and what follows, the
+# weak modes pushed back to the symmetric state faster than the strong ones shrink, is the
+# restoration itself, its own event (wd_restoration and the demo in docs/benchmarks.md,
+# "Events on real training runs": the effective rank falls 3.9 → 3.0 in the 40 steps after
+# the switch, ~60 steps before the `modes` count drops).
+SHAPE_METRICS = frozenset({"effective_rank", "participation_ratio", "stable_rank"})
 # Rates of change of the weights, not their state: never named as where a loss's fall
 # happened when the movers are measured in their own terms only (TransitionDetector._movers).
 RATE_METRICS = frozenset({"update_ratio", "angular_update", "effective_lr"})
@@ -289,6 +297,8 @@ class TransitionDetector:
         # changes of recent transitions: (layer or run-level series, direction) -> the last
         # sample of their refractory period
         self._refractory: dict[tuple[Any, ...], int] = {}
+        # the refractory keys an optimizer change set (SHAPE_METRICS are not held by them)
+        self._exogenous_holds: set[tuple[Any, ...]] = set()
         self.suppressed = 0  # jumps below their family's effect-size floor, or not holding
         # The optimizer's weight decay now (set by the agent from its param groups): a mode
         # lost while it is on is "a mode lost to weight decay".
@@ -420,8 +430,11 @@ class TransitionDetector:
     def _continues(self, jump: Jump) -> bool:
         """Whether `jump` is a recent transition's change going on (same layer or run-level
         series, same direction, within the refractory period); if so the period runs on."""
+        shape = _name(jump.key)[1] in SHAPE_METRICS
         for lasting in (self._lasting(jump.key, jump.direction),
                         ("*", _name(jump.key)[1], jump.direction)):
+            if shape and lasting in self._exogenous_holds:
+                continue
             held = self._refractory.get(lasting)
             if held is not None and self._sample <= held:
                 self._refractory[lasting] = self._sample + REFRACTORY_SAMPLES
@@ -532,23 +545,39 @@ class TransitionDetector:
             movers = tuple(m for m in self._movers(jumps[0], jumps)
                            if family(_name(m.key)[1]) != "count"
                            or any(j.key == m.key for j in jumps))
+        reason = self._explained_by(jumps)
+        shape = tuple(j for j in jumps if _name(j.key)[0] is not None
+                      and _name(j.key)[1] in SHAPE_METRICS)
+        if reason is not None and shape and len(shape) < len(jumps):
+            # An optimizer change's own group keeps what it moved at once (the norms, the
+            # loss); the spectrum's shape changing with it is the restoration that follows,
+            # its own transition (SHAPE_METRICS), closed after its own window.
+            jumps = tuple(j for j in jumps if j not in shape)
+            movers = tuple(m for m in self._movers(jumps[0], jumps)
+                           if _name(m.key)[1] not in SHAPE_METRICS)
+            self._open, self._open_sample = list(shape), self._sample
         top = jumps[0]
         if not movers and _is_loss(top.key):
             movers = self._movers(top, jumps, relaxed=True)
-        reason = self._explained_by(jumps)
         context = self._context(top, jumps)
         until = self._sample + REFRACTORY_SAMPLES
         for series in (*jumps, *movers):
-            self._refractory[self._lasting(series.key, series.direction)] = until
+            lasting = self._lasting(series.key, series.direction)
+            self._refractory[lasting] = until
             if reason is not None:
                 # an optimizer change (weight decay switched on) moves every layer the same
                 # way, and the losses with them: all of it is that one change going on
-                self._refractory[("*", _name(series.key)[1], series.direction)] = until
+                every = ("*", _name(series.key)[1], series.direction)
+                self._refractory[every] = until
+                self._exogenous_holds.update((lasting, every))
+            else:
+                self._exogenous_holds.discard(lasting)
         if reason is not None:
             for direction in ("up", "down"):
                 self._refractory[(None, direction)] = until
         for held in [k for k, last in self._refractory.items() if last < self._sample]:
             del self._refractory[held]
+            self._exogenous_holds.discard(held)
         kind, telling = kind_of(jumps, movers, reason, self.weight_decay > 0)
         if telling is not None and movers and telling is not movers[0]:
             # the headline layer is named by the series that tells what happened to it
@@ -772,6 +801,11 @@ def _kind(metric: str, direction: str, exogenous: str | None,
     if metric == "weight_norm":
         return "weights grew" if up else ("weights shrank under weight decay" if decay
                                           else "weights shrank")
+    if metric in SHAPE_METRICS and decay and not up:
+        # uniform shrinkage keeps these: a fall means the weak modes are pushed back to the
+        # symmetric state faster than the strong ones shrink (restoration under way, before
+        # the `modes` count drops)
+        return "modes fading under weight decay"
     if family(metric) == "loss":
         return f"{metric} rose" if up else f"{metric} fell"
     return None
@@ -782,7 +816,7 @@ def _kind(metric: str, direction: str, exogenous: str | None,
 KIND_ORDER = ("units died", "heads died", "a mode lost to weight decay", "a mode lost",
               "a mode learned", "units merged", "a head formed", "a head faded",
               "units revived", "heads revived", "units separated",
-              "weights shrank under weight decay", "weights shrank", "weights grew",
+              "modes fading under weight decay", "weights shrank under weight decay", "weights shrank", "weights grew",
               "attention logits grew", "attention logits cooled",
               "updates grew against the weights", "updates shrank against the weights")
 

@@ -183,3 +183,23 @@ def test_a_wake_up_is_not_skipped_because_another_writer_holds_the_lock(publishe
         pub._wake_lock.release()
     sender.join(5)
     assert until(lambda: pub.sent == 1, 1.0), "the item waited for the safety cap"
+
+
+def test_a_periodic_job_rides_on_a_message_wake_up_and_keeps_its_grid(publisher):
+    """The heartbeat, GPU and metadata jobs run early (within EARLY_FRACTION of their interval)
+    when a submitted message has woken the thread anyway, instead of waking it again at their
+    due time: on a VM each wake-up costs ~0.5 ms of CPU. They stay on their grid."""
+    from symwatch_agent.publish.publisher import EARLY_FRACTION
+    interval = 2.0
+    calls: list[float] = []
+    pub = publisher()
+    pub.add_periodic(interval, lambda: calls.append(time.monotonic()))
+    assert until(lambda: len(calls) == 1)  # the first turn, at once
+    # due in ≤ 0.9 s from here: inside EARLY_FRACTION × interval (1 s)
+    time.sleep(interval * (1 - EARLY_FRACTION) + 0.1)
+    pub.submit(protocol.EVENT, _event("a message"), 1)
+    assert until(lambda: len(calls) == 2)
+    assert calls[1] - calls[0] < interval - 0.05, calls  # ran on the message's wake-up
+    assert until(lambda: len(calls) == 3, 2 * interval + PROMPT_S)
+    # the next turn is one interval after the *due* time, not after the early run
+    assert calls[2] - calls[0] >= 2 * interval - 0.05, calls

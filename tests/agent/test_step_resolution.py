@@ -94,8 +94,8 @@ def test_the_budget_stretches_every_and_says_so(collector):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     agent, sub = _watch(model, opt, collector, every=1)  # the default 1 % budget
     _train(model, opt, 400)
-    time.sleep(0.3)
-    _train(model, opt, 1)  # a STATS after the interval: carries the latest sampling
+    time.sleep(agent._stats_interval + 0.05)  # STATS' interval is over, whatever the load:
+    _train(model, opt, 1)  # this step's STATS carries the latest sampling
     sampling = agent.sampling()
     agent.close()
     sub.wait_for(lambda m: m.kind == protocol.GOODBYE)

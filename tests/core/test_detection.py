@@ -625,3 +625,39 @@ def test_each_kind_of_layer_event_is_said_in_its_own_words(metric, before, after
     payload = to_event_payload(found[0])
     assert payload["headline"] == {"layer": "blk.1", "metric": metric}
     assert payload["what"] == kind
+
+
+@pytest.mark.parametrize("ramp", [1, 15])
+@pytest.mark.parametrize("fading", [True, False])
+def test_modes_fading_after_weight_decay_is_its_own_event(ramp: int, fading: bool) -> None:
+    """Weight decay switched on: the norms fall at once (the switch's own event, exogenous);
+    a layer whose effective rank falls with them (at once, or over 15 samples) is losing its
+    weak modes, restoration under way: a second event, `modes fading under weight decay`,
+    headed by that series. A uniform shrink (the effective rank stays) gives no second one."""
+    rng = random.Random(11)
+    det = TransitionDetector()
+    det.mark_exogenous(2000, "optimizer weight_decay 0 → 1.5")
+
+    def sample(i: int) -> dict:
+        if i == 200:
+            det.weight_decay = 1.5
+        after = min(1.0, max(0.0, (i - 199) / ramp))
+        erank = 4.0 - (0.9 * after if fading else 0.0)
+        return {("lin.0", "weight_norm"): 3.0 * (0.8 if i >= 200 else 1.0)
+                * math.exp(rng.gauss(0, 0.002)),
+                ("lin.0", "effective_rank"): erank + rng.gauss(0, 0.003),
+                LOSS_KEY: 0.01 * (20.0 if i >= 200 else 1.0) * math.exp(rng.gauss(0, 0.01))}
+
+    found = run_detector(det, 320, sample)
+    kinds = [t.kind for t in found]
+    assert kinds[0] == "weights shrank under weight decay", [t.message for t in found]
+    assert found[0].exogenous
+    fade = [t for t in found if t.kind == "modes fading under weight decay"]
+    if not fading:
+        assert not fade, [t.message for t in found]
+        return
+    assert len(fade) == 1, [t.message for t in found]
+    assert fade[0].step >= 1990
+    assert to_event_payload(fade[0])["headline"] == {"layer": "lin.0",
+                                                     "metric": "effective_rank"}
+    assert fade[0].message.startswith("modes fading under weight decay: lin.0 effective rank")

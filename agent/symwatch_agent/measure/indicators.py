@@ -124,7 +124,8 @@ class IndicatorEngine:
 
     def __init__(self, layers: Sequence[Layer], *, rel_tol: float = 0.3, abs_tol: float = 0.1,
                  dead_eps: float = 1e-2, dup_eps: float = 1e-3, max_svd_dim: int = 1024,
-                 power_iters: int = 2, cold_power_iters: int = 30, budget: float = 1.0,
+                 warm_lanczos_steps: int = 12, cold_power_iters: int = 30,
+                 budget: float = 1.0,
                  full_share: float = 0.5, full_every: int | None = None, spectra_refresh: int = 0, warm_tol: float = 0.05,
                  warm_min_dim: int = 128,
                  optimizers: Sequence[torch.optim.Optimizer] = (),
@@ -134,12 +135,12 @@ class IndicatorEngine:
         self.dead_eps, self.dup_eps = dead_eps, dup_eps
         # Above this min(m, n) an exact spectrum costs more than an estimate: the full tier
         # estimates it (wide.py: exact top σ by block Krylov, the rest by SLQ); the cheap
-        # tier's σ₁ comes from power iteration at every width.
+        # tier's σ₁ comes from warm-started Lanczos at every width.
         self.max_svd_dim = max_svd_dim
         self._closing = False  # set by close(): a warm-up still running stops early
         # CPU weights of at least this many elements are measured in place, not copied
         self.view_elements = 1 << 18
-        self.power_iters, self.cold_power_iters = power_iters, cold_power_iters
+        self.warm_lanczos_steps, self.cold_power_iters = warm_lanczos_steps, cold_power_iters
         # `clock` measures the time that earns budget (the agent passes its training time).
         self.scheduler = TierScheduler(budget, full_share=full_share, full_every=full_every,
                                        clock=clock)
@@ -433,8 +434,39 @@ class IndicatorEngine:
                     return
                 began = time.perf_counter()
                 attention.warm_tables(hs)
+            # Then each CPU layer's first σ₁ vector (Lanczos, ~5 ms at 256 × 256: 30 products
+            # and their reorthogonalisation), so that the cheap tier's first visit is a warm
+            # start (12 steps, not 30). Done in the first sample's slice, it was most of the
+            # cheap tier's cost for the whole first round (a GPT-style model's first ~800
+            # steps at a 1 % budget: docs/benchmarks.md, "Per-layer refresh"). After the
+            # tables, not before: at once it made `symwatch run`'s step 1 ~30 ms slower (the
+            # samples that come first visit the first layers themselves). Only under a
+            # budget: without one the samples do not depend on the machine (the demo, the
+            # event corpus, the tests), and a start vector that raced the first sample would.
+            for i, layer in enumerate(self.layers if not self.scheduler.unlimited else ()):
+                if i in self._power_vec or not layer.has_rank or \
+                        layer.weight.device.type != "cpu":
+                    continue
+                if not rest(began):
+                    return
+                began = time.perf_counter()
+                self._first_power_vec(i, layer)
         except Exception:
             pass
+
+    @torch.no_grad()
+    def _first_power_vec(self, i: int, layer: Layer) -> None:
+        """A layer's σ₁ start vector for the cheap tier (warm_up's thread): Lanczos from
+        the fixed start `_power_sigma1` would use, on a float32 copy of the weight as it is
+        now. A read torn by an optimizer step only moves the start: each sample's Lanczos
+        converges from it on that sample's own weights."""
+        m, n = layer.matrix_shape
+        w = layer.matrix().detach().reshape(m, n).to(torch.float32, copy=True)
+        if not bool(torch.isfinite(w).all()):
+            return  # left to the sample, which reports such a layer
+        start = torch.randn(n, generator=torch.Generator().manual_seed(n))
+        _, v = spectra.lanczos_sigma1(w.unsqueeze(0), start.unsqueeze(0), self.cold_power_iters)
+        self._power_vec.setdefault(i, v[0])  # a sample may have set it meanwhile
 
     def _slices(self) -> LayerSlices:
         """The layer slices: each attention module's layers (and their adapters) one chunk,
@@ -681,8 +713,14 @@ class IndicatorEngine:
         return None, None
 
     def _power_sigma1(self, w: torch.Tensor, idxs: list[int]) -> torch.Tensor:
-        """σ₁ by power iteration, warm-started from the previous sample's vector (the first
-        time: Lanczos from a fixed random start, `cold_power_iters` steps)."""
+        """σ₁ by Lanczos, `warm_lanczos_steps` from the layer's previous vector (the first
+        time: `cold_power_iters` steps from a fixed random start).
+
+        Not power iteration from the previous vector: a layer sliced into every ~200th
+        sample has moved on by then, and on a random initialisation (no gap below σ₁) 2 power
+        iterations from its old vector read σ₁ up to 30 % low (stable rank up to 1.4× high),
+        12 still 3 % (default-init MLPs, widths 64–1024, 20–1000 steps of AdamW or SGD);
+        12 Lanczos steps from it: within 0.1 % (10: 0.14 %) (tests/agent/test_first_sigma1.py)."""
         n = w.shape[2]
         cold = any(i not in self._power_vec for i in idxs)
         if cold:
@@ -693,7 +731,7 @@ class IndicatorEngine:
             self._cold = True  # this sample's cost is no guide to a warm one's (measure)
             s1, v = spectra.lanczos_sigma1(w, v, self.cold_power_iters)
         else:
-            s1, v = spectra.power_sigma1(w, v, self.power_iters)
+            s1, v = spectra.lanczos_sigma1(w, v, self.warm_lanczos_steps)
         for j, i in enumerate(idxs):
             self._power_vec[i] = v[j]
         return s1

@@ -3,9 +3,9 @@
 Two tiers:
 
 - **cheap** (every sample): one pass over the weights. weight_norm, stable_rank (σ₁ by
-  warm-started power iteration), dead_fraction, relu_dead, balance, balance_norm,
-  softmax_translation, angular_update, effective_lr, and the Δ_G of those families.
-  Cost O(params · power_iters).
+  Lanczos warm-started from the layer's previous vector), dead_fraction, relu_dead, balance,
+  balance_norm, softmax_translation, angular_update, effective_lr, and the Δ_G of those
+  families. Cost O(params · warm_lanczos_steps).
 - **full**: everything, with exact spectra (eigvalsh of the smaller Gram matrix): adds
   effective_rank, participation_ratio, numerical_rank, exact stable_rank, duplicate_fraction,
   distinct_units, mirror_rank. Cost O(Σ m·n·min(m, n)) plus O(units²·128) for duplicates.

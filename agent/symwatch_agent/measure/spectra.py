@@ -26,8 +26,8 @@ Cost: `gram_eigvals` is one batched Gram product O(B·m·n·k) plus eigvalsh O(B
 float64 (accuracy: see gram_eigvals), about a third of an SVD of the matrix;
 `warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver;
 `count_eigvals_above` one LDLᵀ, O(B·k³/3); `power_sigma1` is 2·iters matrix-vector products,
-O(iters·B·m·n); `lanczos_sigma1` (the first sample's σ₁) the same plus O(B·steps²·n) for
-reorthogonalisation.
+O(iters·B·m·n); `lanczos_sigma1` (the cheap tier's σ₁: 30 steps the first time, 12 warm) the
+same plus O(B·steps²·n) for reorthogonalisation.
 """
 
 from __future__ import annotations
