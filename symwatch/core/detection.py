@@ -801,10 +801,12 @@ def _kind(metric: str, direction: str, exogenous: str | None,
     if metric == "weight_norm":
         return "weights grew" if up else ("weights shrank under weight decay" if decay
                                           else "weights shrank")
-    if metric in SHAPE_METRICS and decay and not up:
-        # uniform shrinkage keeps these: a fall means the weak modes are pushed back to the
-        # symmetric state faster than the strong ones shrink (restoration under way, before
-        # the `modes` count drops)
+    if metric in SHAPE_METRICS and not up and "weight_decay" in (exogenous or ""):
+        # Right after weight decay was switched on or raised (the event is explained by that
+        # change): uniform shrinkage keeps these, so a fall means the weak modes are pushed
+        # back to the symmetric state faster than the strong ones shrink (restoration under
+        # way, before the `modes` count drops). Not merely while decay is on (AdamW's default
+        # 0.01): the first mode learned lowers the effective rank too.
         return "modes fading under weight decay"
     if family(metric) == "loss":
         return f"{metric} rose" if up else f"{metric} fell"

@@ -661,3 +661,22 @@ def test_modes_fading_after_weight_decay_is_its_own_event(ramp: int, fading: boo
     assert to_event_payload(fade[0])["headline"] == {"layer": "lin.0",
                                                      "metric": "effective_rank"}
     assert fade[0].message.startswith("modes fading under weight decay: lin.0 effective rank")
+
+
+def test_a_shape_falling_while_weight_decay_is_merely_on_is_not_called_fading() -> None:
+    """AdamW's default weight decay (0.01) is on from the start: a stable rank falling as the
+    loss falls (σ₁ growing: a mode being learned) is not `modes fading under weight decay`;
+    that kind is for a fall an optimizer change to weight decay explains."""
+    rng = random.Random(12)
+    det = TransitionDetector()
+    det.weight_decay = 0.01
+
+    def sample(i: int) -> dict:
+        after = i >= 200
+        return {("lin.0", "stable_rank"): (2.0 if after else 3.0) + rng.gauss(0, 0.003),
+                LOSS_KEY: (0.4 if after else 1.0) * math.exp(rng.gauss(0, 0.01))}
+
+    found = run_detector(det, 320, sample)
+    assert found, "the fall was not detected"
+    assert all(t.kind != "modes fading under weight decay" for t in found), \
+        [t.message for t in found]
