@@ -101,9 +101,11 @@ async def test_a_large_model_keeps_the_tables_share(fake_agent) -> None:
             f"layer{i:02d}": {"weight_norm": 1.0 + i, "stable_rank": 2.0} for i in range(60)})
         agent.send(protocol.STATS, 10, loss=0.5, steps_per_s=8.0, overhead=0.004)
         await until(pilot, lambda: app.query_one(LayerTable).row_count == 60, what="60 rows")
-        await until(pilot, lambda: _fitted(app), what="heights fitted")
         table, loss = app.query_one(LayerTable), app.query_one(LossPanel)
-        assert loss.region.height == chart_rows(40) + 1  # the chart as on any 40-line screen
+        # Fitted to the 60 rows, not still to the empty table before them (a loaded machine
+        # read the earlier fit: a 13-line chart): the chart as on any 40-line screen.
+        await until(pilot, lambda: _fitted(app) and loss.region.height == chart_rows(40) + 1,
+                    what="heights fitted to 60 rows, the chart at a 40-line screen's rows")
         assert table.region.height > 3 * app.query_one(EventsLog).region.height - 3
         assert table.region.height < table.header_height + 60  # it scrolls
 
