@@ -577,7 +577,7 @@ class Agent:
         rate = None if slices is None or not slices.sliced else slices.per_unit.get(CHEAP)
         if rate is None:
             return 0.0
-        return min(MIN_SLICE_SHARE * rate * sum(slices.weights[CHEAP]), MAX_SLICE_WAIT_S)
+        return min(MIN_SLICE_SHARE * rate * slices.total[CHEAP], MAX_SLICE_WAIT_S)
 
     def _cheap_balance_s(self, training_s: float) -> float:
         """The cheap tier's ledger: the plan less the full tier's share, earned over

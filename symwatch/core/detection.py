@@ -295,10 +295,9 @@ class TransitionDetector:
         self._holding: dict[SeriesKey, tuple[Jump, int]] = {}
         self._closed_sample = -1  # the sample at which the last transition closed
         # changes of recent transitions: (layer or run-level series, direction) -> the last
-        # sample of their refractory period
-        self._refractory: dict[tuple[Any, ...], int] = {}
-        # the refractory keys an optimizer change set (SHAPE_METRICS are not held by them)
-        self._exogenous_holds: set[tuple[Any, ...]] = set()
+        # sample of their refractory period, and whether an optimizer change set it (such a
+        # period does not hold SHAPE_METRICS)
+        self._refractory: dict[tuple[Any, ...], tuple[int, bool]] = {}
         self.suppressed = 0  # jumps below their family's effect-size floor, or not holding
         # The optimizer's weight decay now (set by the agent from its param groups): a mode
         # lost while it is on is "a mode lost to weight decay".
@@ -433,11 +432,9 @@ class TransitionDetector:
         shape = _name(jump.key)[1] in SHAPE_METRICS
         for lasting in (self._lasting(jump.key, jump.direction),
                         ("*", _name(jump.key)[1], jump.direction)):
-            if shape and lasting in self._exogenous_holds:
-                continue
             held = self._refractory.get(lasting)
-            if held is not None and self._sample <= held:
-                self._refractory[lasting] = self._sample + REFRACTORY_SAMPLES
+            if held is not None and self._sample <= held[0] and not (shape and held[1]):
+                self._refractory[lasting] = (self._sample + REFRACTORY_SAMPLES, held[1])
                 return True
         return False
 
@@ -561,23 +558,18 @@ class TransitionDetector:
             movers = self._movers(top, jumps, relaxed=True)
         context = self._context(top, jumps)
         until = self._sample + REFRACTORY_SAMPLES
+        by_optimizer = reason is not None
         for series in (*jumps, *movers):
-            lasting = self._lasting(series.key, series.direction)
-            self._refractory[lasting] = until
-            if reason is not None:
+            self._refractory[self._lasting(series.key, series.direction)] = (until, by_optimizer)
+            if by_optimizer:
                 # an optimizer change (weight decay switched on) moves every layer the same
                 # way, and the losses with them: all of it is that one change going on
-                every = ("*", _name(series.key)[1], series.direction)
-                self._refractory[every] = until
-                self._exogenous_holds.update((lasting, every))
-            else:
-                self._exogenous_holds.discard(lasting)
-        if reason is not None:
+                self._refractory[("*", _name(series.key)[1], series.direction)] = (until, True)
+        if by_optimizer:
             for direction in ("up", "down"):
-                self._refractory[(None, direction)] = until
-        for held in [k for k, last in self._refractory.items() if last < self._sample]:
+                self._refractory[(None, direction)] = (until, True)
+        for held in [k for k, (last, _) in self._refractory.items() if last < self._sample]:
             del self._refractory[held]
-            self._exogenous_holds.discard(held)
         kind, telling = kind_of(jumps, movers, reason, self.weight_decay > 0)
         if telling is not None and movers and telling is not movers[0]:
             # the headline layer is named by the series that tells what happened to it
@@ -777,7 +769,8 @@ def _kind(metric: str, direction: str, exogenous: str | None,
     """What a change of this indicator means, in the paper's words (None: nothing specific).
     `decaying`: weight decay is on (a mode lost then is lost to it)."""
     up = direction == "up"
-    decay = decaying or (bool(exogenous) and "weight_decay" in (exogenous or ""))
+    switched = "weight_decay" in (exogenous or "")  # the event is explained by that change
+    decay = decaying or switched
     if metric == "modes":
         return "a mode learned" if up else ("a mode lost to weight decay" if decay
                                             else "a mode lost")
@@ -801,7 +794,7 @@ def _kind(metric: str, direction: str, exogenous: str | None,
     if metric == "weight_norm":
         return "weights grew" if up else ("weights shrank under weight decay" if decay
                                           else "weights shrank")
-    if metric in SHAPE_METRICS and not up and "weight_decay" in (exogenous or ""):
+    if metric in SHAPE_METRICS and not up and switched:
         # Right after weight decay was switched on or raised (the event is explained by that
         # change): uniform shrinkage keeps these, so a fall means the weak modes are pushed
         # back to the symmetric state faster than the strong ones shrink (restoration under

@@ -23,6 +23,11 @@ def _mlp(width: int) -> nn.Module:
                          nn.ReLU(), nn.Linear(width, 10))
 
 
+def _exact_stable_rank(layer) -> float:
+    w = layer.matrix().detach().double()
+    return (w.square().sum() / torch.linalg.matrix_norm(w, ord=2) ** 2).item()
+
+
 def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
     x, y = torch.randn(32, model[0].in_features), torch.randint(0, 10, (32,))
     for _ in range(steps):
@@ -46,8 +51,7 @@ def test_the_first_sigma1_comes_from_the_warm_up_thread_and_is_exact_enough() ->
         values, _ = engine.decode(rows.tolist())
         for i in ranked:
             layer = agent.layers[i]
-            w = layer.matrix().detach().double()
-            exact = (w.square().sum() / torch.linalg.matrix_norm(w, ord=2) ** 2).item()
+            exact = _exact_stable_rank(layer)
             got = values[layer.name]["stable_rank"]
             assert abs(got / exact - 1) < 0.01, (layer.name, got, exact)
     finally:
@@ -96,8 +100,7 @@ def test_a_layer_revisited_after_training_moved_it_reads_sigma1_within_0_1_perce
         for layer in agent.layers:
             if not layer.has_rank:
                 continue
-            w = layer.matrix().detach().double()
-            exact = (w.square().sum() / torch.linalg.matrix_norm(w, ord=2) ** 2).item()
+            exact = _exact_stable_rank(layer)
             got = values[layer.name]["stable_rank"]
             assert abs(got / exact - 1) < 2e-3, (layer.name, got, exact)  # σ₁² within 0.1 %
     finally:

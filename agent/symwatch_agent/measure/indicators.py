@@ -119,6 +119,12 @@ class Snapshot:
     spectra: list[tuple[list[int], torch.Tensor, int, int]] = field(default_factory=list)
 
 
+def _sigma1_start(n: int, device: torch.device) -> torch.Tensor:
+    """The fixed start of a layer's first σ₁ Lanczos (the same for every layer of width n,
+    so a sample and the warm-up thread find the same vector)."""
+    return torch.randn(n, generator=torch.Generator().manual_seed(n)).to(device)
+
+
 class IndicatorEngine:
     """Holds the per-layer state between samples and computes one sample for every layer."""
 
@@ -464,8 +470,8 @@ class IndicatorEngine:
         w = layer.matrix().detach().reshape(m, n).to(torch.float32, copy=True)
         if not bool(torch.isfinite(w).all()):
             return  # left to the sample, which reports such a layer
-        start = torch.randn(n, generator=torch.Generator().manual_seed(n))
-        _, v = spectra.lanczos_sigma1(w.unsqueeze(0), start.unsqueeze(0), self.cold_power_iters)
+        _, v = spectra.lanczos_sigma1(w.unsqueeze(0), _sigma1_start(n, w.device).unsqueeze(0),
+                                      self.cold_power_iters)
         self._power_vec.setdefault(i, v[0])  # a sample may have set it meanwhile
 
     def _slices(self) -> LayerSlices:
@@ -724,8 +730,7 @@ class IndicatorEngine:
         n = w.shape[2]
         cold = any(i not in self._power_vec for i in idxs)
         if cold:
-            gen = torch.Generator().manual_seed(n)
-            start = torch.randn(n, generator=gen).to(w.device)
+            start = _sigma1_start(n, w.device)
         v = torch.stack([self._power_vec[i] if i in self._power_vec else start for i in idxs])
         if cold:  # no vector to start from: Lanczos, which needs no gap below σ₁ to converge
             self._cold = True  # this sample's cost is no guide to a warm one's (measure)

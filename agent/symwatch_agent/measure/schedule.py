@@ -183,6 +183,7 @@ class LayerSlices:
     def __init__(self, chunks: list[list[int]], weights: dict[str, list[float]]) -> None:
         self.chunks = [list(c) for c in chunks if c]
         self.weights = weights  # tier -> cost weight of each chunk
+        self.total = {tier: sum(w) for tier, w in weights.items()}  # the whole model's
         self.layers = sorted(i for c in self.chunks for i in c)
         self.sliced = False  # a sample measured a slice, not the whole model (STATS says so)
         self._cursor = {CHEAP: 0, FULL: 0}
