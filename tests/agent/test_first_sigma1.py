@@ -105,3 +105,60 @@ def test_a_layer_revisited_after_training_moved_it_reads_sigma1_within_0_1_perce
             assert abs(got / exact - 1) < 2e-3, (layer.name, got, exact)  # σ₁² within 0.1 %
     finally:
         agent.close()
+
+
+class _CountProducts(torch.overrides.TorchFunctionMode):
+    """Counts the Lanczos steps of a run: each makes one product u·W (and one q·Wᵀ)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w, self.products = w, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.bmm and len(args) > 1 and args[1] is self.w:
+            self.products += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _lanczos(w, v, steps, tol=None):
+    from symwatch_agent.measure import spectra
+    with _CountProducts(w) as counter:
+        s1, vec = spectra.lanczos_sigma1(w, v, steps, tol=tol)
+    return s1, vec, counter.products
+
+
+def test_lanczos_stops_once_sigma1_is_known_and_not_before() -> None:
+    """From a recent vector σ₁ is known in a few steps; a random matrix from a random start
+    (no gap below σ₁) needs many more, and gets them: the test stops on the residual, not on
+    a fixed count. 12 fixed steps (the previous rule) are worse there."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(1, 256, 1024, generator=gen) / 32
+    exact = torch.linalg.matrix_norm(w[0].double(), 2).item()
+    start = torch.randn(1, 1024, generator=gen)
+    s1, vec, steps = _lanczos(w, start, 30, tol=1e-4)
+    assert abs((s1.item() / exact) ** 2 - 1) < 1e-3
+    assert steps > 12  # a random spectrum's top is not resolved in 12 steps ...
+    fixed, _, _ = _lanczos(w, start, 12)
+    assert abs((fixed.item() / exact) ** 2 - 1) > abs((s1.item() / exact) ** 2 - 1)
+    # ... and a small move later the old vector gives it back in a few
+    moved = w + 1e-3 * torch.randn(w.shape, generator=gen) / 32
+    exact = torch.linalg.matrix_norm(moved[0].double(), 2).item()
+    again, _, steps = _lanczos(moved, vec, 30, tol=1e-4)
+    assert abs((again.item() / exact) ** 2 - 1) < 1e-4
+    assert steps <= 6
+    # a learned mode standing above the bulk: found at once from a random start
+    u, v = torch.randn(256, 1, generator=gen), torch.randn(1, 1024, generator=gen)
+    spiked = w + 3 * (u / u.norm()) @ (v / v.norm())
+    exact = torch.linalg.matrix_norm(spiked[0].double(), 2).item()
+    s1, _, steps = _lanczos(spiked, start, 30, tol=1e-4)
+    assert abs((s1.item() / exact) ** 2 - 1) < 1e-4
+    assert steps <= 6
+
+
+def test_lanczos_with_a_tolerance_stops_at_an_exhausted_space_and_reads_zero_for_zero() -> None:
+    low = torch.zeros(2, 40, 50)
+    low[0, 0, 0], low[0, 1, 1] = 3.0, 1.0
+    s1, vec, steps = _lanczos(low, torch.ones(2, 50), 30, tol=1e-4)
+    assert s1.tolist() == pytest.approx([3.0, 0.0], abs=1e-5)
+    assert torch.isfinite(vec).all()
+    assert steps <= 4  # rank 2: nothing more to find (4: the least the test waits)

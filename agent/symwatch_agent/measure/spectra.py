@@ -1,7 +1,8 @@
 """Spectral indicators of batches of matrices: the rank family and the mirror spectrum.
 
 All functions take a batch `(B, m, n)` of float32 matrices (one shape group of layers) and
-return per-matrix tensors on the same device; nothing reads a value back to the host.
+return per-matrix tensors on the same device; nothing reads a value back to the host, except
+`lanczos_sigma1`'s stopping test, on the CPU only.
 
 With singular values σ₁ ≥ σ₂ ≥ … ≥ σ_k (k = min(m, n)):
 
@@ -26,7 +27,8 @@ Cost: `gram_eigvals` is one batched Gram product O(B·m·n·k) plus eigvalsh O(B
 float64 (accuracy: see gram_eigvals), about a third of an SVD of the matrix;
 `warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver;
 `count_eigvals_above` one LDLᵀ, O(B·k³/3); `power_sigma1` is 2·iters matrix-vector products,
-O(iters·B·m·n); `lanczos_sigma1` (the cheap tier's σ₁: 30 steps the first time, 12 warm) the
+O(iters·B·m·n); `lanczos_sigma1` (the cheap tier's σ₁: on the CPU the steps its residual test
+asks for, 4–30, most often 4–6 from a recent vector; on a GPU 30 the first time, 12 warm) the
 same plus O(B·steps²·n) for reorthogonalisation.
 """
 
@@ -262,41 +264,66 @@ def _times(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v.unsqueeze(1), w.transpose(1, 2))
 
 
-def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """σ₁ of each matrix by `steps` Lanczos steps on WᵀW from `v` (B, n), with full
-    reorthogonalisation; returns (σ₁, its Ritz vector) for warm power iteration later.
+def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float | None = None,
+                   least: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ₁ of each matrix by Lanczos on WᵀW from `v` (B, n), with full reorthogonalisation;
+    returns (σ₁, its Ritz vector), the start of the next visit.
 
-    Same matrix-vector cost as `steps` power iterations, but it converges where power
-    iteration crawls: a random matrix has no gap between σ₁ and σ₂ (Marchenko–Pastur edge),
-    and 30 power iterations leave σ₁ about 1.5 % low there (stable rank 3 % high), 30 Lanczos
-    steps well under 0.1 %."""
+    `steps` is the most it takes. With `tol` (CPU only: the test reads the host) it stops as
+    soon as every matrix's σ₁² is known within `tol`, relatively: from the top Ritz pair's
+    residual r (some eigenvalue lies within r of it, and within r²/δ when the others are δ
+    away; δ taken from the next Ritz value). From a recent vector that is 1–3 steps on most
+    layers; a random matrix (no gap below σ₁, which power iteration crawls through) takes
+    10–20, and an exhausted Krylov space (rank below the steps) stops at its rank.
+
+    Each step: one product W q and one uᵀW (no transposed operand: see _times), two
+    Gram–Schmidt passes against the whole basis (unfilled rows are zero), and the
+    tridiagonal T = QᵀWᵀWQ kept from the first pass's coefficients (column j of QᵀAQ) and the
+    new vector's norm (its subdiagonal)."""
     b, _, n = w.shape
     k = max(1, min(steps, n))
     basis = torch.zeros(b, k, n, dtype=w.dtype, device=w.device)
-    alpha = torch.zeros(b, k, dtype=w.dtype, device=w.device)
-    beta = torch.zeros(b, k, dtype=w.dtype, device=w.device)
-    q = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    t = torch.zeros(b, k, k, dtype=w.dtype, device=w.device)  # lower triangle used
+    q = (v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)).unsqueeze(1)  # (B, 1, n)
+    wt = w.transpose(1, 2)
+    scale = None
+    check = tol is not None and w.device.type == "cpu"
+    last = k
     for j in range(k):
-        basis[:, j] = q
-        z = torch.bmm(_times(w, q), w).squeeze(1)  # WᵀW q (uᵀW: see power_sigma1)
-        alpha[:, j] = (z * q).sum(1)
-        for _ in range(2):  # twice is enough (Kahan): keeps the basis orthogonal in float32
-            coef = _times(basis[:, :j + 1], z)  # (B, 1, j+1)
-            z = z - torch.bmm(coef, basis[:, :j + 1]).squeeze(1)
-        norm = z.norm(dim=1)
+        basis[:, j:j + 1] = q
+        z = torch.bmm(torch.bmm(q, wt), w)  # (WᵀW q)ᵀ as a row
+        coef = torch.bmm(z, basis.transpose(1, 2))  # (B, 1, k): column j of QᵀAQ
+        t[:, :, j] = coef[:, 0]
+        z = torch.baddbmm(z, coef, basis, alpha=-1)
+        # twice is enough (Kahan): keeps the basis orthogonal in float32
+        z = torch.baddbmm(z, torch.bmm(z, basis.transpose(1, 2)), basis, alpha=-1)
+        norm = z.norm(dim=2)  # (B, 1)
+        alpha = coef[:, 0, j:j + 1].abs()
+        scale = alpha if scale is None else torch.maximum(scale, alpha)
         # An exhausted Krylov space leaves only rounding noise (~eps·λ₁): normalising it would
         # bring back what reorthogonalisation removed, so below 1e-4·λ₁ the space counts as
         # invariant (σ₁ has converged) and q = 0 (later steps add zero rows to T).
-        live = norm > 1e-4 * alpha[:, :j + 1].abs().amax(1)
-        norm = torch.where(live, norm, 0.0)
+        norm = torch.where(norm > 1e-4 * scale, norm, 0.0)
         if j + 1 < k:
-            beta[:, j] = norm
-            q = torch.where(live[:, None], z / norm.clamp_min(1e-30)[:, None], 0.0)
-    t = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :k - 1], 1) + \
-        torch.diag_embed(beta[:, :k - 1], -1)
-    theta, y = torch.linalg.eigh(t)
-    ritz = torch.bmm(y[:, :, -1:].transpose(1, 2), basis).squeeze(1)
+            t[:, j + 1, j] = norm[:, 0]
+            q = torch.where(norm[:, :, None] > 0, z / norm.clamp_min(1e-30)[:, :, None], 0.0)
+        if check and j + 1 >= max(least, 2) and j + 1 < k and _converged(t[:, :j + 1, :j + 1], norm[:, 0], tol):
+            last = j + 1
+            break
+    theta, y = torch.linalg.eigh(t[:, :last, :last])
+    ritz = torch.bmm(y[:, :, -1:].transpose(1, 2), basis[:, :last]).squeeze(1)
     return theta[:, -1].clamp_min(0).sqrt(), ritz
+
+
+def _converged(t: torch.Tensor, beta: torch.Tensor, tol: float) -> bool:
+    """Whether every top Ritz value of T (B, j, j) is within `tol` of an eigenvalue: the
+    residual r = β·|y_last| bounds the distance, r²/δ with δ the gap to the next Ritz value
+    (the usual estimate of the gap to the next eigenvalue) where that is smaller."""
+    theta, y = torch.linalg.eigh(t)
+    r = beta * y[:, -1, -1].abs()
+    gap = (theta[:, -1] - theta[:, -2]).clamp_min(1e-30)
+    err = torch.minimum(r, r.square() / gap)
+    return bool((err <= tol * theta[:, -1].abs()).all())
 
 
 def mirror_eigvals(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
