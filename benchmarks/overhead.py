@@ -27,6 +27,19 @@ run` sets them. Each child times its steps; the excess of a step is its time les
 of the child's steps 31–60. Reported, median over rounds: step 1's excess, the largest
 excess of steps 1–20, and their summed excess (what the start-up cost the training thread in
 all, wherever it fell); wall and the training thread's CPU time.
+
+    .venv/bin/python benchmarks/overhead.py --paired 9 --steps 300 --threads 1 [--control] [--write docs/benchmarks.md]
+
+`--paired N`: the GPT's steady-state overhead, two processes at the same time. Each round
+starts two children, one without the agent and one with it at the defaults, each pinned to a
+core of its own (the agent's threads share its training's core: all the agent's CPU is
+charged to the training), the cores swapped every round; both warm up (the agent attached
+before, so its start-up is not counted), wait for a common start time and train the same
+`--steps` steps. What a shared machine's other jobs do to one core they do, on average, to
+the other in the same seconds: the ratio within a round is far steadier than that of blocks
+run one after the other (the interleaved trials above). Reported: the median ratio over
+rounds of wall time, and of each child's CPU time; `--control` adds an A/A round (both children
+without the agent) beside each, whose ratio shows what the method cannot resolve.
 """
 
 from __future__ import annotations
@@ -362,6 +375,121 @@ def launch_child(args: argparse.Namespace) -> int:
     return 0
 
 
+PAIRED_WARM = 150  # untimed steps before the common start (the agent's first samples fall here)
+
+
+def paired_child(args: argparse.Namespace) -> int:
+    """One child of --paired: pinned to `--core`, warmed up, the agent attached or not; waits
+    for `--start` (time.time()) and trains `--steps` steps; its times as JSON."""
+    os.sched_setaffinity(0, {args.core})
+    model = make_gpt(args.width, args.depth)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch, target = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
+    agent = watch(model, opt, register=False) if args.with_agent else None
+    run_block(model, opt, PAIRED_WARM, batch, target)
+    waited = args.start - time.time()  # < 0: this child was late, the round is not paired
+    time.sleep(max(0.0, waited))
+    cpu0 = time.process_time()
+    own0 = 0.0 if agent is None else agent._cost_s + agent._publisher.cpu_s
+    wall = run_block(model, opt, args.steps, batch, target)
+    cpu = time.process_time() - cpu0
+    counted = 0.0 if agent is None else agent._cost_s + agent._publisher.cpu_s - own0
+    samples = None if agent is None else dict(agent.engine.scheduler.samples)
+    if agent is not None:
+        agent.close()
+    print(json.dumps({"wall": wall, "cpu": cpu, "counted": counted, "samples": samples,
+                      "waited": waited}))
+    return 0
+
+
+def paired(args: argparse.Namespace) -> dict[str, Any]:
+    """--paired: the rounds; per round the agent child's time over the plain child's, and
+    with --control an A/A round (both plain) beside each, whose ratio is the method's noise."""
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    if len(cores) < 2:
+        raise SystemExit("--paired needs two cores (this process may use only "
+                         f"{len(cores)}): run it on a machine with at least two")
+    ratios: dict[str, list[float]] = {"wall": [], "cpu": [], "counted": [], "control": []}
+    step_ms, samples = [], []
+    kinds = [(0, 1)] + ([(0, 0)] if args.control else [])
+    with Progress(transient=True) as progress:
+        task = progress.add_task("paired rounds", total=args.paired * len(kinds))
+        k = 0
+        while len(step_ms) < args.paired:
+            for kind in kinds:
+                found = None
+                while found is None:  # a round with a late child runs again, with more margin
+                    found = _pair(args, kind, (cores[k % 2], cores[1 - k % 2]))
+                k += 1
+                a, b = found
+                if kind == (0, 0):
+                    ratios["control"].append(b["wall"] / a["wall"])
+                else:
+                    ratios["wall"].append(b["wall"] / a["wall"])
+                    ratios["cpu"].append(b["cpu"] / a["cpu"])
+                    ratios["counted"].append(b["counted"] / b["wall"])
+                    step_ms.append(1000 * a["wall"] / args.steps)
+                    samples.append(b["samples"])
+                progress.advance(task)
+    return {"ratios": ratios, "step_ms": step_ms, "samples": samples, "cores": cores}
+
+
+def _pair(args: argparse.Namespace, kind: tuple[int, int], cores: tuple[int, int]
+          ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Two children at once, `kind` saying which has the agent, on `cores`; None when one of
+    them was not ready at the common start (args.margin is lengthened)."""
+    start = time.time() + args.margin
+    env = {key: v for key, v in os.environ.items() if not key.startswith("SYMWATCH_")}
+    children = [subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--paired-child",
+         "--with-agent", str(with_agent), "--core", str(core), "--start", repr(start),
+         "--steps", str(args.steps), "--threads", str(args.threads),
+         "--width", str(args.width), "--depth", str(args.depth)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for with_agent, core in zip(kind, cores)]
+    found = []
+    for child in children:
+        out, err = child.communicate()  # each child's pipes read to the end
+        if child.returncode != 0:
+            raise SystemExit(f"a --paired child failed:\n{err}")
+        found.append(json.loads(out.strip().splitlines()[-1]))
+    ready = max(args.margin - child["waited"] for child in found)  # seconds to get ready
+    if min(child["waited"] for child in found) < 0:
+        args.margin = 1.5 * ready + 2
+        return None
+    args.margin = min(args.margin, 1.3 * ready + 2)
+    return found[0], found[1]
+
+
+def render_paired(result: dict[str, Any], args: argparse.Namespace) -> str:
+    def cell(values: list[float], digits: int = 3) -> str:
+        return (f"**{statistics.median(values):.{digits}f}** "
+                f"({min(values):.{digits}f}–{max(values):.{digits}f})")
+
+    r = result["ratios"]
+    counts = [sum(s.values()) for s in result["samples"]]
+    return "\n".join([
+        f"Model: the GPT-style decoder above (width {args.width}, {args.depth} blocks), AdamW, "
+        f"torch {args.threads} thread(s). {args.paired} rounds, each two children at the same "
+        f"time pinned to cores {result['cores'][0]} and {result['cores'][1]} (swapped every "
+        f"round), {PAIRED_WARM} untimed steps then {args.steps} timed ones; a plain step took "
+        f"{statistics.median(result['step_ms']):.1f} ms (median; "
+        f"{min(result['step_ms']):.1f}–{max(result['step_ms']):.1f}). {machine.describe()}; "
+        f"load average {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "| | median over rounds (min–max) |",
+        "|---|---|",
+        f"| wall time, agent at the defaults vs. none | {cell(r['wall'])} |",
+        f"| process CPU time (every thread), agent vs. none | {cell(r['cpu'])} |",
+        f"| counted by the agent (training thread + publisher CPU) / wall | "
+        f"{cell([100 * x for x in r['counted']], 2)} % |",
+        *([f"| A/A control: two children without the agent, one over the other | "
+           f"{cell(r['control'])} |"] if r["control"] else []),
+        f"| samples taken in the timed steps (cheap + full) | {statistics.median(counts):.0f} "
+        f"({min(counts)}–{max(counts)}) |",
+    ])
+
+
 def _excess(times: list[float]) -> dict[str, float]:
     base = statistics.median(times[30:LAUNCH_STEPS])
     first = [t - base for t in times[:FIRST_STEPS]]
@@ -453,8 +581,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pause", type=float, default=0.0,
                         help="--launch: seconds between building the model and step 1")
     parser.add_argument("--launch-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", type=int, default=None, metavar="ROUNDS",
+                        help="steady-state overhead, two children at once on two cores (see above)")
+    parser.add_argument("--control", action="store_true",
+                        help="--paired: an A/A round (both children plain) beside each round")
+    parser.add_argument("--margin", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--paired-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--with-agent", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--start", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.launch or args.launch_child:
+    if args.launch or args.launch_child or args.paired or args.paired_child:
         args.model = "gpt"  # the GPT of the section "A GPT-style model (issue #15)"
     if args.depth is None:
         args.depth = 4 if args.model == "gpt" else 6
@@ -465,6 +602,14 @@ def main(argv: list[str] | None = None) -> int:
         return launch_child(args)
     if args.launch:
         return launch(args)
+    if args.paired_child:
+        return paired_child(args)
+    if args.paired:
+        text = render_paired(paired(args), args)
+        Console().print(text)
+        if args.write:
+            write_section(args.write, "overhead-paired", text)
+        return 0
     result = measure(args.trials, args.steps, args.width, args.depth, args.model, args.warm)
     if args.model == "gpt" and args.refresh_steps:
         result["long"] = refresh_run(args.refresh_steps, args.width, args.depth)
