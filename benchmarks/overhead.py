@@ -61,10 +61,20 @@ from doc_sections import write_section
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from symwatch_agent import watch
 from torch import nn
 
 WARM_STEPS = 200  # untimed steps before every block, in every condition
+
+
+def watch(*args: Any, **kwargs: Any) -> Any:
+    """symwatch_agent.watch, imported at first use. A --launch child must not import the agent
+    on its main thread: under `symwatch run` that import runs on the agent's preload thread
+    beside the script's model building and first steps, and the start-up figures must hold
+    what it costs there (until 2026-12-06 evening this module imported it at the top, so the
+    children had it imported before their first step)."""
+    from symwatch_agent import watch as agent_watch  # noqa: PLC0415 (see above)
+
+    return agent_watch(*args, **kwargs)
 
 
 def make_model(width: int, depth: int) -> nn.Module:

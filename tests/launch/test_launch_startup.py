@@ -195,3 +195,45 @@ def test_a_model_built_before_the_agents_import_ends_is_watched_from_step_1(laun
     agent = boot._state["agent"]
     assert agent is not None and agent.steps == 1
     assert held.scans == ["symwatch-find-models"]  # the early pass only, on its thread
+
+
+def test_the_switch_interval_is_short_while_the_agent_prepares_and_the_scripts_after(launched):
+    """While the agent's import and the search run on their threads the interpreter switches
+    threads every 0.5 ms, not 5 ms (the training thread waited up to the interval for the
+    GIL after each torch op); once they have ended the script has its own interval back."""
+    import sys
+
+    boot, held, _ = launched
+    script_interval = 0.004  # the script's own setting, not the default
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(script_interval)
+    try:
+        boot._on_torch()  # the preload thread, then the early search: held by the test
+        model, opt = _model_and_optimizer()
+        x, y = torch.randn(8, 16), torch.randint(0, 4, (8,))
+        assert until(lambda: held.searches, timeout=HOLD_S)  # a search is running (held)
+        assert sys.getswitchinterval() == boot.QUIET_SWITCH_INTERVAL_S
+        _train_step(model, opt, x, y)
+        assert sys.getswitchinterval() == boot.QUIET_SWITCH_INTERVAL_S  # still searching
+        held.release()
+        _steps_until_started(boot, lambda: _train_step(model, opt, x, y))
+        assert until(lambda: boot._state["quiet"] == 0, timeout=HOLD_S)
+        assert sys.getswitchinterval() == script_interval
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_a_switch_interval_the_script_sets_meanwhile_is_left_alone(launched):
+    import sys
+
+    boot, held, _ = launched
+    previous = sys.getswitchinterval()
+    try:
+        boot._on_torch()
+        assert until(lambda: held.searches, timeout=HOLD_S)
+        sys.setswitchinterval(0.002)  # the script's, during the agent's preparation
+        held.release()
+        assert until(lambda: boot._state["quiet"] == 0, timeout=HOLD_S)
+        assert sys.getswitchinterval() == 0.002
+    finally:
+        sys.setswitchinterval(previous)

@@ -44,7 +44,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _state: dict = {"armed": False, "first_module": None, "last_loss": None, "step_hook": None,
                 "forward_hook": None, "agent": None, "first_optimizer": None, "stepped": 0,
                 "imported": False, "live": None, "searching": None, "search_done": None,
-                "early": False}
+                "early": False, "quiet": 0, "switch_interval": None}
 
 # Steps of the first optimizer the step hook lets pass while the agent's import or the search
 # for the models still runs on its thread; the next one finishes them on the training thread
@@ -52,6 +52,14 @@ _state: dict = {"armed": False, "first_module": None, "last_loss": None, "step_h
 # still watched. The import takes 0.3–1 s after torch's (a loaded 2-core VM), a real
 # script's first steps come later than that, and a tiny model's 20 steps take about as long.
 ARM_WAIT_STEPS = 20
+
+# The interpreter's switch interval while the agent's import and the search for the models run
+# on their threads (then the script's own again). A thread that wants the GIL back waits up to
+# the interval (5 ms by default) for the holder to drop it; the training thread takes it back
+# after each torch op, so during the import (~1 s of bytecode) step 1 waited ~75 ms in all
+# while spending no more CPU (docs/benchmarks.md, start-up under `symwatch run`).
+QUIET_SWITCH_INTERVAL_S = 0.0005
+_quiet_lock = None  # a threading.Lock from the first _quiet_begin (threading: lazily)
 
 
 def _say(text: str) -> None:
@@ -196,9 +204,40 @@ def _preload_agent() -> None:
         import threading  # noqa: PLC0415 (lazy: torch-free start-up)
 
         _ensure_agent_importable()
+        _quiet_begin()
         threading.Thread(target=_import_agent, name="symwatch-preload", daemon=True).start()
     except Exception:  # noqa: BLE001, S110 (no preload: the first step imports it, as before)
-        pass
+        _quiet_end()
+
+
+def _quiet_begin() -> None:
+    """One more of the agent's start-up threads runs: a short switch interval while any does
+    (QUIET_SWITCH_INTERVAL_S). First called on the thread that starts the preload, before
+    any of them exists."""
+    global _quiet_lock
+    if _quiet_lock is None:
+        import threading  # noqa: PLC0415 (lazy: torch-free start-up)
+
+        _quiet_lock = threading.Lock()
+    with _quiet_lock:
+        if _state["quiet"] == 0 and sys.getswitchinterval() > QUIET_SWITCH_INTERVAL_S:
+            _state["switch_interval"] = sys.getswitchinterval()
+            sys.setswitchinterval(QUIET_SWITCH_INTERVAL_S)
+        _state["quiet"] += 1
+
+
+def _quiet_end() -> None:
+    """One of them has ended: the last one gives the script its switch interval back (unless
+    the script set one of its own meanwhile)."""
+    if _quiet_lock is None:
+        return  # none began
+    with _quiet_lock:
+        _state["quiet"] = max(0, _state["quiet"] - 1)
+        saved = _state["switch_interval"]
+        if _state["quiet"] == 0 and saved is not None:
+            _state["switch_interval"] = None
+            if sys.getswitchinterval() == QUIET_SWITCH_INTERVAL_S:
+                sys.setswitchinterval(saved)
 
 
 def _import_agent() -> None:
@@ -218,6 +257,8 @@ def _import_agent() -> None:
             _search_models(early=True)
     except Exception:  # noqa: BLE001, S110 (the step's own import reports it)
         pass
+    finally:
+        _quiet_end()
 
 
 def _remove_forward_hook() -> None:
@@ -353,12 +394,18 @@ def _search_models(early: bool = False) -> None:
             pass
         finally:
             done.set()
+            _quiet_end()
 
     done = threading.Event()  # set when it has ended (is_alive() is False before start too)
     thread = threading.Thread(target=search, name="symwatch-find-models", daemon=True)
     _state["search_done"] = done
     _state["searching"] = thread
-    thread.start()
+    _quiet_begin()
+    try:
+        thread.start()
+    except Exception:
+        _quiet_end()
+        raise
 
 
 # -- arming --------------------------------------------------------------------------------------
