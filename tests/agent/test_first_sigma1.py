@@ -162,3 +162,24 @@ def test_lanczos_with_a_tolerance_stops_at_an_exhausted_space_and_reads_zero_for
     assert s1.tolist() == pytest.approx([3.0, 0.0], abs=1e-5)
     assert torch.isfinite(vec).all()
     assert steps <= 4  # rank 2: nothing more to find (4: the least the test waits)
+
+
+def test_a_batch_whose_matrices_converge_at_different_steps_gives_each_its_own_answer() -> None:
+    """Matrices done early leave the batch (the rest go on with a copy of their weights):
+    each σ₁ and Ritz vector lands in its own row, as if each had been run alone."""
+    from symwatch_agent.measure import spectra
+
+    gen = torch.Generator().manual_seed(5)
+    bulk = torch.randn(6, 128, 256, generator=gen) / 16
+    u, v = torch.randn(6, 128, 1, generator=gen), torch.randn(6, 1, 256, generator=gen)
+    spiked = bulk + 4 * (u / u.norm(dim=1, keepdim=True)) @ (v / v.norm(dim=2, keepdim=True))
+    w = torch.stack([spiked[0], bulk[1], spiked[2], spiked[3], bulk[4], spiked[5]])
+    start = torch.randn(6, 256, generator=gen)
+    s1, vec = spectra.lanczos_sigma1(w, start, 30, tol=1e-4)
+    exact = torch.linalg.matrix_norm(w.double(), 2)
+    assert torch.allclose(s1.double().square(), exact.square(), rtol=1e-3)
+    for i in range(6):
+        alone, alone_vec = spectra.lanczos_sigma1(w[i:i + 1], start[i:i + 1], 30, tol=1e-4)
+        assert s1[i].item() == pytest.approx(alone.item(), rel=1e-4)
+        cos = torch.nn.functional.cosine_similarity(vec[i], alone_vec[0], dim=0).abs()
+        assert cos.item() > 0.99

@@ -269,12 +269,14 @@ def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float | No
     """σ₁ of each matrix by Lanczos on WᵀW from `v` (B, n), with full reorthogonalisation;
     returns (σ₁, its Ritz vector), the start of the next visit.
 
-    `steps` is the most it takes. With `tol` (CPU only: the test reads the host) it stops as
-    soon as every matrix's σ₁² is known within `tol`, relatively: from the top Ritz pair's
-    residual r (some eigenvalue lies within r of it, and within r²/δ when the others are δ
-    away; δ taken from the next Ritz value). From a recent vector that is 1–3 steps on most
-    layers; a random matrix (no gap below σ₁, which power iteration crawls through) takes
-    10–20, and an exhausted Krylov space (rank below the steps) stops at its rank.
+    `steps` is the most it takes. With `tol` (CPU only: the test reads the host) a matrix is
+    done, after at least `least` steps, once its σ₁² is known within `tol`, relatively: from
+    the top Ritz pair's residual r (some eigenvalue lies within r of it, and within r²/δ when
+    the others are δ away; δ taken from the next Ritz value). From a recent vector that is
+    4–5 steps on most layers; a random matrix (no gap below σ₁, which power iteration crawls
+    through) takes 10–30, and an exhausted Krylov space (rank below the steps) stops at its
+    rank. Once half the batch is done the rest go on without it (a copy of their weights),
+    else one slow layer kept a whole shape group at 20 steps.
 
     Each step: one product W q and one uᵀW (no transposed operand: see _times), two
     Gram–Schmidt passes against the whole basis (unfilled rows are zero), and the
@@ -282,48 +284,64 @@ def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float | No
     new vector's norm (its subdiagonal)."""
     b, _, n = w.shape
     k = max(1, min(steps, n))
+    s1 = torch.zeros(b, dtype=w.dtype, device=w.device)
+    ritz = torch.zeros(b, n, dtype=w.dtype, device=w.device)
+    rows = torch.arange(b, device=w.device)  # where each matrix still going is in the outputs
     basis = torch.zeros(b, k, n, dtype=w.dtype, device=w.device)
     t = torch.zeros(b, k, k, dtype=w.dtype, device=w.device)  # lower triangle used
     q = (v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)).unsqueeze(1)  # (B, 1, n)
-    wt = w.transpose(1, 2)
-    scale = None
+    scale = torch.zeros(b, 1, dtype=w.dtype, device=w.device)
     check = tol is not None and w.device.type == "cpu"
-    last = k
+
+    def finish(sel: torch.Tensor | slice, theta: torch.Tensor, y: torch.Tensor, j: int) -> None:
+        s1[rows[sel]] = theta[sel, -1].clamp_min(0).sqrt()
+        ritz[rows[sel]] = torch.bmm(y[sel, :, -1:].transpose(1, 2), basis[sel, :j]).squeeze(1)
+
     for j in range(k):
         basis[:, j:j + 1] = q
-        z = torch.bmm(torch.bmm(q, wt), w)  # (WᵀW q)ᵀ as a row
+        z = torch.bmm(torch.bmm(q, w.transpose(1, 2)), w)  # (WᵀW q)ᵀ as a row
         coef = torch.bmm(z, basis.transpose(1, 2))  # (B, 1, k): column j of QᵀAQ
         t[:, :, j] = coef[:, 0]
         z = torch.baddbmm(z, coef, basis, alpha=-1)
         # twice is enough (Kahan): keeps the basis orthogonal in float32
         z = torch.baddbmm(z, torch.bmm(z, basis.transpose(1, 2)), basis, alpha=-1)
         norm = z.norm(dim=2)  # (B, 1)
-        alpha = coef[:, 0, j:j + 1].abs()
-        scale = alpha if scale is None else torch.maximum(scale, alpha)
+        scale = torch.maximum(scale, coef[:, 0, j:j + 1].abs())
         # An exhausted Krylov space leaves only rounding noise (~eps·λ₁): normalising it would
         # bring back what reorthogonalisation removed, so below 1e-4·λ₁ the space counts as
         # invariant (σ₁ has converged) and q = 0 (later steps add zero rows to T).
         norm = torch.where(norm > 1e-4 * scale, norm, 0.0)
-        if j + 1 < k:
-            t[:, j + 1, j] = norm[:, 0]
-            q = torch.where(norm[:, :, None] > 0, z / norm.clamp_min(1e-30)[:, :, None], 0.0)
-        if check and j + 1 >= max(least, 2) and j + 1 < k and _converged(t[:, :j + 1, :j + 1], norm[:, 0], tol):
-            last = j + 1
+        if j + 1 == k:
             break
-    theta, y = torch.linalg.eigh(t[:, :last, :last])
-    ritz = torch.bmm(y[:, :, -1:].transpose(1, 2), basis[:, :last]).squeeze(1)
-    return theta[:, -1].clamp_min(0).sqrt(), ritz
-
-
-def _converged(t: torch.Tensor, beta: torch.Tensor, tol: float) -> bool:
-    """Whether every top Ritz value of T (B, j, j) is within `tol` of an eigenvalue: the
-    residual r = β·|y_last| bounds the distance, r²/δ with δ the gap to the next Ritz value
-    (the usual estimate of the gap to the next eigenvalue) where that is smaller."""
+        t[:, j + 1, j] = norm[:, 0]
+        q = torch.where(norm[:, :, None] > 0, z / norm.clamp_min(1e-30)[:, :, None], 0.0)
+        if not check or j + 1 < max(least, 2):
+            continue
+        theta, y = torch.linalg.eigh(t[:, :j + 1, :j + 1])
+        done = _converged(theta, y, norm[:, 0], tol)
+        if bool(done.all()):
+            finish(slice(None), theta, y, j + 1)
+            return s1, ritz
+        if 2 * int(done.sum()) >= len(rows):
+            finish(done, theta, y, j + 1)
+            going = ~done
+            w, basis, t, q, scale, rows = (
+                w[going], basis[going], t[going], q[going], scale[going], rows[going])
     theta, y = torch.linalg.eigh(t)
+    finish(slice(None), theta, y, k)
+    return s1, ritz
+
+
+def _converged(theta: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, tol: float
+               ) -> torch.Tensor:
+    """Which top Ritz values (eigenpairs `theta`, `y` of T, (B, j) and (B, j, j)) are within
+    `tol` of an eigenvalue: the residual r = β·|y_last| bounds the distance, r²/δ with δ the
+    gap to the next Ritz value (the usual estimate of the gap to the next eigenvalue) where
+    that is smaller."""
     r = beta * y[:, -1, -1].abs()
     gap = (theta[:, -1] - theta[:, -2]).clamp_min(1e-30)
     err = torch.minimum(r, r.square() / gap)
-    return bool((err <= tol * theta[:, -1].abs()).all())
+    return err <= tol * theta[:, -1].abs()
 
 
 def mirror_eigvals(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
