@@ -82,10 +82,10 @@ class AgentOptions:
     heads: Mapping[str, Any] | bool | None = None
     # STATS (the loss, each step's values batched, sampling, memory) every second: each costs
     # ~0.1 ms of the training thread and ~0.6 ms of the publisher's CPU on a VM (its wake-up,
-    # build, encode, send; the heartbeat's rides on it). At 2 a second that was 1.4 ms of a
-    # 4 ms plan on a GPT-style model at a 1 % budget, a second taken from the cheap tier's
-    # refresh (docs/benchmarks.md, "Per-layer refresh"); every step's loss still reaches the
-    # viewer, in batches, as nvitop's and htop's screens refresh every 1–2 s.
+    # build, encode, send; the heartbeat's rides on it). At 2 a second they took 1.3 ms a
+    # second of a 4 ms plan on a GPT-style model at a 1 % budget, time the cheap tier's
+    # refresh then lacked (docs/benchmarks.md, "Per-layer refresh"); every step's loss still
+    # reaches the viewer, in batches, as nvitop's and htop's screens refresh every 1–2 s.
     stats_interval: float = 1.0
     heartbeat_interval: float = 1.0
     meta_interval: float = 5.0

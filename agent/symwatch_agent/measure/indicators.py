@@ -81,14 +81,14 @@ DELTAS = ("delta_perm", "delta_sign", "delta_rank", "delta_rotation", "delta_res
           "delta_softmax")
 _COLUMNS = len(INDICATORS) + 1
 _FINITE = len(INDICATORS)  # last column: 1 when the layer's weights are finite
-# The warm-up thread rests this many times as long as each of its tables took (warm_up).
 # The cheap tier's σ₁ (stable rank) on the CPU: Lanczos stops once σ₁² is within this,
-# relatively, by its residual estimate (spectra.lanczos_sigma1). 1e-4 because the estimate can
-# be optimistic when the start vector barely touches the top direction: measured on the
-# GPT-style benchmark's 25 layers revisited every 50 or 300 steps, the worst σ₁² was 0.4 % off
-# (95 % of visits within 0.01 %), against 1.8 % at 1e-3.
+# relatively, by its residual estimate (spectra.lanczos_sigma1). 1e-4, not 1e-3, because the
+# estimate can be optimistic when the start vector barely touches the top direction: on the
+# GPT-style benchmark's 25 matrices revisited every 50 or 300 steps the worst σ₁² was 0.4 % off,
+# 95 % of visits within 0.01 % (benchmarks/sigma1_visits.py); at 1e-3 one visit was 18 % off.
 SIGMA1_TOL = 1e-4
 
+# The warm-up thread rests this many times as long as each of its tables took (warm_up).
 WARM_UP_REST = 4.0
 
 
@@ -737,9 +737,10 @@ class IndicatorEngine:
         sample has moved on by then, and on a random initialisation (no gap below σ₁) 2 power
         iterations from its old vector read σ₁ up to 30 % low (stable rank up to 1.4× high),
         12 still 3 % (default-init MLPs, widths 64–1024, 20–1000 steps of AdamW or SGD).
-        A fixed 12 Lanczos steps from it were within 0.1 % there, but on the GPT-style
-        benchmark's layers some needed 20–29 (tests/agent/test_first_sigma1.py); with the
-        test most need 2–6 once training has shaped the top of the spectrum."""
+        A fixed 12 Lanczos steps from it were within 0.1 % there (tests/agent/
+        test_first_sigma1.py), but on the GPT-style benchmark's layers some needed 20–29 and
+        read up to 3 % low with 12; with the test most take the least 4 once training has
+        shaped the top of the spectrum (benchmarks/sigma1_visits.py)."""
         n = w.shape[2]
         cold = any(i not in self._power_vec for i in idxs)
         if cold:
