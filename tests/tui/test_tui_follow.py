@@ -67,7 +67,10 @@ async def test_the_view_offers_or_follows_a_restart_and_marks_it_in_the_loss_cha
                 await pilot_until(pilot, lambda: app.restart_offer is not None,
                                   "the restart offered", tick=lambda: second.steps(1))
                 assert app.restart_offer.run_id == second.agent.run_id
-                assert any("press f" in n.message for n in app._notifications)
+                # the notification is a message the app handles after the offer is set
+                await pilot_until(pilot, lambda: any("press f" in n.message
+                                                     for n in app._notifications),
+                                  "the offer's notification naming f")
                 assert app.state.run_id == old_run  # nothing switched by itself
                 await pilot.press("f")
             await pilot_until(pilot, lambda: app.state.run_id == second.agent.run_id

@@ -24,6 +24,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
@@ -258,7 +259,10 @@ class RunsScreen(Screen[None]):
         for where in {r.where for r in self.model.rows()} - {LOCAL} - set(self.config.hosts):
             self.model.forget(where)
         self.scans += 1
-        self._draw()
+        try:
+            self._draw()
+        except NoMatches:
+            pass  # the scan ended after the screen was closed: nothing to draw on
 
     def _draw(self) -> None:
         table = self.query_one(DataTable)
