@@ -142,3 +142,36 @@ def test_the_blocked_duplicate_search_matches_the_definition():
         earlier = (close & torch.tril(torch.ones(m, m, dtype=torch.bool), -1)).any(2)
         assert torch.allclose(fraction, want.float(), equal_nan=True), trial
         assert torch.equal(distinct, (live & ~earlier).sum(1).float()), trial
+
+
+def test_small_weights_are_stacked_in_bounded_batches_and_read_the_same() -> None:
+    """Weights under `view_elements` are copied and stacked by shape, at most
+    `stack_elements` to a batch (one group's Lanczos for all of them: its cost is mostly the
+    number of tensor operations, not their size). Any batching gives the same values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(5) for m in (nn.Linear(128, 128), nn.ReLU())],
+                          nn.Linear(128, 4))
+    chunked = engine_for(model, view_elements=1 << 21)
+    chunked.stack_elements = 2 * 128 * 128
+    whole = engine_for(model, view_elements=1 << 21)
+    single = engine_for(model, view_elements=1)  # every weight a view of its own
+    snap = chunked.snapshot(CHEAP)
+    sizes = sorted(len(g.idxs) for g in snap.groups if g.weights.shape[1:] == (128, 128))
+    assert sizes == [1, 2, 2] and all(g.owned for g in snap.groups)
+    chunked.measure(snap)
+    snap = whole.snapshot(CHEAP)
+    assert [len(g.idxs) for g in snap.groups if g.weights.shape[1:] == (128, 128)] == [5]
+    whole.measure(snap)
+    single.compute(CHEAP)  # the same history: update_ratio needs a sample before
+    for tier in (CHEAP, FULL):
+        a, b, c = sample(chunked, tier), sample(whole, tier), sample(single, tier)
+        assert a.keys() == b.keys() == c.keys()
+        for layer in a:
+            assert a[layer].keys() == b[layer].keys() == c[layer].keys()
+            for name, value in a[layer].items():
+                for other in (b, c):
+                    if value is None:
+                        assert other[layer][name] is None, (layer, name)
+                    else:
+                        assert value == pytest.approx(other[layer][name], rel=1e-4, abs=1e-6), (
+                            tier, layer, name)

@@ -183,3 +183,23 @@ def test_a_batch_whose_matrices_converge_at_different_steps_gives_each_its_own_a
         assert s1[i].item() == pytest.approx(alone.item(), rel=1e-4)
         cos = torch.nn.functional.cosine_similarity(vec[i], alone_vec[0], dim=0).abs()
         assert cos.item() > 0.99
+
+
+def test_the_cpu_tests_bookkeeping_matches_the_device_loops() -> None:
+    """The tested CPU loop keeps T on the host in float64; the device loop (GPU: no test)
+    keeps it as a tensor. Made to run the same steps (a tolerance nothing meets), they must
+    give the same σ₁ and the same Ritz vector, up to float32 rounding and its sign."""
+    from symwatch_agent.measure import spectra
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(3, 200, 300, generator=gen)
+    w[1] *= 0.01  # a small-init matrix beside default-scale ones
+    start = torch.randn(3, 300, generator=gen)
+    for steps in (5, 12):
+        fixed, fixed_vec = spectra.lanczos_sigma1(w, start, steps)
+        tested, tested_vec = spectra.lanczos_sigma1(w, start, steps, tol=0.0)
+        assert torch.allclose(tested, fixed, rtol=1e-5)
+        cos = torch.nn.functional.cosine_similarity(tested_vec, fixed_vec, dim=1).abs()
+        assert cos.min() > 1 - 1e-4
+        exact = torch.linalg.svdvals(w.double())[:, 0]
+        assert (tested.double() <= exact * (1 + 1e-5)).all()  # a Ritz value: never above σ₁

@@ -282,66 +282,115 @@ def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float | No
     Gram–Schmidt passes against the whole basis (unfilled rows are zero), and the
     tridiagonal T = QᵀWᵀWQ kept from the first pass's coefficients (column j of QᵀAQ) and the
     new vector's norm (its subdiagonal)."""
+    if tol is not None and w.device.type == "cpu":
+        return _lanczos_tested(w, v, steps, tol, least)
     b, _, n = w.shape
     k = max(1, min(steps, n))
-    s1 = torch.zeros(b, dtype=w.dtype, device=w.device)
-    ritz = torch.zeros(b, n, dtype=w.dtype, device=w.device)
-    rows = torch.arange(b, device=w.device)  # where each matrix still going is in the outputs
     basis = torch.zeros(b, k, n, dtype=w.dtype, device=w.device)
     t = torch.zeros(b, k, k, dtype=w.dtype, device=w.device)  # lower triangle used
     q = (v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)).unsqueeze(1)  # (B, 1, n)
     scale = torch.zeros(b, 1, dtype=w.dtype, device=w.device)
-    check = tol is not None and w.device.type == "cpu"
-
-    def finish(sel: torch.Tensor | slice, theta: torch.Tensor, y: torch.Tensor, j: int) -> None:
-        s1[rows[sel]] = theta[sel, -1].clamp_min(0).sqrt()
-        ritz[rows[sel]] = torch.bmm(y[sel, :, -1:].transpose(1, 2), basis[sel, :j]).squeeze(1)
-
     for j in range(k):
-        basis[:, j:j + 1] = q
-        z = torch.bmm(torch.bmm(q, w.transpose(1, 2)), w)  # (WᵀW q)ᵀ as a row
-        coef = torch.bmm(z, basis.transpose(1, 2))  # (B, 1, k): column j of QᵀAQ
+        z, coef = _lanczos_step(w, q, basis, j)
         t[:, :, j] = coef[:, 0]
-        z = torch.baddbmm(z, coef, basis, alpha=-1)
-        # twice is enough (Kahan): keeps the basis orthogonal in float32
-        z = torch.baddbmm(z, torch.bmm(z, basis.transpose(1, 2)), basis, alpha=-1)
         norm = z.norm(dim=2)  # (B, 1)
         scale = torch.maximum(scale, coef[:, 0, j:j + 1].abs())
         # An exhausted Krylov space leaves only rounding noise (~eps·λ₁): normalising it would
-        # bring back what reorthogonalisation removed, so below 1e-4·λ₁ the space counts as
-        # invariant (σ₁ has converged) and q = 0 (later steps add zero rows to T).
-        norm = torch.where(norm > 1e-4 * scale, norm, 0.0)
+        # bring back what reorthogonalisation removed, so below EXHAUSTED·λ₁ the space counts
+        # as invariant (σ₁ has converged) and q = 0 (later steps add zero rows to T).
+        norm = torch.where(norm > EXHAUSTED * scale, norm, 0.0)
         if j + 1 == k:
             break
         t[:, j + 1, j] = norm[:, 0]
         q = torch.where(norm[:, :, None] > 0, z / norm.clamp_min(1e-30)[:, :, None], 0.0)
-        if not check or j + 1 < max(least, 2):
+    theta, y = torch.linalg.eigh(t)
+    top = y[:, :, -1:].transpose(1, 2)  # (B, 1, k)
+    return theta[:, -1].clamp_min(0).sqrt(), torch.bmm(top, basis).squeeze(1)
+
+
+# Below this fraction of λ₁ (the largest diagonal of T so far) a new Lanczos vector is rounding
+# noise: the Krylov space is exhausted (lanczos_sigma1).
+EXHAUSTED = 1e-4
+
+
+def _lanczos_step(w: torch.Tensor, q: torch.Tensor, basis: torch.Tensor, j: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Lanczos step from q (B, 1, n), the basis' row j: (WᵀWq)ᵀ orthogonalised twice
+    against the basis (twice is enough, Kahan: keeps it orthogonal in float32), and the first
+    pass's coefficients (B, 1, k), column j of QᵀWᵀWQ."""
+    basis[:, j:j + 1] = q
+    z = torch.bmm(torch.bmm(q, w.transpose(1, 2)), w)  # (WᵀW q)ᵀ as a row
+    coef = torch.bmm(z, basis.transpose(1, 2))
+    z = torch.baddbmm(z, coef, basis, alpha=-1)
+    z = torch.baddbmm(z, torch.bmm(z, basis.transpose(1, 2)), basis, alpha=-1)
+    return z, coef
+
+
+def _lanczos_tested(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float, least: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """lanczos_sigma1 with its stopping test, on the CPU. The products stay batched tensor
+    operations; T's bookkeeping and the test are host numbers (T in float64): on the
+    few-matrix batches of the cheap tier a step was ~30 small tensor operations, ~3 µs each,
+    as long as its products."""
+    b, _, n = w.shape
+    k = max(1, min(steps, n))
+    s1 = [0.0] * b
+    ritz = torch.zeros(b, n, dtype=w.dtype)
+    rows = list(range(b))  # where each matrix still going is in the outputs
+    basis = torch.zeros(b, k, n, dtype=w.dtype)
+    t = torch.zeros(b, k, k, dtype=torch.float64)  # lower triangle used
+    q = (v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)).unsqueeze(1)  # (B, 1, n)
+    scale = [0.0] * b
+
+    def finish(sel: list[int], theta: torch.Tensor, y: torch.Tensor, j: int) -> None:
+        top = theta[sel, -1].tolist()
+        vec = torch.bmm(y[sel, :, -1:].transpose(1, 2).to(w.dtype), basis[sel, :j]).squeeze(1)
+        for r, value, row in zip(sel, top, vec):
+            s1[rows[r]] = max(value, 0.0) ** 0.5
+            ritz[rows[r]] = row
+
+    for j in range(k):
+        z, coef = _lanczos_step(w, q, basis, j)
+        t[:, :, j] = coef[:, 0]
+        scale = [max(s, abs(d)) for s, d in zip(scale, t[:, j, j].tolist())]
+        # exhausted Krylov space: see lanczos_sigma1
+        norm = [x if x > EXHAUSTED * s else 0.0 for x, s in zip(z.norm(dim=2)[:, 0].tolist(), scale)]
+        if j + 1 == k:
+            break
+        t[:, j + 1, j] = torch.tensor(norm, dtype=torch.float64)
+        inv = torch.tensor([1 / x if x > 0 else 0.0 for x in norm], dtype=w.dtype)
+        q = z * inv[:, None, None]
+        if j + 1 < max(least, 2):
             continue
         theta, y = torch.linalg.eigh(t[:, :j + 1, :j + 1])
-        done = _converged(theta, y, norm[:, 0], tol)
-        if bool(done.all()):
-            finish(slice(None), theta, y, j + 1)
-            return s1, ritz
-        if 2 * int(done.sum()) >= len(rows):
-            finish(done, theta, y, j + 1)
-            going = ~done
-            w, basis, t, q, scale, rows = (
-                w[going], basis[going], t[going], q[going], scale[going], rows[going])
+        done = _converged(theta[:, -2:].tolist(), y[:, -1, -1].tolist(), norm, tol)
+        if all(done):
+            finish(list(range(len(rows))), theta, y, j + 1)
+            return torch.tensor(s1, dtype=w.dtype), ritz
+        if 2 * sum(done) >= len(rows):
+            finish([r for r, d in enumerate(done) if d], theta, y, j + 1)
+            going = torch.tensor([not d for d in done])
+            w, basis, t, q = w[going], basis[going], t[going], q[going]
+            scale = [s for s, d in zip(scale, done) if not d]
+            rows = [r for r, d in zip(rows, done) if not d]
     theta, y = torch.linalg.eigh(t)
-    finish(slice(None), theta, y, k)
-    return s1, ritz
+    finish(list(range(len(rows))), theta, y, k)
+    return torch.tensor(s1, dtype=w.dtype), ritz
 
 
-def _converged(theta: torch.Tensor, y: torch.Tensor, beta: torch.Tensor, tol: float
-               ) -> torch.Tensor:
-    """Which top Ritz values (eigenpairs `theta`, `y` of T, (B, j) and (B, j, j)) are within
-    `tol` of an eigenvalue: the residual r = β·|y_last| bounds the distance, r²/δ with δ the
-    gap to the next Ritz value (the usual estimate of the gap to the next eigenvalue) where
-    that is smaller."""
-    r = beta * y[:, -1, -1].abs()
-    gap = (theta[:, -1] - theta[:, -2]).clamp_min(1e-30)
-    err = torch.minimum(r, r.square() / gap)
-    return err <= tol * theta[:, -1].abs()
+def _converged(top2: list[list[float]], y_last: list[float], beta: list[float], tol: float
+               ) -> list[bool]:
+    """Which top Ritz values (each matrix's two largest Ritz values `top2`, the last
+    component of the top Ritz vector `y_last`, the step's β) are within `tol` of an
+    eigenvalue: the residual r = β·|y_last| bounds the distance, r²/δ with δ the gap to the
+    next Ritz value (the usual estimate of the gap to the next eigenvalue) where that is
+    smaller."""
+    done = []
+    for (second, first), last, b in zip(top2, y_last, beta):
+        r = b * abs(last)
+        gap = max(first - second, 1e-30)
+        done.append(min(r, r * r / gap) <= tol * abs(first))
+    return done
 
 
 def mirror_eigvals(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
