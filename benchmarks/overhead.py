@@ -28,6 +28,11 @@ of the child's steps 31–60. Reported, median over rounds: step 1's excess, the
 excess of steps 1–20, and their summed excess (what the start-up cost the training thread in
 all, wherever it fell); wall and the training thread's CPU time.
 
+    .venv/bin/python benchmarks/overhead.py --refresh-scan 4,16,64 [--refresh-seconds 100] --threads 1
+
+`--refresh-scan`: each layer's refresh interval against the length of a step: the GPT at the
+defaults, one run of about `--refresh-seconds` per batch size (sequences of 32 tokens).
+
     .venv/bin/python benchmarks/overhead.py --paired 9 --steps 300 --threads 1 [--control] [--write docs/benchmarks.md]
 
 `--paired N`: the GPT's steady-state overhead, two processes at the same time. Each round
@@ -250,15 +255,16 @@ def measure(trials: int, steps: int, width: int, depth: int, model_kind: str = "
             "layers": depth + 1 if model_kind == "mlp" else layers}
 
 
-def refresh_run(steps: int, width: int, depth: int) -> dict[str, Any]:
+def refresh_run(steps: int, width: int, depth: int, sequences: int = 4) -> dict[str, Any]:
     """One long run of the GPT at the defaults (`watch(model, opt)`, nothing else): each
     layer's refresh interval from the agent's slice ledger, cheap (any sample) and full tier
     apart, and where the agent's time went, per second of training: its training-thread cost
-    and its publisher thread's CPU (both charged to the budget), against the plan."""
+    and its publisher thread's CPU (both charged to the budget), against the plan.
+    `sequences`: the batch, of 32 tokens each (the overhead blocks' 4 unless scanned)."""
     model = make_gpt(width, depth)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = torch.randint(0, 256, (4, 32))
-    target = torch.randint(0, 256, (4, 32))
+    batch = torch.randint(0, 256, (sequences, 32))
+    target = torch.randint(0, 256, (sequences, 32))
     run_block(model, opt, 5, batch, target)
     agent = watch(model, opt, register=False)
     run_block(model, opt, steps, batch, target)
@@ -274,7 +280,7 @@ def refresh_run(steps: int, width: int, depth: int) -> dict[str, Any]:
         "refresh": _intervals([(names[i], list(g)) for i, g in slices.gaps.items()]),
         "refresh_full": _intervals([(names[i], list(g)) for i, g in slices.gaps_full.items()]),
         "refreshed": len({i for i in slices.last}), "layers": len(agent.layers),
-        "twice": sum(1 for g in slices.gaps.values() if g),
+        "twice": sum(1 for g in slices.gaps.values() if g), "sequences": sequences,
     }
     agent.close()
     return out
@@ -545,6 +551,43 @@ def launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def refresh_scan(batches: list[int], seconds: float, width: int, depth: int) -> str:
+    """Freshness against the step's length: the same GPT at the defaults, one run per batch
+    size, each about `seconds` of training (steps from a timed plain step). The agent earns a
+    share of the training time and a cheap pass of the whole model costs the same whatever
+    the batch, so the interval in steps falls as the step grows."""
+    rows = ["| batch (sequences of 32 tokens) | ms a step | steps | cheap and full samples | "
+            "cheap-tier interval, median over layers (slowest layer) | full tier | "
+            "agent ms a second: training thread + publisher (plan) |",
+            "|---|---|---|---|---|---|---|"]
+    with Progress(transient=True) as progress:
+        task = progress.add_task("freshness runs", total=len(batches))
+        for sequences in batches:
+            model = make_gpt(width, depth)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            batch = torch.randint(0, 256, (sequences, 32))
+            run_block(model, opt, 2, batch, batch)
+            step_s = run_block(model, opt, 3, batch, batch) / 3
+            long = refresh_run(max(100, round(seconds / step_s)), width, depth, sequences)
+
+            def interval(found: dict[str, float] | None) -> str:
+                if not found:
+                    return "no layer twice"
+                return f"**{found['median']:.0f}** ({found['max_median']:.0f})"
+
+            samples = long["samples"]
+            rows.append(
+                f"| {sequences} | {long['step_ms']:.0f} | {long['steps']} | "
+                f"{samples.get('cheap', 0)} + {samples.get('full', 0)} | "
+                f"{interval(long['refresh'])} | {interval(long['refresh_full'])} | "
+                f"{long['cost_ms_per_s']:.2f} + {long['publisher_ms_per_s']:.2f} "
+                f"({long['plan_ms_per_s']:.1f}) |")
+            progress.advance(task)
+    return ("```bash\n.venv/bin/python benchmarks/overhead.py --refresh-scan "
+            f"{','.join(map(str, batches))} --refresh-seconds {seconds:g} --threads 1"
+            "\n```\n\n" + "\n".join(rows))
+
+
 def _refresh_lines(long: dict[str, Any]) -> list[str]:
     def interval(found: dict[str, float] | None) -> str:
         if not found:
@@ -582,6 +625,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refresh-steps", type=int, default=0,
                         help="GPT: also one run of this many steps at the defaults, for each "
                              "layer's refresh interval (cheap and full tier)")
+    parser.add_argument("--refresh-scan", default=None, metavar="B1,B2,…",
+                        help="GPT: one run at the defaults per batch size (sequences), each "
+                             "layer's refresh interval against the step's length")
+    parser.add_argument("--refresh-seconds", type=float, default=100.0,
+                        help="--refresh-scan: seconds of training per run")
     parser.add_argument("--write", type=Path, default=None,
                         help="replace the overhead section of this Markdown file")
     parser.add_argument("--launch", type=int, default=None, metavar="ROUNDS",
@@ -601,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--start", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.launch or args.launch_child or args.paired or args.paired_child:
+    if args.launch or args.launch_child or args.paired or args.paired_child or args.refresh_scan:
         args.model = "gpt"  # the GPT of the section "A GPT-style model (issue #15)"
     if args.depth is None:
         args.depth = 4 if args.model == "gpt" else 6
@@ -614,6 +662,13 @@ def main(argv: list[str] | None = None) -> int:
         return launch(args)
     if args.paired_child:
         return paired_child(args)
+    if args.refresh_scan:
+        batches = [int(b) for b in args.refresh_scan.split(",")]
+        text = refresh_scan(batches, args.refresh_seconds, args.width, args.depth)
+        Console().print(text)
+        if args.write:
+            write_section(args.write, "refresh-scan", text)
+        return 0
     if args.paired:
         text = render_paired(paired(args), args)
         Console().print(text)
