@@ -152,11 +152,11 @@ class IndicatorEngine:
         # tier's σ₁ comes from warm-started Lanczos at every width.
         self.max_svd_dim = max_svd_dim
         self._closing = False  # set by close(): a warm-up still running stops early
-        # CPU weights of at least this many elements (8 MB) are measured in place, not copied;
-        # smaller ones are stacked by shape, at most `stack_elements` (32 MB) to a batch
+        # CPU weights of at least this many elements (2 MB) are measured in place, not copied;
+        # smaller ones are stacked by shape, at most `stack_elements` (16 MB) to a batch
         # (snapshot)
-        self.view_elements = 1 << 21
-        self.stack_elements = 1 << 23
+        self.view_elements = 1 << 19
+        self.stack_elements = 1 << 22
         self.warm_lanczos_steps, self.cold_power_iters = warm_lanczos_steps, cold_power_iters
         self.sigma1_tol = sigma1_tol
         # `clock` measures the time that earns budget (the agent passes its training time).
@@ -305,9 +305,11 @@ class IndicatorEngine:
         holding a view (`Group.owned` False); measure() must then run before the next
         optimizer step, as compute() does. Smaller ones are stacked, at most `stack_elements`
         to a group: a group's arithmetic is a few dozen small tensor operations per Lanczos
-        step whatever its batch, and on the GPT-style benchmark its eight 1024 × 256 weights
-        measured one by one cost ~3 ms of a ~16 ms cheap pass more than stacked (the copy:
-        ~0.1 ms per 4 MB)."""
+        step whatever its batch (~0.7 ms a visit), more than copying a matrix of up to 2 MB.
+        Measured: on the GPT-style benchmark its eight 1024 × 256 weights one by one cost ~3 ms
+        of a ~16 ms cheap pass more than stacked; on the GPT-2-small-shaped stack stacking its
+        768 × 768 and 2304 × 768 weights too (an 8 MB limit) made the cheap pass 188 → 303 ms
+        (large fresh copies page-fault, and a large matrix's products dwarf the overhead)."""
         planned = tier is None  # an explicit tier (tests, benchmarks) measures every layer
         tier = tier or self.scheduler.choose()
         snap = Snapshot(tier, time.perf_counter())
