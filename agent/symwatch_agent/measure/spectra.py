@@ -354,7 +354,8 @@ def _lanczos_tested(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float, le
         t[:, :, j] = coef[:, 0]
         scale = [max(s, abs(d)) for s, d in zip(scale, t[:, j, j].tolist())]
         # exhausted Krylov space: see lanczos_sigma1
-        norm = [x if x > EXHAUSTED * s else 0.0 for x, s in zip(z.norm(dim=2)[:, 0].tolist(), scale)]
+        norms = z.norm(dim=2)[:, 0].tolist()
+        norm = [x if x > EXHAUSTED * s else 0.0 for x, s in zip(norms, scale)]
         if j + 1 == k:
             break
         t[:, j + 1, j] = torch.tensor(norm, dtype=torch.float64)
