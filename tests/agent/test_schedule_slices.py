@@ -96,6 +96,14 @@ def test_an_attention_modules_projections_form_one_chunk_and_the_rest_one_layer_
         assert sorted(attn) in [sorted(c) for c in names]
     assert sorted(i for c in slices.chunks for i in c) == list(range(len(engine.layers)))
     assert len(slices.chunks) == len(engine.layers) - 2 * 3  # 4 projections → 1 chunk, twice
+    # same-shaped chunks are neighbours (a slice's layers then stack into few groups), each
+    # shape's chunks in layer order
+    shapes = [tuple(sorted({engine.layers[i].matrix_shape for i in c})) for c in slices.chunks]
+    runs = [shape for k, shape in enumerate(shapes) if k == 0 or shape != shapes[k - 1]]
+    assert len(runs) == len(set(shapes)) < len(shapes)
+    for shape in set(shapes):
+        firsts = [c[0] for c, s in zip(slices.chunks, shapes) if s == shape]
+        assert firsts == sorted(firsts)
 
 
 @pytest.mark.parametrize("width", [32, 768])

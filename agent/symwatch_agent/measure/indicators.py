@@ -493,7 +493,11 @@ class IndicatorEngine:
 
     def _slices(self) -> LayerSlices:
         """The layer slices: each attention module's layers (and their adapters) one chunk,
-        every other layer a chunk of its own, in layer order."""
+        every other layer a chunk of its own; same-shaped chunks next to each other (by their
+        shapes, then layer order), so that a slice's layers stack into few groups (snapshot:
+        a group costs the same few dozen operations a Lanczos step whatever its batch). In
+        layer order a GPT's slice held one MLP weight of each shape, and the stacking of
+        same-shaped weights saved whole-model passes only."""
         if self.slices is None:
             index = {id(layer): i for i, layer in enumerate(self.layers)}
             owner = list(range(len(self.layers)))  # layer -> the chunk's first layer
@@ -506,7 +510,8 @@ class IndicatorEngine:
             chunks: dict[int, list[int]] = defaultdict(list)
             for i, root in enumerate(owner):
                 chunks[root].append(i)
-            ordered = [chunks[k] for k in sorted(chunks)]
+            ordered = sorted((chunks[k] for k in sorted(chunks)), key=lambda c: (
+                sorted({self.layers[i].matrix_shape for i in c}), c[0]))
 
             def weight(i: int, full: bool) -> float:
                 # spectra: O(m·n·k); one pass: O(m·n); plus a fixed cost per layer (the calls
