@@ -332,8 +332,10 @@ class IndicatorEngine:
                 views = [i for i in idxs if self.layers[i].weight.dtype == torch.float32]
                 chunks += [(m, n, [i], True) for i in views]
                 idxs = [i for i in idxs if i not in set(views)]
-            per = max(1, self.stack_elements // (m * n)) if device.type == "cpu" else len(idxs)
-            chunks += [(m, n, idxs[k:k + per], False) for k in range(0, len(idxs), max(per, 1))]
+            # CUDA: one batch (the snapshot copies every weight there anyway)
+            per = (max(1, self.stack_elements // (m * n)) if device.type == "cpu"
+                   else max(1, len(idxs)))
+            chunks += [(m, n, idxs[k:k + per], False) for k in range(0, len(idxs), per)]
         for m, n, idxs, view in chunks:
             try:
                 if view:

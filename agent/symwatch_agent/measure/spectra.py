@@ -37,6 +37,10 @@ from __future__ import annotations
 import torch
 
 
+# Below this fraction of λ₁ (the largest diagonal of T so far) a new Lanczos vector is rounding
+# noise: the Krylov space is exhausted (lanczos_sigma1).
+EXHAUSTED = 1e-4
+
 GRAM_BLOCK = 192  # columns of G per product when G is built a block of rows at a time
 
 
@@ -306,11 +310,6 @@ def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float | No
     theta, y = torch.linalg.eigh(t)
     top = y[:, :, -1:].transpose(1, 2)  # (B, 1, k)
     return theta[:, -1].clamp_min(0).sqrt(), torch.bmm(top, basis).squeeze(1)
-
-
-# Below this fraction of λ₁ (the largest diagonal of T so far) a new Lanczos vector is rounding
-# noise: the Krylov space is exhausted (lanczos_sigma1).
-EXHAUSTED = 1e-4
 
 
 def _lanczos_step(w: torch.Tensor, q: torch.Tensor, basis: torch.Tensor, j: int
