@@ -281,6 +281,8 @@ def refresh_run(steps: int, width: int, depth: int, sequences: int = 4) -> dict[
         "refresh_full": _intervals([(names[i], list(g)) for i, g in slices.gaps_full.items()]),
         "refreshed": len({i for i in slices.last}), "layers": len(agent.layers),
         "twice": sum(1 for g in slices.gaps.values() if g), "sequences": sequences,
+        # layers the full tier measured (spectra, modes, duplicates, heads), all visits
+        "full_visits": sum(1 + len(slices.gaps_full.get(i, ())) for i in slices.last_full),
     }
     agent.close()
     return out
@@ -579,7 +581,8 @@ def refresh_scan(batches: list[int], seconds: float, width: int, depth: int) -> 
             rows.append(
                 f"| {sequences} | {long['step_ms']:.0f} | {long['steps']} | "
                 f"{samples.get('cheap', 0)} + {samples.get('full', 0)} | "
-                f"{interval(long['refresh'])} | {interval(long['refresh_full'])} | "
+                f"{interval(long['refresh'])} | {interval(long['refresh_full'])}, "
+                f"{long['full_visits']} layers measured | "
                 f"{long['cost_ms_per_s']:.2f} + {long['publisher_ms_per_s']:.2f} "
                 f"({long['plan_ms_per_s']:.1f}) |")
             progress.advance(task)
@@ -602,7 +605,10 @@ def _refresh_lines(long: dict[str, Any]) -> list[str]:
          f"full samples): {long['refreshed']} of {long['layers']} layers measured, "
          f"{long['twice']} at least twice."),
         f"  - cheap tier (every sample refreshes it): {interval(long['refresh'])}.",
-        f"  - full tier: {interval(long['refresh_full'])}.",
+        (f"  - full tier: {interval(long['refresh_full'])}; {long['full_visits']} layers "
+         f"measured by it in the run (one layer every "
+         f"{long['steps'] / max(1, long['full_visits']):.0f} steps; each layer about every "
+         f"{long['steps'] * long['layers'] / max(1, long['full_visits']):,.0f})."),
         (f"  - the agent's time per second of training: {long['cost_ms_per_s']:.2f} ms on the "
          f"training thread, {long['publisher_ms_per_s']:.2f} ms of its publisher's CPU "
          f"(plan {long['plan_ms_per_s']:.1f} ms)."),

@@ -666,7 +666,7 @@ class Agent:
         # (_slice_target_s); the full tier's by what `every` steps earn. Before a step time is
         # known (the first step), one chunk, so start-up stays short. No limit: every layer,
         # every sample.
-        each = 0.0 if self._step_time is None else self._planned * self.every * self._step_time
+        each = self._each_s()
         self.engine.full_slice_target_s = None if self._unlimited else each
         self.engine.slice_target_s = (None if self._unlimited else
                                       0.0 if self._step_time is None else
@@ -723,13 +723,26 @@ class Agent:
 
         self._publisher.submit(protocol.METRICS, build, step)
 
+    def _each_s(self) -> float:
+        """What `every` steps earn of the plan: the full tier's slice target, and the least a
+        cheap slice is given (0 before a step time is known)."""
+        return 0.0 if self._step_time is None else self._planned * self.every * self._step_time
+
     def _arm_representations(self) -> None:
-        """Copy rows of the next forward pass (hooks/activations.py): the next step is due."""
+        """Copy rows of the next forward pass (hooks/activations.py): the next step is due,
+        and its sample full. As many layers as that sample measures of the weights (in turn,
+        on their own cursor): the rows' eigendecompositions are the full tier's cost too, and
+        every layer's of them each full sample (~11 ms of the publisher on a GPT-style model)
+        left the tier's budget one layer's spectra a sample (docs/benchmarks.md, "Fifth
+        pass")."""
+        slices = None if self._unlimited else self.engine.slices
+        most = None if slices is None else slices.peek(FULL, self._each_s())
         try:
             self._reps.arm([activations.Target(*p) for p in representations.plan(self.layers)],
                            self.steps + 1,
                            # the attention max-logit per head (measure/logits.py)
-                           tuple(activations.Probe(*p) for p in logits.plan(self.engine.heads)))
+                           tuple(activations.Probe(*p) for p in logits.plan(self.engine.heads)),
+                           most=most)
         except Exception as exc:
             self._reps.disarm()
             self._report("representations", exc)

@@ -302,7 +302,7 @@ def test_log_labels_give_collapse_for_a_loss_without_cross_entropy(collector):
 
 def test_wide_layers_are_captured_in_turn_within_the_byte_budget():
     """ACT_BYTES per sample: with room for two 64-unit layers' rows, the layers take turns;
-    the classifier's features come every time."""
+    the classifier's features come with its own rows, not otherwise."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 4))
     layers, _ = discover({"": model})
@@ -316,6 +316,30 @@ def test_wide_layers_are_captured_in_turn_within_the_byte_budget():
         taken = capture.take()
         acts, features = taken.read()
         seen.append(sorted(acts))
-        assert features is not None and features[0] == "2"
+        assert (features is not None) == ("2" in acts)
+        if features is not None:
+            assert features[0] == "2" and features[2].shape == (64,)  # labels, per row
     # "2" has 4 units (1 KiB of rows): the window wraps round to "0" after it
     assert seen == [["0", "1"], ["0", "2"], ["1", "2"]]
+
+
+def test_a_capture_takes_at_most_the_layers_asked_for_in_turn():
+    """`most`: the agent asks for as many layers as the full sample measures of the weights;
+    the layers still come in turn (every one within len/most samples), and the classifier's
+    features with its own rows only."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 4))
+    layers, _ = discover({"": model})
+    layers[-1].classifier = True
+    plan = [Target(*p) for p in reps.plan(layers)]
+    capture = ActivationCapture()
+    seen, with_features = [], []
+    for step in range(4):
+        capture.arm(plan, step, most=1 if step < 2 else 3)
+        F.cross_entropy(model(torch.randn(64, 16)), torch.arange(64) % 4)
+        acts, features = capture.take().read()
+        seen.append(sorted(acts))
+        with_features.append(features is not None)
+    assert seen == [["0"], ["2"], ["0", "4", "6"], ["2", "4", "6"]]
+    assert with_features == [False, False, True, True]

@@ -202,6 +202,60 @@ def test_the_full_tier_has_its_own_cursor_so_it_visits_every_layer_in_turn():
     assert slices.take(CHEAP, None) is None  # no target: the whole model
 
 
+def test_peek_says_how_many_layers_take_would_measure_and_moves_nothing():
+    slices = LayerSlices([[0, 1, 2, 3], [4], [5]], {CHEAP: [4.0, 1.0, 1.0],
+                                                     FULL: [40.0, 10.0, 10.0]})
+    assert slices.peek(FULL, 1.0) == 4  # no rate yet: one chunk (of four layers)
+    slices.per_unit = {CHEAP: 1.0, FULL: 1.0}
+    for target, layers in ((1.0, [[0, 1, 2, 3], [4], [5]]), (50.0, [[0, 1, 2, 3, 4], [0, 1, 2, 3, 5]])):
+        for want in layers:
+            assert slices.peek(FULL, target) == len(want)
+            assert slices.peek(FULL, target) == len(want)  # twice: the cursor stayed
+            assert slices.take(FULL, target) == want
+        slices._cursor[FULL] = 0
+    assert slices.peek(FULL, 1e9) is None and slices.take(FULL, 1e9) is None  # the whole
+    assert slices.peek(FULL, None) is None
+
+
+def test_a_full_samples_activations_are_as_many_layers_as_its_slice_in_turn(collector):
+    """The activation rows' eigendecompositions are full-tier cost (on the publisher): a full
+    sample captures as many layers as its slice of the weights measures, the layers in turn,
+    so that over the slices every layer's rows come; the classifier's features (NC) with its
+    own rows."""
+    torch.manual_seed(0)
+    model = GPT(depth=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", heartbeat_interval=0.05,
+                           every=1, budget=1.0, stats_interval=0.01)
+    sub = collector(agent.endpoint)
+    sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
+    train(model, opt, 1)  # unlimited: the whole model, every layer's rows
+    first = sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 1)
+    captured = {n for n, v in first.payload["values"].items() if "act_erank" in v}
+    assert len(captured) >= len(agent.layers) - 3  # q/k/v/o, the MLP, embeddings, norms
+    # every sample full (the scheduler's budget stays unlimited), one chunk each: the
+    # agent's slice target is what `every` steps earn of the plan, set through the plan
+    agent._unlimited, agent._planned = False, 0.0
+    agent._budgeted_cost_s = -1e9  # the agent's own ledger always allows the sample
+    steps = 2 * len(agent.engine.slices.chunks) + 2
+    train(model, opt, steps)
+    seen: set[str] = set()
+    with_nc = 0
+    for step in range(3, steps + 2):  # step 2 was armed before the plan changed
+        m = sub.wait_for(lambda m, step=step: m.kind == protocol.METRICS and m.step == step)
+        values = m.payload["values"]
+        rows = {n for n, v in values.items() if "act_erank" in v}
+        # (a turn may copy nothing: `wpe`'s output has 16 rows, under MIN_ROWS)
+        assert len(rows) <= m.payload["slice"]["layers"] < len(agent.layers)
+        seen |= rows
+        with_nc += "nc1" in values.get("lm_head", {})
+        if "nc1" in values.get("lm_head", {}):
+            assert "lm_head" in rows
+    assert seen == captured  # in turn: every layer's rows within the round
+    assert with_nc >= 1
+    agent.close()
+
+
 def test_start_up_under_a_budget_measures_one_cheap_chunk(collector):
     torch.manual_seed(0)
     model = GPT(depth=2)

@@ -3,7 +3,7 @@ the forward pass of a sampled step (docs/metrics.md, "Representations").
 
 Nothing is registered between samples: the post-step hook of the step before a due one (and
 watch(), for step 1, which always samples) *arms* the capture (forward hooks on the layers
-whose turn it is, a forward pre-hook on each classifier, the `cross_entropy` label listener of
+whose turn it is, a forward pre-hook on a classifier among them, the `cross_entropy` label listener of
 loss_capture.py); the forward pass fires each hook once (the hook removes nothing itself: a
 hook that already copied returns at once), and the sample `take()`s what was copied and
 disarms all of it. Its values join that sample's METRICS message. A step that is not about
@@ -28,7 +28,11 @@ function).
 
 The budget: rows of at most ACT_BYTES per sample (float32), the layers taken in turn, so at
 LLM width (4096 units: 16 MiB a layer at 1024 rows) a sample copies one layer and the next
-sample the next; the classifier's features are taken every sample.
+sample the next; a classifier's features are taken with its rows. The agent also caps the
+number of layers (`most`) at as many as the full sample measures (its slice of the weights):
+the publisher's eigendecompositions of every layer's rows (~0.3 ms a layer) cost a GPT-style
+model ~11 ms per full sample, against ~1.6 ms for the one layer whose spectra its slice
+computed, and starved the weights' full tier (docs/benchmarks.md, "Fifth pass").
 """
 
 from __future__ import annotations
@@ -129,21 +133,25 @@ class ActivationCapture:
         self._streams: dict[torch.device, Any] = {}
         self._turn = 0  # where the next sample's window of layers starts
 
-    def arm(self, targets: list[Target], step: int, probes: tuple[Probe, ...] = ()) -> None:
-        """Hook the next forward pass: this sample's window of layers, every classifier,
-        every probe."""
+    def arm(self, targets: list[Target], step: int, probes: tuple[Probe, ...] = (),
+            most: int | None = None) -> None:
+        """Hook the next forward pass: this sample's window of layers (at most `most` of
+        them when given), the features of a classifier among them, every probe."""
         if self.armed:
             return
         self._capture = Capture(step)
         self.fired = False
         layers = [t for t in targets if t.units >= 2]
-        for target in self._window(layers):
+        window = self._window(layers, most)
+        for target in window:
             self._handles.append(target.module.register_forward_hook(
                 self._output_hook(target)))
-        for target in targets:
-            if target.weight is not None:
-                self._handles.append(target.module.register_forward_pre_hook(
-                    self._feature_hook(target)))
+        # A classifier's features (NC1–NC3) with its own rows, when its turn comes: ~3 ms of
+        # the publisher on a 256-class head, each full sample, was as much as a layer's rows.
+        classifiers = [t for t in window if t.weight is not None]
+        for target in classifiers:
+            self._handles.append(target.module.register_forward_pre_hook(
+                self._feature_hook(target)))
         for probe in probes:
             if probe.pre:
                 self._handles.append(probe.module.register_forward_pre_hook(
@@ -151,7 +159,7 @@ class ActivationCapture:
             else:
                 self._handles.append(probe.module.register_forward_hook(
                     self._probe_hook(probe), with_kwargs=True))
-        if any(t.weight is not None for t in targets):
+        if classifiers:
             loss_capture.add_label_listener(self._on_cross_entropy)
         self.armed = True
 
@@ -183,13 +191,13 @@ class ActivationCapture:
 
     # -- the hooks (training thread) -----------------------------------------------------------
 
-    def _window(self, layers: list[Target]) -> list[Target]:
+    def _window(self, layers: list[Target], most: int | None = None) -> list[Target]:
         """The layers this sample captures: in turn from where the last window ended, up to
-        act_bytes of rows (at least one layer)."""
+        act_bytes of rows and `most` layers (at least one layer)."""
         if not layers:
             return []
         chosen, used = [], 0
-        for k in range(len(layers)):
+        for k in range(len(layers) if most is None else min(len(layers), max(1, most))):
             target = layers[(self._turn + k) % len(layers)]
             size = self.row_cap * target.units * 4
             if chosen and used + size > self.act_bytes:

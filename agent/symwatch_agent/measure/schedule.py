@@ -196,6 +196,25 @@ class LayerSlices:
 
     def take(self, tier: str, target_s: float | None) -> list[int] | None:
         """The layers of this sample (sorted), or None: all of them."""
+        taken = self._plan(tier, target_s)
+        if taken is None:
+            return None
+        self._cursor[tier] = (self._cursor[tier] + len(taken)) % len(self.chunks)
+        if len(taken) == len(self.chunks):
+            return None
+        self.sliced = True
+        return sorted(i for c in taken for i in self.chunks[c])
+
+    def peek(self, tier: str, target_s: float | None) -> int | None:
+        """How many layers take() would return now (None: all of them), moving nothing: the
+        agent sizes the next full sample's activation capture by it one step ahead."""
+        taken = self._plan(tier, target_s)
+        if taken is None or len(taken) == len(self.chunks):
+            return None
+        return sum(len(self.chunks[c]) for c in taken)
+
+    def _plan(self, tier: str, target_s: float | None) -> list[int] | None:
+        """The chunks a sample of `tier` would take from its cursor (None: no slicing)."""
         if target_s is None or len(self.chunks) <= 1:
             return None
         rate = self.per_unit.get(tier)
@@ -211,11 +230,7 @@ class LayerSlices:
                 break
             taken.append(c)
             cost = expected
-        self._cursor[tier] = (start + len(taken)) % n
-        if len(taken) == n:
-            return None
-        self.sliced = True
-        return sorted(i for c in taken for i in self.chunks[c])
+        return taken
 
     def record(self, tier: str, layers: list[int] | None, seconds: float, step: int | None,
                charge: bool = True, provisional: bool = False) -> None:
