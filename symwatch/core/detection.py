@@ -171,7 +171,7 @@ def effect(metric: str, before: float, after: float, *, quantum: float = math.in
     `quantum`: the series' smallest step (a fraction's 1/units); `scale`: the layer's ‖W‖² for
     `balance`, a loss's largest value so far for a loss (a move under LOSS_RESOLUTION of it is
     numerical noise whatever its relative size: the demo's converged `linear_loss` went
-    2.7e-10 → 1.8e-10, −33 %)."""
+    2.7e-10 → 1.8e-10, −33%)."""
     if not (math.isfinite(before) and math.isfinite(after)):
         return math.inf if math.isfinite(before) != math.isfinite(after) else 0.0
     fam = family(metric)
@@ -721,9 +721,10 @@ def fmt_value(value: float, metric: str = "") -> str:
 
 
 def fmt_relative(change: float) -> str:
-    """A relative change as a signed percentage with a real minus sign: '−41 %', '+3.2 %';
-    a rise of ten times or more as a factor, '×12', '×8.6e+08' (the demo's converged
-    `linear_loss` rising again under weight decay read '+85759023065 %')."""
+    """A relative change as a signed percentage with a real minus sign: '−41%', '+3.2%'
+    (no space: a narrow events column wrapped '+139 %' before its '%'; units.percent writes
+    '1.2%' too); a rise of ten times or more as a factor, '×12', '×8.6e+08' (the demo's
+    converged `linear_loss` rising again under weight decay read '+85759023065%')."""
     ratio = 1 + change
     if ratio >= 1e5:
         return f"×{ratio:.2g}".replace("e+0", "e+")
@@ -731,11 +732,11 @@ def fmt_relative(change: float) -> str:
         return f"×{ratio:.2g}" if ratio < 100 else f"×{ratio:,.0f}"
     pct = 100 * change
     digits = f"{abs(pct):.0f}" if abs(pct) >= 10 else f"{abs(pct):.2g}"
-    return f"{'−' if pct < 0 else '+'}{digits} %"
+    return f"{'−' if pct < 0 else '+'}{digits}%"
 
 
 def describe_jump(jump: Jump) -> str:
-    """'fc1 modes 2 → 3' or 'loss 0.52 → 0.31 (−41 %)'."""
+    """'fc1 modes 2 → 3' or 'loss 0.52 → 0.31 (−41%)'."""
     layer, metric = _name(jump.key)
     text = f"{fmt_value(jump.before, metric)} → {fmt_value(jump.after, metric)}"
     if jump.transform == "log" and jump.before > 0:

@@ -255,9 +255,9 @@ def test_simultaneous_jumps_in_three_series_give_one_transition() -> None:
     # rank by one unit); the loss is quoted in the same window, not as a cause
     assert t.message.startswith("a transition: fc1 stable rank"), t.message
     assert [m.key for m in t.movers][:2] == [("fc1", "stable_rank"), ("fc2", "numerical_rank")]
-    assert "loss −41 % in the same window" in t.message
+    assert "loss −41% in the same window" in t.message
     assert t.step == 2000 and t.time >= 1200.0 and t.exogenous is None
-    assert "−41 %" in t.message
+    assert "−41%" in t.message
 
 
 def test_message_for_a_rank_step_quotes_the_loss_over_the_same_window() -> None:
@@ -318,10 +318,10 @@ def test_number_formatting() -> None:
     assert fmt_value(3.0) == "3" and fmt_value(2.5) == "2.5"
     assert fmt_value(0.125, "dead_fraction") == "12.5%"  # the table's unit
     assert fmt_value(0.015625, "relu_dead") == "1.6%"  # a fraction by another name
-    assert fmt_relative(-0.41) == "−41 %" and fmt_relative(0.032) == "+3.2 %"
+    assert fmt_relative(-0.41) == "−41%" and fmt_relative(0.032) == "+3.2%"
     # ten times and more as a factor: the demo's converged loss rising again read
     # '+85759023065 %'
-    assert fmt_relative(8.9) == "+890 %" and fmt_relative(11) == "×12"
+    assert fmt_relative(8.9) == "+890%" and fmt_relative(11) == "×12"
     assert fmt_relative(150) == "×151" and fmt_relative(857590230.65) == "×8.6e+8"
 
 
@@ -496,7 +496,7 @@ def test_the_headline_is_the_biggest_mover_and_the_loss_is_context():
     assert [m.key[0] for m in t.movers][:2] == ["enc.3", "enc.0"]
     assert t.kind == "weights grew"
     assert t.message.startswith("weights grew: enc.3 weight norm")
-    assert "loss −50 % in the same window" in t.message and "dec" not in t.message
+    assert "loss −50% in the same window" in t.message and "dec" not in t.message
     payload = to_event_payload(t)
     assert payload["headline"] == {"layer": "enc.3", "metric": "weight_norm"}
     assert payload["what"] == "weights grew"
