@@ -67,8 +67,13 @@ FULL_SHARE_OF_BUDGET = 0.25 * PLANNED_SHARE_OF_BUDGET
 # A sliced cheap sample waits until the cheap ledger holds this share of the whole model's
 # expected cheap cost (Agent._least_slice_s), so that a sample's fixed cost is paid for many
 # layers at once; never longer than the ledger takes to hold MAX_SLICE_WAIT_S (a very large
-# model's quarter would otherwise be one long pause of the training thread).
-MIN_SLICE_SHARE = 0.25
+# model's whole pass would otherwise be one long pause of the training thread). The whole
+# model, not a quarter (before): a sample's fixed cost (~1 ms of bookkeeping on the training
+# thread, ~2 ms of decoding and detection on the publisher) paid four times a round made
+# each layer's refresh on the GPT-style benchmark 305–335 steps, paid once 220–250
+# (docs/benchmarks.md, "Fifth pass"); a model whose whole pass costs more than
+# MAX_SLICE_WAIT_S is still measured in slices of about that cost.
+MIN_SLICE_SHARE = 1.0
 MAX_SLICE_WAIT_S = 0.025
 
 # At most this many per-step values (loss and scalars) wait for a STATS message: a full buffer
@@ -576,7 +581,7 @@ class Agent:
         A sample's fixed cost (the snapshot's pass over the layers, the order parameters, the
         publisher's wake-up, decoding and detection: ~1.5–2 ms on a GPT-style model) was paid
         for one or two layers at a time while the ledger only ever held what 10 steps earn;
-        waiting for a quarter of the model pays it once for nine layers."""
+        waiting for the whole model (MIN_SLICE_SHARE) pays it once a round."""
         slices = self.engine.slices
         rate = None if slices is None or not slices.sliced else slices.per_unit.get(CHEAP)
         if rate is None:

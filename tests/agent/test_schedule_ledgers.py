@@ -199,12 +199,13 @@ def test_a_cold_samples_rate_is_replaced_by_the_first_warm_one():
     assert slices.per_unit[CHEAP] == pytest.approx(0.7 * 1.0 + 0.3 * 2.0)
 
 
-def test_a_sliced_sample_waits_for_a_quarter_of_the_model():
+def test_a_sliced_sample_waits_for_the_whole_models_cost_up_to_a_cap():
     """A sliced cheap sample's fixed cost (snapshot pass, order parameters, the publisher's
     wake-up and decoding: ~1.5–2 ms on a GPT-style model) was paid for one or two layers at a
-    time while the ledger held only what `every` steps earn. It now waits until the cheap
-    ledger holds MIN_SLICE_SHARE of the whole model's expected cost, capped at
-    MAX_SLICE_WAIT_S; nothing to wait for before slicing starts or without a budget."""
+    time while the ledger held only what `every` steps earn (then for a quarter of the
+    model). It now waits until the cheap ledger holds MIN_SLICE_SHARE (the whole model) of
+    its expected cost, capped at MAX_SLICE_WAIT_S; nothing to wait for before slicing starts
+    or without a budget."""
     from symwatch_agent import watch
     from symwatch_agent.agent import MAX_SLICE_WAIT_S, MIN_SLICE_SHARE
 
@@ -217,15 +218,17 @@ def test_a_sliced_sample_waits_for_a_quarter_of_the_model():
         assert agent._least_slice_s() == 0.0  # no sliced sample yet: no rate to go by
         slices.sliced = True
         whole = sum(slices.weights[CHEAP])
-        slices.per_unit[CHEAP] = 0.04 / whole  # the whole model: 40 ms, a quarter 10 ms
-        assert agent._least_slice_s() == pytest.approx(MIN_SLICE_SHARE * 0.04)
+        cost = 0.8 * MAX_SLICE_WAIT_S / MIN_SLICE_SHARE  # the whole model, under the cap
+        slices.per_unit[CHEAP] = cost / whole
+        least = MIN_SLICE_SHARE * cost
+        assert agent._least_slice_s() == pytest.approx(least)
         agent._sample_cost_s = 1e-4  # a one-chunk sample's cost: no longer the bar
         spent = agent._budgeted_cost_s + agent._publisher_spent_s()
         plan = agent._planned - agent.engine.scheduler.full_share * agent.engine.scheduler.budget
-        # the ledger holds half, then twice, a quarter of the model (margins of 5 ms and more:
+        # the ledger holds half, then twice, what it waits for (margins of 10 ms and more:
         # the publisher's CPU, which the ledger counts, may grow meanwhile)
-        under = (spent + 0.5 * MIN_SLICE_SHARE * 0.04) / plan
-        over = (spent + 2.0 * MIN_SLICE_SHARE * 0.04) / plan
+        under = (spent + 0.5 * least) / plan
+        over = (spent + 2.0 * least) / plan
         assert not agent._affords_sample(under)
         assert agent._affords_sample(over)
         slices.per_unit[CHEAP] = 10.0 / whole  # a huge model: never more than the cap
