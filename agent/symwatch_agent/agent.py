@@ -234,6 +234,10 @@ class Agent:
         self._hooks: list[Any] = []
         # Representations: rows of a sampled step's forward pass, armed by the step before
         self._reps = activations.ActivationCapture()
+        # The training thread's seconds for the current capture: arming it, and (once taken)
+        # its hooks too; a full sample's are charged to the full tier's ledger (_sample).
+        self._armed_s = 0.0
+        self._capture_s = 0.0
         self._gpu: GpuSampler | None = None
         self._nvml = opts.nvml
         self._closed = False
@@ -692,6 +696,7 @@ class Agent:
         logged = ({k: _to_host_async(v) for k, v in self._scalars.items()}
                   if self._transitions is not None else {})
         capture = self._take_representations()  # this step's forward, if it was copied
+        capture_s = self._capture_s  # its training-thread seconds, arming included
         full = self.engine.last_tier == FULL
         if not full:  # armed for a full sample, the sample was cheap: not decoded
             capture = None
@@ -722,8 +727,8 @@ class Agent:
                         payload["detail"] = shown
                 except Exception as exc:  # the indicators still go out without it
                     self._report("layer detail", exc)
-            if full:  # the full tier's ledger counts its publisher work (schedule.py)
-                self.engine.scheduler.charge_publisher(time.thread_time() - began)
+            if full:  # the full tier's ledger counts its publisher work and its capture
+                self.engine.scheduler.charge_extra(time.thread_time() - began + capture_s)
             return payload
 
         self._publisher.submit(protocol.METRICS, build, step)
@@ -740,6 +745,7 @@ class Agent:
         every layer's of them each full sample (~11 ms of the publisher on a GPT-style model)
         left the tier's budget one layer's spectra a sample (docs/benchmarks.md, "Fifth
         pass")."""
+        began = time.perf_counter()
         slices = None if self._unlimited else self.engine.slices
         most = None if slices is None else slices.peek(FULL, self._each_s())
         try:
@@ -751,10 +757,18 @@ class Agent:
         except Exception as exc:
             self._reps.disarm()
             self._report("representations", exc)
+        # ~0.4 ms on a GPT-style model (the targets, the hooks' registration): it was charged
+        # to nothing
+        self._armed_s = time.perf_counter() - began
+        self._cost_s += self._armed_s
+        self._budgeted_cost_s += self._armed_s
 
     def _take_representations(self) -> activations.Capture | None:
         """Disarm; what this step's forward copied (None: nothing armed or nothing copied).
-        The hooks' time counts against the budget."""
+        The hooks' time counts against the budget; `_capture_s` is then the capture's whole
+        training-thread time (arming and hooks; 0 when nothing was armed), which a full
+        sample moves to the full tier's ledger (_sample)."""
+        armed_s, self._armed_s, self._capture_s = self._armed_s, 0.0, 0.0
         if not self._reps.armed:
             return None
         fired = self._reps.fired
@@ -765,6 +779,7 @@ class Agent:
             self._report("representations", capture.errors[0])
         self._cost_s += capture.cost_s
         self._budgeted_cost_s += capture.cost_s
+        self._capture_s = armed_s + capture.cost_s
         return capture if fired else None
 
     def _merge_representations(self, values: dict[str, dict[str, Any]],

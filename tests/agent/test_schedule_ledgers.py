@@ -30,7 +30,7 @@ def test_a_full_samples_publisher_work_is_charged_to_the_full_ledger():
         sched.record(CHEAP, 0.001)
         assert sched.choose() == FULL  # the full tier's first sample: the next one
         sched.record(FULL, 0.1)
-        sched.charge_publisher(publisher_s)  # as the publisher thread does
+        sched.charge_extra(publisher_s)  # as the publisher thread does
         assert sched.host_seconds() == pytest.approx(0.1 + publisher_s)
         for second in range(1, 1000):  # one sample a second
             now[0] = float(second)
@@ -93,6 +93,45 @@ def test_representations_are_captured_and_decoded_for_full_samples_only(collecto
     assert armed_at == [15, 30]  # step 1's capture is armed by watch() itself
 
 
+def test_a_full_samples_capture_is_charged_to_the_full_ledger(collector):
+    """Arming the capture and its hooks run on the training thread for a full sample: their
+    seconds go to the full tier's ledger with the sample's publisher work (charge_extra), so
+    the cheap ledger, which leaves the full tier's host seconds out, does not pay them. A
+    cheap sample has no capture to charge."""
+    torch.manual_seed(0)
+    x, y = classifier_task()
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=5, budget=1.0,
+                           full_every=3, heartbeat_interval=0.05)
+    charged: list[float] = []
+    sched = agent.engine.scheduler
+    real_charge = sched.charge_extra
+    sched.charge_extra = lambda seconds: (charged.append(seconds), real_charge(seconds))[1]
+    sub = collector(agent.endpoint)
+    sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
+    capture_s = {}
+    for step in range(1, 16):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 14:  # armed for step 15's full sample: as if arming had taken 0.5 s more
+            assert agent._reps.armed and agent._armed_s > 0.0
+            agent._armed_s += 0.5
+        if step in (10, 15):
+            capture_s[step] = agent._capture_s  # set by this step's sample
+    sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 15)
+    try:
+        assert capture_s[10] == 0.0  # cheap: nothing armed
+        assert capture_s[15] > 0.5  # full: arming at step 14 and the hooks at step 15
+        assert len(charged) == 2  # the full samples of steps 1 and 15
+        assert charged[1] >= capture_s[15]  # with the sample's publisher work
+        assert sched.host_seconds() >= sum(charged)
+    finally:
+        agent.close()
+
+
 def test_a_costly_full_sample_comes_out_of_the_full_share_not_the_cheap_one(collector):
     """The agent's ledger: a full sample's host seconds are left out of what the cheap tier
     may spend. With 0.3 s of the cheap share's 0.3 s already spent by a full sample, the
@@ -111,7 +150,7 @@ def test_a_costly_full_sample_comes_out_of_the_full_share_not_the_cheap_one(coll
         assert not agent._affords_sample(training_s)
         sched.samples[CHEAP] = 1
         sched.record(FULL, 0.25)  # … of which a full sample's training-thread part
-        sched.charge_publisher(0.05)  # and its publisher work
+        sched.charge_extra(0.05)  # and its publisher work
         assert agent._affords_sample(training_s)
         assert sched.full_spent == pytest.approx(0.3)  # the full ledger holds it instead
     finally:

@@ -32,10 +32,13 @@ monitor a user who samples every step wants, with spectra and duplicates every K
 On CUDA the work is queued on a side stream, so the training thread's clock sees only the
 launch time; CUDA events around each full sample feed its real GPU time back once it is done.
 
-A full sample's work on the publisher thread (decoding its layer detail, the representations
-captured for it: tens of ms on a GPT-style model, more than its spectra) is charged to the full
-ledger too (`charge_publisher`, from that thread), so that the full tier cannot spend what it
-does not see and starve the cheap refresh.
+What a full sample costs outside its engine work is charged to the full ledger too
+(`charge_extra`, from the publisher thread): its decoding there (its layer detail, the
+representations captured for it) and, on the training thread, arming and filling that
+capture (the rows' copies, the heads' max-logit: ~2 ms a full sample on a GPT-style model),
+so that the full tier cannot spend what it does not see and starve the cheap refresh (the
+capture's time was the cheap ledger's before: ~12 % of it on that model once full samples
+grew frequent).
 """
 
 from __future__ import annotations
@@ -68,10 +71,11 @@ class TierScheduler:
         self.full_host_s = 0.0
         self.samples = {CHEAP: 0, FULL: 0}
         self._pending: list[tuple[Any, Any, float]] = []  # CUDA (start, end, cpu seconds)
-        # A full sample's publisher-thread seconds, appended there (deque.append is atomic),
-        # charged by choose() on the training thread; and their running average per sample.
-        self._publisher: collections.deque[float] = collections.deque()
-        self.publisher_cost: float | None = None
+        # A full sample's seconds outside its engine work (charge_extra), appended on the
+        # publisher thread (deque.append is atomic), charged by choose() on the training
+        # thread; and their running average per sample.
+        self._extra: collections.deque[float] = collections.deque()
+        self.extra_cost: float | None = None
         # The tier of the very first sample. CHEAP (the agent's choice under a budget): step 1
         # then pays no spectra, and the full tier's warm-up comes with the next sample.
         self.first = FULL
@@ -85,7 +89,7 @@ class TierScheduler:
         reported since: the agent may ask one step ahead (to arm the representations' capture
         only for a full sample) and again at the sample."""
         self._collect_gpu_times()
-        self._collect_publisher()
+        self._collect_extra()
         if self.samples[FULL] == 0:
             return self.first if self.samples[CHEAP] == 0 else FULL
         if self.full_every is not None and self._since_full + 1 < self.full_every:
@@ -93,26 +97,28 @@ class TierScheduler:
         if self.unlimited:
             return FULL
         allowed = self.full_share * self.budget * (self._clock() - self._start)
-        expected = (self.full_cost or 0.0) + (self.publisher_cost or 0.0)
+        expected = (self.full_cost or 0.0) + (self.extra_cost or 0.0)
         return FULL if self.full_spent + expected <= allowed else CHEAP
 
     def host_seconds(self) -> float:
-        """`full_host_s` with what the publisher reported since (the agent's cheap ledger
-        reads it at every check, between samples too)."""
-        self._collect_publisher()
+        """`full_host_s` with what was reported since (the agent's cheap ledger reads it at
+        every check, between samples too)."""
+        self._collect_extra()
         return self.full_host_s
 
-    def charge_publisher(self, seconds: float) -> None:
-        """A full sample cost `seconds` of the publisher thread's CPU (called there)."""
-        self._publisher.append(seconds)
+    def charge_extra(self, seconds: float) -> None:
+        """A full sample cost `seconds` of host CPU outside its engine work: the publisher's
+        decoding and the training thread's capture for it (called once per full sample, on
+        the publisher thread)."""
+        self._extra.append(seconds)
 
-    def _collect_publisher(self) -> None:
-        while self._publisher:
-            seconds = self._publisher.popleft()
+    def _collect_extra(self) -> None:
+        while self._extra:
+            seconds = self._extra.popleft()
             self.full_spent += seconds
             self.full_host_s += seconds
-            old = self.publisher_cost
-            self.publisher_cost = seconds if old is None else 0.7 * old + 0.3 * seconds
+            old = self.extra_cost
+            self.extra_cost = seconds if old is None else 0.7 * old + 0.3 * seconds
 
     def record(self, tier: str, seconds: float, events: tuple[Any, Any] | None = None) -> None:
         """A sample of `tier` cost `seconds` on the calling thread (and, on CUDA, ran between
