@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from symwatch_agent.agent import Agent
 from symwatch_agent.measure import spectra
 from symwatch_agent.measure.indicators import COL, IndicatorEngine
 from symwatch_agent.measure.layers import discover
@@ -62,16 +63,24 @@ def classifier_task(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def test_representations_are_captured_and_decoded_for_full_samples_only(collector):
-    """full_every=3 with no time limit: samples at steps 1, 5, …, 30, full at 1, 15 and 30.
-    Only those carry the activation ranks and NC1 (and the layer detail, the full tier's),
-    and no forward hook was left armed for the cheap ones."""
+def watched_classifier() -> tuple[torch.Tensor, torch.Tensor, nn.Module,
+                                  torch.optim.Optimizer, Agent]:
+    """A small ReLU classifier on classifier_task, watched with no budget limit: a sample
+    every 5 steps, a full one every third (steps 1, 15, 30)."""
     torch.manual_seed(0)
     x, y = classifier_task()
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=5, budget=1.0,
                            full_every=3, heartbeat_interval=0.05)
+    return x, y, model, opt, agent
+
+
+def test_representations_are_captured_and_decoded_for_full_samples_only(collector):
+    """full_every=3 with no time limit: samples at steps 1, 5, …, 30, full at 1, 15 and 30.
+    Only those carry the activation ranks and NC1 (and the layer detail, the full tier's),
+    and no forward hook was left armed for the cheap ones."""
+    x, y, model, opt, agent = watched_classifier()
     sub = collector(agent.endpoint)
     sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
     armed_at = []
@@ -98,12 +107,7 @@ def test_a_full_samples_capture_is_charged_to_the_full_ledger(collector):
     seconds go to the full tier's ledger with the sample's publisher work (charge_extra), so
     the cheap ledger, which leaves the full tier's host seconds out, does not pay them. A
     cheap sample has no capture to charge."""
-    torch.manual_seed(0)
-    x, y = classifier_task()
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=5, budget=1.0,
-                           full_every=3, heartbeat_interval=0.05)
+    x, y, model, opt, agent = watched_classifier()
     charged: list[float] = []
     sched = agent.engine.scheduler
     real_charge = sched.charge_extra

@@ -79,6 +79,19 @@ def train(model: GPT, opt: torch.optim.Optimizer, steps: int, vocab: int = 64) -
         opt.step()
 
 
+def watched_gpt(collector):
+    """A 2-block GPT watched with no budget limit, every step sampled, and a subscriber that
+    has seen the agent's heartbeat: (model, optimizer, agent, subscriber)."""
+    torch.manual_seed(0)
+    model = GPT(depth=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", heartbeat_interval=0.05,
+                           every=1, budget=1.0, stats_interval=0.01)
+    sub = collector(agent.endpoint)
+    sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
+    return model, opt, agent, sub
+
+
 def engine_for(model: nn.Module) -> IndicatorEngine:
     layers, _ = discover({"": model})
     engine = IndicatorEngine(layers, budget=0.01)
@@ -222,13 +235,7 @@ def test_a_full_samples_activations_are_as_many_layers_as_its_slice_in_turn(coll
     sample captures as many layers as its slice of the weights measures, the layers in turn,
     so that over the slices every layer's rows come; the classifier's features (NC) with its
     own rows."""
-    torch.manual_seed(0)
-    model = GPT(depth=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", heartbeat_interval=0.05,
-                           every=1, budget=1.0, stats_interval=0.01)
-    sub = collector(agent.endpoint)
-    sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
+    model, opt, agent, sub = watched_gpt(collector)
     train(model, opt, 1)  # unlimited: the whole model, every layer's rows
     first = sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 1)
     captured = {n for n, v in first.payload["values"].items() if "act_erank" in v}
@@ -281,13 +288,7 @@ def test_start_up_under_a_budget_measures_one_cheap_chunk(collector):
 
 
 def test_layers_left_out_of_a_slice_keep_their_values_in_the_observer(collector):
-    torch.manual_seed(0)
-    model = GPT(depth=2)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", heartbeat_interval=0.05,
-                           every=1, budget=1.0, stats_interval=0.01)
-    sub = collector(agent.endpoint)
-    sub.wait_for(lambda m: m.kind == protocol.HEARTBEAT)
+    model, opt, agent, sub = watched_gpt(collector)
     train(model, opt, 1)  # unlimited budget: the whole model
     sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 1)
     # then one chunk per sample, as a tight budget would make it: the agent's slice target
