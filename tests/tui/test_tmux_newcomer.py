@@ -123,7 +123,7 @@ MESSAGE_WORDS = {"at", "step", "in", "the", "same", "window", "also", "and", "mo
                  "non-finite", "value", "→", "…", "%", "lr", "weight_decay", "momentum",
                  # the loss's own kinds, `<loss> fell` / `<loss> rose`, `a loss spike`
                  "fell", "rose", "spike", "divergence"}
-TOKEN = re.compile(r"^([−+-]?[\d.,]+(e[+-]?\d+)?%?|\(?×[\d.,]+(e[+-]?\d+)?\)?|\(?[−+]?[\d.]+|%\)|"
+TOKEN = re.compile(r"^([−+-]?[\d.,]+(e[+-]?\d+)?%?|\(?×[\d.,]+(e[+-]?\d+)?\)?|\(?[−+]?[\d.]+%?\)?|%\)|"
                    r"[\w.]*loss|[\w]+(\.\d+)+)$")
 
 
