@@ -220,7 +220,8 @@ def test_peek_says_how_many_layers_take_would_measure_and_moves_nothing():
                                                      FULL: [40.0, 10.0, 10.0]})
     assert slices.peek(FULL, 1.0) == 4  # no rate yet: one chunk (of four layers)
     slices.per_unit = {CHEAP: 1.0, FULL: 1.0}
-    for target, layers in ((1.0, [[0, 1, 2, 3], [4], [5]]), (50.0, [[0, 1, 2, 3, 4], [0, 1, 2, 3, 5]])):
+    for target, layers in ((1.0, [[0, 1, 2, 3], [4], [5]]),
+                           (50.0, [[0, 1, 2, 3, 4], [0, 1, 2, 3, 5]])):
         for want in layers:
             assert slices.peek(FULL, target) == len(want)
             assert slices.peek(FULL, target) == len(want)  # twice: the cursor stayed
