@@ -4,9 +4,9 @@ the forward pass of a sampled step (docs/metrics.md, "Representations").
 Nothing is registered between samples: the post-step hook of the step before a due one (and
 watch(), for step 1, which always samples) *arms* the capture (forward hooks on the layers
 whose turn it is, a forward pre-hook on a classifier among them, the `cross_entropy` label
-listener of loss_capture.py); the forward pass fires each hook once (the hook removes nothing itself: a
-hook that already copied returns at once), and the sample `take()`s what was copied and
-disarms all of it. Its values join that sample's METRICS message. A step that is not about
+listener of loss_capture.py); the forward pass fires each hook once (the hook removes
+nothing itself: a hook that already copied returns at once), and the sample `take()`s what
+was copied and disarms all of it. Its values join that sample's METRICS message. A step that is not about
 to be sampled pays nothing in its forward (no hook is called) and one attribute check plus
 one modulo in the post-step hook; a due step the budget then skips drops its capture.
 
