@@ -6,9 +6,10 @@ watch(), for step 1, which always samples) *arms* the capture (forward hooks on 
 whose turn it is, a forward pre-hook on a classifier among them, the `cross_entropy` label
 listener of loss_capture.py); the forward pass fires each hook once (the hook removes
 nothing itself: a hook that already copied returns at once), and the sample `take()`s what
-was copied and disarms all of it. Its values join that sample's METRICS message. A step that is not about
-to be sampled pays nothing in its forward (no hook is called) and one attribute check plus
-one modulo in the post-step hook; a due step the budget then skips drops its capture.
+was copied and disarms all of it. Its values join that sample's METRICS message. A step that
+is not about to be sampled pays nothing in its forward (no hook is called) and one attribute
+check plus one modulo in the post-step hook; a due step the budget then skips drops its
+capture.
 
 What a hook does (training thread, no device sync, never raises into training):
 - picks at most ROW_CAP rows of the output (batch × positions flattened; channels-first
