@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import math
+import re
 import time as _time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -765,12 +766,30 @@ def _is_loss(key: SeriesKey) -> bool:
     return layer is None and family(metric) == "loss"
 
 
+# An optimizer mark's weight-decay change, as TransitionWatch writes it ("optimizer lr 0.1 →
+# 0.01, weight_decay 0 → 1.5"): the values before and after.
+_DECAY_CHANGE = re.compile(r"\bweight_decay (\S+?) → ([^\s,]+)")
+
+
+def decay_raised(exogenous: str | None) -> bool:
+    """Whether an exogenous mark says weight decay was switched on or raised. Only then does
+    it explain weights shrinking or modes fading: switched off or lowered, the same mark
+    explains the event as a change of the optimizer, not as weight decay at work."""
+    for before, after in _DECAY_CHANGE.findall(exogenous or ""):
+        try:
+            if float(after) > float(before):
+                return True
+        except ValueError:  # a mark written by hand: no number to compare
+            continue
+    return False
+
+
 def _kind(metric: str, direction: str, exogenous: str | None,
           decaying: bool = False) -> str | None:
     """What a change of this indicator means, in the paper's words (None: nothing specific).
     `decaying`: weight decay is on (a mode lost then is lost to it)."""
     up = direction == "up"
-    switched = "weight_decay" in (exogenous or "")  # the event is explained by that change
+    switched = decay_raised(exogenous)  # the event is explained by weight decay coming on
     decay = decaying or switched
     if metric == "modes":
         return "a mode learned" if up else ("a mode lost to weight decay" if decay

@@ -26,6 +26,7 @@ from symwatch.core.detection import (
     Transition,
     TransitionDetector,
     calibrated_threshold,
+    decay_raised,
     default_transform,
     effect,
     family,
@@ -661,6 +662,45 @@ def test_modes_fading_after_weight_decay_is_its_own_event(ramp: int, fading: boo
     assert to_event_payload(fade[0])["headline"] == {"layer": "lin.0",
                                                      "metric": "effective_rank"}
     assert fade[0].message.startswith("modes fading under weight decay: lin.0 effective rank")
+
+
+@pytest.mark.parametrize("mark, raised", [
+    ("optimizer weight_decay 0 → 1.5", True),
+    ("optimizer weight_decay 0.01 → 0.1", True),
+    ("optimizer lr 0.1 → 0.01, weight_decay 0 → 1e-04", True),
+    ("optimizer weight_decay 1.5 → 0", False),
+    ("optimizer weight_decay 0.1 → 0.01, lr 0.01 → 0.1", False),
+    ("optimizer lr 0.1 → 0.01", False),
+    ("resumed from a checkpoint", False),
+    (None, False),
+])
+def test_only_weight_decay_coming_on_counts_as_weight_decay_at_work(mark, raised):
+    assert decay_raised(mark) is raised
+
+
+def test_weight_decay_switched_off_explains_no_shrinking_as_weight_decay() -> None:
+    """The same fall as above right after weight decay was switched *off* (the demo does it
+    every cycle): the mark explains the event, but neither `weights shrank under weight
+    decay` nor `modes fading under weight decay` (before: any mark naming weight_decay)."""
+    rng = random.Random(11)
+    det = TransitionDetector()
+    det.weight_decay = 1.5
+    det.mark_exogenous(2000, "optimizer weight_decay 1.5 → 0")
+
+    def sample(i: int) -> dict:
+        if i == 200:
+            det.weight_decay = 0.0
+        after = 1.0 if i >= 200 else 0.0
+        return {("lin.0", "weight_norm"): 3.0 * (0.8 if i >= 200 else 1.0)
+                * math.exp(rng.gauss(0, 0.002)),
+                ("lin.0", "effective_rank"): 4.0 - 0.9 * after + rng.gauss(0, 0.003),
+                LOSS_KEY: 0.01 * (20.0 if i >= 200 else 1.0) * math.exp(rng.gauss(0, 0.01))}
+
+    found = run_detector(det, 320, sample)
+    assert found and found[0].exogenous, [t.message for t in found]
+    kinds = [t.kind for t in found]
+    assert "weights shrank" in kinds, kinds
+    assert not any("under weight decay" in k for k in kinds), kinds
 
 
 def test_a_shape_falling_while_weight_decay_is_merely_on_is_not_called_fading() -> None:
