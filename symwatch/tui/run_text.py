@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any, Sequence
 
+from symwatch.state import numbers
+
 
 def started_text(started: float, now: float | None = None) -> str:
     """Local time; the date only when it is not today (keeps a row of runs inside 120 columns)."""
@@ -42,6 +44,20 @@ def sampling_text(sampling: Any, hint: bool = True) -> str:
                  and not isinstance(budget, bool) else "time budget")
         return f"every ~{steps}{layers}: {share}" + ("; --budget to change" if hint else "")
     return f"every {steps}{layers}" + (" (--every)" if hint else "")
+
+
+def overhead_text(overhead: Any, sampling: Any) -> str:
+    """The agent's share of the wall time against its time budget (STATS `overhead` and
+    `sampling.budget`): '0.42% of 1%'; '31.61%, no budget' where the budget is 1 or more (every
+    sample taken, as in the demo: a large share there is the cost of sampling every step, not
+    a budget overrun); the share alone while the budget is unknown."""
+    shown = numbers.percent(overhead, 2)
+    budget = sampling.get("budget") if isinstance(sampling, dict) else None
+    if shown == numbers.NA or not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        return shown
+    if budget >= 1:
+        return f"{shown}, no budget"
+    return f"{shown} of {budget * 100:.3g}%"
 
 
 def command_text(command: Sequence[str], width: int = 32) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
+
 from symwatch.core import protocol
 from symwatch.state.run_state import RunState
 from symwatch.tui.history_view import HistoryWindow
-from symwatch.tui.run_text import command_text, started_text
+from symwatch.tui.run_text import command_text, overhead_text, started_text
 from symwatch.tui.widgets.header import header_text
 from symwatch.tui.widgets.layer_table import VALUE_WIDTH, compute_layout
 from symwatch.tui.widgets.panels import events_text, gpu_text, loss_text
@@ -159,3 +161,29 @@ def test_header_names_the_run_by_id_until_meta_arrives():
     assert "run r\n" in header
     assert "tcp://h:1" not in header  # the socket is on `g`'s screen, not in the header
     assert "(no run yet)" in header_text(RunState(), "waiting", endpoint="tcp://h:1").plain
+
+
+def _stats(s: RunState, **payload) -> None:
+    s.fold(protocol.decode(list(protocol.encode(
+        protocol.STATS, run="r", rank=0, restart=0, seq=1, time=0.0, step=10, payload=payload))))
+
+
+@pytest.mark.parametrize("budget, shown", [
+    (0.01, "overhead 0.42% of 1%"),  # against the budget it is kept within
+    (0.05, "overhead 0.42% of 5%"),
+    (1.0, "overhead 0.42%, no budget"),  # every sample taken: no cap to compare with
+    (None, "overhead 0.42%"),  # an agent that does not say its budget
+])
+def test_the_header_reads_the_overhead_against_the_budget(budget, shown):
+    s = _state()
+    sampling = {"interval": 1, "every": 1, "limit": "every"}
+    if budget is not None:
+        sampling["budget"] = budget
+    _stats(s, overhead=0.0042, sampling=sampling)
+    header = header_text(s, "live", endpoint="tcp://h:1", width=200).plain
+    assert shown + "  " in header, header
+
+
+def test_overhead_text_says_na_without_a_figure():
+    assert overhead_text(None, {"budget": 0.01}) == "N/A"
+    assert overhead_text(0.3161, {"budget": True}) == "31.61%"  # not a number: no comparison

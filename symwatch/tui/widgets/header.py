@@ -9,7 +9,7 @@ from symwatch.state import numbers
 from symwatch.state.optimizer import settings_text
 from symwatch.state.run_state import FINISHED, LIVE, RECONNECTING, STALE, WAITING, RunState
 from symwatch.tui.history_view import HistoryWindow, value_at, window_label
-from symwatch.tui.run_text import sampling_text
+from symwatch.tui.run_text import overhead_text, sampling_text
 
 STATE_STYLES = {
     WAITING: "bold black on yellow",
@@ -60,7 +60,7 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
         line.append(f" {settings}", "bold cyan")
         line.append("  ")
     _field(line, "steps/s", numbers.compact(state.steps_per_s, 3))
-    _field(line, "overhead", numbers.percent(state.overhead, 2))
+    _field(line, "overhead", overhead_text(state.overhead, state.sampling))
     dropped = state.dropped
     _field(line, "dropped", str(dropped), "bold red" if dropped else "")
     if state.garbage:
