@@ -36,10 +36,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from doc_sections import write_section
-from event_corpus import RUNS, tape
+from event_corpus import RUNS, common, tape
 from event_corpus.common import RunResult
 from event_corpus.scoring import Score, score_run
 from machine import describe
+from symwatch_agent.options import DEFAULT_EVERY
 
 SECTION = "event-corpus"
 
@@ -51,6 +52,9 @@ def run_one(name: str, steps: int | None, seed: int) -> RunResult:
     module = importlib.import_module(f"event_corpus.{name}")
     result = module.run(steps=steps, seed=seed)
     tape.save(name)
+    result.samples = sum(common.SAMPLES)
+    if common.at_defaults():
+        result.every = DEFAULT_EVERY
     return result
 
 
@@ -85,12 +89,13 @@ def rows(results: list[RunResult]) -> tuple[list[tuple[RunResult, Score]], Score
     return scored, total
 
 
-HEADER = ("run", "steps (every)", "truths", "events", "matched", "exog.", "precision", "recall",
+HEADER = ("run", "steps (every)", "samples", "truths", "events", "matched", "exog.", "precision", "recall",
           "median delay", "median onset err.", "false / 1k steps", "seconds")
 
 
 def _cells(name: str, r: RunResult | None, s: Score) -> tuple[str, ...]:
-    return (name, f"{r.steps} ({r.every})" if r else "", str(s.truths), str(s.events),
+    samples = "" if r is None or r.samples is None else str(r.samples)
+    return (name, f"{r.steps} ({r.every})" if r else "", samples, str(s.truths), str(s.events),
             str(s.matched_events), str(s.exogenous), _pct(s.precision), _pct(s.recall),
             _num(s.median_delay), _num(s.median_onset_error),
             "–" if s.false_per_1000 is None else f"{s.false_per_1000:.1f}",
@@ -166,6 +171,39 @@ def markdown(results: list[RunResult], command: str) -> str:
     return "\n".join(lines)
 
 
+def markdown_defaults(results: list[RunResult], command: str) -> str:
+    """The section of a --defaults run: the same table, the agent as a user leaves it."""
+    scored, total = rows(results)
+    lines = [
+        "### The same runs at the agent's defaults",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        ("Each run's agent as `watch(model, opt)` leaves it: every "
+         f"{DEFAULT_EVERY} steps, stretched by the 1 % time budget, rather than every `every` "
+         "steps with no budget as above. The samples (the `samples` column: steps with "
+         "indicators) and so the events depend on this machine's speed: this is what a user "
+         "who changes nothing gets on it, scored against the same truths in the same way. "
+         "The detector warms up over its first ~30–50 samples of each series."),
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    for r, s in scored:
+        lines.append("| " + " | ".join(_cells(r.name, r, s)) + " |")
+    lines.append("| " + " | ".join(_cells("**all**", None, total)) + " |")
+    missed = [f"{r.name}: " + "; ".join(s.missed) for r, s in scored if s.missed]
+    if missed:
+        lines += ["", "Missed: " + " · ".join(missed) + "."]
+    seconds = sum(r.seconds for r in results)
+    lines += ["", (f"Machine: {describe(torch_threads=False)}; one torch thread per run, "
+                   f"{seconds:.0f} s of training in all; "
+                   f"{time.strftime('%Y-%m-%d', time.gmtime())}.")]
+    return "\n".join(lines)
+
+
 def console_table(results: list[RunResult]) -> Table:
     scored, total = rows(results)
     table = Table(title="Events on real training runs")
@@ -189,10 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                         "has a core to itself, as its seconds column assumes)")
     parser.add_argument("--tape", type=Path, default=None, help="save what the detector was "
                         "fed here, per run (benchmarks/event_corpus_replay.py scores it again)")
+    parser.add_argument("--defaults", action="store_true", help="each run's agent at its "
+                        "defaults (every 10 steps, the 1 %% time budget) instead of every "
+                        "`every` steps with no budget: what a user who changes nothing gets on "
+                        "this machine (its own section, event-corpus-defaults)")
     parser.add_argument("--one", choices=RUNS, help=argparse.SUPPRESS)  # the subprocess
     args = parser.parse_args(argv)
     if args.tape:
         os.environ[tape.ENV_TAPE] = str(args.tape.resolve())
+    if args.defaults:  # inherited by the runs' subprocesses
+        os.environ[common.ENV_DEFAULTS] = "1"
     if args.one:
         result = run_one(args.one, args.steps, args.seed)
         if args.json:
@@ -215,9 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps([r.to_json() for r in results], indent=1))
     if args.write:
         command = ".venv/bin/python benchmarks/event_corpus.py --write docs/benchmarks.md"
+        if args.defaults:
+            command += " --defaults"
         if args.only:
             command += " --only " + " ".join(args.only)
-        write_section(args.write, SECTION, markdown(results, command))
+        if args.defaults:
+            write_section(args.write, SECTION + "-defaults", markdown_defaults(results, command))
+        else:
+            write_section(args.write, SECTION, markdown(results, command))
     return 0
 
 

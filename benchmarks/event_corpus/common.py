@@ -63,6 +63,7 @@ class RunResult:
     notices: int = 0  # non-transition events (warnings, notices): not scored
     seconds: float = 0.0
     facts: dict[str, Any] = field(default_factory=dict)  # what the truth was computed from
+    samples: int | None = None  # steps with indicators in the run's recording (run_one)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "truths": [asdict(t) for t in self.truths],
@@ -84,6 +85,27 @@ class Recorded:
     notices: int = 0
 
 
+# `event_corpus.py --defaults` sets it (its runs inherit it): each run's agent as
+# `watch(model, opt)` leaves it, every 10 steps stretched by the 1 % time budget, instead of
+# every `every` steps with no budget. The samples, and so the events, then depend on the
+# machine's speed: what a user who changes nothing gets on it.
+ENV_DEFAULTS = "SYMWATCH_CORPUS_DEFAULTS"
+
+# The samples each recording made in this process holds (appended as it is read): run_one
+# reports them beside the run's result (with --defaults they are the budget's doing).
+SAMPLES: list[int] = []
+
+
+def at_defaults() -> bool:
+    return os.environ.get(ENV_DEFAULTS) == "1"
+
+
+def count_samples(path: Path) -> int:
+    """The steps a recording has indicators for (its METRICS messages' distinct steps)."""
+    with RecordingReader(path) as reader:
+        return len({msg.step for msg in reader.messages((protocol.METRICS,))})
+
+
 @contextlib.contextmanager
 def recorded(model: Any, optimizer: Any, *, every: int, name: str,
              **options: Any) -> Iterator[tuple[Agent, Recorded]]:
@@ -91,19 +113,24 @@ def recorded(model: Any, optimizer: Any, *, every: int, name: str,
     published, whether or not a subscriber had joined yet (the most direct real path: the same
     messages a viewer gets, from the publisher thread, with none lost to a slow joiner). The
     budget is lifted so that the samples (and so the events) do not depend on the machine's
-    speed; the endpoint is a Unix socket in the runtime directory, as by default. The events
+    speed (unless ENV_DEFAULTS says to keep the agent's defaults); the endpoint is a Unix socket in the runtime directory, as by default. The events
     are read once the agent has closed (its goodbye flushed the recorder) into the yielded
     `Recorded`."""
     out = Recorded()
     with tempfile.TemporaryDirectory(prefix="symwatch-corpus-") as tmp:
         path = Path(tmp) / "run.db"
-        options.setdefault("budget", 1.0)
-        agent = watch(model, optimizer, every=every, name=name, record=str(path), **options)
+        if at_defaults():  # the agent's own `every` and budget (ENV_DEFAULTS)
+            options.pop("budget", None)
+            agent = watch(model, optimizer, name=name, record=str(path), **options)
+        else:
+            options.setdefault("budget", 1.0)
+            agent = watch(model, optimizer, every=every, name=name, record=str(path), **options)
         try:
             yield agent, out
         finally:
             agent.close()
         out.events, out.notices = read_events(path)
+        SAMPLES.append(count_samples(path))
 
 
 def read_events(path: Path) -> tuple[list[Event], int]:

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import torch
 from symwatch_agent.entry import demo
-from symwatch_agent.options import ENV_RECORD
+from symwatch_agent.options import DEFAULT_EVERY, ENV_RECORD, AgentOptions
 
 from .common import (
+    SAMPLES,
     RunResult,
     Truth,
+    at_defaults,
+    count_samples,
     crossing_truth,
     random_orthogonal,
     read_events,
@@ -71,8 +74,10 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
         os.environ[ENV_RECORD] = str(path)
         t0 = time.perf_counter()
         try:
-            code = demo.run(steps=steps, delay=0.0, every=EVERY, endpoint=None, name=NAME,
-                            seed=seed, budget=1.0)
+            code = demo.run(steps=steps, delay=0.0, endpoint=None, name=NAME, seed=seed,
+                            **({"every": DEFAULT_EVERY, "budget": AgentOptions.budget}
+                               if at_defaults()
+                               else {"every": EVERY, "budget": 1.0}))
         finally:
             if previous is None:
                 os.environ.pop(ENV_RECORD, None)
@@ -80,6 +85,7 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
                 os.environ[ENV_RECORD] = previous
         seconds = time.perf_counter() - t0
         events, notices = read_events(path)
+        SAMPLES.append(count_samples(path))
     modes = _teacher_modes(steps, seed, cfg)
     grow, off = cfg.grow_steps, cfg.grow_steps + cfg.decay_steps
     truths = []

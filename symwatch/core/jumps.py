@@ -101,6 +101,10 @@ TRANSFORMS: dict[str, tuple[Callable[[float], float | None], Callable[[float], f
 
 # An integer series counts as a staircase while its last STEPWISE_CHANGES lasting level
 # changes span at least STEPWISE_CHANGES × STEPWISE_SPACING samples (one per 30 on average).
+# No alarm before a series has this many samples (JumpDetector's `warmup`): its noise and its
+# floors are estimated from them. The viewer says so while a run has fewer.
+WARMUP_SAMPLES = 30
+
 STEPWISE_CHANGES = 4
 STEPWISE_SPACING = 30
 
@@ -249,7 +253,8 @@ class JumpDetector:
 
     def __init__(self, key: Hashable = None, *, threshold: float | None = None,
                  transform: str = "identity", scales: tuple[tuple[int, int], ...] = DEFAULT_SCALES,
-                 history: int = 64, min_history: int = 16, warmup: int = 30, min_gap: int = 5,
+                 history: int = 64, min_history: int = 16, warmup: int = WARMUP_SAMPLES,
+                 min_gap: int = 5,
                  rearm: float = 0.5, confirm: int = 2, decorrelate: float = 4.0,
                  tail_q: float = 0.9, quantum_margin: float = 1.5, quantum_min_m: int = 7,
                  rel_floor: float = 1e-6) -> None:

@@ -187,3 +187,17 @@ def test_the_header_reads_the_overhead_against_the_budget(budget, shown):
 def test_overhead_text_says_na_without_a_figure():
     assert overhead_text(None, {"budget": 0.01}) == "N/A"
     assert overhead_text(0.3161, {"budget": True}) == "31.61%"  # not a number: no comparison
+
+
+@pytest.mark.parametrize("samples, said", [
+    (12, " no events yet: 12 samples so far; jumps are flagged from a series' ~30th sample"),
+    (0, " no events yet: 0 samples so far; jumps are flagged from a series' ~30th sample"),
+    (30, " no events yet"),  # warmed up: nothing to explain
+    (None, " no events yet"),  # no heartbeat yet
+])
+def test_no_events_says_whether_the_detector_is_still_warming_up(samples, said):
+    """At the defaults a budget-stretched interval keeps a short run under the detector's
+    warm-up (benchmarks.md, the event corpus at the agent's defaults): the log says so."""
+    s = _state()
+    s.samples = samples
+    assert events_text(s, lines=3).plain == said

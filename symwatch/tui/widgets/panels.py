@@ -8,6 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import Static
 
+from symwatch.core.jumps import WARMUP_SAMPLES
 from symwatch.state import axis, numbers
 from symwatch.state.gpu_clocks import clock_text, throttled
 from symwatch.state.optimizer import change_text
@@ -223,6 +224,12 @@ def events_text(state: RunState, lines: int, width: int = 0) -> Text:
     recent = list(state.events)[-lines:] if lines > 0 else []
     if not recent:
         text.append(" no events yet", "dim")
+        samples = state.samples
+        if isinstance(samples, int) and 0 <= samples < WARMUP_SAMPLES:
+            # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
+            # can leave a run below the detector's warm-up for thousands of steps.
+            text.append(f": {samples} samples so far; jumps are flagged from a series' "
+                        f"~{WARMUP_SAMPLES}th sample", "dim")
         return text
     for i, ev in enumerate(recent):
         if i:
