@@ -201,3 +201,19 @@ def test_no_events_says_whether_the_detector_is_still_warming_up(samples, said):
     s = _state()
     s.samples = samples
     assert events_text(s, lines=3).plain == said
+
+
+def test_the_sampling_field_is_on_the_first_line_and_fits_120_columns():
+    """After the figures on the second line it was cut off at 120 columns, on a default run
+    where it explains the N/A cells and the refresh; the first line has room, and the option's
+    hint is left out where only the rest fits."""
+    s = _state()
+    s.name, s.host, s.pid, s.device = "train_gpt.py", "node-17", 70000, "cuda:0"
+    _stats(s, overhead=0.004, loss=0.5, steps_per_s=20.0, sampling={
+        "interval": 70, "every": 10, "budget": 0.01, "limit": "budget", "layer_interval": 220})
+    top, second = [line.rstrip() for line in header_text(
+        s, "live", endpoint="tcp://h:1", width=120).plain.split("\n")]
+    assert top.endswith("sampling every ~70 steps, each layer every ~220: 1 % budget"), top
+    assert len(top) <= 120 and "sampling" not in second
+    wide = header_text(s, "live", endpoint="tcp://h:1", width=200).plain.split("\n")[0].rstrip()
+    assert wide.endswith(": 1 % budget; --budget to change"), wide

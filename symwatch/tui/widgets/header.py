@@ -1,4 +1,5 @@
-"""The run header: connection state, run identity, step, loss, rate, overhead, drops."""
+"""The run header: connection state, run identity and what sets its sampling; step, loss, rate,
+overhead, drops."""
 
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
     if state.device:
         top.append(f"  {state.device}", "dim")
     # the socket path (`endpoint`) is on `g`'s screen: here it took ~45 columns of the line
+    sampling = sampling_text(state.sampling)
+    if sampling:  # what sets the cadence, and the option that changes it: on this line, which
+        # has room for it (after the figures it was cut off at 120 columns, where a default
+        # run needs it most: it is what explains N/A cells and a slow refresh); without the
+        # option's hint where only that fits
+        room = (width or 0) - len(top.plain) - len("   sampling ")
+        if width and len(sampling) > room:
+            sampling = sampling_text(state.sampling, hint=False)
+        top.append("  ")
+        _field(top, "sampling", sampling,
+               "yellow" if state.sampling and state.sampling.get("limit") == "budget" else "")
 
     line = Text()
     shown_step = window.end if history and window is not None else state.step
@@ -67,10 +79,6 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
         _field(line, "garbage", str(state.garbage), "bold red")
     if state.restarts:
         _field(line, "restarts", str(state.restarts), "yellow")
-    sampling = sampling_text(state.sampling)
-    if sampling:  # what sets the cadence, and the option that changes it
-        _field(line, "sampling", sampling,
-               "yellow" if state.sampling and state.sampling.get("limit") == "budget" else "")
     # Each line is cut, never wrapped: a wrapped first line would push the numbers out of view.
     # With the width known, a line is cut between two fields, never inside one (`overhead
     # 54.7…` read as a different number).
