@@ -190,16 +190,20 @@ def test_overhead_text_says_na_without_a_figure():
 
 
 @pytest.mark.parametrize("samples, said", [
-    (12, " no events yet: 12 samples so far; jumps are flagged from a series' ~30th sample"),
-    (0, " no events yet: 0 samples so far; jumps are flagged from a series' ~30th sample"),
-    (30, " no events yet"),  # warmed up: nothing to explain
-    (None, " no events yet"),  # no heartbeat yet
+    ([12, 12, 5], " no events yet: ~12 samples a layer so far; jumps are flagged from a "
+                  "series' ~30th sample"),
+    ([1, 1, 1], " no events yet: ~1 sample a layer so far; jumps are flagged from a "
+                "series' ~30th sample"),
+    ([40, 30, 12], " no events yet"),  # warmed up: nothing to explain
+    (None, " no events yet"),  # no layer sampled yet
 ])
 def test_no_events_says_whether_the_detector_is_still_warming_up(samples, said):
-    """At the defaults a budget-stretched interval keeps a short run under the detector's
-    warm-up (benchmarks.md, the event corpus at the agent's defaults): the log says so."""
-    s = _state()
-    s.samples = samples
+    """At the defaults a budget-stretched interval keeps a run's layers under the detector's
+    warm-up for long (benchmarks.md, the event corpus at the agent's defaults): the log says
+    how far they are, per layer (the median: a sliced sample refreshes only some)."""
+    s = _state() if samples is not None else RunState()
+    for layer, n in zip(s.layers.values(), samples or ()):
+        layer.updates = n
     assert events_text(s, lines=3).plain == said
 
 

@@ -224,12 +224,15 @@ def events_text(state: RunState, lines: int, width: int = 0) -> Text:
     recent = list(state.events)[-lines:] if lines > 0 else []
     if not recent:
         text.append(" no events yet", "dim")
-        samples = state.samples
-        if isinstance(samples, int) and 0 <= samples < WARMUP_SAMPLES:
-            # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
-            # can leave a run below the detector's warm-up for thousands of steps.
-            text.append(f": {samples} samples so far; jumps are flagged from a series' "
-                        f"~{WARMUP_SAMPLES}th sample", "dim")
+        # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
+        # can leave a run's layers below the detector's warm-up for thousands of steps. Per
+        # layer (the median of their samples seen): a sliced sample refreshes some layers only.
+        counts = sorted(layer.updates for layer in state.layers.values() if layer.updates)
+        typical = counts[len(counts) // 2] if counts else None
+        if typical is not None and typical < WARMUP_SAMPLES:
+            plural = "" if typical == 1 else "s"
+            text.append(f": ~{typical} sample{plural} a layer so far; jumps are flagged from a "
+                        f"series' ~{WARMUP_SAMPLES}th sample", "dim")
         return text
     for i, ev in enumerate(recent):
         if i:
