@@ -13,7 +13,7 @@ from __future__ import annotations
 import weakref
 
 from symwatch.core.names import NAMES, display, per_head
-from symwatch.state.run_state import RunState
+from symwatch.state.run_state import LayerState, RunState
 
 VIEWS: dict[str, tuple[str, ...]] = {
     # few enough columns that each keeps a sparkline at 120 columns
@@ -100,6 +100,22 @@ LEGEND: dict[str, tuple[str, str, str]] = {
     "nc2_norm": ("neural collapse: class means' norm spread", "0", "up"),
     "nc3": ("neural collapse: classifier vs class means", "0: dual", "up"),
 }
+
+
+# What the agent's full tier (exact spectra) gives every layer whose META row says `rank` (a
+# real matrix, docs/protocol.md): absent from its samples until that tier has visited it, in
+# turn within its share of the budget (on a GPT-style model at the defaults, ~7,000 steps for
+# the last layer). Shown as pending (…), not as N/A, which says the indicator does not apply.
+SPECTRUM_INDICATORS = frozenset({"modes", "effective_rank", "participation_ratio",
+                                 "numerical_rank", "delta_rank"})
+PENDING = "…"
+
+
+def pending(layer: LayerState, indicator: str) -> bool:
+    """Whether `indicator` of `layer` is one the agent will measure but has not yet: a
+    spectrum indicator of a matrix layer that has been sampled and has no such series."""
+    return (indicator in SPECTRUM_INDICATORS and layer.meta.get("rank") is True
+            and layer.updates > 0 and indicator not in layer.indicators)
 
 
 def legend(indicator: str) -> str:

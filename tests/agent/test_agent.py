@@ -97,7 +97,9 @@ def test_subscriber_sees_every_layer_with_values_matching_the_weights(collector)
     row = dict(meta.payload["layers"][0])
     # `feeds` (the layers reading its units) appears once the first forward pass paired them
     assert row.pop("feeds", ["2"]) == ["2"]
-    assert row == {"name": "0", "type": "Linear", "shape": [32, 8], "params": 8 * 32 + 32}
+    # `rank`: a matrix layer, which the full tier's spectra reach in turn (columns.pending)
+    assert row == {"name": "0", "type": "Linear", "shape": [32, 8], "params": 8 * 32 + 32,
+                   "rank": True}
     agent.close()
 
 
@@ -354,3 +356,17 @@ def test_demo_rank_staircase_climbs_one_step_at_a_time(tmp_path, monkeypatch):
     changes = [(step, b - a) for (_, a), (step, b) in zip(ranks, ranks[1:]) if b != a]
     assert [d for _, d in changes] == [1, 1, 1, 1, 1, -1], ranks
     assert changes[-1][0] > 400, changes  # the restoration comes under weight decay
+
+
+def test_meta_says_which_layers_get_spectra():
+    """META `rank`: a matrix layer (the full tier's spectra reach it in turn: the viewer shows
+    them pending until then), never a gain vector such as a LayerNorm's."""
+    from symwatch_agent.measure.layers import discover  # noqa: PLC0415 (this test only)
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4),
+                          nn.Linear(4, 1))
+    layers, _ = discover({"": model})
+    rows = {row["name"]: row for row in (layer.describe() for layer in layers)}
+    assert rows["0"]["rank"] is True and rows["2"]["rank"] is True
+    assert "rank" not in rows["1"]  # a gain vector
+    assert "rank" not in rows["3"]  # one output: no spectrum to speak of

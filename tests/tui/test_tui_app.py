@@ -409,3 +409,34 @@ async def test_source_that_raises_does_not_crash_the_app():
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.tick_errors >= 2)
         assert app.is_running and "boom" in app.last_tick_error
+
+
+async def test_spectra_the_full_tier_has_not_reached_yet_read_pending_not_na(fake_agent):
+    """At the defaults the full tier (spectra: modes, effective rank) visits the layers in
+    turn, thousands of steps apart on a GPT-style model; until it reaches a matrix layer
+    (META `rank`) its cells read `…`, not N/A, which says the indicator does not apply (a
+    LayerNorm's modes) and stays so."""
+    agent = fake_agent()
+    app = app_on(agent)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await join(pilot, agent, app)
+        agent.send(protocol.META, name="fake-run", pid=1, host="h", command=["t.py"],
+                   started=1.0, every=10, indicators=list(protocol.INDICATORS), layers=[
+                       {"name": "q", "type": "Linear", "shape": [8, 8], "params": 64,
+                        "rank": True},
+                       {"name": "mlp", "type": "Linear", "shape": [32, 8], "params": 256,
+                        "rank": True},
+                       {"name": "ln", "type": "LayerNorm", "shape": [8], "params": 16}])
+        agent.send(protocol.METRICS, 10, values={
+            "q": {"weight_norm": 2.0, "stable_rank": 3.0, "modes": 2},
+            "mlp": {"weight_norm": 4.0, "stable_rank": 5.0},  # a cheap sample only
+            "ln": {"weight_norm": 1.0}})
+        table = app.query_one(LayerTable)
+        key = column_key("modes")
+        await until(pilot, lambda: table.row_count == 3 and cell(app, "q", key).endswith("2"),
+                    what="three rows, q's modes")
+        assert cell(app, "mlp", key).endswith("…"), cell(app, "mlp", key)
+        assert cell(app, "ln", key).endswith("N/A"), cell(app, "ln", key)
+        agent.send(protocol.METRICS, 20, values={"mlp": {"weight_norm": 4.1, "modes": 3}})
+        await until(pilot, lambda: cell(app, "mlp", key).endswith("3"), what="mlp measured")
+        assert cell(app, "ln", key).endswith("N/A")

@@ -124,6 +124,8 @@ class Layer:
                                   "shape": list(self.weight.shape), "params": int(params)}
         if self.consumers:  # known once paired (after the first forward pass): META is resent
             row["feeds"] = [consumer.name for consumer in self.consumers]
+        if self.has_rank:  # gets the full tier's spectra (modes, effective rank, …) in turn:
+            row["rank"] = True  # until then the viewer shows them as pending, not as N/A
         return row
 
 

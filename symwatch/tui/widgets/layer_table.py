@@ -16,7 +16,7 @@ from textual.widgets.data_table import ColumnKey, RowKey
 
 from symwatch.state import numbers
 from symwatch.state.run_state import LayerState, RunState
-from symwatch.tui.columns import label, measured_indicators, view_indicators
+from symwatch.tui.columns import PENDING, label, measured_indicators, pending, view_indicators
 from symwatch.tui.layer_order import TableOrder, matches, ordered
 from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
 from symwatch.tui.widgets.sparkline import is_baseline, sparkline
@@ -132,7 +132,7 @@ def _fit(text: str, width: int) -> str:
 
 def _signature(layer: LayerState) -> tuple[object, ...]:
     return (layer.updates, layer.nonfinite, layer.type, layer.shape, layer.announced,
-            layer.flag)
+            layer.flag, layer.meta.get("rank"))  # `rank`: its pending cells (columns.pending)
 
 
 def _header_label(indicator: str, layout: Layout, arrow: str = "",
@@ -557,6 +557,9 @@ class LayerTable(DataTable[Text]):
             # a constant series is a baseline, dimmed: nothing to look at here
             text.append(line, "dim cyan" if is_baseline(line) else "cyan")
             text.append(" ")
+        if series is None and pending(layer, indicator):  # measured in turn: not there yet
+            text.append(PENDING.rjust(VALUE_WIDTH), "dim")
+            return text
         shown = numbers.indicator(indicator, value)
         text.append(shown.rjust(VALUE_WIDTH), value_style(indicator, value))
         return text
