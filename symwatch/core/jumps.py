@@ -99,12 +99,12 @@ TRANSFORMS: dict[str, tuple[Callable[[float], float | None], Callable[[float], f
 }
 
 
-# An integer series counts as a staircase while its last STEPWISE_CHANGES lasting level
-# changes span at least STEPWISE_CHANGES × STEPWISE_SPACING samples (one per 30 on average).
 # No alarm before a series has this many samples (JumpDetector's `warmup`): its noise and its
-# floors are estimated from them. The viewer says so while a run has fewer.
+# floors are estimated from them. The viewer says so while a run's layers have fewer.
 WARMUP_SAMPLES = 30
 
+# An integer series counts as a staircase while its last STEPWISE_CHANGES lasting level
+# changes span at least STEPWISE_CHANGES × STEPWISE_SPACING samples (one per 30 on average).
 STEPWISE_CHANGES = 4
 STEPWISE_SPACING = 30
 

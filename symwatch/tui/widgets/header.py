@@ -52,7 +52,7 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
     sampling = sampling_text(state.sampling)
     if sampling:  # what sets the cadence, and the option that changes it: on this line, which
         # has room for it (after the figures it was cut off at 120 columns, where a default
-        # run needs it most: it is what explains N/A cells and a slow refresh); without the
+        # run needs it most: it is what explains pending cells and a slow refresh); without the
         # option's hint where only that fits
         room = (width or 0) - len(top.plain) - len("   sampling ")
         if width and len(sampling) > room:
