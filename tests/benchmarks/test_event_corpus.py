@@ -118,7 +118,7 @@ def test_the_doc_table_carries_each_runs_scores_and_its_truth(tmp_path: Path) ->
     scorer = _scorer()
     runs = [RunResult("saxe_staircase", 450, 2, 10, [Truth(step=45, label="mode 1 learned"),
                                                       Truth(step=80, label="mode 2 learned")],
-                      [ev(44), ev(300)], seconds=3.0),
+                      [ev(44), ev(300)], seconds=3.0, samples=225),
             RunResult("quiet", 1000, 5, 25, [], [ev(10)], seconds=9.0)]
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nkept\n")
@@ -127,11 +127,21 @@ def test_the_doc_table_carries_each_runs_scores_and_its_truth(tmp_path: Path) ->
     assert text.startswith("# Benchmarks\n\nkept\n") and "```bash\nCMD\n```" in text
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()
             if line.startswith("| ") and " | " in line}
-    assert rows["saxe_staircase"][1:8] == ["450 (2)", "2", "2", "1", "0", "50 %", "50 %"]
-    assert rows["quiet"][6:8] == ["0 %", "–"]
-    assert rows["**all**"][2:8] == ["2", "3", "1", "0", "33 %", "50 %"]
+    assert rows["saxe_staircase"][1:9] == ["450 (2)", "225", "2", "2", "1", "0", "50 %",
+                                           "50 %"]
+    assert rows["quiet"][2] == "" and rows["quiet"][7:9] == ["0 %", "–"]  # samples unknown
+    assert rows["**all**"][3:9] == ["2", "3", "1", "0", "33 %", "50 %"]
     assert "Missed: 80: mode 2 learned" in text
     assert "*Truth:*" in text and "saxe_staircase" in text
+    # --defaults: its own section beside this one, the same rows, the misses in one line
+    scorer.write_section(doc, scorer.SECTION + "-defaults",
+                         scorer.markdown_defaults(runs, "CMD --defaults"))
+    text = doc.read_text()
+    assert "<!-- event-corpus:begin -->" in text and "<!-- event-corpus-defaults:begin -->" in text
+    defaults = text.split("<!-- event-corpus-defaults:begin -->")[1]
+    assert "### The same runs at the agent's defaults" in defaults
+    assert "| saxe_staircase | 450 (2) | 225 | 2 | 2 | 1 | 0 | 50 % | 50 % |" in defaults
+    assert "Missed: saxe_staircase: 80: mode 2 learned." in defaults
 
 
 def test_a_short_real_staircase_run_is_scored_end_to_end() -> None:
@@ -145,6 +155,7 @@ def test_a_short_real_staircase_run_is_scored_end_to_end() -> None:
     steps = [t.step for t in result.truths]
     assert steps == sorted(steps) and steps[0] > 20  # a staircase: plateaus, in order
     assert result.events, "the agent published no transition on a staircase"
+    assert result.samples == 1 + 110, result.samples  # step 1, then every 2nd: read back
     assert all(e.layers for e in result.events)
     s = score_run(result)
     assert s.truths == 3 and s.events == len(result.events)
