@@ -596,8 +596,10 @@ class TransitionDetector:
         kind = "divergence" if spike.kind == "divergence" else "a loss spike"  # LOSS_KINDS
         peak = "a non-finite value" if not math.isfinite(spike.peak) else \
             f"{fmt_value(spike.peak, metric)} (×{spike.peak / spike.baseline:.3g})"
-        what = (f"{_who(_name(spike.key)[0], metric)} {fmt_value(spike.baseline, metric)} "
-                f"→ {peak} at step {spike.step}"
+        # no baseline: the loss was non-finite at its first sample
+        change = (f"{fmt_value(spike.baseline, metric)} → {peak}"
+                  if math.isfinite(spike.baseline) else "non-finite")
+        what = (f"{_who(_name(spike.key)[0], metric)} {change} at step {spike.step}"
                 + (f", back within {spike.samples} samples" if spike.kind == "spike" else ""))
         message = describe((jump,), None, reason, movers=movers, context=context, kind=kind,
                            headline=what)

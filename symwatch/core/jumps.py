@@ -571,13 +571,14 @@ class SpikeDetector:
       * a spike, reported when it ends within `max_samples` samples, or at `max_samples` if the
         value has by then fallen back at least a third of the way from the peak to the
         baseline (log scale: recovering, as after a too-large step);
-      * a divergence at once on a non-finite value, or at `max_samples` when the value is still
-        at its peak and above the highest of the first `warmup` values (worse than the
-        untrained model: a loss that fell to 1e-9 and rises ×1e9 under weight decay is a level
-        change, not a divergence);
+      * a divergence at once on a non-finite value (warm-up or not), or at `max_samples` when
+        the value is still at its peak and above the highest of the first `warmup` values
+        (worse than the untrained model: a loss that fell to 1e-9 and rises ×1e9 under weight
+        decay is a level change, not a divergence);
       * otherwise a lasting level change: no spike (the jump detector reports it), and the
         baseline restarts from the new level.
-    One report per episode; nothing during the first `warmup` samples."""
+    One report per episode; nothing but a divergence on a non-finite value during the first
+    `warmup` samples."""
 
     def __init__(self, key: Hashable = None, *, threshold: float = 6.0, window: int = 50,
                  min_rise: float = 0.5, max_samples: int = 10, warmup: int = 20) -> None:
@@ -609,10 +610,15 @@ class SpikeDetector:
             return None
         v = float(value)
         if not math.isfinite(v):
-            if self._diverged or len(self._base) < self.warmup:
+            if self._diverged:
                 return None
             self._diverged = True  # once: every later value may be NaN too
-            center, _ = self._band()
+            # At once, warm or not: a NaN or infinite loss needs no noise model to be read,
+            # and a run that blows up in its first samples (a learning rate far too high;
+            # at a 1 % budget the first ~20 samples can be thousands of steps) is the one most
+            # worth an alert. The baseline is what was seen, if anything (NaN: nothing).
+            center = self._band()[0] if len(self._base) >= self.warmup else (
+                median_sorted(sorted(self._base)) if self._base else math.nan)
             first = self._episode[0][0] if self._episode else step
             return self._report("divergence", first, step, center, math.inf, math.inf,
                                 len(self._episode) + 1)

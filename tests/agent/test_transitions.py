@@ -144,8 +144,8 @@ def _transitions(recording) -> list[tuple[int, dict]]:
 
 
 def _relu_classifier_run(recording, *, steps: int = 250, burst: tuple[int, int] | None = None,
-                         factor: float = 50.0, diverge_at: int | None = None
-                         ) -> list[tuple[int, dict]]:
+                         factor: float = 50.0, diverge_at: int | None = None,
+                         every: int = 1) -> list[tuple[int, dict]]:
     """A ReLU MLP (16-64-64-4, PyTorch's default init) learning a random ReLU teacher's arg-max
     with SGD, next to a linear regression whose loss (≈ 50) dominates the total: each model's
     loss is passed to `log` as its own scalar. Inside [burst), the MLP's learning rate is
@@ -162,7 +162,8 @@ def _relu_classifier_run(recording, *, steps: int = 250, burst: tuple[int, int] 
     opt = torch.optim.SGD([{"params": mlp.parameters(), "lr": 0.05},
                            {"params": regression.parameters(), "lr": 1e-3}])
     with symwatch.watch({"mlp": mlp, "reg": regression}, opt, endpoint="tcp://127.0.0.1:0",
-                        every=1, budget=1.0, record=str(recording), register=False) as agent:
+                        every=every, budget=1.0, record=str(recording),
+                        register=False) as agent:
         for step in range(steps):
             hot = burst is not None and burst[0] <= step < burst[1]
             opt.param_groups[0]["lr"] = 0.05 * (factor if hot else 1.0)
@@ -250,3 +251,14 @@ def test_a_mode_learned_then_lost_to_weight_decay(tmp_path):
     switch = [p for s, p in events if 200 <= s <= 206]
     assert switch and switch[0]["what"] == "weights shrank under weight decay"
     assert switch[0]["exogenous"] == "optimizer weight_decay 0 → 1"
+
+
+def test_a_run_that_blows_up_in_its_first_samples_is_a_divergence(tmp_path):
+    """The regression's loss overflows ~25 steps in; sampled every 3 steps, that is within
+    the spike rule's 20-sample warm-up: reported all the same (a run that blows up early is
+    the one most worth an alert; at a 1 % budget its first 20 samples can span thousands of
+    steps). Before, no divergence was ever reported for it."""
+    events = _relu_classifier_run(tmp_path / "early.db", steps=45, diverge_at=0, every=3)
+    diverged = [(s, p) for s, p in events if p.get("what") == "divergence"]
+    assert sorted(p["metric"] for _, p in diverged) == ["loss", "reg_loss"], events
+    assert all(s <= 3 * 15 for s, _ in diverged), diverged  # within the first 15 samples

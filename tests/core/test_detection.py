@@ -720,3 +720,24 @@ def test_a_shape_falling_while_weight_decay_is_merely_on_is_not_called_fading() 
     assert found, "the fall was not detected"
     assert all(t.kind != "modes fading under weight decay" for t in found), \
         [t.message for t in found]
+
+
+@pytest.mark.parametrize("before, said", [
+    ([2.0, 1.8], "divergence: loss 1.897 → a non-finite value at step 30"),
+    ([], "divergence: loss non-finite at step 10"),  # non-finite from its first sample on
+])
+def test_a_non_finite_loss_is_divergence_at_once_even_before_the_warm_up(before, said):
+    """A NaN loss needs no noise model: reported at the first non-finite sample, once, also
+    within the spike rule's 20-sample warm-up (before: never, while the baseline was short: a
+    run blowing up in its first samples, as one at a 1 % budget can for thousands of steps,
+    raised no alert). Its payload is valid on the wire."""
+    det = TransitionDetector()
+    found = []
+    for i, v in enumerate([*before, math.nan, math.inf, math.nan]):
+        found += det.update(10 * (i + 1), {LOSS_KEY: v})
+    assert [t.kind for t in found] == ["divergence"], [t.message for t in found]
+    assert found[0].step == 10 * (len(before) + 1)
+    assert found[0].message.startswith(said), found[0].message
+    payload = to_event_payload(found[0])
+    protocol.decode(list(protocol.encode(protocol.EVENT, run="r", rank=0, restart=0, seq=0,
+                                         time=0.0, step=found[0].step, payload=payload)))
