@@ -883,6 +883,7 @@ class Agent:
 
         def build() -> dict[str, Any]:
             device = memory.rank_device(self._models_device)
+            steps_values = self._per_step_values(per_step)
             return {"loss": _host_number(loss),
                     # torch's allocator, this rank's device: null (N/A) without CUDA
                     "memory": memory.allocator_figures(device, uuid=True),
@@ -894,9 +895,7 @@ class Agent:
                     "sampling": sampling | self._layer_intervals(),
                     **({"optimizer": setting_groups(settings, self._optimizers)}
                        if settings else {}),
-                    **({"per_step": {name: {"steps": steps, "values": _host_numbers(values)}
-                                     for name, (steps, values) in per_step.items()}}
-                       if per_step else {})}
+                    **({"per_step": steps_values} if steps_values else {})}
 
         self._publisher.submit(protocol.STATS, build, self.steps)
         # Charged (it was not): ~0.1 ms of the training thread's CPU each (0.2 ms a second at
@@ -916,10 +915,27 @@ class Agent:
         self._per_step, self._per_step_kept = {}, 0
 
         def build() -> dict[str, Any]:
-            return {"per_step": {name: {"steps": steps, "values": _host_numbers(values)}
-                                 for name, (steps, values) in per_step.items()}}
+            return {"per_step": self._per_step_values(per_step)}
 
         self._publisher.submit(protocol.STATS, build, self.steps)
+
+    def _per_step_values(self, per_step: dict[str, tuple[list[int], Any]]
+                         ) -> dict[str, dict[str, Any]]:
+        """Publisher thread: STATS `per_step` from the batches the training thread kept, and
+        a non-finite loss among them to the detector at once (TransitionWatch.non_finite):
+        a divergence is then reported within a STATS interval, not at the next sample."""
+        floats = {name: (steps, _host_floats(values))
+                  for name, (steps, values) in per_step.items()}
+        if self._transitions is not None:
+            try:
+                for event_step, payload in self._transitions.non_finite(floats):
+                    self._publisher.submit(protocol.EVENT, payload, event_step)
+            except Exception as exc:
+                self._transitions = None  # as in _detect_transitions: never again per sample
+                self._report("transition detection", exc)
+        return {name: {"steps": steps,
+                       "values": [protocol.clean_number(v) for v in values]}
+                for name, (steps, values) in floats.items()}
 
     # -- periodic jobs (publisher thread) ------------------------------------------------------
 
@@ -1086,7 +1102,7 @@ def _to_host_async(value: Any) -> Any:
 def _batch_to_host_async(values: list[Any]) -> Any:
     """Start copying a list of scalars (CUDA tensors, CPU tensors, numbers) to the host without
     waiting: the CUDA ones stacked per device into one tensor and copied to pinned memory
-    (one small kernel and one copy per device, however many steps). `_host_numbers` reads it
+    (one small kernel and one copy per device, however many steps). `_host_floats` reads it
     on the publisher thread."""
     on: dict[torch.device, list[int]] = {}
     for i, value in enumerate(values):
@@ -1103,14 +1119,15 @@ def _batch_to_host_async(values: list[Any]) -> Any:
     return values, copies
 
 
-def _host_numbers(batch: Any) -> list[float | None]:
+def _host_floats(batch: Any) -> list[float | None]:
+    """A per-step batch (_batch_to_host_async) as host floats, NaN and ±inf kept."""
     values, copies = batch
     values = list(values)
     for idx, host, done in copies:
         done.synchronize()
         for i, number in zip(idx, host.tolist()):
             values[i] = number
-    return [_host_number(value) for value in values]
+    return [host_float(value) for value in values]
 
 
 def _host_number(value: Any) -> float | None:

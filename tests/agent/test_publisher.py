@@ -203,3 +203,28 @@ def test_a_periodic_job_rides_on_a_message_wake_up_and_keeps_its_grid(publisher)
     assert until(lambda: len(calls) == 3, 2 * interval + PROMPT_S)
     # the next turn is one interval after the *due* time, not after the early run
     assert calls[2] - calls[0] >= 2 * interval - 0.05, calls
+
+
+def test_what_a_build_submits_goes_out_before_the_goodbye(publisher):
+    """A sample's build submits its events (a divergence, a transition) from the publisher
+    thread; at close they land behind the goodbye in the queue. They go out before it: after
+    a goodbye nothing is sent, and a recording or a viewer would miss the run's last events."""
+    pub = publisher()
+    _settled(pub)
+    sent: list[str] = []
+    send = pub._send  # observed, not replaced: every message still goes out on the socket
+
+    def observed(sock, kind, payload, step) -> None:
+        sent.append(kind)
+        send(sock, kind, payload, step)
+
+    pub._send = observed
+
+    def build() -> dict:
+        time.sleep(0.2)  # the goodbye is queued meanwhile (or already was)
+        pub.submit(protocol.EVENT, _event("divergence"), 7)
+        return {"values": {}}
+
+    pub.submit(protocol.METRICS, build, 7)
+    pub.close(goodbye={"reason": "closed", "exit_code": None}, step=7)
+    assert sent == ["metrics", "event", "goodbye"], sent

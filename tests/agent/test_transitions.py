@@ -4,6 +4,7 @@ sockets): the demo's rank staircase, every step found once, none invented."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -262,3 +263,27 @@ def test_a_run_that_blows_up_in_its_first_samples_is_a_divergence(tmp_path):
     diverged = [(s, p) for s, p in events if p.get("what") == "divergence"]
     assert sorted(p["metric"] for _, p in diverged) == ["loss", "reg_loss"], events
     assert all(s <= 3 * 15 for s, _ in diverged), diverged  # within the first 15 samples
+
+
+def test_a_non_finite_loss_between_samples_is_a_divergence_at_its_step(tmp_path):
+    """Samples every 1,000 steps (none but the first in this run, as a budget-stretched
+    interval can be): the loss turning NaN at step 30 is still reported, at step 30, from
+    every step's loss (STATS `per_step`), not at the next sample hundreds of steps on; and
+    once, though every later loss is NaN too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    recording = tmp_path / "nan.db"
+    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1000, budget=1.0,
+                        record=str(recording), register=False, stats_interval=0.05):
+        for step in range(1, 61):  # the agent's step numbers
+            loss = model(torch.randn(16, 8)).square().mean()
+            if step >= 30:
+                loss = loss * float("nan")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            time.sleep(0.005)  # a few STATS during the run, the last one at close
+    events = _transitions(recording)
+    diverged = [(s, p["metric"]) for s, p in events if p.get("what") == "divergence"]
+    assert diverged == [(30, "loss")], events

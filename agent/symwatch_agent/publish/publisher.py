@@ -409,21 +409,35 @@ class Publisher:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                kind, source, step = item
-                try:
-                    payload = source() if callable(source) else source
-                except Exception as exc:
-                    self._report(f"build:{kind}", exc)
-                    payload = None
-                if payload is not None:
-                    self._send(sock, kind, payload, step)
-                if kind == protocol.GOODBYE:
+                if item[0] == protocol.GOODBYE:
+                    # Last of all: what the items before it submitted while being built (a
+                    # sample's events, a non-finite loss's divergence) is queued behind it and
+                    # would never go out otherwise.
+                    for _ in range(per_turn):
+                        try:
+                            later = self._queue.get_nowait()
+                        except queue.Empty:
+                            break
+                        if later[0] != protocol.GOODBYE:
+                            self._build_and_send(sock, *later)
+                    self._build_and_send(sock, *item)
                     return
+                self._build_and_send(sock, *item)
             if woken and not self._stopping.is_set():
                 self._run_due_jobs(sock, awake=True)
             self.cpu_s = time.thread_time()
             if self._stopping.is_set() and self._queue.empty():
                 return
+
+    def _build_and_send(self, sock: zmq.Socket, kind: str, source: PayloadSource,
+                        step: int) -> None:
+        try:
+            payload = source() if callable(source) else source
+        except Exception as exc:
+            self._report(f"build:{kind}", exc)
+            payload = None
+        if payload is not None:
+            self._send(sock, kind, payload, step)
 
     def _run_due_jobs(self, sock: zmq.Socket, awake: bool = False) -> float:
         """Run the periodic jobs that are due; returns when the next one is (monotonic time),
