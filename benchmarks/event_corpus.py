@@ -102,6 +102,13 @@ def _cells(name: str, r: RunResult | None, s: Score) -> tuple[str, ...]:
             f"{r.seconds:.0f}" if r else "")
 
 
+def _table(scored: list[tuple[RunResult, Score]], total: Score) -> list[str]:
+    """The Markdown table: a row per run, then all runs together."""
+    return ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER),
+            *("| " + " | ".join(_cells(r.name, r, s)) + " |" for r, s in scored),
+            "| " + " | ".join(_cells("**all**", None, total)) + " |"]
+
+
 def markdown(results: list[RunResult], command: str) -> str:
     scored, total = rows(results)
     lines = [
@@ -137,12 +144,8 @@ def markdown(results: list[RunResult], command: str) -> str:
          "it is now on those samples in seconds (the same events as the real path for the "
          "same code; the figures here always come from the real path)."),
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
+        *_table(scored, total),
     ]
-    for r, s in scored:
-        lines.append("| " + " | ".join(_cells(r.name, r, s)) + " |")
-    lines.append("| " + " | ".join(_cells("**all**", None, total)) + " |")
     lines += ["", "Ground truth per run (tol in steps):", ""]
     for r, s in scored:
         module = importlib.import_module(f"event_corpus.{r.name}")
@@ -188,12 +191,8 @@ def markdown_defaults(results: list[RunResult], command: str) -> str:
          "who changes nothing gets on it, scored against the same truths in the same way. "
          "The detector warms up over its first ~30–50 samples of each series."),
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
+        *_table(scored, total),
     ]
-    for r, s in scored:
-        lines.append("| " + " | ".join(_cells(r.name, r, s)) + " |")
-    lines.append("| " + " | ".join(_cells("**all**", None, total)) + " |")
     missed = [f"{r.name}: " + "; ".join(s.missed) for r, s in scored if s.missed]
     if missed:
         lines += ["", "Missed: " + " · ".join(missed) + "."]
