@@ -930,7 +930,7 @@ class Agent:
             try:
                 for event_step, payload in self._transitions.non_finite(floats):
                     self._publisher.submit(protocol.EVENT, payload, event_step)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (a broken detector must not cost STATS)
                 self._transitions = None  # as in _detect_transitions: never again per sample
                 self._report("transition detection", exc)
         return {name: {"steps": steps,

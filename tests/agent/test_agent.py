@@ -17,6 +17,7 @@ from symwatch.core import protocol, runtime
 from symwatch.core.recording import RecordingReader
 from symwatch_agent.entry import demo
 from symwatch_agent.hooks import loss_capture
+from symwatch_agent.measure.layers import discover
 from symwatch_agent.publish.publisher import Publisher, PublisherError, resolve_bind_address
 
 
@@ -361,8 +362,6 @@ def test_demo_rank_staircase_climbs_one_step_at_a_time(tmp_path, monkeypatch):
 def test_meta_says_which_layers_get_spectra():
     """META `rank`: a matrix layer (the full tier's spectra reach it in turn: the viewer shows
     them pending until then), never a gain vector such as a LayerNorm's."""
-    from symwatch_agent.measure.layers import discover  # noqa: PLC0415 (this test only)
-
     model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4),
                           nn.Linear(4, 1))
     layers, _ = discover({"": model})

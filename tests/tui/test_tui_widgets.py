@@ -190,10 +190,10 @@ def test_overhead_text_says_na_without_a_figure():
 
 
 @pytest.mark.parametrize("samples, said", [
-    ([12, 12, 5], " no events yet: ~12 samples a layer so far; jumps are flagged from a "
-                  "series' ~30th sample"),
-    ([1, 1, 1], " no events yet: ~1 sample a layer so far; jumps are flagged from a "
-                "series' ~30th sample"),
+    ([12, 12, 5], (" no events yet: ~12 samples a layer so far; jumps are flagged from a "
+                   "series' ~30th sample")),
+    ([1, 1, 1], (" no events yet: ~1 sample a layer so far; jumps are flagged from a "
+                 "series' ~30th sample")),
     ([40, 30, 12], " no events yet"),  # warmed up: nothing to explain
     (None, " no events yet"),  # no layer sampled yet
 ])
