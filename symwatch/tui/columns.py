@@ -113,9 +113,14 @@ PENDING = "…"
 
 def pending(layer: LayerState, indicator: str) -> bool:
     """Whether `indicator` of `layer` is one the agent will measure but has not yet: a
-    spectrum indicator of a matrix layer that has been sampled and has no such series."""
-    return (indicator in SPECTRUM_INDICATORS and layer.meta.get("rank") is True
-            and layer.updates > 0 and indicator not in layer.indicators)
+    spectrum indicator of a matrix layer, or a per-head series (`qk_rank.h3`) of an attention
+    module's row (META `heads`: the full tier measures its heads), that has been sampled and
+    has no such series."""
+    if layer.updates == 0 or indicator in layer.indicators:
+        return False
+    if layer.meta.get("heads"):
+        return per_head(indicator) is not None
+    return indicator in SPECTRUM_INDICATORS and layer.meta.get("rank") is True
 
 
 def legend(indicator: str) -> str:

@@ -418,7 +418,7 @@ async def test_spectra_the_full_tier_has_not_reached_yet_read_pending_not_na(fak
     LayerNorm's modes) and stays so."""
     agent = fake_agent()
     app = app_on(agent)
-    async with app.run_test(size=(160, 30)) as pilot:
+    async with app.run_test(size=(200, 30)) as pilot:
         await join(pilot, agent, app)
         agent.send(protocol.META, name="fake-run", pid=1, host="h", command=["t.py"],
                    started=1.0, every=10, indicators=list(protocol.INDICATORS), layers=[
@@ -426,17 +426,32 @@ async def test_spectra_the_full_tier_has_not_reached_yet_read_pending_not_na(fak
                         "rank": True},
                        {"name": "mlp", "type": "Linear", "shape": [32, 8], "params": 256,
                         "rank": True},
-                       {"name": "ln", "type": "LayerNorm", "shape": [8], "params": 16}])
+                       {"name": "ln", "type": "LayerNorm", "shape": [8], "params": 16},
+                       {"name": "attn", "type": "Attention heads", "shape": [2, 4],
+                        "params": 128, "heads": 2, "kv_heads": 2, "head_dim": 4},
+                       {"name": "attn2", "type": "Attention heads", "shape": [2, 4],
+                        "params": 128, "heads": 2, "kv_heads": 2, "head_dim": 4}])
         agent.send(protocol.METRICS, 10, values={
             "q": {"weight_norm": 2.0, "stable_rank": 3.0, "modes": 2},
             "mlp": {"weight_norm": 4.0, "stable_rank": 5.0},  # a cheap sample only
-            "ln": {"weight_norm": 1.0}})
+            "ln": {"weight_norm": 1.0},
+            "attn": {"broken": 0.5, "qk_rank.h0": 3, "qk_rank.h1": 2},
+            "attn2": {"broken": 0.5}})  # its heads not measured yet
         table = app.query_one(LayerTable)
         key = column_key("modes")
-        await until(pilot, lambda: table.row_count == 3 and cell(app, "q", key).endswith("2"),
-                    what="three rows, q's modes")
+        await until(pilot, lambda: table.row_count == 5 and key in [c.value for c in table.columns]
+                    and cell(app, "q", key).endswith("2"), what="five rows, q's modes")
         assert cell(app, "mlp", key).endswith("…"), cell(app, "mlp", key)
         assert cell(app, "ln", key).endswith("N/A"), cell(app, "ln", key)
+        assert cell(app, "attn", key).endswith("N/A")  # a heads row has no `modes` of its own
         agent.send(protocol.METRICS, 20, values={"mlp": {"weight_norm": 4.1, "modes": 3}})
         await until(pilot, lambda: cell(app, "mlp", key).endswith("3"), what="mlp measured")
         assert cell(app, "ln", key).endswith("N/A")
+        head = column_key("qk_rank.h0")
+        for _ in range(8):  # the views in turn, to the heads view
+            if table.view == "heads":
+                break
+            await pilot.press("v")
+            await pilot.pause(0.1)
+        assert head in [c.value for c in table.columns], table.view
+        assert cell(app, "attn", head).endswith("3") and cell(app, "attn2", head).endswith("…")
