@@ -116,8 +116,10 @@ def pending(layer: LayerState, indicator: str) -> bool:
     spectrum indicator of a matrix layer, or a per-head series (`qk_rank.h3`) of an attention
     module's row (META `heads`: the full tier measures its heads), that has been sampled and
     has no such series."""
-    if layer.updates == 0 or indicator in layer.indicators:
+    if layer.updates == 0 or indicator in layer.indicators or layer.nonfinite:
         return False
+    if "weight_norm" in layer.indicators and layer.value("weight_norm") is None:
+        return False  # switched off (weights it cannot read) or NaN: N/A, not coming
     if layer.meta.get("heads"):
         return per_head(indicator) is not None
     return indicator in SPECTRUM_INDICATORS and layer.meta.get("rank") is True

@@ -9,6 +9,7 @@ import pytest
 
 from symwatch.core import protocol
 from symwatch.state.run_state import RunState
+from symwatch.tui.columns import pending
 from symwatch.tui.history_view import HistoryWindow
 from symwatch.tui.run_text import command_text, overhead_text, started_text
 from symwatch.tui.widgets.header import header_text
@@ -221,3 +222,26 @@ def test_the_sampling_field_is_on_the_first_line_and_fits_120_columns():
     assert len(top) <= 120 and "sampling" not in second
     wide = header_text(s, "live", endpoint="tcp://h:1", width=200).plain.split("\n")[0].rstrip()
     assert wide.endswith(": 1 % budget; --budget to change"), wide
+
+
+def test_pending_is_for_spectra_still_to_come_never_for_a_layer_that_cannot_get_them():
+    """`…` says the full tier has not reached a matrix layer yet; a layer switched off
+    (weights the agent cannot read: weight norm null), one whose weights hold NaN, or a
+    gain vector (no META `rank`) reads N/A: nothing is coming for it."""
+    s = RunState()
+
+    def fold(kind: str, step: int, **payload) -> None:
+        s.fold(protocol.decode(list(protocol.encode(
+            kind, run="r", rank=0, restart=0, seq=step, time=0.0, step=step, payload=payload))))
+
+    fold(protocol.META, 0, name="r", pid=1, host="h", command=["t.py"], started=1.0, every=1,
+         indicators=list(protocol.INDICATORS), layers=[{"name": n, "type": "Linear", "shape": [8, 8], "params": 64,
+                                    **({"rank": True} if n != "gain" else {})}
+                                   for n in ("fresh", "off", "nan", "gain")])
+    fold(protocol.METRICS, 1, values={"fresh": {"weight_norm": 1.0}, "off": {"weight_norm": None},
+                                      "nan": {"weight_norm": None}, "gain": {"weight_norm": 1.0}},
+         nonfinite=["nan"])
+    layers = s.layers
+    assert pending(layers["fresh"], "modes") and pending(layers["fresh"], "effective_rank")
+    assert not pending(layers["fresh"], "weight_norm")  # measured every sample: never pending
+    assert not any(pending(layers[n], "modes") for n in ("off", "nan", "gain"))
