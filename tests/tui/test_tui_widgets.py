@@ -234,10 +234,10 @@ def test_pending_is_for_spectra_still_to_come_never_for_a_layer_that_cannot_get_
         s.fold(protocol.decode(list(protocol.encode(
             kind, run="r", rank=0, restart=0, seq=step, time=0.0, step=step, payload=payload))))
 
+    rows = [{"name": n, "type": "Linear", "shape": [8, 8], "params": 64,
+             **({"rank": True} if n != "gain" else {})} for n in ("fresh", "off", "nan", "gain")]
     fold(protocol.META, 0, name="r", pid=1, host="h", command=["t.py"], started=1.0, every=1,
-         indicators=list(protocol.INDICATORS), layers=[{"name": n, "type": "Linear", "shape": [8, 8], "params": 64,
-                                    **({"rank": True} if n != "gain" else {})}
-                                   for n in ("fresh", "off", "nan", "gain")])
+         indicators=list(protocol.INDICATORS), layers=rows)
     fold(protocol.METRICS, 1, values={"fresh": {"weight_norm": 1.0}, "off": {"weight_norm": None},
                                       "nan": {"weight_norm": None}, "gain": {"weight_norm": 1.0}},
          nonfinite=["nan"])
