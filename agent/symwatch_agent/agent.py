@@ -835,19 +835,28 @@ class Agent:
         if self._transitions is None:
             return
         try:
-            while self._marks:
-                mark_step, reason = self._marks.pop(0)
-                self._transitions.detector.mark_exogenous(mark_step, reason)
-            for event_step, payload in self._transitions.update(step, values, loss,
-                                                                hyperparameters,
-                                                                scalars=scalars):
-                self._publisher.submit(protocol.EVENT, payload, event_step)
-                if payload.get("severity") == "transition":  # the Runs screen lists it
-                    self._last_transition = {"step": event_step, "time": time.time(),
-                                             "message": str(payload.get("message", ""))[:200]}
+            self._drain_marks()
+            self._publish_events(self._transitions.update(step, values, loss, hyperparameters,
+                                                          scalars=scalars))
         except Exception as exc:
             self._transitions = None  # a broken detector must not cost every later sample
             self._report("transition detection", exc)
+
+    def _drain_marks(self) -> None:
+        """Publisher thread: the user's `mark()`s so far, to the detector (before it is fed)."""
+        assert self._transitions is not None
+        while self._marks:
+            mark_step, reason = self._marks.pop(0)
+            self._transitions.detector.mark_exogenous(mark_step, reason)
+
+    def _publish_events(self, events: list[tuple[int, dict[str, Any]]]) -> None:
+        """Publisher thread: the detector's events out; the latest transition kept for the
+        registry (the Runs screen lists it)."""
+        for event_step, payload in events:
+            self._publisher.submit(protocol.EVENT, payload, event_step)
+            if payload.get("severity") == "transition":
+                self._last_transition = {"step": event_step, "time": time.time(),
+                                         "message": str(payload.get("message", ""))[:200]}
 
     def _sample_cuda(self) -> tuple[torch.Tensor, Any]:
         """Measure on a side stream so the training stream is not serialised behind the
@@ -928,8 +937,12 @@ class Agent:
                   for name, (steps, values) in per_step.items()}
         if self._transitions is not None:
             try:
-                for event_step, payload in self._transitions.non_finite(floats):
-                    self._publisher.submit(protocol.EVENT, payload, event_step)
+                # what explains it, as at a sample: the user's marks, and the optimizer's
+                # settings now (a learning rate raised just before the blow-up), read here
+                # (attribute reads) since no sample read them at this step
+                self._drain_marks()
+                self._publish_events(self._transitions.non_finite(
+                    floats, read_hyperparameters(self._optimizers)))
             except Exception as exc:  # noqa: BLE001 (a broken detector must not cost STATS)
                 self._transitions = None  # as in _detect_transitions: never again per sample
                 self._report("transition detection", exc)
@@ -1127,7 +1140,8 @@ def _host_floats(batch: Any) -> list[float | None]:
         done.synchronize()
         for i, number in zip(idx, host.tolist()):
             values[i] = number
-    return [host_float(value) for value in values]
+    # a bool as a number (1.0), as STATS `scalars` has it; host_float leaves it out
+    return [float(value) if isinstance(value, bool) else host_float(value) for value in values]
 
 
 def _host_number(value: Any) -> float | None:

@@ -336,6 +336,11 @@ class TransitionDetector:
                 other.threshold = self._threshold
         return det
 
+    @property
+    def last_step(self) -> int:
+        """The step of the latest sample fed (−1 before any)."""
+        return -1 if self._last_step is None else self._last_step
+
     def mark_exogenous(self, step: int, reason: str) -> None:
         """Register a known external change at `step` (a schedule boundary, warm-up end, a
         resume): transitions it explains are labelled with `reason` instead of discoveries."""
@@ -769,8 +774,9 @@ def _is_loss(key: SeriesKey) -> bool:
 
 
 # An optimizer mark's weight-decay change, as TransitionWatch writes it ("optimizer lr 0.1 →
-# 0.01, weight_decay 0 → 1.5"): the values before and after.
-_DECAY_CHANGE = re.compile(r"\bweight_decay (\S+?) → ([^\s,]+)")
+# 0.01, weight_decay 0 → 1.5"; marks that explain one event are joined with "; "): the values
+# before and after.
+_DECAY_CHANGE = re.compile(r"\bweight_decay (\S+?) → ([^\s,;]+)")
 
 
 def decay_raised(exogenous: str | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from torch import nn
 import symwatch
 from symwatch.core import protocol, runtime
 from symwatch.core.recording import RecordingReader
+from symwatch_agent.agent import _batch_to_host_async, _host_floats
 from symwatch_agent.entry import demo
 from symwatch_agent.hooks import loss_capture
 from symwatch_agent.measure.layers import discover
@@ -369,3 +371,12 @@ def test_meta_says_which_layers_get_spectra():
     assert rows["0"]["rank"] is True and rows["2"]["rank"] is True
     assert "rank" not in rows["1"]  # a gain vector
     assert "rank" not in rows["3"]  # one output: no spectrum to speak of
+
+
+def test_per_step_values_keep_their_numbers_and_non_finite_ones():
+    """STATS `per_step` on the wire as before (a bool as 1.0, NaN/inf as null), while the
+    detector's copy keeps NaN and inf (a divergence)."""
+    got = _host_floats(_batch_to_host_async([True, 2, torch.tensor(0.5), torch.tensor(math.nan),
+                                             math.inf, None]))
+    assert got[:3] == [1.0, 2.0, 0.5] and math.isnan(got[3]) and got[4] == math.inf
+    assert got[5] is None

@@ -142,6 +142,8 @@ def test_fsdp_shards_are_measured_locally_and_combined_by_the_viewer(flavour, ru
     # The layer table lists the sharded layers with their full shapes.
     assert [(row["name"], row["shape"], row.get("sharded")) for row in metas[0]["layers"]] == [
         ("0", [16, 8], True), ("2", [4, 16], True)]
+    # no `rank`: their spectra are never computed, so a viewer shows N/A, not pending (…)
+    assert not any("rank" in row for row in metas[0]["layers"])
     # One node, one poller: only rank 0 sends GPU reports; every rank sends its stats.
     assert {m.rank for m in seen if m.kind == protocol.GPU} == {0}
     assert {m.rank for m in seen if m.kind == protocol.STATS} == {0, 1}

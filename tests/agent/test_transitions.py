@@ -12,6 +12,7 @@ from symwatch_agent.entry import demo
 from symwatch_agent.publish.publisher import Publisher
 from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
 from torch import nn
+from waiting import until
 
 import symwatch
 from symwatch.core import protocol
@@ -287,3 +288,39 @@ def test_a_non_finite_loss_between_samples_is_a_divergence_at_its_step(tmp_path)
     events = _transitions(recording)
     diverged = [(s, p["metric"]) for s, p in events if p.get("what") == "divergence"]
     assert diverged == [(30, "loss")], events
+
+
+def test_a_divergence_between_samples_is_explained_by_the_change_before_it():
+    """The per-step path reads the optimizer's settings as a sample would: a learning rate
+    raised just before the loss turns NaN explains the divergence (exogenous). A NaN at a
+    step a sample has already passed is left to the samples (the series stays in step
+    order)."""
+    watch = TransitionWatch()
+    for step in range(10, 401, 10):  # a warm detector, lr 0.1
+        watch.update(step, {"fc": {"weight_norm": 1.0}}, 1.0 + 0.01 * (step % 3),
+                     (("lr", 0, 0.1),))
+    found = watch.non_finite({"loss": ([404, 405, 406], [0.9, float("nan"), float("nan")])},
+                             (("lr", 0, 10.0),))
+    assert [(s, p["what"]) for s, p in found] == [(405, "divergence")], found
+    assert found[0][1]["exogenous"] == "optimizer lr 0.1 → 10", found[0][1]
+    assert watch.non_finite({"loss": ([300], [float("nan")])}) == []  # behind the samples
+
+
+def test_the_registry_names_a_divergence_found_between_samples(tmp_path):
+    """The Runs screen lists a run's latest transition (`_last_transition`): a divergence
+    found in the per-step losses is one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1000, budget=1.0,
+                        register=False, stats_interval=0.05) as agent:
+        for step in range(1, 41):
+            loss = model(torch.randn(16, 8)).square().mean() * (float("nan") if step >= 20
+                                                                 else 1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            time.sleep(0.005)
+        assert until(lambda: agent._last_transition is not None, 10)
+        assert agent._last_transition["step"] == 20
+        assert agent._last_transition["message"].startswith("divergence: loss")

@@ -670,6 +670,7 @@ def test_modes_fading_after_weight_decay_is_its_own_event(ramp: int, fading: boo
     ("optimizer lr 0.1 → 0.01, weight_decay 0 → 1e-04", True),
     ("optimizer weight_decay 1.5 → 0", False),
     ("optimizer weight_decay 0.1 → 0.01, lr 0.01 → 0.1", False),
+    ("optimizer weight_decay 0 → 0.1; optimizer lr 0.1 → 0.01", True),  # marks joined by "; "
     ("optimizer lr 0.1 → 0.01", False),
     ("resumed from a checkpoint", False),
     (None, False),

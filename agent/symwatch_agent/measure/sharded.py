@@ -62,6 +62,7 @@ class ShardedLayer:
             row["shape"] = shape
             row["params"] = int(math.prod(shape))
         row["sharded"] = True
+        row.pop("rank", None)  # its spectra are never computed: N/A, not pending, in a viewer
         return row
 
 

@@ -90,23 +90,30 @@ class TransitionWatch:
                                                    scalars=logged)
         return [(t.step, to_event_payload(t)) for t in transitions]
 
-    def non_finite(self, per_step: dict[str, tuple[list[int], list[float | None]]]
-                   ) -> list[tuple[int, dict[str, Any]]]:
+    def non_finite(self, per_step: dict[str, tuple[list[int], list[float | None]]],
+                   hyperparameters: Hyperparameters = ()) -> list[tuple[int, dict[str, Any]]]:
         """Every step's loss values (STATS `per_step`, host floats, NaN and ±inf kept): the
         first non-finite value of each loss series goes to the detector at once, so that a
         divergence is reported within a STATS interval instead of at the next sample (on a
-        budget-stretched interval, hundreds of steps later). The samples' loss still feeds
-        it too; the detector reports a divergence once per series."""
+        budget-stretched interval, hundreds of steps later), explained by `hyperparameters`
+        (the optimizer's settings now) where they changed since the last sample. The samples'
+        loss still feeds it too; the detector reports a divergence once per series. A step
+        the detector has already passed (a sample came after it) is left to the samples:
+        its series stays in step order."""
         out: list[tuple[int, dict[str, Any]]] = []
         for name, (steps, values) in per_step.items():
             if family(name) != "loss":  # an accuracy or a setting: not a divergence
                 continue
             for step, value in zip(steps, values):
-                if value is not None and value - value != 0.0:  # NaN or ±inf
-                    key = LOSS_KEY if name == "loss" else (None, name)
-                    out += [(t.step, to_event_payload(t))
-                            for t in self.detector.update(step, {key: value})]
+                if value is None or value - value == 0.0:  # finite (NaN or ±inf: not 0)
+                    continue
+                if step <= self.detector.last_step:
                     break
+                self._note_hyperparameters(step, hyperparameters)
+                key = LOSS_KEY if name == "loss" else (None, name)
+                out += [(t.step, to_event_payload(t))
+                        for t in self.detector.update(step, {key: value})]
+                break
         return out
 
     def _note_hyperparameters(self, step: int, hyperparameters: Hyperparameters) -> None:
