@@ -1140,22 +1140,18 @@ def _host_floats(batch: Any) -> list[float | None]:
         done.synchronize()
         for i, number in zip(idx, host.tolist()):
             values[i] = number
-    # a bool as a number (1.0), as STATS `scalars` has it; host_float leaves it out
-    return [float(value) if isinstance(value, bool) else host_float(value) for value in values]
+    return [_host_float(value) for value in values]
 
 
 def _host_number(value: Any) -> float | None:
-    if isinstance(value, tuple):
-        host, done = value
-        done.synchronize()
-        value = host
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-    return protocol.clean_number(number)  # type: ignore[return-value]
+    """One scalar's wire value: `_host_float`'s number, NaN and ±inf as None."""
+    return protocol.clean_number(_host_float(value))  # type: ignore[return-value]
+
+
+def _host_float(value: Any) -> float | None:
+    """A scalar (number, tensor, or async copy) as a host float, NaN and ±inf kept; a bool
+    as a number (1.0), which transitions.host_float leaves out."""
+    return float(value) if isinstance(value, bool) else host_float(value)
 
 
 def watch(model: Any, optimizer: Any = None, **options: Any) -> Agent:
