@@ -53,6 +53,7 @@ import argparse
 import itertools
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -479,13 +480,39 @@ def _pair(args: argparse.Namespace, kind: tuple[int, int], cores: tuple[int, int
     return found[0], found[1]
 
 
+def mean_interval(values: list[float], level: float = 0.95, resamples: int = 10_000,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """The mean of `values` and its percentile-bootstrap interval at `level` (a fixed seed, so
+    that the same rounds give the same figures). The rounds' ratios are skewed (a loaded
+    second slows one child far more than it speeds the other), which the bootstrap does not
+    need to assume away, unlike a t interval."""
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    lo = means[int((1 - level) / 2 * resamples)]
+    hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
+    return sum(values) / n, lo, hi
+
+
 def render_paired(result: dict[str, Any], args: argparse.Namespace) -> str:
     def cell(values: list[float], digits: int = 3) -> str:
         return (f"**{statistics.median(values):.{digits}f}** "
                 f"({min(values):.{digits}f}–{max(values):.{digits}f})")
 
+    def interval(values: list[float]) -> str:
+        mean, lo, hi = mean_interval(values)
+        return f"**{mean:.4f}** ({lo:.4f}–{hi:.4f})"
+
     r = result["ratios"]
     counts = [sum(s.values()) for s in result["samples"]]
+    means = [
+        "",
+        "| mean over rounds, 95 % bootstrap interval | |",
+        "|---|---|",
+        f"| wall time, agent at the defaults vs. none | {interval(r['wall'])} |",
+        f"| process CPU time, agent vs. none | {interval(r['cpu'])} |",
+        *([f"| A/A control, wall time | {interval(r['control'])} |"] if r["control"] else []),
+    ] if len(r["wall"]) >= 10 else []  # fewer rounds: an interval would mean little
     return "\n".join([
         f"Model: the GPT-style decoder above (width {args.width}, {args.depth} blocks), AdamW, "
         f"torch {args.threads} thread(s). {args.paired} rounds, each two children at the same "
@@ -505,6 +532,7 @@ def render_paired(result: dict[str, Any], args: argparse.Namespace) -> str:
            f"{cell(r['control'])} |"] if r["control"] else []),
         f"| samples taken in the timed steps (cheap + full) | {statistics.median(counts):.0f} "
         f"({min(counts)}–{max(counts)}) |",
+        *means,
     ])
 
 
@@ -649,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="steady-state overhead, two children at once on two cores (see above)")
     parser.add_argument("--control", action="store_true",
                         help="--paired: an A/A round (both children plain) beside each round")
+    parser.add_argument("--raw", type=Path, default=None,
+                        help="--paired: also write every round's ratios to this JSON file")
     parser.add_argument("--margin", type=float, default=60.0, help=argparse.SUPPRESS)
     parser.add_argument("--paired-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--with-agent", type=int, default=0, help=argparse.SUPPRESS)
@@ -676,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
             write_section(args.write, "refresh-scan", text)
         return 0
     if args.paired:
-        text = render_paired(paired(args), args)
+        result = paired(args)
+        if args.raw:  # every round's ratios, for another look without rerunning
+            args.raw.write_text(json.dumps(result, indent=1))
+        text = render_paired(result, args)
         Console().print(text)
         if args.write:
             write_section(args.write, "overhead-paired", text)
