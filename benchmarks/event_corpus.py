@@ -187,9 +187,12 @@ def markdown_defaults(results: list[RunResult], command: str) -> str:
         ("Each run's agent as `watch(model, opt)` leaves it: every "
          f"{DEFAULT_EVERY} steps, stretched by the 1 % time budget, rather than every `every` "
          "steps with no budget as above. The samples (the `samples` column: steps with "
-         "indicators) and so the events depend on this machine's speed: this is what a user "
-         "who changes nothing gets on it, scored against the same truths in the same way. "
-         "The detector warms up over its first ~30–50 samples of each series."),
+         "indicators) and so the layers' events depend on this machine's speed: this is what "
+         "a user who changes nothing gets on it, scored against the same truths in the same "
+         "way. The loss and the logged scalars are followed from every step's values at "
+         f"every {DEFAULT_EVERY}th step whatever the budget (docs/alerts.md, \"The loss under a "
+         "time budget\"). The detector warms up over its first ~30–50 samples of each series "
+         f"(for the loss, its first ~{30 * DEFAULT_EVERY} steps)."),
         "",
         *_table(scored, total),
     ]

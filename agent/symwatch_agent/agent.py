@@ -64,6 +64,13 @@ PLANNED_SHARE_OF_BUDGET = 0.4
 # (docs/benchmarks.md, "Training overhead": per-layer refresh interval).
 FULL_SHARE_OF_BUDGET = 0.25 * PLANNED_SHARE_OF_BUDGET
 
+# The share of the plan the run-level detector may spend under a budget (its cadence is
+# stretched beyond `every` where following the loss every `every` steps would cost more:
+# symwatch.core.run_level): a quarter, ~1 ms a second at a 1 % budget, which at ~27 µs an
+# update follows the loss every `every` steps up to ~37 updates a second (every 10 steps at
+# 370 steps a second).
+RUN_LEVEL_SHARE = 0.25
+
 # A sliced cheap sample waits until the cheap ledger holds this share of the whole model's
 # expected cheap cost (Agent._least_slice_s), so that a sample's fixed cost is paid for many
 # layers at once; never longer than the ledger takes to hold MAX_SLICE_WAIT_S (a very large
@@ -262,7 +269,17 @@ class Agent:
         self._optimizers: list[torch.optim.Optimizer] = []
         # Transition detection runs on the publisher thread over every sample (on by default,
         # so alerts fire and recordings hold transitions with nobody watching).
-        self._transitions = TransitionWatch(opts.threshold) if opts.detect else None
+        # Under a budget the run-level series (the loss, logged scalars) get a detector of
+        # their own, fed every `every` steps from STATS `per_step` (publish/transitions.py).
+        # It may spend RUN_LEVEL_SHARE of the plan (CPU seconds a second of training).
+        self._transitions = (TransitionWatch(opts.threshold,
+                                             every=None if self._unlimited else self.every,
+                                             max_cost_s=RUN_LEVEL_SHARE * self._planned)
+                             if opts.detect else None)
+        # The optimizers' settings where they changed (step, settings), from the training
+        # thread (_watch_settings) to the publisher's (_per_step_values): the run-level
+        # detector's marks at the step of the change (deque: appends and pops are atomic).
+        self._setting_changes: collections.deque[tuple[int, Any]] = collections.deque()
         self._marks: list[tuple[int, str]] = []  # from mark(); consumed on the publisher thread
         self._last_transition: dict[str, Any] | None = None  # in the registry entry's extra
 
@@ -649,7 +666,12 @@ class Agent:
         step. The first read sets the baseline."""
         current = read_settings(self._optimizers)
         previous, self._settings = self._settings, current
-        if previous is None or previous == current:
+        if previous == current:
+            return
+        watch = self._transitions  # once: the publisher may drop it meanwhile (a failure)
+        if watch is not None and watch.run_level is not None:
+            self._setting_changes.append((self.steps, read_hyperparameters(self._optimizers)))
+        if previous is None:
             return
         found = setting_changes(previous, current)
         if found:
@@ -847,7 +869,7 @@ class Agent:
         assert self._transitions is not None
         while self._marks:
             mark_step, reason = self._marks.pop(0)
-            self._transitions.detector.mark_exogenous(mark_step, reason)
+            self._transitions.mark(mark_step, reason)
 
     def _publish_events(self, events: list[tuple[int, dict[str, Any]]]) -> None:
         """Publisher thread: the detector's events out; the latest transition kept for the
@@ -892,7 +914,7 @@ class Agent:
 
         def build() -> dict[str, Any]:
             device = memory.rank_device(self._models_device)
-            steps_values = self._per_step_values(per_step)
+            steps_values = self._per_step_values(per_step, step_time)
             return {"loss": _host_number(loss),
                     # torch's allocator, this rank's device: null (N/A) without CUDA
                     "memory": memory.allocator_figures(device, uuid=True),
@@ -901,7 +923,7 @@ class Agent:
                     "overhead": (self._cost_s + self._publisher.cpu_s) / wall,
                     "dropped": self._publisher.dropped,
                     "scalars": {k: _host_number(v) for k, v in scalars.items()},
-                    "sampling": sampling | self._layer_intervals(),
+                    "sampling": sampling | self._layer_intervals() | self._run_level_every(),
                     **({"optimizer": setting_groups(settings, self._optimizers)}
                        if settings else {}),
                     **({"per_step": steps_values} if steps_values else {})}
@@ -916,6 +938,12 @@ class Agent:
         self._cost_s += spent
         self._budgeted_cost_s += spent
 
+    def _run_level_every(self) -> dict[str, int]:
+        """STATS `sampling.run_level_every`: the steps between the run-level detector's
+        updates under a budget (none without one), for the viewer and for a replay."""
+        stride = self._transitions.stride if self._transitions is not None else None
+        return {} if stride is None else {"run_level_every": stride}
+
     def _emit_per_step(self) -> None:
         """A STATS with only the per-step values not yet sent (at close): its step may equal
         the last STATS's, and it leaves that one's latest loss and scalars as they were."""
@@ -924,25 +952,30 @@ class Agent:
         self._per_step, self._per_step_kept = {}, 0
 
         def build() -> dict[str, Any]:
+            # no step time: the run-level cadence stays the one the last STATS published
             return {"per_step": self._per_step_values(per_step)}
 
         self._publisher.submit(protocol.STATS, build, self.steps)
 
-    def _per_step_values(self, per_step: dict[str, tuple[list[int], Any]]
-                         ) -> dict[str, dict[str, Any]]:
+    def _per_step_values(self, per_step: dict[str, tuple[list[int], Any]],
+                         step_time: float | None = None) -> dict[str, dict[str, Any]]:
         """Publisher thread: STATS `per_step` from the batches the training thread kept, and
-        a non-finite loss among them to the detector at once (TransitionWatch.non_finite):
-        a divergence is then reported within a STATS interval, not at the next sample."""
+        them to the detector (TransitionWatch.per_step): under a budget the run-level series
+        at every `every`-th step; a non-finite loss at once in any case, so that a divergence
+        is reported within a STATS interval, not at the next sample."""
         floats = {name: (steps, _host_floats(values))
                   for name, (steps, values) in per_step.items()}
         if self._transitions is not None:
             try:
-                # what explains it, as at a sample: the user's marks, and the optimizer's
-                # settings now (a learning rate raised just before the blow-up), read here
-                # (attribute reads) since no sample read them at this step
+                # what explains a change, as at a sample: the user's marks, and the
+                # optimizer's settings (where they changed, at their steps; and now, read
+                # here (attribute reads) for a divergence no sample read them for)
                 self._drain_marks()
-                self._publish_events(self._transitions.non_finite(
-                    floats, read_hyperparameters(self._optimizers)))
+                changes = []
+                while self._setting_changes:
+                    changes.append(self._setting_changes.popleft())
+                self._publish_events(self._transitions.per_step(
+                    floats, read_hyperparameters(self._optimizers), step_time, changes))
             except Exception as exc:  # noqa: BLE001 (a broken detector must not cost STATS)
                 self._transitions = None  # as in _detect_transitions: never again per sample
                 self._report("transition detection", exc)

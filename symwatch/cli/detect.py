@@ -19,6 +19,7 @@ from symwatch.cli.common import read_recording, positive_float, subparser
 from symwatch.core import protocol
 from symwatch.core.detection import (Transition, TransitionDetector, detected, detected_scalar,
                                      to_event_payload)
+from symwatch.core.run_level import RunLevelFeed
 
 EPILOG = (
     "examples:\n"
@@ -50,7 +51,13 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
              layers: list[str] | None = None,
              metrics: list[str] | None = None) -> list[Transition]:
     """Feed the recorded METRICS samples (with the loss of the latest STATS at or before each)
-    to `detector`, in order; returns every transition, the last group flushed."""
+    to `detector`, in order; returns every transition, the last group flushed, in step order.
+
+    A run sampled under a time budget (its STATS `sampling` says a budget below 1) had its
+    run-level series (the loss, logged scalars) followed by a detector of their own, at every
+    `every`-th step of the STATS `per_step` values (docs/alerts.md, "The loss under a time
+    budget"): so here, with a second detector at `detector`'s threshold setting, so that the
+    same run gives the same events live and replayed."""
     def wanted(name: str, globs: list[str] | None) -> bool:
         return globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs)
 
@@ -60,19 +67,41 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
     found: list[Transition] = []
     loss: float | None = None
     scalars: dict[str, Any] = {}
+    feed: RunLevelFeed | None = None
     for message in messages:
         if message.kind == protocol.STATS:
             loss = message.payload.get("loss", loss)
             # every scalar passed to `log` (each model's loss) is detected on, as the agent does
             scalars.update({k: v for k, v in (message.payload.get("scalars") or {}).items()
                             if detected_scalar(k) and k != "loss"})
+            sampling = message.payload.get("sampling") or {}
+            if feed is None and _budgeted(sampling):
+                detector.run_level_triggers = False
+                feed = RunLevelFeed(TransitionDetector(detector.fixed_threshold,
+                                                       layers_from=detector),
+                                    int(sampling["every"]))
+            per_step = message.payload.get("per_step")
+            if feed is not None and per_step:
+                feed.detector.recalibrate(len(detector.series))
+                stride = sampling.get("run_level_every")  # the live run's cadence
+                found += feed.feed({name: (entry.get("steps") or [], entry.get("values") or [])
+                                    for name, entry in per_step.items()},
+                                   stride=stride if isinstance(stride, int) else None)
         elif message.kind == protocol.METRICS:
             values = {layer: {m: v for m, v in row.items() if wanted_metric(m)}
                       for layer, row in message.payload["values"].items()
                       if wanted(layer, layers)}
             found += detector.update_metrics(message.step, values, loss=loss,
                                              time=message.time, scalars=scalars)
-    return found + detector.flush()
+    found += detector.flush() + (feed.detector.flush() if feed is not None else [])
+    return sorted(found, key=lambda t: t.step)
+
+
+def _budgeted(sampling: dict[str, Any]) -> bool:
+    """Whether a STATS `sampling` says the run sampled under a time budget (below 1)."""
+    budget, every = sampling.get("budget"), sampling.get("every")
+    return (isinstance(budget, (int, float)) and 0 < budget < 1
+            and isinstance(every, int) and every > 0)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

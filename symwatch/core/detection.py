@@ -267,12 +267,23 @@ class TransitionDetector:
     between (the earliest onset minus this many samples) and the last alarm. Other keyword
     arguments go to every JumpDetector. A sample is one distinct step: feed all series of a
     sample (the loss included) in one call.
+
+    Two detectors can split a run (the agent under a time budget: publish/transitions.py):
+    one fed the layers at their samples with `run_level_triggers` False, which follows the
+    run-level series (the loss, logged scalars) only for what they say about the layers'
+    transitions (a count corroborated by the loss, the loss quoted beside a layer's event)
+    and raises nothing on them; and one fed the run-level series alone at their own cadence,
+    with `layers_from` the first, whose layers' series name what moved with its events.
     """
 
     def __init__(self, threshold: float | None = None, *, budget: float = RUN_BUDGET,
                  group_samples: int = 5,
                  transforms: Mapping[str, str] | Callable[[str], str] | None = None,
-                 exogenous_slack: int = 5, **options: Any) -> None:
+                 exogenous_slack: int = 5, run_level_triggers: bool = True,
+                 layers_from: TransitionDetector | None = None, **options: Any) -> None:
+        self.run_level_triggers = run_level_triggers
+        self.layers_from = layers_from
+        self._run_series = 0  # the run's series count, where more than this one's (recalibrate)
         self.budget = budget
         self.group_samples = max(1, group_samples)
         self.exogenous_slack = exogenous_slack
@@ -312,6 +323,11 @@ class TransitionDetector:
         return self._threshold
 
     @property
+    def fixed_threshold(self) -> float | None:
+        """The threshold given by hand (None: calibrated to the run's series)."""
+        return self._fixed
+
+    @property
     def series(self) -> dict[SeriesKey, JumpDetector]:
         return self._detectors
 
@@ -331,10 +347,22 @@ class TransitionDetector:
         if self._fixed is None:
             # The run now has one more series: raise every series' threshold so that the
             # run-level budget still holds (theta grows like N ** (1/K)).
-            self._threshold = calibrated_threshold(len(self._detectors), self.budget)
+            self._threshold = calibrated_threshold(
+                max(len(self._detectors), self._run_series), self.budget)
             for other in self._detectors.values():
                 other.threshold = self._threshold
         return det
+
+    def recalibrate(self, n_series: int) -> None:
+        """Calibrate the automatic threshold for a run of at least `n_series` series (the
+        detector that splits a run with this one counts them all), also when this one adds
+        a series of its own later: one run, one false-alarm budget."""
+        self._run_series = max(self._run_series, n_series)
+        if self._fixed is None:
+            self._threshold = calibrated_threshold(
+                max(self._run_series, len(self._detectors)), self.budget)
+            for det in self._detectors.values():
+                det.threshold = self._threshold
 
     @property
     def last_step(self) -> int:
@@ -363,6 +391,9 @@ class TransitionDetector:
                 det = self._detector(key)
             if value is not None and family(_name(key)[1]) == "loss" and math.isfinite(value):
                 self._peaks[key] = max(self._peaks.get(key, 0.0), abs(float(value)))
+            if not self.run_level_triggers and _name(key)[0] is None:
+                det.update(step, value)  # its levels only: the context of the layers' events
+                continue
             jump = det.update(step, value)
             # A jump becomes an event once it is large in its own terms and (counts,
             # fractions) holds. The alarm often fires while the change is under way (its
@@ -622,7 +653,9 @@ class TransitionDetector:
         every series' noise alike, so z says little): every series is measured, and one over
         its own floor whose latest values all lie past the midpoint of its move is named,
         ranked by its effect, so the event still names where it happened. Only when such a
-        group closes, never per sample."""
+        group closes, never per sample. With `layers_from`, that detector's layers."""
+        if self.layers_from is not None:
+            return self.layers_from._movers(trigger, jumps, relaxed)
         (b0, b1), (a0, a1) = trigger.before_steps, trigger.after_steps
         theta = self._threshold
         found: dict[SeriesKey, Mover] = {}
@@ -991,6 +1024,7 @@ __all__ = [
     "Jump",
     "JumpDetector",
     "Mover",
+    "SeriesKey",
     "SpikeDetector",
     "Transition",
     "TransitionDetector",

@@ -136,7 +136,8 @@ _MEMORY_OPTIONAL: dict[str, tuple[type, ...]] = {"allocated": _OptNumber, "reser
 _PER_STEP_REQUIRED: dict[str, tuple[type, ...]] = {"steps": (list,), "values": (list,)}
 # STATS `sampling`: what sets the interval between samples.
 _SAMPLING_OPTIONAL: dict[str, tuple[type, ...]] = {"interval": _OptNumber, "every": (int,),
-                                                   "budget": Number, "limit": (str,)}
+                                                   "budget": Number, "limit": (str,),
+                                                   "run_level_every": (int,)}
 # One layer's entry in METRICS `detail` (full-tier samples): its singular values (capped) and
 # unit-level facts. Index lists: integers; `duplicates`: a list of lists of them.
 _DETAIL_OPTIONAL: dict[str, tuple[type, ...]] = {

@@ -288,6 +288,9 @@ def test_a_non_finite_loss_between_samples_is_a_divergence_at_its_step(tmp_path)
     events = _transitions(recording)
     diverged = [(s, p["metric"]) for s, p in events if p.get("what") == "divergence"]
     assert diverged == [(30, "loss")], events
+    with RecordingReader(recording) as reader:  # no budget: no run-level detector
+        assert not [m for m in reader if m.kind == protocol.STATS
+                    and "run_level_every" in m.payload.get("sampling", {})]
 
 
 def test_a_divergence_between_samples_is_explained_by_the_change_before_it():
@@ -324,3 +327,208 @@ def test_the_registry_names_a_divergence_found_between_samples(tmp_path):
         assert until(lambda: agent._last_transition is not None, 10)
         assert agent._last_transition["step"] == 20
         assert agent._last_transition["message"].startswith("divergence: loss")
+
+
+# -- under a time budget: the run-level series at step resolution ----------------------------
+
+def _plateau_then_drop(steps: range, drop_at: int, seed: int = 0) -> list[float]:
+    """A noisy loss plateau at 1.0 falling to 0.2 at `drop_at` (a mode learned)."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = 1 + 0.02 * torch.randn(len(steps), generator=gen)
+    return [float((1.0 if s < drop_at else 0.2) * n) for s, n in zip(steps, noise)]
+
+
+@pytest.mark.parametrize("gap", [250, 20])
+def test_under_a_budget_the_loss_is_followed_every_every_steps_not_at_the_samples(gap):
+    """Samples 250 steps apart (a budget-stretched interval) would give the loss's detector
+    a handful of points in 1,000 steps, none of its jumps; the per-step losses at every
+    `every`-th step find the drop, once, at its step. The samples' detector, fed the same
+    loss, raises nothing on it: with samples 20 steps apart, which would find the drop
+    themselves, it is still one event, not two."""
+    watch = TransitionWatch(every=10)
+    steps = range(1, 1001)
+    losses = _plateau_then_drop(steps, 600)
+    found = []
+    for start in range(0, 1000, 20):  # one STATS batch a second: 20 steps
+        batch = list(steps[start:start + 20])
+        found += watch.per_step({"loss": (batch, losses[start:start + 20])})
+        if batch[-1] % gap == 0:
+            found += watch.update(batch[-1], {"fc": {"weight_norm": 1.0}},
+                                  losses[batch[-1] - 1], (("lr", 0, 0.1),))
+    falls = [(s, p["message"]) for s, p in found if p["metric"] == "loss"]
+    assert len(found) == 1 and len(falls) == 1, found
+    assert 590 <= falls[0][0] <= 610 and falls[0][1].startswith("loss fell"), falls
+
+
+def test_without_a_budget_the_per_step_losses_only_say_divergence():
+    """No budget: the samples come every `every` steps and carry the loss; the per-step
+    values add nothing but a non-finite loss (one detector, as before)."""
+    watch = TransitionWatch()
+    steps = range(1, 1001)
+    losses = _plateau_then_drop(steps, 600)
+    assert watch.run_level is None
+    assert watch.per_step({"loss": (list(steps), losses)}) == []
+
+
+def test_a_budgeted_run_level_event_is_explained_by_a_setting_changed_before_it():
+    """The settings as the training thread read them at each `every`-th step, where they
+    changed: the run-level detector's marks, at the step of the change (not at the next
+    sample, hundreds of steps on)."""
+    watch = TransitionWatch(every=10)
+    steps = range(1, 1001)
+    losses = _plateau_then_drop(steps, 600)
+    watch.settings(10, (("lr", 0, 0.1),))
+    watch.settings(600, (("lr", 0, 1.0),))
+    found = watch.per_step({"loss": (list(steps), losses)})
+    assert [p["exogenous"] for _, p in found] == ["optimizer lr 0.1 → 1"], found
+
+
+def test_a_run_under_a_budget_gets_its_loss_events_from_every_step(tmp_path):
+    """A real run under a time budget: a two-layer linear net from a small initialisation
+    learns a rank-2 teacher, each mode after a plateau (Saxe et al.), then weight decay is
+    switched on. Its loss falls are events found in every step's loss (STATS `per_step`) at
+    the run's `every`, by the run-level detector (the samples' detector raises nothing on the
+    loss under a budget), whatever the layers' samples; the rise after the switch is labelled
+    with it (the settings the training thread read, handed to the publisher's detector); the
+    cadence is published (`run_level_every`). A budget of
+    0.9 keeps that cadence at `every` on any machine (its cost share allows thousands of
+    updates a second); at the 1 % default a run this fast would have it stretched."""
+    torch.manual_seed(0)
+    d = 16
+    gen = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    target = u[:, :2] @ torch.diag(torch.tensor([4.0, 1.5])) @ v[:, :2].T
+    model = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
+    for layer in model:
+        nn.init.normal_(layer.weight, std=1e-3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    recording = tmp_path / "budget.db"
+    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=2, budget=0.9,
+                        record=str(recording), register=False, stats_interval=0.05):
+        for step in range(700):
+            # weight decay on from step 500: the weaker mode (σ 1.5 < 2) is pushed back and
+            # the loss rises, explained by the change the training thread read at its step
+            opt.param_groups[0]["weight_decay"] = 2.0 if step >= 500 else 0.0
+            loss = 0.5 * (model(torch.eye(d)).T - target).square().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            time.sleep(0.0005)  # ~1,000 steps a second at most
+    events = _transitions(recording)
+    # the loss falls from ~15 steps before a mode's strength is half its target's (steps 87
+    # and 213, seed 0) to ~15 after; each fall is one event, at its onset; then the rise
+    assert [(p["metric"], p["message"][:9]) for _, p in events][:2] == [("loss", "loss fell")] * 2, \
+        events
+    assert 60 <= events[0][0] <= 95 and 160 <= events[1][0] <= 220, events
+    rose = [(s, p["exogenous"]) for s, p in events[2:] if p["metric"] == "loss"]
+    assert rose and all(s >= 500 and e == "optimizer weight_decay 0 → 2" for s, e in rose), events
+    with RecordingReader(recording) as reader:
+        strides = {m.payload["sampling"].get("run_level_every") for m in reader
+                   if m.kind == protocol.STATS and "sampling" in m.payload}
+    assert strides == {2}, strides
+
+
+def test_a_run_level_event_names_the_layers_that_moved_with_it_when_they_were_sampled():
+    """Under a budget that still allows every sample, the run-level detector's loss fall
+    names the layer whose norm grew with it (the samples' detector's series, `layers_from`),
+    as one detector did before; a layer that did not move is not named."""
+    watch = TransitionWatch(every=10)
+    steps = range(1, 1001)
+    losses = _plateau_then_drop(steps, 600)
+    gen = torch.Generator().manual_seed(1)
+    found = []
+    for start in range(0, 1000, 10):  # each batch's losses before the sample at its end
+        batch = list(steps[start:start + 10])
+        step = batch[-1]
+        found += watch.per_step({"loss": (batch, losses[start:start + 10])})
+        found += watch.update(step, {
+            "fc1": {"weight_norm": (1.0 if step < 600 else 3.0)
+                    * (1 + 0.01 * float(torch.randn(1, generator=gen)))},
+            "fc2": {"weight_norm": 1 + 0.01 * float(torch.randn(1, generator=gen))}},
+            losses[step - 1], (("lr", 0, 0.1),))
+    # one change, one event: the loss fall naming fc1, not also fc1's own jump at the samples
+    assert [p["metric"] for _, p in found] == ["loss"], found
+    assert [m["layer"] for m in found[0][1]["movers"]] == ["fc1"], found[0][1]
+
+
+def test_under_a_budget_a_non_finite_loss_is_a_divergence_at_its_step_once():
+    """The run-level detector takes a non-finite loss at the step it happened, between its
+    `every`-th steps, and reports it once; the samples' NaN loss after it adds nothing."""
+    watch = TransitionWatch(every=10)
+    steps = list(range(1, 421))
+    losses = [1.0 + 0.01 * (s % 3) if s < 405 else float("nan") for s in steps]
+    found = watch.per_step({"loss": (steps, losses)})
+    found += watch.update(420, {"fc": {"weight_norm": 1.0}}, float("nan"), ())
+    assert [(s, p["what"]) for s, p in found] == [(405, "divergence")], found
+
+
+def test_a_fast_run_level_cadence_is_stretched_to_keep_its_cost_within_its_share():
+    """At 10,000 steps a second, every 10 steps would be 1,000 detector updates a second
+    (~27 ms of the publisher's CPU, several times a 1 % budget's plan): the cadence becomes
+    the multiple of `every` whose updates cost at most `max_cost_s` a second, by their
+    measured cost, and the drop is found all the same. At 20 steps a second it stays
+    `every`."""
+    steps = range(1, 200_001)
+    losses = _plateau_then_drop(steps, 120_000)
+    fast = TransitionWatch(every=10, max_cost_s=1e-3)
+    found = []
+    for start in range(0, len(steps), 10_000):  # a STATS batch a second
+        found += fast.per_step({"loss": (list(steps[start:start + 10_000]),
+                                         losses[start:start + 10_000])}, step_time=1e-4)
+    stride = fast.stride
+    assert stride % 10 == 0 and stride >= 100, stride
+    # the last sizing kept within the share, by the cost measured before it
+    assert 1e4 / stride * fast._feed.update_cost_s() <= 1e-3 * 1.5, (stride, fast._feed.update_cost_s())
+    assert [(p["metric"], 119_000 <= s <= 121_000) for s, p in found] == [("loss", True)], found
+    slow = TransitionWatch(every=10, max_cost_s=1e-3)
+    slow.per_step({"loss": ([1, 2], [1.0, 1.0])}, step_time=0.05)
+    assert slow.stride == 10
+
+
+
+def test_a_layers_jump_found_first_keeps_the_loss_fall_naming_it_from_a_second_event():
+    """The other order: the layer's jump at the samples is reported first (the run-level
+    detector groups over more steps); the loss fall naming that layer, over the same window,
+    is the same change and is not published again. A loss fall naming no such layer is."""
+    watch = TransitionWatch(every=10)
+    steps = range(1, 1001)
+    losses = _plateau_then_drop(steps, 600)
+    gen = torch.Generator().manual_seed(1)
+    found = []
+    for start in range(0, 1000, 40):  # STATS every 40 steps, after the samples in them
+        batch = list(steps[start:start + 40])
+        for step in batch[9::10]:
+            found += watch.update(step, {
+                "fc1": {"weight_norm": (1.0 if step < 600 else 3.0)
+                        * (1 + 0.01 * float(torch.randn(1, generator=gen)))}},
+                losses[step - 1], ())
+        found += watch.per_step({"loss": (batch, losses[start:start + 40])})
+    assert len(found) == 1 and found[0][1]["layer"] == "fc1", found
+    assert watch.detector.suppressed >= 1
+
+
+def test_under_a_budget_a_divergence_is_explained_by_the_settings_at_its_step():
+    """The training thread reads the settings every `every` steps: a learning rate raised at
+    step 401 is read at 410, after the loss is NaN at 403. The settings at the NaN's step
+    (read on the publisher thread, as without a budget) explain it all the same."""
+    watch = TransitionWatch(every=10)
+    steps = list(range(1, 421))
+    losses = [1.0 + 0.01 * (s % 3) if s < 403 else float("nan") for s in steps]
+    found = watch.per_step({"loss": (steps, losses)}, (("lr", 0, 10.0),),
+                           settings=[(10, (("lr", 0, 0.1),)), (410, (("lr", 0, 10.0),))])
+    assert [(s, p["what"], p["exogenous"]) for s, p in found] == [
+        (403, "divergence", "optimizer lr 0.1 → 10")], found
+
+
+def test_a_series_logged_now_and_then_is_fed_its_latest_value_at_every_stride():
+    """A loss logged every 7 steps (and a value logged for a step already fed) reaches the
+    run-level detector at every multiple of `every`, as a sample there would read it."""
+    watch = TransitionWatch(every=10)
+    logged = list(range(7, 701, 7))
+    watch.per_step({"loss": (logged, [1.0] * len(logged))})
+    fed = watch.run_level.series[(None, "loss")].samples
+    assert fed == 70, fed  # steps 10, 20, …, 700
+    watch.per_step({"val_loss": ([695], [2.0])})  # late: step 695 was fed already
+    watch.per_step({"loss": ([710], [1.0])})
+    assert watch.run_level.series[(None, "val_loss")].recent(1) == [2.0]

@@ -64,3 +64,49 @@ def test_bad_arguments_and_missing_files_are_clear_errors(tmp_path):
     assert result.returncode == 1 and "no such recording" in result.stderr
     result = _detect(str(tmp_path / "nope.db"), "--threshold", "-3")
     assert result.returncode == 2 and "expected a number > 0" in result.stderr
+
+
+BUDGETED_RUN = """
+import sys, time, torch
+from torch import nn
+import symwatch
+torch.manual_seed(0)
+d = 16
+gen = torch.Generator().manual_seed(0)
+u, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+target = u[:, :2] @ torch.diag(torch.tensor([4.0, 1.5])) @ v[:, :2].T
+model = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
+for layer in model:
+    nn.init.normal_(layer.weight, std=1e-3)
+opt = torch.optim.SGD(model.parameters(), lr=0.02)
+with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=2, budget=0.9,
+                    record=sys.argv[1], register=False, stats_interval=0.05):
+    for _ in range(600):
+        loss = 0.5 * (model(torch.eye(d)).T - target).square().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        time.sleep(0.0005)
+"""
+
+
+def test_a_budgeted_runs_loss_events_are_found_again_from_its_per_step_losses(tmp_path):
+    """A run under a time budget found its loss falls in every step's loss (docs/alerts.md,
+    "The loss under a time budget": tests/agent/test_transitions.py, the same run); replayed
+    from the recording's STATS `per_step` at the cadence it published, the same events at
+    the same steps (before: the replay fed the loss at the samples only)."""
+    from symwatch.core import protocol
+    from symwatch.core.recording import RecordingReader
+
+    path = str(tmp_path / "budget.db")
+    subprocess.run([sys.executable, "-c", BUDGETED_RUN, path], check=True, capture_output=True,
+                   timeout=300)
+    with RecordingReader(path) as reader:
+        live = [(m.step, m.payload["message"]) for m in reader if m.kind == protocol.EVENT
+                and m.payload.get("severity") == "transition"]
+    result = _detect(path, "--json")
+    assert result.returncode == 0, result.stderr
+    again = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(live) == 2 and all(message.startswith("loss fell") for _, message in live), live
+    assert [(e["step"], e["message"]) for e in again] == live, (again, live)
