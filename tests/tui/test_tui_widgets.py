@@ -208,6 +208,20 @@ def test_no_events_says_whether_the_detector_is_still_warming_up(samples, said):
     assert events_text(s, lines=3).plain == said
 
 
+def test_no_events_says_when_the_loss_is_warmed_up_under_a_budget():
+    """Under a budget the loss has a detector of its own fed every `run_level_every` steps
+    (docs/alerts.md): its warm-up is in its own steps, said beside the layers'."""
+    s = _state()
+    for layer in s.layers.values():
+        layer.updates = 4
+    _stats(s, overhead=0.004, loss=0.5, steps_per_s=20.0, sampling={
+        "interval": 220, "every": 10, "budget": 0.01, "limit": "budget",
+        "run_level_every": 10})
+    assert events_text(s, lines=3).plain == (
+        " no events yet: ~4 samples a layer so far; jumps are flagged from a series' ~30th "
+        "sample (the loss's from step ~300)")
+
+
 def test_the_sampling_field_is_on_the_first_line_and_fits_120_columns():
     """After the figures on the second line it was cut off at 120 columns, on a default run
     where it explains the N/A cells and the refresh; the first line has room, and the option's

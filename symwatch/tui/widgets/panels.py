@@ -233,6 +233,11 @@ def events_text(state: RunState, lines: int, width: int = 0) -> Text:
             plural = "" if typical == 1 else "s"
             text.append(f": ~{typical} sample{plural} a layer so far; jumps are flagged from a "
                         f"series' ~{WARMUP_SAMPLES}th sample", "dim")
+            # under a budget the loss has its own cadence (STATS `run_level_every`), not the
+            # layers' samples: its warm-up is counted in its own steps
+            stride = (state.sampling or {}).get("run_level_every")
+            if isinstance(stride, int) and not isinstance(stride, bool) and stride > 0:
+                text.append(f" (the loss's from step ~{WARMUP_SAMPLES * stride:,})", "dim")
         return text
     for i, ev in enumerate(recent):
         if i:
