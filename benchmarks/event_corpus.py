@@ -53,6 +53,7 @@ def run_one(name: str, steps: int | None, seed: int) -> RunResult:
     result = module.run(steps=steps, seed=seed)
     tape.save(name)
     result.samples = sum(common.SAMPLES)
+    result.loss_every = max(common.LOSS_EVERY, default=None)
     if common.at_defaults():
         result.every = DEFAULT_EVERY
     return result
@@ -95,7 +96,9 @@ HEADER = ("run", "steps (every)", "samples", "truths", "events", "matched", "exo
 
 def _cells(name: str, r: RunResult | None, s: Score) -> tuple[str, ...]:
     samples = "" if r is None or r.samples is None else str(r.samples)
-    return (name, f"{r.steps} ({r.every})" if r else "", samples, str(s.truths), str(s.events),
+    every = "" if r is None else (f"{r.steps} ({r.every})" if r.loss_every is None else
+                                  f"{r.steps} ({r.every}; loss {r.loss_every})")
+    return (name, every, samples, str(s.truths), str(s.events),
             str(s.matched_events), str(s.exogenous), _pct(s.precision), _pct(s.recall),
             _num(s.median_delay), _num(s.median_onset_error),
             "–" if s.false_per_1000 is None else f"{s.false_per_1000:.1f}",
@@ -191,8 +194,10 @@ def markdown_defaults(results: list[RunResult], command: str) -> str:
          "a user who changes nothing gets on it, scored against the same truths in the same "
          "way. The loss and the logged scalars are followed from every step's values at "
          f"every {DEFAULT_EVERY}th step whatever the budget (docs/alerts.md, \"The loss under a "
-         "time budget\"). The detector warms up over its first ~30–50 samples of each series "
-         f"(for the loss, its first ~{30 * DEFAULT_EVERY} steps)."),
+         "time budget\"), or every `loss` steps (in the `steps (every)` column) where that "
+         "would cost more than its share of the budget: these runs take 300–3,000 steps a "
+         "second. The detector warms up over its first ~30–50 samples of each series (for the "
+         "loss, its first ~30 × `loss` steps)."),
         "",
         *_table(scored, total),
     ]

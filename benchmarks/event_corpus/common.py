@@ -64,6 +64,8 @@ class RunResult:
     seconds: float = 0.0
     facts: dict[str, Any] = field(default_factory=dict)  # what the truth was computed from
     samples: int | None = None  # steps with indicators in the run's recording (run_one)
+    # under a budget: the run-level detector's cadence in steps, its longest (run_one)
+    loss_every: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "truths": [asdict(t) for t in self.truths],
@@ -94,6 +96,9 @@ ENV_DEFAULTS = "SYMWATCH_CORPUS_DEFAULTS"
 # The samples each recording made in this process holds (appended as it is read): run_one
 # reports them beside the run's result (with --defaults they are the budget's doing).
 SAMPLES: list[int] = []
+# The same for the run-level detector's cadence (STATS `sampling.run_level_every`, the longest;
+# none without a budget).
+LOSS_EVERY: list[int] = []
 
 
 def at_defaults() -> bool:
@@ -104,6 +109,17 @@ def count_samples(path: Path) -> int:
     """The steps a recording has indicators for (its METRICS messages' distinct steps)."""
     with RecordingReader(path) as reader:
         return len({msg.step for msg in reader.messages((protocol.METRICS,))})
+
+
+def loss_every(path: Path) -> int | None:
+    """The longest cadence of the run-level detector a recording's STATS published (None:
+    the run had none, i.e. no budget)."""
+    with RecordingReader(path) as reader:
+        found = [msg.payload["sampling"]["run_level_every"]
+                 for msg in reader.messages((protocol.STATS,))
+                 if isinstance(msg.payload.get("sampling"), dict)
+                 and isinstance(msg.payload["sampling"].get("run_level_every"), int)]
+    return max(found, default=None)
 
 
 @contextlib.contextmanager
@@ -131,6 +147,9 @@ def recorded(model: Any, optimizer: Any, *, every: int, name: str,
             agent.close()
         out.events, out.notices = read_events(path)
         SAMPLES.append(count_samples(path))
+        stride = loss_every(path)
+        if stride is not None:
+            LOSS_EVERY.append(stride)
 
 
 def read_events(path: Path) -> tuple[list[Event], int]:

@@ -16,12 +16,14 @@ from symwatch_agent.entry import demo
 from symwatch_agent.options import DEFAULT_EVERY, ENV_RECORD, AgentOptions
 
 from .common import (
+    LOSS_EVERY,
     SAMPLES,
     RunResult,
     Truth,
     at_defaults,
     count_samples,
     crossing_truth,
+    loss_every,
     random_orthogonal,
     read_events,
     single_thread,
@@ -86,6 +88,9 @@ def run(steps: int | None = None, seed: int = 0) -> RunResult:
         seconds = time.perf_counter() - t0
         events, notices = read_events(path)
         SAMPLES.append(count_samples(path))
+        stride = loss_every(path)
+        if stride is not None:
+            LOSS_EVERY.append(stride)
     modes = _teacher_modes(steps, seed, cfg)
     grow, off = cfg.grow_steps, cfg.grow_steps + cfg.decay_steps
     truths = []
