@@ -14,6 +14,8 @@ from torch import nn
 from symwatch_agent.measure.indicators import IndicatorEngine
 from symwatch_agent.measure.layers import discover
 
+from linear_teacher import linear_teacher
+
 S = (8.0, 4.0, 2.5, 1.5, 1.0)  # target singular values (the demo's)
 D, SIGMA, LR = 16, 1e-3, 0.02
 
@@ -40,15 +42,8 @@ def test_modes_climb_one_step_at_a_time_in_the_order_theory_says(seed):
     """`modes` (σ above the random bulk) climbs 0 → 5 one mode at a time, never down. A mode
     leaves the init's tiny bulk well before it reaches half its strength (the loss drop), and
     the modes leave in the order of their strengths: the i-th rise comes before t_i."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(D, D, generator=gen))
-    v, _ = torch.linalg.qr(torch.randn(D, D, generator=gen))
+    net, target = linear_teacher(list(S), SIGMA, d=D, seed=seed)
     k = len(S)
-    target = u[:, :k] @ torch.diag(torch.tensor(S)) @ v[:, :k].T
-    net = nn.Sequential(nn.Linear(D, D, bias=False), nn.Linear(D, D, bias=False))
-    for layer in net:
-        nn.init.normal_(layer.weight, std=SIGMA)
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     engine = _engine(net)
     modes = []

@@ -12,6 +12,7 @@ from symwatch_agent.entry import demo
 from symwatch_agent.publish.publisher import Publisher
 from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
 from torch import nn
+from linear_teacher import budgeted_staircase, linear_teacher
 from waiting import until
 
 import symwatch
@@ -221,15 +222,8 @@ def test_a_mode_learned_then_lost_to_weight_decay(tmp_path):
     noisy minibatches; at step 200 weight decay 1.0 > 0.6 is switched on and the weakest mode
     is restored into the noise bulk (SCIENCE.md: a mode survives weight decay γ only if its
     σ exceeds γ)."""
-    torch.manual_seed(0)
-    d = 16
-    gen = torch.Generator().manual_seed(0)
-    u, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
-    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
-    target = u[:, :3] @ torch.diag(torch.tensor([3.0, 2.0, 0.6])) @ v[:, :3].T
-    model = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
-    for layer in model:
-        nn.init.normal_(layer.weight, std=1e-2)
+    model, target = linear_teacher([3.0, 2.0, 0.6], 1e-2)
+    d = target.shape[0]
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     recording = tmp_path / "modes.db"
     with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1, budget=1.0,
@@ -393,28 +387,8 @@ def test_a_run_under_a_budget_gets_its_loss_events_from_every_step(tmp_path):
     cadence is published (`run_level_every`). A budget of
     0.9 keeps that cadence at `every` on any machine (its cost share allows thousands of
     updates a second); at the 1 % default a run this fast would have it stretched."""
-    torch.manual_seed(0)
-    d = 16
-    gen = torch.Generator().manual_seed(0)
-    u, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
-    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
-    target = u[:, :2] @ torch.diag(torch.tensor([4.0, 1.5])) @ v[:, :2].T
-    model = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
-    for layer in model:
-        nn.init.normal_(layer.weight, std=1e-3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.02)
     recording = tmp_path / "budget.db"
-    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=2, budget=0.9,
-                        record=str(recording), register=False, stats_interval=0.05):
-        for step in range(700):
-            # weight decay on from step 500: the weaker mode (σ 1.5 < 2) is pushed back and
-            # the loss rises, explained by the change the training thread read at its step
-            opt.param_groups[0]["weight_decay"] = 2.0 if step >= 500 else 0.0
-            loss = 0.5 * (model(torch.eye(d)).T - target).square().sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            time.sleep(0.0005)  # ~1,000 steps a second at most
+    budgeted_staircase(str(recording))
     events = _transitions(recording)
     # the loss falls from ~15 steps before a mode's strength is half its target's (steps 87
     # and 213, seed 0) to ~15 after; each fall is one event, at its onset; then the rise

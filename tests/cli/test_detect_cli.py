@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,29 +67,11 @@ def test_bad_arguments_and_missing_files_are_clear_errors(tmp_path):
     assert result.returncode == 2 and "expected a number > 0" in result.stderr
 
 
-BUDGETED_RUN = """
-import sys, time, torch
-from torch import nn
-import symwatch
-torch.manual_seed(0)
-d = 16
-gen = torch.Generator().manual_seed(0)
-u, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
-v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
-target = u[:, :2] @ torch.diag(torch.tensor([4.0, 1.5])) @ v[:, :2].T
-model = nn.Sequential(nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False))
-for layer in model:
-    nn.init.normal_(layer.weight, std=1e-3)
-opt = torch.optim.SGD(model.parameters(), lr=0.02)
-with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=2, budget=0.9,
-                    record=sys.argv[1], register=False, stats_interval=0.05):
-    for _ in range(600):
-        loss = 0.5 * (model(torch.eye(d)).T - target).square().sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        time.sleep(0.0005)
-"""
+# the run of tests/agent/test_transitions.py::test_a_run_under_a_budget_gets_its_loss_events_from_every_step,
+# up to its two loss falls (weight decay, from step 500, gives an exogenous label, not replayed)
+BUDGETED_RUN = ("import sys; sys.path.insert(0, sys.argv[2]); "
+                "from linear_teacher import budgeted_staircase; "
+                "budgeted_staircase(sys.argv[1], steps=480)")
 
 
 def test_a_budgeted_runs_loss_events_are_found_again_from_its_per_step_losses(tmp_path):
@@ -100,8 +83,9 @@ def test_a_budgeted_runs_loss_events_are_found_again_from_its_per_step_losses(tm
     from symwatch.core.recording import RecordingReader
 
     path = str(tmp_path / "budget.db")
-    subprocess.run([sys.executable, "-c", BUDGETED_RUN, path], check=True, capture_output=True,
-                   timeout=300)
+    tests = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", BUDGETED_RUN, path, tests], check=True,
+                   capture_output=True, timeout=300)
     with RecordingReader(path) as reader:
         live = [(m.step, m.payload["message"]) for m in reader if m.kind == protocol.EVENT
                 and m.payload.get("severity") == "transition"]
