@@ -9,12 +9,10 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
+from linear_teacher import linear_teacher
 from symwatch_agent.measure.indicators import IndicatorEngine
 from symwatch_agent.measure.layers import discover
-
-from linear_teacher import linear_teacher
+from torch import nn
 
 S = (8.0, 4.0, 2.5, 1.5, 1.0)  # target singular values (the demo's)
 D, SIGMA, LR = 16, 1e-3, 0.02

@@ -8,11 +8,11 @@ import time
 
 import pytest
 import torch
+from linear_teacher import budgeted_staircase, linear_teacher
 from symwatch_agent.entry import demo
 from symwatch_agent.publish.publisher import Publisher
 from symwatch_agent.publish.transitions import TransitionWatch, read_hyperparameters
 from torch import nn
-from linear_teacher import budgeted_staircase, linear_teacher
 from waiting import until
 
 import symwatch
