@@ -19,7 +19,7 @@ from symwatch.cli.common import read_recording, positive_float, subparser
 from symwatch.core import protocol
 from symwatch.core.detection import (Transition, TransitionDetector, detected, detected_scalar,
                                      to_event_payload)
-from symwatch.core.run_level import RunLevelFeed
+from symwatch.core.run_level import OneEventPerChange, RunLevelFeed
 
 EPILOG = (
     "examples:\n"
@@ -51,13 +51,17 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
              layers: list[str] | None = None,
              metrics: list[str] | None = None) -> list[Transition]:
     """Feed the recorded METRICS samples (with the loss of the latest STATS at or before each)
-    to `detector`, in order; returns every transition, the last group flushed, in step order.
+    to `detector`, in order; returns every transition, the last group flushed.
 
-    A run sampled under a time budget (its STATS `sampling` says a budget below 1) had its
-    run-level series (the loss, logged scalars) followed by a detector of their own, at every
-    `every`-th step of the STATS `per_step` values (docs/alerts.md, "The loss under a time
-    budget"): so here, with a second detector at `detector`'s threshold setting, so that the
-    same run gives the same events live and replayed."""
+    A run sampled under a time budget by an agent with the run-level detector (its STATS
+    `sampling` has `run_level_every`) had its run-level series (the loss, logged scalars)
+    followed by a detector of their own, from the STATS `per_step` values at that cadence
+    (docs/alerts.md, "The loss under a time budget"): so here, with a second detector at
+    `detector`'s threshold setting and the same one-event-per-change rule, so that a replay
+    finds the run-level jumps the live run found. Not replayed, for either detector: the
+    exogenous labels (the optimizer's settings and marks) and divergences (a non-finite value
+    is null on the wire); the open groups are flushed at the end, which the live run does not.
+    An older recording (no `run_level_every`) is replayed with one detector, as it ran."""
     def wanted(name: str, globs: list[str] | None) -> bool:
         return globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs)
 
@@ -68,6 +72,7 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
     loss: float | None = None
     scalars: dict[str, Any] = {}
     feed: RunLevelFeed | None = None
+    one_event = OneEventPerChange()  # as the agent publishes a budgeted run's events
     for message in messages:
         if message.kind == protocol.STATS:
             loss = message.payload.get("loss", loss)
@@ -75,7 +80,7 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
             scalars.update({k: v for k, v in (message.payload.get("scalars") or {}).items()
                             if detected_scalar(k) and k != "loss"})
             sampling = message.payload.get("sampling") or {}
-            if feed is None and _budgeted(sampling):
+            if feed is None and _budgeted(sampling) and "run_level_every" in sampling:
                 detector.run_level_triggers = False
                 feed = RunLevelFeed(TransitionDetector(detector.fixed_threshold,
                                                        layers_from=detector),
@@ -84,17 +89,19 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
             if feed is not None and per_step:
                 feed.detector.recalibrate(len(detector.series))
                 stride = sampling.get("run_level_every")  # the live run's cadence
-                found += feed.feed({name: (entry.get("steps") or [], entry.get("values") or [])
-                                    for name, entry in per_step.items()},
-                                   stride=stride if isinstance(stride, int) else None)
+                found += [t for t in feed.feed(
+                    {name: (entry.get("steps") or [], entry.get("values") or [])
+                     for name, entry in per_step.items()},
+                    stride=stride if isinstance(stride, int) else None)
+                    if one_event.admit(t, "run_level")]
         elif message.kind == protocol.METRICS:
             values = {layer: {m: v for m, v in row.items() if wanted_metric(m)}
                       for layer, row in message.payload["values"].items()
                       if wanted(layer, layers)}
-            found += detector.update_metrics(message.step, values, loss=loss,
-                                             time=message.time, scalars=scalars)
-    found += detector.flush() + (feed.detector.flush() if feed is not None else [])
-    return sorted(found, key=lambda t: t.step)
+            found += [t for t in detector.update_metrics(message.step, values, loss=loss,
+                                                         time=message.time, scalars=scalars)
+                      if feed is None or one_event.admit(t, "samples")]
+    return found + detector.flush() + (feed.detector.flush() if feed is not None else [])
 
 
 def _budgeted(sampling: dict[str, Any]) -> bool:

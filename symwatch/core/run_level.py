@@ -6,6 +6,7 @@ budget"). The agent feeds it every step's values on its publisher thread
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import deque
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from symwatch.core.detection import (
     LOSS_KEY,
+    LOSS_KINDS,
     SeriesKey,
     Transition,
     TransitionDetector,
@@ -50,14 +52,16 @@ class RunLevelFeed:
         self.max_cost_s = max_cost_s
         self.stride = self.every
         self._latest: dict[str, float | None] = {}
+        self._nonfinite: dict[str, bool] = {}  # each loss series: non-finite at its latest
         self._costs: deque[float] = deque(maxlen=COST_WINDOW)
 
     def update_cost_s(self) -> float:
-        """The median CPU seconds of the latest detector updates (a prior before any)."""
+        """The median CPU seconds per update of the latest feeds (the whole feed's time over
+        its updates: reading the batch included); a prior before any."""
         if not self._costs:
             return UPDATE_COST_PRIOR_S
         ordered = sorted(self._costs)
-        return ordered[len(ordered) // 2]
+        return max(ordered[len(ordered) // 2], 1e-7)  # a coarse clock can read 0
 
     def _size(self, step_time: float | None) -> None:
         if self.max_cost_s is None or step_time is None or step_time <= 0:
@@ -69,52 +73,130 @@ class RunLevelFeed:
     def feed(self, per_step: PerStep, step_time: float | None = None,
              stride: int | None = None,
              before: Callable[[int, bool], None] | None = None) -> list[Transition]:
-        """Every step's values since the last call ({name: (steps, values)}, NaN and ±inf
-        kept where known); `step_time`: the seconds a step takes now (None: unknown, or the
-        run's end: the cadence stays); `stride`: the cadence to use (a replay: the one the
-        live run published); `before(step, diverged)`: called before each update (the agent
-        notes the optimizer's settings up to that step).
+        """Every step's values since the last call ({name: (steps, values)}, steps ascending,
+        NaN and ±inf kept where known); `step_time`: the seconds a step takes now (None:
+        unknown, or the run's end: the cadence stays); `stride`: the cadence to use (a replay:
+        the one the live run published); `before(step, diverged)`: called before each update
+        (the agent notes the optimizer's settings up to that step).
 
         At every multiple of the stride each series' latest value is fed, as a sample there
         would read it, also where a series was not logged at that very step (a loss logged
-        every 7 steps). A value for a step already fed (logged after the step's STATS was
-        cut) still becomes its series' latest."""
+        every 7 steps); a value for a step already fed (logged after that step's STATS was
+        cut) still becomes its series' latest. A loss turning non-finite is fed at its own
+        step, once (not at every later step it stays so). The work is per update, not per
+        step: a batch of thousands of steps costs a bisection per series and update."""
+        began = time.thread_time()
         if stride is not None and stride > 0:
             self.stride = int(stride)
         else:
             self._size(step_time)
-        series = {name: dict(zip(steps, values)) for name, (steps, values) in per_step.items()
-                  if detected_scalar(name)}
-        logged = {s for by_step in series.values() for s in by_step}
-        if not logged:
+        series = {name: (list(steps), list(values))
+                  for name, (steps, values) in per_step.items()
+                  if detected_scalar(name) and len(steps) == len(values) and steps}
+        if not series:
             return []
         last = self.detector.last_step
+        end = max(steps[-1] for steps, _ in series.values())
         first_due = (max(last, 0) // self.stride + 1) * self.stride
-        due = set(range(first_due, max(logged) + 1, self.stride))
+        updates: dict[int, bool] = {step: False for step in range(first_due, end + 1,
+                                                                   self.stride)}
+        for name, (steps, values) in series.items():  # where a loss turns non-finite
+            if family(name) != "loss":
+                continue
+            was = self._nonfinite.get(name, False)
+            for step, value in zip(steps, values):
+                now = value is not None and value - value != 0.0  # NaN or ±inf
+                if now and not was and step > last:
+                    updates[step] = True
+                was = now if value is not None else was
+            self._nonfinite[name] = was
         out: list[Transition] = []
-        for step in sorted(logged | due):
-            broken: dict[SeriesKey, float] = {}
-            for name, by_step in series.items():
-                if step in by_step:
-                    value = self._latest[name] = by_step[step]
-                    if family(name) == "loss" and value is not None and value - value != 0.0:
-                        broken[series_key(name)] = value  # NaN or ±inf: a divergence, at once
-            if step <= last:
-                continue  # fed already: the value waits, as its series' latest
-            if step in due and self._latest:
-                fed = {series_key(name): value for name, value in self._latest.items()}
-            elif broken:
-                fed = broken
-            else:
+        fed_any = 0
+        for step in sorted(updates):
+            diverged = updates[step]
+            off_stride = step % self.stride != 0
+            here = set()  # the series logged at this very step
+            for name, (steps, values) in series.items():
+                k = bisect.bisect_right(steps, step)
+                if k:
+                    self._latest[name] = values[k - 1]
+                    if steps[k - 1] == step:
+                        here.add(name)
+            # at the stride every series' latest (earlier batches' too); off it, only the
+            # losses that turned non-finite at this step
+            values_at = {series_key(name): value for name, value in self._latest.items()
+                         if not off_stride or (name in here and family(name) == "loss")}
+            if not values_at:
                 continue
             if before is not None:
-                before(step, bool(broken))
-            began = time.thread_time()
-            out += self.detector.update(step, fed)
-            self._costs.append(time.thread_time() - began)
+                before(step, diverged)
+            out += self.detector.update(step, values_at)
+            fed_any += 1
+        for name, (steps, values) in series.items():  # what came after the last update
+            self._latest[name] = values[-1]
+        if fed_any:
+            self._costs.append((time.thread_time() - began) / fed_any)
         return out
 
 
 def series_key(name: str) -> SeriesKey:
     """A run-level series' key: the loss's own (LOSS_KEY), any other (None, name)."""
     return LOSS_KEY if name == "loss" else (None, name)
+
+
+class OneEventPerChange:
+    """The two detectors of a budgeted run (the samples' and the run-level one) can each see
+    one change: a loss falling, and a layer's weights growing with it. One detector would
+    have grouped them into one event; split, the first report stands and the second is not
+    published. Two transitions are one change when their windows overlap (each from the
+    last step before its earliest onset to its last alarm) and they share a layer among
+    their jumps and what moved, or, where one is the run-level detector's and names no layer
+    (the layers' samples did not cover its window), the other quotes that series moving the
+    same way over its own window. A spike or a divergence always stands."""
+
+    def __init__(self, keep: int = 32) -> None:
+        self._seen: dict[str, deque[Transition]] = {"samples": deque(maxlen=keep),
+                                                     "run_level": deque(maxlen=keep)}
+        self.held_back = 0  # transitions not published: the other detector's already
+
+    def admit(self, transition: Transition, source: str) -> bool:
+        """Whether `transition`, found by `source` ("samples" or "run_level"), is published."""
+        other = "run_level" if source == "samples" else "samples"
+        if transition.kind not in LOSS_KINDS and any(
+                _same_change(transition, seen) for seen in self._seen[other]):
+            self.held_back += 1
+            return False
+        self._seen[source].append(transition)
+        return True
+
+
+def _layers(t: Transition) -> set[str]:
+    keys = [j.key for j in t.jumps] + [m.key for m in t.movers]
+    return {k[0] for k in keys if isinstance(k, tuple) and k[0] is not None}
+
+
+def _window(t: Transition) -> tuple[int, int]:
+    # from the last step before the change (a sparse series' onset is its first sample after)
+    start = min(min(j.onset, j.before_steps[1]) for j in t.jumps)
+    return start, max(j.step for j in t.jumps)
+
+
+def _quotes(t: Transition, run_level: Transition) -> bool:
+    """Whether `t` quotes a run-level transition's series moving its way (its context)."""
+    names = {_series_name(j.key): j.direction for j in run_level.jumps}
+    return any(name in names and (after < before) == (names[name] == "down") and after != before
+               for name, before, after in t.context)
+
+
+def _series_name(key: SeriesKey) -> str:
+    return str(key[1]) if isinstance(key, tuple) and len(key) == 2 else str(key)
+
+
+def _same_change(a: Transition, b: Transition) -> bool:
+    (a0, a1), (b0, b1) = _window(a), _window(b)
+    if not (a0 <= b1 and b0 <= a1):
+        return False
+    if _layers(a) & _layers(b):
+        return True
+    # a run-level event that names no layer: the other event quotes its series moving so
+    return (not _layers(a) and _quotes(b, a)) or (not _layers(b) and _quotes(a, b))

@@ -451,9 +451,7 @@ def test_a_fast_run_level_cadence_is_stretched_to_keep_its_cost_within_its_share
         found += fast.per_step({"loss": (list(steps[start:start + 10_000]),
                                          losses[start:start + 10_000])}, step_time=1e-4)
     stride = fast.stride
-    assert stride % 10 == 0 and stride >= 100, stride
-    # the last sizing kept within the share, by the cost measured before it
-    assert 1e4 / stride * fast._feed.update_cost_s() <= 1e-3 * 1.5, (stride, fast._feed.update_cost_s())
+    assert stride % 10 == 0 and stride >= 100, stride  # ≤ 100 updates a second, not 1,000
     assert [(p["metric"], 119_000 <= s <= 121_000) for s, p in found] == [("loss", True)], found
     slow = TransitionWatch(every=10, max_cost_s=1e-3)
     slow.per_step({"loss": ([1, 2], [1.0, 1.0])}, step_time=0.05)
@@ -479,7 +477,7 @@ def test_a_layers_jump_found_first_keeps_the_loss_fall_naming_it_from_a_second_e
                 losses[step - 1], ())
         found += watch.per_step({"loss": (batch, losses[start:start + 40])})
     assert len(found) == 1 and found[0][1]["layer"] == "fc1", found
-    assert watch.detector.suppressed >= 1
+    assert watch._one_event.held_back == 1  # the run-level detector's loss fall
 
 
 def test_under_a_budget_a_divergence_is_explained_by_the_settings_at_its_step():
@@ -506,3 +504,40 @@ def test_a_series_logged_now_and_then_is_fed_its_latest_value_at_every_stride():
     watch.per_step({"val_loss": ([695], [2.0])})  # late: step 695 was fed already
     watch.per_step({"loss": ([710], [1.0])})
     assert watch.run_level.series[(None, "val_loss")].recent(1) == [2.0]
+
+
+
+def test_with_layers_sampled_far_apart_a_loss_fall_and_the_layers_jump_are_one_event():
+    """Samples 220 steps apart (the GPT benchmark at the defaults): the run-level detector's
+    loss fall closes before any sample covers its window, so it names no layer; the layer's
+    jump comes with the next samples and quotes the loss falling over its window. One
+    change: published once."""
+    watch = TransitionWatch(every=10)
+    gen = torch.Generator().manual_seed(2)
+    steps = range(1, 20_001)
+    losses = _plateau_then_drop(steps, 15_000)
+    found = []
+    for start in range(0, 20_000, 20):
+        batch = list(steps[start:start + 20])
+        for step in batch:
+            if step % 220 == 0:  # the sample's METRICS go out before the STATS after it
+                noise = 1 + 0.01 * float(torch.randn(1, generator=gen))
+                found += watch.update(step, {
+                    "fc1": {"weight_norm": (1.0 if step < 15_000 else 2.0) * noise},
+                    "fc2": {"weight_norm": 1 + 0.01 * float(torch.randn(1, generator=gen))}},
+                    losses[step - 1], ())
+        found += watch.per_step({"loss": (batch, losses[start:start + 20])})
+    assert len(found) == 1, [(s, p["message"]) for s, p in found]
+    assert watch._one_event.held_back == 1
+
+
+def test_a_loss_that_stays_non_finite_is_fed_off_the_stride_once():
+    """After the loss turns NaN it stays NaN: fed at the step it turned (a divergence, once),
+    then only at the stride, not at every step (each update is the budget's)."""
+    watch = TransitionWatch(every=10)
+    steps = list(range(1, 4097))
+    losses = [1.0 + 0.01 * (s % 3) if s < 103 else float("nan") for s in steps]
+    found = watch.per_step({"loss": (steps, losses)})
+    assert [(s, p["what"]) for s, p in found] == [(103, "divergence")], found
+    assert watch.run_level.last_step == 4090
+    assert watch.run_level._sample + 1 == 409 + 1  # the 409 stride steps and step 103

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 
 from symwatch.core.detection import (
-    LOSS_KINDS,
     Transition,
     TransitionDetector,
     detected,
@@ -36,7 +35,7 @@ from symwatch.core.detection import (
     family,
     to_event_payload,
 )
-from symwatch.core.run_level import RunLevelFeed, series_key
+from symwatch.core.run_level import OneEventPerChange, RunLevelFeed, series_key
 
 # The optimizer settings whose change explains a jump in what follows.
 WATCHED_HYPERPARAMETERS = ("lr", "weight_decay", "momentum")
@@ -98,9 +97,7 @@ class TransitionWatch:
                       RunLevelFeed(self.run_level, every, max_cost_s))
         self._last: dict[tuple[str, int], float] = {}
         self._run_level_last: dict[tuple[str, int], float] = {}  # the settings, as run_level saw them
-        # each detector's latest transitions under a budget: one change is reported once
-        self._sample_events: collections.deque[Transition] = collections.deque(maxlen=32)
-        self._run_level_events: collections.deque[Transition] = collections.deque(maxlen=32)
+        self._one_event = OneEventPerChange()  # under a budget: one change, one event
 
     @property
     def stride(self) -> int | None:
@@ -140,7 +137,7 @@ class TransitionWatch:
         if self.run_level is None:
             return [(t.step, to_event_payload(t)) for t in transitions]
         self.run_level.recalibrate(len(self.detector.series))  # one run, one false-alarm budget
-        return self._published(transitions, self._sample_events, self._run_level_events)
+        return self._published(transitions, "samples")
 
     def per_step(self, per_step: dict[str, tuple[list[int], list[float | None]]],
                  hyperparameters: Hyperparameters = (), step_time: float | None = None,
@@ -170,22 +167,18 @@ class TransitionWatch:
         found = self._feed.feed(per_step, step_time, before=before)
         while pending:
             self.settings(*pending.popleft())
-        return self._published(found, self._run_level_events, self._sample_events)
+        return self._published(found, "run_level")
 
-    def _published(self, found: list[Transition], mine: collections.deque[Transition],
-                   other: collections.deque[Transition]) -> list[tuple[int, dict[str, Any]]]:
-        """The payloads of what one of the two detectors of a budgeted run found, less what
-        the other one already reported: a loss fall naming a layer among what moved, and
-        that layer's own jump found at the samples, are one change (one detector groups
-        them into one event); the first report stands. A spike or a divergence always
-        stands."""
+    def _published(self, found: list[Transition], source: str
+                   ) -> list[tuple[int, dict[str, Any]]]:
+        """The payloads of what one of a budgeted run's two detectors found, less what the
+        other already reported as the same change (symwatch.core.run_level.OneEventPerChange)."""
         out = []
         for t in found:
-            if t.kind not in LOSS_KINDS and any(_same_change(t, o) for o in other):
+            if self._one_event.admit(t, source):
+                out.append((t.step, to_event_payload(t)))
+            else:
                 self.detector.suppressed += 1
-                continue
-            mine.append(t)
-            out.append((t.step, to_event_payload(t)))
         return out
 
     def non_finite(self, per_step: dict[str, tuple[list[int], list[float | None]]],
@@ -225,20 +218,6 @@ class TransitionWatch:
             last[(name, group)] = value
         if changes:
             detector.mark_exogenous(step, "optimizer " + ", ".join(sorted(set(changes))))
-
-
-def _same_change(a: Transition, b: Transition) -> bool:
-    """Whether two transitions share a layer (among their jumps and what moved) over
-    overlapping windows (each from its earliest onset to its last alarm)."""
-    def layers(t: Transition) -> set[str]:
-        keys = [j.key for j in t.jumps] + [m.key for m in t.movers]
-        return {k[0] for k in keys if isinstance(k, tuple) and k[0] is not None}
-
-    def window(t: Transition) -> tuple[int, int]:
-        return min(j.onset for j in t.jumps), max(j.step for j in t.jumps)
-
-    (a0, a1), (b0, b1) = window(a), window(b)
-    return bool(layers(a) & layers(b)) and a0 <= b1 and b0 <= a1
 
 
 def _weight_decay(hyperparameters: Hyperparameters) -> float:
