@@ -5,6 +5,7 @@ or in a child (`python -c "from linear_teacher import budgeted_staircase; ..."`)
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,19 +27,19 @@ def linear_teacher(singular: list[float], init_std: float, d: int = 16, seed: in
     return model, target
 
 
-def budgeted_staircase(record: str, steps: int = 700) -> None:
+def budgeted_staircase(record: str, steps: int = 700) -> Any:
     """Under a time budget (0.9, so that the run-level detector's cadence stays `every` = 2
     on any machine), learn a rank-2 teacher (σ 4, 1.5) from N(0, 10⁻⁶) weights by full-batch
     gradient descent: the loss falls off a plateau at each mode (strength at half its
     target's at steps 87 and 213, seed 0); weight decay 2 from step 500 pushes the weaker
-    mode back and the loss rises."""
+    mode back and the loss rises. Returns the (closed) agent."""
     import symwatch
 
     model, target = linear_teacher([4.0, 1.5], 1e-3)
     d = target.shape[0]
     opt = torch.optim.SGD(model.parameters(), lr=0.02)
     with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=2, budget=0.9,
-                        record=record, register=False, stats_interval=0.05):
+                        record=record, register=False, stats_interval=0.05) as agent:
         for step in range(steps):
             opt.param_groups[0]["weight_decay"] = 2.0 if step >= 500 else 0.0
             loss = 0.5 * (model(torch.eye(d)).T - target).square().sum()
@@ -46,3 +47,4 @@ def budgeted_staircase(record: str, steps: int = 700) -> None:
             loss.backward()
             opt.step()
             time.sleep(0.0005)  # ~1,000 steps a second at most
+    return agent

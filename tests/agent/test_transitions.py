@@ -388,15 +388,21 @@ def test_a_run_under_a_budget_gets_its_loss_events_from_every_step(tmp_path):
     0.9 keeps that cadence at `every` on any machine (its cost share allows thousands of
     updates a second); at the 1 % default a run this fast would have it stretched."""
     recording = tmp_path / "budget.db"
-    budgeted_staircase(str(recording))
+    agent = budgeted_staircase(str(recording))
     events = _transitions(recording)
     # the loss falls from ~15 steps before a mode's strength is half its target's (steps 87
     # and 213, seed 0) to ~15 after; each fall is one event, at its onset; then the rise
     assert [(p["metric"], p["message"][:9]) for _, p in events][:2] == [("loss", "loss fell")] * 2, \
         events
     assert 60 <= events[0][0] <= 95 and 160 <= events[1][0] <= 220, events
-    rose = [(s, p["exogenous"]) for s, p in events[2:] if p["metric"] == "loss"]
-    assert rose and all(s >= 500 and e == "optimizer weight_decay 0 → 2" for s, e in rose), events
+    # then the rise after the switch: one change, one event, whichever detector closed it
+    # first (the loss's, or a layer's that quotes the loss rising), labelled with the switch
+    after = [(s, p["exogenous"]) for s, p in events[2:]]
+    assert after and all(s >= 500 and e == "optimizer weight_decay 0 → 2" for s, e in after), \
+        events
+    # the switch reached the run-level detector at the step the training thread read it
+    assert [(s, r) for s, r in agent._transitions.run_level._marks if s >= 500] == [
+        (502, "optimizer weight_decay 0 → 2")], agent._transitions.run_level._marks
     with RecordingReader(recording) as reader:
         strides = {m.payload["sampling"].get("run_level_every") for m in reader
                    if m.kind == protocol.STATS and "sampling" in m.payload}
