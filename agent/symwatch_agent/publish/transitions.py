@@ -88,12 +88,11 @@ class TransitionWatch:
 
     def __init__(self, threshold: float | None = None, every: int | None = None,
                  max_cost_s: float | None = None) -> None:
-        self.every = every
         self.detector = TransitionDetector(threshold, run_level_triggers=every is None)
         self.run_level = (None if every is None else
                           TransitionDetector(threshold, layers_from=self.detector))
         # max_cost_s: what the run-level detector may spend, CPU seconds a second of training
-        self._feed = (None if self.run_level is None or every is None else
+        self._feed = (None if self.run_level is None else
                       RunLevelFeed(self.run_level, every, max_cost_s))
         self._last: dict[tuple[str, int], float] = {}
         self._run_level_last: dict[tuple[str, int], float] = {}  # the settings, as run_level saw them
@@ -153,7 +152,7 @@ class TransitionWatch:
         `hyperparameters` (the settings now) at a non-finite loss's step (a learning rate
         raised just before the blow-up, which the training thread reads only every `every`
         steps). Without a budget: only a non-finite loss (`non_finite`)."""
-        if self._feed is None or self.run_level is None:
+        if self._feed is None:
             return self.non_finite(per_step, hyperparameters)
         pending = collections.deque(settings)
 
@@ -163,7 +162,7 @@ class TransitionWatch:
             if diverged:
                 self.settings(step, hyperparameters)
 
-        self.run_level.recalibrate(len(self.detector.series))
+        self._feed.detector.recalibrate(len(self.detector.series))
         found = self._feed.feed(per_step, step_time, before=before)
         while pending:
             self.settings(*pending.popleft())
