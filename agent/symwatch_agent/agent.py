@@ -500,6 +500,8 @@ class Agent:
                 self._emit_per_step()
             except Exception as exc:
                 self._report("stats", exc)
+        # after every queued sample and the last per-step values, on the publisher thread
+        self._publisher.submit(protocol.EVENT, self._flush_transitions, self.steps)
         self._publisher.close(goodbye={"reason": reason, "exit_code": None}, step=self.steps)
         if self.recorder is not None:
             self.recorder.close()  # writes what is queued (the goodbye too), at most ~2 s
@@ -863,6 +865,20 @@ class Agent:
         except Exception as exc:
             self._transitions = None  # a broken detector must not cost every later sample
             self._report("transition detection", exc)
+
+    def _flush_transitions(self) -> None:
+        """Publisher thread, at close: the detectors' open groups as events (a transition in
+        the run's last few samples was never reported), before the goodbye (the publisher
+        sends what a build queues ahead of it). Sends nothing itself (None)."""
+        watch = self._transitions
+        if watch is None:
+            return None
+        try:
+            self._drain_marks()
+            self._publish_events(watch.flush())
+        except Exception as exc:  # noqa: BLE001 (the goodbye must still go out)
+            self._report("transition detection", exc)
+        return None
 
     def _drain_marks(self) -> None:
         """Publisher thread: the user's `mark()`s so far, to the detector (before it is fed)."""

@@ -60,7 +60,8 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
     `detector`'s threshold setting and the same one-event-per-change rule, so that a replay
     finds the run-level jumps the live run found. Not replayed, for either detector: the
     exogenous labels (the optimizer's settings and marks) and divergences (a non-finite value
-    is null on the wire); the open groups are flushed at the end, which the live run does not.
+    is null on the wire); the open groups are flushed at the end, as the live run's agent does
+    when it closes.
     An older recording (no `run_level_every`) is replayed with one detector, as it ran."""
     def wanted(name: str, globs: list[str] | None) -> bool:
         return globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs)
@@ -101,7 +102,11 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
             found += [t for t in detector.update_metrics(message.step, values, loss=loss,
                                                          time=message.time, scalars=scalars)
                       if feed is None or one_event.admit(t, "samples")]
-    return found + detector.flush() + (feed.detector.flush() if feed is not None else [])
+    if feed is None:
+        return found + detector.flush()
+    # as the agent does at close (TransitionWatch.flush)
+    return found + [t for t in detector.flush() if one_event.admit(t, "samples")] + \
+        [t for t in feed.detector.flush() if one_event.admit(t, "run_level")]
 
 
 def _budgeted(sampling: dict[str, Any]) -> bool:

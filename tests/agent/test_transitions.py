@@ -249,6 +249,33 @@ def test_a_mode_learned_then_lost_to_weight_decay(tmp_path):
     assert switch[0]["exogenous"] == "optimizer weight_decay 0 → 1"
 
 
+def test_a_transition_in_the_runs_last_samples_is_published_when_it_closes(tmp_path):
+    """The same run, ended at step 205: weight decay switched on at 200 shrinks the weights
+    from 201 on, and the detector's group for it is still open (its window of 5 samples) when
+    the run ends. Before, such a group was never published: a run's last transition missing
+    from the screen and from the recording."""
+    model, target = linear_teacher([3.0, 2.0, 0.6], 1e-2)
+    d = target.shape[0]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    recording = tmp_path / "ends.db"
+    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1, budget=1.0,
+                        record=str(recording), register=False) as agent:
+        for step in range(205):
+            opt.param_groups[0]["weight_decay"] = 1.0 if step >= 200 else 0.0
+            x = torch.randn(32, d)
+            loss = 0.5 * (model(x) - x @ target.T - 0.3 * torch.randn(32, d)).square().sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            agent.log(loss=loss)
+            opt.step()
+    events = _transitions(recording)
+    last = [(s, p["what"], p["exogenous"]) for s, p in events if s >= 200]
+    assert last == [(201, "weights shrank under weight decay", "optimizer weight_decay 0 → 1")], events
+    with RecordingReader(recording) as reader:
+        kinds = [m.kind for m in reader]
+    assert kinds[-1] == protocol.GOODBYE  # the flushed event went out before it
+
+
 def test_a_run_that_blows_up_in_its_first_samples_is_a_divergence(tmp_path):
     """The regression's loss overflows ~25 steps in; sampled every 3 steps, that is within
     the spike rule's 20-sample warm-up: reported all the same (a run that blows up early is

@@ -168,6 +168,16 @@ class TransitionWatch:
             self.settings(*pending.popleft())
         return self._published(found, "run_level")
 
+    def flush(self) -> list[tuple[int, dict[str, Any]]]:
+        """The run ends: the open groups as events now (each detector holds a group until its
+        window of samples closes, which a run that ends does not wait for), the samples'
+        first, then the run-level one's, under the one-event rule as during the run."""
+        found = self.detector.flush()
+        if self.run_level is None:
+            return [(t.step, to_event_payload(t)) for t in found]
+        return self._published(found, "samples") + self._published(self.run_level.flush(),
+                                                                   "run_level")
+
     def _published(self, found: list[Transition], source: str
                    ) -> list[tuple[int, dict[str, Any]]]:
         """The payloads of what one of a budgeted run's two detectors found, less what the
