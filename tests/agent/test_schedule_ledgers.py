@@ -138,25 +138,25 @@ def test_a_full_samples_capture_is_charged_to_the_full_ledger(collector):
 
 def test_a_costly_full_sample_comes_out_of_the_full_share_not_the_cheap_one(collector):
     """The agent's ledger: a full sample's host seconds are left out of what the cheap tier
-    may spend. With 0.3 s of the cheap share's 0.3 s already spent by a full sample, the
-    cheap tier still affords its next sample; the same spend outside the full tier does not."""
+    may spend. With the whole cheap share already spent by a full sample, the cheap tier
+    still affords its next sample; the same spend outside the full tier does not."""
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", budget=0.01)
     try:
         sched = agent.engine.scheduler
-        training_s = 100.0  # plan 0.4 % (0.4 s), of which the full tier's 0.1 % (0.1 s)
+        training_s = 100.0  # plan PLANNED_SHARE_OF_BUDGET × 1 %, a quarter the full tier's
         cheap_share = (agent._planned - sched.full_share * sched.budget) * training_s
-        assert cheap_share == pytest.approx(0.3)
+        assert cheap_share == pytest.approx(0.75 * agent._planned * training_s)
         spent_by_publisher = agent._publisher_spent_s()
         agent._sample_cost_s = 0.001
-        agent._budgeted_cost_s = 0.3 - spent_by_publisher  # the cheap share, all spent
+        agent._budgeted_cost_s = cheap_share - spent_by_publisher  # the cheap share, all spent
         assert not agent._affords_sample(training_s)
         sched.samples[CHEAP] = 1
-        sched.record(FULL, 0.25)  # … of which a full sample's training-thread part
-        sched.charge_extra(0.05)  # and its publisher work
+        sched.record(FULL, 0.8 * cheap_share)  # … of which a full sample's training-thread part
+        sched.charge_extra(0.2 * cheap_share)  # and its publisher work
         assert agent._affords_sample(training_s)
-        assert sched.full_spent == pytest.approx(0.3)  # the full ledger holds it instead
+        assert sched.full_spent == pytest.approx(cheap_share)  # the full ledger holds it
     finally:
         agent.close()
 

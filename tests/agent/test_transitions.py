@@ -381,6 +381,27 @@ def test_under_a_budget_the_loss_is_followed_every_every_steps_not_at_the_sample
     assert 590 <= falls[0][0] <= 610 and falls[0][1].startswith("loss fell"), falls
 
 
+def test_under_a_budget_a_loss_fall_at_the_runs_end_is_published_by_the_flush():
+    """The run ends 20 steps after the drop at 600: the run-level detector's group (5 updates
+    from its first jump, every 10 steps) is still open, and the agent's close-time flush
+    publishes it, once, with the samples' detector, which saw the same loss, adding nothing."""
+    watch = TransitionWatch(every=10)
+    steps = range(1, 621)
+    losses = _plateau_then_drop(range(1, 1001), 600)[:620]
+    found = []
+    for start in range(0, 620, 20):
+        batch = list(steps[start:start + 20])
+        found += watch.per_step({"loss": (batch, losses[start:start + 20])})
+        if batch[-1] % 20 == 0:
+            found += watch.update(batch[-1], {"fc": {"weight_norm": 1.0}},
+                                  losses[batch[-1] - 1], (("lr", 0, 0.1),))
+    assert not found, found  # still open
+    flushed = watch.flush()
+    assert len(flushed) == 1 and flushed[0][1]["metric"] == "loss", flushed
+    assert 590 <= flushed[0][0] <= 610 and flushed[0][1]["message"].startswith("loss fell")
+    assert watch.flush() == []  # flushed once
+
+
 def test_without_a_budget_the_per_step_losses_only_say_divergence():
     """No budget: the samples come every `every` steps and carry the loss; the per-step
     values add nothing but a non-finite loss (one detector, as before)."""
