@@ -1,7 +1,7 @@
 """The agent's steady-state overhead on the GPT benchmark, bounded from its parts in one run.
 
     .venv/bin/python benchmarks/overhead_decomposed.py --steps 12000 --threads 1 \\
-        [--raw steps.json] [--write docs/benchmarks.md]
+        [--raw steps.json] [--write docs/benchmarks.md]     (section overhead-decomposed-t1)
     .venv/bin/python benchmarks/overhead_decomposed.py --from-raw steps.json --write docs/benchmarks.md
 
 Why: the target (≤ 1 % at the defaults, issue #15) is below what this 2-core shared machine
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(result, args.handoff_us)
     Console().print(text)
     if args.write:
-        write_section(args.write, "overhead-decomposed", text)
+        write_section(args.write, f"overhead-decomposed-t{result['threads']}", text)
     return 0
 
 

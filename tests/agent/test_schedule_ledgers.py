@@ -278,3 +278,36 @@ def test_a_sliced_sample_waits_for_the_whole_models_cost_up_to_a_cap():
         assert agent._least_slice_s() == MAX_SLICE_WAIT_S
     finally:
         agent.close()
+
+
+def test_each_steps_bookkeeping_and_the_backward_wrapper_are_charged_to_the_budget():
+    """Between samples the agent's hook still runs every step, and the loss capture wraps
+    every `backward`: a few µs a step, 0.3 % of a 1 ms step. Both are charged to the budget's
+    ledger, so that it holds at any step time (they were not: a run that never sampled
+    charged nothing)."""
+    from symwatch_agent.hooks import loss_capture
+
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    agent = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", budget=0.01,
+                           every=10**6, stats_interval=1e6, register=False)
+    try:
+        x = torch.randn(8, 4)
+
+        def step() -> None:
+            loss = model(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        step()  # the first step always samples (and is not budgeted)
+        charged0, wrapper0 = agent._budgeted_cost_s, loss_capture.spent_s
+        for _ in range(500):
+            step()
+        wrapper = loss_capture.spent_s - wrapper0
+        charged = agent._budgeted_cost_s - charged0
+        assert agent.samples == 1  # nothing else was charged: no sample, no STATS
+        assert wrapper > 0
+        assert charged > wrapper + 500 * 0.1e-6  # the wrapper, and the hook's own time
+    finally:
+        agent.close()

@@ -8,6 +8,7 @@ original; whatever happens in a listener, the user's backward runs exactly as be
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 import torch
@@ -17,9 +18,14 @@ Listener = Callable[[torch.Tensor], None]
 _lock = threading.Lock()
 _listeners: list[Listener] = []
 _original_backward: Any = None
+# The wrapper's own time, every call so far (seconds): ~2 µs a call, which each listening
+# agent charges to its budget (Agent._on_step), a real share of a 1 ms step's 1 %.
+spent_s = 0.0
 
 
 def _backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    global spent_s
+    began = time.perf_counter()
     if self.numel() == 1 and _listeners:
         detached = self.detach()
         for listener in list(_listeners):
@@ -27,6 +33,7 @@ def _backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
                 listener(detached)
             except Exception:  # a listener must never break the user's backward
                 pass
+    spent_s += time.perf_counter() - began
     return _original_backward(self, *args, **kwargs)
 
 
