@@ -57,9 +57,9 @@ from symwatch_agent.publish.transitions import (TransitionWatch, host_float,
 # parts"; benchmarks/overhead_decomposed.py: the hook timed from outside, the publisher's
 # CPU as if it all held the training up, the caches a sample evicts at the top of their
 # interval, GIL handoffs): at 0.7 the bound read 1.000 % with torch on one core and 0.984 %
-# on both, so 0.6 (~0.86 %). It was 0.4, from runs compared whole (+1.1 to +2.2 % at 0.8 in
-# four runs), which this machine's noise (±5 % between runs) could not resolve: it halved
-# the samples for a margin no measurement showed.
+# on both, so 0.6 (then 0.782 % on one core). It was 0.4, from runs compared whole (+1.1 to
+# +2.2 % at 0.8 in four runs), which this machine's noise (±5 % between runs) could not
+# resolve: it halved the samples for a margin no measurement showed.
 PLANNED_SHARE_OF_BUDGET = 0.6
 
 # The full tier's share (schedule.TierScheduler's `full_share`, of the whole budget): a quarter

@@ -217,18 +217,16 @@ def test_divergence_is_an_event(tmp_path):
     assert all(p["movers"] and p["movers"][0]["layer"] == "reg" for _, p in diverged), diverged
 
 
-def test_a_mode_learned_then_lost_to_weight_decay(tmp_path):
-    """A two-layer linear network (small init) learns a rank-3 teacher (σ = 3, 2, 0.6) from
-    noisy minibatches; at step 200 weight decay 1.0 > 0.6 is switched on and the weakest mode
-    is restored into the noise bulk (SCIENCE.md: a mode survives weight decay γ only if its
-    σ exceeds γ)."""
+def _weight_decay_switched_on(recording, steps: int):
+    """A two-layer linear network (small init) learning a rank-3 teacher (σ = 3, 2, 0.6) from
+    noisy minibatches, every step sampled and recorded; weight decay 1.0 from step 200.
+    Returns the recording's path."""
     model, target = linear_teacher([3.0, 2.0, 0.6], 1e-2)
     d = target.shape[0]
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    recording = tmp_path / "modes.db"
     with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1, budget=1.0,
                         record=str(recording), register=False) as agent:
-        for step in range(400):
+        for step in range(steps):
             opt.param_groups[0]["weight_decay"] = 1.0 if step >= 200 else 0.0
             x = torch.randn(32, d)
             loss = 0.5 * (model(x) - x @ target.T - 0.3 * torch.randn(32, d)).square().sum(1).mean()
@@ -236,7 +234,15 @@ def test_a_mode_learned_then_lost_to_weight_decay(tmp_path):
             loss.backward()
             agent.log(loss=loss)
             opt.step()
-    events = _transitions(recording)
+    return recording
+
+
+def test_a_mode_learned_then_lost_to_weight_decay(tmp_path):
+    """A two-layer linear network (small init) learns a rank-3 teacher (σ = 3, 2, 0.6) from
+    noisy minibatches; at step 200 weight decay 1.0 > 0.6 is switched on and the weakest mode
+    is restored into the noise bulk (SCIENCE.md: a mode survives weight decay γ only if its
+    σ exceeds γ)."""
+    events = _transitions(_weight_decay_switched_on(tmp_path / "modes.db", 400))
     learned = [(s, p) for s, p in events if p["what"] == "a mode learned"]
     assert learned and all(s < 200 and p["headline"]["metric"] == "modes" for s, p in learned)
     lost = [(s, p) for s, p in events if p["what"] == "a mode lost to weight decay"]
@@ -254,20 +260,7 @@ def test_a_transition_in_the_runs_last_samples_is_published_when_it_closes(tmp_p
     from 201 on, and the detector's group for it is still open (its window of 5 samples) when
     the run ends. Before, such a group was never published: a run's last transition missing
     from the screen and from the recording."""
-    model, target = linear_teacher([3.0, 2.0, 0.6], 1e-2)
-    d = target.shape[0]
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    recording = tmp_path / "ends.db"
-    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1, budget=1.0,
-                        record=str(recording), register=False) as agent:
-        for step in range(205):
-            opt.param_groups[0]["weight_decay"] = 1.0 if step >= 200 else 0.0
-            x = torch.randn(32, d)
-            loss = 0.5 * (model(x) - x @ target.T - 0.3 * torch.randn(32, d)).square().sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            agent.log(loss=loss)
-            opt.step()
+    recording = _weight_decay_switched_on(tmp_path / "ends.db", 205)
     events = _transitions(recording)
     last = [(s, p["what"], p["exogenous"]) for s, p in events if s >= 200]
     assert last == [(201, "weights shrank under weight decay", "optimizer weight_decay 0 → 1")], events
