@@ -33,7 +33,10 @@ async def test_a_transition_flags_its_layers_rows_then_the_flag_fades(fake_agent
         await until(pilot, lambda: cell(app, "fc1", "layer").startswith("▲ fc1"), what="flag")
         assert cell(app, "conv1", "layer").startswith("▼ conv1")
         assert cell(app, "fc2", "layer").strip() == "fc2"
-        assert any("fc1 numerical rank 3 → 4" in n.message for n in app._notifications)
+        # the toast is a posted message (Notify), shown when the app handles it: under load
+        # that can be after the redraw that flagged the rows
+        await until(pilot, lambda: any("fc1 numerical rank 3 → 4" in n.message
+                                       for n in app._notifications), what="toast")
         assert bells == [1]
         for step in range(11, 12 + FLAG_SAMPLES + 1):
             publish_sample(agent, step=step)
