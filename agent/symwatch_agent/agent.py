@@ -893,12 +893,20 @@ class Agent:
             return None
         try:
             self._drain_marks()
-            while self._setting_changes:  # read after the last per-step values went out
-                watch.settings(*self._setting_changes.popleft())
+            for change in self._take_setting_changes():  # read after the last per-step values
+                watch.settings(*change)
             self._publish_events(watch.flush())
         except Exception as exc:  # noqa: BLE001 (the goodbye must still go out)
             self._report("transition detection", exc)
         return None
+
+    def _take_setting_changes(self) -> list[tuple[int, Any]]:
+        """Publisher thread: the settings changes the training thread handed over so far
+        (_watch_settings), in step order; popped one by one, as the other thread appends."""
+        changes = []
+        while self._setting_changes:
+            changes.append(self._setting_changes.popleft())
+        return changes
 
     def _drain_marks(self) -> None:
         """Publisher thread: the user's `mark()`s so far, to the detector (before it is fed)."""
@@ -1007,11 +1015,9 @@ class Agent:
                 # optimizer's settings (where they changed, at their steps; and now, read
                 # here (attribute reads) for a divergence no sample read them for)
                 self._drain_marks()
-                changes = []
-                while self._setting_changes:
-                    changes.append(self._setting_changes.popleft())
                 self._publish_events(self._transitions.per_step(
-                    floats, read_hyperparameters(self._optimizers), step_time, changes))
+                    floats, read_hyperparameters(self._optimizers), step_time,
+                    self._take_setting_changes()))
             except Exception as exc:  # noqa: BLE001 (a broken detector must not cost STATS)
                 self._transitions = None  # as in _detect_transitions: never again per sample
                 self._report("transition detection", exc)
