@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from symwatch_agent import watch
+from symwatch_agent.measure.indicators import EXACT_SIGMA1_DIM
 from symwatch_agent.measure.schedule import CHEAP
 from waiting import until
 
@@ -44,7 +45,11 @@ def test_the_first_sigma1_comes_from_the_warm_up_thread_and_is_exact_enough() ->
         engine = agent.engine
         ranked = [i for i, layer in enumerate(agent.layers) if layer.has_rank]
         assert ranked
-        assert until(lambda: all(i in engine._power_vec for i in ranked), 60)
+        # the last layer (256 → 10) is narrow: its σ₁ is exact from its Gram, no vector
+        searched = [i for i in ranked
+                    if min(agent.layers[i].matrix_shape) > EXACT_SIGMA1_DIM]
+        assert searched and len(searched) < len(ranked)
+        assert until(lambda: all(i in engine._power_vec for i in searched), 60)
         _train(model, opt, 20)  # the weights move on from those the vectors came from
         rows = engine.compute(CHEAP)
         assert not engine._cold  # no layer needed Lanczos on the training thread
@@ -103,6 +108,34 @@ def test_a_layer_revisited_after_training_moved_it_reads_sigma1_within_0_1_perce
             exact = _exact_stable_rank(layer)
             got = values[layer.name]["stable_rank"]
             assert abs(got / exact - 1) < 2e-3, (layer.name, got, exact)  # σ₁² within 0.1 %
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("init", ["default", "small", "rank-1"])
+def test_a_narrow_layers_sigma1_is_exact_without_lanczos(init) -> None:
+    """Layers with a short side of at most EXACT_SIGMA1_DIM (a position embedding, LoRA-like
+    adapters, a 10-class head) take σ₁ from their Gram matrix: exact at PyTorch's default
+    init, at a tiny one and at a symmetric (rank-1, duplicated rows) state, and no Lanczos
+    vector is kept for them."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(1024, 8), nn.Linear(8, 1024), nn.Linear(1024, 32),
+                          nn.Linear(32, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            if init == "small":
+                p.mul_(1e-3)
+            if init == "rank-1" and p.dim() == 2:
+                p.copy_(p[:1].expand_as(p))  # every unit the same: σ₂ = … = 0
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    agent = watch(model, opt, register=False, budget=1.0, every=10**6)
+    try:
+        values, _ = agent.engine.decode(agent.engine.compute(CHEAP).tolist())
+        for layer in agent.layers:
+            exact = _exact_stable_rank(layer)
+            got = values[layer.name]["stable_rank"]
+            assert abs(got / exact - 1) < 1e-5, (layer.name, got, exact)
+        assert agent.engine._power_vec == {}
     finally:
         agent.close()
 
