@@ -5,8 +5,9 @@
 The GPT-style model of benchmarks/overhead.py (4 blocks, width 256, 25 weight matrices)
 trains with AdamW on random tokens; every `gap` steps each matrix's σ₁ is found by Lanczos from
 its previous visit's vector (the first vector: 30 steps from a random start), as the cheap tier
-does, once with the CPU's residual stopping test (`tol`, at least 4 steps, at most 30) and once
-with 12 fixed steps (the rule before), each rule carrying its own vectors. The error is σ₁²
+does: with the CPU's residual stopping test (`tol`, at least 3 steps, at most 30), with the same
+test after at least 4 steps (the rule until 2026-12-07), and with 12 fixed steps (the rule
+before that), each rule carrying its own vectors. The error is σ₁²
 against float64 `matrix_norm(ord=2)`, over 5 visits × 25 matrices per setting.
 """
 
@@ -51,7 +52,9 @@ def run(lr: float, gap: int) -> dict[str, tuple[list[float], list[int]]]:
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     batch, target = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
     mats = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    rules = {"residual test": dict(steps=30, tol=SIGMA1_TOL), "12 fixed steps": dict(steps=12)}
+    rules = {"residual test (at least 3 steps: the default)": dict(steps=30, tol=SIGMA1_TOL),
+             "residual test, at least 4 steps (before)": dict(steps=30, tol=SIGMA1_TOL, least=4),
+             "12 fixed steps": dict(steps=12)}
     vecs = {}
     for i, m in enumerate(mats):
         w = m.weight.detach()[None]

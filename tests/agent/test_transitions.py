@@ -269,6 +269,42 @@ def test_a_transition_in_the_runs_last_samples_is_published_when_it_closes(tmp_p
     assert kinds[-1] == protocol.GOODBYE  # the flushed event went out before it
 
 
+def _evaluated_now_and_then(recording, between) -> list[tuple[int, dict]]:
+    """A regression trained with SGD, its loss logged every step and a validation loss every
+    25 steps; `between` is what is logged as `val_loss` at the other steps."""
+    torch.manual_seed(0)
+    model, target = nn.Linear(8, 8), torch.randn(8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    held_out = torch.randn(256, 8)
+    with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1, budget=1.0,
+                        record=str(recording), register=False) as agent:
+        for step in range(150):
+            x = torch.randn(32, 8)
+            loss = (model(x) - x @ target.T).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            if step % 25 == 0:
+                with torch.no_grad():
+                    val = (model(held_out) - held_out @ target.T).square().mean()
+            agent.log(loss=loss, val_loss=val if step % 25 == 0 else between)
+            opt.step()
+    return _transitions(recording)
+
+
+def test_a_value_logged_as_none_between_evaluations_is_no_value_and_no_divergence(tmp_path):
+    """`log(val_loss=None)` at the steps without an evaluation (docs/alerts.md: the way to say
+    "no value"): no divergence, and the evaluations' values are the series. A NaN in its
+    place is read as the loss blowing up, once (what the docs warn of)."""
+    events = _evaluated_now_and_then(tmp_path / "none.db", None)
+    assert not [p for _, p in events if p.get("what") == "divergence"], events
+    with RecordingReader(tmp_path / "none.db") as reader:
+        logged = [v for m in reader if m.kind == protocol.STATS
+                  for v in m.payload.get("per_step", {}).get("val_loss", {}).get("values", [])]
+    assert len([v for v in logged if v is not None]) == 6, logged  # steps 0, 25, …, 125
+    events = _evaluated_now_and_then(tmp_path / "nan.db", float("nan"))
+    assert [p["metric"] for _, p in events if p.get("what") == "divergence"] == ["val_loss"]
+
+
 def test_a_run_that_blows_up_in_its_first_samples_is_a_divergence(tmp_path):
     """The regression's loss overflows ~25 steps in; sampled every 3 steps, that is within
     the spike rule's 20-sample warm-up: reported all the same (a run that blows up early is

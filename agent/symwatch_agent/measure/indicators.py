@@ -85,7 +85,8 @@ _FINITE = len(INDICATORS)  # last column: 1 when the layer's weights are finite
 # relatively, by its residual estimate (spectra.lanczos_sigma1). 1e-4, not 1e-3, because the
 # estimate can be optimistic when the start vector barely touches the top direction: on the
 # GPT-style benchmark's 25 matrices revisited every 50 or 300 steps the worst σ₁² was 0.4 % off,
-# 95 % of visits within 0.01 % (benchmarks/sigma1_visits.py); at 1e-3 one visit was 18 % off.
+# 95 % of visits within 0.025 % (benchmarks/sigma1_visits.py, at least 3 steps; 0.015 % with at
+# least 4); at 1e-3 one visit was 18 % off.
 SIGMA1_TOL = 1e-4
 
 # A matrix whose short side is at most this gets its cheap-tier σ₁ exactly, from its k × k
@@ -764,7 +765,7 @@ class IndicatorEngine:
         12 still 3 % (default-init MLPs, widths 64–1024, 20–1000 steps of AdamW or SGD).
         A fixed 12 Lanczos steps from it were within 0.1 % there (tests/agent/
         test_first_sigma1.py), but on the GPT-style benchmark's layers some needed 20–29 and
-        read up to 3 % low with 12; with the test most take the least 4 once training has
+        read up to 3 % low with 12; with the test most take the least 3 once training has
         shaped the top of the spectrum (benchmarks/sigma1_visits.py)."""
         m, n = w.shape[1:]
         if min(m, n) <= EXACT_SIGMA1_DIM:
