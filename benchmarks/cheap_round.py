@@ -2,7 +2,8 @@
 steady cost: the figures the per-layer refresh target is judged against (docs/benchmarks.md,
 "Eighth pass").
 
-    .venv/bin/python benchmarks/cheap_round.py [--rounds 30] [--gap 50] [--write docs/benchmarks.md]
+    .venv/bin/python benchmarks/cheap_round.py [--rounds 30] [--gap 50] [--compare-least 4]
+        [--write docs/benchmarks.md]
 
 The GPT of benchmarks/overhead.py trains with AdamW (lr 1e-4, batch 4 × 32 tokens, torch on one
 thread) under `watch()` with sampling switched off (`every` beyond the run), so that only this
@@ -10,7 +11,9 @@ script measures: after 200 steps, `rounds` whole-model cheap samples (`engine.co
 each after `gap` training steps (the weights out of cache and moved on, as a real visit finds
 them). Each part's `thread_time` is summed by wrapping the engine's methods; medians are not
 taken per part (the parts of one round are not independent), the means are over the rounds.
-σ₁ is split by shape group (Lanczos steps a visit, ms a visit).
+σ₁ is split by shape group (Lanczos steps a visit, ms a visit). `--compare-least N` times as
+many rounds again, interleaved one for one, with Lanczos' least steps N (the parts' figures
+are the default's only).
 
 The publisher's steady cost: a second run of 400 steps with no sample at all, its thread's CPU
 per second of training (STATS with every step's loss, the heartbeat, META, the registry off,
@@ -70,12 +73,17 @@ def _gpt() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.
     return model, opt, batch, target
 
 
-def cheap_rounds(rounds: int, gap: int, progress: Progress) -> dict[str, Any]:
+def cheap_rounds(rounds: int, gap: int, progress: Progress,
+                 compare_least: int | None = None) -> dict[str, Any]:
+    """`rounds` timed cheap samples `gap` steps apart. With `compare_least`, as many again
+    interleaved with them (one each, in turn) with Lanczos' least steps set to that: the
+    medians of both, side by side in one run."""
     spent: collections.Counter = collections.Counter()
     lanczos: dict[tuple[int, ...], list[float]] = collections.defaultdict(lambda: [0, 0, 0.0])
     originals = {name: getattr(indicators.IndicatorEngine, name) for name in PARTS}
-    tested, step = spectra._lanczos_tested, spectra._lanczos_step
+    tested, step, sigma1 = spectra._lanczos_tested, spectra._lanczos_step, spectra.lanczos_sigma1
     shape: list[tuple[int, ...]] = [()]
+    least: list[int | None] = [None]  # None: the default
 
     def counted_step(*args: Any) -> Any:
         lanczos[shape[0]][1] += 1
@@ -90,38 +98,58 @@ def cheap_rounds(rounds: int, gap: int, progress: Progress) -> dict[str, Any]:
             lanczos[shape[0]][0] += 1
             lanczos[shape[0]][2] += time.thread_time() - start
 
-    for name, method in originals.items():
-        setattr(indicators.IndicatorEngine, name, _timed(spent, name, method))
-    spectra._lanczos_tested, spectra._lanczos_step = timed_lanczos, counted_step
-    model, opt, batch, target = _gpt()
-    agent = watch(model, opt, register=False, every=10**9)
+    def chosen_least(*args: Any, **kwargs: Any) -> Any:
+        if least[0] is not None:
+            kwargs["least"] = least[0]
+        return sigma1(*args, **kwargs)
+
     try:
-        run_block(model, opt, 200, batch, target)
-        for _ in range(3):  # every layer's first σ₁ (a cold Lanczos) out of the figures
-            run_block(model, opt, gap, batch, target)
-            agent.engine.compute(CHEAP)
-        spent.clear()
-        lanczos.clear()
-        whole = []
-        task = progress.add_task(f"cheap rounds, {gap} steps apart", total=rounds)
-        for _ in range(rounds):
-            run_block(model, opt, gap, batch, target)
-            start = time.thread_time()
-            agent.engine.compute(CHEAP)
-            whole.append(time.thread_time() - start)
-            progress.advance(task)
-        groups = [(tuple(g.weights.shape), len(g.idxs))
-                  for g in agent.engine.snapshot(CHEAP).groups]
+        for name, method in originals.items():
+            setattr(indicators.IndicatorEngine, name, _timed(spent, name, method))
+        spectra._lanczos_tested, spectra._lanczos_step = timed_lanczos, counted_step
+        spectra.lanczos_sigma1 = chosen_least
+        model, opt, batch, target = _gpt()
+        agent = watch(model, opt, register=False, every=10**9)
+        try:
+            run_block(model, opt, 200, batch, target)
+            for _ in range(3):  # every layer's first σ₁ (a cold Lanczos) out of the figures
+                run_block(model, opt, gap, batch, target)
+                agent.engine.compute(CHEAP)
+            whole: list[float] = []
+            other: list[float] = []
+            task = progress.add_task(f"cheap rounds, {gap} steps apart",
+                                     total=rounds * (2 if compare_least else 1))
+            spent.clear()
+            lanczos.clear()
+            for k in range(rounds * (2 if compare_least else 1)):
+                compared = compare_least is not None and k % 2 == 1
+                least[0] = compare_least if compared else None
+                run_block(model, opt, gap, batch, target)
+                if compared:  # not in the parts' figures, which are the default's
+                    saved = (collections.Counter(spent),
+                             {key: list(v) for key, v in lanczos.items()})
+                start = time.thread_time()
+                agent.engine.compute(CHEAP)
+                (other if compared else whole).append(time.thread_time() - start)
+                if compared:
+                    spent.clear()
+                    spent.update(saved[0])
+                    lanczos.clear()
+                    lanczos.update(saved[1])
+                progress.advance(task)
+        finally:
+            agent.close()
     finally:
-        agent.close()
         for name, method in originals.items():
             setattr(indicators.IndicatorEngine, name, method)
         spectra._lanczos_tested, spectra._lanczos_step = tested, step
+        spectra.lanczos_sigma1 = sigma1
     whole.sort()
+    other.sort()
     return {"round_ms": 1000 * whole[len(whole) // 2],
+            "compared_ms": 1000 * other[len(other) // 2] if other else None,
             "parts_ms": {k: 1000 * spent[k] / rounds for k in PARTS},
-            "lanczos": {k: (v[1] / v[0], 1000 * v[2] / v[0]) for k, v in lanczos.items() if v[0]},
-            "groups": groups}
+            "lanczos": {k: (v[1] / v[0], 1000 * v[2] / v[0]) for k, v in lanczos.items() if v[0]}}
 
 
 def publisher_steady(progress: Progress, steps: int = 400) -> float:
@@ -145,13 +173,16 @@ def render(result: dict[str, Any], steady: float, args: argparse.Namespace) -> s
     lines = [
         "```bash",
         f".venv/bin/python benchmarks/cheap_round.py --rounds {args.rounds} --gap {args.gap} "
-        "--write docs/benchmarks.md",
+        + (f"--compare-least {args.compare_least} " if args.compare_least else "")
+        + "--write docs/benchmarks.md",
         "```", "",
         f"GPT-style benchmark model (4 blocks of width 256), AdamW 1e-4, batch 4 × 32 tokens, "
         f"torch on 1 thread; {args.rounds} whole-model cheap samples, each {args.gap} training "
         f"steps after the last. {describe_machine()}", "",
         f"- One whole-model cheap sample on the training thread: **{result['round_ms']:.1f} ms** "
-        "(median).",
+        "(median)" + ("." if result["compared_ms"] is None else
+                      f"; with Lanczos' least steps {args.compare_least}, interleaved with "
+                      f"those in the same run: **{result['compared_ms']:.1f} ms**."),
         "- Its parts (mean a round, ms; `thread_time` of the engine's methods):",
     ]
     lines += [f"  - {label.strip()}: {result['parts_ms'][name]:.2f}"
@@ -172,13 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="cheap samples timed (default 30)")
     parser.add_argument("--gap", type=int, default=50,
                         help="training steps between them (default 50: the target's refresh)")
+    parser.add_argument("--compare-least", type=int, default=None, metavar="N",
+                        help="also time as many rounds with Lanczos' least steps N, interleaved")
     parser.add_argument("--write", type=Path, help="replace the `cheap-round` section of this file")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.gap < 1:
         parser.error("--rounds and --gap must be at least 1")
+    if args.compare_least is not None and args.compare_least < 1:
+        parser.error("--compare-least must be at least 1")
     torch.set_num_threads(1)
     with Progress(transient=True) as progress:
-        result = cheap_rounds(args.rounds, args.gap, progress)
+        result = cheap_rounds(args.rounds, args.gap, progress, args.compare_least)
         steady = publisher_steady(progress)
     text = render(result, steady, args)
     print(text)

@@ -44,8 +44,10 @@ examples:
 
 Commands run through /bin/sh with the event JSON on stdin and SYMWATCH_RUN, SYMWATCH_RUN_NAME,
 SYMWATCH_STEP, SYMWATCH_LAYER, SYMWATCH_METRIC, SYMWATCH_DIRECTION, SYMWATCH_BEFORE,
-SYMWATCH_AFTER, SYMWATCH_SCORE, SYMWATCH_MESSAGE (and SYMWATCH_SEVERITY, SYMWATCH_EXOGENOUS,
-SYMWATCH_TEXT) in the environment. Webhooks get a JSON POST {"text": "<run>: <message>",
+SYMWATCH_AFTER, SYMWATCH_SCORE (the top-scoring series, often the loss), SYMWATCH_HEADLINE_LAYER,
+SYMWATCH_HEADLINE_METRIC, SYMWATCH_HEADLINE_BEFORE, SYMWATCH_HEADLINE_AFTER (the layer the
+message leads with), SYMWATCH_MESSAGE, SYMWATCH_WHAT (and SYMWATCH_SEVERITY,
+SYMWATCH_EXOGENOUS, SYMWATCH_TEXT) in the environment. Webhooks get a JSON POST {"text": "<run>: <message>",
 "event": {...}}, retried with backoff. Without --exec or --webhook alerts are only printed.
 Exit status: 0 (done, or stopped by SIGTERM), 1 (--timeout before --max-alerts was reached),
 2 (bad arguments), 130 (Ctrl-C). See docs/alerts.md."""

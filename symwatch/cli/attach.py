@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from symwatch.cli.common import (NO_RUNS, UserError, absolute, add_curve_arguments,
+from symwatch.cli.common import (NO_RUNS, UserError, absolute, add_curve_arguments, err,
                                  add_ssh_arguments, add_view_options, curve_client,
                                  positive_int, resolve_target, several_runs, subparser,
                                  theme_from_args)
@@ -97,8 +97,14 @@ def cmd_attach(args: argparse.Namespace) -> int:
             feed = open_endpoint(endpoint, curve=curve)
         except SourceError as exc:
             raise UserError(str(exc)) from None
+        # Said once, on stderr: until the first message the status line reads `[waiting]`,
+        # and a new user could not tell what for (a report: nothing said the endpoint).
+        err(f"symwatch attach: following {name or endpoint}"
+            + (f" ({endpoint})" if name else "")
+            + "; `[waiting]` until its first message (start a run with `symwatch demo`, or "
+              "call symwatch.watch(model, optimizer) in your training script); Ctrl-C stops")
         with feed:
-            follow(feed, sys.stdout, name=name)
+            follow(feed, sys.stdout, name=name or endpoint)
         return 0
     title = args.title or f"symwatch — {name or endpoint}"
     if args.web:

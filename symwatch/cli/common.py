@@ -65,6 +65,7 @@ def number(kind: Callable[[str], Any], check: Callable[[Any], bool], what: str) 
 
 
 non_negative_int = number(int, lambda v: v >= 0, "an integer >= 0")
+port_number = number(int, lambda v: 0 <= v <= 65535, "a port number, 0 to 65535")
 positive_int = number(int, lambda v: v >= 1, "an integer >= 1")
 non_negative_seconds = number(float, lambda v: v >= 0 and v < float("inf"), "seconds >= 0")
 positive_float = number(float, lambda v: 0 < v < float("inf"), "a number > 0")
@@ -101,7 +102,7 @@ def add_view_options(parser: argparse.ArgumentParser) -> None:
                              "terminal; prints the URL")
     parser.add_argument("--host", default=None, metavar="HOST",
                         help="with --web: the address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=non_negative_int, default=0, metavar="N",
+    parser.add_argument("--port", type=port_number, default=0, metavar="N",
                         help="with --web: the port (default 0: a free one)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="with --web: allow a --host that is not loopback")

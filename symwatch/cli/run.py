@@ -53,7 +53,8 @@ def add_run_parser(subs: Any) -> None:
     run.add_argument("--quiet", action="store_true",
                      help="no `symwatch: watching ...` line on stderr when the agent starts")
     add_security_arguments(run, PUBLISH)
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+    # dest: not "command", the subcommand's own name (main's error prefix reads it)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
                      help="the command to run")
     run.set_defaults(func=cmd_run)
 
@@ -70,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "quiet": args.quiet, "connect": getattr(args, "connect", None)}
     security = publisher_environment(args, "run")
     try:
-        p = plan(args.command, options)
+        p = plan(args.argv, options)
     except LaunchError as exc:
         raise UserError(str(exc)) from None
     p.env.update(security)

@@ -54,6 +54,21 @@ def test_a_trusted_module_is_paired_like_the_live_agent_pairs_it(tmp_path):
     assert refused.returncode != 0 and "--trust" in refused.stderr
 
 
+def test_a_file_that_is_no_model_says_so_without_advising_trust(tmp_path):
+    """A text file is not a pickle someone must trust: it gets its own message, with the
+    prefix every other subcommand's errors have (a new user's report: it read "not a plain
+    state_dict (IndexError); … pass --trust")."""
+    (tmp_path / "text.csv").write_text("a,b\n1,2\n")
+    out = subprocess.run([sys.executable, "-m", "symwatch_agent.entry.inspect",
+                          str(tmp_path / "text.csv")], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.startswith("symwatch inspect: ") and "not a file torch.save wrote" in out.stderr
+    assert "--trust" not in out.stderr and "Traceback" not in out.stderr
+    missing = subprocess.run([sys.executable, "-m", "symwatch_agent.entry.inspect",
+                              str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=120)
+    assert missing.stderr.startswith("symwatch inspect: ") and "no such file" in missing.stderr
+
+
 def test_safetensors_files_are_read_when_the_package_is_there(tmp_path):
     safetensors = pytest.importorskip("safetensors.torch")
     safetensors.save_file(_model().state_dict(), str(tmp_path / "m.safetensors"))

@@ -204,8 +204,10 @@ def test_attach_headless_by_run_name_follows_until_goodbye(fake_agent, capsys):
     finally:
         thread.join(10)
     assert result == [0]
-    out = capsys.readouterr().out
-    assert "[finished] fake-run step 5" in out and "numerical_rank       3" in out
+    captured = capsys.readouterr()
+    assert "[finished] fake-run step 5" in captured.out and "numerical_rank       3" in captured.out
+    # what it follows is said once up front (a new user saw only `[waiting]` lines)
+    assert captured.err.startswith(f"symwatch attach: following fake-run ({agent.endpoint})")
 
 
 # -- demo (with a torch-free stand-in for symwatch_agent.entry.demo) ---------------------------------

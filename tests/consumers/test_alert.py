@@ -184,6 +184,18 @@ def test_alert_event_env_and_name_from_meta():
     assert env["SYMWATCH_STEP"] == "66" and env["SYMWATCH_SCORE"] == "7.25"
     assert env["SYMWATCH_BEFORE"] == "2" and env["SYMWATCH_EXOGENOUS"] == ""
     assert env["SYMWATCH_TEXT"] == "job: fc1 numerical rank 2 → 3"
+    # the message's own layer: `headline` and its mover, where the top jump is the loss's
+    led = Alert(run="r", run_name="n", step=123, time=0.0, payload={
+        "severity": "transition", "layer": None, "metric": "loss", "before": 5.24, "after": 3.62,
+        "message": "a transition: linear.0 effective rank 2.659 → 3.049 at step 123",
+        "headline": {"layer": "linear.0", "metric": "effective_rank"},
+        "movers": [{"layer": "linear.0", "metric": "effective_rank", "before": 2.659,
+                    "after": 3.049}, {"layer": "linear.1", "metric": "weight_norm"}]})
+    env = alert_env(led)
+    assert (env["SYMWATCH_HEADLINE_LAYER"], env["SYMWATCH_HEADLINE_METRIC"],
+            env["SYMWATCH_HEADLINE_BEFORE"], env["SYMWATCH_HEADLINE_AFTER"]) == (
+        "linear.0", "effective_rank", "2.659", "3.049")
+    assert env["SYMWATCH_LAYER"] == "" and env["SYMWATCH_METRIC"] == "loss"
     # untrusted strings: NUL and lone surrogates cannot go into an environment
     odd = Alert(run="r", run_name="n\x00\ud800", step=1, time=0.0,
                 payload={"message": "m" * 10000, "severity": "transition"})
@@ -235,7 +247,9 @@ def test_exec_sink_passes_json_on_stdin_and_fields_in_env(recorder):
         "SYMWATCH_TEXT": "job: fc1 numerical rank 2 → 3", "SYMWATCH_LAYER": "fc1",
         "SYMWATCH_METRIC": "numerical_rank", "SYMWATCH_DIRECTION": "up",
         "SYMWATCH_BEFORE": "2", "SYMWATCH_AFTER": "3", "SYMWATCH_SCORE": "7.25",
-        "SYMWATCH_EXOGENOUS": "", "SYMWATCH_WHAT": ""}
+        "SYMWATCH_EXOGENOUS": "", "SYMWATCH_WHAT": "", "SYMWATCH_HEADLINE_LAYER": "",
+        "SYMWATCH_HEADLINE_METRIC": "", "SYMWATCH_HEADLINE_BEFORE": "",
+        "SYMWATCH_HEADLINE_AFTER": ""}
     assert sink.delivered == 1 and not logs
     d.close(5)
 

@@ -208,6 +208,25 @@ def test_no_events_says_whether_the_detector_is_still_warming_up(samples, said):
     assert events_text(s, lines=3).plain == said
 
 
+def test_a_finished_run_without_events_says_none_came_not_yet():
+    """A replay or run that ended said `no events yet: … jumps are flagged from a series'
+    ~30th sample`, as if more might come (a new user's report); it says none came, and why
+    where the run ended inside the warm-up."""
+    s = _state()
+    for layer in s.layers.values():
+        layer.updates = 16
+    s.fold(protocol.decode(list(protocol.encode(
+        protocol.GOODBYE, run="r", rank=0, restart=0, seq=2, time=0.0, step=300,
+        payload={"reason": "finished", "exit_code": 0}))))
+    assert s.finished
+    assert events_text(s, lines=3).plain == (
+        " no events in this run (it ended at ~16 samples a layer, before the detector's "
+        "~30-sample warm-up)")
+    for layer in s.layers.values():
+        layer.updates = 40
+    assert events_text(s, lines=3).plain == " no events in this run"
+
+
 def test_no_events_says_when_the_loss_is_warmed_up_under_a_budget():
     """Under a budget the loss has a detector of its own fed every `run_level_every` steps
     (docs/alerts.md): its warm-up is in its own steps, said beside the layers'."""

@@ -55,6 +55,7 @@ def test_attach_command_repeats_the_options_for_each_browser_session():
     (["--port", "8000"], "go with --web"),
     (["--web", "--headless"], "exclude each other"),
     (["--web", "--host", "0.0.0.0"], "not a loopback address"),
+    (["--web", "--port", "99999"], "expected a port number, 0 to 65535"),
 ])
 def test_bad_web_options_are_clear_errors(argv, message, capsys):
     assert cli.main(["attach", "tcp://127.0.0.1:5555", *argv]) in (1, 2)

@@ -50,6 +50,15 @@ CONV1D_NAMES = ("c_attn", "c_proj", "c_fc", "q_attn")
 from symwatch_agent.measure.schedule import FULL
 
 
+# Every error this inspector prints starts as the CLI's own do (symwatch.cli.main).
+PREFIX = "symwatch inspect: "
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no detail"
+
+
 class StateDict(nn.Module):
     """Stands in for the module of a state_dict entry (only its type name is shown)."""
 
@@ -59,25 +68,29 @@ def load(path: str, trust: bool = False) -> nn.Module | dict[str, torch.Tensor]:
         try:
             from safetensors.torch import load_file  # noqa: PLC0415 (lazy: optional package)
         except ImportError:
-            raise SystemExit(f"{path}: reading .safetensors needs the safetensors package "
+            raise SystemExit(f"{PREFIX}{path}: reading .safetensors needs the safetensors package "
                              "(pip install safetensors)") from None
         return load_file(path, device="cpu")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except FileNotFoundError:
-        raise SystemExit(f"{path}: no such file") from None
+        raise SystemExit(f"{PREFIX}{path}: no such file") from None
     except Exception as exc:
-        if not trust:
-            raise SystemExit(f"{path}: not a plain state_dict ({type(exc).__name__}); if it is "
-                             "a pickled module you trust, pass --trust") from None
-        raise SystemExit(f"{path}: cannot load: {exc}") from None
+        # torch.load's safe mode refuses a pickled object it does not know with this message;
+        # anything else means the file is not one torch.save wrote
+        if not trust and "weights only load failed" in str(exc).lower():
+            raise SystemExit(f"{PREFIX}{path}: holds more than a state_dict (a pickled module "
+                             "or object); if you trust the file, pass --trust (unpickling "
+                             "runs its code)") from None
+        raise SystemExit(f"{PREFIX}{path}: not a file torch.save wrote, nor .safetensors "
+                         f"({type(exc).__name__}: {_first_line(exc)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # a checkpoint with the weights inside
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):
         return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    raise SystemExit(f"{path}: expected a state_dict or an nn.Module, got {type(obj).__name__}")
+    raise SystemExit(f"{PREFIX}{path}: expected a state_dict or an nn.Module, got {type(obj).__name__}")
 
 
 def layers_of_state_dict(state: dict[str, torch.Tensor]) -> tuple[list[Layer], list[str]]:
@@ -137,7 +150,7 @@ def parse_heads(text: str | None) -> int | tuple[int, int] | None:
     except ValueError:
         parts = []
     if len(parts) not in (1, 2) or min(parts) < 1:
-        raise SystemExit(f"--heads {text}: expected a number of heads, e.g. --heads 12, or "
+        raise SystemExit(f"{PREFIX}--heads {text}: expected a number of heads, e.g. --heads 12, or "
                          "heads:kv_heads for grouped-query attention, e.g. --heads 32:8")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 

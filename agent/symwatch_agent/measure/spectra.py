@@ -28,7 +28,7 @@ float64 (accuracy: see gram_eigvals), about a third of an SVD of the matrix;
 `warm_eigvals` the same Gram product plus one GEMM GV instead of the eigensolver;
 `count_eigvals_above` one LDLᵀ, O(B·k³/3); `power_sigma1` is 2·iters matrix-vector products,
 O(iters·B·m·n); `lanczos_sigma1` (the cheap tier's σ₁: on the CPU the steps its residual test
-asks for, 4–30, most often 4–6 from a recent vector; on a GPU 30 the first time, 12 warm) the
+asks for, 3–30, most often 3–5 from a recent vector; on a GPU 30 the first time, 12 warm) the
 same plus O(B·steps²·n) for reorthogonalisation.
 """
 

@@ -66,7 +66,24 @@ def alert_env(alert: Alert) -> dict[str, str]:
     for name in ("layer", "metric", "direction", "before", "after", "score", "exogenous",
                  "what"):
         fields[name.upper()] = alert.get(name)
+    fields.update(_headline_fields(alert))
     return {f"SYMWATCH_{key}": _env_text(value) for key, value in fields.items()}
+
+
+def _headline_fields(alert: Alert) -> dict[str, Any]:
+    """HEADLINE_*: the layer series the message leads with (the event's `headline`, the
+    strongest of its `movers`) and its levels. The flat LAYER/METRIC/BEFORE/AFTER are the
+    top-scoring jump's, which is often the loss while the message names a layer (a new
+    user's report: `linear.0 effective rank 2.659 → 3.049` came with LAYER empty and the
+    loss's 5.24 → 3.62)."""
+    headline = alert.get("headline")
+    headline = headline if isinstance(headline, dict) else {}
+    layer, metric = headline.get("layer"), headline.get("metric")
+    movers = alert.get("movers")
+    mover = next((m for m in movers if isinstance(m, dict) and m.get("layer") == layer
+                  and m.get("metric") == metric), {}) if isinstance(movers, list) else {}
+    return {"HEADLINE_LAYER": layer, "HEADLINE_METRIC": metric,
+            "HEADLINE_BEFORE": mover.get("before"), "HEADLINE_AFTER": mover.get("after")}
 
 
 class WorkerSink:

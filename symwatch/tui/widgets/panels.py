@@ -222,6 +222,15 @@ def events_text(state: RunState, lines: int, width: int = 0) -> Text:
     """The last `lines` events, one line each, cut at a word to `width` (0: not cut)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     recent = list(state.events)[-lines:] if lines > 0 else []
+    if not recent and state.finished:
+        # nothing more will come: "yet" and the warm-up's promise would read as if it might
+        text.append(" no events in this run", "dim")
+        counts = sorted(layer.updates for layer in state.layers.values() if layer.updates)
+        typical = counts[len(counts) // 2] if counts else None
+        if typical is not None and typical < WARMUP_SAMPLES:
+            text.append(f" (it ended at ~{typical} sample{'' if typical == 1 else 's'} a layer, "
+                        f"before the detector's ~{WARMUP_SAMPLES}-sample warm-up)", "dim")
+        return text
     if not recent:
         text.append(" no events yet", "dim")
         # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
