@@ -140,6 +140,28 @@ def test_a_narrow_layers_sigma1_is_exact_without_lanczos(init) -> None:
         agent.close()
 
 
+def test_under_a_budget_the_warm_up_finds_vectors_for_wide_layers_only() -> None:
+    """The warm-up thread's start vectors (under a budget) are for the layers Lanczos
+    measures: none for a narrow one (short side ≤ EXACT_SIGMA1_DIM), whose σ₁ the samples
+    take from its Gram; every other ranked layer gets one."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(512, 16), nn.Linear(16, 512), nn.Linear(512, 256))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    agent = watch(model, opt, register=False, budget=0.01, every=10**6)
+    try:
+        assert agent._warm_thread is not None
+        agent._warm_thread.join(60)
+        assert not agent._warm_thread.is_alive()
+        narrow = {i for i, layer in enumerate(agent.layers)
+                  if layer.has_rank and min(layer.matrix_shape) <= EXACT_SIGMA1_DIM}
+        wide = {i for i, layer in enumerate(agent.layers)
+                if layer.has_rank and min(layer.matrix_shape) > EXACT_SIGMA1_DIM}
+        assert len(narrow) == 2 and len(wide) == 1
+        assert set(agent.engine._power_vec) == wide
+    finally:
+        agent.close()
+
+
 class _CountProducts(torch.overrides.TorchFunctionMode):
     """Counts the Lanczos steps of a run: each makes one product u·W (and one q·Wᵀ)."""
 

@@ -278,8 +278,9 @@ def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float | No
     the top Ritz pair's residual r (some eigenvalue lies within r of it, and within r²/δ when
     the others are δ away; δ taken from the next Ritz value). At least 3 steps: a Ritz pair
     from fewer is too coarse for the test's gap estimate; 3 rather than 4 (until 2026-12-07)
-    cut the GPT-style benchmark's whole-model cheap round 12.2 → 11.0 ms (median of 30
-    each, interleaved in one run, visits 50 steps apart), σ₁² still within 0.025 % at the 95th percentile (docs/metrics.md, the
+    cut the GPT-style benchmark's whole-model cheap round 13.0 → 11.3 ms (median of 30
+    each, interleaved in one run, visits 50 steps apart: benchmarks/cheap_round.py
+    --compare-least 4), σ₁² still within 0.025 % at the 95th percentile (docs/metrics.md, the
     sigma1-visits table). From a recent vector that is 3–5 steps on most layers; a random matrix (no gap below σ₁, which power iteration crawls
     through) takes 10–30, and an exhausted Krylov space (rank below the steps) stops at its
     rank. Once half the batch is done the rest go on without it (a copy of their weights),
