@@ -45,7 +45,10 @@ async def test_header_toast_log_and_chart_mark_of_a_weight_decay_switch(fake_age
         agent.send(protocol.EVENT, SWITCH, **notice(SWITCH, changes(before, after), 1))
         agent.send(protocol.STATS, 200, loss=0.5, per_step={"loss": {
             "steps": list(range(SWITCH, 201)), "values": [0.5] * (201 - SWITCH)}},
-            optimizer=wire_groups(after, [adamw]))
+            optimizer=wire_groups(after, [adamw]),
+            # three logged scalars with long names (the demo's): the title's end is cut
+            scalars={"linear_loss_on_the_held_out_set": 0.25,
+                     "mlp_loss_on_the_held_out_set": 0.25, "accuracy_on_the_held_out_set": 0.5})
         await until(pilot, lambda: "lr 3e-4 · wd 5" in str(header.content),
                     what="the new weight decay in the header")
         await until(pilot, lambda: any("weight_decay 0.01 → 5" in n.message
@@ -56,7 +59,9 @@ async def test_header_toast_log_and_chart_mark_of_a_weight_decay_switch(fake_age
         panel = app.query_one(LossPanel)
         await until(pilot, lambda: SETTINGS_MARK in str(panel.content), what="the chart mark")
         title, *chart = str(panel.content).split("\n")
+        # whole, before the scalars (the title's end, cut first at 120 columns)
         assert f"{SETTINGS_MARK} wd 0.01 → 5 @150" in title
+        assert title.index(SETTINGS_MARK) < title.index("linear_loss_on_the_held_out_set")
         # the chart has axes at 120×40 (issue #18): each row led by its y tick label, and the
         # step line (steps 1–200) as its last row
         *bars, steps = chart

@@ -79,18 +79,20 @@ def loss_text(state: RunState, width: int, rows: int = 1,
                     + ("  log scale" if log_scale else ""), "dim")
     if log_scale:  # the first steps' loss would flatten everything after it on a linear scale
         points = [None if v is None or v <= 0 else math.log10(v) for v in points]
-    for name, value in list(state.scalars.items())[:3]:
-        text.append(f"  {name} ", "dim")
-        text.append(numbers.compact(value))
     if boundary is not None:
         text.append(f"  {BOUNDARY_MARK} restarted", "yellow")
     marks: dict[int, tuple[str, str]] = {}
     if boundary is None and first is not None and last is not None:
         marks = settings_marks(state, first, last, chart_w)
         latest = [ev for ev in state.setting_changes if first <= ev.step <= last]
-        if latest:  # the newest change in view, said in words beside the chart's title
+        if latest:  # the newest change in view, said in words beside the chart's title:
+            # before the logged scalars, which the title's end cuts first (at 120 columns
+            # the demo's three scalars left `╎ wd …` of it)
             text.append(f"  {SETTINGS_MARK} {change_text(latest[-1].changes)} "
                         f"@{latest[-1].step:,}", SETTINGS_STYLE)
+    for name, value in list(state.scalars.items())[:3]:
+        text.append(f"  {name} ", "dim")
+        text.append(numbers.compact(value))
     if boundary is not None:
         marks[boundary] = (BOUNDARY_MARK, "bold yellow")
     if ax is not None:
