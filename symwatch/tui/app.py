@@ -97,7 +97,9 @@ class SymwatchApp(App[None]):
         Binding("end", "replay('seek_end')", "End", priority=True),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("p", "pause", "Pause/resume"),
+        # "Freeze", not "Pause/resume": a replay's footer also shows `space Play/pause` (its
+        # playback), and the two read as one key twice (a new user's report)
+        Binding("p", "pause", "Freeze"),
         Binding("v", "next_view", "Columns"),
         Binding("e", "events", "Events"),
         Binding("g", "ranks", "Ranks/GPUs"),

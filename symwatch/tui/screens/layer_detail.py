@@ -120,7 +120,7 @@ class LayerDetailScreen(ModalScreen[None]):
         Binding("escape", "close", "Close"),
         Binding("enter", "close", "Close", show=False),
         # the app's scroll-back keys (a modal screen hides the app's own bindings)
-        Binding("p", "app.pause", "Pause/resume"),
+        Binding("p", "app.pause", "Freeze"),
         Binding("left_square_bracket", "app.history_pan(-0.5)", "Back", key_display="["),
         Binding("right_square_bracket", "app.history_pan(0.5)", "Forward", key_display="]"),
         Binding("left_curly_bracket", "app.history_jump(-1)", "Back a lot", show=False),
