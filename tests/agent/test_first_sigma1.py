@@ -63,6 +63,13 @@ def test_the_first_sigma1_comes_from_the_warm_up_thread_and_is_exact_enough() ->
         agent.close()
 
 
+def _warm_up_finished(agent) -> None:
+    """Wait for the agent's warm-up thread (its bulk tables, then its start vectors) to end."""
+    assert agent._warm_thread is not None
+    agent._warm_thread.join(60)
+    assert not agent._warm_thread.is_alive()
+
+
 def test_without_a_budget_the_warm_up_leaves_sigma1_to_the_samples() -> None:
     """No budget (the demo, the event corpus): the samples must not depend on the machine,
     so no start vector races the first sample."""
@@ -70,9 +77,7 @@ def test_without_a_budget_the_warm_up_leaves_sigma1_to_the_samples() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     agent = watch(model, opt, register=False, budget=1.0, every=10**6)
     try:
-        assert agent._warm_thread is not None
-        agent._warm_thread.join(60)
-        assert not agent._warm_thread.is_alive()
+        _warm_up_finished(agent)
         assert agent.engine._power_vec == {}
     finally:
         agent.close()
@@ -149,9 +154,7 @@ def test_under_a_budget_the_warm_up_finds_vectors_for_wide_layers_only() -> None
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     agent = watch(model, opt, register=False, budget=0.01, every=10**6)
     try:
-        assert agent._warm_thread is not None
-        agent._warm_thread.join(60)
-        assert not agent._warm_thread.is_alive()
+        _warm_up_finished(agent)
         narrow = {i for i, layer in enumerate(agent.layers)
                   if layer.has_rank and min(layer.matrix_shape) <= EXACT_SIGMA1_DIM}
         wide = {i for i, layer in enumerate(agent.layers)
