@@ -480,8 +480,7 @@ class IndicatorEngine:
             # event corpus, the tests), and a start vector that raced the first sample would.
             for i, layer in enumerate(self.layers if not self.scheduler.unlimited else ()):
                 if i in self._power_vec or not layer.has_rank or \
-                        layer.weight.device.type != "cpu" or \
-                        min(layer.matrix_shape) <= EXACT_SIGMA1_DIM:
+                        layer.weight.device.type != "cpu" or _exact_sigma1(*layer.matrix_shape):
                     continue
                 if not rest(began):
                     return
@@ -768,7 +767,7 @@ class IndicatorEngine:
         read up to 3 % low with 12; with the test most take the least 3 once training has
         shaped the top of the spectrum (benchmarks/sigma1_visits.py)."""
         m, n = w.shape[1:]
-        if min(m, n) <= EXACT_SIGMA1_DIM:
+        if _exact_sigma1(m, n):
             return _narrow_sigma1(w)
         cold = any(i not in self._power_vec for i in idxs)
         if cold:
@@ -1095,6 +1094,12 @@ class IndicatorEngine:
             if head_values:
                 values[hs.name] = head_values
         return values, nonfinite
+
+
+def _exact_sigma1(m: int, n: int) -> bool:
+    """Whether an m × n matrix's cheap-tier σ₁ is the exact one from its Gram (no Lanczos, no
+    start vector): its short side is at most EXACT_SIGMA1_DIM."""
+    return min(m, n) <= EXACT_SIGMA1_DIM
 
 
 def _narrow_sigma1(w: torch.Tensor) -> torch.Tensor:

@@ -281,8 +281,8 @@ def lanczos_sigma1(w: torch.Tensor, v: torch.Tensor, steps: int, tol: float | No
     cut the GPT-style benchmark's whole-model cheap round 13.0 → 11.3 ms (median of 30
     each, interleaved in one run, visits 50 steps apart: benchmarks/cheap_round.py
     --compare-least 4), σ₁² still within 0.025 % at the 95th percentile (docs/metrics.md, the
-    sigma1-visits table). From a recent vector that is 3–5 steps on most layers; a random matrix (no gap below σ₁, which power iteration crawls
-    through) takes 10–30, and an exhausted Krylov space (rank below the steps) stops at its
+    sigma1-visits table). From a recent vector that is 3–5 steps on most layers; a random
+    matrix (no gap below σ₁, which power iteration crawls through) takes 10–30, and an exhausted Krylov space (rank below the steps) stops at its
     rank. Once half the batch is done the rest go on without it (a copy of their weights),
     else one slow layer kept a whole shape group at 20 steps.
 

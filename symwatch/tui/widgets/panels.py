@@ -220,15 +220,21 @@ def gpu_text(gpu: dict[str, Any] | None) -> Text:
     return text
 
 
+def _samples_a_layer(state: RunState) -> int | None:
+    """The median of the samples each layer has had (a sliced sample refreshes some layers
+    only), None before any."""
+    counts = sorted(layer.updates for layer in state.layers.values() if layer.updates)
+    return counts[len(counts) // 2] if counts else None
+
+
 def events_text(state: RunState, lines: int, width: int = 0) -> Text:
     """The last `lines` events, one line each, cut at a word to `width` (0: not cut)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     recent = list(state.events)[-lines:] if lines > 0 else []
+    typical = _samples_a_layer(state) if not recent else None
     if not recent and state.finished:
         # nothing more will come: "yet" and the warm-up's promise would read as if it might
         text.append(" no events in this run", "dim")
-        counts = sorted(layer.updates for layer in state.layers.values() if layer.updates)
-        typical = counts[len(counts) // 2] if counts else None
         if typical is not None and typical < WARMUP_SAMPLES:
             text.append(f" (it ended at ~{typical} sample{'' if typical == 1 else 's'} a layer, "
                         f"before the detector's ~{WARMUP_SAMPLES}-sample warm-up)", "dim")
@@ -236,10 +242,7 @@ def events_text(state: RunState, lines: int, width: int = 0) -> Text:
     if not recent:
         text.append(" no events yet", "dim")
         # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
-        # can leave a run's layers below the detector's warm-up for thousands of steps. Per
-        # layer (the median of their samples seen): a sliced sample refreshes some layers only.
-        counts = sorted(layer.updates for layer in state.layers.values() if layer.updates)
-        typical = counts[len(counts) // 2] if counts else None
+        # can leave a run's layers below the detector's warm-up for thousands of steps.
         if typical is not None and typical < WARMUP_SAMPLES:
             plural = "" if typical == 1 else "s"
             text.append(f": ~{typical} sample{plural} a layer so far; jumps are flagged from a "
