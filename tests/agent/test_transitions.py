@@ -467,6 +467,11 @@ def test_a_run_under_a_budget_gets_its_loss_events_from_every_step(tmp_path):
     recording = tmp_path / "budget.db"
     agent = budgeted_staircase(str(recording))
     events = _transitions(recording)
+    # the premise first: the cadence stayed at `every` (a stretched one moves the events)
+    with RecordingReader(recording) as reader:
+        strides = {m.payload["sampling"].get("run_level_every") for m in reader
+                   if m.kind == protocol.STATS and "sampling" in m.payload}
+    assert strides == {2}, strides
     # the loss falls from ~15 steps before a mode's strength is half its target's (steps 87
     # and 213, seed 0) to ~15 after; each fall is one event, at its onset; then the rise
     assert [(p["metric"], p["message"][:9]) for _, p in events][:2] == [("loss", "loss fell")] * 2, \
@@ -480,10 +485,6 @@ def test_a_run_under_a_budget_gets_its_loss_events_from_every_step(tmp_path):
     # the switch reached the run-level detector at the step the training thread read it
     assert [(s, r) for s, r in agent._transitions.run_level._marks if s >= 500] == [
         (502, "optimizer weight_decay 0 → 2")], agent._transitions.run_level._marks
-    with RecordingReader(recording) as reader:
-        strides = {m.payload["sampling"].get("run_level_every") for m in reader
-                   if m.kind == protocol.STATS and "sampling" in m.payload}
-    assert strides == {2}, strides
 
 
 def test_a_run_level_event_names_the_layers_that_moved_with_it_when_they_were_sampled():
