@@ -28,14 +28,14 @@ def linear_teacher(singular: list[float], init_std: float, d: int = 16, seed: in
 
 
 def budgeted_staircase(record: str, steps: int = 700) -> Any:
-    """Under a time budget (0.9) at ~400 steps a second at most, so that the run-level
-    detector's cadence stays `every` = 2 on any machine (its updates may cost ~0.7 ms each,
-    ~25 times what they do, before the agent stretches it; a cadence stretched during the
-    run can split a fall into two events, which the tests would read as a defect), learn a
-    rank-2 teacher (σ 4, 1.5) from N(0, 10⁻⁶) weights by full-batch gradient descent: the
-    loss falls off a plateau at each mode (strength at half its target's at steps 87 and
-    213, seed 0); weight decay 2 from step 500 pushes the weaker mode back and the loss
-    rises. Returns the (closed) agent."""
+    """Under a time budget (0.9) at ~200 steps a second at most, so that the run-level
+    detector's cadence stays `every` = 2 on any machine (its updates may cost 1.35 ms each,
+    ~10 times what they do in this run, before the agent stretches it; a cadence stretched
+    during the run can split a fall into two events, which the tests would read as a
+    defect), learn a rank-2 teacher (σ 4, 1.5) from N(0, 10⁻⁶) weights by full-batch
+    gradient descent: the loss falls off a plateau at each mode (strength at half its
+    target's at steps 87 and 213, seed 0); weight decay 2 from step 500 pushes the weaker
+    mode back and the loss rises. Returns the (closed) agent."""
     import symwatch
 
     model, target = linear_teacher([4.0, 1.5], 1e-3)
@@ -49,9 +49,11 @@ def budgeted_staircase(record: str, steps: int = 700) -> Any:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            # ~400 steps a second at most: the run-level detector's cost share (0.25 of the
-            # 60 % plan of 0.9) then allows 675 µs an update at every 2 (agent.py
-            # RUN_LEVEL_SHARE; symwatch.core.run_level.RunLevelFeed); at 1,000 steps a second,
-            # 135 µs, which a loaded 2-core CI machine exceeded once
-            time.sleep(0.0025)
+            # ~200 steps a second at most: the run-level detector's cost share (0.25 of the
+            # 60 % plan of 0.9) then allows 1.35 ms an update at every 2 (agent.py
+            # RUN_LEVEL_SHARE; symwatch.core.run_level.RunLevelFeed); at 1,000 steps a second
+            # 135 µs, barely above the 110-145 µs measured here (a STATS batch of a few
+            # updates spreads its fixed cost over them; ~26 µs in batches of 25): a loaded
+            # 2-core CI machine went over once
+            time.sleep(0.005)
     return agent
