@@ -5,9 +5,10 @@ are imported only when used."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from symwatch import __version__
 from symwatch.cli.alert import add_alert_parser
@@ -25,8 +26,27 @@ from symwatch.cli.remote import add_ssh_relay_parser
 from symwatch.cli.run import add_run_parser
 
 
+# Run by other commands (`attach ssh://…` runs it on the host), never typed: not offered.
+HIDDEN_COMMANDS = frozenset({"ssh-relay"})
+
+
+class _SymwatchParser(argparse.ArgumentParser):
+    """An unknown COMMAND says the nearest command and the public ones, instead of
+    argparse's list of every choice (the hidden ones too)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            public = [n for n in action.choices if n not in HIDDEN_COMMANDS]
+            near = difflib.get_close_matches(value, public, n=1)
+            hint = f" (did you mean `{near[0]}`?)" if near else ""
+            raise argparse.ArgumentError(
+                action, f"unknown command {value!r}{hint}; the commands: {', '.join(public)} "
+                        "(symwatch --help says what each does)")
+        super()._check_value(action, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _SymwatchParser(
         prog="symwatch", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Watch a live PyTorch training run layer by layer: parameter-symmetry "
                     "indicators (rank, dead and duplicate units, balance, ...) and the "

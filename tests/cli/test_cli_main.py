@@ -71,6 +71,19 @@ def test_usage_errors_return_2_without_traceback(capsys):
     assert "Traceback" not in err and "expected an integer >= 0" in err
 
 
+def test_an_unknown_command_names_the_nearest_and_the_public_ones_only(capsys):
+    """A typo gets the command it was probably meant to be; the list of commands leaves out
+    the hidden one that `attach ssh://…` runs on a host (argparse listed every choice)."""
+    assert main(["atach"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'atach' (did you mean `attach`?)" in err, err
+    assert "replay" in err and "ssh-relay" not in err, err
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" not in err and "the commands: attach, ls" in err, err
+    assert main(["ssh-relay", "--help"]) == 0  # hidden from the list, still there
+
+
 def test_help_works_with_torch_blocked():
     code = TORCH_BLOCKER + textwrap.dedent("""
         from symwatch.cli.main import main
