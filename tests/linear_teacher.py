@@ -52,8 +52,8 @@ def budgeted_staircase(record: str, steps: int = 700) -> Any:
             # ~200 steps a second at most: the run-level detector's cost share (0.25 of the
             # 60 % plan of 0.9) then allows 1.35 ms an update at every 2 (agent.py
             # RUN_LEVEL_SHARE; symwatch.core.run_level.RunLevelFeed); at 1,000 steps a second
-            # 135 µs, barely above the 110-145 µs measured here (a STATS batch of a few
-            # updates spreads its fixed cost over them; ~26 µs in batches of 25): a loaded
-            # 2-core CI machine went over once
+            # 135 µs, barely above the 110-145 µs an update measured in this run, beside the
+            # training thread (~30 µs alone, whatever the batch): a loaded 2-core CI machine
+            # went over once
             time.sleep(0.005)
     return agent
