@@ -119,16 +119,17 @@ class Agent:
         # The keyword arguments are AgentOptions' fields (Agent's signature says so, for help()).
         AgentOptions.check_keywords(options, "Agent.__init__")
         models = _as_model_map(model)
+        optimizers = _as_list(optimizer)  # once: an iterator given would be empty a second time
         self.options = opts = AgentOptions(**options)  # the environment read, values checked
         self._set_up_budget(opts)
         self._set_up_identity(opts)
-        self._set_up_layers(models, optimizer, opts)
+        self._set_up_layers(models, optimizers, opts)
         self._set_up_state(models, opts)
         self._set_up_registry(opts)
         self._set_up_outputs(opts)
         if not self._start_publisher(opts):
             return
-        self._hook_training(_as_list(optimizer), opts)
+        self._hook_training(optimizers, opts)
 
     # -- set-up (each step in the order __init__ takes them) -----------------------------------
 
@@ -167,7 +168,7 @@ class Agent:
         self.samples = 0
         self.error: str | None = None  # why the agent is not publishing, if it is not
 
-    def _set_up_layers(self, models: Mapping[str, nn.Module], optimizer: Any,
+    def _set_up_layers(self, models: Mapping[str, nn.Module], optimizers: list[Any],
                        opts: AgentOptions) -> None:
         """The layers measured (and those skipped), and the indicator engine over them."""
         self.layers, self.skipped = discover(models)
@@ -193,7 +194,7 @@ class Agent:
                                       full_share=FULL_SHARE_OF_BUDGET,
                                       full_every=opts.full_every,
                                       clock=lambda: self._training_s,
-                                      optimizers=_as_list(optimizer))
+                                      optimizers=optimizers)
         if not self._unlimited:  # step 1 takes a cheap slice: no spectra at start-up
             self.engine.scheduler.first = CHEAP
         # Static pairing now; the first forward pass refines it (its hooks then remove
@@ -1145,13 +1146,26 @@ def _replica_measured_on_rank_zero(models: Mapping[str, nn.Module], rank: int) -
     return any(isinstance(m, DistributedDataParallel) for m in models.values())
 
 
+WATCH_USAGE = ("watch(model, optimizer): model is an nn.Module, a dict of them or a list; "
+               "optimizer a torch.optim.Optimizer, a list of them, or None")
+
+
 def _as_model_map(model: Any) -> dict[str, nn.Module]:
+    """{name: module} from what `watch` was given; a TypeError that says what to pass for
+    anything else (a call's arguments swapped: the agent must not start on nonsense)."""
     if isinstance(model, nn.Module):
         return {"": model}
     if isinstance(model, Mapping):
-        return {str(k): v for k, v in model.items()}
-    models = list(model)
-    return {f"model{i}": m for i, m in enumerate(models)}
+        models = {str(k): v for k, v in model.items()}
+    elif isinstance(model, Iterable) and not isinstance(model, (str, bytes)):
+        models = {f"model{i}": m for i, m in enumerate(model)}
+    else:
+        raise TypeError(f"{WATCH_USAGE}; got {type(model).__name__} for model")
+    wrong = {k: type(v).__name__ for k, v in models.items() if not isinstance(v, nn.Module)}
+    if wrong:
+        raise TypeError(f"{WATCH_USAGE}; got " + ", ".join(
+            f"{t} for model {k!r}" for k, t in wrong.items()))
+    return models
 
 
 def _as_list(optimizer: Any) -> list[torch.optim.Optimizer]:
@@ -1159,7 +1173,15 @@ def _as_list(optimizer: Any) -> list[torch.optim.Optimizer]:
         return []
     if isinstance(optimizer, torch.optim.Optimizer):
         return [optimizer]
-    return list(optimizer)
+    if hasattr(optimizer, "param_groups"):  # a wrapper (Lightning's) that is not a subclass
+        return [optimizer]
+    if isinstance(optimizer, nn.Module) or not isinstance(optimizer, Iterable):
+        raise TypeError(f"{WATCH_USAGE}; got {type(optimizer).__name__} for optimizer")
+    optimizers = list(optimizer)
+    wrong = [type(o).__name__ for o in optimizers if not hasattr(o, "param_groups")]
+    if wrong:
+        raise TypeError(f"{WATCH_USAGE}; got {', '.join(wrong)} among the optimizers")
+    return optimizers
 
 
 def _record_path(record: Any, run_id: str, rank: int, shared: bool = False) -> str | None:

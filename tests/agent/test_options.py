@@ -42,6 +42,34 @@ def test_an_unknown_option_is_refused_as_python_would(construct):
     assert str(caught.value) == "Agent.__init__() got an unexpected keyword argument 'evry'"
 
 
+@pytest.mark.parametrize("model, optimizer, named", [
+    (None, "opt", "NoneType for model"),
+    ("opt", "net", "SGD for model"),  # the arguments swapped
+    ({"a": "net", "b": 3}, "opt", "int for model 'b'"),
+    ("net", "net", "Linear for optimizer"),
+    ("net", ["opt", "x"], "str among the optimizers"),
+    ("net", 3, "int for optimizer"),
+])
+def test_a_model_or_optimizer_of_the_wrong_type_says_what_to_pass(model, optimizer, named):
+    """watch(None, opt) and watch(opt, net) said only "'SGD' object is not iterable"."""
+    import torch
+    from torch import nn
+    net = nn.Linear(4, 4)
+    objects = {"net": net, "opt": torch.optim.SGD(net.parameters(), lr=0.1)}
+
+    def real(x):
+        if isinstance(x, dict):
+            return {k: real(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [real(v) for v in x]
+        return objects.get(x, x) if isinstance(x, str) and x in objects else x
+
+    with pytest.raises(TypeError) as caught:
+        watch(real(model), real(optimizer))
+    text = str(caught.value)
+    assert text.startswith("watch(model, optimizer): model is an nn.Module") and named in text, text
+
+
 def test_a_callback_refuses_an_unknown_option_or_the_model():
     with pytest.raises(TypeError, match="unknown option.*evry"):
         CallbackSession({"evry": 5})
