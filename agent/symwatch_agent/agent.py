@@ -75,6 +75,7 @@ FULL_SHARE_OF_BUDGET = 0.25 * PLANNED_SHARE_OF_BUDGET
 # update follows the loss every `every` steps up to ~55 updates a second (every 10 steps at
 # 550 steps a second).
 RUN_LEVEL_SHARE = 0.25
+SKIPPED_NAMED = 6  # the modules not measured named in the start-up notice (META has them all)
 
 # A sliced cheap sample waits until the cheap ledger holds this share of the whole model's
 # expected cheap cost (Agent._least_slice_s), so that a sample's fixed cost is paid for many
@@ -344,6 +345,7 @@ class Agent:
                                                         "severity": "warning"}, 0)
             if self.recorder is not None:
                 self.recorder.start()
+            self._announce_skipped()
         except PublisherError as exc:
             self.endpoint = ""
             self.error = str(exc)
@@ -1088,6 +1090,21 @@ class Agent:
         return None
 
     # -- failures ------------------------------------------------------------------------------
+
+    def _announce_skipped(self) -> None:
+        """The modules that own parameters the agent does not measure, said once at the start
+        as an info event (the events log, `attach --headless`, the recording), not only in
+        META's `skipped`, which no view shows: a custom module's raw nn.Parameter was
+        missing from every view without a word. A DDP replica's layers are measured on rank
+        0: nothing is missing there."""
+        if not self.skipped or self.replica:
+            return
+        shown = ", ".join(self.skipped[:SKIPPED_NAMED])
+        if len(self.skipped) > SKIPPED_NAMED:
+            shown += f" and {len(self.skipped) - SKIPPED_NAMED} more (META `skipped`)"
+        self._publisher.submit(protocol.EVENT, {
+            "message": f"not measured: {shown} (docs/metrics.md lists what is)",
+            "severity": "info"}, 0)
 
     def _report(self, what: str, problem: BaseException | str) -> None:
         """Report a failure once (stderr and the stream); later ones of the same kind are

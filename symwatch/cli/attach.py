@@ -46,7 +46,8 @@ def add_attach_parser(subs: Any) -> None:
                         help="tcp://HOST:PORT, ipc://PATH, ssh://[USER@]HOST[:PORT][/RUN] "
                              "(docs/remote.md), or a run id / run name")
     attach.add_argument("--headless", action="store_true",
-                        help="no UI: print a compact summary about once a second")
+                        help="no UI: print a compact summary about once a second, and each "
+                             "event as it comes")
     attach.add_argument("--ssh-host", action="append", default=[], metavar="ssh://HOST",
                         help="also list this host's runs in the Runs screen (repeatable; "
                              "hosts added in the screen are remembered)")
@@ -91,7 +92,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
         return attach_runs_screen(args, theme, curve_client(args))
     curve = curve_client(args)
     if args.headless:
-        from symwatch.consumers.summary import follow  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
+        from symwatch.consumers.summary import PrintEvents, follow  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
 
         try:
             feed = open_endpoint(endpoint, curve=curve)
@@ -104,7 +105,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
             + "; `[waiting]` until its first message (start a run with `symwatch demo`, or "
               "call symwatch.watch(model, optimizer) in your training script); Ctrl-C stops")
         with feed:
-            follow(feed, sys.stdout, name=name or endpoint)
+            follow(PrintEvents(feed, sys.stdout), sys.stdout, name=name or endpoint)
         return 0
     title = args.title or f"symwatch — {name or endpoint}"
     if args.web:

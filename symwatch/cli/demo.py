@@ -114,29 +114,10 @@ def _wait_first_message(feed: BackgroundFeed, demo: DemoProcess, timeout_s: floa
     return False
 
 
-class _PrintEvents:
-    """The feed, printing each transition event as it passes (the summary alone, printed once
-    a second, would show the indicators but never say what happened)."""
-
-    def __init__(self, source: Any, out: Any) -> None:
-        self._source, self._out = source, out
-
-    def __getattr__(self, name: str) -> Any:  # endpoint, garbage, last_error, close
-        return getattr(self._source, name)
-
-    def poll(self, timeout_ms: int = 0) -> list[Any]:
-        messages = self._source.poll(timeout_ms)
-        for m in messages:
-            if m.kind == protocol.EVENT and m.payload.get("severity") == "transition":
-                self._out.write(f"event step {m.step}: {m.payload.get('message', '')}\n")
-                self._out.flush()
-        return messages
-
-
 def _demo_headless(feed: BackgroundFeed, demo: DemoProcess, name: str) -> int:
-    from symwatch.consumers.summary import follow  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
+    from symwatch.consumers.summary import PrintEvents, follow  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
 
-    state = follow(_PrintEvents(feed, sys.stdout), sys.stdout,
+    state = follow(PrintEvents(feed, sys.stdout), sys.stdout,
                    should_stop=lambda: demo.poll() is not None, name=name)
     rc = demo.wait(EXIT_TIMEOUT_S)
     if rc is None:

@@ -309,14 +309,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _replay_headless(source: Any, interval: float = 1.0) -> int:
     """Like `attach --headless`, on the replay's clock: the summary about once a second of
-    wall time, and once more at the end (a run recorded without a goodbye ends stale)."""
-    from symwatch.consumers.summary import summary_lines  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
+    wall time, each event as it passes, and the summary once more at the end (a run recorded
+    without a goodbye ends stale)."""
+    from symwatch.consumers.summary import PrintEvents, summary_lines  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
     from symwatch.state.run_state import DEFAULT_STALE_AFTER, RunState  # noqa: PLC0415 (lazy: only the commands that follow a run fold its state; keeps start-up fast)
 
     state = RunState()
+    events = PrintEvents(source, sys.stdout)
     next_print = time.monotonic() + interval
     while not source.exhausted:
-        batch = source.poll(100)
+        batch = events.poll(100)
         state.fold_all(batch, source.now())
         state.garbage = source.garbage
         if time.monotonic() >= next_print:

@@ -87,10 +87,10 @@ def attach_remote(args: argparse.Namespace, theme: str | None, curve: Any) -> in
     except SourceError as exc:
         raise UserError(str(exc)) from None
     if args.headless:
-        from symwatch.consumers.summary import follow  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
+        from symwatch.consumers.summary import PrintEvents, follow  # noqa: PLC0415 (lazy: only --headless prints the summary; keeps start-up fast)
 
         with feed:
-            follow(feed, sys.stdout, name=name)
+            follow(PrintEvents(feed, sys.stdout), sys.stdout, name=name)
         return 0
     from symwatch.tui.app import SymwatchApp  # noqa: PLC0415 (lazy: Textual, only when the UI opens)
 

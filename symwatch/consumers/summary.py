@@ -1,10 +1,12 @@
-"""Headless view: a compact text summary of a RunState, printed about once a second."""
+"""Headless view: a compact text summary of a RunState, printed about once a second, and each
+event as it passes."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
+from symwatch.core import protocol
 from symwatch.state import numbers
 from symwatch.sources.base import MessageSource
 from symwatch.state.optimizer import settings_text
@@ -41,6 +43,30 @@ def summary_lines(state: RunState, now: float | None = None, *, max_layers: int 
     if len(layers) > max_layers:
         lines.append(f"  … {len(layers) - max_layers} more layers")
     return lines
+
+
+class PrintEvents:
+    """The feed, printing each event as it passes (the summary alone, printed once a second,
+    would show the indicators but never say what happened): a transition as `event step N:
+    …`, the agent's notices (a module it does not measure, an indicator switched off) under
+    their severity."""
+
+    def __init__(self, source: MessageSource, out: TextIO) -> None:
+        self._source, self._out = source, out
+
+    def __getattr__(self, name: str) -> Any:  # endpoint, garbage, last_error, close
+        return getattr(self._source, name)
+
+    def poll(self, timeout_ms: int = 0) -> list[Any]:
+        messages = self._source.poll(timeout_ms)
+        for m in messages:
+            if m.kind != protocol.EVENT:
+                continue
+            severity = m.payload.get("severity")
+            label = "event" if severity == "transition" else str(severity or "event")
+            self._out.write(f"{label} step {m.step}: {m.payload.get('message', '')}\n")
+            self._out.flush()
+        return messages
 
 
 def follow(source: MessageSource, out: TextIO, *, interval: float = 1.0,

@@ -43,7 +43,7 @@ from symwatch.tui.history_view import HistoryWindow
 from symwatch.tui.heap import LongLivedHistory
 from symwatch.tui.widgets.layer_table import LayerTable
 from symwatch.tui.main_layout import MainHeights, main_heights
-from symwatch.tui.widgets.panels import EventsLog, GpuLine, LossPanel
+from symwatch.tui.widgets.panels import EventsLog, GpuLine, LossPanel, events_log_lines
 from symwatch.tui.pacing import INPUT_FIRST_S, FramePacer
 from symwatch.tui.screens.runs import RunsConfig, RunsScreen, open_runs_screen
 from symwatch.tui.widgets.ranks_panel import RanksLine, RanksScreen
@@ -425,7 +425,7 @@ class SymwatchApp(App[None]):
             need += table.scrollbar_size_horizontal
         # the loss panel's first line is its text; the rest is the chart's
         heights = main_heights(self.size.height, main.size.height - fixed - 1, need,
-                               len(self.state.events))
+                               events_log_lines(self.state))
         if heights == self._heights:
             return
         self._heights = heights

@@ -232,6 +232,11 @@ def test_unknown_layer_types_are_listed_as_skipped_not_fatal(collector):
         opt.step()
     meta = sub.wait_for(lambda m: m.kind == protocol.META)
     assert meta.payload["skipped"] == ["2 (Odd)"]  # LayerNorm's gain is measured
+    # and said where people look (the events log, headless, the recording), once, at start
+    notice = sub.wait_for(lambda m: m.kind == protocol.EVENT
+                          and m.payload["message"].startswith("not measured"))
+    assert notice.payload == {"message": "not measured: 2 (Odd) (docs/metrics.md lists what is)",
+                              "severity": "info"} and notice.step == 0, notice
     metrics = sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 2)
     assert set(metrics.payload["values"]) == {"0", "1", "3"}  # the Conv1d is read as (3, 1·2)
     assert metrics.payload["values"]["1"]["weight_norm"] == pytest.approx(

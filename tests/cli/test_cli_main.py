@@ -212,6 +212,10 @@ def test_attach_headless_by_run_name_follows_until_goodbye(fake_agent, capsys):
         while thread.is_alive() and time.monotonic() < deadline:
             agent.send(protocol.METRICS, 5, values={"fc1": {"numerical_rank": 3,
                                                             "stable_rank": 2.5}})
+            agent.send(protocol.EVENT, 0, message="not measured: net.raw (Raw)",
+                       severity="info")
+            agent.send(protocol.EVENT, 4, message="a mode learned: fc1 modes 2 → 3 at step 4",
+                       severity="transition", layer="fc1", metric="modes", before=2, after=3)
             agent.send(protocol.GOODBYE, 5, reason="finished", exit_code=0)
             thread.join(0.1)
     finally:
@@ -219,6 +223,9 @@ def test_attach_headless_by_run_name_follows_until_goodbye(fake_agent, capsys):
     assert result == [0]
     captured = capsys.readouterr()
     assert "[finished] fake-run step 5" in captured.out and "numerical_rank       3" in captured.out
+    # each event as it comes, not only the summary (it said nothing of what happened)
+    assert "event step 4: a mode learned: fc1 modes 2 → 3 at step 4\n" in captured.out
+    assert "info step 0: not measured: net.raw (Raw)\n" in captured.out
     # what it follows is said once up front (a new user saw only `[waiting]` lines)
     assert captured.err.startswith(f"symwatch attach: following fake-run ({agent.endpoint})")
 

@@ -398,6 +398,8 @@ def test_replay_headless_prints_the_recorded_run(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "[finished] rec-run step 40" in result.stdout
     assert "fc1" in result.stdout and "numerical_rank       4" in result.stdout
+    # each event as it passes, as `attach --headless` prints it
+    assert "event step 20: fc1: numerical rank 1 → 2 at step 20\n" in result.stdout
 
 
 def test_replay_headless_of_a_run_without_goodbye_ends_stale(tmp_path):

@@ -228,31 +228,13 @@ def _samples_a_layer(state: RunState) -> int | None:
 
 
 def events_text(state: RunState, lines: int, width: int = 0) -> Text:
-    """The last `lines` events, one line each, cut at a word to `width` (0: not cut)."""
+    """The last `lines` events, one line each, cut at a word to `width` (0: not cut); while
+    no transition has been flagged, its last line says why (the agent's notices, such as
+    the modules it does not measure, do not hide that)."""
     text = Text(no_wrap=True, overflow="ellipsis")
-    recent = list(state.events)[-lines:] if lines > 0 else []
-    typical = _samples_a_layer(state) if not recent else None
-    if not recent and state.finished:
-        # nothing more will come: "yet" and the warm-up's promise would read as if it might
-        text.append(" no events in this run", "dim")
-        if typical is not None and typical < WARMUP_SAMPLES:
-            text.append(f" (it ended at ~{typical} sample{'' if typical == 1 else 's'} a layer, "
-                        f"before the detector's ~{WARMUP_SAMPLES}-sample warm-up)", "dim")
-        return text
-    if not recent:
-        text.append(" no events yet", "dim")
-        # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
-        # can leave a run's layers below the detector's warm-up for thousands of steps.
-        if typical is not None and typical < WARMUP_SAMPLES:
-            plural = "" if typical == 1 else "s"
-            text.append(f": ~{typical} sample{plural} a layer so far; jumps are flagged from a "
-                        f"series' ~{WARMUP_SAMPLES}th sample", "dim")
-            # under a budget the loss has its own cadence (STATS `run_level_every`), not the
-            # layers' samples: its warm-up is counted in its own steps
-            stride = (state.sampling or {}).get("run_level_every")
-            if isinstance(stride, int) and not isinstance(stride, bool) and stride > 0:
-                text.append(f" (the loss's from step ~{WARMUP_SAMPLES * stride:,})", "dim")
-        return text
+    why = None if _flagged(state) else _why_no_events(state)
+    shown = max(0, lines - 1) if why is not None and lines > 0 else lines
+    recent = list(state.events)[-shown:] if shown > 0 else []
     for i, ev in enumerate(recent):
         if i:
             text.append("\n")
@@ -270,6 +252,46 @@ def events_text(state: RunState, lines: int, width: int = 0) -> Text:
             line.append("  ")
         line.append(parts.text, "dim" if parts.change else "")
         text.append_text(cut_at_word(line, width))
+    if why is not None:
+        if recent:
+            text.append("\n")
+        text.append_text(cut_at_word(why, width))
+    return text
+
+
+def events_log_lines(state: RunState) -> int:
+    """The lines the events log has to show: each event, and while no transition has been
+    flagged, the line that says why."""
+    return len(state.events) + (0 if _flagged(state) else 1)
+
+
+def _flagged(state: RunState) -> bool:
+    return any(ev.severity == "transition" for ev in state.events)
+
+
+def _why_no_events(state: RunState) -> Text:
+    """ "no events yet", and why: the layers' samples still inside the detector's warm-up."""
+    text = Text()
+    typical = _samples_a_layer(state)
+    if state.finished:
+        # nothing more will come: "yet" and the warm-up's promise would read as if it might
+        text.append(" no events in this run", "dim")
+        if typical is not None and typical < WARMUP_SAMPLES:
+            text.append(f" (it ended at ~{typical} sample{'' if typical == 1 else 's'} a layer, "
+                        f"before the detector's ~{WARMUP_SAMPLES}-sample warm-up)", "dim")
+        return text
+    text.append(" no events yet", "dim")
+    # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
+    # can leave a run's layers below the detector's warm-up for thousands of steps.
+    if typical is not None and typical < WARMUP_SAMPLES:
+        plural = "" if typical == 1 else "s"
+        text.append(f": ~{typical} sample{plural} a layer so far; jumps are flagged from a "
+                    f"series' ~{WARMUP_SAMPLES}th sample", "dim")
+        # under a budget the loss has its own cadence (STATS `run_level_every`), not the
+        # layers' samples: its warm-up is counted in its own steps
+        stride = (state.sampling or {}).get("run_level_every")
+        if isinstance(stride, int) and not isinstance(stride, bool) and stride > 0:
+            text.append(f" (the loss's from step ~{WARMUP_SAMPLES * stride:,})", "dim")
     return text
 
 
