@@ -340,3 +340,42 @@ def read_recording(path: str) -> Any:
         return RecordingReader(path)
     except RecordingError as exc:
         raise UserError(str(exc), code=1) from None
+
+
+def write_output(path: str | None, write: Callable[[Any], None], newline: str | None = None
+                 ) -> None:
+    """Run `write(file)` on `path` (None: standard output) so that a failure (a full disk,
+    a file size limit) is a UserError that says so and loses nothing: a regular file is
+    written beside itself and renamed over the old one only once complete (a failed export
+    or report left a truncated file where the previous good one was); a device or a pipe
+    named as the path is written in place."""
+    if path is None:
+        try:
+            write(sys.stdout)
+            sys.stdout.flush()
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            raise UserError(f"cannot write to standard output: {exc}", code=1) from None
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise UserError(f"cannot write {path}: it is a directory; name a file", code=1)
+        try:
+            with open(path, "w", encoding="utf-8", newline=newline) as out:
+                write(out)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc}", code=1) from None
+        return
+    tmp = f"{path}.part-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as out:
+            write(out)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        kept = " (the file there was left as it was)" if os.path.exists(path) else ""
+        raise UserError(f"cannot write {path}: {exc}{kept}", code=1) from None

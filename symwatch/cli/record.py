@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from symwatch.cli.common import (NO_RUNS, UserError, add_security_arguments, add_ssh_arguments,
                                  curve_client, err, positive_float, read_recording,
-                                 resolve_target, several_runs, subparser)
+                                 resolve_target, several_runs, subparser, write_output)
 from symwatch.cli.remote import open_remote
 from symwatch.core import runtime
 from symwatch.transport.ssh import is_ssh_target
@@ -267,23 +267,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from symwatch.consumers.export import records, write_csv, write_jsonl  # noqa: PLC0415 (lazy: only `symwatch export` writes records; keeps start-up fast)
 
     reader = read_recording(args.path)
-    out = sys.stdout
-    if args.output is not None:
-        try:
-            out = open(args.output, "w", encoding="utf-8", newline="")
-        except OSError as exc:
-            reader.close()
-            raise UserError(f"cannot write {args.output}: {exc}", code=1) from None
-    try:
+
+    def write(out: Any) -> None:
         recs = records(reader, args.kind)
         if args.format == "jsonl":
             write_jsonl(recs, out)
         else:
             write_csv(recs, out, args.kind)
-        out.flush()
+
+    try:
+        write_output(args.output, write, newline="")
     finally:
-        if out is not sys.stdout:
-            out.close()
         reader.close()
     if reader.garbage:
         err(f"symwatch export: skipped {reader.garbage} unreadable rows "
@@ -339,10 +333,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         page = build_report(reader, source=args.path)
     finally:
         reader.close()
-    try:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(page)
-    except OSError as exc:
-        raise UserError(f"cannot write {args.output}: {exc}", code=1) from None
+    write_output(args.output, lambda out: out.write(page))
     print(f"wrote {args.output} ({len(page) // 1024:,} KiB)", file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from pathlib import Path
 
 from symwatch.core import protocol
 from symwatch.core.recording import Downsample, Recorder, RecordingError, RecordingReader
@@ -389,6 +390,38 @@ def test_export_csv_to_a_file(tmp_path):
     assert header[-1] == "label"  # added after the GPU clocks: new fields come last
     bad = symwatch("export", str(tmp_path / "missing.db"), "--format", "csv")
     assert bad.returncode == 1 and "no such recording" in bad.stderr
+
+
+def _file_size_limit(limit: int):
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("command", [("export", "--format", "jsonl"), ("report",)])
+def test_an_output_that_cannot_be_written_is_a_clear_error_and_keeps_the_old_file(tmp_path,
+                                                                                  command):
+    """A full disk (here a file size limit; /dev/full) is an error that says so, with no
+    traceback, and the previous good file is left whole (a failed export or report left a
+    truncated one, half an SVG, where it was)."""
+    path = tmp_path / "run.db"
+    # a report longer than the 32 KiB SQLite's reader needs under the same limit (its -shm)
+    make_recording(path, 3000 if command[0] == "report" else 400)
+    out = tmp_path / "out"
+    first = symwatch(*command, str(path), "-o", str(out))
+    assert first.returncode == 0, first.stderr
+    good = out.read_bytes()
+    limited = symwatch(*command, str(path), "-o", str(out),
+                       preexec_fn=_file_size_limit(len(good) - 1))
+    assert limited.returncode == 1 and "Traceback" not in limited.stderr, limited.stderr
+    assert f"cannot write {out}: [Errno 27] File too large (the file there was left as it " \
+           "was)" in limited.stderr, limited.stderr
+    assert out.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == [
+        "out", "run.db"]  # no partial file beside it either
+    if Path("/dev/full").exists():
+        full = symwatch(*command, str(path), "-o", "/dev/full")
+        assert full.returncode == 1 and "cannot write /dev/full: [Errno 28]" in full.stderr, \
+            full.stderr
 
 
 def test_replay_headless_prints_the_recorded_run(tmp_path):
