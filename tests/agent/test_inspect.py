@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -67,6 +68,41 @@ def test_a_file_that_is_no_model_says_so_without_advising_trust(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "symwatch_agent.entry.inspect",
                               str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=120)
     assert missing.stderr.startswith("symwatch inspect: ") and "no such file" in missing.stderr
+
+
+def _refused(path) -> str:
+    out = subprocess.run([sys.executable, "-m", "symwatch_agent.entry.inspect", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"symwatch inspect: {path}: "), out.stderr
+    return out.stderr
+
+
+def test_what_is_not_a_model_file_is_named_and_a_checkpoints_weights_are_found(tmp_path):
+    """A new user's pass: a recording (SQLite) was told to pass --trust; a truncated or
+    foreign .safetensors, or a directory, printed a traceback; a checkpoint that keeps its
+    weights under "model" read as "no measurable layers found", exit 0."""
+    from symwatch.core.recording import Recorder
+
+    with Recorder(tmp_path / "run.db"):
+        pass
+    assert "an SQLite database, not a model file" in _refused(tmp_path / "run.db")
+    (tmp_path / "d.safetensors").mkdir()
+    assert "is a directory" in _refused(tmp_path / "d.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 300)
+    reading = ("not a readable .safetensors file" if importlib.util.find_spec("safetensors")
+               else "needs the safetensors package")
+    assert reading in _refused(tmp_path / "bad.safetensors")
+    torch.save({"epoch": 3, "note": "x"}, tmp_path / "empty.pt")
+    assert "no tensors in it or one level down (keys: 'epoch', 'note')" in _refused(
+        tmp_path / "empty.pt")
+    torch.save({"model": _model().state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+    out = subprocess.run([sys.executable, "-m", "symwatch_agent.entry.inspect",
+                          str(tmp_path / "ckpt.pt"), "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "reading the state_dict under 'model'" in out.stderr
+    got = {row["name"]: row["values"] for row in json.loads(out.stdout)["layers"]}
+    assert got["0"]["dead_fraction"] == pytest.approx(2 / 16)
 
 
 def test_safetensors_files_are_read_when_the_package_is_there(tmp_path):

@@ -63,14 +63,35 @@ class StateDict(nn.Module):
     """Stands in for the module of a state_dict entry (only its type name is shown)."""
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# where checkpoints keep their weights (Lightning's `state_dict`, a training loop's `model`)
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "network", "weights")
+
+
 def load(path: str, trust: bool = False) -> nn.Module | dict[str, torch.Tensor]:
+    if os.path.isdir(path):
+        raise SystemExit(f"{PREFIX}{path}: is a directory; name the model file inside it")
+    if not os.path.exists(path):
+        raise SystemExit(f"{PREFIX}{path}: no such file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise SystemExit(f"{PREFIX}{path}: cannot read: {exc}") from None
+    if head == SQLITE_MAGIC:
+        raise SystemExit(f"{PREFIX}{path}: an SQLite database, not a model file (a symwatch "
+                         "recording is read by `symwatch replay`, `report` or `export`)")
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file  # noqa: PLC0415 (lazy: optional package)
         except ImportError:
             raise SystemExit(f"{PREFIX}{path}: reading .safetensors needs the safetensors package "
                              "(pip install safetensors)") from None
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:  # safetensors' own error type: a truncated or foreign file
+            raise SystemExit(f"{PREFIX}{path}: not a readable .safetensors file "
+                             f"({type(exc).__name__}: {_first_line(exc)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except FileNotFoundError:
@@ -84,13 +105,32 @@ def load(path: str, trust: bool = False) -> nn.Module | dict[str, torch.Tensor]:
                              "runs its code)") from None
         raise SystemExit(f"{PREFIX}{path}: not a file torch.save wrote, nor .safetensors "
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]  # a checkpoint with the weights inside
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, dict):
-        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        return _tensors_of(path, obj)
     raise SystemExit(f"{PREFIX}{path}: expected a state_dict or an nn.Module, got {type(obj).__name__}")
+
+
+def _tensors_of(path: str, obj: dict[Any, Any]) -> dict[str, torch.Tensor]:
+    """The state_dict in a loaded dict: the dict itself, or a checkpoint's weights under one
+    of its keys (`{"model": state_dict, "epoch": 3}`: said on stderr, which key); a dict with
+    no tensors anywhere is an error that lists its keys (it read as "no measurable layers",
+    exit 0)."""
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        return tensors
+    nested = [(k, v) for k, v in obj.items() if isinstance(v, dict)
+              and any(isinstance(t, torch.Tensor) for t in v.values())]
+    if nested:
+        nested.sort(key=lambda kv: (kv[0] not in NESTED_KEYS,
+                                    -sum(isinstance(t, torch.Tensor) for t in kv[1].values())))
+        key, inner = nested[0]
+        print(f"{PREFIX}{path}: reading the state_dict under {key!r}", file=sys.stderr)
+        return {str(k): v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+    keys = ", ".join(repr(k) for k in list(obj)[:8]) + (", …" if len(obj) > 8 else "")
+    raise SystemExit(f"{PREFIX}{path}: a dict with no tensors in it or one level down "
+                     f"(keys: {keys or 'none'}); save the model's state_dict()")
 
 
 def layers_of_state_dict(state: dict[str, torch.Tensor]) -> tuple[list[Layer], list[str]]:
