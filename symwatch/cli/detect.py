@@ -50,8 +50,15 @@ def add_detect_parser(subs: Any) -> None:
 def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector, *,
              layers: list[str] | None = None,
              metrics: list[str] | None = None) -> list[Transition]:
-    """Feed the recorded METRICS samples (with the loss of the latest STATS at or before each)
-    to `detector`, in order; returns every transition, the last group flushed.
+    """Feed the recorded METRICS samples, each with the loss and the logged scalars the live
+    agent read at that sample, to `detector`, in order; returns every transition, each run's
+    last group flushed.
+
+    What the agent read at the sample of step s is each series' latest value logged before
+    that step ended: in STATS `per_step`, the value at the largest step below s (a loss
+    logged before `optimizer.step()` is keyed one step earlier than the step it ends). That
+    STATS comes after the sample in the recording, so the samples wait for it. An older
+    recording (no `per_step`) gives each sample the latest STATS' loss and scalars.
 
     A run sampled under a time budget by an agent with the run-level detector (its STATS
     `sampling` has `run_level_every`) had its run-level series (the loss, logged scalars)
@@ -62,51 +69,138 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
     exogenous labels (the optimizer's settings and marks) and divergences (a non-finite value
     is null on the wire); the open groups are flushed at the end, as the live run's agent does
     when it closes.
-    An older recording (no `run_level_every`) is replayed with one detector, as it ran."""
-    def wanted(name: str, globs: list[str] | None) -> bool:
-        return globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs)
-
-    def wanted_metric(name: str) -> bool:  # by default what the agent detects on, as it does
-        return wanted(name, metrics) if metrics is not None else detected(name)
-
-    found: list[Transition] = []
-    loss: float | None = None
-    scalars: dict[str, Any] = {}
-    feed: RunLevelFeed | None = None
-    one_event = OneEventPerChange()  # as the agent publishes a budgeted run's events
+    A file that holds several runs (appended recordings; an agent restarted) is replayed run
+    by run: each run (id and restart) starts fresh detectors, as its agent did."""
+    replay = _Replay(detector, layers, metrics)
     for message in messages:
+        replay.message(message)
+    return replay.finish()
+
+
+class _Replay:
+    """redetect's state: one run's detectors, and the samples waiting for their loss."""
+
+    def __init__(self, detector: TransitionDetector, layers: list[str] | None,
+                 metrics: list[str] | None) -> None:
+        self.found: list[Transition] = []
+        self._layers, self._metrics = layers, metrics
+        self._threshold = detector.fixed_threshold
+        self._run: tuple[str, int] | None = None
+        self._start(detector)
+
+    def _start(self, detector: TransitionDetector) -> None:
+        self.detector = detector
+        self.feed: RunLevelFeed | None = None
+        self.one_event = OneEventPerChange()  # as the agent publishes a budgeted run's events
+        self.loss: float | None = None  # the latest value read (per_step, or STATS)
+        self.scalars: dict[str, Any] = {}
+        self.waiting: list[protocol.Message] = []  # samples before the STATS with their loss
+        self.per_step_seen = False
+
+    def message(self, message: protocol.Message) -> None:
+        run = (message.run, message.restart)
+        if self._run is not None and run != self._run:
+            self.finish_run()
+            self._start(TransitionDetector(self._threshold))
+        self._run = run
         if message.kind == protocol.STATS:
-            loss = message.payload.get("loss", loss)
-            # every scalar passed to `log` (each model's loss) is detected on, as the agent does
-            scalars.update({k: v for k, v in (message.payload.get("scalars") or {}).items()
-                            if detected_scalar(k) and k != "loss"})
-            sampling = message.payload.get("sampling") or {}
-            if feed is None and _budgeted(sampling) and "run_level_every" in sampling:
-                detector.run_level_triggers = False
-                feed = RunLevelFeed(TransitionDetector(detector.fixed_threshold,
-                                                       layers_from=detector),
-                                    int(sampling["every"]))
-            per_step = message.payload.get("per_step")
-            if feed is not None and per_step:
-                feed.detector.recalibrate(len(detector.series))
-                stride = sampling.get("run_level_every")  # the live run's cadence
-                found += [t for t in feed.feed(
-                    {name: (entry.get("steps") or [], entry.get("values") or [])
-                     for name, entry in per_step.items()},
-                    stride=stride if isinstance(stride, int) else None)
-                    if one_event.admit(t, "run_level")]
+            self._stats(message)
         elif message.kind == protocol.METRICS:
-            values = {layer: {m: v for m, v in row.items() if wanted_metric(m)}
-                      for layer, row in message.payload["values"].items()
-                      if wanted(layer, layers)}
-            found += [t for t in detector.update_metrics(message.step, values, loss=loss,
-                                                         time=message.time, scalars=scalars)
-                      if feed is None or one_event.admit(t, "samples")]
-    if feed is None:
-        return found + detector.flush()
-    # as the agent does at close (TransitionWatch.flush)
-    return found + [t for t in detector.flush() if one_event.admit(t, "samples")] + \
-        [t for t in feed.detector.flush() if one_event.admit(t, "run_level")]
+            if self.per_step_seen:
+                self.waiting.append(message)
+            else:  # until a per_step says otherwise: the latest STATS' values, at once
+                self._sample(message)
+
+    def _stats(self, message: protocol.Message) -> None:
+        payload = message.payload
+        per_step = payload.get("per_step")
+        if per_step:
+            self.per_step_seen = True
+            self._release(per_step, message.step)
+        else:
+            self._release({}, message.step)
+            self.loss = payload.get("loss", self.loss)
+            # every scalar passed to `log` (each model's loss) is detected on, as the agent does
+            self.scalars.update({k: v for k, v in (payload.get("scalars") or {}).items()
+                                 if detected_scalar(k) and k != "loss"})
+        sampling = payload.get("sampling") or {}
+        if self.feed is None and _budgeted(sampling) and "run_level_every" in sampling:
+            self.detector.run_level_triggers = False
+            self.feed = RunLevelFeed(TransitionDetector(self.detector.fixed_threshold,
+                                                        layers_from=self.detector),
+                                     int(sampling["every"]))
+        if self.feed is not None and per_step:
+            self.feed.detector.recalibrate(len(self.detector.series))
+            stride = sampling.get("run_level_every")  # the live run's cadence
+            self.found += [t for t in self.feed.feed(
+                {name: (entry.get("steps") or [], entry.get("values") or [])
+                 for name, entry in per_step.items()},
+                stride=stride if isinstance(stride, int) else None)
+                if self.one_event.admit(t, "run_level")]
+
+    def _release(self, per_step: dict[str, Any], upto: int) -> None:
+        """The samples of steps up to `upto` (a STATS' step: its `per_step` holds every value
+        logged before), each fed the latest values logged below its step."""
+        series = [(name, entry.get("steps") or [], entry.get("values") or [])
+                  for name, entry in per_step.items()
+                  if name == "loss" or detected_scalar(name)]
+        at = {name: 0 for name, _, _ in series}
+        ready = [m for m in self.waiting if m.step <= upto]
+        self.waiting = [m for m in self.waiting if m.step > upto]
+
+        def read_below(step: int) -> None:
+            for name, steps, values in series:
+                i = at[name]
+                while i < len(steps) and i < len(values) and steps[i] < step:
+                    self._read(name, values[i])
+                    i += 1
+                at[name] = i
+
+        for sample in ready:
+            read_below(sample.step)
+            self._sample(sample)
+        read_below(2 ** 62)  # the rest: the latest values for the samples that follow
+
+    def _read(self, name: str, value: Any) -> None:
+        if value is None:  # not logged at that step, or non-finite on the wire
+            return
+        if name == "loss":
+            self.loss = value
+        else:
+            self.scalars[name] = value
+
+    def _sample(self, message: protocol.Message) -> None:
+        values = {layer: {m: v for m, v in row.items() if self._wanted_metric(m)}
+                  for layer, row in message.payload["values"].items()
+                  if _wanted(layer, self._layers)}
+        self.found += [t for t in self.detector.update_metrics(
+            message.step, values, loss=self.loss, time=message.time, scalars=self.scalars)
+            if self.feed is None or self.one_event.admit(t, "samples")]
+
+    def _wanted_metric(self, name: str) -> bool:  # by default what the agent detects on
+        return _wanted(name, self._metrics) if self._metrics is not None else detected(name)
+
+    def finish_run(self) -> None:
+        """The run ended (the file, or the next run in it): its waiting samples with the
+        values last read, then its open groups, as the agent flushes them when it closes
+        (TransitionWatch.flush)."""
+        for sample in self.waiting:
+            self._sample(sample)
+        self.waiting = []
+        if self.feed is None:
+            self.found += self.detector.flush()
+            return
+        self.found += [t for t in self.detector.flush() if self.one_event.admit(t, "samples")]
+        self.found += [t for t in self.feed.detector.flush()
+                       if self.one_event.admit(t, "run_level")]
+
+    def finish(self) -> list[Transition]:
+        self.finish_run()
+        return self.found
+
+
+def _wanted(name: str, globs: list[str] | None) -> bool:
+    return globs is None or any(fnmatch.fnmatchcase(name, g) for g in globs)
 
 
 def _budgeted(sampling: dict[str, Any]) -> bool:

@@ -40,6 +40,48 @@ def test_the_recorded_staircase_is_found_again(recording):
                          for onset, before, after in steps), steps
 
 
+def _live_events(path: str) -> list[tuple[int, str | None]]:
+    from symwatch.core import protocol
+    from symwatch.core.recording import RecordingReader
+
+    with RecordingReader(path) as reader:
+        return [(m.step, m.payload.get("layer")) for m in reader if m.kind == protocol.EVENT
+                and m.payload.get("severity") == "transition"]
+
+
+def test_the_loss_events_are_found_at_the_steps_the_live_run_found_them(recording):
+    """A sample reads the loss logged before its step ended (the demo logs it before
+    `optimizer.step()`, keyed a step earlier); the replay fed each sample the latest STATS'
+    loss instead, one step late, and found every loss event a step after the live run."""
+    live = [step for step, layer in _live_events(recording) if layer is None]
+    result = _detect(recording, "--json")
+    assert result.returncode == 0, result.stderr
+    again = [e["step"] for e in map(json.loads, result.stdout.splitlines()) if e["layer"] is None]
+    assert len(live) >= 3 and again == live, (again, live)
+
+
+def test_a_file_of_two_runs_is_replayed_run_by_run(recording, tmp_path):
+    """Runs appended to one recording (`record -o` onto a file, an agent restarted): each
+    starts fresh detectors, as its agent did. Fed as one run, the second run's start read as
+    the first one's modes lost (a mode lost ... at step 1, the weights −100 %)."""
+    from symwatch.core import protocol
+    from symwatch.core.recording import Recorder, RecordingReader
+
+    both = str(tmp_path / "two.db")
+    with RecordingReader(recording) as reader:
+        messages = list(reader)
+    with Recorder(both) as out:
+        for run in ("first", "second"):
+            for m in messages:
+                out.submit_message(protocol.Message(m.kind, run, m.rank, m.restart, m.seq,
+                                                    m.time, m.step, m.payload))
+    one, two = _detect(recording, "--json"), _detect(both, "--json")
+    assert one.returncode == two.returncode == 0, two.stderr
+    once = [(e["step"], e["message"]) for e in map(json.loads, one.stdout.splitlines())]
+    assert once and [(e["step"], e["message"]) for e in map(json.loads,
+                                                             two.stdout.splitlines())] == once * 2
+
+
 def test_a_higher_threshold_finds_fewer_transitions(recording):
     default = _detect(recording)
     strict = _detect(recording, "--threshold", "40")
