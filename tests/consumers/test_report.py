@@ -116,7 +116,8 @@ def test_export_has_the_clock_and_throttle_columns():
     out = io.StringIO()
     write_csv(recs, out, "gpu")
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
-    assert list(rows[0])[-4:] == ["power_limit", "sm_clock_mhz", "sm_clock_max_mhz", "throttle"]
+    assert list(rows[0])[-6:] == ["power_limit", "sm_clock_mhz", "sm_clock_max_mhz", "throttle",
+                                  "run", "restart"]
     assert rows[2]["throttle"] == "power cap, sw thermal" and rows[1]["sm_clock_mhz"] == ""
 
 

@@ -349,7 +349,9 @@ def test_export_jsonl_records(tmp_path):
     recs = [json.loads(line) for line in result.stdout.splitlines()]
     metric = next(r for r in recs if r["kind"] == "metric" and r["layer"] == "fc2"
                   and r["metric"] == "numerical_rank")
-    assert list(metric) == ["kind", "time", "rank", "step", "layer", "metric", "value", "label"]
+    assert list(metric) == ["kind", "time", "rank", "step", "layer", "metric", "value", "label",
+                            "run", "restart"]
+    assert metric["run"] == "rec0000run01" and metric["restart"] == 0
     assert metric["value"] is None  # N/A stays null, never 0
     assert metric["label"] == "numerical rank"  # as the screen names it (core/names.py)
     loss = [r for r in recs if r["kind"] == "metric" and r["metric"] == "loss"]
@@ -359,13 +361,14 @@ def test_export_jsonl_records(tmp_path):
     assert speed["value"] is None
     [event] = [r for r in recs if r["kind"] == "event"]
     assert list(event) == ["kind", "time", "rank", "step", "layer", "metric", "direction",
-                           "before", "after", "score", "message"]
+                           "before", "after", "score", "message", "run", "restart"]
     assert event["step"] == 20 and event["direction"] == "up" and event["after"] == 2
     [gpu] = [r for r in recs if r["kind"] == "gpu"]
     assert gpu == {"kind": "gpu", "time": gpu["time"], "rank": 0, "step": 20, "index": 0,
                    "name": "H100", "util": 55.0, "mem_used": None, "mem_total": 8.0e10,
                    "temp": None, "power": 200.0, "power_limit": None, "sm_clock_mhz": None,
-                   "sm_clock_max_mhz": None, "throttle": None}  # an older agent: no clocks
+                   "sm_clock_max_mhz": None, "throttle": None, "run": "rec0000run01",
+                   "restart": 0}  # an older agent: no clocks
     only_events = symwatch("export", str(path), "--format", "jsonl", "--kind", "events")
     assert [json.loads(x)["kind"] for x in only_events.stdout.splitlines()] == ["event"]
 
@@ -378,7 +381,7 @@ def test_export_csv_to_a_file(tmp_path):
     assert result.returncode == 0 and result.stdout == "", result.stderr
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == ["kind", "time", "rank", "step", "layer", "metric", "value",
-                             "label"]
+                             "label", "run", "restart"]
     na = next(r for r in rows if r["layer"] == "fc2" and r["metric"] == "numerical_rank")
     assert na["value"] == ""  # empty, never 0
     loss = next(r for r in rows if r["metric"] == "loss")
@@ -387,7 +390,8 @@ def test_export_csv_to_a_file(tmp_path):
     header = everything.stdout.splitlines()[0].split(",")
     assert header[:7] == ["kind", "time", "rank", "step", "layer", "metric", "value"]
     assert "power_limit" in header and "message" in header
-    assert header[-1] == "label"  # added after the GPU clocks: new fields come last
+    # new fields come last: `label` after the GPU clocks, then the run's id and restart
+    assert header[-3:] == ["label", "run", "restart"]
     bad = symwatch("export", str(tmp_path / "missing.db"), "--format", "csv")
     assert bad.returncode == 1 and "no such recording" in bad.stderr
 
