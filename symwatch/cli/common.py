@@ -332,10 +332,18 @@ def several_runs(runs: Sequence[RunEntry]) -> UserError:
     return UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
 
 
+def refuse_folder(path: str) -> None:
+    """A folder named where a recording belongs is a UserError that says so (it read "no
+    such recording", of a path that exists)."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a folder, not a recording (name the .db file in it)", code=1)
+
+
 def read_recording(path: str) -> Any:
     """A RecordingReader on `path`, or a UserError (exit status 1) saying why not."""
     from symwatch.core.recording import RecordingError, RecordingReader  # noqa: PLC0415 (lazy: sqlite3 only for the commands that read a recording)
 
+    refuse_folder(path)
     try:
         return RecordingReader(path)
     except RecordingError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import time
@@ -11,7 +12,8 @@ from typing import Any, Callable
 
 from symwatch.cli.common import (NO_RUNS, UserError, add_security_arguments, add_ssh_arguments,
                                  curve_client, err, positive_float, read_recording,
-                                 resolve_target, several_runs, subparser, write_output)
+                                 refuse_folder, resolve_target, several_runs, subparser,
+                                 write_output)
 from symwatch.cli.remote import open_remote
 from symwatch.core import runtime
 from symwatch.transport.ssh import is_ssh_target
@@ -123,12 +125,15 @@ def add_recording_parsers(subs: Any) -> None:
 
 # -- record ------------------------------------------------------------------------------------
 
+SILENT_HINT_S = 10.0  # an endpoint silent this long at the start: say so once (it waited mutely)
+
 def _pick_run(target: str | None) -> tuple[str, str | None]:
     runs = runtime.live_runs()
     if target is not None:
         return resolve_target(target, runs)
     if not runs:
-        raise UserError(NO_RUNS, code=1)
+        raise UserError(NO_RUNS.replace("symwatch attach tcp://127.0.0.1:PORT",
+                                        "symwatch record tcp://127.0.0.1:PORT -o run.db"), code=1)
     if len(runs) > 1:
         raise several_runs(runs)
     return runs[0].endpoint, runs[0].name
@@ -166,6 +171,10 @@ def _record(args: argparse.Namespace) -> int:
         endpoint, name = tunnel.endpoint, f"{entry.name} on {tunnel.target.label}"
     else:
         endpoint, name = _pick_run(args.target)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write {args.output}: there is no folder {folder}", code=1)
+    appending = os.path.isfile(args.output) and os.path.getsize(args.output) > 0
     warnings: list[str] = []
     try:
         recorder = Recorder(args.output, warn=warnings.append).start()
@@ -198,7 +207,7 @@ def _record(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         recorder.close(timeout=10.0)
-    return _recorded(args, recorder, warnings, interrupted, state)
+    return _recorded(args, recorder, warnings, interrupted, state, appending)
 
 
 def _record_one(args: argparse.Namespace, endpoint: str, name: str | None, curve: Any,
@@ -214,8 +223,15 @@ def _record_one(args: argparse.Namespace, endpoint: str, name: str | None, curve
     try:
         err(f"symwatch record: recording {name or endpoint} to {args.output} "
             "(until the run ends; Ctrl-C to stop)")
+        silent_until = time.monotonic() + SILENT_HINT_S
         while not state.finished and recorder.failed is None:
             time.sleep(0.1)
+            if silent_until and time.monotonic() > silent_until:
+                silent_until = 0.0
+                if state.last_rx is None:
+                    err(f"symwatch record: nothing from {endpoint} in {SILENT_HINT_S:.0f} s; "
+                        "is a run publishing there? (`symwatch ls` lists the live runs; "
+                        "still waiting, Ctrl-C to stop)")
     except KeyboardInterrupt:
         return True
     finally:
@@ -250,13 +266,16 @@ def _record_following(args: argparse.Namespace, endpoint: str, name: str | None,
 
 
 def _recorded(args: argparse.Namespace, recorder: Any, warnings: list[str], interrupted: bool,
-              state: Any) -> int:
-    """Say how the recording (closed) ended; the exit status."""
+              state: Any, appending: bool) -> int:
+    """Say how the recording (closed) ended; the exit status. `appending`: the file held
+    messages before (they are not counted here: `N messages in` it read as the file's
+    total)."""
     if recorder.failed is not None:
         err(f"symwatch record: {warnings[0] if warnings else recorder.failed}")
         return 1
     how = "interrupted" if interrupted else ("the run ended" if state.finished else "stopped")
-    err(f"symwatch record: {how}; {recorder.written:,} messages in {args.output}"
+    where = "added to" if appending else "in"
+    err(f"symwatch record: {how}; {recorder.written:,} messages {where} {args.output}"
          + (f" ({recorder.dropped:,} could not be queued)" if recorder.dropped else ""))
     return 130 if interrupted else 0
 
@@ -289,6 +308,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     speed = args.speed if args.speed is not None else (math.inf if args.headless else 1.0)
+    refuse_folder(args.path)
     try:
         source = open_recording(args.path, speed=speed)
     except SourceError as exc:

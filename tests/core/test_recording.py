@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -305,13 +306,15 @@ def test_agent_with_an_unwritable_recording_warns_once_and_trains(tmp_path, capf
 def test_record_command_records_a_live_run_until_goodbye(tmp_path, fake_agent):
     agent = fake_agent()
     path = tmp_path / "cli.db"
+    make_recording(path, 3)  # an earlier run in the file: this one is appended
+    before = count_rows(path)
     proc = subprocess.Popen([sys.executable, "-m", "symwatch", "record", agent.endpoint,
                              "-o", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         # heartbeats until the subscription has joined and rows reach the file
         deadline = time.monotonic() + 30
-        while count_rows(path) == 0:
+        while count_rows(path) == before:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the recorder never received anything"
             agent.heartbeat()
@@ -326,19 +329,33 @@ def test_record_command_records_a_live_run_until_goodbye(tmp_path, fake_agent):
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0, err
-    assert "the run ended" in err
+    added = count_rows(path) - before
+    # what this command wrote, not the file's total (it read "N messages in" the file)
+    assert f"the run ended; {added:,} messages added to {path}" in err, err
     with RecordingReader(path) as reader:
         msgs = list(reader)
-    assert [m.step for m in msgs if m.kind == protocol.METRICS] == [1, 2, 3, 4, 5]
+    assert [m.step for m in msgs if m.kind == protocol.METRICS] == [1, 2, 3, 1, 2, 3, 4, 5]
     assert msgs[-1].kind == protocol.GOODBYE
 
 
 def test_record_command_errors(tmp_path):
-    result = symwatch("record", "-o", str(tmp_path / "x.db"))
+    result = symwatch("record", "-o", str(tmp_path / "x.db"),
+                      env={**os.environ, "SYMWATCH_RUNTIME_DIR": str(tmp_path / "rt")})
     assert result.returncode == 1 and "no live symwatch runs" in result.stderr
+    # what to type next is a `record` (it said `symwatch attach tcp://…`)
+    assert "symwatch record tcp://127.0.0.1:PORT -o run.db" in result.stderr, result.stderr
     result = symwatch("record", "tcp://127.0.0.1:1", "-o", str(tmp_path / "nodir" / "x.db"))
-    assert result.returncode == 1 and "recording stopped" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"there is no folder {tmp_path / 'nodir'}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [("replay", "--headless"), ("export", "--format", "csv"),
+                                     ("report", "-o", "r.html"), ("detect",)])
+def test_a_folder_named_as_a_recording_is_called_a_folder(tmp_path, command):
+    """It read "no such recording", of a path that exists."""
+    result = symwatch(command[0], str(tmp_path), *command[1:], cwd=tmp_path)
+    assert result.returncode == 1 and "is a folder, not a recording" in result.stderr, \
+        result.stderr
 
 
 def test_export_jsonl_records(tmp_path):
