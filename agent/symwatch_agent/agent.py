@@ -962,7 +962,10 @@ class Agent:
         def build() -> dict[str, Any]:
             device = memory.rank_device(self._models_device)
             steps_values = self._per_step_values(per_step, step_time)
-            return {"loss": _host_number(loss),
+            latest = _host_float(loss)
+            nonfinite = protocol.nonfinite_name(latest)  # null on the wire: say it was NaN
+            return {"loss": protocol.clean_number(latest),
+                    **({"loss_nonfinite": nonfinite} if nonfinite else {}),
                     # torch's allocator, this rank's device: null (N/A) without CUDA
                     "memory": memory.allocator_figures(device, uuid=True),
                     "step_time": step_time,

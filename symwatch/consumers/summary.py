@@ -24,7 +24,7 @@ def summary_lines(state: RunState, now: float | None = None, *, max_layers: int 
     stands in for the run's own until its META arrives (re-sent every few seconds)."""
     step = f"{state.step}" if state.step is not None else numbers.NA
     head = (f"[{state.connection(now)}] {state.name or name or '-'} step {step} "
-            f"loss {numbers.compact(state.loss.current)} "
+            f"loss {state.loss_text()} "
             f"steps/s {numbers.compact(state.steps_per_s, 3)} dropped {state.dropped}")
     settings = settings_text(state.optimizer)
     if settings:  # the optimizers' lr and weight decay now (STATS `optimizer`)

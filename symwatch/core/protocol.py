@@ -100,7 +100,7 @@ _PAYLOAD_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
     STATS: {"loss": _OptNumber, "step_time": _OptNumber, "steps_per_s": _OptNumber,
             "overhead": _OptNumber, "dropped": (int,), "scalars": (dict,),
             "memory": (dict, type(None)), "per_step": (dict,), "sampling": (dict,),
-            "optimizer": (list,)},
+            "optimizer": (list,), "loss_nonfinite": (str,)},
     GPU: {"reason": (str,)},
     EVENT: {"layer": (str, type(None)), "metric": (str, type(None)), "direction": (str, type(None)),
             "before": _OptNumber, "after": _OptNumber, "score": _OptNumber,
@@ -277,6 +277,14 @@ def _validate_detail(layer: str, entry: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Encoding and decoding.
+
+def nonfinite_name(value: float | int | None) -> str | None:
+    """What a non-finite number was, for the fields that say so beside its null ("nan",
+    "inf", "-inf"); None for a finite number or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    return None
+
 
 def clean_number(value: float | int | None) -> float | int | None:
     """Map a number to its wire form: NaN and ±inf become null (JSON has no NaN)."""

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from symwatch.core import protocol
 from symwatch.core.downsample import NAN, VIEWER, Downsample, TieredSeries
 from symwatch.core.protocol import Message
-from symwatch.state import optimizer
+from symwatch.state import numbers, optimizer
 from symwatch.state.ranks import RankTable
 from symwatch.state.shards import ShardCombiner, is_sharded
 
@@ -29,6 +29,8 @@ DEFAULT_MAX_EVENTS = 200
 MAX_TRANSITIONS = 20_000
 # Agents send a heartbeat once a second, so three silent seconds means something is wrong.
 DEFAULT_STALE_AFTER = 3.0
+# STATS `loss_nonfinite` as the views print it in place of the number
+NONFINITE_TEXT = {"nan": "NaN", "inf": "inf", "-inf": "-inf"}
 # A METRICS message is folded in slices of this many layers (`RunState.fold_steps`): the
 # TUI handles keys between slices, so 1,000 layers (15,000 series, ~20 ms) never hold a key.
 FOLD_SLICE_LAYERS = 50
@@ -162,6 +164,9 @@ class RunState:
         self.restarts = 0  # times a new run id replaced the one shown
         self.ignored = 0  # messages of runs already replaced by a newer one
         self.last_rx: float | None = None  # local monotonic time of the latest message
+        # "nan", "inf" or "-inf" while the latest loss is not finite (STATS `loss_nonfinite`):
+        # shown as such, not as N/A (no value), which hid a run that had diverged
+        self.loss_nonfinite: str | None = None
         self.revision = 0  # bumped on every fold, so views can skip redrawing unchanged state
         # Filled from the source by the view (state never touches sockets).
         self.garbage = 0
@@ -234,6 +239,13 @@ class RunState:
     @property
     def finished(self) -> bool:
         return bool(self._ranks) and self._ranks_done >= self._ranks
+
+    def loss_text(self) -> str:
+        """The latest loss as the views print it: its number, or what it was when it was not
+        finite (`NaN`, `inf`), never N/A for a run that diverged."""
+        if self.loss_nonfinite is not None:
+            return NONFINITE_TEXT.get(self.loss_nonfinite, self.loss_nonfinite)
+        return numbers.compact(self.loss.current)
 
     def connection(self, now: float | None = None) -> str:
         """waiting (nothing yet), live, stale (silent > stale_after s) or finished (GOODBYE)."""
@@ -413,6 +425,9 @@ class RunState:
                               or msg.step > self.loss.step):
             # an agent sending every step's loss repeats its latest here: not a new point
             self.loss.add(msg.step, p["loss"])
+        if "loss" in p:  # the latest loss NaN or ±inf (its value is null on the wire)
+            nonfinite = p.get("loss_nonfinite")
+            self.loss_nonfinite = nonfinite if isinstance(nonfinite, str) else None
         if isinstance(p.get("sampling"), dict):
             self.sampling = dict(p["sampling"])
         if "optimizer" in p:

@@ -246,6 +246,37 @@ def test_unknown_layer_types_are_listed_as_skipped_not_fatal(collector):
     agent.close()
 
 
+def test_a_non_finite_loss_is_published_as_what_it_was_and_read_as_nan(collector):
+    """A loss that turned NaN is null on the wire (JSON has no NaN); STATS says it was NaN,
+    so the header and the headless summary print `NaN` (they printed N/A, no value, for a
+    run that had diverged); a finite loss after it clears it."""
+    from symwatch.consumers.summary import summary_lines
+    from symwatch.state import numbers
+    from symwatch.state.run_state import RunState
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    agent, sub = _start(model, opt, collector, every=1, stats_interval=0.05)
+    state, folded = RunState(), 0
+    for step, scale in ((1, 1.0), (2, math.nan), (3, math.inf)):
+        loss = model(torch.randn(4, 4)).square().mean() + 1.0
+        opt.zero_grad()
+        loss.backward()
+        agent.log(loss=loss * scale)  # the weights stay finite: only the logged loss is not
+        opt.step()
+        stats = sub.wait_for(lambda m, s=step: m.kind == protocol.STATS and m.step == s)
+        state.fold_all(sub.messages[folded:])
+        folded = len(sub.messages)
+        said = {1: None, 2: "nan", 3: "inf"}[step]
+        assert stats.payload["loss"] is None or said is None
+        assert stats.payload.get("loss_nonfinite") == said, stats.payload
+        assert state.loss_text() == {1: numbers.compact(state.loss.current), 2: "NaN",
+                                     3: "inf"}[step], state.loss_text()
+        assert step > 1 or state.loss.current is not None
+    assert summary_lines(state)[0].split(" loss ")[1].startswith("inf "), summary_lines(state)
+    agent.close()
+
+
 def test_model_without_measurable_layers_still_publishes_the_loss(collector, capsys):
     model = nn.Sequential(Odd())
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

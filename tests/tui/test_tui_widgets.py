@@ -169,6 +169,21 @@ def _stats(s: RunState, **payload) -> None:
         protocol.STATS, run="r", rank=0, restart=0, seq=1, time=0.0, step=10, payload=payload))))
 
 
+def test_a_loss_that_turned_nan_reads_nan_in_red_not_na():
+    """STATS `loss_nonfinite`: the header and the loss panel said `loss N/A` (no value) for a
+    run that had diverged."""
+    s = _state()
+    _stats(s, loss=None, loss_nonfinite="nan")
+    header = header_text(s, "live", endpoint="tcp://h:1")
+    assert " loss NaN " in header.plain, header.plain
+    start = header.plain.index(" loss NaN ") + len(" loss ")
+    assert any(span.style == "bold red" and span.start <= start < span.end
+               for span in header.spans), header.spans
+    assert loss_text(s, 80).plain.startswith(" loss NaN")
+    _stats(s, loss=0.5)  # finite again (a later STATS): the number
+    assert " loss 0.5 " in header_text(s, "live", endpoint="tcp://h:1").plain
+
+
 @pytest.mark.parametrize("budget, shown", [
     (0.01, "overhead 0.42% of 1%"),  # against the budget it is kept within
     (0.05, "overhead 0.42% of 5%"),

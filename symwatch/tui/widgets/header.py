@@ -65,8 +65,10 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
     shown_step = window.end if history and window is not None else state.step
     step = f"{shown_step:,}" if shown_step is not None else numbers.NA
     _field(line, "step", step)
-    loss = value_at(state.loss, window) if history and window is not None else state.loss.current
-    _field(line, "loss", numbers.compact(loss))
+    if history and window is not None:
+        _field(line, "loss", numbers.compact(value_at(state.loss, window)))
+    else:  # NaN or inf in red: the run diverged (N/A would say there was no value)
+        _field(line, "loss", state.loss_text(), "bold red" if state.loss_nonfinite else "")
     settings = settings_text(state.optimizer)
     if settings:  # the optimizers' lr and weight decay now (STATS `optimizer`), never N/A
         line.append(f" {settings}", "bold cyan")

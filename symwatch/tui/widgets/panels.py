@@ -49,7 +49,7 @@ def loss_text(state: RunState, width: int, rows: int = 1,
         text.append(numbers.compact(value_at(state.loss, window)), "bold")
     else:
         first, last = store.first_step, store.last_step
-        text.append(numbers.compact(state.loss.current), "bold")
+        text.append(state.loss_text(), "bold red" if state.loss_nonfinite else "bold")
     # With AXIS_MIN_ROWS rows or more (a tall terminal), the chart gets y tick labels on the
     # left and its last row becomes the step line (symwatch.state.axis's rule); fewer rows (80×24:
     # one) keep the bare chart, whose range and steps the title line says in words.
