@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from rich.text import Text
 
-from symwatch.state.run_state import RunState, Series
+from symwatch.state.run_state import LayerState, RunState, Series
 
 MIN_SPAN = 8  # steps: narrower than this says nothing
 BIG_JUMP = 10  # `{` `}` move a tenth of the run (at least one window)
@@ -67,6 +67,18 @@ def default_span(state: RunState) -> int:
     if len(recent) >= 2:
         return max(MIN_SPAN, recent[-1][0] - recent[0][0] + 1)
     return MIN_SPAN * 8
+
+
+def layer_span(state: RunState, layer: LayerState) -> int:
+    """The default span of a layer's own charts: what its recent samples cover, at least the
+    run's (a time budget's slices refresh a layer every ~100 steps while the loss comes every
+    step: the run's span held one sample of the layer, drawn flat and called constant)."""
+    run = default_span(state)
+    for series in layer.indicators.values():
+        recent = series.history
+        if len(recent) >= 2:
+            return max(run, recent[-1][0] - recent[0][0] + 1)
+    return run
 
 
 def span_of(window: HistoryWindow, state: RunState) -> int:

@@ -264,3 +264,31 @@ def test_the_whole_run_chart_shows_the_step_where_it_happened():
     cols = rank.columns(1, state.step, 60)
     edge = 60 * STEP_UP_AT // state.step
     assert set(cols[:edge - 1]) == {1.0} and set(cols[edge + 1:]) == {5.0}
+
+
+def test_a_layers_detail_covers_its_own_recent_samples_not_the_losss_steps():
+    """Under a time budget a layer is sampled every ~100 steps while the loss comes every
+    step: the detail's default window was the loss's recent steps (~60), which held one sample
+    of the layer, drawn flat and called "constant" while the table's sparkline moved."""
+    from symwatch.tui.screens.layer_detail import layer_detail_text
+
+    state = RunState()
+    for step in range(1, 2001):
+        if step % 100 == 0:
+            state.fold(_message(protocol.METRICS, step, values={
+                "fc": {"weight_norm": 1.0 + step / 1000, "stable_rank": 2.0}}))
+        state.fold(_message(protocol.STATS, step, loss=1.0 / step))
+    text = layer_detail_text(state, state.layers["fc"], 100).plain
+    weight = next(line for line in text.splitlines() if line.strip().startswith("weight norm"))
+    assert "constant" not in weight and "min" in weight, weight
+    first, last = (int(s.replace(",", "")) for s in
+                   text.splitlines()[1].split()[1].split("–"))
+    assert last == 2000 and last - first + 1 >= 10 * 100, text.splitlines()[1]
+    # a window the user chose (z, Z, or scrolled back) is kept as it is
+    chosen = layer_detail_text(state, state.layers["fc"], 100, HistoryWindow(end=2000, span=50))
+    assert chosen.plain.splitlines()[1].split()[1] == "1,951–2,000"
+
+
+def _message(kind: str, step: int, **payload: object) -> protocol.Message:
+    return protocol.decode(list(protocol.encode(kind, run="r", rank=0, restart=0, seq=step,
+                                                time=0.0, step=step, payload=payload)))

@@ -16,7 +16,7 @@ from textual.widgets import Static
 from symwatch.state import axis, numbers
 from symwatch.state.run_state import EventRecord, LayerState, RunState
 from symwatch.tui.columns import label
-from symwatch.tui.history_view import HistoryWindow, steps_shown, value_at
+from symwatch.tui.history_view import HistoryWindow, layer_span, steps_shown, value_at
 from symwatch.tui.widgets.layer_structure import metadata_text, spectrum_text, units_text
 from symwatch.tui.widgets.sparkline import axis_chart, label_width
 
@@ -43,6 +43,8 @@ def layer_detail_text(state: RunState, layer: LayerState, width: int,
     it marked, then its transitions."""
     window = window or HistoryWindow()
     first, last = steps_shown(window, state)
+    if window.span is None:  # the default: what the layer's own recent samples cover
+        first = min(first, last - layer_span(state, layer) + 1)
     text = Text()
     text.append(f"{layer.name}", "bold")
     if layer.nonfinite:
