@@ -38,6 +38,27 @@ async def test_header_shows_the_interval_and_what_limits_it(fake_agent):
                     "the every-limited text")
 
 
+def test_a_finished_runs_header_fits_120_columns_without_the_options_hint():
+    """At 120 columns a finished run's first line was cut (`--budget to chang…`): the hint
+    is for a run still going, and the room left was counted two columns short."""
+    from symwatch.state.run_state import RunState
+    from symwatch.tui.widgets.header import header_text
+
+    state = RunState()
+    for kind, payload in ((protocol.META, dict(name="plain.py", pid=6172, host="vm",
+                                               command=["plain.py"], started=0.0, layers=[],
+                                               indicators=[], every=10, device="cpu")),
+                          (protocol.STATS, dict(loss=0.5, sampling={
+                              "interval": 60.0, "every": 10, "budget": 0.01,
+                              "limit": "budget", "layer_interval": 110.0})),
+                          (protocol.GOODBYE, dict(reason="finished"))):
+        state.fold(protocol.decode(list(protocol.encode(
+            kind, run="r", rank=0, restart=0, seq=0, time=0.0, step=400, payload=payload))))
+    top = header_text(state, "finished", endpoint="ipc://x", width=120).plain.splitlines()[0]
+    assert len(top) <= 120 and "…" not in top and "--budget" not in top, top
+    assert "sampling every ~60 steps" in top, top
+
+
 async def test_every_steps_loss_folds_into_the_loss_series(fake_agent):
     agent = fake_agent()
     app = _app(agent)

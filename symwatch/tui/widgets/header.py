@@ -49,12 +49,13 @@ def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool
     if state.device:
         top.append(f"  {state.device}", "dim")
     # the socket path (`endpoint`) is on `g`'s screen: here it took ~45 columns of the line
-    sampling = sampling_text(state.sampling)
+    # the option's hint is for a run that can still be restarted with it, not a finished one
+    sampling = sampling_text(state.sampling, hint=not state.finished)
     if sampling:  # what sets the cadence, and the option that changes it: on this line, which
         # has room for it (after the figures it was cut off at 120 columns, where a default
         # run needs it most: it is what explains pending cells and a slow refresh); without the
         # option's hint where only that fits
-        room = (width or 0) - len(top.plain) - len("   sampling ")
+        room = (width or 0) - len(top.plain) - len("   sampling   ")  # as appended below
         if width and len(sampling) > room:
             sampling = sampling_text(state.sampling, hint=False)
         top.append("  ")
