@@ -753,12 +753,21 @@ class Agent:
             values, nonfinite = self.engine.decode(rows.tolist())
             self._report_failed_layers()
             self._report_switched_off()
-            self._detect_transitions(step, values, host_float(loss), hyperparameters,
-                                     {k: host_float(v) for k, v in logged.items()})
+            read_loss = host_float(loss)
+            read_scalars = {k: host_float(v) for k, v in logged.items()}
+            self._detect_transitions(step, values, read_loss, hyperparameters, read_scalars)
             if capture is not None:
                 self._merge_representations(values, capture)
             payload = {"values": values, "nonfinite": nonfinite,
                        "cost_s": time.perf_counter() - started}
+            if self._transitions is not None:
+                # what the detector read with this sample, so that `symwatch detect` replays
+                # it exactly (STATS' loss is a later one; per_step keys a loss captured from
+                # .backward() and one logged before optimizer.step() a step apart)
+                payload["loss"] = protocol.clean_number(read_loss)
+                if read_scalars:
+                    payload["scalars"] = {k: protocol.clean_number(v)
+                                          for k, v in read_scalars.items()}
             if first:  # the publisher's one-off start ends here (_publisher_spent_s)
                 self._publisher_start_s = time.thread_time()
             if sliced is not None:  # the layers left out keep their last values

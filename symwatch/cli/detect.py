@@ -54,11 +54,13 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
     agent read at that sample, to `detector`, in order; returns every transition, each run's
     last group flushed.
 
-    What the agent read at the sample of step s is each series' latest value logged before
-    that step ended: in STATS `per_step`, the value at the largest step below s (a loss
-    logged before `optimizer.step()` is keyed one step earlier than the step it ends). That
-    STATS comes after the sample in the recording, so the samples wait for it. An older
-    recording (no `per_step`) gives each sample the latest STATS' loss and scalars.
+    A sample carries what the live detector read with it (METRICS `loss`, `scalars`), which
+    is used as it is. A recording from an agent that did not send them: each series' latest
+    value logged before that step ended, from STATS `per_step`, the value at the largest step
+    below s (exact for a loss logged with `agent.log`, before or after `optimizer.step()`;
+    one captured from `.backward()` is keyed at s and read a step late); that STATS comes
+    after the sample in the recording, so the samples wait for it. Older still (no
+    `per_step`): the latest STATS' loss and scalars.
 
     A run sampled under a time budget by an agent with the run-level detector (its STATS
     `sampling` has `run_level_every`) had its run-level series (the loss, logged scalars)
@@ -170,11 +172,17 @@ class _Replay:
             self.scalars[name] = value
 
     def _sample(self, message: protocol.Message) -> None:
+        payload = message.payload
         values = {layer: {m: v for m, v in row.items() if self._wanted_metric(m)}
-                  for layer, row in message.payload["values"].items()
+                  for layer, row in payload["values"].items()
                   if _wanted(layer, self._layers)}
+        loss, scalars = self.loss, self.scalars
+        if "loss" in payload:  # what the live detector read with this sample, as it read it
+            loss = payload["loss"]
+            scalars = {k: v for k, v in (payload.get("scalars") or {}).items()
+                       if detected_scalar(k) and k != "loss"}
         self.found += [t for t in self.detector.update_metrics(
-            message.step, values, loss=self.loss, time=message.time, scalars=self.scalars)
+            message.step, values, loss=loss, time=message.time, scalars=scalars)
             if self.feed is None or self.one_event.admit(t, "samples")]
 
     def _wanted_metric(self, name: str) -> bool:  # by default what the agent detects on

@@ -60,6 +60,38 @@ def test_the_loss_events_are_found_at_the_steps_the_live_run_found_them(recordin
     assert len(live) >= 3 and again == live, (again, live)
 
 
+CAPTURED_RUN = """
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+import symwatch
+from linear_teacher import linear_teacher
+model, target = linear_teacher([4.0, 1.5], 1e-3)
+opt = torch.optim.SGD(model.parameters(), lr=0.02)
+with symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", every=1, budget=1.0,
+                    record=sys.argv[1], register=False):
+    for step in range(300):
+        loss = 0.5 * (model(torch.eye(16)).T - target).square().sum()
+        opt.zero_grad()
+        loss.backward()  # the loss captured from .backward(), never logged
+        opt.step()
+"""
+
+
+def test_a_loss_captured_from_backward_is_replayed_at_the_live_steps_too(tmp_path):
+    """A loss captured from `.backward()` is kept a step later than one logged before
+    `optimizer.step()` (per_step cannot tell them apart): each sample now carries the loss
+    its detector read (METRICS `loss`), and the replay uses it."""
+    path = str(tmp_path / "captured.db")
+    tests = str(Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", CAPTURED_RUN, path, tests], check=True,
+                   capture_output=True, timeout=300)
+    live = [step for step, layer in _live_events(path) if layer is None]
+    result = _detect(path, "--json")
+    assert result.returncode == 0, result.stderr
+    again = [e["step"] for e in map(json.loads, result.stdout.splitlines()) if e["layer"] is None]
+    assert live and again == live, (again, live)
+
+
 def test_a_file_of_two_runs_is_replayed_run_by_run(recording, tmp_path):
     """Runs appended to one recording (`record -o` onto a file, an agent restarted): each
     starts fresh detectors, as its agent did. Fed as one run, the second run's start read as
