@@ -308,8 +308,9 @@ def resolve_target(target: str, runs: Sequence[RunEntry]) -> tuple[str, str | No
     if "://" in target:
         try:
             return validate_endpoint(target), None
-        except EndpointError as exc:
-            raise UserError(str(exc)) from None
+        except EndpointError as exc:  # what else a target can be, which it did not say
+            raise UserError(f"{exc}; or ssh://[USER@]HOST[/RUN] (docs/remote.md), or a run id "
+                            "or name (`symwatch ls`)") from None
     for matches in ([r for r in runs if r.run_id == target],
                     [r for r in runs if r.name == target],
                     [r for r in runs if r.run_id.startswith(target)]):

@@ -165,7 +165,8 @@ def test_attach_without_runs_in_a_subprocess():
 
 
 @pytest.mark.parametrize("target, fragment", [
-    ("http://host:1", "expected tcp://HOST:PORT or ipc://PATH, got 'http://host:1'"),
+    ("http://host:1", "expected tcp://HOST:PORT or ipc://PATH, got 'http://host:1'; or "
+                      "ssh://[USER@]HOST[/RUN] (docs/remote.md), or a run id or name"),
     ("tcp://nohost", "expected tcp://HOST:PORT or ipc://PATH"),
     ("localhost:5555", "did you mean tcp://localhost:5555?"),
     ("no-such-run", "not the id or name of a live run"),
