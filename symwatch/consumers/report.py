@@ -142,8 +142,39 @@ def _fmt(v: float) -> str:
 
 
 def build_report(messages: Iterable[protocol.Message], *, source: str = "") -> str:
-    """The whole report as one HTML string."""
-    messages = list(messages)
+    """The whole report as one HTML string: one section per run of the recording (runs
+    appended to one file, or an agent restarted, each keep their own steps: one report over
+    them all read as one run, its events out of order)."""
+    runs: dict[tuple[str, int], list[protocol.Message]] = {}
+    for message in messages:
+        runs.setdefault((message.run, message.restart), []).append(message)
+    sections = [_run_section(msgs, source) for msgs in runs.values()] or [
+        _run_section([], source)]
+    title = sections[0][0] if len(sections) == 1 else f"{len(sections)} runs"
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>symwatch — {title}</title>",
+           "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#222}"
+           "h2{margin-top:32px}.grid{display:flex;flex-wrap:wrap;gap:12px}"
+           ".cell{font-size:12px}table{border-collapse:collapse;font-size:13px}"
+           "td,th{border-bottom:1px solid #eee;padding:3px 8px;text-align:left}"
+           ".muted{color:#777}</style></head><body>"]
+    if len(sections) > 1:
+        links = ", ".join(f"<a href='#run-{i}'>{name} ({html.escape(run)}"
+                          + (f", restart {restart}" if restart else "") + ")</a>"
+                          for i, ((run, restart), (name, _)) in enumerate(zip(runs, sections)))
+        out.append(f"<h1>symwatch — {len(sections)} runs in {html.escape(source)}</h1>"
+                   f"<p class='muted'>runs appended to one recording (or an agent restarted), "
+                   f"each with its own steps and section: {links}</p>")
+    for i, (_, parts) in enumerate(sections):
+        if len(sections) > 1:
+            parts[0] = parts[0].replace("<h1>", f"<h1 id='run-{i}'>", 1)
+        out.extend(parts)
+    out.append("<p class='muted'>Made by symwatch report. Missing values are gaps, never 0."
+               "</p></body></html>")
+    return "\n".join(out)
+
+
+def _run_section(messages: list[protocol.Message], source: str) -> tuple[str, list[str]]:
+    """(the run's name, escaped; its section's HTML parts)."""
     meta = next((m.payload for m in reversed(messages) if m.kind == protocol.META), {})
     goodbye = next((m.payload for m in reversed(messages) if m.kind == protocol.GOODBYE), None)
     series: dict[tuple[str | None, str], list[Point]] = defaultdict(list)
@@ -171,13 +202,7 @@ def build_report(messages: Iterable[protocol.Message], *, source: str = "") -> s
     name = html.escape(str(meta.get("name", "run")))
     steps = max((m.step for m in messages), default=0)
 
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>symwatch — {name}</title>",
-           "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#222}"
-           "h2{margin-top:32px}.grid{display:flex;flex-wrap:wrap;gap:12px}"
-           ".cell{font-size:12px}table{border-collapse:collapse;font-size:13px}"
-           "td,th{border-bottom:1px solid #eee;padding:3px 8px;text-align:left}"
-           ".muted{color:#777}</style></head><body>",
-           f"<h1>symwatch — {name}</h1>",
+    out = [f"<h1>symwatch — {name}</h1>",
            f"<p class='muted'>{html.escape(source)} · host {html.escape(str(meta.get('host', '?')))}"
            f" · {steps:,} steps · {len(layers)} layers · {len(events)} events"
            + (f" · ended: {html.escape(str(goodbye.get('reason')))}" if goodbye else "")
@@ -212,6 +237,4 @@ def build_report(messages: Iterable[protocol.Message], *, source: str = "") -> s
                        f"{svg_chart(points)}</div>")
         out.append("</div>")
     out.extend(_throttle_section(messages))
-    out.append("<p class='muted'>Made by symwatch report. Missing values are gaps, never 0."
-               "</p></body></html>")
-    return "\n".join(out)
+    return name, out

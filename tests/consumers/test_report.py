@@ -128,3 +128,31 @@ def test_the_report_says_when_a_gpu_was_throttled():
     assert "GPU 0 sm_clock_mhz" in page and "GPU 1 sm_clock_mhz" not in page
     idle_only = build_report(_gpu_messages()[:1])
     assert "GPU throttling" not in idle_only  # idle is not throttling
+
+
+def _run(run: str, name: str, event_step: int) -> list[protocol.Message]:
+    def message(kind: str, step: int, **payload) -> protocol.Message:
+        return protocol.Message(kind, run, 0, 0, step, float(step), step, payload)
+
+    return ([message(protocol.META, 0, name=name, pid=1, host="h", command=["x"], started=0.0,
+                     layers=[{"name": "fc", "type": "Linear", "shape": [4, 4]}],
+                     indicators=["weight_norm"], every=1)]
+            + [message(protocol.METRICS, s, values={"fc": {"weight_norm": 1.0 + s}})
+               for s in range(1, 11)]
+            + [message(protocol.EVENT, event_step, message=f"event of {name}",
+                       severity="transition", layer="fc", metric="weight_norm")])
+
+
+def test_a_file_of_two_runs_gets_a_section_each():
+    """Runs appended to one recording were reported as one run: the last run's name over
+    every run's events, out of step order."""
+    page = build_report(_run("aaaa00000001", "first", 7) + _run("bbbb00000002", "second", 3),
+                        source="two.db")
+    assert "<h1>symwatch — 2 runs in two.db</h1>" in page
+    assert "<h1 id='run-0'>symwatch — first</h1>" in page
+    assert "<h1 id='run-1'>symwatch — second</h1>" in page
+    first, second = page.split("<h1 id='run-1'>")
+    assert "event of first" in first and "event of second" not in first
+    assert "event of second" in second and "event of first" not in second
+    one = build_report(_run("aaaa00000001", "first", 7), source="one.db")
+    assert "runs in" not in one and "<h1>symwatch — first</h1>" in one
