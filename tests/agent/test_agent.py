@@ -218,11 +218,12 @@ class Odd(nn.Module):
         return x * self.scale
 
 
-def test_unknown_layer_types_are_listed_as_skipped_not_fatal(collector):
+def test_unknown_layer_types_are_listed_as_skipped_not_fatal(collector, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 4), nn.LayerNorm(4), Odd(), nn.Conv1d(1, 3, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    agent, sub = _start(model, opt, collector, every=1, meta_interval=0.05)
+    agent, sub = _start(model, opt, collector, every=1, meta_interval=0.05,
+                        record=str(tmp_path / "run.db"))
     for _ in range(2):
         x = torch.randn(5, 8)
         h = model[2](model[1](model[0](x)))
@@ -232,18 +233,20 @@ def test_unknown_layer_types_are_listed_as_skipped_not_fatal(collector):
         opt.step()
     meta = sub.wait_for(lambda m: m.kind == protocol.META)
     assert meta.payload["skipped"] == ["2 (Odd)"]  # LayerNorm's gain is measured
-    # and said where people look (the events log, headless, the recording), once, at start
-    notice = sub.wait_for(lambda m: m.kind == protocol.EVENT
-                          and m.payload["message"].startswith("not measured"))
-    assert notice.payload == {"message": "not measured: 2 (Odd) (docs/metrics.md lists what is)",
-                              "severity": "info"} and notice.step == 0, notice
     metrics = sub.wait_for(lambda m: m.kind == protocol.METRICS and m.step == 2)
     assert set(metrics.payload["values"]) == {"0", "1", "3"}  # the Conv1d is read as (3, 1·2)
     assert metrics.payload["values"]["1"]["weight_norm"] == pytest.approx(
         model[1].weight.norm().item(), rel=1e-5)  # ‖γ‖
     assert metrics.payload["values"]["3"]["weight_norm"] == pytest.approx(
         model[3].weight.norm().item(), rel=1e-5)
+    # and said where people look (the events log, headless, the recording), once, at start
+    # (before this subscriber joined: read back from the recording, which has every message)
     agent.close()
+    with RecordingReader(str(tmp_path / "run.db")) as reader:
+        notices = [(m.step, m.payload) for m in reader if m.kind == protocol.EVENT
+                   and m.payload["message"].startswith("not measured")]
+    assert notices == [(0, {"message": "not measured: 2 (Odd) (docs/metrics.md lists what is)",
+                            "severity": "info"})], notices
 
 
 def test_a_non_finite_loss_is_published_as_what_it_was_and_read_as_nan(collector):
