@@ -80,6 +80,13 @@ def toast_text(message: str) -> str:
     return lead + " …" + (rest[bracket:] if bracket >= 0 and rest.endswith("]") else "")
 
 
+# The App's actions that act on the dashboard (its table, charts, history window): disabled,
+# and left off the footer, on the Runs screen (SymwatchApp.check_action).
+DASHBOARD_ACTIONS = frozenset({
+    "pause", "next_view", "events", "ranks", "next_sort", "reverse_sort", "filter",
+    "history_pan", "history_jump", "history_zoom", "history_live", "goto_step", "follow_run"})
+
+
 class SymwatchApp(App[None]):
     """Drains `source.poll(0)` into a RunState (when the source says data arrived, and every
     TICK_S) and redraws the widgets from it, paced (symwatch.tui.pacing)."""
@@ -624,6 +631,10 @@ class SymwatchApp(App[None]):
         self.query_one(LegendLine).show(self.query_one(LayerTable).legend_indicator())
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in DASHBOARD_ACTIONS and isinstance(self.screen, RunsScreen):
+            # the dashboard's keys do nothing for the runs list: off its footer (which they
+            # pushed past 120 columns, cut mid-word) and off its keyboard
+            return False
         if action == "follow_run":  # shown only while a restart is offered
             return self.restart_offer is not None
         if action == "history_live":  # End: the replay's when there is one; L always

@@ -207,8 +207,18 @@ async def test_the_dashboard_lists_r_in_help_and_palette(config):
     async with app.run_test(size=(120, 40)) as pilot:
         assert "Runs" in [c.title for c in palette_commands(app)]
         app.runs_config = config
+        shown = lambda: {b.binding.action for b in app.active_bindings.values()  # noqa: E731
+                         if b.binding.show and b.enabled}
+        assert {"pause", "next_view", "events"} <= shown()
         await pilot.press("r")
         await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="r")
+        # the dashboard's keys are off the runs list's footer (they pushed it past 120
+        # columns, cut mid-word) and do nothing there
+        await wait_for(pilot, lambda: not {"pause", "next_view", "events"} & shown()
+                       and "refresh" in shown(), what="the runs list's own footer")
+        await pilot.press("e")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)  # not the events timeline over it
         await pilot.press("escape")  # back to the dashboard, not out of the app
         await wait_for(pilot, lambda: not isinstance(app.screen, RunsScreen), what="Esc")
         assert app.is_running
