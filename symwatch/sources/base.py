@@ -135,6 +135,13 @@ def replay_control(source: MessageSource, name: str) -> Callable[[], object] | N
     return control if callable(control) else None
 
 
+def replay_label(source: MessageSource) -> str | None:
+    """A replay's state in a few words for the header (`REPLAY 8×`, `REPLAY paused 8×`), or
+    None for a source that is not a replay."""
+    label = getattr(source, "label", None)
+    return label() if callable(label) else None
+
+
 @dataclass(frozen=True)
 class StepSeek:
     """A source's step seek, read now: `seek(step)`, the run's (first, last) step, and the step

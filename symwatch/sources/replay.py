@@ -178,6 +178,15 @@ class ReplaySource:
         """The step of the last message released (None before the first)."""
         return self._messages[self._i - 1].step if self._i else None
 
+    def label(self) -> str:
+        """The header's few words (where the connection state says LIVE for a run): the
+        replay, its speed, and whether it plays (`status` says the rest, in a toast)."""
+        speed = "max" if math.isinf(self.speed) else f"{self.speed:g}×"
+        state = "" if self.playing else "paused "
+        if self.exhausted:
+            state = "at end " if self.playing else "paused at end "
+        return f"REPLAY {state}{speed}"
+
     def status(self) -> str:
         speed = "max" if math.isinf(self.speed) else f"{self.speed:g}×"
         state = "playing" if self.playing else "paused"

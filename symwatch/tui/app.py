@@ -368,15 +368,16 @@ class SymwatchApp(App[None]):
         if not self.window.live and state.run_id != self._window_run:
             self._set_window(HistoryWindow(), redraw=False)  # the agent restarted: follow it
         window = self.window
+        replay = sources.replay_label(self.source)  # a replay's state, speed: in the header
         # Paused or scrolled back, new data changes nothing on screen but the header's note.
         key = (state.revision if window.live else window, connection, state.garbage,
                self.size, int(silent) if connection in (STALE, RECONNECTING) and
-               silent is not None else None)
+               silent is not None else None, replay)
         if key == self._drawn_key:
             if not window.live and self._drawn_revision != state.revision:
                 self._drawn_revision = state.revision
                 self.query_one(RunHeader).show(state, connection, endpoint=self.endpoint,
-                                               paused=True, window=window)
+                                               paused=True, window=window, replay=replay)
             return
         self._drawn_key = key
         self._drawn_revision = state.revision
@@ -385,7 +386,7 @@ class SymwatchApp(App[None]):
             main.set_class(connection == name or (name == STALE and connection == RECONNECTING),
                            f"-{name}")
         self.query_one(RunHeader).show(state, connection, endpoint=self.endpoint,
-                                       paused=not window.live, window=window)
+                                       paused=not window.live, window=window, replay=replay)
         self.query_one(ConnectionBanner).show(state, connection, endpoint=self.endpoint,
                                               silent_for=silent)
         if connection != WAITING:

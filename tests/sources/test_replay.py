@@ -11,6 +11,7 @@ from symwatch.sources.memory import ListSource
 from symwatch.sources.replay import ReplaySource
 from symwatch.state.run_state import FINISHED, LIVE, STALE
 from symwatch.tui.app import SymwatchApp
+from symwatch.tui.widgets.header import RunHeader
 from symwatch.tui.widgets.layer_table import LayerTable, column_key
 from waiting import pilot_until as until
 from tests.core.test_recording import make_recording
@@ -93,12 +94,17 @@ async def test_replay_in_the_app_with_play_pause_speed_and_seek(tmp_path):
         await until(pilot, lambda: app.query_one(LayerTable).row_count == 2, what="2 rows")
         assert app.state.step == 0 and app.state.name == "rec-run"
 
+        header = app.query_one(RunHeader)
+        await until(pilot, lambda: str(header.content).startswith(" REPLAY 1× "),
+                    what="the replay and its speed in the header (it read LIVE)")
         await pilot.press("space")  # pause
         assert not source.playing
         clock.t = 1000.0
         await pilot.pause(0.2)
         assert app.state.step == 0
         assert app.state.connection(source.now()) == LIVE  # paused is not stale
+        await until(pilot, lambda: str(header.content).startswith(" REPLAY paused 1× "),
+                    what="paused, in the header")
 
         await pilot.press("space")  # play
         await pilot.press("plus")
@@ -109,6 +115,8 @@ async def test_replay_in_the_app_with_play_pause_speed_and_seek(tmp_path):
         assert not app.state.finished
         await pilot.press("minus")
         assert source.speed == 2.0
+        await until(pilot, lambda: str(header.content).startswith(" REPLAY 2× "),
+                    what="the new speed in the header")
 
         await pilot.press("end")
         await until(pilot, lambda: app.state.connection(source.now()) == FINISHED,

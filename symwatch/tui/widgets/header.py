@@ -19,17 +19,24 @@ STATE_STYLES = {
     RECONNECTING: "bold white on dark_orange3",
     FINISHED: "bold white on blue",
 }
+REPLAY_STYLE = "bold black on cyan"  # a replay's label, in place of the connection state
 STATE_LABELS = {WAITING: "WAITING", LIVE: "LIVE", STALE: "STALE", FINISHED: "FINISHED",
                 RECONNECTING: "RECONNECTING"}
 
 
 def header_text(state: RunState, connection: str, *, endpoint: str, paused: bool = False,
-                window: HistoryWindow | None = None, width: int | None = None) -> Text:
+                window: HistoryWindow | None = None, width: int | None = None,
+                replay: str | None = None) -> Text:
     """Two lines: who/where/state, then the run's numbers (at the window's last step when
-    paused or scrolled back: `window`, see symwatch.tui.history_view)."""
+    paused or scrolled back: `window`, see symwatch.tui.history_view). `replay`: a replay's
+    state (sources.replay_label), said where a run's connection state is (a paused replay
+    read LIVE, its speed nowhere); a recorded run that finished still says FINISHED."""
     top = Text()
-    top.append(f" {STATE_LABELS.get(connection, connection.upper())} ",
-               STATE_STYLES.get(connection, "reverse"))
+    if replay is not None and connection != FINISHED:
+        top.append(f" {replay} ", REPLAY_STYLE)
+    else:
+        top.append(f" {STATE_LABELS.get(connection, connection.upper())} ",
+                   STATE_STYLES.get(connection, "reverse"))
     history = window is not None and not window.live
     if history:
         top.append(" ")
@@ -112,8 +119,9 @@ class RunHeader(Static):
     """Shows `header_text`; re-rendered by the app on its clock."""
 
     def show(self, state: RunState, connection: str, *, endpoint: str, paused: bool,
-             window: HistoryWindow | None = None) -> None:
+             window: HistoryWindow | None = None, replay: str | None = None) -> None:
         # Two lines, fixed in app.tcss: no layout pass of the screen for new figures.
         self.update(header_text(state, connection, endpoint=endpoint, paused=paused,
-                                window=window, width=self.size.width or self.app.size.width),
+                                window=window, width=self.size.width or self.app.size.width,
+                                replay=replay),
                     layout=False)
