@@ -333,6 +333,14 @@ def several_runs(runs: Sequence[RunEntry]) -> UserError:
     return UserError(f"{len(runs)} live runs; pass one of them:\n{listing}", code=1)
 
 
+def say_unreadable_rows(command: str, reader: Any) -> None:
+    """Rows of a recording that failed validation were skipped: said once, on stderr (every
+    command that reads a recording says it; only `export` did)."""
+    if reader.garbage:
+        err(f"symwatch {command}: skipped {reader.garbage:,} unreadable rows of the recording "
+            f"(last: {reader.last_error})")
+
+
 def refuse_folder(path: str) -> None:
     """A folder named where a recording belongs is a UserError that says so (it read "no
     such recording", of a path that exists)."""

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any, Iterable
 
-from symwatch.cli.common import read_recording, positive_float, subparser
+from symwatch.cli.common import positive_float, read_recording, say_unreadable_rows, subparser
 from symwatch.core import protocol
 from symwatch.core.detection import (Transition, TransitionDetector, detected, detected_scalar,
                                      to_event_payload)
@@ -226,6 +226,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                                layers=args.layer, metrics=args.metric)
     finally:
         reader.close()
+    say_unreadable_rows("detect", reader)
     for t in transitions:
         if args.json:
             print(json.dumps({"step": t.step, **to_event_payload(t)}, allow_nan=False))

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from symwatch.cli.common import (NO_RUNS, UserError, add_security_arguments, add_ssh_arguments,
                                  curve_client, err, positive_float, read_recording,
-                                 refuse_folder, resolve_target, several_runs, subparser,
-                                 write_output)
+                                 refuse_folder, resolve_target, say_unreadable_rows, several_runs,
+                                 subparser, write_output)
 from symwatch.cli.remote import open_remote
 from symwatch.core import runtime
 from symwatch.transport.ssh import is_ssh_target
@@ -298,9 +298,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         write_output(args.output, write, newline="")
     finally:
         reader.close()
-    if reader.garbage:
-        err(f"symwatch export: skipped {reader.garbage} unreadable rows "
-             f"(last: {reader.last_error})")
+    say_unreadable_rows("export", reader)
     return 0
 
 
@@ -353,6 +351,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         page = build_report(reader, source=args.path)
     finally:
         reader.close()
+    say_unreadable_rows("report", reader)
     write_output(args.output, lambda out: out.write(page))
     print(f"wrote {args.output} ({len(page) // 1024:,} KiB)", file=sys.stderr)
     return 0

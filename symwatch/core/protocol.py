@@ -335,7 +335,9 @@ def decode(frames: list[bytes]) -> Message:
     if not isinstance(body, dict):
         raise ProtocolError("body is not a JSON object")
     version = body.get("v")
-    if type(version) is not int or version != PROTOCOL_VERSION:
+    if type(version) is not int:  # no version at all: not a symwatch message (a damaged one)
+        raise ProtocolError(f"not a symwatch message (protocol version {version!r})")
+    if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}; "
                             "upgrade the older of symwatch and the agent")
     kind = body.get("kind")

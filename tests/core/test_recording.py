@@ -349,6 +349,25 @@ def test_record_command_errors(tmp_path):
     assert f"there is no folder {tmp_path / 'nodir'}" in result.stderr, result.stderr
 
 
+def test_damaged_rows_are_skipped_counted_and_named_by_every_reading_command(tmp_path):
+    """Bodies that are not JSON, or JSON without a protocol version: each command skips them
+    and says how many, as export did (report and detect said nothing); and a row with no
+    version is "not a symwatch message", not advice to upgrade symwatch."""
+    path = tmp_path / "run.db"
+    make_recording(path, 30)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE messages SET body = '{not json' WHERE kind = 'metrics' AND step <= 3")
+    db.execute("UPDATE messages SET body = '{}' WHERE kind = 'metrics' AND step IN (4, 5)")
+    db.commit()
+    db.close()
+    for command in (("export", "--format", "csv", "-o", str(tmp_path / "x.csv")),
+                    ("report", "-o", str(tmp_path / "r.html")), ("detect",)):
+        result = symwatch(command[0], str(path), *command[1:])
+        assert result.returncode == 0, result.stderr
+        assert f"symwatch {command[0]}: skipped 5 unreadable rows of the recording (last: not " \
+               "a symwatch message (protocol version None))" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("command", [("replay", "--headless"), ("export", "--format", "csv"),
                                      ("report", "-o", "r.html"), ("detect",)])
 def test_a_folder_named_as_a_recording_is_called_a_folder(tmp_path, command):
