@@ -111,6 +111,17 @@ def open_agents() -> list[Agent]:
     return [agent for agent in list(_open_agents) if not agent._closed]
 
 
+def _warn_if_already_watched(model_ids: set[int]) -> None:
+    """A second watch() of a model an open agent watches: said once on stderr (it started a
+    second agent without a word, doubling the hooks and the cost); the new one still starts."""
+    for agent in open_agents():
+        if getattr(agent, "_model_ids", set()) & model_ids:
+            print(f"symwatch: this model is already watched (run {agent.name} on "
+                  f"{agent.endpoint}); a second agent doubles the hooks and the cost: close the "
+                  "first (its handle's close()) or keep using its handle", file=sys.stderr)
+            return
+
+
 class Agent:
     """A running agent. Also a context manager: leaving the block closes it."""
 
@@ -122,6 +133,8 @@ class Agent:
         models = _as_model_map(model)
         optimizers = _as_list(optimizer)  # once: an iterator given would be empty a second time
         self.options = opts = AgentOptions(**options)  # the environment read, values checked
+        self._model_ids = {id(m) for m in models.values()}
+        _warn_if_already_watched(self._model_ids)
         self._set_up_budget(opts)
         self._set_up_identity(opts)
         self._set_up_layers(models, optimizers, opts)

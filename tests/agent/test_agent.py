@@ -280,6 +280,24 @@ def test_a_non_finite_loss_is_published_as_what_it_was_and_read_as_nan(collector
     agent.close()
 
 
+def test_watching_a_watched_model_again_says_so(capsys):
+    """It started a second agent without a word (twice the hooks and the cost)."""
+    model = nn.Sequential(nn.Linear(4, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    first = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", register=False)
+    try:
+        assert "already watched" not in capsys.readouterr().err
+        second = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", register=False)
+        second.close()
+        err = capsys.readouterr().err
+        assert f"this model is already watched (run {first.name} on {first.endpoint})" in err
+    finally:
+        first.close()
+    third = symwatch.watch(model, opt, endpoint="tcp://127.0.0.1:0", register=False)
+    third.close()  # the first one closed: nothing to say
+    assert "already watched" not in capsys.readouterr().err
+
+
 def test_model_without_measurable_layers_still_publishes_the_loss(collector, capsys):
     model = nn.Sequential(Odd())
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
