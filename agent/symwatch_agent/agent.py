@@ -94,8 +94,8 @@ MAX_SLICE_WAIT_S = 0.025
 PER_STEP_MAX = 4096
 
 # The run's registry entry (`symwatch ls`: steps, sampling, the last transition) is rewritten
-# this often: ~0.6 ms of the publisher's CPU each (a file written and renamed), 0.3 ms a second
-# at 2 s, charged to the budget; a run shows as idle only after 30 s without a new entry
+# this often: ~0.6 ms of the publisher's CPU each (a file written and renamed), 0.12 ms a
+# second at 5 s, charged to the budget; a run shows as idle only after 30 s without a new entry
 # (tui/screens/runs.py), and META, every 5 s, shares its wake-up.
 REGISTRY_INTERVAL_S = 5.0
 

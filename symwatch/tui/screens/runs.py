@@ -35,7 +35,7 @@ from symwatch.sources.discovery import SshOptions, scan_host, scan_local
 from symwatch.sources.open import open_recording
 from symwatch.tui.run_text import started_text
 
-REFRESH_S = 2.0  # the agent rewrites its registry entry every 2 s
+REFRESH_S = 2.0  # the list is read this often (the agent rewrites its entry every 5 s)
 REMOTE_REFRESH_S = 6.0  # each host scan is an ssh login: less often
 IDLE_AFTER_S = 30.0
 FINISHED_KEPT_S = 600.0  # finished runs stay listed this long
