@@ -1215,12 +1215,13 @@ def _as_list(optimizer: Any) -> list[torch.optim.Optimizer]:
         return []
     if isinstance(optimizer, torch.optim.Optimizer):
         return [optimizer]
-    if hasattr(optimizer, "param_groups"):  # a wrapper (Lightning's) that is not a subclass
-        return [optimizer]
+    # (Lightning's and accelerate's wrappers are subclasses; one that is not has no step
+    # hooks to watch: refused here, before anything starts)
     if isinstance(optimizer, nn.Module) or not isinstance(optimizer, Iterable):
         raise TypeError(f"{WATCH_USAGE}; got {type(optimizer).__name__} for optimizer")
     optimizers = list(optimizer)
-    wrong = [type(o).__name__ for o in optimizers if not hasattr(o, "param_groups")]
+    wrong = [type(o).__name__ for o in optimizers
+             if not isinstance(o, torch.optim.Optimizer)]
     if wrong:
         raise TypeError(f"{WATCH_USAGE}; got {', '.join(wrong)} among the optimizers")
     return optimizers

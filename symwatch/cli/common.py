@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
@@ -362,10 +363,11 @@ def read_recording(path: str) -> Any:
 def write_output(path: str | None, write: Callable[[Any], None], newline: str | None = None
                  ) -> None:
     """Run `write(file)` on `path` (None: standard output) so that a failure (a full disk,
-    a file size limit) is a UserError that says so and loses nothing: a regular file is
-    written beside itself and renamed over the old one only once complete (a failed export
-    or report left a truncated file where the previous good one was); a device or a pipe
-    named as the path is written in place."""
+    a file size limit, Ctrl-C) is a UserError that says so and loses nothing: a new or
+    regular file is written beside itself and renamed over the old one (whose permissions it
+    keeps) only once complete (a failed export or report left a truncated file where the
+    previous good one was). A symlink (`/dev/stdout`), a device or a pipe is written in
+    place, as is a file in a folder where nothing new can be created."""
     if path is None:
         try:
             write(sys.stdout)
@@ -375,24 +377,41 @@ def write_output(path: str | None, write: Callable[[Any], None], newline: str | 
                 raise
             raise UserError(f"cannot write to standard output: {exc}", code=1) from None
         return
-    if os.path.exists(path) and not os.path.isfile(path):
-        if os.path.isdir(path):
-            raise UserError(f"cannot write {path}: it is a directory; name a file", code=1)
-        try:
-            with open(path, "w", encoding="utf-8", newline=newline) as out:
-                write(out)
-        except OSError as exc:
-            raise UserError(f"cannot write {path}: {exc}", code=1) from None
-        return
+    if os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a folder; name a file", code=1)
+    existed = os.path.lexists(path)
+    regular = existed and os.path.isfile(path) and not os.path.islink(path)
     tmp = f"{path}.part-{os.getpid()}"
+    if existed and not regular:
+        _write_in_place(path, write, newline)
+        return
     try:
-        with open(tmp, "w", encoding="utf-8", newline=newline) as out:
+        out = open(tmp, "w", encoding="utf-8", newline=newline)
+    except OSError:  # a folder that takes no new file (read-only): the file itself, in place
+        _write_in_place(path, write, newline)
+        return
+    done = False
+    try:
+        with out:
             write(out)
+        if existed:
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
+        done = True
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        kept = " (the file there was left as it was)" if os.path.exists(path) else ""
+        kept = " (the file there was left as it was)" if existed else ""
         raise UserError(f"cannot write {path}: {exc}{kept}", code=1) from None
+    finally:
+        if not done:  # a failure, or Ctrl-C: no part file left behind
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _write_in_place(path: str, write: Callable[[Any], None], newline: str | None) -> None:
+    try:
+        with open(path, "w", encoding="utf-8", newline=newline) as out:
+            write(out)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc}", code=1) from None

@@ -73,24 +73,28 @@ def redetect(messages: Iterable[protocol.Message], detector: TransitionDetector,
     when it closes.
     A file that holds several runs (appended recordings; an agent restarted) is replayed run
     by run: each run (id and restart) starts fresh detectors, as its agent did."""
-    replay = _Replay(detector, layers, metrics)
+    # one replay per run (id and restart), whether the runs follow one another in the file
+    # or interleave (a relay's recording of several jobs); each run's transitions together,
+    # the runs in the order they first appear
+    runs: dict[tuple[str, int], _RunReplay] = {}
     for message in messages:
+        key = (message.run, message.restart)
+        replay = runs.get(key)
+        if replay is None:
+            replay = runs[key] = _RunReplay(
+                detector if not runs else TransitionDetector(detector.fixed_threshold),
+                layers, metrics)
         replay.message(message)
-    return replay.finish()
+    return [t for replay in runs.values() for t in replay.finish()]
 
 
-class _Replay:
-    """redetect's state: one run's detectors, and the samples waiting for their loss."""
+class _RunReplay:
+    """redetect's state for one run: its detectors, and the samples waiting for their loss."""
 
     def __init__(self, detector: TransitionDetector, layers: list[str] | None,
                  metrics: list[str] | None) -> None:
         self.found: list[Transition] = []
         self._layers, self._metrics = layers, metrics
-        self._threshold = detector.fixed_threshold
-        self._run: tuple[str, int] | None = None
-        self._start(detector)
-
-    def _start(self, detector: TransitionDetector) -> None:
         self.detector = detector
         self.feed: RunLevelFeed | None = None
         self.one_event = OneEventPerChange()  # as the agent publishes a budgeted run's events
@@ -100,11 +104,6 @@ class _Replay:
         self.per_step_seen = False
 
     def message(self, message: protocol.Message) -> None:
-        run = (message.run, message.restart)
-        if self._run is not None and run != self._run:
-            self.finish_run()
-            self._start(TransitionDetector(self._threshold))
-        self._run = run
         if message.kind == protocol.STATS:
             self._stats(message)
         elif message.kind == protocol.METRICS:
@@ -188,22 +187,20 @@ class _Replay:
     def _wanted_metric(self, name: str) -> bool:  # by default what the agent detects on
         return _wanted(name, self._metrics) if self._metrics is not None else detected(name)
 
-    def finish_run(self) -> None:
-        """The run ended (the file, or the next run in it): its waiting samples with the
-        values last read, then its open groups, as the agent flushes them when it closes
-        (TransitionWatch.flush)."""
+    def finish(self) -> list[Transition]:
+        """The file ended: the waiting samples with the values last read, then the open
+        groups, as the agent flushes them when it closes (TransitionWatch.flush); every
+        transition of the run."""
         for sample in self.waiting:
             self._sample(sample)
         self.waiting = []
         if self.feed is None:
             self.found += self.detector.flush()
-            return
-        self.found += [t for t in self.detector.flush() if self.one_event.admit(t, "samples")]
-        self.found += [t for t in self.feed.detector.flush()
-                       if self.one_event.admit(t, "run_level")]
-
-    def finish(self) -> list[Transition]:
-        self.finish_run()
+        else:
+            self.found += [t for t in self.detector.flush()
+                           if self.one_event.admit(t, "samples")]
+            self.found += [t for t in self.feed.detector.flush()
+                           if self.one_event.admit(t, "run_level")]
         return self.found
 
 

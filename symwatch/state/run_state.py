@@ -164,9 +164,6 @@ class RunState:
         self.restarts = 0  # times a new run id replaced the one shown
         self.ignored = 0  # messages of runs already replaced by a newer one
         self.last_rx: float | None = None  # local monotonic time of the latest message
-        # "nan", "inf" or "-inf" while the latest loss is not finite (STATS `loss_nonfinite`):
-        # shown as such, not as N/A (no value), which hid a run that had diverged
-        self.loss_nonfinite: str | None = None
         self.revision = 0  # bumped on every fold, so views can skip redrawing unchanged state
         # Filled from the source by the view (state never touches sockets).
         self.garbage = 0
@@ -185,6 +182,10 @@ class RunState:
         self.previous_loss: Series | None = (previous if previous is not None
                                               and previous.store.count else None)
         self.run_id = run_id
+        # "nan", "inf" or "-inf" while the latest loss is not finite (STATS `loss_nonfinite`):
+        # shown as such, not as N/A (no value), which hid a run that had diverged; a new run
+        # starts without it
+        self.loss_nonfinite: str | None = None
         self.name: str | None = None
         self.host: str | None = None
         self.pid: int | None = None

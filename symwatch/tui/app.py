@@ -81,7 +81,8 @@ def toast_text(message: str) -> str:
 
 
 # The App's actions that act on the dashboard (its table, charts, history window): disabled,
-# and left off the footer, on the Runs screen (SymwatchApp.check_action).
+# and left off the footer, on the Runs screen (SymwatchApp.check_action), as are a replay's
+# controls (Home and End are the runs list's there).
 DASHBOARD_ACTIONS = frozenset({
     "pause", "next_view", "events", "ranks", "next_sort", "reverse_sort", "filter",
     "history_pan", "history_jump", "history_zoom", "history_live", "goto_step", "follow_run"})
@@ -632,7 +633,8 @@ class SymwatchApp(App[None]):
         self.query_one(LegendLine).show(self.query_one(LayerTable).legend_indicator())
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in DASHBOARD_ACTIONS and isinstance(self.screen, RunsScreen):
+        if (action in DASHBOARD_ACTIONS or action == "replay") and isinstance(self.screen,
+                                                                             RunsScreen):
             # the dashboard's keys do nothing for the runs list: off its footer (which they
             # pushed past 120 columns, cut mid-word) and off its keyboard
             return False

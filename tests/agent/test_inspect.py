@@ -96,13 +96,15 @@ def test_what_is_not_a_model_file_is_named_and_a_checkpoints_weights_are_found(t
     torch.save({"epoch": 3, "note": "x"}, tmp_path / "empty.pt")
     assert "no tensors in it or one level down (keys: 'epoch', 'note')" in _refused(
         tmp_path / "empty.pt")
-    torch.save({"model": _model().state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
-    out = subprocess.run([sys.executable, "-m", "symwatch_agent.entry.inspect",
-                          str(tmp_path / "ckpt.pt"), "--json"], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0 and "reading the state_dict under 'model'" in out.stderr
-    got = {row["name"]: row["values"] for row in json.loads(out.stdout)["layers"]}
-    assert got["0"]["dead_fraction"] == pytest.approx(2 / 16)
+    for key, extra in (("model", {"epoch": 3}),
+                       ("state_dict", {"rng_state": torch.get_rng_state()})):  # a tensor beside
+        torch.save({key: _model().state_dict(), **extra}, tmp_path / "ckpt.pt")
+        out = subprocess.run([sys.executable, "-m", "symwatch_agent.entry.inspect",
+                              str(tmp_path / "ckpt.pt"), "--json"], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and f"reading the state_dict under {key!r}" in out.stderr
+        got = {row["name"]: row["values"] for row in json.loads(out.stdout)["layers"]}
+        assert got["0"]["dead_fraction"] == pytest.approx(2 / 16)
 
 
 def test_safetensors_files_are_read_when_the_package_is_there(tmp_path):

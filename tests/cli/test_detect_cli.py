@@ -99,19 +99,30 @@ def test_a_file_of_two_runs_is_replayed_run_by_run(recording, tmp_path):
     from symwatch.core import protocol
     from symwatch.core.recording import Recorder, RecordingReader
 
-    both = str(tmp_path / "two.db")
     with RecordingReader(recording) as reader:
         messages = list(reader)
-    with Recorder(both) as out:
-        for run in ("first", "second"):
-            for m in messages:
-                out.submit_message(protocol.Message(m.kind, run, m.rank, m.restart, m.seq,
-                                                    m.time, m.step, m.payload))
-    one, two = _detect(recording, "--json"), _detect(both, "--json")
-    assert one.returncode == two.returncode == 0, two.stderr
+
+    def as_run(m: protocol.Message, run: str) -> protocol.Message:
+        return protocol.Message(m.kind, run, m.rank, m.restart, m.seq, m.time, m.step,
+                                m.payload)
+
+    one = _detect(recording, "--json")
     once = [(e["step"], e["message"]) for e in map(json.loads, one.stdout.splitlines())]
-    assert once and [(e["step"], e["message"]) for e in map(json.loads,
-                                                             two.stdout.splitlines())] == once * 2
+    assert one.returncode == 0 and once, one.stderr
+    # one after the other (appended), and interleaved message by message (a relay's
+    # recording of two jobs: a replay that restarted at each change of run found nothing)
+    for name, order in (("appended", [as_run(m, r) for r in ("first", "second")
+                                      for m in messages]),
+                        ("interleaved", [as_run(m, r) for m in messages
+                                         for r in ("first", "second")])):
+        both = str(tmp_path / f"{name}.db")
+        with Recorder(both) as out:
+            for m in order:
+                out.submit_message(m)
+        two = _detect(both, "--json")
+        assert two.returncode == 0, two.stderr
+        assert [(e["step"], e["message"]) for e in map(json.loads, two.stdout.splitlines())] \
+            == once * 2, name
 
 
 def test_a_higher_threshold_finds_fewer_transitions(recording):

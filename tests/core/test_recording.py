@@ -349,6 +349,27 @@ def test_record_command_errors(tmp_path):
     assert f"there is no folder {tmp_path / 'nodir'}" in result.stderr, result.stderr
 
 
+def test_an_output_through_a_link_or_a_device_is_written_there(tmp_path):
+    """The write beside the output and the rename over it are for a regular file only: a
+    symlink was replaced by a new file (its target left old), `-o /dev/stdout` failed (and as
+    root could have replaced /dev/stdout); a file's permissions are kept."""
+    path = tmp_path / "run.db"
+    make_recording(path, 20)
+    target, link = tmp_path / "target.csv", tmp_path / "link.csv"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    result = symwatch("export", str(path), "--format", "csv", "-o", str(link))
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and target.read_text().startswith("kind,time,rank,step")
+    again = symwatch("export", str(path), "--format", "csv", "-o", str(target))
+    assert again.returncode == 0 and (target.stat().st_mode & 0o777) == 0o640
+    if Path("/dev/stdout").exists():
+        out = symwatch("export", str(path), "--format", "csv", "-o", "/dev/stdout")
+        assert out.returncode == 0 and out.stdout.startswith("kind,time,rank,step"), out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "run.db", "target.csv"]
+
+
 def test_damaged_rows_are_skipped_counted_and_named_by_every_reading_command(tmp_path):
     """Bodies that are not JSON, or JSON without a protocol version: each command skips them
     and says how many, as export did (report and detect said nothing); and a row with no

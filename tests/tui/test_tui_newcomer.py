@@ -185,16 +185,16 @@ async def test_no_events_takes_one_row_and_the_table_gets_the_rest(fake_agent) -
         for step in range(11, 14):
             agent.send(protocol.EVENT, step, message=f"notice {step}", severity="notice")
         # the agent's notices (a module it does not measure) do not hide why nothing is
-        # flagged: a line each, and the "no events yet" line under them
+        # flagged: a line each, and the "no transitions yet" line under them
         await until(pilot, lambda: log.region.height == 4, what="a line per event")
         assert app._heights.table == with_log_share - 3
         lines = text_of(log).splitlines()
         assert [line.split()[-1] for line in lines[:3]] == ["11", "12", "13"], lines
-        assert lines[3].strip().startswith("no events yet"), lines
+        assert lines[3].strip().startswith("no transitions yet"), lines
         agent.send(protocol.EVENT, 14, message="a mode learned: layer01 modes 1 → 2 at step 14",
                    severity="transition", layer="layer01", metric="modes", before=1, after=2)
         await until(pilot, lambda: "a mode learned" in text_of(log), what="the transition")
-        assert "no events yet" not in text_of(log)
+        assert "no transitions yet" not in text_of(log)
 
 
 async def test_events_screen_kind_cause_enter_and_no_toasts_over_it(fake_agent) -> None:

@@ -169,6 +169,20 @@ def _stats(s: RunState, **payload) -> None:
         protocol.STATS, run="r", rank=0, restart=0, seq=1, time=0.0, step=10, payload=payload))))
 
 
+def test_the_events_logs_why_line_gives_way_to_a_warning_and_says_when_detection_is_off():
+    s = _state()
+    s.fold(protocol.decode(list(protocol.encode(
+        protocol.EVENT, run="r", rank=0, restart=0, seq=2, time=0.0, step=5,
+        payload={"message": "symwatch agent: transition detection: ValueError: x; switched "
+                            "off (training continues; reported once)", "severity": "warning"}))))
+    one = events_text(s, 1).plain
+    assert "transition detection" in one and "no transitions" not in one, one  # no room
+    two = events_text(s, 2).plain.splitlines()
+    assert "transition detection" in two[0], two
+    # no warm-up promise: nothing more will come
+    assert two[1].strip() == "no transitions: detection was switched off (the warning above)"
+
+
 def test_a_loss_that_turned_nan_reads_nan_in_red_not_na():
     """STATS `loss_nonfinite`: the header and the loss panel said `loss N/A` (no value) for a
     run that had diverged."""

@@ -117,17 +117,20 @@ def _tensors_of(path: str, obj: dict[Any, Any]) -> dict[str, torch.Tensor]:
     of its keys (`{"model": state_dict, "epoch": 3}`: said on stderr, which key); a dict with
     no tensors anywhere is an error that lists its keys (it read as "no measurable layers",
     exit 0)."""
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if tensors:
-        return tensors
-    nested = [(k, v) for k, v in obj.items() if isinstance(v, dict)
-              and any(isinstance(t, torch.Tensor) for t in v.values())]
-    if nested:
-        nested.sort(key=lambda kv: (kv[0] not in NESTED_KEYS,
-                                    -sum(isinstance(t, torch.Tensor) for t in kv[1].values())))
+    def count(d: dict[Any, Any]) -> int:
+        return sum(isinstance(t, torch.Tensor) for t in d.values())
+
+    nested = [(k, v) for k, v in obj.items() if isinstance(v, dict) and count(v)]
+    # a checkpoint's weights under a known key come first (`{"state_dict": …, "rng_state":
+    # tensor}`: the one top-level tensor is not the model), then whichever holds the most
+    nested.sort(key=lambda kv: (kv[0] not in NESTED_KEYS, -count(kv[1])))
+    if nested and (nested[0][0] in NESTED_KEYS or count(nested[0][1]) > count(obj)):
         key, inner = nested[0]
         print(f"{PREFIX}{path}: reading the state_dict under {key!r}", file=sys.stderr)
         return {str(k): v for k, v in inner.items() if isinstance(v, torch.Tensor)}
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        return tensors
     keys = ", ".join(repr(k) for k in list(obj)[:8]) + (", …" if len(obj) > 8 else "")
     raise SystemExit(f"{PREFIX}{path}: a dict with no tensors in it or one level down "
                      f"(keys: {keys or 'none'}); save the model's state_dict()")

@@ -233,6 +233,9 @@ def events_text(state: RunState, lines: int, width: int = 0) -> Text:
     the modules it does not measure, do not hide that)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     why = None if _flagged(state) else _why_no_events(state)
+    if why is not None and 0 < lines <= len(state.events) and any(
+            ev.severity in ("warning", "error") for ev in state.events):
+        why = None  # no room for both: the agent's warning matters more
     shown = max(0, lines - 1) if why is not None and lines > 0 else lines
     recent = list(state.events)[-shown:] if shown > 0 else []
     for i, ev in enumerate(recent):
@@ -270,17 +273,23 @@ def _flagged(state: RunState) -> bool:
 
 
 def _why_no_events(state: RunState) -> Text:
-    """ "no events yet", and why: the layers' samples still inside the detector's warm-up."""
+    """ "no events yet", and why: the layers' samples still inside the detector's warm-up
+    ("transitions" where the agent's notices are in the log: there are events)."""
     text = Text()
     typical = _samples_a_layer(state)
+    what = "transitions" if state.events else "events"
+    if any(ev.severity == "warning" and "transition detection" in ev.message
+           for ev in state.events):  # switched off by a failure: nothing more will come
+        text.append(f" no {what}: detection was switched off (the warning above)", "dim")
+        return text
     if state.finished:
         # nothing more will come: "yet" and the warm-up's promise would read as if it might
-        text.append(" no events in this run", "dim")
+        text.append(f" no {what} in this run", "dim")
         if typical is not None and typical < WARMUP_SAMPLES:
             text.append(f" (it ended at ~{typical} sample{'' if typical == 1 else 's'} a layer, "
                         f"before the detector's ~{WARMUP_SAMPLES}-sample warm-up)", "dim")
         return text
-    text.append(" no events yet", "dim")
+    text.append(f" no {what} yet", "dim")
     # Why nothing is flagged yet: a budget-stretched interval (the header's `sampling`)
     # can leave a run's layers below the detector's warm-up for thousands of steps.
     if typical is not None and typical < WARMUP_SAMPLES:
