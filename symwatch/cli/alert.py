@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from symwatch.cli.common import (NO_RUNS, UserError, add_security_arguments, curve_client,
+from symwatch.cli.common import (UserError, add_security_arguments, curve_client, no_runs,
                                  finite_float, non_negative_float, non_negative_int,
                                  positive_float, positive_int, resolve_target, several_runs,
                                  subparser)
@@ -171,7 +171,7 @@ def plan_target(target: str | None, runs: list[runtime.RunEntry], *, wait: bool
         if not runs:
             if wait:
                 return None, None, True
-            raise UserError(NO_RUNS.replace("symwatch attach", "symwatch alert")
+            raise UserError(no_runs("symwatch alert tcp://127.0.0.1:PORT")
                             + "; or pass --wait", code=1)
         raise several_runs(runs)
     if "://" in target:

@@ -25,10 +25,15 @@ from symwatch.transport.ssh import (
 from symwatch.transport.subscriber import EndpointError, validate_endpoint
 from symwatch.tui.themes import CHOICES, ENV_THEME, ThemeError, resolve_theme
 
-NO_RUNS = ("no live symwatch runs on this machine; start one with `symwatch demo`, "
-           "`symwatch run -- python train.py` or `symwatch.watch(model, optimizer)` in your "
-           "script, or pass an endpoint: "
-           "symwatch attach tcp://127.0.0.1:PORT")
+def no_runs(example: str) -> str:
+    """The error of a command that follows a live run and found none; `example`: that
+    command given an endpoint (what to type instead)."""
+    return ("no live symwatch runs on this machine; start one with `symwatch demo`, "
+            "`symwatch run -- python train.py` or `symwatch.watch(model, optimizer)` in your "
+            f"script, or pass an endpoint: {example}")
+
+
+NO_RUNS = no_runs("symwatch attach tcp://127.0.0.1:PORT")
 
 
 class UserError(Exception):

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from symwatch.cli.common import (NO_RUNS, UserError, add_security_arguments, add_ssh_arguments,
-                                 curve_client, err, positive_float, read_recording,
+from symwatch.cli.common import (UserError, add_security_arguments, add_ssh_arguments,
+                                 curve_client, err, no_runs, positive_float, read_recording,
                                  refuse_folder, resolve_target, say_unreadable_rows, several_runs,
                                  subparser, write_output)
 from symwatch.cli.remote import open_remote
@@ -132,8 +132,7 @@ def _pick_run(target: str | None) -> tuple[str, str | None]:
     if target is not None:
         return resolve_target(target, runs)
     if not runs:
-        raise UserError(NO_RUNS.replace("symwatch attach tcp://127.0.0.1:PORT",
-                                        "symwatch record tcp://127.0.0.1:PORT -o run.db"), code=1)
+        raise UserError(no_runs("symwatch record tcp://127.0.0.1:PORT -o run.db"), code=1)
     if len(runs) > 1:
         raise several_runs(runs)
     return runs[0].endpoint, runs[0].name

@@ -269,7 +269,7 @@ def events_log_lines(state: RunState) -> int:
 
 
 def _flagged(state: RunState) -> bool:
-    return any(ev.severity == "transition" for ev in state.events)
+    return bool(state.transitions)  # every transition of the run (the log keeps the latest)
 
 
 def _why_no_events(state: RunState) -> Text:
