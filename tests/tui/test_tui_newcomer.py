@@ -186,7 +186,8 @@ async def test_no_events_takes_one_row_and_the_table_gets_the_rest(fake_agent) -
             agent.send(protocol.EVENT, step, message=f"notice {step}", severity="notice")
         # the agent's notices (a module it does not measure) do not hide why nothing is
         # flagged: a line each, and the "no transitions yet" line under them
-        await until(pilot, lambda: log.region.height == 4, what="a line per event")
+        await until(pilot, lambda: log.region.height == 4
+                    and len(text_of(log).splitlines()) == 4, what="a line per event")
         assert app._heights.table == with_log_share - 3
         lines = text_of(log).splitlines()
         assert [line.split()[-1] for line in lines[:3]] == ["11", "12", "13"], lines
